@@ -1,0 +1,255 @@
+//! The node-to-node envelope carried over the cluster bus (Redis pub/sub).
+//!
+//! Every message between nodes is one [`Envelope`]: a format version `v`, the sending node, a
+//! sequence number and a `kind` naming the body. Rolling upgrades rely on two rules:
+//!
+//! * a node accepts every envelope whose `v` major it knows ([`ENVELOPE_VERSION`]) and ignores
+//!   (and counts) bodies of a `kind` it does not know, so a newer node may add kinds;
+//! * fields are only ever added to a body, and readers ignore fields they do not know.
+//!
+//! `seq` counts envelopes per sending node and channel; a receiver that sees a gap knows
+//! pub/sub lost something and ends the sessions affected (see `docs/cluster.md`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{ErrorCode, PeerId, PeerStatus, SessionId};
+
+/// Version of the envelope format written by this build.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+/// One node-to-node message.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Envelope {
+    /// Envelope format version.
+    pub v: u16,
+    /// Id of the sending node.
+    pub from: String,
+    /// Per-sender, per-channel sequence number, starting at 1.
+    pub seq: u64,
+    /// Which [`NodeMessage`] the body holds.
+    pub kind: String,
+    /// The body, decoded according to `kind`.
+    pub body: Box<RawValue>,
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is not valid JSON: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("envelope version {0} is newer than this node understands ({ENVELOPE_VERSION})")]
+    TooNew(u16),
+}
+
+/// The bodies nodes exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeMessage {
+    /// A peer's status changed on the sending node (roles empty: it left).
+    PeerStatus(PeerStatusBody),
+    /// Start a session between a local producer and consumer on different nodes.
+    SessionStart(SessionStartBody),
+    /// A session ended; tell the member on the receiving node.
+    SessionEnd(SessionEndBody),
+    /// SDP/ICE for a peer on the receiving node, payload verbatim.
+    Relay(RelayBody),
+    /// An error for a peer on the receiving node (answer to a cross-node request).
+    PeerError(PeerErrorBody),
+    /// Liveness of the sending node.
+    Heartbeat(HeartbeatBody),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatusBody {
+    pub peer_id: PeerId,
+    pub status: PeerStatus,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStartBody {
+    pub session_id: SessionId,
+    pub producer: PeerId,
+    pub consumer: PeerId,
+    pub offer: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionEndBody {
+    pub session_id: SessionId,
+    /// The member to notify.
+    pub to: PeerId,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayBody {
+    pub session_id: SessionId,
+    /// Receiving peer.
+    pub to: PeerId,
+    /// `sdp` or `ice`.
+    pub key: String,
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for RelayBody {
+    fn eq(&self, o: &Self) -> bool {
+        self.session_id == o.session_id
+            && self.to == o.to
+            && self.key == o.key
+            && self.payload.get() == o.payload.get()
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerErrorBody {
+    pub to: PeerId,
+    pub code: ErrorCode,
+    pub details: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatBody {
+    pub peers: u64,
+    pub ttl_ms: u64,
+}
+
+impl NodeMessage {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeMessage::PeerStatus(_) => "peerStatus",
+            NodeMessage::SessionStart(_) => "sessionStart",
+            NodeMessage::SessionEnd(_) => "sessionEnd",
+            NodeMessage::Relay(_) => "relay",
+            NodeMessage::PeerError(_) => "peerError",
+            NodeMessage::Heartbeat(_) => "heartbeat",
+        }
+    }
+
+    /// Wraps the message in an envelope from `from` with sequence number `seq`.
+    pub fn seal(&self, from: &str, seq: u64) -> String {
+        let body = match self {
+            NodeMessage::PeerStatus(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::SessionStart(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::SessionEnd(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::Relay(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::PeerError(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::Heartbeat(b) => serde_json::value::to_raw_value(b),
+        }
+        .expect("plain data serializes");
+        serde_json::to_string(&Envelope {
+            v: ENVELOPE_VERSION,
+            from: from.to_string(),
+            seq,
+            kind: self.kind().to_string(),
+            body,
+        })
+        .expect("plain data serializes")
+    }
+}
+
+impl Envelope {
+    /// Reads an envelope. Newer *major* versions are refused; the body is decoded by [`Envelope::open`].
+    pub fn parse(text: &str) -> Result<Self, EnvelopeError> {
+        let env: Envelope = serde_json::from_str(text)?;
+        if env.v > ENVELOPE_VERSION {
+            return Err(EnvelopeError::TooNew(env.v));
+        }
+        Ok(env)
+    }
+
+    /// Decodes the body; `Ok(None)` for a kind this build does not know (a newer node's).
+    pub fn open(&self) -> Result<Option<NodeMessage>, EnvelopeError> {
+        let b = self.body.get();
+        Ok(Some(match self.kind.as_str() {
+            "peerStatus" => NodeMessage::PeerStatus(serde_json::from_str(b)?),
+            "sessionStart" => NodeMessage::SessionStart(serde_json::from_str(b)?),
+            "sessionEnd" => NodeMessage::SessionEnd(serde_json::from_str(b)?),
+            "relay" => NodeMessage::Relay(serde_json::from_str(b)?),
+            "peerError" => NodeMessage::PeerError(serde_json::from_str(b)?),
+            "heartbeat" => NodeMessage::Heartbeat(serde_json::from_str(b)?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PeerRole;
+
+    fn samples() -> Vec<NodeMessage> {
+        vec![
+            NodeMessage::PeerStatus(PeerStatusBody {
+                peer_id: "p".into(),
+                status: PeerStatus {
+                    roles: vec![PeerRole::Producer],
+                    meta: Some(serde_json::json!({"name": "cam"})),
+                    peer_id: Some("p".into()),
+                },
+            }),
+            NodeMessage::SessionStart(SessionStartBody {
+                session_id: "s".into(),
+                producer: "p".into(),
+                consumer: "c".into(),
+                offer: None,
+            }),
+            NodeMessage::SessionEnd(SessionEndBody {
+                session_id: "s".into(),
+                to: "c".into(),
+            }),
+            NodeMessage::Relay(RelayBody {
+                session_id: "s".into(),
+                to: "c".into(),
+                key: "ice".into(),
+                payload: RawValue::from_string(r#"{ "candidate":"c", "sdpMLineIndex":0 }"#.into())
+                    .unwrap(),
+            }),
+            NodeMessage::PeerError(PeerErrorBody {
+                to: "c".into(),
+                code: ErrorCode::UnknownPeer,
+                details: "gone".into(),
+            }),
+            NodeMessage::Heartbeat(HeartbeatBody {
+                peers: 3,
+                ttl_ms: 5000,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips_with_payload_bytes_intact() {
+        for (i, msg) in samples().into_iter().enumerate() {
+            let text = msg.seal("node-a", i as u64 + 1);
+            let env = Envelope::parse(&text).unwrap();
+            assert_eq!(env.from, "node-a");
+            assert_eq!(env.seq, i as u64 + 1);
+            assert_eq!(env.open().unwrap(), Some(msg), "{text}");
+        }
+    }
+
+    #[test]
+    fn newer_nodes_can_add_kinds_and_fields() {
+        let text = r#"{"v":1,"from":"n2","seq":7,"kind":"teleport","body":{"x":1},"extra":true}"#;
+        let env = Envelope::parse(text).unwrap();
+        assert_eq!(env.open().unwrap(), None);
+        let text = r#"{"v":1,"from":"n2","seq":8,"kind":"heartbeat","body":{"peers":1,"ttlMs":5000,"load":0.5}}"#;
+        assert!(matches!(
+            Envelope::parse(text).unwrap().open().unwrap(),
+            Some(NodeMessage::Heartbeat(HeartbeatBody { peers: 1, .. }))
+        ));
+    }
+
+    #[test]
+    fn newer_major_version_is_refused() {
+        let text = r#"{"v":2,"from":"n2","seq":1,"kind":"heartbeat","body":{}}"#;
+        assert!(matches!(
+            Envelope::parse(text),
+            Err(EnvelopeError::TooNew(2))
+        ));
+    }
+}

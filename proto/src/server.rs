@@ -1,0 +1,316 @@
+//! Messages a signalling node sends to a peer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::PeerMessage;
+use crate::WireFields;
+use crate::{required, ErrorCode, ParseError, PeerId, PeerStatus, ProtocolVersion, SessionId};
+
+/// A producer or consumer in a `list`/`listConsumers` answer.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    #[serde(default)]
+    pub meta: Option<serde_json::Value>,
+}
+
+/// What version 2 adds to `welcome`.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct WelcomeV2 {
+    /// The version the server speaks on this connection (2).
+    pub protocol_version: u16,
+    /// The node the peer is connected to.
+    pub node_id: String,
+    /// Opaque secret that lets this peer resume its identity after a dropped connection.
+    pub resume_token: String,
+}
+
+/// A message from the server to a peer.
+///
+/// One type for both versions: [`ServerMessage::encode`] writes it for the peer's version,
+/// dropping what v1 does not have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage {
+    /// First message on every connection: the peer's id (and in v2, node and resume token).
+    Welcome {
+        peer_id: PeerId,
+        v2: Option<WelcomeV2>,
+    },
+    /// A peer's roles or meta changed (roles empty: it left). Sent to listeners.
+    PeerStatusChanged(PeerStatus),
+    /// To the producer: a session starts with consumer `peer_id` (which may carry an offer).
+    StartSession {
+        peer_id: PeerId,
+        session_id: SessionId,
+        offer: Option<String>,
+    },
+    /// To the consumer: its session with producer `peer_id` starts.
+    SessionStarted {
+        peer_id: PeerId,
+        session_id: SessionId,
+    },
+    /// The other member ended the session, or left.
+    EndSession { session_id: SessionId },
+    /// SDP/ICE relayed from the other member of a session.
+    Peer(PeerMessage),
+    /// Answer to `list`.
+    List { producers: Vec<PeerInfo> },
+    /// Answer to `listConsumers`.
+    ListConsumers { consumers: Vec<PeerInfo> },
+    /// Something the peer asked for failed. `code` is only sent in v2.
+    Error {
+        details: String,
+        code: Option<ErrorCode>,
+    },
+    /// v2 only: this node is draining; reconnect (with the resume token) elsewhere.
+    GoAway {
+        reason: String,
+        reconnect_in_ms: Option<u64>,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, details: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            details: details.into(),
+            code: Some(code),
+        }
+    }
+
+    /// The `type` of this message on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Welcome { .. } => "welcome",
+            ServerMessage::PeerStatusChanged(_) => "peerStatusChanged",
+            ServerMessage::StartSession { .. } => "startSession",
+            ServerMessage::SessionStarted { .. } => "sessionStarted",
+            ServerMessage::EndSession { .. } => "endSession",
+            ServerMessage::Peer(_) => "peer",
+            ServerMessage::List { .. } => "list",
+            ServerMessage::ListConsumers { .. } => "listConsumers",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::GoAway { .. } => "goAway",
+        }
+    }
+
+    /// Writes the message for a peer speaking `version`, or `None` if that version has no such
+    /// message (a v1 peer is never sent `goAway`).
+    pub fn encode(&self, version: ProtocolVersion) -> Option<String> {
+        let v2 = version >= ProtocolVersion::V2;
+        let out = match self {
+            ServerMessage::Peer(p) => return Some(p.to_json()),
+            ServerMessage::GoAway { .. } if !v2 => return None,
+            ServerMessage::Welcome { peer_id, v2: extra } => Out::Welcome {
+                peer_id,
+                extra: if v2 { extra.as_ref() } else { None },
+            },
+            ServerMessage::PeerStatusChanged(st) => Out::PeerStatusChanged(st),
+            ServerMessage::StartSession {
+                peer_id,
+                session_id,
+                offer,
+            } => Out::StartSession {
+                peer_id,
+                session_id,
+                offer,
+            },
+            ServerMessage::SessionStarted {
+                peer_id,
+                session_id,
+            } => Out::SessionStarted {
+                peer_id,
+                session_id,
+            },
+            ServerMessage::EndSession { session_id } => Out::EndSession { session_id },
+            ServerMessage::List { producers } => Out::List { producers },
+            ServerMessage::ListConsumers { consumers } => Out::ListConsumers { consumers },
+            ServerMessage::Error { details, code } => Out::Error {
+                details,
+                code: if v2 { code.as_ref() } else { None },
+            },
+            ServerMessage::GoAway {
+                reason,
+                reconnect_in_ms,
+            } => Out::GoAway {
+                reason,
+                reconnect_in_ms,
+            },
+        };
+        Some(serde_json::to_string(&out).expect("plain data serializes"))
+    }
+
+    /// Parses a text frame from a server (v1 or v2; clients use this).
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut f = WireFields::parse(text)?;
+        let kind = f.kind.clone();
+        let k = kind.as_ref();
+        Ok(match k {
+            "welcome" => {
+                let peer_id = required(f.peer_id.take(), "peerId", k)?;
+                let v2 = match (f.protocol_version, f.node_id.take(), f.resume_token.take()) {
+                    (Some(protocol_version), Some(node_id), Some(resume_token)) => {
+                        Some(WelcomeV2 {
+                            protocol_version,
+                            node_id,
+                            resume_token,
+                        })
+                    }
+                    _ => None,
+                };
+                ServerMessage::Welcome { peer_id, v2 }
+            }
+            "peerStatusChanged" => ServerMessage::PeerStatusChanged(PeerStatus {
+                roles: required(f.roles.take(), "roles", k)?,
+                meta: f.meta.take().flatten(),
+                peer_id: f.peer_id.take(),
+            }),
+            "startSession" => ServerMessage::StartSession {
+                peer_id: required(f.peer_id.take(), "peerId", k)?,
+                session_id: required(f.session_id.take(), "sessionId", k)?,
+                offer: f.offer.take(),
+            },
+            "sessionStarted" => ServerMessage::SessionStarted {
+                peer_id: required(f.peer_id.take(), "peerId", k)?,
+                session_id: required(f.session_id.take(), "sessionId", k)?,
+            },
+            "endSession" => ServerMessage::EndSession {
+                session_id: required(f.session_id.take(), "sessionId", k)?,
+            },
+            "peer" => ServerMessage::Peer(PeerMessage::from_fields(&mut f)?),
+            "list" => ServerMessage::List {
+                producers: required(f.producers.take(), "producers", k)?,
+            },
+            "listConsumers" => ServerMessage::ListConsumers {
+                consumers: required(f.consumers.take(), "consumers", k)?,
+            },
+            "error" => ServerMessage::Error {
+                details: required(f.details.take(), "details", k)?,
+                code: f.code,
+            },
+            "goAway" => ServerMessage::GoAway {
+                reason: f.reason.take().unwrap_or_default(),
+                reconnect_in_ms: f.reconnect_in_ms,
+            },
+            other => return Err(ParseError::UnknownType(other.to_string())),
+        })
+    }
+}
+
+/// Wire layout, in upstream field order. v2-only fields are skipped when `None`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum Out<'a> {
+    #[serde(rename_all = "camelCase")]
+    Welcome {
+        peer_id: &'a str,
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        extra: Option<&'a WelcomeV2>,
+    },
+    PeerStatusChanged(&'a PeerStatus),
+    #[serde(rename_all = "camelCase")]
+    StartSession {
+        peer_id: &'a str,
+        session_id: &'a str,
+        offer: &'a Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    SessionStarted {
+        peer_id: &'a str,
+        session_id: &'a str,
+    },
+    #[serde(rename_all = "camelCase")]
+    EndSession {
+        session_id: &'a str,
+    },
+    List {
+        producers: &'a [PeerInfo],
+    },
+    ListConsumers {
+        consumers: &'a [PeerInfo],
+    },
+    Error {
+        details: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<&'a ErrorCode>,
+    },
+    #[serde(rename_all = "camelCase")]
+    GoAway {
+        reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect_in_ms: &'a Option<u64>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_never_sees_v2_fields_or_messages() {
+        let welcome = ServerMessage::Welcome {
+            peer_id: "p".into(),
+            v2: Some(WelcomeV2 {
+                protocol_version: 2,
+                node_id: "n".into(),
+                resume_token: "t".into(),
+            }),
+        };
+        assert_eq!(
+            welcome.encode(ProtocolVersion::V1).unwrap(),
+            r#"{"type":"welcome","peerId":"p"}"#
+        );
+        assert_eq!(
+            welcome.encode(ProtocolVersion::V2).unwrap(),
+            r#"{"type":"welcome","peerId":"p","protocolVersion":2,"nodeId":"n","resumeToken":"t"}"#
+        );
+        let err = ServerMessage::error(ErrorCode::UnknownPeer, "no");
+        assert_eq!(
+            err.encode(ProtocolVersion::V1).unwrap(),
+            r#"{"type":"error","details":"no"}"#
+        );
+        assert_eq!(
+            err.encode(ProtocolVersion::V2).unwrap(),
+            r#"{"type":"error","details":"no","code":"unknown-peer"}"#
+        );
+        let go_away = ServerMessage::GoAway {
+            reason: "draining".into(),
+            reconnect_in_ms: None,
+        };
+        assert_eq!(go_away.encode(ProtocolVersion::V1), None);
+        assert_eq!(
+            go_away.encode(ProtocolVersion::V2).unwrap(),
+            r#"{"type":"goAway","reason":"draining"}"#
+        );
+    }
+
+    #[test]
+    fn v2_messages_parse_back() {
+        for msg in [
+            ServerMessage::Welcome {
+                peer_id: "p".into(),
+                v2: Some(WelcomeV2 {
+                    protocol_version: 2,
+                    node_id: "n".into(),
+                    resume_token: "t".into(),
+                }),
+            },
+            ServerMessage::error(ErrorCode::OfferNotAllowed, "x"),
+            ServerMessage::GoAway {
+                reason: "r".into(),
+                reconnect_in_ms: Some(5),
+            },
+        ] {
+            let text = msg.encode(ProtocolVersion::V2).unwrap();
+            assert_eq!(ServerMessage::parse(&text).unwrap(), msg, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_error_codes_read_as_internal() {
+        let msg =
+            ServerMessage::parse(r#"{"type":"error","details":"d","code":"from-the-future"}"#)
+                .unwrap();
+        assert_eq!(msg, ServerMessage::error(ErrorCode::Internal, "d"));
+    }
+}

@@ -1,0 +1,81 @@
+//! The embedded, single-process bus: the node alone is a drop-in upstream server.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use proto::{ClientMessage, PeerId};
+use tracing::warn;
+
+use super::{Bus, BusStats};
+use crate::mailbox::Mailbox;
+use crate::routing::{Outbox, Router};
+
+/// Routes between the peers of this process under one lock.
+///
+/// Deliveries are queued while the lock is held: `Mailbox::deliver` never blocks, and queuing
+/// in routing order keeps every peer's messages in the order the router produced them.
+#[derive(Default)]
+pub struct MemoryBus {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    router: Router,
+    mailboxes: HashMap<PeerId, Mailbox>,
+}
+
+impl MemoryBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Inner {
+    fn flush(&self, out: Outbox) {
+        for (to, msg) in out {
+            let Some(mailbox) = self.mailboxes.get(&to) else {
+                continue;
+            };
+            if mailbox.deliver(&msg).is_err() {
+                // The peer's connection is being dropped; its `leave` follows.
+                warn!(
+                    peer_id = to,
+                    kind = msg.kind(),
+                    "peer queue full, disconnecting it"
+                );
+            }
+        }
+    }
+}
+
+impl Bus for MemoryBus {
+    fn join(&self, peer_id: &str, mailbox: Mailbox) {
+        let mut inner = self.inner.lock();
+        inner.router.join(peer_id, mailbox.version());
+        inner.mailboxes.insert(peer_id.to_string(), mailbox);
+    }
+
+    fn handle(&self, from: &str, msg: ClientMessage) {
+        let mut out = Outbox::new();
+        let mut inner = self.inner.lock();
+        inner.router.handle(from, msg, &mut out);
+        inner.flush(out);
+    }
+
+    fn leave(&self, peer_id: &str) {
+        let mut out = Outbox::new();
+        let mut inner = self.inner.lock();
+        inner.mailboxes.remove(peer_id);
+        inner.router.leave(peer_id, &mut out);
+        inner.flush(out);
+    }
+
+    fn stats(&self) -> BusStats {
+        let inner = self.inner.lock();
+        BusStats {
+            peers: inner.router.peer_count(),
+            sessions: inner.router.session_count(),
+        }
+    }
+}

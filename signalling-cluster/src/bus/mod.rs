@@ -1,0 +1,38 @@
+//! The bus between peer connections and the routing core.
+//!
+//! Peer actors only ever talk to a [`Bus`]. [`MemoryBus`] routes inside one process (a single
+//! node, upstream's model); the cluster implementation routes across nodes over Redis with the
+//! same trait, so a peer actor cannot tell which one it is connected to.
+//!
+//! Every call is fire-and-forget: answers and errors come back through the peer's
+//! [`Mailbox`], as they do on the wire.
+
+mod memory;
+
+pub use memory::MemoryBus;
+
+use proto::{ClientMessage, PeerId};
+
+use crate::mailbox::Mailbox;
+
+pub trait Bus: Send + Sync + 'static {
+    /// A peer connected; messages for it go to `mailbox`.
+    fn join(&self, peer_id: &str, mailbox: Mailbox);
+    /// One message from a connected peer, in the order the peer sent them.
+    fn handle(&self, from: &str, msg: ClientMessage);
+    /// The peer disconnected (or was disconnected).
+    fn leave(&self, peer_id: &str);
+    /// Figures for `/healthz` and the operations API.
+    fn stats(&self) -> BusStats;
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BusStats {
+    pub peers: usize,
+    pub sessions: usize,
+}
+
+/// A peer id, fresh for every connection (upstream uses UUIDv4 too).
+pub fn new_peer_id() -> PeerId {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,108 @@
+//! The node's configuration: one typed struct, from flags or environment variables.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// A gst-webrtc-cluster signalling node. Alone it is a drop-in
+/// `gst-webrtc-signalling-server`; the flags shared with upstream keep their meaning.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SIGNALLING_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to listen on.
+    #[arg(short, long, env = "SIGNALLING_PORT", default_value_t = 8443)]
+    pub port: u16,
+
+    /// TLS certificate chain (PEM). With --key, the node serves wss:// and https://.
+    #[arg(short, long, env = "SIGNALLING_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(short, long, env = "SIGNALLING_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// This node's id in logs, `welcome` (v2) and the cluster. Default: $POD_NAME, else the
+    /// hostname.
+    #[arg(long, env = "SIGNALLING_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Largest accepted WebSocket message in bytes; a larger one closes the connection with
+    /// 1009. SDP offers with many streams and candidates reach hundreds of kilobytes.
+    #[arg(long, env = "SIGNALLING_MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024)]
+    pub max_message_size: usize,
+
+    /// Messages queued for one peer before it is considered stuck and disconnected.
+    #[arg(long, env = "SIGNALLING_PEER_QUEUE", default_value_t = 1024)]
+    pub peer_queue: usize,
+
+    /// Sustained messages per second one peer may send (burst: twice that). Above it the
+    /// peer gets an error and is disconnected with 1008.
+    #[arg(long, env = "SIGNALLING_MAX_MESSAGES_PER_SEC", default_value_t = 1000)]
+    pub max_messages_per_sec: u32,
+
+    /// Seconds of silence before the node pings a peer; a peer silent for three times as
+    /// long is disconnected.
+    #[arg(long, env = "SIGNALLING_PING_INTERVAL", default_value_t = 30)]
+    pub ping_interval_secs: u64,
+
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "SIGNALLING_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info,signalling_cluster=debug`.
+    #[arg(long, env = "SIGNALLING_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "SIGNALLING_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// The node id to use: the flag, else the pod name, else the hostname.
+    pub fn resolved_node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "node".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_flags_keep_their_meaning() {
+        let c = Config::try_parse_from(["x"]).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 8443));
+        let c = Config::try_parse_from(["x", "-p", "9000", "-c", "a.pem", "-k", "b.pem"]).unwrap();
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.cert.unwrap().to_str(), Some("a.pem"));
+        assert!(
+            Config::try_parse_from(["x", "-c", "a.pem"]).is_err(),
+            "cert without key"
+        );
+    }
+}

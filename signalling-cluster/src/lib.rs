@@ -1,0 +1,21 @@
+//! A gst-webrtc-cluster signalling node.
+//!
+//! ```text
+//!  WebSocket ──► peer::PeerConnection (actor) ──► bus::Bus ──► routing::Router
+//!                 ▲  writer task ◄── mailbox::Mailbox ◄──────────┘ deliveries
+//! ```
+//!
+//! * [`routing`]: upstream semantics as a pure state machine.
+//! * [`bus`]: how peers reach the router ([`bus::MemoryBus`] alone; Redis in a cluster).
+//! * [`peer`]: one actor per connection; [`mailbox`]: its bounded outgoing queue.
+//! * [`server`]: actix-web, health endpoints, TLS; [`config`]: flags and environment.
+
+pub mod bus;
+pub mod config;
+pub mod mailbox;
+pub mod peer;
+pub mod routing;
+pub mod server;
+mod tls;
+
+pub use config::Config;

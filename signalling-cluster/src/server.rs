@@ -1,0 +1,139 @@
+//! The HTTP side of a node: WebSocket upgrades on any path (stock clients use `/`), health
+//! endpoints, optional TLS.
+
+use std::sync::Arc;
+
+use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use proto::{ProtocolVersion, ServerMessage, WelcomeV2};
+use rand::RngCore;
+use tracing::{info, warn};
+
+use crate::bus::{new_peer_id, Bus};
+use crate::config::Config;
+use crate::mailbox::Mailbox;
+use crate::peer::{Limits, PeerConnection};
+
+/// What every HTTP worker shares.
+pub struct NodeState {
+    pub node_id: String,
+    pub bus: Arc<dyn Bus>,
+    pub config: Config,
+}
+
+/// Runs the node until SIGINT/SIGTERM.
+pub async fn run(config: Config, bus: Arc<dyn Bus>) -> anyhow::Result<()> {
+    let node_id = config.resolved_node_id();
+    let state = web::Data::new(NodeState {
+        node_id: node_id.clone(),
+        bus,
+        config: config.clone(),
+    });
+    let addr = (config.host.as_str(), config.port);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(healthz))
+            .default_service(web::to(websocket_or_index))
+    });
+    if let Some(workers) = config.workers {
+        server = server.workers(workers);
+    }
+    let server = match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls::server_config(cert, key)?;
+            server
+                .bind_rustls_0_23(addr, tls)
+                .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?
+        }
+        _ => server
+            .bind(addr)
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?,
+    };
+    for a in server.addrs() {
+        info!(node_id, "listening on {a}");
+    }
+    server.run().await.context("HTTP server failed")
+}
+
+async fn healthz(state: web::Data<NodeState>) -> HttpResponse {
+    let stats = state.bus.stats();
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ok",
+        "nodeId": state.node_id,
+        "peers": stats.peers,
+        "sessions": stats.sessions,
+    }))
+}
+
+async fn websocket_or_index(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<NodeState>,
+) -> actix_web::Result<HttpResponse> {
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_upgrade {
+        return Ok(HttpResponse::Ok().content_type("text/plain").body(format!(
+            "gst-webrtc-cluster signalling node {}: connect a WebSocket here (protocol v1, or v2 with subprotocol {})\n",
+            state.node_id,
+            proto::SUBPROTOCOL_V2
+        )));
+    }
+
+    let offers = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok());
+    let (version, subprotocol) = ProtocolVersion::negotiate(offers);
+    let (response, session, stream) = match subprotocol {
+        Some(p) => actix_ws::handle_with_protocols(&req, body, &[p]),
+        None => actix_ws::handle(&req, body),
+    }
+    .inspect_err(|e| warn!("WebSocket handshake failed: {e}"))?;
+
+    let limit = state.config.max_message_size;
+    let stream = stream
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+
+    let peer_id = new_peer_id();
+    let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
+    let welcome = ServerMessage::Welcome {
+        peer_id: peer_id.clone(),
+        v2: (version >= ProtocolVersion::V2).then(|| WelcomeV2 {
+            protocol_version: version.number(),
+            node_id: state.node_id.clone(),
+            resume_token: resume_token(),
+        }),
+    };
+    // The welcome goes first, before the bus can route anything to this peer.
+    mailbox
+        .deliver(&welcome)
+        .map_err(actix_web::error::ErrorInternalServerError)?;
+    info!(peer_id, remote = ?req.peer_addr(), version = version.number(), "new WebSocket connection");
+    PeerConnection::start(
+        peer_id,
+        state.bus.clone(),
+        (mailbox, receiver),
+        session,
+        stream,
+        Limits {
+            max_messages_per_sec: state.config.max_messages_per_sec,
+            ping_interval: std::time::Duration::from_secs(state.config.ping_interval_secs.max(1)),
+        },
+    );
+    Ok(response)
+}
+
+/// 256 random bits, hex: unguessable, so only the peer that was welcomed can resume.
+fn resume_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,317 @@
+//! Helpers for the integration tests: start the real binaries on free loopback ports, talk to
+//! them over real WebSockets, stop them when done.
+//!
+//! The binaries are the workspace's own build products (`cargo build --workspace` runs before
+//! the tests; see `dev`), found next to the test executable.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod media;
+
+/// How long a test waits for a message that should come.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A free TCP port on loopback (bound and released; good enough for tests run in parallel
+/// because the kernel does not hand out the same ephemeral port again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// Path of one of the workspace binaries, built into the same target dir as the tests.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, name: &str) -> anyhow::Result<Proc> {
+        // If the test process dies without running destructors, its children die with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Proc {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    /// Sends a signal (e.g. libc SIGTERM = 15) to the process.
+    pub fn signal(&self, sig: i32) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A signalling node started on a free port.
+pub struct Node {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Node {
+    pub async fn start(extra: &[&str]) -> anyhow::Result<Node> {
+        let port = free_port();
+        let mut cmd = Command::new(bin("signalling-cluster"));
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
+            .env(
+                "SIGNALLING_LOG",
+                std::env::var("TEST_NODE_LOG").unwrap_or("warn".into()),
+            );
+        let proc = Proc::spawn(cmd, "signalling-cluster")?;
+        let node = Node { port, proc };
+        node.wait_healthy().await?;
+        Ok(node)
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// `GET path` on the node; returns (status, body).
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.port, path).await
+    }
+
+    async fn wait_healthy(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok((200, _)) = self.get("/healthz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node on port {} never became healthy", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET, enough for health endpoints.
+pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+/// A WebSocket peer speaking JSON to a node.
+pub struct Peer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub id: String,
+    /// The `welcome` as received.
+    pub welcome: Value,
+    /// The subprotocol the server chose, if any.
+    pub subprotocol: Option<String>,
+}
+
+impl Peer {
+    /// Connects as a v1 client (no subprotocol) and reads the `welcome`.
+    pub async fn connect(url: &str) -> anyhow::Result<Peer> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects offering `subprotocol` and reads the `welcome`.
+    pub async fn connect_with(url: &str, subprotocol: Option<&str>) -> anyhow::Result<Peer> {
+        let mut req = url.into_client_request()?;
+        if let Some(p) = subprotocol {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", p.parse()?);
+        }
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        let subprotocol = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let mut peer = Peer {
+            ws,
+            id: String::new(),
+            welcome: Value::Null,
+            subprotocol,
+        };
+        let welcome = peer.expect("welcome").await?;
+        peer.id = welcome["peerId"]
+            .as_str()
+            .context("welcome without peerId")?
+            .to_string();
+        peer.welcome = welcome;
+        Ok(peer)
+    }
+
+    pub async fn send(&mut self, v: Value) -> anyhow::Result<()> {
+        self.send_text(v.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) -> anyhow::Result<()> {
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Next text message as JSON, or an error on timeout/close.
+    pub async fn recv(&mut self) -> anyhow::Result<Value> {
+        self.recv_within(STEP).await
+    }
+
+    pub async fn recv_within(&mut self, within: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .context("timed out waiting for a message")?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(c))) => bail!("connection closed: {c:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("connection error: {e}"),
+                None => bail!("connection ended"),
+            }
+        }
+    }
+
+    /// Next message, which must be of `kind`.
+    pub async fn expect(&mut self, kind: &str) -> anyhow::Result<Value> {
+        let v = self.recv().await?;
+        if v["type"] != kind {
+            bail!("expected '{kind}', got {v}");
+        }
+        Ok(v)
+    }
+
+    /// Skips messages until one of `kind` arrives.
+    pub async fn wait_for(&mut self, kind: &str) -> anyhow::Result<Value> {
+        loop {
+            let v = self.recv().await?;
+            if v["type"] == kind {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Skips messages until one matches `pred`.
+    pub async fn wait_until(&mut self, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        loop {
+            let v = self.recv().await?;
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `d`.
+    pub async fn assert_silent(&mut self, d: Duration) -> anyhow::Result<()> {
+        match self.recv_within(d).await {
+            Err(e) if e.to_string().contains("timed out") => Ok(()),
+            Ok(v) => bail!("expected silence, got {v}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn closed(&mut self) -> anyhow::Result<Option<u16>> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .context("connection not closed in time")?
+            {
+                Some(Ok(Message::Close(c))) => return Ok(c.map(|c| c.code.into())),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ok(None),
+            }
+        }
+    }
+
+    /// Registers with roles and meta, as upstream clients do.
+    pub async fn set_status(&mut self, roles: &[&str], meta: Value) -> anyhow::Result<()> {
+        self.send(json!({"type": "setPeerStatus", "roles": roles, "meta": meta}))
+            .await
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
+    /// The raw socket, for tests that misbehave on purpose.
+    pub fn socket(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.ws
+    }
+}
+
+/// Waits until `f` returns true, polling; fails after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("timed out waiting for {what}")
+}

@@ -1,0 +1,122 @@
+//! Real GStreamer pipelines with the stock `webrtcsink` and `webrtcsrc`, registered statically.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+
+use anyhow::{anyhow, Context};
+use gst::prelude::*;
+
+/// Initializes GStreamer and registers the webrtc and rtp plugins from this binary.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        gst::init().expect("GStreamer init");
+        gstrswebrtc::plugin_register_static().expect("register webrtc plugin");
+        gstrsrtp::plugin_register_static().expect("register rtp plugin");
+    });
+}
+
+/// A pipeline stopped when dropped; collects the first error its bus reports.
+pub struct Running {
+    pub pipeline: gst::Pipeline,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Running {
+    pub fn start(pipeline: gst::Pipeline) -> anyhow::Result<Running> {
+        let error = Arc::new(Mutex::new(None));
+        let bus = pipeline.bus().context("pipeline without bus")?;
+        let err = error.clone();
+        bus.set_sync_handler(move |_, msg| {
+            if let gst::MessageView::Error(e) = msg.view() {
+                let mut slot = err.lock().unwrap();
+                if slot.is_none() {
+                    *slot = Some(format!(
+                        "{}: {} ({:?})",
+                        e.src()
+                            .map(|s| s.path_string().to_string())
+                            .unwrap_or_default(),
+                        e.error(),
+                        e.debug()
+                    ));
+                }
+            }
+            gst::BusSyncReply::Drop
+        });
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| anyhow!("cannot start pipeline: {e}"))?;
+        Ok(Running { pipeline, error })
+    }
+
+    /// The first error the pipeline posted, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // webrtcsrc blocks on its own tokio runtime while stopping, which panics on a thread
+        // that drives a runtime (the async tests'): stop it from a plain thread.
+        let pipeline = self.pipeline.clone();
+        let _ = std::thread::spawn(move || pipeline.set_state(gst::State::Null)).join();
+    }
+}
+
+/// `videotestsrc ! webrtcsink` publishing to `url` with `meta.name = name`, default signaller.
+pub fn stock_producer(url: &str, name: &str) -> anyhow::Result<Running> {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! webrtcsink name=ws meta=\"meta,name={name}\""
+    ))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| anyhow!("not a pipeline"))?;
+    let ws = pipeline.by_name("ws").context("no webrtcsink")?;
+    // No STUN server can be reached here: host candidates only.
+    ws.set_property("stun-server", None::<String>);
+    let signaller = ws.property::<gst::glib::Object>("signaller");
+    signaller.set_property("uri", url);
+    Running::start(pipeline)
+}
+
+/// `webrtcsrc` (default signaller) consuming `producer_id` from `url`, counting decoded video
+/// frames into the returned counter.
+pub fn stock_consumer(url: &str, producer_id: &str) -> anyhow::Result<(Running, Arc<AtomicU64>)> {
+    init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("webrtcsrc")
+        .property("stun-server", None::<String>)
+        .build()?;
+    let signaller = src.property::<gst::glib::Object>("signaller");
+    signaller.set_property("uri", url);
+    signaller.set_property("producer-peer-id", producer_id);
+    pipeline.add(&src)?;
+    let frames = Arc::new(AtomicU64::new(0));
+    let counter = frames.clone();
+    let weak = pipeline.downgrade();
+    src.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let is_video = pad.name().starts_with("video");
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .property("signal-handoffs", is_video)
+            .build()
+            .expect("fakesink");
+        if is_video {
+            let counter = counter.clone();
+            sink.connect("handoff", false, move |_| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                None
+            });
+        }
+        pipeline.add(&sink).expect("add sink");
+        sink.sync_state_with_parent().expect("sink state");
+        pad.link(&sink.static_pad("sink").expect("sink pad"))
+            .expect("link decoded pad");
+    });
+    Ok((Running::start(pipeline)?, frames))
+}
