@@ -1,7 +1,6 @@
 //! Stock `webrtcsink` and `webrtcsrc`, with their default signaller, exchange real media
 //! through our node: decoded video frames must arrive.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -28,18 +27,26 @@ async fn stock_webrtcsink_to_stock_webrtcsrc_through_our_node() -> Result<()> {
 
     let (consumer, frames) = media::stock_consumer(&node.url(), &producer_id)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while frames.load(Ordering::Relaxed) < 30 {
+    while frames.count() < 30 {
         if let Some(e) = producer.error().or_else(|| consumer.error()) {
             bail!("pipeline error: {e}");
         }
         if Instant::now() > deadline {
-            bail!(
-                "only {} decoded frames within 60 s",
-                frames.load(Ordering::Relaxed)
-            );
+            bail!("only {} decoded frames within 60 s", frames.count());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // decoded raw video at the producer's size, not RTP packets
+    let caps = frames
+        .caps
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("caps of the first frame");
+    let s = caps.structure(0).unwrap();
+    assert_eq!(s.name(), "video/x-raw", "{caps}");
+    assert_eq!(s.get::<i32>("width").ok(), Some(320), "{caps}");
+    assert_eq!(s.get::<i32>("height").ok(), Some(240), "{caps}");
     // both sides went through a session on our node
     let (_, health) = node.get("/healthz").await?;
     let health: Value = serde_json::from_str(&health)?;

@@ -1,4 +1,4 @@
-//! The webrtcsrc pipeline of the consumer: decoded video is counted, audio is dropped.
+//! The webrtcsrc pipeline of the consumer: decoded video frames are counted, audio is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,26 +38,30 @@ pub fn build(args: &Args, producer_id: &str) -> anyhow::Result<(gst::Pipeline, A
         };
         let is_video = pad.name().starts_with("video");
         info!(pad = %pad.name(), "new stream");
-        let sink = match gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .build()
-        {
-            Ok(s) => s,
-            Err(e) => return warn!("cannot create sink: {e}"),
+        // Raw caps downstream make webrtcsrc decode: with a sink that accepts anything it
+        // would hand out RTP, and we would count packets instead of frames.
+        let desc = if is_video {
+            "videoconvert ! video/x-raw ! fakesink name=sink sync=false"
+        } else {
+            "audioconvert ! fakesink sync=false"
+        };
+        let bin = match gst::parse::bin_from_description(desc, true) {
+            Ok(b) => b,
+            Err(e) => return warn!("cannot create sink for {}: {e}", pad.name()),
         };
         if is_video {
             let counter = counter.clone();
-            if let Some(sinkpad) = sink.static_pad("sink") {
+            if let Some(sinkpad) = bin.by_name("sink").and_then(|s| s.static_pad("sink")) {
                 sinkpad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
                     counter.fetch_add(1, Ordering::Relaxed);
                     gst::PadProbeReturn::Ok
                 });
             }
         }
-        if pipeline.add(&sink).is_err() || sink.sync_state_with_parent().is_err() {
+        if pipeline.add(&bin).is_err() || bin.sync_state_with_parent().is_err() {
             return warn!("cannot add sink for {}", pad.name());
         }
-        if let Some(sinkpad) = sink.static_pad("sink") {
+        if let Some(sinkpad) = bin.static_pad("sink") {
             if let Err(e) = pad.link(&sinkpad) {
                 warn!("cannot link {}: {e:?}", pad.name());
             }

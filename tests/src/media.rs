@@ -81,9 +81,22 @@ pub fn stock_producer(url: &str, name: &str) -> anyhow::Result<Running> {
     Running::start(pipeline)
 }
 
+/// Decoded video frames seen by a consumer, and the caps of the first one.
+#[derive(Default)]
+pub struct Frames {
+    pub frames: AtomicU64,
+    pub caps: Mutex<Option<gst::Caps>>,
+}
+
+impl Frames {
+    pub fn count(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+}
+
 /// `webrtcsrc` (default signaller) consuming `producer_id` from `url`, counting decoded video
 /// frames into the returned counter.
-pub fn stock_consumer(url: &str, producer_id: &str) -> anyhow::Result<(Running, Arc<AtomicU64>)> {
+pub fn stock_consumer(url: &str, producer_id: &str) -> anyhow::Result<(Running, Arc<Frames>)> {
     init();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("webrtcsrc")
@@ -93,7 +106,7 @@ pub fn stock_consumer(url: &str, producer_id: &str) -> anyhow::Result<(Running, 
     signaller.set_property("uri", url);
     signaller.set_property("producer-peer-id", producer_id);
     pipeline.add(&src)?;
-    let frames = Arc::new(AtomicU64::new(0));
+    let frames = Arc::new(Frames::default());
     let counter = frames.clone();
     let weak = pipeline.downgrade();
     src.connect_pad_added(move |_, pad| {
@@ -101,21 +114,29 @@ pub fn stock_consumer(url: &str, producer_id: &str) -> anyhow::Result<(Running, 
             return;
         };
         let is_video = pad.name().starts_with("video");
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .property("signal-handoffs", is_video)
-            .build()
-            .expect("fakesink");
+        // raw caps force webrtcsrc to decode: we count decoded frames, not RTP packets
+        let desc = if is_video {
+            "videoconvert ! video/x-raw ! fakesink name=sink sync=false"
+        } else {
+            "audioconvert ! fakesink sync=false"
+        };
+        let bin = gst::parse::bin_from_description(desc, true).expect("sink bin");
         if is_video {
             let counter = counter.clone();
-            sink.connect("handoff", false, move |_| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                None
+            let pad = bin
+                .by_name("sink")
+                .and_then(|s| s.static_pad("sink"))
+                .expect("sink pad");
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+                if counter.frames.fetch_add(1, Ordering::Relaxed) == 0 {
+                    *counter.caps.lock().unwrap() = pad.current_caps();
+                }
+                gst::PadProbeReturn::Ok
             });
         }
-        pipeline.add(&sink).expect("add sink");
-        sink.sync_state_with_parent().expect("sink state");
-        pad.link(&sink.static_pad("sink").expect("sink pad"))
+        pipeline.add(&bin).expect("add sink");
+        bin.sync_state_with_parent().expect("sink state");
+        pad.link(&bin.static_pad("sink").expect("bin pad"))
             .expect("link decoded pad");
     });
     Ok((Running::start(pipeline)?, frames))
