@@ -21,10 +21,8 @@ fn is_uuid(s: &str) -> bool {
 async fn session(node: &Node) -> Result<(Peer, Peer, String)> {
     let mut p = Peer::connect(&node.url()).await?;
     p.set_status(&["producer"], json!({"name": "cam"})).await?;
+    p.sync().await?;
     let mut c = Peer::connect(&node.url()).await?;
-    // list round-trips through the node, so P's registration is in by then
-    c.send(json!({"type": "list"})).await?;
-    c.expect("list").await?;
     c.send(json!({"type": "startSession", "peerId": p.id}))
         .await?;
     let started = c.expect("sessionStarted").await?;
@@ -122,9 +120,8 @@ async fn consumer_initiated_session_notifies_both_sides() -> Result<()> {
     let node = Node::start(&[]).await?;
     let mut p = Peer::connect(&node.url()).await?;
     p.set_status(&["producer"], Value::Null).await?;
+    p.sync().await?;
     let mut c = Peer::connect(&node.url()).await?;
-    c.send(json!({"type": "list"})).await?;
-    c.expect("list").await?;
     c.send(json!({"type": "startSession", "peerId": p.id, "offer": "v=0\r\n"}))
         .await?;
     let started = c.expect("sessionStarted").await?;
@@ -146,10 +143,10 @@ async fn producer_initiated_session_with_a_passive_consumer() -> Result<()> {
     let node = Node::start(&[]).await?;
     let mut c = Peer::connect(&node.url()).await?;
     c.set_status(&["consumer"], Value::Null).await?;
+    c.sync().await?;
     let mut p = Peer::connect(&node.url()).await?;
     p.set_status(&["producer"], Value::Null).await?;
-    p.send(json!({"type": "listConsumers"})).await?;
-    p.expect("listConsumers").await?;
+    p.sync().await?;
     p.send(json!({"type": "startSession", "peerId": c.id}))
         .await?;
     let started = c.expect("sessionStarted").await?;
@@ -275,9 +272,8 @@ async fn dropping_the_consumer_role_ends_its_sessions() -> Result<()> {
     let node = Node::start(&[]).await?;
     let mut c = Peer::connect(&node.url()).await?;
     c.set_status(&["consumer"], Value::Null).await?;
+    c.sync().await?;
     let mut p = Peer::connect(&node.url()).await?;
-    p.send(json!({"type": "listConsumers"})).await?;
-    p.expect("listConsumers").await?;
     p.send(json!({"type": "startSession", "peerId": c.id}))
         .await?;
     let sid = c.expect("sessionStarted").await?["sessionId"].clone();
@@ -492,5 +488,57 @@ async fn health_endpoints_answer() -> Result<()> {
     let (status, body) = node.get("/").await?;
     assert_eq!(status, 200);
     assert!(body.contains("gstwebrtc-cluster.v2"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_sends_go_away_to_v2_peers_and_exits_after_the_drain_timeout() -> Result<()> {
+    let mut node = Node::start(&["--drain-timeout", "2"]).await?;
+    let mut v1 = Peer::connect(&node.url()).await?;
+    let mut v2 = Peer::connect_with(&node.url(), Some("gstwebrtc-cluster.v2")).await?;
+    node.proc.signal(15);
+    let go_away = v2.expect("goAway").await?;
+    assert_eq!(go_away["reason"], "node shutting down");
+    v2.close().await;
+    // the v1 peer hears nothing (goAway is not v1) and stays connected while the node drains,
+    // until the drain timeout closes its connection
+    v1.assert_silent(QUIET).await?;
+    let _ = v1.closed().await;
+    let status = tokio::task::spawn_blocking(move || node.proc.child.wait()).await??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_with_cert_and_key_serves_wss() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("gwc-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem())?;
+    std::fs::write(&key, generated.signing_key.serialize_pem())?;
+    let node =
+        Node::start_tls(&["-c", cert.to_str().unwrap(), "-k", key.to_str().unwrap()]).await?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(generated.cert.der().clone())?;
+    let tls = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let url = format!("wss://localhost:{}", node.port);
+    let mut p = Peer::connect_tls(&url, std::sync::Arc::new(tls)).await?;
+    p.send(json!({"type": "list"})).await?;
+    assert_eq!(
+        p.expect("list").await?,
+        json!({"type": "list", "producers": []})
+    );
+    // plain ws:// to a TLS node does not get a welcome
+    assert!(Peer::connect(&format!("ws://127.0.0.1:{}", node.port))
+        .await
+        .is_err());
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

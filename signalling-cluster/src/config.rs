@@ -46,8 +46,22 @@ pub struct Config {
 
     /// Seconds of silence before the node pings a peer; a peer silent for three times as
     /// long is disconnected.
-    #[arg(long, env = "SIGNALLING_PING_INTERVAL", default_value_t = 30)]
+    #[arg(
+        long = "ping-interval",
+        env = "SIGNALLING_PING_INTERVAL",
+        default_value_t = 30
+    )]
     pub ping_interval_secs: u64,
+
+    /// On SIGTERM/SIGINT: seconds to wait for peers to leave after `goAway` (v2 peers
+    /// reconnect elsewhere) before the remaining connections are closed. A second signal stops
+    /// at once.
+    #[arg(
+        long = "drain-timeout",
+        env = "SIGNALLING_DRAIN_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub drain_timeout_secs: u64,
 
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "SIGNALLING_WORKERS")]

@@ -1,7 +1,9 @@
 //! The HTTP side of a node: WebSocket upgrades on any path (stock clients use `/`), health
 //! endpoints, optional TLS.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
@@ -19,6 +21,8 @@ pub struct NodeState {
     pub node_id: String,
     pub bus: Arc<dyn Bus>,
     pub config: Config,
+    /// Set on SIGTERM: `/readyz` fails so load balancers stop sending new peers.
+    pub draining: AtomicBool,
 }
 
 /// Runs the node until SIGINT/SIGTERM.
@@ -28,15 +32,19 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>) -> anyhow::Result<()> {
         node_id: node_id.clone(),
         bus,
         config: config.clone(),
+        draining: AtomicBool::new(false),
     });
+    let shared = state.clone();
     let addr = (config.host.as_str(), config.port);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
             .default_service(web::to(websocket_or_index))
     });
+    // Signals are ours: drain first, then stop (see `drain`).
+    server = server.disable_signals();
     if let Some(workers) = config.workers {
         server = server.workers(workers);
     }
@@ -54,7 +62,62 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>) -> anyhow::Result<()> {
     for a in server.addrs() {
         info!(node_id, "listening on {a}");
     }
-    server.run().await.context("HTTP server failed")
+    let server = server.run();
+    actix_web::rt::spawn(drain(shared, server.handle()));
+    server.await.context("HTTP server failed")
+}
+
+/// On the first SIGTERM/SIGINT: fail readiness, stop accepting, send `goAway` to v2 peers and
+/// wait up to the drain timeout for peers to leave; then close what is left and stop. A second
+/// signal stops at once.
+async fn drain(state: web::Data<NodeState>, server: actix_web::dev::ServerHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the node with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    let timeout = Duration::from_secs(state.config.drain_timeout_secs);
+    info!(
+        node_id = state.node_id,
+        peers = state.bus.stats().peers,
+        ?timeout,
+        "draining"
+    );
+    state.draining.store(true, Ordering::SeqCst);
+    server.pause().await;
+    state.bus.notify_local(&ServerMessage::GoAway {
+        reason: "node shutting down".into(),
+        reconnect_in_ms: Some(0),
+    });
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let peers = state.bus.stats().peers;
+        if peers == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                info!(peers, "drain timeout: closing the remaining connections");
+                break;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    server.stop(false).await;
+}
+
+async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
+    if state.draining.load(Ordering::SeqCst) {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
+    } else {
+        healthz(state).await
+    }
 }
 
 async fn healthz(state: web::Data<NodeState>) -> HttpResponse {
@@ -125,7 +188,7 @@ async fn websocket_or_index(
         stream,
         Limits {
             max_messages_per_sec: state.config.max_messages_per_sec,
-            ping_interval: std::time::Duration::from_secs(state.config.ping_interval_secs.max(1)),
+            ping_interval: Duration::from_secs(state.config.ping_interval_secs.max(1)),
         },
     );
     Ok(response)

@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -98,7 +99,15 @@ pub struct Node {
 
 impl Node {
     pub async fn start(extra: &[&str]) -> anyhow::Result<Node> {
-        let port = free_port();
+        Self::start_on(free_port(), extra, false).await
+    }
+
+    /// Starts a node serving TLS (`extra` must carry `-c`/`-k`); ready once it accepts TCP.
+    pub async fn start_tls(extra: &[&str]) -> anyhow::Result<Node> {
+        Self::start_on(free_port(), extra, true).await
+    }
+
+    async fn start_on(port: u16, extra: &[&str], tls: bool) -> anyhow::Result<Node> {
         let mut cmd = Command::new(bin("signalling-cluster"));
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(extra)
@@ -107,8 +116,8 @@ impl Node {
                 std::env::var("TEST_NODE_LOG").unwrap_or("warn".into()),
             );
         let proc = Proc::spawn(cmd, "signalling-cluster")?;
-        let node = Node { port, proc };
-        node.wait_healthy().await?;
+        let mut node = Node { port, proc };
+        node.wait_healthy(tls).await?;
         Ok(node)
     }
 
@@ -121,10 +130,18 @@ impl Node {
         http_get(self.port, path).await
     }
 
-    async fn wait_healthy(&self) -> anyhow::Result<()> {
+    async fn wait_healthy(&mut self, tls: bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + STEP;
         loop {
-            if let Ok((200, _)) = self.get("/healthz").await {
+            if let Some(status) = self.proc.child.try_wait()? {
+                bail!("node exited at start: {status}");
+            }
+            let up = if tls {
+                TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+            } else {
+                matches!(self.get("/healthz").await, Ok((200, _)))
+            };
+            if up {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -170,12 +187,27 @@ impl Peer {
 
     /// Connects offering `subprotocol` and reads the `welcome`.
     pub async fn connect_with(url: &str, subprotocol: Option<&str>) -> anyhow::Result<Peer> {
+        Self::connect_full(url, subprotocol, None).await
+    }
+
+    /// Connects over `wss://` trusting `tls` and reads the `welcome`.
+    pub async fn connect_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Peer> {
+        Self::connect_full(url, None, Some(tls)).await
+    }
+
+    async fn connect_full(
+        url: &str,
+        subprotocol: Option<&str>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Peer> {
         let mut req = url.into_client_request()?;
         if let Some(p) = subprotocol {
             req.headers_mut()
                 .insert("Sec-WebSocket-Protocol", p.parse()?);
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (ws, resp) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector).await?;
         let subprotocol = resp
             .headers()
             .get("Sec-WebSocket-Protocol")
@@ -288,6 +320,14 @@ impl Peer {
     pub async fn set_status(&mut self, roles: &[&str], meta: Value) -> anyhow::Result<()> {
         self.send(json!({"type": "setPeerStatus", "roles": roles, "meta": meta}))
             .await
+    }
+
+    /// Waits until the node has processed everything this peer sent so far: a peer's
+    /// messages are handled in order, so the answer to a `list` sent now proves it. Messages
+    /// arriving before that answer are discarded.
+    pub async fn sync(&mut self) -> anyhow::Result<()> {
+        self.send(json!({"type": "list"})).await?;
+        self.wait_for("list").await.map(drop)
     }
 
     pub async fn close(mut self) {

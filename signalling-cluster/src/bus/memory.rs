@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use proto::{ClientMessage, PeerId};
+use proto::{ClientMessage, PeerId, ServerMessage};
 use tracing::warn;
 
 use super::{Bus, BusStats};
@@ -69,6 +69,13 @@ impl Bus for MemoryBus {
         inner.mailboxes.remove(peer_id);
         inner.router.leave(peer_id, &mut out);
         inner.flush(out);
+    }
+
+    fn notify_local(&self, msg: &ServerMessage) {
+        let inner = self.inner.lock();
+        for mailbox in inner.mailboxes.values() {
+            let _ = mailbox.deliver(msg);
+        }
     }
 
     fn stats(&self) -> BusStats {

@@ -11,7 +11,7 @@ mod memory;
 
 pub use memory::MemoryBus;
 
-use proto::{ClientMessage, PeerId};
+use proto::{ClientMessage, PeerId, ServerMessage};
 
 use crate::mailbox::Mailbox;
 
@@ -22,6 +22,9 @@ pub trait Bus: Send + Sync + 'static {
     fn handle(&self, from: &str, msg: ClientMessage);
     /// The peer disconnected (or was disconnected).
     fn leave(&self, peer_id: &str);
+    /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
+    /// message such as `goAway` reaches v2 peers only).
+    fn notify_local(&self, msg: &ServerMessage);
     /// Figures for `/healthz` and the operations API.
     fn stats(&self) -> BusStats;
 }
