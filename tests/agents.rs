@@ -49,7 +49,7 @@ async fn producer_agent_to_consumer_agent_counts_frames() -> Result<()> {
         "--source",
         "test",
     ]);
-    producer.args(["--width", "320", "--height", "240"]);
+    producer.args(["--width", "320", "--height", "240", "--audio"]);
     let _producer = Proc::spawn(producer, "producer-agent")?;
 
     let mut consumer = Command::new(bin("consumer-agent"));
