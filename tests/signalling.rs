@@ -31,6 +31,16 @@ async fn session(node: &Node) -> Result<(Peer, Peer, String)> {
     Ok((p, c, sid))
 }
 
+/// Asserts the P→C session still relays (after something bad happened to someone else).
+async fn still_relays(p: &mut Peer, c: &mut Peer, sid: &str) -> Result<()> {
+    p.send(
+        json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "c", "sdpMLineIndex": 0}}),
+    )
+    .await?;
+    assert_eq!(c.expect("peer").await?["ice"]["candidate"], "c");
+    Ok(())
+}
+
 #[tokio::test]
 async fn welcome_carries_a_fresh_uuid_and_nothing_else_in_v1() -> Result<()> {
     let node = Node::start(&[]).await?;
@@ -406,11 +416,7 @@ async fn big_offers_pass_whole_and_oversized_frames_close_with_1009() -> Result<
     .await?;
     assert_eq!(big.closed().await?, Some(1009));
     // everyone else is still served
-    p.send(
-        json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "c", "sdpMLineIndex": 0}}),
-    )
-    .await?;
-    assert_eq!(c.expect("peer").await?["ice"]["candidate"], "c");
+    still_relays(&mut p, &mut c, &sid).await?;
     Ok(())
 }
 
@@ -427,11 +433,7 @@ async fn a_flooding_peer_is_cut_off_and_others_are_served() -> Result<()> {
     let err = flood.wait_for("error").await?;
     assert_eq!(err["code"], "rate-limited");
     assert_eq!(flood.closed().await?, Some(1008));
-    p.send(
-        json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "c", "sdpMLineIndex": 0}}),
-    )
-    .await?;
-    assert_eq!(c.expect("peer").await?["ice"]["candidate"], "c");
+    still_relays(&mut p, &mut c, &sid).await?;
     Ok(())
 }
 
