@@ -57,6 +57,14 @@ pub enum NodeMessage {
     PeerError(PeerErrorBody),
     /// Liveness of the sending node.
     Heartbeat(HeartbeatBody),
+    /// A node died without saying goodbye (or left); sent by the one node that reaped it.
+    NodeDown(NodeDownBody),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDownBody {
+    pub node: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -64,6 +72,9 @@ pub enum NodeMessage {
 pub struct PeerStatusBody {
     pub peer_id: PeerId,
     pub status: PeerStatus,
+    /// The peer disconnected (its status carries `roles: []` and its last meta).
+    #[serde(default)]
+    pub left: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -127,6 +138,7 @@ impl NodeMessage {
             NodeMessage::Relay(_) => "relay",
             NodeMessage::PeerError(_) => "peerError",
             NodeMessage::Heartbeat(_) => "heartbeat",
+            NodeMessage::NodeDown(_) => "nodeDown",
         }
     }
 
@@ -139,6 +151,7 @@ impl NodeMessage {
             NodeMessage::Relay(b) => serde_json::value::to_raw_value(b),
             NodeMessage::PeerError(b) => serde_json::value::to_raw_value(b),
             NodeMessage::Heartbeat(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::NodeDown(b) => serde_json::value::to_raw_value(b),
         }
         .expect("plain data serializes");
         serde_json::to_string(&Envelope {
@@ -172,6 +185,7 @@ impl Envelope {
             "relay" => NodeMessage::Relay(serde_json::from_str(b)?),
             "peerError" => NodeMessage::PeerError(serde_json::from_str(b)?),
             "heartbeat" => NodeMessage::Heartbeat(serde_json::from_str(b)?),
+            "nodeDown" => NodeMessage::NodeDown(serde_json::from_str(b)?),
             _ => return Ok(None),
         }))
     }
@@ -191,6 +205,7 @@ mod tests {
                     meta: Some(serde_json::json!({"name": "cam"})),
                     peer_id: Some("p".into()),
                 },
+                left: false,
             }),
             NodeMessage::SessionStart(SessionStartBody {
                 session_id: "s".into(),
@@ -217,6 +232,9 @@ mod tests {
             NodeMessage::Heartbeat(HeartbeatBody {
                 peers: 3,
                 ttl_ms: 5000,
+            }),
+            NodeMessage::NodeDown(NodeDownBody {
+                node: "node-b".into(),
             }),
         ]
     }

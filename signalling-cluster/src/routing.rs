@@ -1,51 +1,95 @@
 //! The routing core: upstream `gst-webrtc-signalling-server` semantics as a pure state machine.
 //!
-//! It knows no transport. Each call takes one event (a peer joined, sent a message, left) and
-//! appends the messages to deliver to [`Outbox`]; a [`crate::bus::Bus`] implementation moves
-//! them. Where upstream is unsafe the router is stricter, and says so in a comment.
+//! It knows no transport. Each call takes one event (a local peer joined, sent a message, left;
+//! another node reported something) and appends [`Effect`]s to an [`Outbox`]; a
+//! [`crate::bus::Bus`] implementation carries them out. Where upstream is unsafe the router is
+//! stricter, and says so in a comment.
+//!
+//! In a cluster every node runs one router. It knows its own peers, a replica of the other
+//! nodes' registered peers (kept current by their announcements), and the sessions that have at
+//! least one member here; each session remembers the node of each member, so relaying needs no
+//! lookup anywhere else.
 
 use std::collections::{HashMap, HashSet};
 
+use proto::envelope::{NodeMessage, PeerStatusBody, RelayBody, SessionEndBody, SessionStartBody};
 use proto::{
     ClientMessage, ErrorCode, PeerId, PeerInfo, PeerMessage, PeerStatus, ProtocolVersion,
-    ServerMessage, SessionId,
+    RelayPayload, ServerMessage, SessionId,
 };
 use tracing::{debug, info, warn};
 
-/// Messages to deliver, in order.
-pub type Outbox = Vec<(PeerId, ServerMessage)>;
+/// Node identifier.
+pub type NodeId = String;
+
+/// What the router asks its bus to do, in order.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send to a peer connected to this node.
+    Deliver(PeerId, ServerMessage),
+    /// Tell every other node that a local peer's status changed (or that it left).
+    Announce(PeerStatusBody),
+    /// Send to one other node.
+    ToNode(NodeId, NodeMessage),
+}
+
+/// Effects to carry out, in order.
+pub type Outbox = Vec<Effect>;
 
 #[derive(Debug)]
 struct Peer {
     status: PeerStatus,
+    /// `None`: connected here.
+    node: Option<NodeId>,
     version: ProtocolVersion,
     producer_sessions: HashSet<SessionId>,
     consumer_sessions: HashSet<SessionId>,
+}
+
+impl Peer {
+    fn new(node: Option<NodeId>, version: ProtocolVersion, status: PeerStatus) -> Self {
+        Peer {
+            status,
+            node,
+            version,
+            producer_sessions: HashSet::new(),
+            consumer_sessions: HashSet::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Session {
     producer: PeerId,
     consumer: PeerId,
+    /// Node of each member, `None` when local.
+    producer_node: Option<NodeId>,
+    consumer_node: Option<NodeId>,
 }
 
 impl Session {
-    fn other(&self, id: &str) -> Option<&PeerId> {
+    /// The other member and its node.
+    fn other(&self, id: &str) -> Option<(&PeerId, &Option<NodeId>)> {
         if self.producer == id {
-            Some(&self.consumer)
+            Some((&self.consumer, &self.consumer_node))
         } else if self.consumer == id {
-            Some(&self.producer)
+            Some((&self.producer, &self.producer_node))
         } else {
             None
         }
     }
+
+    fn is_local(&self, id: &str) -> bool {
+        (self.producer == id && self.producer_node.is_none())
+            || (self.consumer == id && self.consumer_node.is_none())
+    }
 }
 
-/// All peers and sessions of one node.
+/// All peers known to this node and the sessions it takes part in.
 #[derive(Debug, Default)]
 pub struct Router {
     peers: HashMap<PeerId, Peer>,
-    /// Peers with the listener role, to fan out status changes without scanning every peer.
+    /// Local peers with the listener role, to fan out status changes without a scan.
     listeners: HashSet<PeerId>,
     sessions: HashMap<SessionId, Session>,
 }
@@ -55,28 +99,37 @@ impl Router {
         Self::default()
     }
 
-    pub fn peer_count(&self) -> usize {
-        self.peers.len()
+    /// Peers connected to this node.
+    pub fn local_peer_count(&self) -> usize {
+        self.peers.values().filter(|p| p.node.is_none()).count()
     }
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
 
-    /// A peer connected (upstream: `NewPeer`). Its `welcome` is sent by the connection itself.
+    /// The registered local peers, to announce again after the cluster store was lost.
+    pub fn local_statuses(&self) -> Vec<PeerStatusBody> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.node.is_none() && p.status.peer_id.is_some())
+            .map(|(id, p)| PeerStatusBody {
+                peer_id: id.clone(),
+                status: p.status.clone(),
+                left: false,
+            })
+            .collect()
+    }
+
+    /// A peer connected here (upstream: `NewPeer`). Its `welcome` is sent by the connection.
     pub fn join(&mut self, peer_id: &str, version: ProtocolVersion) {
         self.peers.insert(
             peer_id.to_string(),
-            Peer {
-                status: PeerStatus::default(),
-                version,
-                producer_sessions: HashSet::new(),
-                consumer_sessions: HashSet::new(),
-            },
+            Peer::new(None, version, PeerStatus::default()),
         );
     }
 
-    /// One message from a connected peer.
+    /// One message from a local peer.
     pub fn handle(&mut self, from: &str, msg: ClientMessage, out: &mut Outbox) {
         let result = match msg {
             ClientMessage::SetPeerStatus(status) => self.set_peer_status(from, status, out),
@@ -87,22 +140,23 @@ impl Router {
             ClientMessage::Peer(msg) => self.relay(from, msg, out),
             ClientMessage::List => {
                 let producers = self.filter_peers(PeerStatus::producing);
-                out.push((from.to_string(), ServerMessage::List { producers }));
+                deliver(out, from, ServerMessage::List { producers });
                 Ok(())
             }
             ClientMessage::ListConsumers => {
                 let consumers = self.filter_peers(PeerStatus::consuming);
-                out.push((from.to_string(), ServerMessage::ListConsumers { consumers }));
+                deliver(out, from, ServerMessage::ListConsumers { consumers });
                 Ok(())
             }
         };
-        if let Err(err) = result {
-            debug!(peer_id = from, code = %err.0, "request refused: {}", err.1);
-            out.push((from.to_string(), ServerMessage::error(err.0, err.1)));
+        if let Err((code, details)) = result {
+            debug!(peer_id = from, %code, "request refused: {details}");
+            deliver(out, from, ServerMessage::error(code, details));
         }
     }
 
-    /// A peer disconnected: end its sessions, then tell listeners it has no roles any more.
+    /// A local peer disconnected: end its sessions, then tell listeners (here and on every
+    /// other node) that it has no roles any more.
     pub fn leave(&mut self, peer_id: &str, out: &mut Outbox) {
         let Some(peer) = self.peers.remove(peer_id) else {
             return;
@@ -119,6 +173,76 @@ impl Router {
             peer_id: Some(peer_id.to_string()),
         };
         self.broadcast(&gone, out);
+        out.push(Effect::Announce(PeerStatusBody {
+            peer_id: peer_id.to_string(),
+            status: gone,
+            left: true,
+        }));
+    }
+
+    /// A message from another node.
+    pub fn remote(&mut self, from_node: &str, msg: NodeMessage, out: &mut Outbox) {
+        match msg {
+            NodeMessage::PeerStatus(body) => self.remote_status(from_node, body, out),
+            NodeMessage::SessionStart(body) => self.remote_session_start(from_node, body, out),
+            NodeMessage::SessionEnd(body) => self.remote_session_end(from_node, body, out),
+            NodeMessage::Relay(body) => self.remote_relay(from_node, body, out),
+            NodeMessage::PeerError(body) => {
+                if self.is_local(&body.to) {
+                    deliver(out, &body.to, ServerMessage::error(body.code, body.details));
+                }
+            }
+            NodeMessage::NodeDown(body) => self.node_down(&body.node, out),
+            NodeMessage::Heartbeat(_) => {}
+        }
+    }
+
+    /// Another node is gone: its peers leave, the sessions with them end.
+    pub fn node_down(&mut self, node: &str, out: &mut Outbox) {
+        let gone: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.node.as_deref() == Some(node))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let ended: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.producer_node.as_deref() == Some(node) || s.consumer_node.as_deref() == Some(node)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        info!(
+            node,
+            peers = gone.len(),
+            sessions = ended.len(),
+            "node down"
+        );
+        for session_id in ended {
+            if let Some(s) = self.sessions.get(&session_id) {
+                let remote = if s.producer_node.as_deref() == Some(node) {
+                    s.producer.clone()
+                } else {
+                    s.consumer.clone()
+                };
+                self.close_session(&remote, &session_id, out);
+            }
+        }
+        for peer_id in gone {
+            if let Some(peer) = self.peers.remove(&peer_id) {
+                let status = PeerStatus {
+                    roles: vec![],
+                    meta: peer.status.meta,
+                    peer_id: Some(peer_id),
+                };
+                self.broadcast(&status, out);
+            }
+        }
+    }
+
+    fn is_local(&self, peer_id: &str) -> bool {
+        self.peers.get(peer_id).is_some_and(|p| p.node.is_none())
     }
 
     fn version(&self, peer_id: &str) -> ProtocolVersion {
@@ -163,6 +287,11 @@ impl Router {
         }
         info!(peer_id, roles = ?status.roles, "registered");
         self.broadcast(&status, out);
+        out.push(Effect::Announce(PeerStatusBody {
+            peer_id: peer_id.to_string(),
+            status: status.clone(),
+            left: false,
+        }));
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.status = status;
         }
@@ -193,10 +322,10 @@ impl Router {
     ) -> Res {
         let from_peer = self.peers.get(from).ok_or_else(|| not_found(from))?;
         let to_peer = self.peers.get(to).ok_or_else(|| not_found(to))?;
-        let (producer, consumer) = if to_peer.status.producing() {
-            (to, from)
+        let ((producer, producer_node), (consumer, consumer_node)) = if to_peer.status.producing() {
+            ((to, to_peer.node.clone()), (from, from_peer.node.clone()))
         } else if to_peer.status.consuming() {
-            (from, to)
+            ((from, from_peer.node.clone()), (to, to_peer.node.clone()))
         } else {
             return Err((
                 ErrorCode::InvalidSessionTarget,
@@ -208,36 +337,68 @@ impl Router {
         };
 
         let session_id = uuid::Uuid::new_v4().to_string();
-        self.sessions.insert(
-            session_id.clone(),
-            Session {
-                producer: producer.to_string(),
-                consumer: consumer.to_string(),
-            },
-        );
-        if let Some(p) = self.peers.get_mut(producer) {
-            p.producer_sessions.insert(session_id.clone());
-        }
-        if let Some(c) = self.peers.get_mut(consumer) {
-            c.consumer_sessions.insert(session_id.clone());
-        }
+        let session = Session {
+            producer: producer.to_string(),
+            consumer: consumer.to_string(),
+            producer_node,
+            consumer_node,
+        };
+        self.register_session(&session_id, &session);
         info!(session_id, producer, consumer, "started a session");
-        out.push((
-            consumer.to_string(),
-            ServerMessage::SessionStarted {
-                peer_id: producer.to_string(),
-                session_id: session_id.clone(),
-            },
-        ));
-        out.push((
-            producer.to_string(),
-            ServerMessage::StartSession {
-                peer_id: consumer.to_string(),
-                session_id,
-                offer,
-            },
-        ));
+        // The remote member's node learns of the session, and tells its peer, from one message.
+        let remote = session
+            .producer_node
+            .clone()
+            .or(session.consumer_node.clone());
+        if let Some(node) = remote {
+            out.push(Effect::ToNode(
+                node,
+                NodeMessage::SessionStart(SessionStartBody {
+                    session_id: session_id.clone(),
+                    producer: producer.to_string(),
+                    consumer: consumer.to_string(),
+                    offer: offer.clone(),
+                }),
+            ));
+        }
+        if session.consumer_node.is_none() {
+            deliver(
+                out,
+                consumer,
+                ServerMessage::SessionStarted {
+                    peer_id: producer.to_string(),
+                    session_id: session_id.clone(),
+                },
+            );
+        }
+        if session.producer_node.is_none() {
+            deliver(
+                out,
+                producer,
+                ServerMessage::StartSession {
+                    peer_id: consumer.to_string(),
+                    session_id,
+                    offer,
+                },
+            );
+        }
         Ok(())
+    }
+
+    /// Records a session and links it to its local member(s).
+    fn register_session(&mut self, session_id: &str, session: &Session) {
+        self.sessions
+            .insert(session_id.to_string(), session.clone());
+        if session.producer_node.is_none() {
+            if let Some(p) = self.peers.get_mut(&session.producer) {
+                p.producer_sessions.insert(session_id.to_string());
+            }
+        }
+        if session.consumer_node.is_none() {
+            if let Some(c) = self.peers.get_mut(&session.consumer) {
+                c.consumer_sessions.insert(session_id.to_string());
+            }
+        }
     }
 
     fn relay(&mut self, from: &str, msg: PeerMessage, out: &mut Outbox) -> Res {
@@ -252,7 +413,7 @@ impl Router {
             return self.v2_only_error(from, ErrorCode::UnknownSession, &msg.session_id);
         };
         // Stricter than upstream: only the two members may send into a session.
-        let Some(to) = session.other(from) else {
+        let Some((to, to_node)) = session.other(from).filter(|_| session.is_local(from)) else {
             return Err(not_member(from, &msg.session_id));
         };
         if msg.payload.is_offer() && from == session.consumer {
@@ -264,7 +425,20 @@ impl Router {
                 ),
             ));
         }
-        out.push((to.clone(), ServerMessage::Peer(msg)));
+        match to_node {
+            None => deliver(out, to, ServerMessage::Peer(msg)),
+            Some(node) => out.push(Effect::ToNode(
+                node.clone(),
+                NodeMessage::Relay(RelayBody {
+                    session_id: msg.session_id,
+                    to: to.clone(),
+                    key: msg.payload.key().to_string(),
+                    payload: match msg.payload {
+                        RelayPayload::Sdp { raw, .. } | RelayPayload::Ice { raw } => raw,
+                    },
+                }),
+            )),
+        }
         Ok(())
     }
 
@@ -274,41 +448,195 @@ impl Router {
             return self.v2_only_error(from, ErrorCode::UnknownSession, session_id);
         };
         // Stricter than upstream, which ends any session whose id it is given.
-        if session.other(from).is_none() {
+        if !session.is_local(from) {
             return Err(not_member(from, session_id));
         }
         self.close_session(from, session_id, out);
         Ok(())
     }
 
-    /// Removes a session ended by member `by` and tells the other member.
+    /// Removes a session ended by member `by` and tells the other member (here or remote).
     fn close_session(&mut self, by: &str, session_id: &str, out: &mut Outbox) {
         let Some(session) = self.sessions.remove(session_id) else {
             return;
         };
-        if let Some(p) = self.peers.get_mut(&session.producer) {
-            p.producer_sessions.remove(session_id);
-        }
-        if let Some(c) = self.peers.get_mut(&session.consumer) {
-            c.consumer_sessions.remove(session_id);
+        for (member, node, as_producer) in [
+            (&session.producer, &session.producer_node, true),
+            (&session.consumer, &session.consumer_node, false),
+        ] {
+            if node.is_none() {
+                if let Some(p) = self.peers.get_mut(member) {
+                    if as_producer {
+                        p.producer_sessions.remove(session_id);
+                    } else {
+                        p.consumer_sessions.remove(session_id);
+                    }
+                }
+            }
         }
         info!(session_id, by, "session ended");
-        if let Some(other) = session.other(by) {
-            out.push((
-                other.clone(),
-                ServerMessage::EndSession {
+        let Some((other, other_node)) = session.other(by) else {
+            return;
+        };
+        let end = ServerMessage::EndSession {
+            session_id: session_id.to_string(),
+        };
+        match other_node {
+            None => deliver(out, other, end),
+            Some(node) => out.push(Effect::ToNode(
+                node.clone(),
+                NodeMessage::SessionEnd(SessionEndBody {
                     session_id: session_id.to_string(),
-                },
-            ));
+                    to: other.clone(),
+                }),
+            )),
         }
     }
 
+    fn remote_status(&mut self, node: &str, body: PeerStatusBody, out: &mut Outbox) {
+        if self.is_local(&body.peer_id) {
+            return; // an echo of our own, or a stale claim: local state wins
+        }
+        if body.left {
+            self.peers.remove(&body.peer_id);
+        } else {
+            let entry = self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
+                Peer::new(
+                    Some(node.to_string()),
+                    ProtocolVersion::V1,
+                    PeerStatus::default(),
+                )
+            });
+            entry.node = Some(node.to_string());
+            entry.status = body.status.clone();
+        }
+        self.broadcast(&body.status, out);
+    }
+
+    fn remote_session_start(&mut self, node: &str, body: SessionStartBody, out: &mut Outbox) {
+        let (producer_here, consumer_here) =
+            (self.is_local(&body.producer), self.is_local(&body.consumer));
+        let session = Session {
+            producer: body.producer.clone(),
+            consumer: body.consumer.clone(),
+            producer_node: (!producer_here).then(|| node.to_string()),
+            consumer_node: (!consumer_here).then(|| node.to_string()),
+        };
+        if producer_here == consumer_here {
+            // The local member left meanwhile (or the message is bogus): end it on the sender.
+            warn!(
+                session_id = body.session_id,
+                node, "session start for no local member"
+            );
+            let other = if producer_here {
+                &body.consumer
+            } else {
+                &body.producer
+            };
+            let to = if self.is_local(other) {
+                &body.producer
+            } else {
+                other
+            };
+            out.push(Effect::ToNode(
+                node.to_string(),
+                NodeMessage::SessionEnd(SessionEndBody {
+                    session_id: body.session_id,
+                    to: to.clone(),
+                }),
+            ));
+            return;
+        }
+        self.register_session(&body.session_id, &session);
+        info!(session_id = body.session_id, node, "remote session started");
+        if producer_here {
+            deliver(
+                out,
+                &body.producer,
+                ServerMessage::StartSession {
+                    peer_id: body.consumer,
+                    session_id: body.session_id,
+                    offer: body.offer,
+                },
+            );
+        } else {
+            deliver(
+                out,
+                &body.consumer,
+                ServerMessage::SessionStarted {
+                    peer_id: body.producer,
+                    session_id: body.session_id,
+                },
+            );
+        }
+    }
+
+    fn remote_session_end(&mut self, node: &str, body: SessionEndBody, out: &mut Outbox) {
+        let Some(session) = self.sessions.get(&body.session_id) else {
+            return;
+        };
+        // Only the node of the other member may end it for ours.
+        let Some((other, other_node)) = session.other(&body.to) else {
+            return;
+        };
+        if !session.is_local(&body.to) || other_node.as_deref() != Some(node) {
+            warn!(
+                session_id = body.session_id,
+                node, "session end from a non-member node"
+            );
+            return;
+        }
+        let other = other.clone();
+        self.close_session(&other, &body.session_id, out);
+    }
+
+    fn remote_relay(&mut self, node: &str, body: RelayBody, out: &mut Outbox) {
+        let Some(session) = self.sessions.get(&body.session_id) else {
+            debug!(
+                session_id = body.session_id,
+                "relay for a session that ended"
+            );
+            return;
+        };
+        let member_node_ok = session
+            .other(&body.to)
+            .is_some_and(|(_, n)| n.as_deref() == Some(node));
+        if !session.is_local(&body.to) || !member_node_ok {
+            warn!(
+                session_id = body.session_id,
+                node, "relay from a non-member node"
+            );
+            return;
+        }
+        let payload = match body.key.as_str() {
+            "sdp" => RelayPayload::sdp(body.payload),
+            "ice" => RelayPayload::ice(body.payload),
+            other => {
+                warn!(key = other, "relay with an unknown payload key");
+                return;
+            }
+        };
+        match payload {
+            Ok(payload) => deliver(
+                out,
+                &body.to,
+                ServerMessage::Peer(PeerMessage {
+                    session_id: body.session_id,
+                    payload,
+                }),
+            ),
+            Err(e) => warn!(node, "invalid relayed payload: {e}"),
+        }
+    }
+
+    /// Status change for this node's listeners.
     fn broadcast(&self, status: &PeerStatus, out: &mut Outbox) {
         for listener in &self.listeners {
-            out.push((
-                listener.clone(),
+            deliver(
+                out,
+                listener,
                 ServerMessage::PeerStatusChanged(status.clone()),
-            ));
+            );
         }
     }
 
@@ -332,6 +660,10 @@ impl Router {
     }
 }
 
+fn deliver(out: &mut Outbox, to: &str, msg: ServerMessage) {
+    out.push(Effect::Deliver(to.to_string(), msg));
+}
+
 type Res = Result<(), (ErrorCode, String)>;
 
 fn not_found(id: &str) -> (ErrorCode, String) {
@@ -351,7 +683,7 @@ fn not_member(id: &str, session_id: &str) -> (ErrorCode, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{PeerRole, RelayPayload, SdpType};
+    use proto::{PeerRole, SdpType};
 
     fn status(roles: &[PeerRole]) -> ClientMessage {
         ClientMessage::SetPeerStatus(PeerStatus {
@@ -367,6 +699,15 @@ mod tests {
             r.join(p, ProtocolVersion::V1);
         }
         r
+    }
+
+    fn delivered(out: &Outbox) -> Vec<(&str, &ServerMessage)> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Deliver(to, m) => Some((to.as_str(), m)),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -400,8 +741,9 @@ mod tests {
             &mut out,
         );
         assert_eq!(r.session_count(), 1);
-        assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|(to, m)| to == "x" && m.kind() == "error"));
+        let d = delivered(&out);
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().all(|(to, m)| *to == "x" && m.kind() == "error"));
     }
 
     #[test]
@@ -420,10 +762,79 @@ mod tests {
         );
         out.clear();
         r.leave("p", &mut out);
-        assert_eq!(out[0].0, "c");
-        assert_eq!(out[0].1.kind(), "endSession");
-        assert_eq!(out[1].0, "l");
-        assert!(matches!(&out[1].1, ServerMessage::PeerStatusChanged(s) if s.roles.is_empty()));
+        let d = delivered(&out);
+        assert_eq!(d[0].0, "c");
+        assert_eq!(d[0].1.kind(), "endSession");
+        assert_eq!(d[1].0, "l");
+        assert!(matches!(d[1].1, ServerMessage::PeerStatusChanged(s) if s.roles.is_empty()));
+        assert!(matches!(out.last(), Some(Effect::Announce(b)) if b.left));
         assert_eq!(r.session_count(), 0);
+    }
+
+    /// Routers wired by hand: returns what the receiving routers produced.
+    fn exchange(from: &str, out: Outbox, nodes: &mut [(&str, &mut Router)]) -> Outbox {
+        let mut local = Outbox::new();
+        for e in out {
+            match e {
+                Effect::ToNode(node, msg) => {
+                    let (_, r) = nodes.iter_mut().find(|(n, _)| *n == node).unwrap();
+                    let mut o = Outbox::new();
+                    r.remote(from, msg, &mut o);
+                    local.extend(o);
+                }
+                Effect::Announce(body) => {
+                    for (n, r) in nodes.iter_mut() {
+                        if *n != from {
+                            let mut o = Outbox::new();
+                            r.remote(from, NodeMessage::PeerStatus(body.clone()), &mut o);
+                            local.extend(o);
+                        }
+                    }
+                }
+                Effect::Deliver(..) => {} // the sender's own peers
+            }
+        }
+        local
+    }
+
+    #[test]
+    fn a_session_across_two_routers_relays_and_ends_on_node_down() {
+        let (mut a, mut b) = (router(&["c"]), router(&["p"]));
+        let mut out = Outbox::new();
+        b.handle("p", status(&[PeerRole::Producer]), &mut out);
+        exchange("b", out, &mut [("a", &mut a)]);
+        let mut out = Outbox::new();
+        a.handle(
+            "c",
+            ClientMessage::StartSession {
+                peer_id: "p".into(),
+                offer: None,
+            },
+            &mut out,
+        );
+        let at_b = exchange("a", out, &mut [("b", &mut b)]);
+        assert!(
+            matches!(&at_b[..], [Effect::Deliver(p, ServerMessage::StartSession { .. })] if p == "p")
+        );
+        let sid = b.sessions.keys().next().unwrap().clone();
+
+        let mut out = Outbox::new();
+        b.handle(
+            "p",
+            ClientMessage::Peer(PeerMessage {
+                session_id: sid.clone(),
+                payload: RelayPayload::from_ice("candidate:1", 0),
+            }),
+            &mut out,
+        );
+        let at_a = exchange("b", out, &mut [("a", &mut a)]);
+        assert!(matches!(&at_a[..], [Effect::Deliver(c, ServerMessage::Peer(_))] if c == "c"));
+
+        let mut out = Outbox::new();
+        a.node_down("b", &mut out);
+        assert!(
+            matches!(&out[..], [Effect::Deliver(c, ServerMessage::EndSession { .. })] if c == "c")
+        );
+        assert_eq!(a.session_count(), 0);
     }
 }

@@ -4,11 +4,10 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 use proto::{ClientMessage, PeerId, ServerMessage};
-use tracing::warn;
 
-use super::{Bus, BusStats};
+use super::{deliver, Bus, BusStats};
 use crate::mailbox::Mailbox;
-use crate::routing::{Outbox, Router};
+use crate::routing::{Effect, Outbox, Router};
 
 /// Routes between the peers of this process under one lock.
 ///
@@ -33,17 +32,10 @@ impl MemoryBus {
 
 impl Inner {
     fn flush(&self, out: Outbox) {
-        for (to, msg) in out {
-            let Some(mailbox) = self.mailboxes.get(&to) else {
-                continue;
-            };
-            if mailbox.deliver(&msg).is_err() {
-                // The peer's connection is being dropped; its `leave` follows.
-                warn!(
-                    peer_id = to,
-                    kind = msg.kind(),
-                    "peer queue full, disconnecting it"
-                );
+        for effect in out {
+            // Alone, there is no other node to announce to or send to.
+            if let Effect::Deliver(to, msg) = effect {
+                deliver(&self.mailboxes, &to, &msg);
             }
         }
     }
@@ -81,7 +73,7 @@ impl Bus for MemoryBus {
     fn stats(&self) -> BusStats {
         let inner = self.inner.lock();
         BusStats {
-            peers: inner.router.peer_count(),
+            peers: inner.router.local_peer_count(),
             sessions: inner.router.session_count(),
         }
     }

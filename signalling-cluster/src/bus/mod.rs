@@ -11,7 +11,10 @@ mod memory;
 
 pub use memory::MemoryBus;
 
+use std::collections::HashMap;
+
 use proto::{ClientMessage, PeerId, ServerMessage};
+use tracing::warn;
 
 use crate::mailbox::Mailbox;
 
@@ -33,6 +36,21 @@ pub trait Bus: Send + Sync + 'static {
 pub struct BusStats {
     pub peers: usize,
     pub sessions: usize,
+}
+
+/// Queues `msg` for local peer `to`, if still connected.
+pub(crate) fn deliver(mailboxes: &HashMap<PeerId, Mailbox>, to: &str, msg: &ServerMessage) {
+    let Some(mailbox) = mailboxes.get(to) else {
+        return;
+    };
+    if mailbox.deliver(msg).is_err() {
+        // The peer's connection is being dropped; its `leave` follows.
+        warn!(
+            peer_id = to,
+            kind = msg.kind(),
+            "peer queue full, disconnecting it"
+        );
+    }
 }
 
 /// A peer id, fresh for every connection (upstream uses UUIDv4 too).
