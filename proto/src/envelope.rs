@@ -25,6 +25,10 @@ pub struct Envelope {
     pub v: u16,
     /// Id of the sending node.
     pub from: String,
+    /// When the sending node process started (ms since the epoch): a restarted node with the
+    /// same id starts its sequence numbers again.
+    #[serde(default)]
+    pub boot: u64,
     /// Per-sender, per-channel sequence number, starting at 1.
     pub seq: u64,
     /// Which [`NodeMessage`] the body holds.
@@ -142,8 +146,8 @@ impl NodeMessage {
         }
     }
 
-    /// Wraps the message in an envelope from `from` with sequence number `seq`.
-    pub fn seal(&self, from: &str, seq: u64) -> String {
+    /// Wraps the message in an envelope from `from` (started at `boot`) with number `seq`.
+    pub fn seal(&self, from: &str, boot: u64, seq: u64) -> String {
         let body = match self {
             NodeMessage::PeerStatus(b) => serde_json::value::to_raw_value(b),
             NodeMessage::SessionStart(b) => serde_json::value::to_raw_value(b),
@@ -157,6 +161,7 @@ impl NodeMessage {
         serde_json::to_string(&Envelope {
             v: ENVELOPE_VERSION,
             from: from.to_string(),
+            boot,
             seq,
             kind: self.kind().to_string(),
             body,
@@ -242,10 +247,10 @@ mod tests {
     #[test]
     fn every_kind_round_trips_with_payload_bytes_intact() {
         for (i, msg) in samples().into_iter().enumerate() {
-            let text = msg.seal("node-a", i as u64 + 1);
+            let text = msg.seal("node-a", 7, i as u64 + 1);
             let env = Envelope::parse(&text).unwrap();
             assert_eq!(env.from, "node-a");
-            assert_eq!(env.seq, i as u64 + 1);
+            assert_eq!((env.boot, env.seq), (7, i as u64 + 1));
             assert_eq!(env.open().unwrap(), Some(msg), "{text}");
         }
     }

@@ -30,6 +30,20 @@ pub struct Config {
     #[arg(long, env = "SIGNALLING_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Redis URL (`redis://` or `rediss://`): join the cluster of every node using the same
+    /// Redis and prefix. Without it the node runs alone on its in-memory bus.
+    #[arg(long, env = "SIGNALLING_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel of this cluster.
+    #[arg(long, env = "SIGNALLING_REDIS_PREFIX", default_value = "gwc")]
+    pub redis_prefix: String,
+
+    /// Seconds after which a node that stopped refreshing its liveness in Redis is declared
+    /// dead: its peers are removed and its sessions ended.
+    #[arg(long = "node-ttl", env = "SIGNALLING_NODE_TTL", default_value_t = 3.0)]
+    pub node_ttl_secs: f64,
+
     /// Largest accepted WebSocket message in bytes; a larger one closes the connection with
     /// 1009. SDP offers with many streams and candidates reach hundreds of kilobytes.
     #[arg(long, env = "SIGNALLING_MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024)]

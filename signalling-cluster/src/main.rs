@@ -1,7 +1,11 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use signalling_cluster::{bus::MemoryBus, config::LogFormat, Config};
+use std::time::Duration;
+
+use anyhow::Context;
+use signalling_cluster::bus::{Bus, MemoryBus, RedisBus, RedisSettings};
+use signalling_cluster::{config::LogFormat, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -12,8 +16,21 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    actix_web::rt::System::new().block_on(signalling_cluster::server::run(
-        config,
-        Arc::new(MemoryBus::new()),
-    ))
+    // rustls has two crypto providers compiled in (ring here, aws-lc-rs via dependencies):
+    // name the process default so every TLS client (rediss://) agrees.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    actix_web::rt::System::new().block_on(async move {
+        let bus: Arc<dyn Bus> = match &config.redis_url {
+            Some(url) => RedisBus::connect(RedisSettings {
+                url: url.clone(),
+                prefix: config.redis_prefix.clone(),
+                node_id: config.resolved_node_id(),
+                node_ttl: Duration::from_secs_f64(config.node_ttl_secs.max(0.5)),
+            })
+            .await
+            .context("cannot join the cluster")?,
+            None => Arc::new(MemoryBus::new()),
+        };
+        signalling_cluster::server::run(config, bus).await
+    })
 }

@@ -199,36 +199,14 @@ impl Router {
 
     /// Another node is gone: its peers leave, the sessions with them end.
     pub fn node_down(&mut self, node: &str, out: &mut Outbox) {
+        self.end_sessions_with(node, false, out);
         let gone: Vec<PeerId> = self
             .peers
             .iter()
             .filter(|(_, p)| p.node.as_deref() == Some(node))
             .map(|(id, _)| id.clone())
             .collect();
-        let ended: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                s.producer_node.as_deref() == Some(node) || s.consumer_node.as_deref() == Some(node)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        info!(
-            node,
-            peers = gone.len(),
-            sessions = ended.len(),
-            "node down"
-        );
-        for session_id in ended {
-            if let Some(s) = self.sessions.get(&session_id) {
-                let remote = if s.producer_node.as_deref() == Some(node) {
-                    s.producer.clone()
-                } else {
-                    s.consumer.clone()
-                };
-                self.close_session(&remote, &session_id, out);
-            }
-        }
+        info!(node, peers = gone.len(), "node down");
         for peer_id in gone {
             if let Some(peer) = self.peers.remove(&peer_id) {
                 let status = PeerStatus {
@@ -237,6 +215,36 @@ impl Router {
                     peer_id: Some(peer_id),
                 };
                 self.broadcast(&status, out);
+            }
+        }
+    }
+
+    /// Ends every session with a member on `node`: local members get `endSession`, and if
+    /// `tell_node`, the node too (best effort: it may be unreachable).
+    pub fn end_sessions_with(&mut self, node: &str, tell_node: bool, out: &mut Outbox) {
+        let ended: Vec<(SessionId, PeerId)> = self
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| {
+                if s.producer_node.as_deref() == Some(node) {
+                    Some((id.clone(), s.producer.clone()))
+                } else if s.consumer_node.as_deref() == Some(node) {
+                    Some((id.clone(), s.consumer.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (session_id, remote_member) in ended {
+            self.close_session(&remote_member, &session_id, out);
+            if tell_node {
+                out.push(Effect::ToNode(
+                    node.to_string(),
+                    NodeMessage::SessionEnd(SessionEndBody {
+                        session_id,
+                        to: remote_member,
+                    }),
+                ));
             }
         }
     }

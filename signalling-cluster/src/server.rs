@@ -115,6 +115,9 @@ async fn drain(state: web::Data<NodeState>, server: actix_web::dev::ServerHandle
 async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
     if state.draining.load(Ordering::SeqCst) {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
+    } else if !state.bus.ready() {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "cluster unavailable"}))
     } else {
         healthz(state).await
     }

@@ -152,6 +152,55 @@ impl Node {
     }
 }
 
+/// A throwaway `redis-server` on a free loopback port, without persistence.
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Redis {
+    pub async fn start() -> anyhow::Result<Redis> {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts (or restarts, empty) a server on `port`.
+    pub async fn start_on(port: u16) -> anyhow::Result<Redis> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--loglevel", "warning"])
+        .stdout(Stdio::null());
+        let proc = Proc::spawn(cmd, "redis-server")?;
+        let deadline = Instant::now() + STEP;
+        loop {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && s.read_exact(&mut buf).await.is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return Ok(Redis { port, proc });
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server on port {port} did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
 /// Minimal HTTP/1.0 GET, enough for health endpoints.
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -7,8 +7,10 @@
 //! Every call is fire-and-forget: answers and errors come back through the peer's
 //! [`Mailbox`], as they do on the wire.
 
+mod cluster;
 mod memory;
 
+pub use cluster::{ClusterError, RedisBus, RedisSettings};
 pub use memory::MemoryBus;
 
 use std::collections::HashMap;
@@ -28,6 +30,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
     /// message such as `goAway` reaches v2 peers only).
     fn notify_local(&self, msg: &ServerMessage);
+    /// Whether the node can serve everything it should (`/readyz`): in a cluster, whether the
+    /// cluster bus is reachable.
+    fn ready(&self) -> bool {
+        true
+    }
     /// Figures for `/healthz` and the operations API.
     fn stats(&self) -> BusStats;
 }

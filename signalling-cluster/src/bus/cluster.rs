@@ -1,0 +1,461 @@
+//! The cluster bus: nodes joined over Redis.
+//!
+//! * Every node routes its own peers with its own [`Router`]; what the router addresses to
+//!   other nodes goes out as [`proto::envelope::Envelope`]s, pipelined by one publisher task:
+//!   presence on `{prefix}:presence` (to every node), everything else on `{prefix}:node:{id}`
+//!   (to one node). A relayed message therefore costs one `PUBLISH`.
+//! * Registered peers are also kept in the hash `{prefix}:peers` (peer id -> node and status),
+//!   written just before the announcement, from which a starting node loads its replica.
+//! * Liveness: each node refreshes its score (expiry time) in the sorted set `{prefix}:nodes`
+//!   every [`TICK`]; a node whose score has passed is reaped by the one node that wins
+//!   `SET {prefix}:reap:{id} NX`: it removes the dead node's peers from the hash and publishes
+//!   `nodeDown`, on which every node ends its sessions with the dead node and tells its
+//!   listeners.
+//! * Envelopes carry a per-sender, per-channel sequence number; a gap on a node channel means
+//!   pub/sub lost a message, and the sessions with that sender are ended rather than left
+//!   silently broken.
+//!
+//! See `docs/cluster.md` for the whole picture.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use proto::envelope::{Envelope, NodeDownBody, NodeMessage, PeerStatusBody};
+use proto::{ClientMessage, PeerId, PeerStatus, ServerMessage};
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{deliver, Bus, BusStats};
+use crate::mailbox::Mailbox;
+use crate::routing::{Effect, NodeId, Outbox, Router};
+
+/// How often a node refreshes its liveness and looks for dead nodes.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Settings of the cluster bus.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub node_id: NodeId,
+    /// A node not heard of for this long is dead.
+    pub node_ttl: Duration,
+}
+
+/// Errors setting up the cluster bus.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
+    #[error("cannot reach Redis: {0}")]
+    Connect(#[source] redis::RedisError),
+}
+
+/// The Redis-backed bus; see the module documentation.
+pub struct RedisBus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: RedisSettings,
+    keys: Keys,
+    state: Mutex<State>,
+    /// To the publisher task, in routing order.
+    out: mpsc::UnboundedSender<Outgoing>,
+    /// Redis reachable (subscriber connected and last publish succeeded).
+    connected: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    router: Router,
+    mailboxes: HashMap<PeerId, Mailbox>,
+    /// Last (boot, sequence number) seen per (sender, channel): gaps mean lost messages.
+    seen: HashMap<(String, String), (u64, u64)>,
+}
+
+enum Outgoing {
+    Announce(PeerStatusBody),
+    ToNode(NodeId, NodeMessage),
+    NodeDown(NodeId),
+}
+
+struct Keys {
+    peers: String,
+    nodes: String,
+    presence: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Keys {
+            peers: format!("{prefix}:peers"),
+            nodes: format!("{prefix}:nodes"),
+            presence: format!("{prefix}:presence"),
+            prefix: prefix.to_string(),
+        }
+    }
+    fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+    fn reap(&self, node: &str) -> String {
+        format!("{}:reap:{node}", self.prefix)
+    }
+}
+
+/// What `{prefix}:peers` stores per peer.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPeer {
+    node: NodeId,
+    status: PeerStatus,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisBus {
+    /// Connects to Redis, loads the cluster's peers and starts the bus tasks.
+    pub async fn connect(settings: RedisSettings) -> Result<Arc<RedisBus>, ClusterError> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
+        let con = ConnectionManager::new(client.clone())
+            .await
+            .map_err(ClusterError::Connect)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&settings.prefix),
+            settings,
+            state: Mutex::new(State::default()),
+            out: tx,
+            connected: AtomicBool::new(false),
+        });
+        // Subscribe before loading, so nothing announced in between is missed.
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        actix_rt::spawn(subscriber(shared.clone(), client, con.clone(), ready_tx));
+        let _ = ready_rx.await;
+        actix_rt::spawn(publisher(shared.clone(), rx, con.clone()));
+        actix_rt::spawn(liveness(shared.clone(), con));
+        info!(node_id = shared.settings.node_id, "joined the cluster");
+        Ok(Arc::new(RedisBus { shared }))
+    }
+}
+
+impl Shared {
+    /// Carries out the router's effects: local deliveries now, the rest via the publisher.
+    fn flush(&self, state: &State, out: Outbox) {
+        for effect in out {
+            match effect {
+                Effect::Deliver(to, msg) => deliver(&state.mailboxes, &to, &msg),
+                Effect::Announce(body) => {
+                    let _ = self.out.send(Outgoing::Announce(body));
+                }
+                Effect::ToNode(node, msg) => {
+                    let _ = self.out.send(Outgoing::ToNode(node, msg));
+                }
+            }
+        }
+    }
+
+    /// One envelope from the subscription.
+    fn receive(&self, channel: &str, text: &str) {
+        let env = match Envelope::parse(text) {
+            Ok(env) => env,
+            Err(e) => return warn!(channel, "dropping envelope: {e}"),
+        };
+        if env.from == self.settings.node_id {
+            return; // our own presence announcements come back to us
+        }
+        let msg = match env.open() {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return debug!(kind = env.kind, "ignoring envelope of a newer kind"),
+            Err(e) => return warn!(kind = env.kind, "dropping envelope: {e}"),
+        };
+        let mut state = self.state.lock();
+        let mut out = Outbox::new();
+        let key = (env.from.clone(), channel.to_string());
+        let last = state.seen.insert(key, (env.boot, env.seq));
+        // A new boot of the sender starts counting again.
+        let gap = last.is_some_and(|(boot, last)| boot == env.boot && env.seq > last + 1);
+        if gap && channel != self.keys.presence {
+            // A directed message was lost: the sessions with that node may be broken.
+            warn!(
+                from = env.from,
+                ?last,
+                seq = env.seq,
+                "message gap: ending sessions with node"
+            );
+            state.router.end_sessions_with(&env.from, true, &mut out);
+        }
+        if let NodeMessage::NodeDown(NodeDownBody { node }) = &msg {
+            if *node == self.settings.node_id {
+                // We were presumed dead (a long pause?): put our peers back.
+                warn!("the cluster presumed this node dead; announcing our peers again");
+                for body in state.router.local_statuses() {
+                    out.push(Effect::Announce(body));
+                }
+                self.flush(&state, out);
+                return;
+            }
+        }
+        state.router.remote(&env.from, msg, &mut out);
+        self.flush(&state, out);
+    }
+}
+
+impl Bus for RedisBus {
+    fn join(&self, peer_id: &str, mailbox: Mailbox) {
+        let mut state = self.shared.state.lock();
+        state.router.join(peer_id, mailbox.version());
+        state.mailboxes.insert(peer_id.to_string(), mailbox);
+    }
+
+    fn handle(&self, from: &str, msg: ClientMessage) {
+        let mut out = Outbox::new();
+        let mut state = self.shared.state.lock();
+        state.router.handle(from, msg, &mut out);
+        self.shared.flush(&state, out);
+    }
+
+    fn leave(&self, peer_id: &str) {
+        let mut out = Outbox::new();
+        let mut state = self.shared.state.lock();
+        state.mailboxes.remove(peer_id);
+        state.router.leave(peer_id, &mut out);
+        self.shared.flush(&state, out);
+    }
+
+    fn notify_local(&self, msg: &ServerMessage) {
+        let state = self.shared.state.lock();
+        for mailbox in state.mailboxes.values() {
+            let _ = mailbox.deliver(msg);
+        }
+    }
+
+    fn stats(&self) -> BusStats {
+        let state = self.shared.state.lock();
+        BusStats {
+            peers: state.router.local_peer_count(),
+            sessions: state.router.session_count(),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+}
+
+/// Publishes what the routers address to other nodes, in order, pipelined.
+async fn publisher(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut con: ConnectionManager,
+) {
+    let me = shared.settings.node_id.clone();
+    let boot = now_ms();
+    let mut seq: HashMap<String, u64> = HashMap::new();
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        let mut pipe = redis::pipe();
+        for item in batch.drain(..) {
+            let (channel, msg) = match item {
+                Outgoing::Announce(body) => {
+                    // The store first: whoever sees the announcement can read it back.
+                    if body.left {
+                        pipe.hdel(&shared.keys.peers, &body.peer_id).ignore();
+                    } else {
+                        let stored = StoredPeer {
+                            node: me.clone(),
+                            status: body.status.clone(),
+                        };
+                        let json = serde_json::to_string(&stored).unwrap_or_default();
+                        pipe.hset(&shared.keys.peers, &body.peer_id, json).ignore();
+                    }
+                    (shared.keys.presence.clone(), NodeMessage::PeerStatus(body))
+                }
+                Outgoing::ToNode(node, msg) => (shared.keys.node(&node), msg),
+                Outgoing::NodeDown(node) => (
+                    shared.keys.presence.clone(),
+                    NodeMessage::NodeDown(NodeDownBody { node }),
+                ),
+            };
+            let n = seq.entry(channel.clone()).or_insert(0);
+            *n += 1;
+            pipe.publish(channel, msg.seal(&me, boot, *n)).ignore();
+        }
+        match pipe.query_async::<()>(&mut con).await {
+            Ok(()) => {}
+            Err(e) => {
+                // The receivers see the sequence gap and end what depended on these messages.
+                warn!("publishing to Redis failed, messages lost: {e}");
+                shared.connected.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Keeps the subscription alive; on (re)connection reloads the replica and restores our peers
+/// in Redis (it may have restarted empty).
+async fn subscriber(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut con: ConnectionManager,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(100);
+    let node_channel = shared.keys.node(&shared.settings.node_id);
+    loop {
+        let pubsub = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&shared.keys.presence).await?;
+            pubsub.subscribe(&node_channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        let pubsub = match pubsub {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(?backoff, "cannot subscribe to Redis: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = resync(&shared, &mut con).await {
+            warn!("cannot load the cluster state: {e}");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        shared.connected.store(true, Ordering::SeqCst);
+        info!("subscribed to the cluster");
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        let mut messages = pubsub.into_on_message();
+        while let Some(msg) = messages.next().await {
+            match msg.get_payload::<String>() {
+                Ok(text) => shared.receive(msg.get_channel_name(), &text),
+                Err(e) => warn!("non-text message on the cluster channel: {e}"),
+            }
+        }
+        warn!("lost the Redis subscription; reconnecting");
+        shared.connected.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Loads the other nodes' peers into the replica and writes ours back (Redis may be new).
+async fn resync(shared: &Shared, con: &mut ConnectionManager) -> redis::RedisResult<()> {
+    let stored: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&shared.keys.peers)
+        .query_async(con)
+        .await?;
+    let mut state = shared.state.lock();
+    let mut out = Outbox::new();
+    for (peer_id, json) in stored {
+        let Ok(peer) = serde_json::from_str::<StoredPeer>(&json) else {
+            continue;
+        };
+        if peer.node == shared.settings.node_id {
+            continue;
+        }
+        let body = PeerStatusBody {
+            peer_id,
+            status: peer.status,
+            left: false,
+        };
+        state
+            .router
+            .remote(&peer.node, NodeMessage::PeerStatus(body), &mut out);
+    }
+    for body in state.router.local_statuses() {
+        out.push(Effect::Announce(body));
+    }
+    shared.flush(&state, out);
+    Ok(())
+}
+
+/// Refreshes our liveness score and reaps nodes whose score has expired.
+async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
+    let me = shared.settings.node_id.clone();
+    let ttl = shared.settings.node_ttl.as_millis() as u64;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        let result: redis::RedisResult<Vec<String>> = redis::pipe()
+            .cmd("ZADD")
+            .arg(&shared.keys.nodes)
+            .arg(now + ttl)
+            .arg(&me)
+            .ignore()
+            .cmd("ZRANGEBYSCORE")
+            .arg(&shared.keys.nodes)
+            .arg("-inf")
+            .arg(now)
+            .query_async::<(Vec<String>,)>(&mut con)
+            .await
+            .map(|(dead,)| dead);
+        let dead = match result {
+            Ok(dead) => dead,
+            Err(e) => {
+                debug!("liveness update failed: {e}");
+                continue;
+            }
+        };
+        for node in dead.into_iter().filter(|n| *n != me) {
+            if let Err(e) = reap(&shared, &mut con, &node).await {
+                warn!(node, "reaping failed: {e}");
+            }
+        }
+    }
+}
+
+/// Removes a dead node from the cluster, if this node wins the right to.
+async fn reap(shared: &Shared, con: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
+    let won: Option<String> = redis::cmd("SET")
+        .arg(shared.keys.reap(node))
+        .arg(&shared.settings.node_id)
+        .arg("NX")
+        .arg("PX")
+        .arg(10_000)
+        .query_async(con)
+        .await?;
+    if won.is_none() {
+        return Ok(()); // another node does it
+    }
+    info!(node, "reaping a dead node");
+    let stored: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&shared.keys.peers)
+        .query_async(con)
+        .await?;
+    let theirs: Vec<&String> = stored
+        .iter()
+        .filter(|(_, json)| serde_json::from_str::<StoredPeer>(json).is_ok_and(|p| p.node == node))
+        .map(|(id, _)| id)
+        .collect();
+    let mut pipe = redis::pipe();
+    if !theirs.is_empty() {
+        pipe.cmd("HDEL")
+            .arg(&shared.keys.peers)
+            .arg(&theirs)
+            .ignore();
+    }
+    pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(node).ignore();
+    pipe.query_async::<()>(con).await?;
+    // Everyone else learns it from the announcement; we apply it ourselves.
+    let _ = shared.out.send(Outgoing::NodeDown(node.to_string()));
+    let mut state = shared.state.lock();
+    let mut out = Outbox::new();
+    state.router.node_down(node, &mut out);
+    shared.flush(&state, out);
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Nodes joined over a real `redis-server`: peers on different nodes see, list and session
+//! with each other as on one upstream server; a killed node's peers and sessions go away.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cluster_tests::{eventually, Node, Peer, Redis};
+use serde_json::{json, Value};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Three nodes on one Redis.
+async fn cluster(redis: &Redis, extra: &[&str]) -> Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        let url = redis.url();
+        let mut args = vec!["--redis-url", &url, "--node-id", name];
+        args.extend_from_slice(extra);
+        nodes.push(Node::start(&args).await?);
+    }
+    Ok(nodes)
+}
+
+/// Waits until `list` on `peer`'s node names `producer`.
+async fn until_listed(peer: &mut Peer, producer: &str) -> Result<()> {
+    let deadline = Instant::now() + cluster_tests::STEP;
+    loop {
+        peer.send(json!({"type": "list"})).await?;
+        let list = peer.wait_for("list").await?;
+        if list["producers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == producer)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{producer} never listed: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_is_cluster_wide() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut l = Peer::connect(&nodes[1].url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+
+    let mut p = Peer::connect(&nodes[0].url()).await?;
+    p.set_status(&["producer"], json!({"name": "cam-a"}))
+        .await?;
+    let seen = l.expect("peerStatusChanged").await?;
+    assert_eq!(
+        seen,
+        json!({"type": "peerStatusChanged", "roles": ["producer"], "meta": {"name": "cam-a"}, "peerId": p.id})
+    );
+    let mut c = Peer::connect(&nodes[2].url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "list"})).await?;
+    assert_eq!(
+        c.expect("list").await?["producers"],
+        json!([{"id": p.id, "meta": {"name": "cam-a"}}])
+    );
+
+    // consumers too, for producer-initiated sessions
+    let mut passive = Peer::connect(&nodes[2].url()).await?;
+    passive
+        .set_status(&["consumer"], json!({"name": "rec"}))
+        .await?;
+    l.expect("peerStatusChanged").await?;
+    p.send(json!({"type": "listConsumers"})).await?;
+    let consumers = p.expect("listConsumers").await?;
+    assert_eq!(
+        consumers["consumers"],
+        json!([{"id": passive.id, "meta": {"name": "rec"}}])
+    );
+
+    // a node that joins later loads what is already there
+    let url = redis.url();
+    let late = Node::start(&["--redis-url", &url, "--node-id", "node-d"]).await?;
+    let mut d = Peer::connect(&late.url()).await?;
+    d.send(json!({"type": "list"})).await?;
+    assert_eq!(d.expect("list").await?["producers"][0]["id"], p.id.as_str());
+
+    // leaving is cluster-wide as well
+    let pid = p.id.clone();
+    p.close().await;
+    let gone = l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
+    assert_eq!(gone["roles"], json!([]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sessions_relay_across_nodes_in_order() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut p = Peer::connect(&nodes[0].url()).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    let mut c = Peer::connect(&nodes[1].url()).await?;
+    until_listed(&mut c, &p.id).await?;
+
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let started = c.expect("sessionStarted").await?;
+    let sid = started["sessionId"].as_str().unwrap().to_string();
+    assert_eq!(started["peerId"], p.id.as_str());
+    assert_eq!(
+        p.expect("startSession").await?,
+        json!({"type": "startSession", "peerId": c.id, "sessionId": sid, "offer": null})
+    );
+
+    p.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "offer", "sdp": "v=0\r\n"}}))
+        .await?;
+    for i in 0..100 {
+        p.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("candidate:{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+    }
+    assert_eq!(c.expect("peer").await?["sdp"]["type"], "offer");
+    for i in 0..100 {
+        assert_eq!(
+            c.expect("peer").await?["ice"]["candidate"],
+            format!("candidate:{i}")
+        );
+    }
+    c.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "answer", "sdp": "v=0\r\n"}}))
+        .await?;
+    assert_eq!(p.expect("peer").await?["sdp"]["type"], "answer");
+    // a consumer's offer is refused on its own node; nothing crosses
+    c.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "offer", "sdp": "x"}}))
+        .await?;
+    assert!(c.expect("error").await?["details"]
+        .as_str()
+        .unwrap()
+        .contains("is not the producer"));
+    p.assert_silent(QUIET).await?;
+
+    c.send(json!({"type": "endSession", "sessionId": sid}))
+        .await?;
+    assert_eq!(
+        p.expect("endSession").await?,
+        json!({"type": "endSession", "sessionId": sid})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn producer_initiated_session_across_nodes() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut c = Peer::connect(&nodes[2].url()).await?;
+    c.set_status(&["consumer"], Value::Null).await?;
+    let mut p = Peer::connect(&nodes[0].url()).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    let deadline = Instant::now() + cluster_tests::STEP;
+    loop {
+        p.send(json!({"type": "listConsumers"})).await?;
+        let list = p.wait_for("listConsumers").await?;
+        if list["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == c.id.as_str())
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "consumer never listed");
+    }
+    p.send(json!({"type": "startSession", "peerId": c.id}))
+        .await?;
+    let started = c.expect("sessionStarted").await?;
+    assert_eq!(started["peerId"], p.id.as_str());
+    let start = p.expect("startSession").await?;
+    assert_eq!(start["sessionId"], started["sessionId"]);
+    // the consumer dropping its role ends the session on the producer's node
+    c.set_status(&[], Value::Null).await?;
+    assert_eq!(
+        p.expect("endSession").await?["sessionId"],
+        started["sessionId"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn disconnects_and_hijacks_across_nodes() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut l = Peer::connect(&nodes[2].url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut p = Peer::connect(&nodes[0].url()).await?;
+    p.set_status(&["producer"], json!({"name": "cam"})).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut c = Peer::connect(&nodes[1].url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.expect("startSession").await?;
+
+    // a third peer, on the third node, cannot end or inject into the session
+    let mut x = Peer::connect_with(&nodes[2].url(), Some("gstwebrtc-cluster.v2")).await?;
+    x.send(json!({"type": "endSession", "sessionId": sid}))
+        .await?;
+    assert_eq!(x.expect("error").await?["code"], "unknown-session");
+    x.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "offer", "sdp": "evil"}}))
+        .await?;
+    assert_eq!(x.expect("error").await?["code"], "unknown-session");
+    p.assert_silent(QUIET).await?;
+    c.assert_silent(QUIET).await?;
+
+    // the producer disconnects: the consumer on another node gets endSession, listeners hear
+    let pid = p.id.clone();
+    p.close().await;
+    assert_eq!(
+        c.expect("endSession").await?,
+        json!({"type": "endSession", "sessionId": sid})
+    );
+    let gone = l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
+    assert_eq!(gone["roles"], json!([]));
+    assert_eq!(gone["meta"], json!({"name": "cam"}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_node_disappears_from_the_cluster() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &["--node-ttl", "1"]).await?;
+    let mut l = Peer::connect(&nodes[1].url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut p = Peer::connect(&nodes[0].url()).await?;
+    p.set_status(&["producer"], json!({"name": "doomed"}))
+        .await?;
+    l.expect("peerStatusChanged").await?;
+    let mut c = Peer::connect(&nodes[2].url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"].clone();
+    p.expect("startSession").await?;
+
+    let killed = Instant::now();
+    nodes[0].proc.signal(9);
+    assert_eq!(c.expect("endSession").await?["sessionId"], sid);
+    let ended_after = killed.elapsed();
+    let pid = p.id.clone();
+    let gone = l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
+    assert_eq!(gone["roles"], json!([]));
+    let removed_after = killed.elapsed();
+    eprintln!("node killed: session ended after {ended_after:?}, peer removed after {removed_after:?} (ttl 1 s)");
+    let c_port = nodes[2].port;
+    eventually(
+        Duration::from_secs(5),
+        "producer gone from list",
+        || async {
+            let Ok(mut q) = Peer::connect(&format!("ws://127.0.0.1:{c_port}")).await else {
+                return false;
+            };
+            q.send(json!({"type": "list"})).await.is_ok()
+                && q.expect("list")
+                    .await
+                    .is_ok_and(|v| v["producers"] == json!([]))
+        },
+    )
+    .await?;
+    // the survivors keep working together
+    let mut p2 = Peer::connect(&nodes[1].url()).await?;
+    p2.set_status(&["producer"], Value::Null).await?;
+    until_listed(&mut c, &p2.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p2.id}))
+        .await?;
+    c.expect("sessionStarted").await?;
+    p2.wait_for("startSession").await?;
+    Ok(())
+}
