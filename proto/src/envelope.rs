@@ -79,6 +79,10 @@ pub struct PeerStatusBody {
     /// The peer disconnected (its status carries `roles: []` and its last meta).
     #[serde(default)]
     pub left: bool,
+    /// The peer just connected and has not registered: known to every node (so that
+    /// `startSession` to it fails as on one server), but listeners are not told.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -211,6 +215,7 @@ mod tests {
                     peer_id: Some("p".into()),
                 },
                 left: false,
+                joined: false,
             }),
             NodeMessage::SessionStart(SessionStartBody {
                 session_id: "s".into(),

@@ -108,25 +108,33 @@ impl Router {
         self.sessions.len()
     }
 
-    /// The registered local peers, to announce again after the cluster store was lost.
+    /// The local peers, to announce again after the cluster store was lost.
     pub fn local_statuses(&self) -> Vec<PeerStatusBody> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.node.is_none() && p.status.peer_id.is_some())
+            .filter(|(_, p)| p.node.is_none())
             .map(|(id, p)| PeerStatusBody {
                 peer_id: id.clone(),
                 status: p.status.clone(),
                 left: false,
+                // registration stores the peer id in the status; unregistered peers stay silent
+                joined: p.status.peer_id.is_none(),
             })
             .collect()
     }
 
     /// A peer connected here (upstream: `NewPeer`). Its `welcome` is sent by the connection.
-    pub fn join(&mut self, peer_id: &str, version: ProtocolVersion) {
+    pub fn join(&mut self, peer_id: &str, version: ProtocolVersion, out: &mut Outbox) {
         self.peers.insert(
             peer_id.to_string(),
             Peer::new(None, version, PeerStatus::default()),
         );
+        out.push(Effect::Announce(PeerStatusBody {
+            peer_id: peer_id.to_string(),
+            status: PeerStatus::default(),
+            left: false,
+            joined: true,
+        }));
     }
 
     /// One message from a local peer.
@@ -177,6 +185,7 @@ impl Router {
             peer_id: peer_id.to_string(),
             status: gone,
             left: true,
+            joined: false,
         }));
     }
 
@@ -299,6 +308,7 @@ impl Router {
             peer_id: peer_id.to_string(),
             status: status.clone(),
             left: false,
+            joined: false,
         }));
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.status = status;
@@ -505,6 +515,16 @@ impl Router {
         if self.is_local(&body.peer_id) {
             return; // an echo of our own, or a stale claim: local state wins
         }
+        if body.joined {
+            self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
+                Peer::new(
+                    Some(node.to_string()),
+                    ProtocolVersion::V1,
+                    PeerStatus::default(),
+                )
+            });
+            return; // listeners hear of registrations, not connections
+        }
         if body.left {
             self.peers.remove(&body.peer_id);
         } else {
@@ -704,7 +724,7 @@ mod tests {
     fn router(peers: &[&str]) -> Router {
         let mut r = Router::new();
         for p in peers {
-            r.join(p, ProtocolVersion::V1);
+            r.join(p, ProtocolVersion::V1, &mut Outbox::new());
         }
         r
     }

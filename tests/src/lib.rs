@@ -201,6 +201,81 @@ impl Redis {
     }
 }
 
+/// Where a test's peers connect: one node, or several nodes on one Redis. Peer `i` of a test
+/// connects to `url(i)`, so in a cluster the peers of a test sit on different nodes.
+pub struct Topo {
+    pub nodes: Vec<Node>,
+    pub redis: Option<Redis>,
+}
+
+impl Topo {
+    pub async fn single(extra: &[&str]) -> anyhow::Result<Topo> {
+        Ok(Topo {
+            nodes: vec![Node::start(extra).await?],
+            redis: None,
+        })
+    }
+
+    pub async fn cluster(n: usize, extra: &[&str]) -> anyhow::Result<Topo> {
+        let redis = Redis::start().await?;
+        let url = redis.url();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let id = format!("node-{i}");
+            let mut args = vec!["--redis-url", &url, "--node-id", &id];
+            args.extend_from_slice(extra);
+            nodes.push(Node::start(&args).await?);
+        }
+        Ok(Topo {
+            nodes,
+            redis: Some(redis),
+        })
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i % self.nodes.len()].url()
+    }
+
+    /// Waits until `peer` sees `id` among the producers (or the consumers): what one node
+    /// registered reaches the others through the cluster, so tests that act from another
+    /// node wait for it first.
+    pub async fn visible(peer: &mut Peer, id: &str, consumers: bool) -> anyhow::Result<Value> {
+        let (ask, field) = if consumers {
+            ("listConsumers", "consumers")
+        } else {
+            ("list", "producers")
+        };
+        Self::list_until(peer, consumers, |list| {
+            list[field]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["id"] == id))
+        })
+        .await
+        .with_context(|| format!("{id} never appeared in {ask}"))
+    }
+
+    /// Polls `list` (or `listConsumers`) on `peer` until `pred` holds for the answer.
+    pub async fn list_until(
+        peer: &mut Peer,
+        consumers: bool,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let ask = if consumers { "listConsumers" } else { "list" };
+        let deadline = Instant::now() + STEP;
+        loop {
+            peer.send(json!({ "type": ask })).await?;
+            let list = peer.wait_for(ask).await?;
+            if pred(&list) {
+                return Ok(list);
+            }
+            if Instant::now() > deadline {
+                bail!("{ask} never satisfied the condition; last: {list}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Minimal HTTP/1.0 GET, enough for health endpoints.
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -212,9 +212,11 @@ impl Shared {
 
 impl Bus for RedisBus {
     fn join(&self, peer_id: &str, mailbox: Mailbox) {
+        let mut out = Outbox::new();
         let mut state = self.shared.state.lock();
-        state.router.join(peer_id, mailbox.version());
+        state.router.join(peer_id, mailbox.version(), &mut out);
         state.mailboxes.insert(peer_id.to_string(), mailbox);
+        self.shared.flush(&state, out);
     }
 
     fn handle(&self, from: &str, msg: ClientMessage) {
@@ -368,6 +370,7 @@ async fn resync(shared: &Shared, con: &mut ConnectionManager) -> redis::RedisRes
             continue;
         }
         let body = PeerStatusBody {
+            joined: peer.status.peer_id.is_none(),
             peer_id,
             status: peer.status,
             left: false,

@@ -44,7 +44,9 @@ impl Inner {
 impl Bus for MemoryBus {
     fn join(&self, peer_id: &str, mailbox: Mailbox) {
         let mut inner = self.inner.lock();
-        inner.router.join(peer_id, mailbox.version());
+        inner
+            .router
+            .join(peer_id, mailbox.version(), &mut Outbox::new());
         inner.mailboxes.insert(peer_id.to_string(), mailbox);
     }
 
