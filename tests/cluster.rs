@@ -278,3 +278,100 @@ async fn a_killed_node_disappears_from_the_cluster() -> Result<()> {
     p2.wait_for("startSession").await?;
     Ok(())
 }
+
+/// `/readyz` status of a node.
+async fn readyz(node: &Node) -> u16 {
+    node.get("/readyz").await.map_or(0, |(status, _)| status)
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_the_cluster_converges_without_restarts() -> Result<()> {
+    let redis = Redis::start().await?;
+    let port = redis.port;
+    let url = redis.url();
+    let a = Node::start(&[
+        "--redis-url",
+        &url,
+        "--node-id",
+        "node-a",
+        "--node-ttl",
+        "1",
+    ])
+    .await?;
+    let b = Node::start(&[
+        "--redis-url",
+        &url,
+        "--node-id",
+        "node-b",
+        "--node-ttl",
+        "1",
+    ])
+    .await?;
+
+    // a session inside node A, and one across A and B
+    let mut p1 = Peer::connect(&a.url()).await?;
+    p1.set_status(&["producer"], json!({"name": "p1"})).await?;
+    let mut c1 = Peer::connect(&a.url()).await?;
+    until_listed(&mut c1, &p1.id).await?;
+    c1.send(json!({"type": "startSession", "peerId": p1.id}))
+        .await?;
+    let s1 = c1.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p1.expect("startSession").await?;
+    let mut p2 = Peer::connect(&a.url()).await?;
+    p2.set_status(&["producer"], json!({"name": "p2"})).await?;
+    let mut c2 = Peer::connect_with(&b.url(), Some("gstwebrtc-cluster.v2")).await?;
+    until_listed(&mut c2, &p2.id).await?;
+
+    drop(redis); // SIGKILL
+    eventually(Duration::from_secs(10), "node A not ready", || async {
+        readyz(&a).await == 503
+    })
+    .await?;
+    eventually(Duration::from_secs(10), "node B not ready", || async {
+        readyz(&b).await == 503
+    })
+    .await?;
+
+    // local sessions keep relaying
+    p1.send(json!({"type": "peer", "sessionId": s1, "ice": {"candidate": "during", "sdpMLineIndex": 0}}))
+        .await?;
+    assert_eq!(c1.expect("peer").await?["ice"]["candidate"], "during");
+    // cross-node requests get a clear error
+    c2.send(json!({"type": "startSession", "peerId": p2.id}))
+        .await?;
+    let err = c2.expect("error").await?;
+    assert_eq!(err["code"], "cluster-unavailable", "{err}");
+
+    let restarted = Instant::now();
+    let _redis = Redis::start_on(port).await?; // empty: no persistence
+    eventually(Duration::from_secs(15), "nodes ready again", || async {
+        readyz(&a).await == 200 && readyz(&b).await == 200
+    })
+    .await?;
+    // B lists both of A's producers again, and a new cross-node session works
+    let mut c3 = Peer::connect(&b.url()).await?;
+    until_listed(&mut c3, &p1.id).await?;
+    until_listed(&mut c3, &p2.id).await?;
+    eprintln!(
+        "redis restarted empty: cluster converged after {:?}",
+        restarted.elapsed()
+    );
+    c3.send(json!({"type": "startSession", "peerId": p2.id}))
+        .await?;
+    let started = c3.expect("sessionStarted").await?;
+    let start = p2.wait_for("startSession").await?;
+    assert_eq!(start["sessionId"], started["sessionId"]);
+    p2.send(json!({"type": "peer", "sessionId": started["sessionId"], "sdp": {"type": "offer", "sdp": "v=0"}}))
+        .await?;
+    assert_eq!(c3.expect("peer").await?["sdp"]["sdp"], "v=0");
+    // and the local session never noticed
+    p1.send(
+        json!({"type": "peer", "sessionId": s1, "ice": {"candidate": "after", "sdpMLineIndex": 0}}),
+    )
+    .await?;
+    assert_eq!(c1.expect("peer").await?["ice"]["candidate"], "after");
+    Ok(())
+}

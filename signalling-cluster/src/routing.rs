@@ -231,31 +231,81 @@ impl Router {
     /// Ends every session with a member on `node`: local members get `endSession`, and if
     /// `tell_node`, the node too (best effort: it may be unreachable).
     pub fn end_sessions_with(&mut self, node: &str, tell_node: bool, out: &mut Outbox) {
-        let ended: Vec<(SessionId, PeerId)> = self
+        let ended: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter_map(|(id, s)| {
-                if s.producer_node.as_deref() == Some(node) {
-                    Some((id.clone(), s.producer.clone()))
-                } else if s.consumer_node.as_deref() == Some(node) {
-                    Some((id.clone(), s.consumer.clone()))
-                } else {
-                    None
-                }
+            .filter(|(_, s)| {
+                s.producer_node.as_deref() == Some(node) || s.consumer_node.as_deref() == Some(node)
             })
+            .map(|(id, _)| id.clone())
             .collect();
-        for (session_id, remote_member) in ended {
-            self.close_session(&remote_member, &session_id, out);
-            if tell_node {
-                out.push(Effect::ToNode(
-                    node.to_string(),
-                    NodeMessage::SessionEnd(SessionEndBody {
-                        session_id,
-                        to: remote_member,
-                    }),
-                ));
-            }
+        for session_id in ended {
+            self.abort_session(&session_id, tell_node, out);
         }
+    }
+
+    /// Ends a session for both members: a local member gets `endSession`; a remote member's
+    /// node is told if `tell_node`.
+    pub fn abort_session(&mut self, session_id: &str, tell_node: bool, out: &mut Outbox) {
+        let Some(session) = self.sessions.get(session_id) else {
+            return;
+        };
+        // Ending "by" a remote member notifies the local one; a local pair is notified both.
+        let (by, remote) = match (&session.producer_node, &session.consumer_node) {
+            (Some(n), _) => (
+                session.producer.clone(),
+                Some((n.clone(), session.producer.clone())),
+            ),
+            (_, Some(n)) => (
+                session.consumer.clone(),
+                Some((n.clone(), session.consumer.clone())),
+            ),
+            (None, None) => (session.producer.clone(), None),
+        };
+        if remote.is_none() {
+            deliver(
+                out,
+                &by,
+                ServerMessage::EndSession {
+                    session_id: session_id.to_string(),
+                },
+            );
+        }
+        self.close_session(&by, session_id, out);
+        if let (true, Some((node, to))) = (tell_node, remote) {
+            out.push(Effect::ToNode(
+                node,
+                NodeMessage::SessionEnd(SessionEndBody {
+                    session_id: session_id.to_string(),
+                    to,
+                }),
+            ));
+        }
+    }
+
+    /// Whether handling `msg` needs another node (and so fails while the cluster is down).
+    pub fn crosses_nodes(&self, from: &str, msg: &ClientMessage) -> bool {
+        match msg {
+            ClientMessage::StartSession { peer_id, .. } => {
+                self.peers.get(peer_id).is_some_and(|p| p.node.is_some())
+            }
+            ClientMessage::Peer(m) => self
+                .sessions
+                .get(&m.session_id)
+                .and_then(|s| s.other(from))
+                .is_some_and(|(_, node)| node.is_some()),
+            _ => false,
+        }
+    }
+
+    /// Nodes that have peers in the replica or members in sessions here.
+    pub fn remote_nodes(&self) -> HashSet<NodeId> {
+        let mut nodes: HashSet<NodeId> =
+            self.peers.values().filter_map(|p| p.node.clone()).collect();
+        for s in self.sessions.values() {
+            nodes.extend(s.producer_node.iter().chain(&s.consumer_node).cloned());
+        }
+        nodes
     }
 
     fn is_local(&self, peer_id: &str) -> bool {

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use proto::envelope::{Envelope, NodeDownBody, NodeMessage, PeerStatusBody};
-use proto::{ClientMessage, PeerId, PeerStatus, ServerMessage};
+use proto::{ClientMessage, ErrorCode, PeerId, PeerStatus, ServerMessage};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -222,7 +222,23 @@ impl Bus for RedisBus {
     fn handle(&self, from: &str, msg: ClientMessage) {
         let mut out = Outbox::new();
         let mut state = self.shared.state.lock();
-        state.router.handle(from, msg, &mut out);
+        if !self.ready() && state.router.crosses_nodes(from, &msg) {
+            // Rather than a message lost in transit: a clear error now, and a relay's session
+            // ended on both sides (the other node hears when Redis is back).
+            deliver(
+                &state.mailboxes,
+                from,
+                &ServerMessage::error(
+                    ErrorCode::ClusterUnavailable,
+                    "the cluster is unavailable: the other peer is on another node",
+                ),
+            );
+            if let ClientMessage::Peer(m) = &msg {
+                state.router.abort_session(&m.session_id, true, &mut out);
+            }
+        } else {
+            state.router.handle(from, msg, &mut out);
+        }
         self.shared.flush(&state, out);
     }
 
@@ -391,10 +407,13 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
     let me = shared.settings.node_id.clone();
     let ttl = shared.settings.node_ttl.as_millis() as u64;
     let mut tick = tokio::time::interval(TICK);
+    // When each node was last listed in {prefix}:nodes. A node missing from it for two TTLs
+    // (Redis restarted empty and the node never came back) is gone for us too.
+    let mut listed: HashMap<NodeId, std::time::Instant> = HashMap::new();
     loop {
         tick.tick().await;
         let now = now_ms();
-        let result: redis::RedisResult<Vec<String>> = redis::pipe()
+        let result: redis::RedisResult<(Vec<String>, Vec<String>)> = redis::pipe()
             .cmd("ZADD")
             .arg(&shared.keys.nodes)
             .arg(now + ttl)
@@ -404,22 +423,57 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
             .arg(&shared.keys.nodes)
             .arg("-inf")
             .arg(now)
-            .query_async::<(Vec<String>,)>(&mut con)
-            .await
-            .map(|(dead,)| dead);
-        let dead = match result {
-            Ok(dead) => dead,
+            .cmd("ZRANGE")
+            .arg(&shared.keys.nodes)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await;
+        let (dead, members) = match result {
+            Ok(r) => r,
             Err(e) => {
                 debug!("liveness update failed: {e}");
                 continue;
             }
         };
+        let seen = std::time::Instant::now();
+        for m in members {
+            listed.insert(m, seen);
+        }
+        forget_unlisted(&shared, &mut listed, shared.settings.node_ttl * 2);
         for node in dead.into_iter().filter(|n| *n != me) {
             if let Err(e) = reap(&shared, &mut con, &node).await {
                 warn!(node, "reaping failed: {e}");
             }
         }
     }
+}
+
+/// Ends what this node holds of nodes that have not been listed alive for `grace`.
+fn forget_unlisted(
+    shared: &Shared,
+    listed: &mut HashMap<NodeId, std::time::Instant>,
+    grace: Duration,
+) {
+    if !shared.connected.load(Ordering::SeqCst) {
+        // No news is not bad news while we cannot hear anything: everyone gets a fresh grace
+        // period once we can again.
+        listed.clear();
+        return;
+    }
+    let mut state = shared.state.lock();
+    let mut out = Outbox::new();
+    for node in state.router.remote_nodes() {
+        let first_seen = *listed
+            .entry(node.clone())
+            .or_insert_with(std::time::Instant::now);
+        if first_seen.elapsed() > grace {
+            warn!(node, "node no longer listed in the cluster; forgetting it");
+            state.router.node_down(&node, &mut out);
+            listed.remove(&node);
+        }
+    }
+    shared.flush(&state, out);
 }
 
 /// Removes a dead node from the cluster, if this node wins the right to.
