@@ -375,3 +375,80 @@ async fn redis_restarted_empty_the_cluster_converges_without_restarts() -> Resul
     assert_eq!(c1.expect("peer").await?["ice"]["candidate"], "after");
     Ok(())
 }
+
+#[tokio::test]
+async fn operations_api_shows_the_whole_cluster() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut p = Peer::connect(&nodes[0].url()).await?;
+    p.set_status(&["producer"], json!({"name": "cam-ops"}))
+        .await?;
+    let _idle = Peer::connect(&nodes[2].url()).await?;
+    let b = &nodes[1];
+    eventually(
+        Duration::from_secs(10),
+        "all nodes listed with their peers",
+        || async {
+            let Ok((200, body)) = b.get("/api/v1/nodes").await else {
+                return false;
+            };
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            let peers = |id: &str| {
+                v["nodes"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|n| n["id"] == id))
+                    .map(|n| n["peers"].clone())
+            };
+            peers("node-a") == Some(json!(1))
+                && peers("node-b") == Some(json!(0))
+                && peers("node-c") == Some(json!(1))
+        },
+    )
+    .await?;
+    let (_, body) = b.get("/api/v1/producers").await?;
+    let v: Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        v["producers"],
+        json!([{"id": p.id, "meta": {"name": "cam-ops"}}])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_smoke_2000_peers_over_three_nodes() -> Result<()> {
+    cluster_tests::raise_fd_limit();
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &["--log", "warn"]).await?;
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    // connect and register in parallel batches
+    let mut peers = Vec::new();
+    for chunk in (0..2000).collect::<Vec<_>>().chunks(100) {
+        let batch = chunk.iter().map(|i| {
+            let url = urls[i % 3].clone();
+            async move {
+                let mut p = Peer::connect(&url).await?;
+                p.set_status(&["producer"], json!({"n": i})).await?;
+                Ok::<_, anyhow::Error>(p)
+            }
+        });
+        for p in futures::future::join_all(batch).await {
+            peers.push(p?);
+        }
+    }
+    for url in &urls {
+        let mut q = Peer::connect(url).await?;
+        let list = cluster_tests::Topo::list_until(&mut q, false, |l| {
+            l["producers"].as_array().map_or(0, Vec::len) == 2000
+        })
+        .await?;
+        let mut ns: Vec<u64> = list["producers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["meta"]["n"].as_u64().unwrap())
+            .collect();
+        ns.sort_unstable();
+        assert_eq!(ns, (0..2000).collect::<Vec<u64>>(), "listed from {url}");
+    }
+    Ok(())
+}

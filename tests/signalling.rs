@@ -182,7 +182,11 @@ async fn a_peer_that_does_not_read_is_disconnected_without_slowing_others() -> R
 #[tokio::test]
 async fn health_endpoints_answer() -> Result<()> {
     let node = Node::start(&["--node-id", "n1"]).await?;
-    let _p = Peer::connect(&node.url()).await?;
+    let p = Peer::connect(&node.url()).await?;
+    // the upgrade names the node, for sticky load balancers
+    assert_eq!(p.headers["x-signalling-node"], "n1");
+    let cookie = p.headers["set-cookie"].to_str()?;
+    assert!(cookie.starts_with("gwc-node=n1;"), "{cookie}");
     let (status, body) = node.get("/healthz").await?;
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&body)?;

@@ -44,6 +44,20 @@ pub struct Config {
     #[arg(long = "node-ttl", env = "SIGNALLING_NODE_TTL", default_value_t = 3.0)]
     pub node_ttl_secs: f64,
 
+    /// Response header naming this node on every WebSocket upgrade, for load balancers that
+    /// hash on a header. Empty: none.
+    #[arg(
+        long,
+        env = "SIGNALLING_AFFINITY_HEADER",
+        default_value = "X-Signalling-Node"
+    )]
+    pub affinity_header: String,
+
+    /// Cookie naming this node, set on every WebSocket upgrade, for cookie-sticky load
+    /// balancers (so a reconnecting client lands on its node while it lives). Empty: none.
+    #[arg(long, env = "SIGNALLING_AFFINITY_COOKIE", default_value = "gwc-node")]
+    pub affinity_cookie: String,
+
     /// Largest accepted WebSocket message in bytes; a larger one closes the connection with
     /// 1009. SDP offers with many streams and candidates reach hundreds of kilobytes.
     #[arg(long, env = "SIGNALLING_MAX_MESSAGE_SIZE", default_value_t = 1024 * 1024)]

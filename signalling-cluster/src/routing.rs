@@ -718,6 +718,20 @@ impl Router {
         }
     }
 
+    /// The producers of the whole cluster, as `list` answers.
+    pub fn producers(&self) -> Vec<PeerInfo> {
+        self.filter_peers(PeerStatus::producing)
+    }
+
+    /// Number of known peers per node (`None`: this node).
+    pub fn peers_per_node(&self) -> HashMap<Option<NodeId>, usize> {
+        let mut counts = HashMap::new();
+        for p in self.peers.values() {
+            *counts.entry(p.node.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     fn filter_peers(&self, filter: fn(&PeerStatus) -> bool) -> Vec<PeerInfo> {
         self.peers
             .iter()

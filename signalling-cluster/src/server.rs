@@ -41,6 +41,8 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>) -> anyhow::Result<()> {
             .app_data(state.clone())
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/api/v1/nodes", web::get().to(api_nodes))
+            .route("/api/v1/producers", web::get().to(api_producers))
             .default_service(web::to(websocket_or_index))
     });
     // Signals are ours: drain first, then stop (see `drain`).
@@ -156,11 +158,13 @@ async fn websocket_or_index(
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .filter_map(|v| v.to_str().ok());
     let (version, subprotocol) = ProtocolVersion::negotiate(offers);
-    let (response, session, stream) = match subprotocol {
+    let (mut response, session, stream) = match subprotocol {
         Some(p) => actix_ws::handle_with_protocols(&req, body, &[p]),
         None => actix_ws::handle(&req, body),
     }
     .inspect_err(|e| warn!("WebSocket handshake failed: {e}"))?;
+
+    add_affinity(&mut response, &state);
 
     let limit = state.config.max_message_size;
     let stream = stream
@@ -195,6 +199,48 @@ async fn websocket_or_index(
         },
     );
     Ok(response)
+}
+
+/// Names this node in the upgrade response, for sticky load balancers.
+fn add_affinity(response: &mut HttpResponse, state: &NodeState) {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    let config = &state.config;
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::try_from(config.affinity_header.as_str()),
+        HeaderValue::try_from(state.node_id.as_str()),
+    ) {
+        response.headers_mut().insert(name, value);
+    }
+    if !config.affinity_cookie.is_empty() {
+        let cookie = actix_web::cookie::Cookie::build(&config.affinity_cookie, &state.node_id)
+            .path("/")
+            .http_only(true)
+            .finish();
+        if let Err(e) = response.add_cookie(&cookie) {
+            warn!("cannot set the affinity cookie: {e}");
+        }
+    }
+}
+
+async fn api_nodes(state: web::Data<NodeState>) -> HttpResponse {
+    let nodes: Vec<_> = state
+        .bus
+        .nodes()
+        .into_iter()
+        .map(|n| {
+            let this = n.id.is_none();
+            serde_json::json!({
+                "id": n.id.unwrap_or_else(|| state.node_id.clone()),
+                "peers": n.peers,
+                "self": this,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "nodes": nodes }))
+}
+
+async fn api_producers(state: web::Data<NodeState>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "producers": state.bus.producers() }))
 }
 
 /// 256 random bits, hex: unguessable, so only the peer that was welcomed can resume.

@@ -24,6 +24,22 @@ pub mod media;
 /// How long a test waits for a message that should come.
 pub const STEP: Duration = Duration::from_secs(10);
 
+/// Raises this process's open-file limit to the hard limit (children inherit it): load
+/// tests hold thousands of sockets.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// A free TCP port on loopback (bound and released; good enough for tests run in parallel
 /// because the kernel does not hand out the same ephemeral port again at once).
 pub fn free_port() -> u16 {
@@ -301,6 +317,8 @@ pub struct Peer {
     pub welcome: Value,
     /// The subprotocol the server chose, if any.
     pub subprotocol: Option<String>,
+    /// Headers of the upgrade response.
+    pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
 }
 
 impl Peer {
@@ -342,6 +360,7 @@ impl Peer {
             id: String::new(),
             welcome: Value::Null,
             subprotocol,
+            headers: resp.headers().clone(),
         };
         let welcome = peer.expect("welcome").await?;
         peer.id = welcome["peerId"]

@@ -25,12 +25,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use proto::envelope::{Envelope, NodeDownBody, NodeMessage, PeerStatusBody};
-use proto::{ClientMessage, ErrorCode, PeerId, PeerStatus, ServerMessage};
+use proto::{ClientMessage, ErrorCode, PeerId, PeerInfo, PeerStatus, ServerMessage};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{deliver, Bus, BusStats};
+use super::{deliver, Bus, BusStats, NodeSummary};
 use crate::mailbox::Mailbox;
 use crate::routing::{Effect, NodeId, Outbox, Router};
 
@@ -69,6 +69,8 @@ struct Shared {
     out: mpsc::UnboundedSender<Outgoing>,
     /// Redis reachable (subscriber connected and last publish succeeded).
     connected: AtomicBool,
+    /// Nodes listed in `{prefix}:nodes` at the last liveness tick.
+    live_nodes: Mutex<Vec<NodeId>>,
 }
 
 #[derive(Default)]
@@ -136,6 +138,7 @@ impl RedisBus {
             state: Mutex::new(State::default()),
             out: tx,
             connected: AtomicBool::new(false),
+            live_nodes: Mutex::new(Vec::new()),
         });
         // Subscribe before loading, so nothing announced in between is missed.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -255,6 +258,35 @@ impl Bus for RedisBus {
         for mailbox in state.mailboxes.values() {
             let _ = mailbox.deliver(msg);
         }
+    }
+
+    fn producers(&self) -> Vec<PeerInfo> {
+        self.shared.state.lock().router.producers()
+    }
+
+    fn nodes(&self) -> Vec<NodeSummary> {
+        let counts = self.shared.state.lock().router.peers_per_node();
+        let me = &self.shared.settings.node_id;
+        let mut nodes: Vec<NodeSummary> = self
+            .shared
+            .live_nodes
+            .lock()
+            .iter()
+            .map(|id| NodeSummary {
+                peers: counts
+                    .get(&(id != me).then(|| id.clone()))
+                    .copied()
+                    .unwrap_or(0),
+                id: (id != me).then(|| id.clone()),
+            })
+            .collect();
+        if !nodes.iter().any(|n| n.id.is_none()) {
+            nodes.push(NodeSummary {
+                id: None,
+                peers: counts.get(&None).copied().unwrap_or(0),
+            });
+        }
+        nodes
     }
 
     fn stats(&self) -> BusStats {
@@ -437,9 +469,10 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
             }
         };
         let seen = std::time::Instant::now();
-        for m in members {
-            listed.insert(m, seen);
+        for m in &members {
+            listed.insert(m.clone(), seen);
         }
+        *shared.live_nodes.lock() = members;
         forget_unlisted(&shared, &mut listed, shared.settings.node_ttl * 2);
         for node in dead.into_iter().filter(|n| *n != me) {
             if let Err(e) = reap(&shared, &mut con, &node).await {

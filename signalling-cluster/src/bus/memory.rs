@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use proto::{ClientMessage, PeerId, ServerMessage};
+use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 
-use super::{deliver, Bus, BusStats};
+use super::{deliver, Bus, BusStats, NodeSummary};
 use crate::mailbox::Mailbox;
 use crate::routing::{Effect, Outbox, Router};
 
@@ -70,6 +70,17 @@ impl Bus for MemoryBus {
         for mailbox in inner.mailboxes.values() {
             let _ = mailbox.deliver(msg);
         }
+    }
+
+    fn producers(&self) -> Vec<PeerInfo> {
+        self.inner.lock().router.producers()
+    }
+
+    fn nodes(&self) -> Vec<NodeSummary> {
+        vec![NodeSummary {
+            id: None,
+            peers: self.inner.lock().router.local_peer_count(),
+        }]
     }
 
     fn stats(&self) -> BusStats {

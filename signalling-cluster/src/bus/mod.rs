@@ -15,7 +15,7 @@ pub use memory::MemoryBus;
 
 use std::collections::HashMap;
 
-use proto::{ClientMessage, PeerId, ServerMessage};
+use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 use tracing::warn;
 
 use crate::mailbox::Mailbox;
@@ -35,8 +35,19 @@ pub trait Bus: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+    /// The producers of the whole cluster (`GET /api/v1/producers`).
+    fn producers(&self) -> Vec<PeerInfo>;
+    /// The live nodes and their peers (`GET /api/v1/nodes`); `id: None` is this node.
+    fn nodes(&self) -> Vec<NodeSummary>;
     /// Figures for `/healthz` and the operations API.
     fn stats(&self) -> BusStats;
+}
+
+/// One node as the operations API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSummary {
+    pub id: Option<String>,
+    pub peers: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
