@@ -452,3 +452,33 @@ async fn scale_smoke_2000_peers_over_three_nodes() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn list_reads_what_a_listener_anywhere_has_seen() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut l = Peer::connect(&nodes[1].url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut q = Peer::connect(&nodes[2].url()).await?;
+    let mut producers = Vec::new();
+    for i in 0..30 {
+        let mut p = Peer::connect(&nodes[0].url()).await?;
+        p.set_status(&["producer"], json!({"n": i})).await?;
+        let pid = p.id.clone();
+        l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
+        // no polling: the first list after the listener saw it must include it
+        q.send(json!({"type": "list"})).await?;
+        let list = q.expect("list").await?;
+        assert!(
+            list["producers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["id"] == pid.as_str()),
+            "round {i}: {pid} missing from {list}"
+        );
+        producers.push(p);
+    }
+    Ok(())
+}

@@ -63,6 +63,15 @@ pub enum NodeMessage {
     Heartbeat(HeartbeatBody),
     /// A node died without saying goodbye (or left); sent by the one node that reaped it.
     NodeDown(NodeDownBody),
+    /// A marker a node sends to itself: when it comes back, everything published before it
+    /// has been received (read-your-writes for `list`).
+    Barrier(BarrierBody),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BarrierBody {
+    pub id: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -147,6 +156,7 @@ impl NodeMessage {
             NodeMessage::PeerError(_) => "peerError",
             NodeMessage::Heartbeat(_) => "heartbeat",
             NodeMessage::NodeDown(_) => "nodeDown",
+            NodeMessage::Barrier(_) => "barrier",
         }
     }
 
@@ -160,6 +170,7 @@ impl NodeMessage {
             NodeMessage::PeerError(b) => serde_json::value::to_raw_value(b),
             NodeMessage::Heartbeat(b) => serde_json::value::to_raw_value(b),
             NodeMessage::NodeDown(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::Barrier(b) => serde_json::value::to_raw_value(b),
         }
         .expect("plain data serializes");
         serde_json::to_string(&Envelope {
@@ -195,6 +206,7 @@ impl Envelope {
             "peerError" => NodeMessage::PeerError(serde_json::from_str(b)?),
             "heartbeat" => NodeMessage::Heartbeat(serde_json::from_str(b)?),
             "nodeDown" => NodeMessage::NodeDown(serde_json::from_str(b)?),
+            "barrier" => NodeMessage::Barrier(serde_json::from_str(b)?),
             _ => return Ok(None),
         }))
     }
@@ -246,6 +258,7 @@ mod tests {
             NodeMessage::NodeDown(NodeDownBody {
                 node: "node-b".into(),
             }),
+            NodeMessage::Barrier(BarrierBody { id: 9 }),
         ]
     }
 

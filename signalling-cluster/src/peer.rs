@@ -89,7 +89,11 @@ impl PeerConnection {
             return;
         }
         match ClientMessage::parse(text) {
-            Ok(msg) => self.bus.handle(&self.id, msg),
+            Ok(msg) => {
+                if let Some(pending) = self.bus.handle(&self.id, msg) {
+                    ctx.wait(actix::fut::wrap_future(pending));
+                }
+            }
             Err(err) => self.reply_error(err.code(), err.to_string()),
         }
     }

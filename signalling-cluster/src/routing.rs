@@ -202,7 +202,7 @@ impl Router {
                 }
             }
             NodeMessage::NodeDown(body) => self.node_down(&body.node, out),
-            NodeMessage::Heartbeat(_) => {}
+            NodeMessage::Heartbeat(_) | NodeMessage::Barrier(_) => {}
         }
     }
 

@@ -30,12 +30,15 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{deliver, Bus, BusStats, NodeSummary};
+use super::{deliver, Bus, BusStats, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
 use crate::routing::{Effect, NodeId, Outbox, Router};
 
 /// How often a node refreshes its liveness and looks for dead nodes.
 pub const TICK: Duration = Duration::from_millis(250);
+
+/// Longest a `list` waits for its read-your-writes barrier.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Settings of the cluster bus.
 #[derive(Debug, Clone)]
@@ -77,11 +80,15 @@ struct Shared {
 struct State {
     router: Router,
     mailboxes: HashMap<PeerId, Mailbox>,
+    /// Barriers in flight, by id: fired when our marker comes back from Redis.
+    barriers: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+    next_barrier: u64,
     /// Last (boot, sequence number) seen per (sender, channel): gaps mean lost messages.
     seen: HashMap<(String, String), (u64, u64)>,
 }
 
 enum Outgoing {
+    Barrier(u64),
     Announce(PeerStatusBody),
     ToNode(NodeId, NodeMessage),
     NodeDown(NodeId),
@@ -174,7 +181,15 @@ impl Shared {
             Err(e) => return warn!(channel, "dropping envelope: {e}"),
         };
         if env.from == self.settings.node_id {
-            return; // our own presence announcements come back to us
+            // Our own presence announcements come back to us; our barriers too.
+            if env.kind == "barrier" {
+                if let Ok(Some(NodeMessage::Barrier(b))) = env.open() {
+                    if let Some(fire) = self.state.lock().barriers.remove(&b.id) {
+                        let _ = fire.send(());
+                    }
+                }
+            }
+            return;
         }
         let msg = match env.open() {
             Ok(Some(msg)) => msg,
@@ -222,9 +237,28 @@ impl Bus for RedisBus {
         self.shared.flush(&state, out);
     }
 
-    fn handle(&self, from: &str, msg: ClientMessage) {
+    fn handle(&self, from: &str, msg: ClientMessage) -> Option<Pending> {
         let mut out = Outbox::new();
         let mut state = self.shared.state.lock();
+        if matches!(msg, ClientMessage::List | ClientMessage::ListConsumers) && self.ready() {
+            // Read-your-writes: answer once a marker we publish now comes back, which is
+            // after every announcement published before it has been applied here.
+            let id = state.next_barrier;
+            state.next_barrier += 1;
+            let (fire, fired) = tokio::sync::oneshot::channel();
+            state.barriers.insert(id, fire);
+            let _ = self.shared.out.send(Outgoing::Barrier(id));
+            let (shared, from) = (self.shared.clone(), from.to_string());
+            return Some(Box::pin(async move {
+                // Never hang a peer on a lost marker: answer from what we have.
+                let _ = tokio::time::timeout(BARRIER_TIMEOUT, fired).await;
+                let mut out = Outbox::new();
+                let mut state = shared.state.lock();
+                state.barriers.remove(&id);
+                state.router.handle(&from, msg, &mut out);
+                shared.flush(&state, out);
+            }));
+        }
         if !self.ready() && state.router.crosses_nodes(from, &msg) {
             // Rather than a message lost in transit: a clear error now, and a relay's session
             // ended on both sides (the other node hears when Redis is back).
@@ -243,6 +277,7 @@ impl Bus for RedisBus {
             state.router.handle(from, msg, &mut out);
         }
         self.shared.flush(&state, out);
+        None
     }
 
     fn leave(&self, peer_id: &str) {
@@ -331,6 +366,10 @@ async fn publisher(
                     (shared.keys.presence.clone(), NodeMessage::PeerStatus(body))
                 }
                 Outgoing::ToNode(node, msg) => (shared.keys.node(&node), msg),
+                Outgoing::Barrier(id) => (
+                    shared.keys.node(&me),
+                    NodeMessage::Barrier(proto::envelope::BarrierBody { id }),
+                ),
                 Outgoing::NodeDown(node) => (
                     shared.keys.presence.clone(),
                     NodeMessage::NodeDown(NodeDownBody { node }),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 
-use super::{deliver, Bus, BusStats, NodeSummary};
+use super::{deliver, Bus, BusStats, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
 use crate::routing::{Effect, Outbox, Router};
 
@@ -50,11 +50,12 @@ impl Bus for MemoryBus {
         inner.mailboxes.insert(peer_id.to_string(), mailbox);
     }
 
-    fn handle(&self, from: &str, msg: ClientMessage) {
+    fn handle(&self, from: &str, msg: ClientMessage) -> Option<Pending> {
         let mut out = Outbox::new();
         let mut inner = self.inner.lock();
         inner.router.handle(from, msg, &mut out);
         inner.flush(out);
+        None
     }
 
     fn leave(&self, peer_id: &str) {

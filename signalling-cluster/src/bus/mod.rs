@@ -23,8 +23,11 @@ use crate::mailbox::Mailbox;
 pub trait Bus: Send + Sync + 'static {
     /// A peer connected; messages for it go to `mailbox`.
     fn join(&self, peer_id: &str, mailbox: Mailbox);
-    /// One message from a connected peer, in the order the peer sent them.
-    fn handle(&self, from: &str, msg: ClientMessage);
+    /// One message from a connected peer, in the order the peer sent them. If the answer
+    /// has to wait (a `list` in a cluster waits for the cluster to catch up), the returned
+    /// future delivers it; the connection handles nothing else from the peer until then, so
+    /// answers keep the order of requests.
+    fn handle(&self, from: &str, msg: ClientMessage) -> Option<Pending>;
     /// The peer disconnected (or was disconnected).
     fn leave(&self, peer_id: &str);
     /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
@@ -42,6 +45,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Figures for `/healthz` and the operations API.
     fn stats(&self) -> BusStats;
 }
+
+/// Work the connection must wait for before reading the peer's next message.
+pub type Pending = futures::future::BoxFuture<'static, ()>;
 
 /// One node as the operations API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
