@@ -482,3 +482,44 @@ async fn list_reads_what_a_listener_anywhere_has_seen() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_v2_peer_resumes_on_its_node_while_in_a_cross_node_session() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut p = Peer::connect_with(&nodes[0].url(), Some("gstwebrtc-cluster.v2")).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    let mut c = Peer::connect(&nodes[1].url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.expect("startSession").await?;
+    let (pid, token) = (
+        p.id.clone(),
+        p.welcome["resumeToken"].as_str().unwrap().to_string(),
+    );
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("away-{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+    }
+    let url = format!("{}/?resume={token}", nodes[0].url());
+    let mut p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(p.id, pid);
+    for i in 0..5 {
+        assert_eq!(
+            p.expect("peer").await?["ice"]["candidate"],
+            format!("away-{i}")
+        );
+    }
+    p.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "offer", "sdp": "v=0"}}))
+        .await?;
+    assert_eq!(c.expect("peer").await?["sdp"]["sdp"], "v=0");
+    c.assert_silent(QUIET).await?;
+    Ok(())
+}

@@ -249,3 +249,97 @@ async fn tls_with_cert_and_key_serves_wss() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// A v2 producer P in a session with consumer C (C started it), on one node.
+async fn v2_session(node: &Node) -> Result<(Peer, Peer, String)> {
+    let mut p = Peer::connect_with(&node.url(), Some("gstwebrtc-cluster.v2")).await?;
+    p.set_status(&["producer"], json!({"name": "cam"})).await?;
+    p.sync().await?;
+    let mut c = Peer::connect(&node.url()).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.expect("startSession").await?;
+    Ok((p, c, sid))
+}
+
+#[tokio::test]
+async fn a_v2_peer_resumes_after_its_connection_drops() -> Result<()> {
+    let node = Node::start(&[]).await?;
+    let mut l = Peer::connect(&node.url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let (p, mut c, sid) = v2_session(&node).await?;
+    l.expect("peerStatusChanged").await?; // P registered
+    let (pid, token) = (
+        p.id.clone(),
+        p.welcome["resumeToken"].as_str().unwrap().to_string(),
+    );
+
+    drop(p); // the TCP connection goes away without a WebSocket close
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("while-away-{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+    }
+    let url = format!("{}/?resume={token}", node.url());
+    let mut p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(p.id, pid, "same peer id");
+    assert_eq!(p.welcome["resumed"], true);
+    for i in 0..5 {
+        assert_eq!(
+            p.expect("peer").await?["ice"]["candidate"],
+            format!("while-away-{i}")
+        );
+    }
+    // the session goes on; the consumer and the listener saw nothing but a pause
+    p.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "offer", "sdp": "v=0"}}))
+        .await?;
+    assert_eq!(c.expect("peer").await?["sdp"]["sdp"], "v=0");
+    c.assert_silent(QUIET).await?;
+    l.assert_silent(QUIET).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_v2_peer_not_back_within_the_grace_period_leaves() -> Result<()> {
+    let node = Node::start(&["--resume-grace", "1"]).await?;
+    let mut l = Peer::connect(&node.url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let (p, mut c, sid) = v2_session(&node).await?;
+    l.expect("peerStatusChanged").await?;
+    let (pid, token) = (
+        p.id.clone(),
+        p.welcome["resumeToken"].as_str().unwrap().to_string(),
+    );
+    drop(p);
+    assert_eq!(c.expect("endSession").await?["sessionId"], sid.as_str());
+    let gone = l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
+    assert_eq!(gone["roles"], json!([]));
+    // the token is spent: a reconnection with it is a new peer
+    let url = format!("{}/?resume={token}", node.url());
+    let again = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_ne!(again.id, pid);
+    assert!(again.welcome.get("resumed").is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_v1_peer_is_removed_at_once_when_its_connection_drops() -> Result<()> {
+    let node = Node::start(&[]).await?;
+    let mut p = Peer::connect(&node.url()).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    p.sync().await?;
+    let mut c = Peer::connect(&node.url()).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"].clone();
+    p.expect("startSession").await?;
+    drop(p);
+    assert_eq!(c.expect("endSession").await?["sessionId"], sid);
+    Ok(())
+}

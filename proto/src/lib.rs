@@ -92,6 +92,7 @@ struct WireFields<'a> {
     protocol_version: Option<u16>,
     node_id: Option<String>,
     resume_token: Option<String>,
+    resumed: Option<bool>,
     reason: Option<String>,
     reconnect_in_ms: Option<u64>,
 }

@@ -24,6 +24,10 @@ pub struct WelcomeV2 {
     pub node_id: String,
     /// Opaque secret that lets this peer resume its identity after a dropped connection.
     pub resume_token: String,
+    /// This connection resumed an earlier one: same peer id, sessions kept, messages queued
+    /// meanwhile follow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
 }
 
 /// A message from the server to a peer.
@@ -154,6 +158,7 @@ impl ServerMessage {
                             protocol_version,
                             node_id,
                             resume_token,
+                            resumed: f.resumed.unwrap_or(false),
                         })
                     }
                     _ => None,
@@ -254,6 +259,7 @@ mod tests {
                 protocol_version: 2,
                 node_id: "n".into(),
                 resume_token: "t".into(),
+                resumed: false,
             }),
         };
         assert_eq!(
@@ -293,6 +299,7 @@ mod tests {
                     protocol_version: 2,
                     node_id: "n".into(),
                     resume_token: "t".into(),
+                    resumed: true,
                 }),
             },
             ServerMessage::error(ErrorCode::OfferNotAllowed, "x"),

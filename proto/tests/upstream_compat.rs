@@ -172,6 +172,7 @@ fn every_v2_error_and_welcome_still_reads_as_upstream_v1() {
                 protocol_version: 2,
                 node_id: "n".into(),
                 resume_token: "t".into(),
+                resumed: false,
             }),
         },
     ];

@@ -81,6 +81,16 @@ pub struct Config {
     )]
     pub ping_interval_secs: u64,
 
+    /// Seconds a v2 peer whose connection dropped (without a close) is kept, with its
+    /// sessions and a bounded queue of what is sent to it, for a reconnection with its resume
+    /// token (`?resume=TOKEN`). 0: no resume, every disconnect is final (v1 behaviour).
+    #[arg(
+        long = "resume-grace",
+        env = "SIGNALLING_RESUME_GRACE",
+        default_value_t = 30
+    )]
+    pub resume_grace_secs: u64,
+
     /// On SIGTERM/SIGINT: seconds to wait for peers to leave after `goAway` (v2 peers
     /// reconnect elsewhere) before the remaining connections are closed. A second signal stops
     /// at once.

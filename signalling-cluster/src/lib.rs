@@ -14,6 +14,7 @@ pub mod bus;
 pub mod config;
 pub mod mailbox;
 pub mod peer;
+pub mod resume;
 pub mod routing;
 pub mod server;
 mod tls;

@@ -2,7 +2,8 @@
 //!
 //! The actor reads the peer's WebSocket frames, turns them into [`ClientMessage`]s for the
 //! [`Bus`] and answers bad input with an `error`. A separate writer task drains the peer's
-//! [`Mailbox`] into the socket, so routing never waits on a peer's network.
+//! [`Mailbox`] into the socket, so routing never waits on a peer's network. When a v2 peer's
+//! connection drops without a close, the mailbox is parked for resume ([`crate::resume`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::bus::Bus;
 use crate::mailbox::{Mailbox, MailboxReceiver, Outbound};
+use crate::resume::{Parked, ResumeRegistry};
 
 /// Per-connection limits, from the node's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -29,37 +31,77 @@ pub struct PeerConnection {
     limits: Limits,
     last_seen: Instant,
     bucket: TokenBucket,
+    /// v2 peers: the token under which a dropped connection is parked.
+    resume_token: Option<String>,
+    registry: Arc<ResumeRegistry>,
+    /// The connection ended on purpose (a close frame, a limit): no resume.
+    ended_cleanly: bool,
+    writer: Option<Writer>,
+}
+
+/// How to stop the writer and get the mailbox back from it.
+struct Writer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<WriterEnd>,
+}
+
+/// What a new connection attaches to: a fresh peer, or a parked one it resumes.
+pub struct Attach {
+    pub id: PeerId,
+    pub mailbox: Mailbox,
+    pub receiver: MailboxReceiver,
+    /// Frames to send before the queued ones: the `welcome`, then what a dropped connection
+    /// could not send.
+    pub first: Vec<String>,
+    pub resumed: bool,
+    pub resume_token: Option<String>,
 }
 
 impl PeerConnection {
-    /// Starts the actor and its writer for an upgraded connection. The caller has queued the
-    /// `welcome` in `mailbox` already, so it is the first thing the peer reads.
+    /// Starts the actor and its writer for an upgraded connection.
     pub fn start(
-        id: PeerId,
+        attach: Attach,
         bus: Arc<dyn Bus>,
-        (mailbox, receiver): (Mailbox, MailboxReceiver),
+        registry: Arc<ResumeRegistry>,
         session: Session,
         stream: actix_ws::AggregatedMessageStream,
         limits: Limits,
     ) -> Addr<Self> {
-        let span = info_span!("peer", peer_id = %id);
-        bus.join(&id, mailbox.clone());
+        let span = info_span!("peer", peer_id = %attach.id);
+        if !attach.resumed {
+            bus.join(&attach.id, attach.mailbox.clone());
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel();
         let actor = PeerConnection {
-            id,
+            id: attach.id,
             bus,
-            mailbox,
+            mailbox: attach.mailbox,
             limits,
             last_seen: Instant::now(),
             bucket: TokenBucket::new(limits.max_messages_per_sec),
+            resume_token: attach.resume_token,
+            registry,
+            ended_cleanly: false,
+            writer: None,
         };
-        let addr = PeerConnection::create(|ctx| {
+        PeerConnection::create(|ctx| {
             ctx.add_stream(stream);
-            actor
-        });
-        actix_rt::spawn(
-            write_loop(session, receiver, limits.ping_interval, addr.clone()).instrument(span),
-        );
-        addr
+            let done = actix_rt::spawn(
+                write_loop(
+                    session,
+                    attach.receiver,
+                    attach.first,
+                    limits.ping_interval,
+                    stopped,
+                    ctx.address(),
+                )
+                .instrument(span),
+            );
+            PeerConnection {
+                writer: Some(Writer { stop, done }),
+                ..actor
+            }
+        })
     }
 
     fn reply_error(&self, code: ErrorCode, details: String) {
@@ -68,7 +110,8 @@ impl PeerConnection {
     }
 
     /// Queues a close frame for the writer and stops reading from this peer.
-    fn close(&self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        self.ended_cleanly = true;
         let _ = self
             .mailbox
             .send(Outbound::Close(code.into(), reason.to_string()));
@@ -115,8 +158,38 @@ impl Actor for PeerConnection {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        info!(peer_id = %self.id, "peer disconnected");
-        self.bus.leave(&self.id);
+        let resumable = !self.ended_cleanly && self.registry.enabled();
+        match (resumable, self.resume_token.take(), self.writer.take()) {
+            (true, Some(token), Some(writer)) => {
+                // Take the mailbox back from the writer and park it under the token.
+                let (id, mailbox, bus, registry) = (
+                    self.id.clone(),
+                    self.mailbox.clone(),
+                    self.bus.clone(),
+                    self.registry.clone(),
+                );
+                actix_rt::spawn(async move {
+                    let _ = writer.stop.send(());
+                    match writer.done.await {
+                        Ok(end) if !end.stuck => registry.park(
+                            token,
+                            Parked {
+                                peer_id: id,
+                                mailbox,
+                                receiver: end.receiver,
+                                unsent: end.unsent,
+                            },
+                            bus,
+                        ),
+                        _ => bus.leave(&id),
+                    }
+                });
+            }
+            _ => {
+                info!(peer_id = %self.id, "peer disconnected");
+                self.bus.leave(&self.id);
+            }
+        }
     }
 }
 
@@ -141,8 +214,13 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for PeerConnection 
             Err(ProtocolError::Io(e)) if e.to_string().contains("maximum continuation size") => {
                 self.too_big(ctx)
             }
+            Err(ProtocolError::Io(e)) => {
+                // The socket died without a close: a v2 peer may come back and resume.
+                info!(peer_id = %self.id, "connection dropped: {e}");
+                ctx.stop();
+            }
             Err(err) => {
-                info!(peer_id = %self.id, "connection dropped: {err}");
+                info!(peer_id = %self.id, "protocol error: {err}");
                 self.close(ctx, CloseCode::Protocol, "protocol error");
             }
         }
@@ -160,32 +238,66 @@ impl PeerConnection {
     }
 }
 
-/// The writer task stopped (socket gone or peer stuck).
+/// The writer task stopped by itself (socket gone, or peer stuck).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct WriterDone;
+struct WriterDone {
+    stuck: bool,
+}
 
 impl Handler<WriterDone> for PeerConnection {
     type Result = ();
-    fn handle(&mut self, _: WriterDone, ctx: &mut Context<Self>) {
+    fn handle(&mut self, done: WriterDone, ctx: &mut Context<Self>) {
+        if done.stuck {
+            self.ended_cleanly = true; // a peer that does not read is not kept
+        }
         ctx.stop();
     }
 }
 
-/// Drains the mailbox into the socket; pings when idle; gives up when the peer is stuck.
+/// What the writer hands back when it ends.
+struct WriterEnd {
+    receiver: MailboxReceiver,
+    /// A frame taken from the queue that could not be written.
+    unsent: Vec<String>,
+    stuck: bool,
+}
+
+/// Sends `first`, then drains the mailbox into the socket; pings when idle. Ends when the
+/// socket or the queue closes, when the peer is stuck, or when told to stop; hands the queue
+/// back either way, so a suspended peer loses nothing that was still queued.
 async fn write_loop(
     mut session: Session,
     mut mailbox: MailboxReceiver,
+    first: Vec<String>,
     ping_interval: Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
     actor: Addr<PeerConnection>,
-) {
+) -> WriterEnd {
     let stuck = mailbox.stuck.clone();
+    let mut unsent: Vec<String> = Vec::new();
+    let mut first = first.into_iter();
+    let mut told = false;
     let outcome = async {
+        // Frames not yet handed to the socket stay in `unsent` until written.
+        for frame in first.by_ref() {
+            if session.text(frame.clone()).await.is_err() {
+                unsent.push(frame);
+                unsent.extend(first.by_ref());
+                return;
+            }
+        }
         loop {
             let next = tokio::time::timeout(ping_interval, mailbox.rx.recv()).await;
             let sent = match next {
                 Err(_idle) => session.ping(b"").await,
-                Ok(Some(Outbound::Text(text))) => session.text(text).await,
+                Ok(Some(Outbound::Text(text))) => {
+                    let r = session.text(text.clone()).await;
+                    if r.is_err() {
+                        unsent.push(text);
+                    }
+                    r
+                }
                 Ok(Some(Outbound::Pong(data))) => session.pong(&data).await,
                 Ok(Some(Outbound::Close(code, reason))) => {
                     let reason = CloseReason {
@@ -205,11 +317,24 @@ async fn write_loop(
             }
         }
     };
+    let mut is_stuck = false;
     tokio::select! {
         _ = outcome => {}
-        _ = stuck.notified() => warn!("outgoing queue full: dropping the connection"),
+        _ = stuck.notified() => {
+            warn!("outgoing queue full: dropping the connection");
+            is_stuck = true;
+        }
+        // (a dropped sender is no request to stop: the writer then finishes its queue)
+        Ok(()) = &mut stop => told = true,
     }
-    actor.do_send(WriterDone);
+    if !told {
+        actor.do_send(WriterDone { stuck: is_stuck });
+    }
+    WriterEnd {
+        receiver: mailbox,
+        unsent,
+        stuck: is_stuck,
+    }
 }
 
 /// Token bucket: `rate` tokens per second, bursts up to twice that.

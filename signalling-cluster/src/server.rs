@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use crate::bus::{new_peer_id, Bus};
 use crate::config::Config;
 use crate::mailbox::Mailbox;
-use crate::peer::{Limits, PeerConnection};
+use crate::peer::{Attach, Limits, PeerConnection};
+use crate::resume::ResumeRegistry;
 
 /// What every HTTP worker shares.
 pub struct NodeState {
@@ -23,6 +24,8 @@ pub struct NodeState {
     pub config: Config,
     /// Set on SIGTERM: `/readyz` fails so load balancers stop sending new peers.
     pub draining: AtomicBool,
+    /// v2 peers whose connection dropped, waiting to resume.
+    pub registry: Arc<ResumeRegistry>,
 }
 
 /// Runs the node until SIGINT/SIGTERM.
@@ -33,6 +36,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>) -> anyhow::Result<()> {
         bus,
         config: config.clone(),
         draining: AtomicBool::new(false),
+        registry: ResumeRegistry::new(Duration::from_secs(config.resume_grace_secs)),
     });
     let shared = state.clone();
     let addr = (config.host.as_str(), config.port);
@@ -172,25 +176,68 @@ async fn websocket_or_index(
         .aggregate_continuations()
         .max_continuation_size(limit);
 
-    let peer_id = new_peer_id();
-    let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
-    let welcome = ServerMessage::Welcome {
-        peer_id: peer_id.clone(),
-        v2: (version >= ProtocolVersion::V2).then(|| WelcomeV2 {
-            protocol_version: version.number(),
-            node_id: state.node_id.clone(),
-            resume_token: resume_token(),
-        }),
+    let resume = req
+        .query_string()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("resume="))
+        .filter(|_| version >= ProtocolVersion::V2);
+    let welcome = |peer_id: &str, token: &str, resumed: bool| {
+        ServerMessage::Welcome {
+            peer_id: peer_id.to_string(),
+            v2: Some(WelcomeV2 {
+                protocol_version: version.number(),
+                node_id: state.node_id.clone(),
+                resume_token: token.to_string(),
+                resumed,
+            }),
+        }
+        .encode(version)
+        .unwrap_or_default()
     };
-    // The welcome goes first, before the bus can route anything to this peer.
-    mailbox
-        .deliver(&welcome)
-        .map_err(actix_web::error::ErrorInternalServerError)?;
-    info!(peer_id, remote = ?req.peer_addr(), version = version.number(), "new WebSocket connection");
+    let attach = match resume.and_then(|t| state.registry.take(t).map(|p| (t, p))) {
+        Some((token, parked)) => {
+            info!(peer_id = parked.peer_id, "peer resumed");
+            let mut first = vec![welcome(&parked.peer_id, token, true)];
+            first.extend(parked.unsent);
+            Attach {
+                id: parked.peer_id,
+                mailbox: parked.mailbox,
+                receiver: parked.receiver,
+                first,
+                resumed: true,
+                resume_token: Some(token.to_string()),
+            }
+        }
+        None => {
+            // A v1 peer, a v2 peer without a token, or one whose token is unknown here
+            // (expired, or issued by another node): a new peer.
+            let peer_id = new_peer_id();
+            let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
+            let token = (version >= ProtocolVersion::V2).then(resume_token);
+            let first = match &token {
+                Some(t) => welcome(&peer_id, t, false),
+                None => ServerMessage::Welcome {
+                    peer_id: peer_id.clone(),
+                    v2: None,
+                }
+                .encode(version)
+                .unwrap_or_default(),
+            };
+            info!(peer_id, remote = ?req.peer_addr(), version = version.number(), "new WebSocket connection");
+            Attach {
+                id: peer_id,
+                mailbox,
+                receiver,
+                first: vec![first],
+                resumed: false,
+                resume_token: token,
+            }
+        }
+    };
     PeerConnection::start(
-        peer_id,
+        attach,
         state.bus.clone(),
-        (mailbox, receiver),
+        state.registry.clone(),
         session,
         stream,
         Limits {
