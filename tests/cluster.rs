@@ -523,3 +523,61 @@ async fn a_v2_peer_resumes_on_its_node_while_in_a_cross_node_session() -> Result
     c.assert_silent(QUIET).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stopping_node_leaves_the_cluster_at_once_not_after_its_ttl() -> Result<()> {
+    let redis = Redis::start().await?;
+    let url = redis.url();
+    // a TTL far longer than the test: only a clean leave can explain what follows
+    let mut a = Node::start(&[
+        "--redis-url",
+        &url,
+        "--node-id",
+        "node-a",
+        "--node-ttl",
+        "60",
+        "--drain-timeout",
+        "1",
+    ])
+    .await?;
+    let b = Node::start(&[
+        "--redis-url",
+        &url,
+        "--node-id",
+        "node-b",
+        "--node-ttl",
+        "60",
+    ])
+    .await?;
+    let mut l = Peer::connect(&b.url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut p = Peer::connect(&a.url()).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut c = Peer::connect(&b.url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"].clone();
+    p.expect("startSession").await?;
+
+    a.proc.signal(15);
+    assert_eq!(c.expect("endSession").await?["sessionId"], sid);
+    let pid = p.id.clone();
+    let gone = l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
+    assert_eq!(gone["roles"], json!([]));
+    let status = tokio::task::spawn_blocking(move || a.proc.child.wait()).await??;
+    assert!(status.success(), "{status}");
+    eventually(
+        Duration::from_secs(5),
+        "node-a gone from /api/v1/nodes",
+        || async {
+            b.get("/api/v1/nodes")
+                .await
+                .is_ok_and(|(_, n)| !n.contains("node-a"))
+        },
+    )
+    .await?;
+    Ok(())
+}

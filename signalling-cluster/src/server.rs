@@ -115,6 +115,7 @@ async fn drain(state: web::Data<NodeState>, server: actix_web::dev::ServerHandle
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+    state.bus.shutdown().await;
     server.stop(false).await;
 }
 

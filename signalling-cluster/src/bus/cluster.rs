@@ -74,6 +74,8 @@ struct Shared {
     connected: AtomicBool,
     /// Nodes listed in `{prefix}:nodes` at the last liveness tick.
     live_nodes: Mutex<Vec<NodeId>>,
+    /// Set by `shutdown`: stop refreshing our liveness.
+    leaving: AtomicBool,
 }
 
 #[derive(Default)]
@@ -89,6 +91,8 @@ struct State {
 
 enum Outgoing {
     Barrier(u64),
+    /// This node leaves: drop it from the liveness set, tell the others.
+    Leave,
     Announce(PeerStatusBody),
     ToNode(NodeId, NodeMessage),
     NodeDown(NodeId),
@@ -146,6 +150,7 @@ impl RedisBus {
             out: tx,
             connected: AtomicBool::new(false),
             live_nodes: Mutex::new(Vec::new()),
+            leaving: AtomicBool::new(false),
         });
         // Subscribe before loading, so nothing announced in between is missed.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -243,18 +248,14 @@ impl Bus for RedisBus {
         if matches!(msg, ClientMessage::List | ClientMessage::ListConsumers) && self.ready() {
             // Read-your-writes: answer once a marker we publish now comes back, which is
             // after every announcement published before it has been applied here.
-            let id = state.next_barrier;
-            state.next_barrier += 1;
-            let (fire, fired) = tokio::sync::oneshot::channel();
-            state.barriers.insert(id, fire);
-            let _ = self.shared.out.send(Outgoing::Barrier(id));
+            drop(state);
+            let fired = barrier(&self.shared);
             let (shared, from) = (self.shared.clone(), from.to_string());
             return Some(Box::pin(async move {
                 // Never hang a peer on a lost marker: answer from what we have.
                 let _ = tokio::time::timeout(BARRIER_TIMEOUT, fired).await;
                 let mut out = Outbox::new();
                 let mut state = shared.state.lock();
-                state.barriers.remove(&id);
                 state.router.handle(&from, msg, &mut out);
                 shared.flush(&state, out);
             }));
@@ -335,6 +336,48 @@ impl Bus for RedisBus {
     fn ready(&self) -> bool {
         self.shared.connected.load(Ordering::SeqCst)
     }
+
+    fn shutdown(&self) -> Pending {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            {
+                let mut state = shared.state.lock();
+                let mut out = Outbox::new();
+                let local: Vec<PeerId> = state
+                    .router
+                    .local_statuses()
+                    .into_iter()
+                    .map(|b| b.peer_id)
+                    .collect();
+                info!(peers = local.len(), "leaving the cluster");
+                shared.leaving.store(true, Ordering::SeqCst);
+                for peer_id in &local {
+                    state.mailboxes.remove(peer_id);
+                    state.router.leave(peer_id, &mut out);
+                }
+                shared.flush(&state, out);
+            }
+            // Twice, each time waiting until it has gone through Redis: a liveness refresh
+            // already under way when we set `leaving` may land after the first removal.
+            for _ in 0..2 {
+                let _ = shared.out.send(Outgoing::Leave);
+                let fired = barrier(&shared);
+                let _ = tokio::time::timeout(BARRIER_TIMEOUT, fired).await;
+            }
+        })
+    }
+}
+
+/// Publishes a marker to our own channel; the receiver fires when it comes back, that is
+/// when everything published before it has gone through Redis.
+fn barrier(shared: &Shared) -> tokio::sync::oneshot::Receiver<()> {
+    let mut state = shared.state.lock();
+    let id = state.next_barrier;
+    state.next_barrier += 1;
+    let (fire, fired) = tokio::sync::oneshot::channel();
+    state.barriers.insert(id, fire);
+    let _ = shared.out.send(Outgoing::Barrier(id));
+    fired
 }
 
 /// Publishes what the routers address to other nodes, in order, pipelined.
@@ -366,6 +409,13 @@ async fn publisher(
                     (shared.keys.presence.clone(), NodeMessage::PeerStatus(body))
                 }
                 Outgoing::ToNode(node, msg) => (shared.keys.node(&node), msg),
+                Outgoing::Leave => {
+                    pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(&me).ignore();
+                    (
+                        shared.keys.presence.clone(),
+                        NodeMessage::NodeDown(NodeDownBody { node: me.clone() }),
+                    )
+                }
                 Outgoing::Barrier(id) => (
                     shared.keys.node(&me),
                     NodeMessage::Barrier(proto::envelope::BarrierBody { id }),
@@ -483,6 +533,9 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
     let mut listed: HashMap<NodeId, std::time::Instant> = HashMap::new();
     loop {
         tick.tick().await;
+        if shared.leaving.load(Ordering::SeqCst) {
+            return;
+        }
         let now = now_ms();
         let result: redis::RedisResult<(Vec<String>, Vec<String>)> = redis::pipe()
             .cmd("ZADD")

@@ -33,6 +33,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
     /// message such as `goAway` reaches v2 peers only).
     fn notify_local(&self, msg: &ServerMessage);
+    /// The node is stopping: remove its peers from the cluster now (their sessions end,
+    /// listeners are told) rather than after the liveness TTL.
+    fn shutdown(&self) -> Pending {
+        Box::pin(async {})
+    }
     /// Whether the node can serve everything it should (`/readyz`): in a cluster, whether the
     /// cluster bus is reachable.
     fn ready(&self) -> bool {
