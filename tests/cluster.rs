@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cluster_tests::{eventually, Node, Peer, Redis};
+use cluster_tests::{eventually, Node, Peer, Redis, Topo};
 use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -13,31 +13,14 @@ const QUIET: Duration = Duration::from_millis(300);
 async fn cluster(redis: &Redis, extra: &[&str]) -> Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
-        let url = redis.url();
-        let mut args = vec!["--redis-url", &url, "--node-id", name];
-        args.extend_from_slice(extra);
-        nodes.push(Node::start(&args).await?);
+        nodes.push(Node::join(redis, name, extra).await?);
     }
     Ok(nodes)
 }
 
 /// Waits until `list` on `peer`'s node names `producer`.
 async fn until_listed(peer: &mut Peer, producer: &str) -> Result<()> {
-    let deadline = Instant::now() + cluster_tests::STEP;
-    loop {
-        peer.send(json!({"type": "list"})).await?;
-        let list = peer.wait_for("list").await?;
-        if list["producers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["id"] == producer)
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{producer} never listed: {list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Topo::visible(peer, producer, false).await.map(drop)
 }
 
 #[tokio::test]
@@ -78,8 +61,7 @@ async fn presence_is_cluster_wide() -> Result<()> {
     );
 
     // a node that joins later loads what is already there
-    let url = redis.url();
-    let late = Node::start(&["--redis-url", &url, "--node-id", "node-d"]).await?;
+    let late = Node::join(&redis, "node-d", &[]).await?;
     let mut d = Peer::connect(&late.url()).await?;
     d.send(json!({"type": "list"})).await?;
     assert_eq!(d.expect("list").await?["producers"][0]["id"], p.id.as_str());
@@ -288,25 +270,8 @@ async fn readyz(node: &Node) -> u16 {
 async fn redis_restarted_empty_the_cluster_converges_without_restarts() -> Result<()> {
     let redis = Redis::start().await?;
     let port = redis.port;
-    let url = redis.url();
-    let a = Node::start(&[
-        "--redis-url",
-        &url,
-        "--node-id",
-        "node-a",
-        "--node-ttl",
-        "1",
-    ])
-    .await?;
-    let b = Node::start(&[
-        "--redis-url",
-        &url,
-        "--node-id",
-        "node-b",
-        "--node-ttl",
-        "1",
-    ])
-    .await?;
+    let a = Node::join(&redis, "node-a", &["--node-ttl", "1"]).await?;
+    let b = Node::join(&redis, "node-b", &["--node-ttl", "1"]).await?;
 
     // a session inside node A, and one across A and B
     let mut p1 = Peer::connect(&a.url()).await?;
@@ -527,28 +492,14 @@ async fn a_v2_peer_resumes_on_its_node_while_in_a_cross_node_session() -> Result
 #[tokio::test]
 async fn a_stopping_node_leaves_the_cluster_at_once_not_after_its_ttl() -> Result<()> {
     let redis = Redis::start().await?;
-    let url = redis.url();
     // a TTL far longer than the test: only a clean leave can explain what follows
-    let mut a = Node::start(&[
-        "--redis-url",
-        &url,
-        "--node-id",
+    let mut a = Node::join(
+        &redis,
         "node-a",
-        "--node-ttl",
-        "60",
-        "--drain-timeout",
-        "1",
-    ])
+        &["--node-ttl", "60", "--drain-timeout", "1"],
+    )
     .await?;
-    let b = Node::start(&[
-        "--redis-url",
-        &url,
-        "--node-id",
-        "node-b",
-        "--node-ttl",
-        "60",
-    ])
-    .await?;
+    let b = Node::join(&redis, "node-b", &["--node-ttl", "60"]).await?;
     let mut l = Peer::connect(&b.url()).await?;
     l.set_status(&["listener"], Value::Null).await?;
     l.expect("peerStatusChanged").await?;

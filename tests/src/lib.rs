@@ -118,6 +118,14 @@ impl Node {
         Self::start_on(free_port(), extra, false).await
     }
 
+    /// Starts a node joining the cluster on `redis` as `id`.
+    pub async fn join(redis: &Redis, id: &str, extra: &[&str]) -> anyhow::Result<Node> {
+        let url = redis.url();
+        let mut args = vec!["--redis-url", &url, "--node-id", id];
+        args.extend_from_slice(extra);
+        Self::start(&args).await
+    }
+
     /// Starts a node serving TLS (`extra` must carry `-c`/`-k`); ready once it accepts TCP.
     pub async fn start_tls(extra: &[&str]) -> anyhow::Result<Node> {
         Self::start_on(free_port(), extra, true).await
@@ -234,13 +242,9 @@ impl Topo {
 
     pub async fn cluster(n: usize, extra: &[&str]) -> anyhow::Result<Topo> {
         let redis = Redis::start().await?;
-        let url = redis.url();
         let mut nodes = Vec::new();
         for i in 0..n {
-            let id = format!("node-{i}");
-            let mut args = vec!["--redis-url", &url, "--node-id", &id];
-            args.extend_from_slice(extra);
-            nodes.push(Node::start(&args).await?);
+            nodes.push(Node::join(&redis, &format!("node-{i}"), extra).await?);
         }
         Ok(Topo {
             nodes,
