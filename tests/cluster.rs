@@ -532,3 +532,125 @@ async fn a_stopping_node_leaves_the_cluster_at_once_not_after_its_ttl() -> Resul
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_v2_peer_resumes_on_another_node_and_its_session_goes_on() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let mut l = Peer::connect(&nodes[2].url()).await?;
+    l.set_status(&["listener"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut p = Peer::connect_with(&nodes[0].url(), Some("gstwebrtc-cluster.v2")).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    l.expect("peerStatusChanged").await?;
+    let mut c = Peer::connect(&nodes[1].url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.expect("startSession").await?;
+    let (pid, token) = (
+        p.id.clone(),
+        p.welcome["resumeToken"].as_str().unwrap().to_string(),
+    );
+
+    drop(p); // connection cut on node A
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..5 {
+        c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("away-{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+    }
+    // back on node C, a third node: same peer, queued messages first, in order
+    let url = format!("{}/?resume={token}", nodes[2].url());
+    let mut p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(p.id, pid);
+    assert_eq!(p.welcome["resumed"], true);
+    assert_eq!(p.welcome["nodeId"], "node-c");
+    for i in 0..5 {
+        assert_eq!(
+            p.expect("peer").await?["ice"]["candidate"],
+            format!("away-{i}")
+        );
+    }
+    // the session goes on in both directions
+    for i in 0..20 {
+        c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("after-{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+    }
+    p.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "offer", "sdp": "v=0"}}))
+        .await?;
+    for i in 0..20 {
+        assert_eq!(
+            p.expect("peer").await?["ice"]["candidate"],
+            format!("after-{i}")
+        );
+    }
+    assert_eq!(c.expect("peer").await?["sdp"]["sdp"], "v=0");
+    // nobody noticed more than a pause; every node lists it once, on node C now
+    c.assert_silent(QUIET).await?;
+    l.assert_silent(QUIET).await?;
+    let (_, producers) = nodes[1].get("/api/v1/producers").await?;
+    assert_eq!(
+        serde_json::from_str::<Value>(&producers)?["producers"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // ending works from the new node
+    p.send(json!({"type": "endSession", "sessionId": sid}))
+        .await?;
+    assert_eq!(c.expect("endSession").await?["sessionId"], sid.as_str());
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_moves_v2_peers_to_other_nodes_and_closes_v1_peers() -> Result<()> {
+    let redis = Redis::start().await?;
+    let mut a = Node::join(&redis, "node-a", &["--drain-timeout", "3"]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    // a v2 producer and a v1 producer on A, their consumers on B
+    let mut p2 = Peer::connect_with(&a.url(), Some("gstwebrtc-cluster.v2")).await?;
+    p2.set_status(&["producer"], json!({"v": 2})).await?;
+    let mut p1 = Peer::connect(&a.url()).await?;
+    p1.set_status(&["producer"], json!({"v": 1})).await?;
+    let mut c2 = Peer::connect(&b.url()).await?;
+    until_listed(&mut c2, &p2.id).await?;
+    until_listed(&mut c2, &p1.id).await?;
+    c2.send(json!({"type": "startSession", "peerId": p2.id}))
+        .await?;
+    let s2 = c2.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p2.expect("startSession").await?;
+    let mut c1 = Peer::connect(&b.url()).await?;
+    c1.send(json!({"type": "startSession", "peerId": p1.id}))
+        .await?;
+    let s1 = c1.expect("sessionStarted").await?["sessionId"].clone();
+    p1.expect("startSession").await?;
+
+    a.proc.signal(15);
+    p2.expect("goAway").await?;
+    // the v2 producer moves to B while its old connection is still open
+    let token = p2.welcome["resumeToken"].as_str().unwrap().to_string();
+    let url = format!("{}/?resume={token}", b.url());
+    let mut moved = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(moved.id, p2.id);
+    moved
+        .send(json!({"type": "peer", "sessionId": s2, "sdp": {"type": "offer", "sdp": "v=0"}}))
+        .await?;
+    assert_eq!(c2.expect("peer").await?["sdp"]["sdp"], "v=0");
+    // the v1 producer is closed at the end of the drain, its consumer told
+    assert_eq!(c1.expect("endSession").await?["sessionId"], s1);
+    let status = tokio::task::spawn_blocking(move || a.proc.child.wait()).await??;
+    assert!(status.success(), "{status}");
+    // the moved session survived A's exit
+    c2.send(json!({"type": "peer", "sessionId": s2, "sdp": {"type": "answer", "sdp": "v=0"}}))
+        .await?;
+    assert_eq!(moved.expect("peer").await?["sdp"]["type"], "answer");
+    c2.assert_silent(QUIET).await?;
+    Ok(())
+}

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_webrtcsink_to_stock_webrtcsrc_through_our_node() -> Result<()> {
+    let _one_at_a_time = media::exclusive().await;
     let topo = Topo::single(&[]).await?;
     let _running = stock_elements_exchange_media(&topo).await?;
     // both sides went through a session on our node
@@ -21,6 +22,7 @@ async fn stock_webrtcsink_to_stock_webrtcsrc_through_our_node() -> Result<()> {
 /// The producer's webrtcsink talks to node A, the consumer's webrtcsrc to node B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_elements_across_two_nodes_of_a_cluster() -> Result<()> {
+    let _one_at_a_time = media::exclusive().await;
     let topo = Topo::cluster(2, &[]).await?;
     let _running = stock_elements_exchange_media(&topo).await?;
     for node in &topo.nodes {

@@ -41,8 +41,12 @@ async fn v2_is_negotiated_by_subprotocol() -> Result<()> {
     assert_eq!(p.subprotocol.as_deref(), Some("gstwebrtc-cluster.v2"));
     assert_eq!(p.welcome["protocolVersion"], 2);
     assert_eq!(p.welcome["nodeId"], "node-7");
+    // 256 random bits, then the issuing node, so any node knows whom to ask on resume
     let token = p.welcome["resumeToken"].as_str().unwrap();
-    assert_eq!(token.len(), 64);
+    let (secret, issuer) = token.split_once('.').unwrap();
+    assert_eq!(secret.len(), 64);
+    assert!(secret.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(issuer, "node-7");
     let q = Peer::connect_with(&node.url(), Some("gstwebrtc-cluster.v2")).await?;
     assert_ne!(q.welcome["resumeToken"], p.welcome["resumeToken"]);
     Ok(())

@@ -63,9 +63,66 @@ pub enum NodeMessage {
     Heartbeat(HeartbeatBody),
     /// A node died without saying goodbye (or left); sent by the one node that reaped it.
     NodeDown(NodeDownBody),
+    /// Another node asks for a peer back: a client reconnected there with this resume token.
+    ResumeClaim(ResumeClaimBody),
+    /// The answer to a claim: the peer, its sessions and what was queued for it.
+    ResumeGrant(ResumeGrantBody),
+    /// A session member moved to another node (sent by the new node to the other member's).
+    SessionMoved(SessionMovedBody),
+    /// The other member's node switched to the new node; sent through the old node, after
+    /// everything it sent there before.
+    MoveAck(SessionMovedBody),
+    /// Sent by the old node to the new one after it forwarded everything before the ack:
+    /// direct messages for the session may now be delivered.
+    MoveFence(SessionMovedBody),
     /// A marker a node sends to itself: when it comes back, everything published before it
     /// has been received (read-your-writes for `list`).
     Barrier(BarrierBody),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeClaimBody {
+    pub claim: u64,
+    pub token: String,
+}
+
+/// A session as one member's node describes it: both members with their nodes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    pub session_id: SessionId,
+    pub producer: PeerId,
+    pub producer_node: String,
+    pub consumer: PeerId,
+    pub consumer_node: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeGrantBody {
+    pub claim: u64,
+    /// `None`: refused (unknown token, or the peer is gone).
+    pub peer_id: Option<PeerId>,
+    #[serde(default)]
+    pub status: PeerStatus,
+    #[serde(default)]
+    pub sessions: Vec<SessionRecord>,
+    /// Frames queued for the peer, encoded for its version, in order.
+    #[serde(default)]
+    pub frames: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionMovedBody {
+    pub session_id: SessionId,
+    pub peer_id: PeerId,
+    /// The node the peer is on now.
+    pub node: String,
+    /// The node the peer moved from.
+    #[serde(default)]
+    pub old_node: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -88,6 +145,10 @@ pub struct PeerStatusBody {
     /// The peer disconnected (its status carries `roles: []` and its last meta).
     #[serde(default)]
     pub left: bool,
+    /// The peer moved here from another node (resume): replicas update, listeners are not
+    /// told.
+    #[serde(default)]
+    pub moved: bool,
     /// The peer just connected and has not registered: known to every node (so that
     /// `startSession` to it fails as on one server), but listeners are not told.
     #[serde(default)]
@@ -157,6 +218,11 @@ impl NodeMessage {
             NodeMessage::Heartbeat(_) => "heartbeat",
             NodeMessage::NodeDown(_) => "nodeDown",
             NodeMessage::Barrier(_) => "barrier",
+            NodeMessage::ResumeClaim(_) => "resumeClaim",
+            NodeMessage::ResumeGrant(_) => "resumeGrant",
+            NodeMessage::SessionMoved(_) => "sessionMoved",
+            NodeMessage::MoveAck(_) => "moveAck",
+            NodeMessage::MoveFence(_) => "moveFence",
         }
     }
 
@@ -171,6 +237,11 @@ impl NodeMessage {
             NodeMessage::Heartbeat(b) => serde_json::value::to_raw_value(b),
             NodeMessage::NodeDown(b) => serde_json::value::to_raw_value(b),
             NodeMessage::Barrier(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::ResumeClaim(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::ResumeGrant(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::SessionMoved(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::MoveAck(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::MoveFence(b) => serde_json::value::to_raw_value(b),
         }
         .expect("plain data serializes");
         serde_json::to_string(&Envelope {
@@ -207,6 +278,11 @@ impl Envelope {
             "heartbeat" => NodeMessage::Heartbeat(serde_json::from_str(b)?),
             "nodeDown" => NodeMessage::NodeDown(serde_json::from_str(b)?),
             "barrier" => NodeMessage::Barrier(serde_json::from_str(b)?),
+            "resumeClaim" => NodeMessage::ResumeClaim(serde_json::from_str(b)?),
+            "resumeGrant" => NodeMessage::ResumeGrant(serde_json::from_str(b)?),
+            "sessionMoved" => NodeMessage::SessionMoved(serde_json::from_str(b)?),
+            "moveAck" => NodeMessage::MoveAck(serde_json::from_str(b)?),
+            "moveFence" => NodeMessage::MoveFence(serde_json::from_str(b)?),
             _ => return Ok(None),
         }))
     }
@@ -228,6 +304,7 @@ mod tests {
                 },
                 left: false,
                 joined: false,
+                moved: false,
             }),
             NodeMessage::SessionStart(SessionStartBody {
                 session_id: "s".into(),
@@ -259,6 +336,29 @@ mod tests {
                 node: "node-b".into(),
             }),
             NodeMessage::Barrier(BarrierBody { id: 9 }),
+            NodeMessage::ResumeClaim(ResumeClaimBody {
+                claim: 1,
+                token: "t".into(),
+            }),
+            NodeMessage::ResumeGrant(ResumeGrantBody {
+                claim: 1,
+                peer_id: Some("p".into()),
+                status: PeerStatus::default(),
+                sessions: vec![SessionRecord {
+                    session_id: "s".into(),
+                    producer: "p".into(),
+                    producer_node: "a".into(),
+                    consumer: "c".into(),
+                    consumer_node: "b".into(),
+                }],
+                frames: vec![r#"{"type":"endSession","sessionId":"x"}"#.into()],
+            }),
+            NodeMessage::SessionMoved(SessionMovedBody {
+                session_id: "s".into(),
+                peer_id: "p".into(),
+                node: "b".into(),
+                old_node: "a".into(),
+            }),
         ]
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use signalling_cluster::bus::{Bus, MemoryBus, RedisBus, RedisSettings};
+use signalling_cluster::resume::ResumeRegistry;
 use signalling_cluster::{config::LogFormat, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -20,17 +21,21 @@ fn main() -> anyhow::Result<()> {
     // name the process default so every TLS client (rediss://) agrees.
     let _ = rustls::crypto::ring::default_provider().install_default();
     actix_web::rt::System::new().block_on(async move {
+        let registry = ResumeRegistry::new(Duration::from_secs(config.resume_grace_secs));
         let bus: Arc<dyn Bus> = match &config.redis_url {
-            Some(url) => RedisBus::connect(RedisSettings {
-                url: url.clone(),
-                prefix: config.redis_prefix.clone(),
-                node_id: config.resolved_node_id(),
-                node_ttl: Duration::from_secs_f64(config.node_ttl_secs.max(0.5)),
-            })
+            Some(url) => RedisBus::connect(
+                RedisSettings {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    node_id: config.resolved_node_id(),
+                    node_ttl: Duration::from_secs_f64(config.node_ttl_secs.max(0.5)),
+                },
+                registry.clone(),
+            )
             .await
             .context("cannot join the cluster")?,
             None => Arc::new(MemoryBus::new()),
         };
-        signalling_cluster::server::run(config, bus).await
+        signalling_cluster::server::run(config, bus, registry).await
     })
 }

@@ -36,6 +36,8 @@ pub struct PeerConnection {
     registry: Arc<ResumeRegistry>,
     /// The connection ended on purpose (a close frame, a limit): no resume.
     ended_cleanly: bool,
+    /// The peer was handed over to a new connection: this one just goes away.
+    handed_over: bool,
     writer: Option<Writer>,
 }
 
@@ -82,6 +84,7 @@ impl PeerConnection {
             resume_token: attach.resume_token,
             registry,
             ended_cleanly: false,
+            handed_over: false,
             writer: None,
         };
         PeerConnection::create(|ctx| {
@@ -147,6 +150,9 @@ impl Actor for PeerConnection {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         info!(peer_id = %self.id, version = self.mailbox.version().number(), "peer connected");
+        if let Some(token) = &self.resume_token {
+            self.registry.connected(token, ctx.address());
+        }
         // A peer silent for three ping intervals (no pong either) is gone.
         let interval = self.limits.ping_interval;
         ctx.run_interval(interval, move |act, ctx| {
@@ -157,7 +163,13 @@ impl Actor for PeerConnection {
         });
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        if let Some(token) = &self.resume_token {
+            self.registry.disconnected(token, &ctx.address());
+        }
+        if self.handed_over {
+            return; // the peer lives on in another connection
+        }
         let resumable = !self.ended_cleanly && self.registry.enabled();
         match (resumable, self.resume_token.take(), self.writer.take()) {
             (true, Some(token), Some(writer)) => {
@@ -235,6 +247,36 @@ impl PeerConnection {
     fn too_big(&mut self, ctx: &mut Context<Self>) {
         warn!(peer_id = %self.id, "message above the size limit, closing with 1009");
         self.close(ctx, CloseCode::Size, "message too big");
+    }
+}
+
+/// A reconnection with this peer's token takes the peer over: stop the writer, hand back the
+/// queue, close this connection without removing the peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Handover(pub tokio::sync::oneshot::Sender<Option<Parked>>);
+
+impl Handler<Handover> for PeerConnection {
+    type Result = ();
+    fn handle(&mut self, Handover(reply): Handover, ctx: &mut Context<Self>) {
+        let Some(writer) = self.writer.take() else {
+            let _ = reply.send(None);
+            return;
+        };
+        info!(peer_id = %self.id, "handing the peer over to its new connection");
+        self.handed_over = true;
+        let (peer_id, mailbox) = (self.id.clone(), self.mailbox.clone());
+        actix_rt::spawn(async move {
+            let _ = writer.stop.send(());
+            let parked = writer.done.await.ok().map(|end| Parked {
+                peer_id,
+                mailbox,
+                receiver: end.receiver,
+                unsent: end.unsent,
+            });
+            let _ = reply.send(parked);
+        });
+        ctx.stop();
     }
 }
 

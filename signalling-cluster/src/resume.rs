@@ -1,26 +1,30 @@
-//! Keeping a v2 peer alive across a dropped connection.
+//! Keeping a v2 peer alive across a dropped connection, and handing it over on resume.
 //!
-//! When a v2 peer's socket ends without a WebSocket close, its peer id, roles and sessions stay
-//! in the router and messages for it keep queuing in its [`Mailbox`] (bounded by the peer
-//! queue). The receiving end of the mailbox is parked here under the peer's resume token for
-//! `--resume-grace`. A reconnection with that token takes it back: same peer id, and the queued
-//! messages are delivered first, in order. If the grace period passes or the queue fills, the
-//! peer leaves as a disconnected peer does.
+//! Every v2 connection is registered here under its resume token. When a v2 peer's socket
+//! ends without a WebSocket close, its peer id, roles and sessions stay in the router and
+//! messages for it keep queuing in its [`Mailbox`] (bounded by the peer queue); the receiving
+//! end of the mailbox is parked here for `--resume-grace`. A reconnection with the token
+//! claims the peer — parked, or even still connected (its old connection is then closed) — on
+//! this node, or, through the cluster bus, from another node. If the grace period passes or
+//! the queue fills, the peer leaves as a disconnected peer does.
 //!
-//! Resuming on another node of a cluster is not done yet: the token is only known here.
+//! Tokens are `<256 random bits, hex>.<node id>`, so any node knows whom to ask.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::prelude::*;
 use parking_lot::Mutex;
 use proto::PeerId;
+use rand::RngCore;
 use tracing::info;
 
 use crate::bus::Bus;
 use crate::mailbox::{Mailbox, MailboxReceiver};
+use crate::peer::{Handover, PeerConnection};
 
-/// A suspended peer, waiting for its client to come back.
+/// A suspended (or handed over) peer.
 pub struct Parked {
     pub peer_id: PeerId,
     pub mailbox: Mailbox,
@@ -29,13 +33,27 @@ pub struct Parked {
     pub unsent: Vec<String>,
 }
 
-/// Suspended peers by resume token.
+/// v2 peers by resume token: connected ones, and parked ones waiting to resume.
 pub struct ResumeRegistry {
     grace: Duration,
     /// Parked peers with the generation they were parked in, so that an expiry timer of an
     /// earlier suspension never removes a later one.
     parked: Mutex<HashMap<String, (u64, Parked)>>,
+    live: Mutex<HashMap<String, Addr<PeerConnection>>>,
     generation: std::sync::atomic::AtomicU64,
+}
+
+/// A fresh resume token for a peer of `node_id`.
+pub fn new_token(node_id: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.{node_id}")
+}
+
+/// The node that issued `token`.
+pub fn token_node(token: &str) -> Option<&str> {
+    token.split_once('.').map(|(_, node)| node)
 }
 
 impl ResumeRegistry {
@@ -43,6 +61,7 @@ impl ResumeRegistry {
         Arc::new(ResumeRegistry {
             grace,
             parked: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             generation: Default::default(),
         })
     }
@@ -50,6 +69,19 @@ impl ResumeRegistry {
     /// Whether dropped connections are kept at all (`--resume-grace 0` turns it off).
     pub fn enabled(&self) -> bool {
         !self.grace.is_zero()
+    }
+
+    /// A v2 connection is up under `token`.
+    pub fn connected(&self, token: &str, addr: Addr<PeerConnection>) {
+        self.live.lock().insert(token.to_string(), addr);
+    }
+
+    /// The v2 connection under `token` is down.
+    pub fn disconnected(&self, token: &str, addr: &Addr<PeerConnection>) {
+        let mut live = self.live.lock();
+        if live.get(token) == Some(addr) {
+            live.remove(token);
+        }
     }
 
     /// Parks a suspended peer; after the grace period, or when its queue fills, it leaves.
@@ -87,8 +119,15 @@ impl ResumeRegistry {
         });
     }
 
-    /// Takes a parked peer back for a reconnection with its token.
-    pub fn take(&self, token: &str) -> Option<Parked> {
-        self.parked.lock().remove(token).map(|(_, p)| p)
+    /// Takes the peer under `token` for a reconnection: a parked one at once, a connected one
+    /// after closing its old connection.
+    pub async fn claim(&self, token: &str) -> Option<Parked> {
+        if let Some((_, p)) = self.parked.lock().remove(token) {
+            return Some(p);
+        }
+        let addr = self.live.lock().remove(token)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        addr.send(Handover(tx)).await.ok()?;
+        rx.await.ok().flatten()
     }
 }

@@ -12,7 +12,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use proto::envelope::{NodeMessage, PeerStatusBody, RelayBody, SessionEndBody, SessionStartBody};
+use proto::envelope::{
+    NodeMessage, PeerStatusBody, RelayBody, SessionEndBody, SessionMovedBody, SessionRecord,
+    SessionStartBody,
+};
 use proto::{
     ClientMessage, ErrorCode, PeerId, PeerInfo, PeerMessage, PeerStatus, ProtocolVersion,
     RelayPayload, ServerMessage, SessionId,
@@ -92,6 +95,13 @@ pub struct Router {
     /// Local peers with the listener role, to fan out status changes without a scan.
     listeners: HashSet<PeerId>,
     sessions: HashMap<SessionId, Session>,
+    /// Peers that moved from here to another node: late messages for them are forwarded.
+    moved_out: HashMap<PeerId, NodeId>,
+    /// Peers that moved here, and the node they came from (which forwards to us).
+    moved_in: HashMap<PeerId, NodeId>,
+    /// Sessions of a peer that moved here, whose deliveries wait until the old node confirms
+    /// it forwarded everything sent before the move (so nothing overtakes anything).
+    fences: HashMap<SessionId, Vec<(PeerId, ServerMessage)>>,
 }
 
 impl Router {
@@ -119,6 +129,7 @@ impl Router {
                 left: false,
                 // registration stores the peer id in the status; unregistered peers stay silent
                 joined: p.status.peer_id.is_none(),
+                moved: false,
             })
             .collect()
     }
@@ -134,6 +145,7 @@ impl Router {
             status: PeerStatus::default(),
             left: false,
             joined: true,
+            moved: false,
         }));
     }
 
@@ -186,6 +198,7 @@ impl Router {
             status: gone,
             left: true,
             joined: false,
+            moved: false,
         }));
     }
 
@@ -202,7 +215,33 @@ impl Router {
                 }
             }
             NodeMessage::NodeDown(body) => self.node_down(&body.node, out),
-            NodeMessage::Heartbeat(_) | NodeMessage::Barrier(_) => {}
+            NodeMessage::SessionMoved(body) => {
+                // A member moved to body.node: switch, then confirm through its old node
+                // (after everything we sent there).
+                if let Some(s) = self.sessions.get_mut(&body.session_id) {
+                    if s.producer == body.peer_id {
+                        s.producer_node = Some(body.node.clone());
+                    } else if s.consumer == body.peer_id {
+                        s.consumer_node = Some(body.node.clone());
+                    }
+                }
+                out.push(Effect::ToNode(
+                    body.old_node.clone(),
+                    NodeMessage::MoveAck(body),
+                ));
+            }
+            NodeMessage::MoveAck(body) => {
+                // Everything the acking node sent us before is forwarded already.
+                out.push(Effect::ToNode(
+                    body.node.clone(),
+                    NodeMessage::MoveFence(body),
+                ));
+            }
+            NodeMessage::MoveFence(body) => self.release_fence(&body.session_id, out),
+            NodeMessage::Heartbeat(_)
+            | NodeMessage::Barrier(_)
+            | NodeMessage::ResumeClaim(_)
+            | NodeMessage::ResumeGrant(_) => {}
         }
     }
 
@@ -308,6 +347,162 @@ impl Router {
         nodes
     }
 
+    /// Delivers a message of session `session_id` to local `to`, or holds it behind the
+    /// session's fence.
+    fn deliver_in(&mut self, session_id: &str, to: &str, msg: ServerMessage, out: &mut Outbox) {
+        match self.fences.get_mut(session_id) {
+            Some(held) => held.push((to.to_string(), msg)),
+            None => deliver(out, to, msg),
+        }
+    }
+
+    /// Lets the held messages of a session through, in order.
+    pub fn release_fence(&mut self, session_id: &str, out: &mut Outbox) {
+        for (to, msg) in self.fences.remove(session_id).unwrap_or_default() {
+            deliver(out, &to, msg);
+        }
+    }
+
+    /// Hands local peer `peer_id` over to `new_node` (resume there): returns its status and
+    /// sessions, described with explicit nodes (`me` for this one). The peer disappears from
+    /// here without a departure; late messages for it are forwarded.
+    pub fn export_peer(
+        &mut self,
+        peer_id: &str,
+        me: &str,
+        new_node: &str,
+    ) -> Option<(PeerStatus, Vec<SessionRecord>)> {
+        if !self.is_local(peer_id) {
+            return None;
+        }
+        let peer = self.peers.remove(peer_id)?;
+        self.listeners.remove(peer_id);
+        self.moved_out
+            .insert(peer_id.to_string(), new_node.to_string());
+        let mut records = Vec::new();
+        for session_id in peer.producer_sessions.iter().chain(&peer.consumer_sessions) {
+            let Some(session) = self.sessions.get_mut(session_id) else {
+                continue;
+            };
+            let node = |n: &Option<NodeId>| n.clone().unwrap_or_else(|| me.to_string());
+            records.push(SessionRecord {
+                session_id: session_id.clone(),
+                producer: session.producer.clone(),
+                producer_node: node(&session.producer_node),
+                consumer: session.consumer.clone(),
+                consumer_node: node(&session.consumer_node),
+            });
+            // The moved member is remote from now on; a session with no member left here
+            // is no longer ours to keep.
+            if session.producer == peer_id {
+                session.producer_node = Some(new_node.to_string());
+            } else {
+                session.consumer_node = Some(new_node.to_string());
+            }
+            if session.producer_node.is_some() && session.consumer_node.is_some() {
+                self.sessions.remove(session_id);
+            }
+        }
+        Some((peer.status, records))
+    }
+
+    /// Takes over a peer handed over by `old_node`, connected here now. Sessions whose other
+    /// member is not on `old_node` are fenced until the old node confirms the switch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn import_peer(
+        &mut self,
+        peer_id: &str,
+        version: ProtocolVersion,
+        status: PeerStatus,
+        records: Vec<SessionRecord>,
+        me: &str,
+        old_node: &str,
+        out: &mut Outbox,
+    ) {
+        let mut peer = Peer::new(None, version, status.clone());
+        if status.listening() {
+            self.listeners.insert(peer_id.to_string());
+        }
+        self.moved_in
+            .insert(peer_id.to_string(), old_node.to_string());
+        self.moved_out.remove(peer_id);
+        let local = |n: &str| (n != me).then(|| n.to_string());
+        for r in records {
+            let session = Session {
+                producer: r.producer.clone(),
+                consumer: r.consumer.clone(),
+                producer_node: if r.producer == peer_id {
+                    None
+                } else {
+                    local(&r.producer_node)
+                },
+                consumer_node: if r.consumer == peer_id {
+                    None
+                } else {
+                    local(&r.consumer_node)
+                },
+            };
+            let Some((other, other_node)) = session.other(peer_id) else {
+                continue;
+            };
+            let (other, other_node) = (other.clone(), other_node.clone());
+            match other_node.as_deref() {
+                // The other member is on the old node: everything comes through it, in order.
+                Some(n) if n == old_node => {}
+                // On a third node: it learns of the move from us and confirms via the old node.
+                Some(n) => {
+                    self.fences.insert(r.session_id.clone(), Vec::new());
+                    out.push(Effect::ToNode(
+                        n.to_string(),
+                        NodeMessage::SessionMoved(SessionMovedBody {
+                            session_id: r.session_id.clone(),
+                            peer_id: peer_id.to_string(),
+                            node: me.to_string(),
+                            old_node: old_node.to_string(),
+                        }),
+                    ));
+                }
+                // Here: our earlier messages went to the old node; confirm through it.
+                None => {
+                    if !self.is_local(&other) {
+                        continue; // the other member left meanwhile
+                    }
+                    self.fences.insert(r.session_id.clone(), Vec::new());
+                    out.push(Effect::ToNode(
+                        old_node.to_string(),
+                        NodeMessage::MoveAck(SessionMovedBody {
+                            session_id: r.session_id.clone(),
+                            peer_id: peer_id.to_string(),
+                            node: me.to_string(),
+                            old_node: old_node.to_string(),
+                        }),
+                    ));
+                    if let Some(o) = self.peers.get_mut(&other) {
+                        if session.producer == other {
+                            o.producer_sessions.insert(r.session_id.clone());
+                        } else {
+                            o.consumer_sessions.insert(r.session_id.clone());
+                        }
+                    }
+                }
+            }
+            if session.producer == peer_id {
+                peer.producer_sessions.insert(r.session_id.clone());
+            } else {
+                peer.consumer_sessions.insert(r.session_id.clone());
+            }
+            self.sessions.insert(r.session_id, session);
+        }
+        self.peers.insert(peer_id.to_string(), peer);
+        out.push(Effect::Announce(PeerStatusBody {
+            peer_id: peer_id.to_string(),
+            status,
+            left: false,
+            joined: false,
+            moved: true,
+        }));
+    }
+
     fn is_local(&self, peer_id: &str) -> bool {
         self.peers.get(peer_id).is_some_and(|p| p.node.is_none())
     }
@@ -359,6 +554,7 @@ impl Router {
             status: status.clone(),
             left: false,
             joined: false,
+            moved: false,
         }));
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.status = status;
@@ -494,7 +690,10 @@ impl Router {
             ));
         }
         match to_node {
-            None => deliver(out, to, ServerMessage::Peer(msg)),
+            None => {
+                let (to, session_id) = (to.clone(), msg.session_id.clone());
+                self.deliver_in(&session_id, &to, ServerMessage::Peer(msg), out);
+            }
             Some(node) => out.push(Effect::ToNode(
                 node.clone(),
                 NodeMessage::Relay(RelayBody {
@@ -550,7 +749,11 @@ impl Router {
             session_id: session_id.to_string(),
         };
         match other_node {
-            None => deliver(out, other, end),
+            None => {
+                let other = other.clone();
+                self.deliver_in(session_id, &other, end, out);
+                self.release_fence(session_id, out);
+            }
             Some(node) => out.push(Effect::ToNode(
                 node.clone(),
                 NodeMessage::SessionEnd(SessionEndBody {
@@ -565,6 +768,20 @@ impl Router {
         if self.is_local(&body.peer_id) {
             return; // an echo of our own, or a stale claim: local state wins
         }
+        if body.moved {
+            // A peer resumed on another node: same peer, new home; listeners hear nothing.
+            self.moved_out.remove(&body.peer_id);
+            let entry = self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
+                Peer::new(
+                    Some(node.to_string()),
+                    ProtocolVersion::V1,
+                    PeerStatus::default(),
+                )
+            });
+            entry.node = Some(node.to_string());
+            entry.status = body.status;
+            return;
+        }
         if body.joined {
             self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
                 Peer::new(
@@ -577,6 +794,7 @@ impl Router {
         }
         if body.left {
             self.peers.remove(&body.peer_id);
+            self.moved_out.remove(&body.peer_id);
         } else {
             let entry = self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
                 Peer::new(
@@ -650,14 +868,19 @@ impl Router {
     }
 
     fn remote_session_end(&mut self, node: &str, body: SessionEndBody, out: &mut Outbox) {
+        if let Some(to) = self.moved_out.get(&body.to) {
+            out.push(Effect::ToNode(to.clone(), NodeMessage::SessionEnd(body)));
+            return;
+        }
         let Some(session) = self.sessions.get(&body.session_id) else {
             return;
         };
+        let forwarded = self.moved_in.get(&body.to).is_some_and(|n| n == node);
         // Only the node of the other member may end it for ours.
         let Some((other, other_node)) = session.other(&body.to) else {
             return;
         };
-        if !session.is_local(&body.to) || other_node.as_deref() != Some(node) {
+        if !session.is_local(&body.to) || (other_node.as_deref() != Some(node) && !forwarded) {
             warn!(
                 session_id = body.session_id,
                 node, "session end from a non-member node"
@@ -669,6 +892,10 @@ impl Router {
     }
 
     fn remote_relay(&mut self, node: &str, body: RelayBody, out: &mut Outbox) {
+        if let Some(to) = self.moved_out.get(&body.to) {
+            out.push(Effect::ToNode(to.clone(), NodeMessage::Relay(body)));
+            return;
+        }
         let Some(session) = self.sessions.get(&body.session_id) else {
             debug!(
                 session_id = body.session_id,
@@ -676,9 +903,11 @@ impl Router {
             );
             return;
         };
+        // From the other member's node, or forwarded by the node our member moved from.
         let member_node_ok = session
             .other(&body.to)
-            .is_some_and(|(_, n)| n.as_deref() == Some(node));
+            .is_some_and(|(_, n)| n.as_deref() == Some(node))
+            || self.moved_in.get(&body.to).is_some_and(|n| n == node);
         if !session.is_local(&body.to) || !member_node_ok {
             warn!(
                 session_id = body.session_id,
@@ -695,14 +924,18 @@ impl Router {
             }
         };
         match payload {
-            Ok(payload) => deliver(
-                out,
-                &body.to,
-                ServerMessage::Peer(PeerMessage {
-                    session_id: body.session_id,
+            Ok(payload) => {
+                let msg = ServerMessage::Peer(PeerMessage {
+                    session_id: body.session_id.clone(),
                     payload,
-                }),
-            ),
+                });
+                if self.moved_in.get(&body.to).is_some_and(|n| n == node) {
+                    // Forwarded by the old node: it all comes before the fence is lifted.
+                    deliver(out, &body.to, msg);
+                } else {
+                    self.deliver_in(&body.session_id, &body.to, msg, out);
+                }
+            }
             Err(e) => warn!(node, "invalid relayed payload: {e}"),
         }
     }

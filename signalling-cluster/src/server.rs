@@ -8,14 +8,13 @@ use std::time::Duration;
 use actix_web::{http::header, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use proto::{ProtocolVersion, ServerMessage, WelcomeV2};
-use rand::RngCore;
 use tracing::{info, warn};
 
 use crate::bus::{new_peer_id, Bus};
 use crate::config::Config;
 use crate::mailbox::Mailbox;
 use crate::peer::{Attach, Limits, PeerConnection};
-use crate::resume::ResumeRegistry;
+use crate::resume::{new_token, token_node, ResumeRegistry};
 
 /// What every HTTP worker shares.
 pub struct NodeState {
@@ -29,14 +28,18 @@ pub struct NodeState {
 }
 
 /// Runs the node until SIGINT/SIGTERM.
-pub async fn run(config: Config, bus: Arc<dyn Bus>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    bus: Arc<dyn Bus>,
+    registry: Arc<ResumeRegistry>,
+) -> anyhow::Result<()> {
     let node_id = config.resolved_node_id();
     let state = web::Data::new(NodeState {
         node_id: node_id.clone(),
         bus,
         config: config.clone(),
         draining: AtomicBool::new(false),
-        registry: ResumeRegistry::new(Duration::from_secs(config.resume_grace_secs)),
+        registry,
     });
     let shared = state.clone();
     let addr = (config.host.as_str(), config.port);
@@ -195,46 +198,35 @@ async fn websocket_or_index(
         .encode(version)
         .unwrap_or_default()
     };
-    let attach = match resume.and_then(|t| state.registry.take(t).map(|p| (t, p))) {
-        Some((token, parked)) => {
-            info!(peer_id = parked.peer_id, "peer resumed");
-            let mut first = vec![welcome(&parked.peer_id, token, true)];
-            first.extend(parked.unsent);
-            Attach {
-                id: parked.peer_id,
-                mailbox: parked.mailbox,
-                receiver: parked.receiver,
-                first,
-                resumed: true,
-                resume_token: Some(token.to_string()),
-            }
-        }
-        None => {
-            // A v1 peer, a v2 peer without a token, or one whose token is unknown here
-            // (expired, or issued by another node): a new peer.
-            let peer_id = new_peer_id();
-            let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
-            let token = (version >= ProtocolVersion::V2).then(resume_token);
-            let first = match &token {
-                Some(t) => welcome(&peer_id, t, false),
-                None => ServerMessage::Welcome {
-                    peer_id: peer_id.clone(),
-                    v2: None,
-                }
-                .encode(version)
-                .unwrap_or_default(),
-            };
-            info!(peer_id, remote = ?req.peer_addr(), version = version.number(), "new WebSocket connection");
-            Attach {
-                id: peer_id,
-                mailbox,
-                receiver,
-                first: vec![first],
-                resumed: false,
-                resume_token: token,
-            }
-        }
+    let attach = match resume {
+        Some(token) => resume_peer(&state, token, version, &welcome).await,
+        None => None,
     };
+    let attach = attach.unwrap_or_else(|| {
+        // A v1 peer, a v2 peer without a token, or one whose token is unknown (expired, or
+        // its node is gone): a new peer.
+        let peer_id = new_peer_id();
+        let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
+        let token = (version >= ProtocolVersion::V2).then(|| new_token(&state.node_id));
+        let first = match &token {
+            Some(t) => welcome(&peer_id, t, false),
+            None => ServerMessage::Welcome {
+                peer_id: peer_id.clone(),
+                v2: None,
+            }
+            .encode(version)
+            .unwrap_or_default(),
+        };
+        info!(peer_id, remote = ?req.peer_addr(), version = version.number(), "new WebSocket connection");
+        Attach {
+            id: peer_id,
+            mailbox,
+            receiver,
+            first: vec![first],
+            resumed: false,
+            resume_token: token,
+        }
+    });
     PeerConnection::start(
         attach,
         state.bus.clone(),
@@ -248,6 +240,50 @@ async fn websocket_or_index(
     );
     Ok(response)
 }
+
+/// Claims the peer under `token`, here or from the node that issued it. The resumed peer gets a
+/// new token (naming this node) in its `welcome`, then what was queued for it.
+async fn resume_peer(
+    state: &NodeState,
+    token: &str,
+    version: ProtocolVersion,
+    welcome: &impl Fn(&str, &str, bool) -> String,
+) -> Option<Attach> {
+    let new = new_token(&state.node_id);
+    if token_node(token) == Some(state.node_id.as_str()) {
+        let parked = state.registry.claim(token).await?;
+        info!(peer_id = parked.peer_id, "peer resumed");
+        let mut first = vec![welcome(&parked.peer_id, &new, true)];
+        first.extend(parked.unsent);
+        return Some(Attach {
+            id: parked.peer_id,
+            mailbox: parked.mailbox,
+            receiver: parked.receiver,
+            first,
+            resumed: true,
+            resume_token: Some(new),
+        });
+    }
+    let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
+    let claim = state.bus.claim(token, mailbox.clone())?;
+    let peer_id = tokio::time::timeout(CLAIM_TIMEOUT, claim).await.ok()??;
+    info!(
+        peer_id,
+        from = token_node(token),
+        "peer resumed from another node"
+    );
+    Some(Attach {
+        first: vec![welcome(&peer_id, &new, true)],
+        id: peer_id,
+        mailbox,
+        receiver,
+        resumed: true,
+        resume_token: Some(new),
+    })
+}
+
+/// Longest a reconnection waits for another node to hand its peer over.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Names this node in the upgrade response, for sticky load balancers.
 fn add_affinity(response: &mut HttpResponse, state: &NodeState) {
@@ -289,11 +325,4 @@ async fn api_nodes(state: web::Data<NodeState>) -> HttpResponse {
 
 async fn api_producers(state: web::Data<NodeState>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "producers": state.bus.producers() }))
-}
-
-/// 256 random bits, hex: unguessable, so only the peer that was welcomed can resume.
-fn resume_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -24,18 +24,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use parking_lot::Mutex;
-use proto::envelope::{Envelope, NodeDownBody, NodeMessage, PeerStatusBody};
+use proto::envelope::{
+    Envelope, NodeDownBody, NodeMessage, PeerStatusBody, ResumeClaimBody, ResumeGrantBody,
+};
 use proto::{ClientMessage, ErrorCode, PeerId, PeerInfo, PeerStatus, ServerMessage};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{deliver, Bus, BusStats, NodeSummary, Pending};
+use super::{deliver, Bus, BusStats, Claim, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
+use crate::resume::{token_node, ResumeRegistry};
 use crate::routing::{Effect, NodeId, Outbox, Router};
 
 /// How often a node refreshes its liveness and looks for dead nodes.
 pub const TICK: Duration = Duration::from_millis(250);
+
+/// Longest a resume claim waits for the other node's answer.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest a `list` waits for its read-your-writes barrier.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,6 +82,14 @@ struct Shared {
     live_nodes: Mutex<Vec<NodeId>>,
     /// Set by `shutdown`: stop refreshing our liveness.
     leaving: AtomicBool,
+    /// Our v2 peers by resume token, for claims from other nodes.
+    registry: Arc<ResumeRegistry>,
+}
+
+/// A claim we sent for a client that reconnected here with another node's token.
+struct PendingClaim {
+    mailbox: Mailbox,
+    done: tokio::sync::oneshot::Sender<Option<PeerId>>,
 }
 
 #[derive(Default)]
@@ -85,6 +99,9 @@ struct State {
     /// Barriers in flight, by id: fired when our marker comes back from Redis.
     barriers: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
     next_barrier: u64,
+    /// Resume claims in flight, by id.
+    claims: HashMap<u64, PendingClaim>,
+    next_claim: u64,
     /// Last (boot, sequence number) seen per (sender, channel): gaps mean lost messages.
     seen: HashMap<(String, String), (u64, u64)>,
 }
@@ -137,7 +154,10 @@ fn now_ms() -> u64 {
 
 impl RedisBus {
     /// Connects to Redis, loads the cluster's peers and starts the bus tasks.
-    pub async fn connect(settings: RedisSettings) -> Result<Arc<RedisBus>, ClusterError> {
+    pub async fn connect(
+        settings: RedisSettings,
+        registry: Arc<ResumeRegistry>,
+    ) -> Result<Arc<RedisBus>, ClusterError> {
         let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
         let con = ConnectionManager::new(client.clone())
             .await
@@ -151,6 +171,7 @@ impl RedisBus {
             connected: AtomicBool::new(false),
             live_nodes: Mutex::new(Vec::new()),
             leaving: AtomicBool::new(false),
+            registry,
         });
         // Subscribe before loading, so nothing announced in between is missed.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -180,7 +201,7 @@ impl Shared {
     }
 
     /// One envelope from the subscription.
-    fn receive(&self, channel: &str, text: &str) {
+    fn receive(self: &Arc<Self>, channel: &str, text: &str) {
         let env = match Envelope::parse(text) {
             Ok(env) => env,
             Err(e) => return warn!(channel, "dropping envelope: {e}"),
@@ -200,6 +221,12 @@ impl Shared {
             Ok(Some(msg)) => msg,
             Ok(None) => return debug!(kind = env.kind, "ignoring envelope of a newer kind"),
             Err(e) => return warn!(kind = env.kind, "dropping envelope: {e}"),
+        };
+        let msg = match msg {
+            NodeMessage::ResumeClaim(claim) => {
+                return self.answer_claim(env.from.clone(), claim);
+            }
+            other => other,
         };
         let mut state = self.state.lock();
         let mut out = Outbox::new();
@@ -228,8 +255,77 @@ impl Shared {
                 return;
             }
         }
-        state.router.remote(&env.from, msg, &mut out);
+        if let NodeMessage::ResumeGrant(grant) = msg {
+            self.take_grant(&mut state, &env.from, grant, &mut out);
+        } else {
+            state.router.remote(&env.from, msg, &mut out);
+        }
         self.flush(&state, out);
+    }
+
+    /// Another node wants one of our peers: hand it over (after closing its connection here,
+    /// if it still has one), with its sessions and what is queued for it.
+    fn answer_claim(self: &Arc<Self>, node: NodeId, claim: ResumeClaimBody) {
+        let shared = self.clone();
+        actix_rt::spawn(async move {
+            let parked = shared.registry.claim(&claim.token).await;
+            let mut state = shared.state.lock();
+            let mut grant = ResumeGrantBody {
+                claim: claim.claim,
+                peer_id: None,
+                status: PeerStatus::default(),
+                sessions: Vec::new(),
+                frames: Vec::new(),
+            };
+            if let Some(mut parked) = parked {
+                let me = shared.settings.node_id.clone();
+                if let Some((status, sessions)) =
+                    state.router.export_peer(&parked.peer_id, &me, &node)
+                {
+                    state.mailboxes.remove(&parked.peer_id);
+                    let mut frames = std::mem::take(&mut parked.unsent);
+                    while let Ok(out) = parked.receiver.rx.try_recv() {
+                        if let crate::mailbox::Outbound::Text(t) = out {
+                            frames.push(t);
+                        }
+                    }
+                    info!(peer_id = parked.peer_id, to = node, "peer handed over");
+                    grant.peer_id = Some(parked.peer_id);
+                    grant.status = status;
+                    grant.sessions = sessions;
+                    grant.frames = frames;
+                }
+            }
+            let out = vec![Effect::ToNode(node, NodeMessage::ResumeGrant(grant))];
+            shared.flush(&state, out);
+        });
+    }
+
+    /// The answer to one of our claims: register the peer here with the mailbox its new
+    /// connection waits on, queued messages first.
+    fn take_grant(&self, state: &mut State, from: &str, grant: ResumeGrantBody, out: &mut Outbox) {
+        let Some(pending) = state.claims.remove(&grant.claim) else {
+            return;
+        };
+        let Some(peer_id) = grant.peer_id else {
+            let _ = pending.done.send(None);
+            return;
+        };
+        for frame in grant.frames {
+            let _ = pending.mailbox.send(crate::mailbox::Outbound::Text(frame));
+        }
+        let me = self.settings.node_id.clone();
+        state.router.import_peer(
+            &peer_id,
+            pending.mailbox.version(),
+            grant.status,
+            grant.sessions,
+            &me,
+            from,
+            out,
+        );
+        state.mailboxes.insert(peer_id.clone(), pending.mailbox);
+        let _ = pending.done.send(Some(peer_id));
     }
 }
 
@@ -335,6 +431,33 @@ impl Bus for RedisBus {
 
     fn ready(&self) -> bool {
         self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    fn claim(&self, token: &str, mailbox: Mailbox) -> Option<Claim> {
+        let node = token_node(token)?.to_string();
+        if node == self.shared.settings.node_id || !self.ready() {
+            return None;
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let mut state = self.shared.state.lock();
+        let claim = state.next_claim;
+        state.next_claim += 1;
+        state.claims.insert(claim, PendingClaim { mailbox, done });
+        let _ = self.shared.out.send(Outgoing::ToNode(
+            node,
+            NodeMessage::ResumeClaim(ResumeClaimBody {
+                claim,
+                token: token.to_string(),
+            }),
+        ));
+        let shared = self.shared.clone();
+        Some(Box::pin(async move {
+            let answer = tokio::time::timeout(CLAIM_TIMEOUT, answer).await;
+            if answer.is_err() {
+                shared.state.lock().claims.remove(&claim);
+            }
+            answer.ok().and_then(Result::ok).flatten()
+        }))
     }
 
     fn shutdown(&self) -> Pending {
@@ -511,6 +634,7 @@ async fn resync(shared: &Shared, con: &mut ConnectionManager) -> redis::RedisRes
             peer_id,
             status: peer.status,
             left: false,
+            moved: false,
         };
         state
             .router

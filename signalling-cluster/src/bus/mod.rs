@@ -33,6 +33,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
     /// message such as `goAway` reaches v2 peers only).
     fn notify_local(&self, msg: &ServerMessage);
+    /// A client reconnected here with a resume token issued by another node: ask that node
+    /// for the peer. The future yields its id once it is registered here with `mailbox` (what
+    /// was queued for it already in the mailbox), or `None` if refused. `None` if the bus
+    /// cannot reach other nodes.
+    fn claim(&self, _token: &str, _mailbox: Mailbox) -> Option<Claim> {
+        None
+    }
     /// The node is stopping: remove its peers from the cluster now (their sessions end,
     /// listeners are told) rather than after the liveness TTL.
     fn shutdown(&self) -> Pending {
@@ -53,6 +60,9 @@ pub trait Bus: Send + Sync + 'static {
 
 /// Work the connection must wait for before reading the peer's next message.
 pub type Pending = futures::future::BoxFuture<'static, ()>;
+
+/// A resume claim under way: the resumed peer's id, or `None` if refused.
+pub type Claim = futures::future::BoxFuture<'static, Option<PeerId>>;
 
 /// One node as the operations API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
