@@ -24,6 +24,12 @@ pub struct Limits {
     pub ping_interval: Duration,
 }
 
+/// Everything logged while handling a peer's messages (router and bus included) carries the
+/// node and peer ids through this span.
+fn peer_span(node_id: &str, peer_id: &str) -> tracing::Span {
+    info_span!("peer", node = %node_id, peer_id = %peer_id)
+}
+
 pub struct PeerConnection {
     id: PeerId,
     bus: Arc<dyn Bus>,
@@ -39,6 +45,7 @@ pub struct PeerConnection {
     /// The peer was handed over to a new connection: this one just goes away.
     handed_over: bool,
     writer: Option<Writer>,
+    span: tracing::Span,
 }
 
 /// How to stop the writer and get the mailbox back from it.
@@ -63,14 +70,16 @@ impl PeerConnection {
     /// Starts the actor and its writer for an upgraded connection.
     pub fn start(
         attach: Attach,
+        node_id: &str,
         bus: Arc<dyn Bus>,
         registry: Arc<ResumeRegistry>,
         session: Session,
         stream: actix_ws::AggregatedMessageStream,
         limits: Limits,
     ) -> Addr<Self> {
-        let span = info_span!("peer", peer_id = %attach.id);
+        let span = peer_span(node_id, &attach.id);
         if !attach.resumed {
+            let _entered = span.enter();
             bus.join(&attach.id, attach.mailbox.clone());
         }
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -86,6 +95,7 @@ impl PeerConnection {
             ended_cleanly: false,
             handed_over: false,
             writer: None,
+            span: span.clone(),
         };
         PeerConnection::create(|ctx| {
             ctx.add_stream(stream);
@@ -164,6 +174,8 @@ impl Actor for PeerConnection {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         if let Some(token) = &self.resume_token {
             self.registry.disconnected(token, &ctx.address());
         }
@@ -207,6 +219,8 @@ impl Actor for PeerConnection {
 
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for PeerConnection {
     fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         self.last_seen = Instant::now();
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),

@@ -229,6 +229,7 @@ async fn websocket_or_index(
     });
     PeerConnection::start(
         attach,
+        &state.node_id,
         state.bus.clone(),
         state.registry.clone(),
         session,

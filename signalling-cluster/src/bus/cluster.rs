@@ -30,7 +30,7 @@ use proto::envelope::{
 use proto::{ClientMessage, ErrorCode, PeerId, PeerInfo, PeerStatus, ServerMessage};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::{deliver, Bus, BusStats, Claim, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
@@ -175,10 +175,14 @@ impl RedisBus {
         });
         // Subscribe before loading, so nothing announced in between is missed.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        actix_rt::spawn(subscriber(shared.clone(), client, con.clone(), ready_tx));
+        // The bus tasks log with the node id, like the peers' spans.
+        let span = tracing::info_span!("cluster", node = %shared.settings.node_id);
+        actix_rt::spawn(
+            subscriber(shared.clone(), client, con.clone(), ready_tx).instrument(span.clone()),
+        );
         let _ = ready_rx.await;
-        actix_rt::spawn(publisher(shared.clone(), rx, con.clone()));
-        actix_rt::spawn(liveness(shared.clone(), con));
+        actix_rt::spawn(publisher(shared.clone(), rx, con.clone()).instrument(span.clone()));
+        actix_rt::spawn(liveness(shared.clone(), con).instrument(span));
         info!(node_id = shared.settings.node_id, "joined the cluster");
         Ok(Arc::new(RedisBus { shared }))
     }
