@@ -68,8 +68,9 @@ pub struct Config {
     pub peer_queue: usize,
 
     /// Sustained messages per second one peer may send (burst: twice that). Above it the
-    /// peer gets an error and is disconnected with 1008.
-    #[arg(long, env = "SIGNALLING_MAX_MESSAGES_PER_SEC", default_value_t = 1000)]
+    /// peer gets an error and is disconnected with 1008. Generous on purpose: a producer
+    /// starting sessions with a hundred consumers at once sends thousands of candidates.
+    #[arg(long, env = "SIGNALLING_MAX_MESSAGES_PER_SEC", default_value_t = 5000)]
     pub max_messages_per_sec: u32,
 
     /// Seconds of silence before the node pings a peer; a peer silent for three times as
