@@ -18,6 +18,22 @@ async fn cluster(redis: &Redis, extra: &[&str]) -> Result<Vec<Node>> {
     Ok(nodes)
 }
 
+/// A v2 producer on `pn` in a session with a v1 consumer on `cn` (the consumer started it).
+async fn v2_producer_in_session(pn: &Node, cn: &Node) -> Result<(Peer, Peer, String)> {
+    let mut p = Peer::connect_with(&pn.url(), Some("gstwebrtc-cluster.v2")).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    let mut c = Peer::connect(&cn.url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    p.expect("startSession").await?;
+    Ok((p, c, sid))
+}
+
 /// Waits until `list` on `peer`'s node names `producer`.
 async fn until_listed(peer: &mut Peer, producer: &str) -> Result<()> {
     Topo::visible(peer, producer, false).await.map(drop)
@@ -452,17 +468,7 @@ async fn list_reads_what_a_listener_anywhere_has_seen() -> Result<()> {
 async fn a_v2_peer_resumes_on_its_node_while_in_a_cross_node_session() -> Result<()> {
     let redis = Redis::start().await?;
     let nodes = cluster(&redis, &[]).await?;
-    let mut p = Peer::connect_with(&nodes[0].url(), Some("gstwebrtc-cluster.v2")).await?;
-    p.set_status(&["producer"], Value::Null).await?;
-    let mut c = Peer::connect(&nodes[1].url()).await?;
-    until_listed(&mut c, &p.id).await?;
-    c.send(json!({"type": "startSession", "peerId": p.id}))
-        .await?;
-    let sid = c.expect("sessionStarted").await?["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    p.expect("startSession").await?;
+    let (p, mut c, sid) = v2_producer_in_session(&nodes[0], &nodes[1]).await?;
     let (pid, token) = (
         p.id.clone(),
         p.welcome["resumeToken"].as_str().unwrap().to_string(),

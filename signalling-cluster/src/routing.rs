@@ -764,6 +764,17 @@ impl Router {
         }
     }
 
+    /// The replica entry of a peer of another node, created if new.
+    fn remote_entry(&mut self, peer_id: &str, node: &str) -> &mut Peer {
+        self.peers.entry(peer_id.to_string()).or_insert_with(|| {
+            Peer::new(
+                Some(node.to_string()),
+                ProtocolVersion::V1,
+                PeerStatus::default(),
+            )
+        })
+    }
+
     fn remote_status(&mut self, node: &str, body: PeerStatusBody, out: &mut Outbox) {
         if self.is_local(&body.peer_id) {
             return; // an echo of our own, or a stale claim: local state wins
@@ -771,38 +782,20 @@ impl Router {
         if body.moved {
             // A peer resumed on another node: same peer, new home; listeners hear nothing.
             self.moved_out.remove(&body.peer_id);
-            let entry = self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
-                Peer::new(
-                    Some(node.to_string()),
-                    ProtocolVersion::V1,
-                    PeerStatus::default(),
-                )
-            });
+            let entry = self.remote_entry(&body.peer_id, node);
             entry.node = Some(node.to_string());
             entry.status = body.status;
             return;
         }
         if body.joined {
-            self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
-                Peer::new(
-                    Some(node.to_string()),
-                    ProtocolVersion::V1,
-                    PeerStatus::default(),
-                )
-            });
+            self.remote_entry(&body.peer_id, node);
             return; // listeners hear of registrations, not connections
         }
         if body.left {
             self.peers.remove(&body.peer_id);
             self.moved_out.remove(&body.peer_id);
         } else {
-            let entry = self.peers.entry(body.peer_id.clone()).or_insert_with(|| {
-                Peer::new(
-                    Some(node.to_string()),
-                    ProtocolVersion::V1,
-                    PeerStatus::default(),
-                )
-            });
+            let entry = self.remote_entry(&body.peer_id, node);
             entry.node = Some(node.to_string());
             entry.status = body.status.clone();
         }
