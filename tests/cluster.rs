@@ -660,3 +660,48 @@ async fn drain_moves_v2_peers_to_other_nodes_and_closes_v1_peers() -> Result<()>
     c2.assert_silent(QUIET).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn frames_lost_in_flight_are_sent_again_on_another_node() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let (mut p, mut c, sid) = v2_producer_in_session(&nodes[0], &nodes[1]).await?;
+    for i in 1..=3 {
+        c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("a{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+    }
+    for _ in 1..=3 {
+        p.expect("peer").await?;
+    }
+    let last = p.frames - 2; // the client lost the last two
+    let token = p.welcome["resumeToken"].as_str().unwrap().to_string();
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(
+        json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "a4", "sdpMLineIndex": 0}}),
+    )
+    .await?;
+    let url = format!("{}/?resume={token}&last={last}", nodes[2].url());
+    let mut p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(p.welcome["resumed"], true);
+    for i in 2..=4 {
+        assert_eq!(p.expect("peer").await?["ice"]["candidate"], format!("a{i}"));
+    }
+    // The numbering goes on across connections: the client has `last`, then a2..a4.
+    let received = last + 3;
+    // a5 reaches the new socket but is lost too; the next resume, on another node again,
+    // sends it again from the right place
+    c.send(
+        json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "a5", "sdpMLineIndex": 0}}),
+    )
+    .await?;
+    p.expect("peer").await?;
+    let last = received;
+    let token = p.welcome["resumeToken"].as_str().unwrap().to_string();
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("{}/?resume={token}&last={last}", nodes[1].url());
+    let mut p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(p.expect("peer").await?["ice"]["candidate"], "a5");
+    Ok(())
+}

@@ -85,6 +85,9 @@ pub enum NodeMessage {
 pub struct ResumeClaimBody {
     pub claim: u64,
     pub token: String,
+    /// Frames the client says it received; those after it are sent again.
+    #[serde(default)]
+    pub last: Option<u64>,
 }
 
 /// A session as one member's node describes it: both members with their nodes.
@@ -108,9 +111,13 @@ pub struct ResumeGrantBody {
     pub status: PeerStatus,
     #[serde(default)]
     pub sessions: Vec<SessionRecord>,
-    /// Frames queued for the peer, encoded for its version, in order.
+    /// Frames for the peer, encoded for its version, in order: those it lost in flight, then
+    /// those still queued.
     #[serde(default)]
     pub frames: Vec<String>,
+    /// Number of the last frame the client has: `frames` go on from there.
+    #[serde(default)]
+    pub written: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -339,6 +346,7 @@ mod tests {
             NodeMessage::ResumeClaim(ResumeClaimBody {
                 claim: 1,
                 token: "t".into(),
+                last: Some(4),
             }),
             NodeMessage::ResumeGrant(ResumeGrantBody {
                 claim: 1,
@@ -352,6 +360,7 @@ mod tests {
                     consumer_node: "b".into(),
                 }],
                 frames: vec![r#"{"type":"endSession","sessionId":"x"}"#.into()],
+                written: 4,
             }),
             NodeMessage::SessionMoved(SessionMovedBody {
                 session_id: "s".into(),

@@ -15,7 +15,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::bus::Bus;
 use crate::mailbox::{Mailbox, MailboxReceiver, Outbound};
-use crate::resume::{Parked, ResumeRegistry};
+use crate::resume::{Parked, ResumeRegistry, Sent};
 
 /// Per-connection limits, from the node's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -59,9 +59,13 @@ pub struct Attach {
     pub id: PeerId,
     pub mailbox: Mailbox,
     pub receiver: MailboxReceiver,
-    /// Frames to send before the queued ones: the `welcome`, then what a dropped connection
-    /// could not send.
-    pub first: Vec<String>,
+    /// The `welcome`, sent first (not counted as a frame of the peer).
+    pub welcome: String,
+    /// Frames to send before the queued ones: what the client lost in flight, then what a
+    /// dropped connection could not send.
+    pub pending: Vec<String>,
+    /// v2 peers: the numbering of written frames, for replay on resume.
+    pub sent: Option<Sent>,
     pub resumed: bool,
     pub resume_token: Option<String>,
 }
@@ -103,7 +107,7 @@ impl PeerConnection {
                 write_loop(
                     session,
                     attach.receiver,
-                    attach.first,
+                    (attach.welcome, attach.pending, attach.sent),
                     limits.ping_interval,
                     stopped,
                     ctx.address(),
@@ -202,6 +206,7 @@ impl Actor for PeerConnection {
                                 mailbox,
                                 receiver: end.receiver,
                                 unsent: end.unsent,
+                                sent: end.sent.unwrap_or_default(),
                             },
                             bus,
                         ),
@@ -287,6 +292,7 @@ impl Handler<Handover> for PeerConnection {
                 mailbox,
                 receiver: end.receiver,
                 unsent: end.unsent,
+                sent: end.sent.unwrap_or_default(),
             });
             let _ = reply.send(parked);
         });
@@ -316,41 +322,51 @@ struct WriterEnd {
     receiver: MailboxReceiver,
     /// A frame taken from the queue that could not be written.
     unsent: Vec<String>,
+    sent: Option<Sent>,
     stuck: bool,
 }
 
-/// Sends `first`, then drains the mailbox into the socket; pings when idle. Ends when the
-/// socket or the queue closes, when the peer is stuck, or when told to stop; hands the queue
-/// back either way, so a suspended peer loses nothing that was still queued.
+/// Sends the welcome and the pending frames, then drains the mailbox into the socket; pings
+/// when idle. Ends when the socket or the queue closes, when the peer is stuck, or when told
+/// to stop; hands the queue back either way, so a suspended peer loses nothing still queued.
 async fn write_loop(
     mut session: Session,
     mut mailbox: MailboxReceiver,
-    first: Vec<String>,
+    (welcome, pending, mut sent): (String, Vec<String>, Option<Sent>),
     ping_interval: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     actor: Addr<PeerConnection>,
 ) -> WriterEnd {
     let stuck = mailbox.stuck.clone();
     let mut unsent: Vec<String> = Vec::new();
-    let mut first = first.into_iter();
+    let mut pending = pending.into_iter();
     let mut told = false;
     let outcome = async {
+        if session.text(welcome).await.is_err() {
+            unsent.extend(pending.by_ref());
+            return;
+        }
         // Frames not yet handed to the socket stay in `unsent` until written.
-        for frame in first.by_ref() {
+        for frame in pending.by_ref() {
             if session.text(frame.clone()).await.is_err() {
                 unsent.push(frame);
-                unsent.extend(first.by_ref());
+                unsent.extend(pending.by_ref());
                 return;
+            }
+            if let Some(sent) = sent.as_mut() {
+                sent.record(&frame);
             }
         }
         loop {
             let next = tokio::time::timeout(ping_interval, mailbox.rx.recv()).await;
-            let sent = match next {
+            let result = match next {
                 Err(_idle) => session.ping(b"").await,
                 Ok(Some(Outbound::Text(text))) => {
                     let r = session.text(text.clone()).await;
-                    if r.is_err() {
-                        unsent.push(text);
+                    match (&r, sent.as_mut()) {
+                        (Err(_), _) => unsent.push(text),
+                        (Ok(()), Some(sent)) => sent.record(&text),
+                        (Ok(()), None) => {}
                     }
                     r
                 }
@@ -368,7 +384,7 @@ async fn write_loop(
                     return;
                 }
             };
-            if sent.is_err() {
+            if result.is_err() {
                 return;
             }
         }
@@ -389,6 +405,7 @@ async fn write_loop(
     WriterEnd {
         receiver: mailbox,
         unsent,
+        sent,
         stuck: is_stuck,
     }
 }

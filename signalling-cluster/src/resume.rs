@@ -31,6 +31,68 @@ pub struct Parked {
     pub receiver: MailboxReceiver,
     /// Frames the dropped connection had taken from the queue but could not write.
     pub unsent: Vec<String>,
+    /// What was written to the dropped connection, to replay what the client never got.
+    pub sent: Sent,
+}
+
+/// Frames written to a v2 peer, numbered from 1 across its connections (the `welcome` is not
+/// counted). The client counts what it receives and resumes with `&last=N`; the frames after
+/// N that the network lost with the old connection are sent again. The last
+/// [`Sent::KEEP`] frames (at most [`Sent::KEEP_BYTES`]) are kept for that.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Number of the last frame written.
+    pub written: u64,
+    ring: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+impl Sent {
+    pub const KEEP: usize = 256;
+    pub const KEEP_BYTES: usize = 4 * 1024 * 1024;
+
+    /// Continues the numbering after frame `written`.
+    pub fn starting_at(written: u64) -> Self {
+        Sent {
+            written,
+            ..Default::default()
+        }
+    }
+
+    pub fn record(&mut self, frame: &str) {
+        self.written += 1;
+        self.bytes += frame.len();
+        self.ring.push_back(frame.to_string());
+        while self.ring.len() > Self::KEEP || self.bytes > Self::KEEP_BYTES {
+            match self.ring.pop_front() {
+                Some(f) => self.bytes -= f.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The frames after number `last`, or `None` if some of them are no longer kept.
+    pub fn after(&self, last: u64) -> Option<Vec<String>> {
+        let last = last.min(self.written);
+        let oldest = self.written - self.ring.len() as u64 + 1;
+        if last + 1 < oldest {
+            return None;
+        }
+        let skip = (last + 1 - oldest) as usize;
+        Some(self.ring.iter().skip(skip).cloned().collect())
+    }
+
+    /// For a client that received up to `last` (or, if it does not say, all that was
+    /// written): the frames to send again and where the numbering goes on from.
+    pub fn resume(&self, last: Option<u64>) -> Option<(Vec<String>, u64)> {
+        match last {
+            None => Some((Vec::new(), self.written)),
+            Some(last) => {
+                let last = last.min(self.written);
+                self.after(last).map(|replay| (replay, last))
+            }
+        }
+    }
 }
 
 /// v2 peers by resume token: connected ones, and parked ones waiting to resume.
@@ -129,5 +191,36 @@ impl ResumeRegistry {
         let (tx, rx) = tokio::sync::oneshot::channel();
         addr.send(Handover(tx)).await.ok()?;
         rx.await.ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_what_the_client_did_not_get() {
+        let mut sent = Sent::starting_at(0);
+        for i in 1..=5 {
+            sent.record(&format!("f{i}"));
+        }
+        assert_eq!(
+            sent.resume(Some(3)),
+            Some((vec!["f4".into(), "f5".into()], 3))
+        );
+        assert_eq!(sent.resume(Some(5)), Some((vec![], 5)));
+        assert_eq!(sent.resume(None), Some((vec![], 5)));
+        // a client claiming more than was sent gets nothing again
+        assert_eq!(sent.resume(Some(9)), Some((vec![], 5)));
+    }
+
+    #[test]
+    fn refuses_when_frames_are_no_longer_kept() {
+        let mut sent = Sent::starting_at(10);
+        for i in 0..(Sent::KEEP + 5) {
+            sent.record(&format!("f{i}"));
+        }
+        assert_eq!(sent.resume(Some(10)), None);
+        assert!(sent.resume(Some(10 + 5)).is_some());
     }
 }

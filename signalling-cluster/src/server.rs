@@ -14,7 +14,7 @@ use crate::bus::{new_peer_id, Bus};
 use crate::config::Config;
 use crate::mailbox::Mailbox;
 use crate::peer::{Attach, Limits, PeerConnection};
-use crate::resume::{new_token, token_node, ResumeRegistry};
+use crate::resume::{new_token, token_node, ResumeRegistry, Sent};
 
 /// What every HTTP worker shares.
 pub struct NodeState {
@@ -180,11 +180,14 @@ async fn websocket_or_index(
         .aggregate_continuations()
         .max_continuation_size(limit);
 
-    let resume = req
-        .query_string()
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("resume="))
-        .filter(|_| version >= ProtocolVersion::V2);
+    let query = |key: &str| {
+        req.query_string()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    };
+    let resume = query("resume").filter(|_| version >= ProtocolVersion::V2);
+    // frames the client says it received (after the welcome), to replay what it lost
+    let last = query("last").and_then(|n| n.parse::<u64>().ok());
     let welcome = |peer_id: &str, token: &str, resumed: bool| {
         ServerMessage::Welcome {
             peer_id: peer_id.to_string(),
@@ -199,7 +202,7 @@ async fn websocket_or_index(
         .unwrap_or_default()
     };
     let attach = match resume {
-        Some(token) => resume_peer(&state, token, version, &welcome).await,
+        Some(token) => resume_peer(&state, token, last, version, &welcome).await,
         None => None,
     };
     let attach = attach.unwrap_or_else(|| {
@@ -222,7 +225,9 @@ async fn websocket_or_index(
             id: peer_id,
             mailbox,
             receiver,
-            first: vec![first],
+            welcome: first,
+            pending: Vec::new(),
+            sent: token.is_some().then(Sent::default),
             resumed: false,
             resume_token: token,
         }
@@ -243,41 +248,61 @@ async fn websocket_or_index(
 }
 
 /// Claims the peer under `token`, here or from the node that issued it. The resumed peer gets a
-/// new token (naming this node) in its `welcome`, then what was queued for it.
+/// new token (naming this node) in its `welcome`, then the frames it lost in flight (those after
+/// `last`, if the client says), then what was queued for it. If frames it lost are no longer
+/// kept, the resume fails and the peer leaves: better a clear end than a silent gap.
 async fn resume_peer(
     state: &NodeState,
     token: &str,
+    last: Option<u64>,
     version: ProtocolVersion,
     welcome: &impl Fn(&str, &str, bool) -> String,
 ) -> Option<Attach> {
     let new = new_token(&state.node_id);
     if token_node(token) == Some(state.node_id.as_str()) {
         let parked = state.registry.claim(token).await?;
-        info!(peer_id = parked.peer_id, "peer resumed");
-        let mut first = vec![welcome(&parked.peer_id, &new, true)];
-        first.extend(parked.unsent);
+        let Some((replay, written)) = parked.sent.resume(last) else {
+            warn!(
+                peer_id = parked.peer_id,
+                ?last,
+                "cannot replay what the client lost; the peer leaves"
+            );
+            state.bus.leave(&parked.peer_id);
+            return None;
+        };
+        info!(
+            peer_id = parked.peer_id,
+            replayed = replay.len(),
+            "peer resumed"
+        );
+        let mut pending = replay;
+        pending.extend(parked.unsent);
         return Some(Attach {
+            welcome: welcome(&parked.peer_id, &new, true),
             id: parked.peer_id,
             mailbox: parked.mailbox,
             receiver: parked.receiver,
-            first,
+            pending,
+            sent: Some(Sent::starting_at(written)),
             resumed: true,
             resume_token: Some(new),
         });
     }
     let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
-    let claim = state.bus.claim(token, mailbox.clone())?;
-    let peer_id = tokio::time::timeout(CLAIM_TIMEOUT, claim).await.ok()??;
+    let claim = state.bus.claim(token, last, mailbox.clone())?;
+    let (peer_id, written) = tokio::time::timeout(CLAIM_TIMEOUT, claim).await.ok()??;
     info!(
         peer_id,
         from = token_node(token),
         "peer resumed from another node"
     );
     Some(Attach {
-        first: vec![welcome(&peer_id, &new, true)],
+        welcome: welcome(&peer_id, &new, true),
         id: peer_id,
         mailbox,
         receiver,
+        pending: Vec::new(),
+        sent: Some(Sent::starting_at(written)),
         resumed: true,
         resume_token: Some(new),
     })

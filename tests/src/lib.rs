@@ -323,6 +323,8 @@ pub struct Peer {
     pub subprotocol: Option<String>,
     /// Headers of the upgrade response.
     pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
+    /// Text frames received after the `welcome` (what a v2 client reports as `last`).
+    pub frames: u64,
 }
 
 impl Peer {
@@ -365,6 +367,7 @@ impl Peer {
             welcome: Value::Null,
             subprotocol,
             headers: resp.headers().clone(),
+            frames: 0,
         };
         let welcome = peer.expect("welcome").await?;
         peer.id = welcome["peerId"]
@@ -372,6 +375,7 @@ impl Peer {
             .context("welcome without peerId")?
             .to_string();
         peer.welcome = welcome;
+        peer.frames = 0;
         Ok(peer)
     }
 
@@ -401,7 +405,10 @@ impl Peer {
                 .await
                 .context("timed out waiting for a message")?;
             match msg {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+                Some(Ok(Message::Text(t))) => {
+                    self.frames += 1;
+                    return Ok(serde_json::from_str(&t)?);
+                }
                 Some(Ok(Message::Close(c))) => bail!("connection closed: {c:?}"),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("connection error: {e}"),

@@ -89,7 +89,7 @@ struct Shared {
 /// A claim we sent for a client that reconnected here with another node's token.
 struct PendingClaim {
     mailbox: Mailbox,
-    done: tokio::sync::oneshot::Sender<Option<PeerId>>,
+    done: tokio::sync::oneshot::Sender<Option<(PeerId, u64)>>,
 }
 
 #[derive(Default)]
@@ -280,14 +280,29 @@ impl Shared {
                 status: PeerStatus::default(),
                 sessions: Vec::new(),
                 frames: Vec::new(),
+                written: 0,
             };
-            if let Some(mut parked) = parked {
+            let mut out = Vec::new();
+            let resumable = parked.and_then(|p| match p.sent.resume(claim.last) {
+                Some(replay) => Some((p, replay)),
+                None => {
+                    warn!(
+                        peer_id = p.peer_id,
+                        "cannot replay what the client lost; the peer leaves"
+                    );
+                    state.mailboxes.remove(&p.peer_id);
+                    state.router.leave(&p.peer_id, &mut out);
+                    None
+                }
+            });
+            if let Some((mut parked, (replay, written))) = resumable {
                 let me = shared.settings.node_id.clone();
                 if let Some((status, sessions)) =
                     state.router.export_peer(&parked.peer_id, &me, &node)
                 {
                     state.mailboxes.remove(&parked.peer_id);
-                    let mut frames = std::mem::take(&mut parked.unsent);
+                    let mut frames = replay;
+                    frames.append(&mut parked.unsent);
                     while let Ok(out) = parked.receiver.rx.try_recv() {
                         if let crate::mailbox::Outbound::Text(t) = out {
                             frames.push(t);
@@ -298,9 +313,10 @@ impl Shared {
                     grant.status = status;
                     grant.sessions = sessions;
                     grant.frames = frames;
+                    grant.written = written;
                 }
             }
-            let out = vec![Effect::ToNode(node, NodeMessage::ResumeGrant(grant))];
+            out.push(Effect::ToNode(node, NodeMessage::ResumeGrant(grant)));
             shared.flush(&state, out);
         });
     }
@@ -329,7 +345,7 @@ impl Shared {
             out,
         );
         state.mailboxes.insert(peer_id.clone(), pending.mailbox);
-        let _ = pending.done.send(Some(peer_id));
+        let _ = pending.done.send(Some((peer_id, grant.written)));
     }
 }
 
@@ -437,7 +453,7 @@ impl Bus for RedisBus {
         self.shared.connected.load(Ordering::SeqCst)
     }
 
-    fn claim(&self, token: &str, mailbox: Mailbox) -> Option<Claim> {
+    fn claim(&self, token: &str, last: Option<u64>, mailbox: Mailbox) -> Option<Claim> {
         let node = token_node(token)?.to_string();
         if node == self.shared.settings.node_id || !self.ready() {
             return None;
@@ -452,6 +468,7 @@ impl Bus for RedisBus {
             NodeMessage::ResumeClaim(ResumeClaimBody {
                 claim,
                 token: token.to_string(),
+                last,
             }),
         ));
         let shared = self.shared.clone();

@@ -33,11 +33,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
     /// message such as `goAway` reaches v2 peers only).
     fn notify_local(&self, msg: &ServerMessage);
-    /// A client reconnected here with a resume token issued by another node: ask that node
-    /// for the peer. The future yields its id once it is registered here with `mailbox` (what
-    /// was queued for it already in the mailbox), or `None` if refused. `None` if the bus
-    /// cannot reach other nodes.
-    fn claim(&self, _token: &str, _mailbox: Mailbox) -> Option<Claim> {
+    /// A client reconnected here with a resume token issued by another node, having received
+    /// `last` frames (if it says): ask that node for the peer. The future yields its id and
+    /// the number of the last frame accounted for, once the peer is registered here with
+    /// `mailbox` (the frames it lost and what was queued for it already in the mailbox); or
+    /// `None` if refused. `None` if the bus cannot reach other nodes.
+    fn claim(&self, _token: &str, _last: Option<u64>, _mailbox: Mailbox) -> Option<Claim> {
         None
     }
     /// The node is stopping: remove its peers from the cluster now (their sessions end,
@@ -61,8 +62,9 @@ pub trait Bus: Send + Sync + 'static {
 /// Work the connection must wait for before reading the peer's next message.
 pub type Pending = futures::future::BoxFuture<'static, ()>;
 
-/// A resume claim under way: the resumed peer's id, or `None` if refused.
-pub type Claim = futures::future::BoxFuture<'static, Option<PeerId>>;
+/// A resume claim under way: the resumed peer's id and the number of the last frame before
+/// what its new connection will write, or `None` if refused.
+pub type Claim = futures::future::BoxFuture<'static, Option<(PeerId, u64)>>;
 
 /// One node as the operations API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
