@@ -183,6 +183,7 @@ impl Router {
         };
         info!(peer_id, "removing peer");
         self.listeners.remove(peer_id);
+        self.moved_in.remove(peer_id);
         for session_id in peer.producer_sessions.iter().chain(&peer.consumer_sessions) {
             self.close_session(peer_id, session_id, out);
         }
