@@ -705,3 +705,29 @@ async fn frames_lost_in_flight_are_sent_again_on_another_node() -> Result<()> {
     assert_eq!(p.expect("peer").await?["ice"]["candidate"], "a5");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_resume_claim_does_not_disturb_other_sessions_between_the_nodes() -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    // an unrelated session between node A and node B
+    let (mut q, mut d, other) = v2_producer_in_session(&nodes[0], &nodes[1]).await?;
+    // a v2 peer of node A resumes on node B: B sends its claim on A's channel
+    let (p, _c, _sid) = v2_producer_in_session(&nodes[0], &nodes[2]).await?;
+    let token = p.welcome["resumeToken"].as_str().unwrap().to_string();
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("{}/?resume={token}", nodes[1].url());
+    let _p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    // the next messages from B to A must not look like a gap that ends B's sessions with A
+    d.send(json!({"type": "peer", "sessionId": other, "sdp": {"type": "answer", "sdp": "v=0"}}))
+        .await?;
+    assert_eq!(q.expect("peer").await?["sdp"]["type"], "answer");
+    q.send(
+        json!({"type": "peer", "sessionId": other, "ice": {"candidate": "c", "sdpMLineIndex": 0}}),
+    )
+    .await?;
+    assert_eq!(d.expect("peer").await?["ice"]["candidate"], "c");
+    d.assert_silent(QUIET).await?;
+    Ok(())
+}

@@ -226,14 +226,9 @@ impl Shared {
             Ok(None) => return debug!(kind = env.kind, "ignoring envelope of a newer kind"),
             Err(e) => return warn!(kind = env.kind, "dropping envelope: {e}"),
         };
-        let msg = match msg {
-            NodeMessage::ResumeClaim(claim) => {
-                return self.answer_claim(env.from.clone(), claim);
-            }
-            other => other,
-        };
         let mut state = self.state.lock();
         let mut out = Outbox::new();
+        // Every envelope counts for gap detection, whatever it carries.
         let key = (env.from.clone(), channel.to_string());
         let last = state.seen.insert(key, (env.boot, env.seq));
         // A new boot of the sender starts counting again.
@@ -259,10 +254,12 @@ impl Shared {
                 return;
             }
         }
-        if let NodeMessage::ResumeGrant(grant) = msg {
-            self.take_grant(&mut state, &env.from, grant, &mut out);
-        } else {
-            state.router.remote(&env.from, msg, &mut out);
+        match msg {
+            NodeMessage::ResumeClaim(claim) => self.answer_claim(env.from.clone(), claim),
+            NodeMessage::ResumeGrant(grant) => {
+                self.take_grant(&mut state, &env.from, grant, &mut out)
+            }
+            msg => state.router.remote(&env.from, msg, &mut out),
         }
         self.flush(&state, out);
     }
