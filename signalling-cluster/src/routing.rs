@@ -447,6 +447,12 @@ impl Router {
                 continue;
             };
             let (other, other_node) = (other.clone(), other_node.clone());
+            let moved = SessionMovedBody {
+                session_id: r.session_id.clone(),
+                peer_id: peer_id.to_string(),
+                node: me.to_string(),
+                old_node: old_node.to_string(),
+            };
             match other_node.as_deref() {
                 // The other member is on the old node: everything comes through it, in order.
                 Some(n) if n == old_node => {}
@@ -455,12 +461,7 @@ impl Router {
                     self.fences.insert(r.session_id.clone(), Vec::new());
                     out.push(Effect::ToNode(
                         n.to_string(),
-                        NodeMessage::SessionMoved(SessionMovedBody {
-                            session_id: r.session_id.clone(),
-                            peer_id: peer_id.to_string(),
-                            node: me.to_string(),
-                            old_node: old_node.to_string(),
-                        }),
+                        NodeMessage::SessionMoved(moved),
                     ));
                 }
                 // Here: our earlier messages went to the old node; confirm through it.
@@ -471,12 +472,7 @@ impl Router {
                     self.fences.insert(r.session_id.clone(), Vec::new());
                     out.push(Effect::ToNode(
                         old_node.to_string(),
-                        NodeMessage::MoveAck(SessionMovedBody {
-                            session_id: r.session_id.clone(),
-                            peer_id: peer_id.to_string(),
-                            node: me.to_string(),
-                            old_node: old_node.to_string(),
-                        }),
+                        NodeMessage::MoveAck(moved),
                     ));
                     if let Some(o) = self.peers.get_mut(&other) {
                         if session.producer == other {
@@ -782,7 +778,7 @@ impl Router {
         }
         if body.moved {
             // A peer resumed on another node: same peer, new home; listeners hear nothing.
-            self.moved_out.remove(&body.peer_id);
+            // (A forwarding entry stays: senders that have not switched yet still send here.)
             let entry = self.remote_entry(&body.peer_id, node);
             entry.node = Some(node.to_string());
             entry.status = body.status;

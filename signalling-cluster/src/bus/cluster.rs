@@ -305,7 +305,13 @@ impl Shared {
                             frames.push(t);
                         }
                     }
-                    info!(peer_id = parked.peer_id, to = node, "peer handed over");
+                    info!(
+                        peer_id = parked.peer_id,
+                        to = node,
+                        frames = frames.len(),
+                        written,
+                        "peer handed over"
+                    );
                     grant.peer_id = Some(parked.peer_id);
                     grant.status = status;
                     grant.sessions = sessions;
