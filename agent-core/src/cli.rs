@@ -1,0 +1,153 @@
+//! Options every agent has. Environment variables use the `GWC_` prefix so one ConfigMap can
+//! serve both agents.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::client::{ClientConfig, ProtocolChoice};
+
+/// How to reach the signalling servers.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SignallingArgs {
+    /// Signalling server URL (ws:// or wss://). Repeat it or separate with commas: the agent
+    /// moves through the list when a connection fails or is lost.
+    #[arg(
+        long = "server",
+        env = "GWC_SERVER",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8443",
+        value_parser = parse_server
+    )]
+    pub servers: Vec<Url>,
+    /// Extra HTTP header of the WebSocket upgrade, `Name=value` (repeatable): sticky-session
+    /// cookies (`Cookie=gwc-node=…`) or headers a load balancer hashes on.
+    #[arg(long = "header", value_parser = parse_key_value)]
+    pub headers: Vec<(String, String)>,
+    /// Bearer token, sent as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "GWC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (wss://).
+    #[arg(long, env = "GWC_CAFILE")]
+    pub cafile: Option<PathBuf>,
+    /// Accept any server certificate (self-signed test setups only).
+    #[arg(long, env = "GWC_INSECURE_TLS")]
+    pub insecure_tls: bool,
+    /// Protocol: `auto` speaks v2 (resume, node ids) when the server offers it, `v1` never.
+    #[arg(long, value_enum, env = "GWC_PROTOCOL", default_value = "auto")]
+    pub protocol: ProtocolChoice,
+    /// Give up (exit 1) when no server could be reached for this many seconds.
+    #[arg(long, env = "GWC_RETRY_FOR", default_value_t = 60)]
+    pub retry_for: u64,
+    /// Longest wait between two connection attempts, in seconds (the wait doubles from 250 ms,
+    /// with jitter).
+    #[arg(long, env = "GWC_BACKOFF_MAX", default_value_t = 10)]
+    pub backoff_max: u64,
+}
+
+impl SignallingArgs {
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            servers: self.servers.clone(),
+            headers: self.headers.clone(),
+            token: self.token.clone(),
+            cafile: self.cafile.clone(),
+            insecure_tls: self.insecure_tls,
+            protocol: self.protocol,
+            retry_for: Duration::from_secs(self.retry_for),
+            backoff_max: Duration::from_secs(self.backoff_max.max(1)),
+        }
+    }
+
+    /// The servers, for messages.
+    pub fn describe(&self) -> String {
+        let urls: Vec<&str> = self.servers.iter().map(Url::as_str).collect();
+        urls.join(", ")
+    }
+}
+
+/// Logs, stats and metrics.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Log format on stderr: `text` (readable progress) or `json` (one object per line).
+    #[arg(long, value_enum, env = "GWC_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Print one JSON stats line on stdout every this many seconds.
+    #[arg(long, env = "GWC_STATS_INTERVAL", value_parser = parse_interval)]
+    pub stats_interval: Option<Duration>,
+    /// Serve Prometheus text metrics on this address (`HOST:PORT`).
+    #[arg(long, env = "GWC_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl OutputArgs {
+    /// Installs the tracing subscriber. `crate_name` logs at info, everything else at warn,
+    /// unless `log_env` (e.g. `PRODUCER_LOG`) says otherwise.
+    pub fn init_logging(&self, crate_name: &str, log_env: &str) {
+        let filter = tracing_subscriber::EnvFilter::try_from_env(log_env)
+            .unwrap_or_else(|_| format!("warn,{crate_name}=info,agent_core=info").into());
+        use std::io::IsTerminal;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.with_target(false).compact().init(),
+            LogFormat::Json => builder.json().with_current_span(true).init(),
+        }
+    }
+}
+
+fn parse_server(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not a URL: {e}"))?;
+    match url.scheme() {
+        "ws" | "wss" => Ok(url),
+        other => Err(format!("'{s}': scheme must be ws or wss, not {other}")),
+    }
+}
+
+/// `K=V` (the value may contain `=`).
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_must_be_websocket_urls() {
+        assert!(parse_server("ws://a:1").is_ok());
+        assert!(parse_server("wss://a/x").is_ok());
+        assert!(parse_server("http://a").unwrap_err().contains("scheme"));
+        assert!(parse_server("nope").is_err());
+    }
+
+    #[test]
+    fn key_values_split_at_the_first_equals() {
+        assert_eq!(
+            parse_key_value("Cookie=gwc-node=n1").unwrap(),
+            ("Cookie".to_string(), "gwc-node=n1".to_string())
+        );
+        assert!(parse_key_value("=x").is_err());
+        assert!(parse_key_value("x").is_err());
+    }
+}

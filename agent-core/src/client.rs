@@ -1,0 +1,417 @@
+//! The signalling connection of an agent: one WebSocket at a time to one of several servers,
+//! replaced when it is lost, resumed (same peer id and sessions) when the server speaks v2.
+//!
+//! The client knows the protocol's framing (welcome, resume token, `goAway`), not the roles: it
+//! hands every other server message to its owner (the [`crate::signaller`]) as a
+//! [`ClientEvent`] and sends what the owner queues.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use proto::{ServerMessage, SUBPROTOCOL_V1, SUBPROTOCOL_V2};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::tls;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Which protocol version to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ProtocolChoice {
+    /// v2 when the server offers it, v1 otherwise.
+    #[default]
+    Auto,
+    /// Always v1 (no resume), as a stock webrtcsink/webrtcsrc would.
+    V1,
+}
+
+/// Everything needed to reach the signalling servers.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Tried in order, moving on after every failure or loss.
+    pub servers: Vec<Url>,
+    /// Extra HTTP headers of the WebSocket upgrade (sticky-session cookies, …).
+    pub headers: Vec<(String, String)>,
+    /// Sent as `Authorization: Bearer …`.
+    pub token: Option<String>,
+    pub cafile: Option<std::path::PathBuf>,
+    pub insecure_tls: bool,
+    pub protocol: ProtocolChoice,
+    /// Give up when no server could be reached for this long.
+    pub retry_for: Duration,
+    /// Upper bound of the exponential backoff between attempts.
+    pub backoff_max: Duration,
+}
+
+/// What the connection tells its owner, in order.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    /// A `welcome` arrived. `resumed`: same peer id as before, sessions kept.
+    Connected {
+        url: Url,
+        peer_id: String,
+        node_id: Option<String>,
+        v2: bool,
+        resumed: bool,
+    },
+    /// Any other server message.
+    Message(ServerMessage),
+    /// The connection is gone; the client is reconnecting.
+    Lost { url: Url, reason: String },
+    /// No server could be reached for `retry_for`: the client stopped.
+    GaveUp { error: String },
+}
+
+/// Errors the first connection can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {url}: {reason}")]
+    Unreachable { url: Url, reason: String },
+    #[error("invalid header '{0}'")]
+    InvalidHeader(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Handle on a running client; dropping it does not stop the client, [`Client::close`] does.
+pub struct Client {
+    outgoing: mpsc::UnboundedSender<String>,
+    stop: watch::Sender<bool>,
+    done: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Client {
+    /// Starts connecting on `runtime`; events go to `on_event` (called from the runtime).
+    pub fn spawn(
+        runtime: &tokio::runtime::Runtime,
+        config: ClientConfig,
+        on_event: Arc<dyn Fn(ClientEvent) + Send + Sync>,
+    ) -> Result<Client, ConnectError> {
+        let connector = tls::connector(config.cafile.as_deref(), config.insecure_tls)?;
+        for (k, v) in &config.headers {
+            if HeaderName::from_bytes(k.as_bytes()).is_err() || HeaderValue::from_str(v).is_err() {
+                return Err(ConnectError::InvalidHeader(format!("{k}={v}")));
+            }
+        }
+        let (outgoing, rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let task = Task {
+            config,
+            connector,
+            on_event,
+            outgoing: rx,
+            stop: stop_rx,
+            token: None,
+            received: 0,
+            v1_only: Default::default(),
+        };
+        runtime.spawn(async move {
+            task.run().await;
+            let _ = done_tx.send(());
+        });
+        Ok(Client {
+            outgoing,
+            stop,
+            done: std::sync::Mutex::new(done),
+        })
+    }
+
+    /// Queues a text frame. While reconnecting, frames wait; a reconnection that could not
+    /// resume drops them (they belonged to sessions that are gone).
+    pub fn send(&self, text: String) {
+        let _ = self.outgoing.send(text);
+    }
+
+    /// Sends what is queued, closes the WebSocket (a close frame: the server forgets the peer
+    /// at once) and waits up to `timeout` for it. Safe to call from any thread, including the
+    /// runtime's own (it never blocks on the runtime).
+    pub fn close(&self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        if let Ok(done) = self.done.lock() {
+            let _ = done.recv_timeout(timeout);
+        }
+    }
+}
+
+struct Task {
+    config: ClientConfig,
+    connector: Option<Connector>,
+    on_event: Arc<dyn Fn(ClientEvent) + Send + Sync>,
+    outgoing: mpsc::UnboundedReceiver<String>,
+    stop: watch::Receiver<bool>,
+    /// Resume token of the current identity (v2 only).
+    token: Option<String>,
+    /// Frames received since the identity began (welcomes excluded): `last=` on resume.
+    received: u64,
+    /// Servers that refused the v2 subprotocol (stock servers): asked for v1 from then on.
+    v1_only: std::collections::HashSet<Url>,
+}
+
+/// Why a connection ended.
+enum End {
+    /// We closed it (stop requested).
+    Closed,
+    Lost(String),
+}
+
+impl Task {
+    async fn run(mut self) {
+        let n = self.config.servers.len().max(1);
+        let mut index = 0usize;
+        let mut failures = 0u32;
+        let mut unreachable_since = Instant::now();
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let url = self.config.servers[index % n].clone();
+            match self.connect(&url).await {
+                Ok((ws, v2_offered)) => {
+                    failures = 0;
+                    match self.serve(ws, &url, v2_offered).await {
+                        End::Closed => return,
+                        End::Lost(reason) => {
+                            warn!(server = %url, %reason, "signalling connection lost, reconnecting");
+                            (self.on_event)(ClientEvent::Lost {
+                                url: url.clone(),
+                                reason,
+                            });
+                        }
+                    }
+                    unreachable_since = Instant::now();
+                    index += 1;
+                    continue; // the first retry goes out at once, to the next server
+                }
+                Err(e) => {
+                    if matches!(e, AttemptError::RefusedV2) {
+                        // A stock server: same server again at once, v1 this time.
+                        info!(server = %url, "server does not speak v2, using v1");
+                        self.v1_only.insert(url);
+                        continue;
+                    }
+                    debug!(server = %url, error = %e, "connection attempt failed");
+                    failures += 1;
+                    index += 1;
+                    if unreachable_since.elapsed() >= self.config.retry_for {
+                        let tried: Vec<String> =
+                            self.config.servers.iter().map(Url::to_string).collect();
+                        (self.on_event)(ClientEvent::GaveUp {
+                            error: format!(
+                                "cannot connect to {} (for {} s; last error: {e})",
+                                tried.join(", "),
+                                self.config.retry_for.as_secs()
+                            ),
+                        });
+                        return;
+                    }
+                    warn!(server = %url, error = %e, attempt = failures, "cannot connect, retrying");
+                }
+            }
+            let delay = backoff(failures, self.config.backoff_max);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.changed() => return,
+            }
+        }
+    }
+
+    async fn connect(&mut self, url: &Url) -> Result<(Ws, bool), AttemptError> {
+        let mut target = url.clone();
+        let offer_v2 = self.config.protocol == ProtocolChoice::Auto && !self.v1_only.contains(url);
+        if let (true, Some(token)) = (offer_v2, &self.token) {
+            target
+                .query_pairs_mut()
+                .append_pair("resume", token)
+                .append_pair("last", &self.received.to_string());
+        }
+        let mut req = target
+            .as_str()
+            .into_client_request()
+            .map_err(|e| AttemptError::Other(e.to_string()))?;
+        let headers = req.headers_mut();
+        for (k, v) in &self.config.headers {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                headers.append(k, v);
+            }
+        }
+        if let Some(token) = &self.config.token {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert("authorization", v);
+            }
+        }
+        if offer_v2 {
+            // v2 first; naming v1 too lets a server that only knows v1 pick it explicitly.
+            if let Ok(v) = HeaderValue::from_str(&format!("{SUBPROTOCOL_V2}, {SUBPROTOCOL_V1}")) {
+                headers.insert("sec-websocket-protocol", v);
+            }
+        }
+        info!(server = %url, resume = self.token.is_some() && offer_v2, "connecting");
+        let attempt = tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            None,
+            true,
+            self.connector.clone(),
+        );
+        let mut stop = self.stop.clone();
+        let result = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), attempt) => r,
+            _ = stop.changed() => return Err(AttemptError::Other("stopped".into())),
+        };
+        match result {
+            Err(_) => Err(AttemptError::Other("timed out".into())),
+            Ok(Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(_)))) => {
+                Err(AttemptError::RefusedV2)
+            }
+            Ok(Err(e)) => Err(AttemptError::Other(e.to_string())),
+            Ok(Ok((ws, response))) => {
+                let v2 = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    == Some(SUBPROTOCOL_V2);
+                Ok((ws, v2))
+            }
+        }
+    }
+
+    /// Runs one connection: welcome, then messages both ways until it ends.
+    async fn serve(&mut self, mut ws: Ws, url: &Url, v2_offered: bool) -> End {
+        let welcome = tokio::select! {
+            w = tokio::time::timeout(Duration::from_secs(10), next_text(&mut ws)) => w,
+            _ = self.stop.changed() => return self.close(ws).await,
+        };
+        let (peer_id, v2) = match welcome {
+            Ok(Some(text)) => match ServerMessage::parse(&text) {
+                Ok(ServerMessage::Welcome { peer_id, v2 }) => (peer_id, v2),
+                Ok(other) => return End::Lost(format!("expected welcome, got {}", other.kind())),
+                Err(e) => return End::Lost(format!("bad welcome: {e}")),
+            },
+            Ok(None) => return End::Lost("closed before welcome".into()),
+            Err(_) => return End::Lost("no welcome within 10 s".into()),
+        };
+        let resumed = v2.as_ref().is_some_and(|w| w.resumed);
+        if !resumed {
+            // A new identity: what was queued for the old one's sessions is void.
+            self.received = 0;
+            while self.outgoing.try_recv().is_ok() {}
+        }
+        self.token = v2.as_ref().map(|w| w.resume_token.clone());
+        (self.on_event)(ClientEvent::Connected {
+            url: url.clone(),
+            peer_id,
+            node_id: v2.as_ref().map(|w| w.node_id.clone()),
+            v2: v2_offered && v2.is_some(),
+            resumed,
+        });
+
+        loop {
+            tokio::select! {
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        self.received += 1;
+                        match ServerMessage::parse(text.as_str()) {
+                            Ok(ServerMessage::GoAway { reason, .. }) => {
+                                // Leave without a close frame: the server keeps our identity
+                                // for the resume on the next server.
+                                info!(server = %url, %reason, "server asked us to move");
+                                return End::Lost(format!("goAway: {reason}"));
+                            }
+                            Ok(msg) => (self.on_event)(ClientEvent::Message(msg)),
+                            Err(e) => warn!(error = %e, "unreadable message from server, ignored"),
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        return End::Lost(format!("closed by server: {}", frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default()));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return End::Lost(e.to_string()),
+                    None => return End::Lost("connection closed".into()),
+                },
+                out = self.outgoing.recv() => match out {
+                    Some(text) => {
+                        if let Err(e) = ws.send(Message::text(text)).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                    None => return self.close(ws).await,
+                },
+                _ = self.stop.changed() => return self.close(ws).await,
+            }
+        }
+    }
+
+    /// Flushes what is queued and closes with a close frame.
+    async fn close(&mut self, mut ws: Ws) -> End {
+        while let Ok(text) = self.outgoing.try_recv() {
+            if ws.send(Message::text(text)).await.is_err() {
+                return End::Closed;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        End::Closed
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("server refused the v2 subprotocol")]
+    RefusedV2,
+    #[error("{0}")]
+    Other(String),
+}
+
+async fn next_text(ws: &mut Ws) -> Option<String> {
+    while let Some(frame) = ws.next().await {
+        match frame {
+            Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+/// Capped exponential backoff with full jitter: 0 before the first retry after a loss, then
+/// up to 250 ms, 500 ms, … `max`.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let ceiling = Duration::from_millis(250)
+        .saturating_mul(1u32 << (failures - 1).min(16))
+        .min(max);
+    // Half fixed, half random: spreads agents that lost the same node without ever waiting 0.
+    ceiling / 2 + ceiling.mul_f64(fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff(0, max), Duration::ZERO);
+        for failures in 1..40 {
+            let d = backoff(failures, max);
+            let ceiling = Duration::from_millis(250)
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(max);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{failures}: {d:?}");
+        }
+        assert!(backoff(30, max) >= Duration::from_millis(2500));
+    }
+}

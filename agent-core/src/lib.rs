@@ -1,0 +1,38 @@
+//! What producer-agent and consumer-agent share.
+//!
+//! * [`signaller::ClusterSignaller`]: the `Signallable` GObject both agents give their
+//!   webrtcsink/webrtcsrc, built on the [`proto`] crate and on [`client`], the signalling
+//!   connection that fails over through a list of servers and resumes (v2) after a loss.
+//! * [`cli`]: the options every agent has (servers, headers, TLS, logging, stats, metrics).
+//! * [`metrics`]: a tiny Prometheus text endpoint; [`stats`]: reading webrtcbin statistics.
+//! * [`shutdown`]: SIGINT/SIGTERM as a flag the GLib main loop polls.
+
+pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod shutdown;
+pub mod signaller;
+pub mod stats;
+pub mod tls;
+
+use anyhow::Context;
+
+/// Exit codes both agents document (see their `--help`).
+pub mod exit {
+    /// Done (frames/duration reached, or stopped by a signal).
+    pub const OK: u8 = 0;
+    /// A runtime failure (signalling unreachable, pipeline error, …).
+    pub const FAILURE: u8 = 1;
+    /// Bad arguments (also what clap exits with on a usage error).
+    pub const USAGE: u8 = 2;
+    /// consumer-agent: the producer was not found.
+    pub const NOT_FOUND: u8 = 3;
+}
+
+/// GStreamer, with the webrtc elements and `rtpgccbwe` registered from this binary.
+pub fn init_gstreamer() -> anyhow::Result<()> {
+    gst::init().context("cannot initialize GStreamer")?;
+    gstrswebrtc::plugin_register_static().context("cannot register webrtc elements")?;
+    gstrsrtp::plugin_register_static().context("cannot register rtp elements")?;
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! GObject implementation of [`super::ClusterSignaller`].
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gstrswebrtc::signaller::{Signallable, SignallableImpl};
+use proto::{
+    ClientMessage, PeerMessage, PeerRole, PeerStatus, RelayPayload, SdpType, ServerMessage,
+};
+use tracing::{debug, info, info_span, warn};
+
+use super::{AgentEvent, Role, SignallerConfig, Target};
+use crate::client::{Client, ClientEvent};
+
+#[derive(Default)]
+pub struct ClusterSignaller {
+    config: OnceLock<Config>,
+    state: Mutex<State>,
+}
+
+struct Config {
+    client: crate::client::ClientConfig,
+    role: Role,
+    events: Mutex<std::sync::mpsc::Sender<AgentEvent>>,
+}
+
+#[derive(Default)]
+struct State {
+    client: Option<Arc<Client>>,
+    peer_id: Option<String>,
+    /// Sessions we are a member of (a consumer has at most one).
+    sessions: HashSet<String>,
+    /// Consumer: the producer we asked for a session, once chosen.
+    producer_id: Option<String>,
+}
+
+impl ClusterSignaller {
+    pub(super) fn configure(&self, config: SignallerConfig) {
+        let producer_id = match &config.role {
+            Role::Consumer {
+                target: Target::Id(id),
+            } => Some(id.clone()),
+            _ => None,
+        };
+        self.state.lock().unwrap().producer_id = producer_id;
+        let _ = self.config.set(Config {
+            client: config.client,
+            role: config.role,
+            events: Mutex::new(config.events),
+        });
+    }
+
+    fn config(&self) -> &Config {
+        self.config
+            .get()
+            .expect("ClusterSignaller used before ClusterSignaller::new configured it")
+    }
+
+    fn event(&self, event: AgentEvent) {
+        let _ = self.config().events.lock().unwrap().send(event);
+    }
+
+    fn send(&self, msg: ClientMessage) {
+        let client = self.state.lock().unwrap().client.clone();
+        if let Some(client) = client {
+            client.send(msg.to_json());
+        }
+    }
+
+    fn meta(&self) -> Option<serde_json::Value> {
+        self.obj()
+            .emit_by_name::<Option<gst::Structure>>("request-meta", &[])
+            .and_then(|meta| gstrswebrtc::utils::gvalue_to_json(&meta.to_value()))
+    }
+
+    /// Called on the client's runtime for every connection event.
+    fn on_client_event(&self, event: ClientEvent) {
+        match event {
+            ClientEvent::Connected {
+                url,
+                peer_id,
+                node_id,
+                v2,
+                resumed,
+            } => self.on_connected(url.to_string(), peer_id, node_id, v2, resumed),
+            ClientEvent::Message(msg) => self.on_message(msg),
+            ClientEvent::Lost { url, reason } => self.event(AgentEvent::Reconnecting {
+                server: url.to_string(),
+                reason,
+            }),
+            ClientEvent::GaveUp { error } => self.event(AgentEvent::GaveUp { error }),
+        }
+    }
+
+    fn on_connected(
+        &self,
+        server: String,
+        peer_id: String,
+        node_id: Option<String>,
+        v2: bool,
+        resumed: bool,
+    ) {
+        let _span = info_span!("signaller", peer = %peer_id).entered();
+        let ended: Vec<String> = {
+            let mut state = self.state.lock().unwrap();
+            state.peer_id = Some(peer_id.clone());
+            if resumed {
+                Vec::new()
+            } else {
+                state.sessions.drain().collect()
+            }
+        };
+        self.obj().notify("client-id");
+        self.event(AgentEvent::Registered {
+            server,
+            peer_id: peer_id.clone(),
+            node_id,
+            v2,
+            resumed,
+        });
+        if resumed {
+            return;
+        }
+        // A new identity: the server ended our sessions with the old one.
+        for session_id in ended {
+            info!(session = %session_id, "session lost with the old connection");
+            self.obj()
+                .emit_by_name::<bool>("session-ended", &[&session_id]);
+            self.event(AgentEvent::SessionEnded {
+                session_id,
+                by_peer: true,
+            });
+        }
+        let meta = self.meta();
+        match &self.config().role {
+            Role::Producer { .. } => self.send(ClientMessage::SetPeerStatus(PeerStatus {
+                roles: vec![PeerRole::Producer],
+                meta,
+                peer_id: Some(peer_id),
+            })),
+            Role::Consumer { target } => {
+                match target {
+                    Target::Id(id) => {
+                        self.send(ClientMessage::SetPeerStatus(PeerStatus {
+                            roles: vec![],
+                            meta,
+                            peer_id: Some(peer_id),
+                        }));
+                        self.start_session(id.clone());
+                    }
+                    Target::Name(_) | Target::First => {
+                        // Listen, then list: a producer registering in between is seen either
+                        // way.
+                        self.send(ClientMessage::SetPeerStatus(PeerStatus {
+                            roles: vec![PeerRole::Listener],
+                            meta,
+                            peer_id: Some(peer_id),
+                        }));
+                        self.send(ClientMessage::List);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_session(&self, producer_id: String) {
+        self.state.lock().unwrap().producer_id = Some(producer_id.clone());
+        self.obj().notify("producer-peer-id");
+        info!(producer = %producer_id, "requesting a session");
+        self.event(AgentEvent::ProducerChosen {
+            producer_id: producer_id.clone(),
+        });
+        self.send(ClientMessage::StartSession {
+            peer_id: producer_id,
+            offer: None,
+        });
+    }
+
+    /// Consumer selecting by name or first: a producer showed up.
+    fn consider_producer(&self, id: &str, meta: Option<&serde_json::Value>) {
+        let Role::Consumer { target } = &self.config().role else {
+            return;
+        };
+        if matches!(target, Target::Id(_)) || !target.matches(id, meta) {
+            return;
+        }
+        {
+            let state = self.state.lock().unwrap();
+            if state.producer_id.is_some() || !state.sessions.is_empty() {
+                return;
+            }
+        }
+        self.start_session(id.to_string());
+    }
+
+    fn on_message(&self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::PeerStatusChanged(status) => {
+                if let (true, Some(id)) = (status.producing(), status.peer_id.as_deref()) {
+                    self.consider_producer(id, status.meta.as_ref());
+                }
+            }
+            ServerMessage::List { producers } => {
+                for p in producers {
+                    self.consider_producer(&p.id, p.meta.as_ref());
+                }
+            }
+            ServerMessage::StartSession {
+                peer_id,
+                session_id,
+                offer,
+            } => self.on_start_session(peer_id, session_id, offer),
+            ServerMessage::SessionStarted {
+                peer_id,
+                session_id,
+            } => {
+                info!(session = %session_id, producer = %peer_id, "session started");
+                self.state
+                    .lock()
+                    .unwrap()
+                    .sessions
+                    .insert(session_id.clone());
+                self.obj()
+                    .emit_by_name::<()>("session-started", &[&session_id, &peer_id]);
+                self.event(AgentEvent::SessionStarted {
+                    session_id,
+                    peer_id,
+                });
+            }
+            ServerMessage::EndSession { session_id } => {
+                if self.state.lock().unwrap().sessions.remove(&session_id) {
+                    info!(session = %session_id, "session ended by the other side");
+                    self.obj()
+                        .emit_by_name::<bool>("session-ended", &[&session_id]);
+                    self.event(AgentEvent::SessionEnded {
+                        session_id,
+                        by_peer: true,
+                    });
+                }
+            }
+            ServerMessage::Peer(PeerMessage {
+                session_id,
+                payload,
+            }) => self.on_peer_message(&session_id, &payload),
+            ServerMessage::Error { details, code } => {
+                warn!(%details, ?code, "error from the signalling server");
+                self.event(AgentEvent::ServerError { details, code });
+            }
+            ServerMessage::Welcome { .. }
+            | ServerMessage::ListConsumers { .. }
+            | ServerMessage::GoAway { .. } => {}
+        }
+    }
+
+    fn on_start_session(&self, peer_id: String, session_id: String, offer: Option<String>) {
+        let Role::Producer { max_sessions } = &self.config().role else {
+            warn!(session = %session_id, "a consumer was asked to produce; refused");
+            self.send(ClientMessage::EndSession { session_id });
+            return;
+        };
+        {
+            let mut state = self.state.lock().unwrap();
+            if let Some(limit) = *max_sessions {
+                if state.sessions.len() >= limit as usize {
+                    drop(state);
+                    // Refuse the newcomer rather than share the encoder budget.
+                    warn!(consumer = %peer_id, limit, "refusing consumer: at --max-consumers");
+                    self.send(ClientMessage::EndSession { session_id });
+                    self.event(AgentEvent::ConsumerRefused { peer_id, limit });
+                    return;
+                }
+            }
+            state.sessions.insert(session_id.clone());
+        }
+        let offer = match offer.map(|sdp| gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes())) {
+            None => None,
+            Some(Ok(sdp)) => Some(gst_webrtc::WebRTCSessionDescription::new(
+                gst_webrtc::WebRTCSDPType::Offer,
+                sdp,
+            )),
+            Some(Err(e)) => {
+                warn!(session = %session_id, "unparsable offer ({e}); ending the session");
+                self.state.lock().unwrap().sessions.remove(&session_id);
+                self.send(ClientMessage::EndSession { session_id });
+                return;
+            }
+        };
+        info!(session = %session_id, consumer = %peer_id, "session requested");
+        self.obj()
+            .emit_by_name::<()>("session-requested", &[&session_id, &peer_id, &offer]);
+        self.event(AgentEvent::SessionStarted {
+            session_id,
+            peer_id,
+        });
+    }
+
+    fn on_peer_message(&self, session_id: &str, payload: &RelayPayload) {
+        let value: serde_json::Value = match serde_json::from_str(payload.raw().get()) {
+            Ok(v) => v,
+            Err(e) => return warn!(session = %session_id, "unreadable relay payload: {e}"),
+        };
+        match payload {
+            RelayPayload::Sdp { sdp_type, .. } => {
+                let Some(text) = value.get("sdp").and_then(|s| s.as_str()) else {
+                    return warn!(session = %session_id, "sdp payload without sdp");
+                };
+                let sdp = match gst_sdp::SDPMessage::parse_buffer(text.as_bytes()) {
+                    Ok(sdp) => sdp,
+                    Err(e) => return warn!(session = %session_id, "unparsable SDP: {e}"),
+                };
+                let kind = match sdp_type {
+                    SdpType::Offer => gst_webrtc::WebRTCSDPType::Offer,
+                    SdpType::Answer => gst_webrtc::WebRTCSDPType::Answer,
+                };
+                debug!(session = %session_id, ?sdp_type, "remote description");
+                let desc = gst_webrtc::WebRTCSessionDescription::new(kind, sdp);
+                self.obj()
+                    .emit_by_name::<()>("session-description", &[&session_id, &desc]);
+            }
+            RelayPayload::Ice { .. } => {
+                let candidate = value.get("candidate").and_then(|c| c.as_str());
+                let mline = value.get("sdpMLineIndex").and_then(|m| m.as_u64());
+                let (Some(candidate), Some(mline)) = (candidate, mline) else {
+                    return warn!(session = %session_id, "ice payload without candidate");
+                };
+                self.obj().emit_by_name::<()>(
+                    "handle-ice",
+                    &[&session_id, &(mline as u32), &None::<String>, &candidate],
+                );
+            }
+        }
+    }
+}
+
+/// The runtime the signalling client runs on (one thread is plenty).
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("agent-signalling")
+        .enable_all()
+        .build()
+        .expect("cannot start the signalling runtime")
+});
+
+#[glib::object_subclass]
+impl ObjectSubclass for ClusterSignaller {
+    const NAME: &'static str = "GwcClusterSignaller";
+    type Type = super::ClusterSignaller;
+    type ParentType = glib::Object;
+    type Interfaces = (Signallable,);
+}
+
+impl ObjectImpl for ClusterSignaller {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecBoolean::builder("manual-sdp-munging")
+                    .nick("Manual SDP munging")
+                    .blurb("Whether the signaller manages SDP munging itself")
+                    .default_value(false)
+                    .read_only()
+                    .build(),
+                // webrtcsrc reads it to name the producer in `request-encoded-filter`.
+                glib::ParamSpecString::builder("producer-peer-id")
+                    .nick("Producer peer id")
+                    .blurb("The producer this consumer has a session with")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecString::builder("client-id")
+                    .nick("Client id")
+                    .blurb("Our peer id on the signalling server")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPS.as_ref()
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let state = self.state.lock().unwrap();
+        match pspec.name() {
+            "manual-sdp-munging" => false.to_value(),
+            "producer-peer-id" => state.producer_id.to_value(),
+            "client-id" => state.peer_id.to_value(),
+            other => unreachable!("no property {other}"),
+        }
+    }
+}
+
+impl SignallableImpl for ClusterSignaller {
+    fn start(&self) {
+        let config = self.config();
+        let weak = self.obj().downgrade();
+        let on_event = Arc::new(move |event: ClientEvent| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().on_client_event(event);
+            }
+        });
+        match Client::spawn(&RUNTIME, config.client.clone(), on_event) {
+            Ok(client) => self.state.lock().unwrap().client = Some(Arc::new(client)),
+            Err(e) => {
+                self.event(AgentEvent::GaveUp {
+                    error: e.to_string(),
+                });
+                self.obj()
+                    .emit_by_name::<()>("error", &[&format!("signalling: {e}")]);
+            }
+        }
+    }
+
+    fn stop(&self) {
+        let client = {
+            let mut state = self.state.lock().unwrap();
+            state.sessions.clear();
+            state.client.take()
+        };
+        if let Some(client) = client {
+            // From the runtime's own thread we must not wait for it.
+            let on_runtime = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.id() == RUNTIME.handle().id());
+            client.close(if on_runtime {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(3)
+            });
+        }
+    }
+
+    fn send_sdp(&self, session_id: &str, sdp: &gst_webrtc::WebRTCSessionDescription) {
+        let sdp_type = match sdp.type_() {
+            gst_webrtc::WebRTCSDPType::Offer => SdpType::Offer,
+            gst_webrtc::WebRTCSDPType::Answer => SdpType::Answer,
+            other => return warn!(session = %session_id, "not sending a {other:?} description"),
+        };
+        let Ok(text) = sdp.sdp().as_text() else {
+            return warn!(session = %session_id, "cannot serialize our SDP");
+        };
+        self.send(ClientMessage::Peer(PeerMessage {
+            session_id: session_id.to_string(),
+            payload: RelayPayload::from_sdp(sdp_type, &text),
+        }));
+    }
+
+    fn add_ice(
+        &self,
+        session_id: &str,
+        candidate: &str,
+        sdp_m_line_index: u32,
+        _sdp_mid: Option<String>,
+    ) {
+        self.send(ClientMessage::Peer(PeerMessage {
+            session_id: session_id.to_string(),
+            payload: RelayPayload::from_ice(candidate, sdp_m_line_index),
+        }));
+    }
+
+    fn end_session(&self, session_id: &str) {
+        // Only sessions still ours: the element also calls this for sessions the other side
+        // ended, which the server has forgotten.
+        if self.state.lock().unwrap().sessions.remove(session_id) {
+            info!(session = %session_id, "ending session");
+            self.send(ClientMessage::EndSession {
+                session_id: session_id.to_string(),
+            });
+            self.event(AgentEvent::SessionEnded {
+                session_id: session_id.to_string(),
+                by_peer: false,
+            });
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The agents' own signaller: a GObject implementing gst-plugins-rs' `Signallable` interface
+//! (so `webrtcsink`/`webrtcsrc` drive it like their stock one) on top of [`crate::client`].
+//!
+//! Compared with the stock signaller it speaks v2 when the server offers it, survives the loss
+//! of its server (reconnecting through a list, resuming its identity and sessions), selects a
+//! producer by name, and enforces a producer's consumer limit.
+
+mod imp;
+
+use gst::glib;
+use gst::subclass::prelude::*;
+
+use crate::client::ClientConfig;
+
+glib::wrapper! {
+    /// Set it as the `signaller` property of webrtcsink or webrtcsrc.
+    pub struct ClusterSignaller(ObjectSubclass<imp::ClusterSignaller>)
+        @implements gstrswebrtc::signaller::Signallable;
+}
+
+/// What the signaller registers as.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// webrtcsink: accepts sessions, at most `max_sessions` at once.
+    Producer { max_sessions: Option<u32> },
+    /// webrtcsrc: starts one session with the producer `target` designates.
+    Consumer { target: Target },
+}
+
+/// How a consumer picks its producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Id(String),
+    /// The first producer whose `meta.name` is this.
+    Name(String),
+    /// The first producer listed.
+    First,
+}
+
+impl Target {
+    fn matches(&self, id: &str, meta: Option<&serde_json::Value>) -> bool {
+        match self {
+            Target::Id(want) => want == id,
+            Target::Name(name) => {
+                meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()) == Some(name.as_str())
+            }
+            Target::First => true,
+        }
+    }
+}
+
+/// What the signaller tells the agent (progress, sessions, failures), in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    /// Registered with a server (`resumed`: same peer id and sessions as before).
+    Registered {
+        server: String,
+        peer_id: String,
+        node_id: Option<String>,
+        v2: bool,
+        resumed: bool,
+    },
+    /// The connection was lost; reconnecting.
+    Reconnecting {
+        server: String,
+        reason: String,
+    },
+    /// Consumer: the producer was found and a session requested.
+    ProducerChosen {
+        producer_id: String,
+    },
+    SessionStarted {
+        session_id: String,
+        peer_id: String,
+    },
+    /// `by_peer`: the other side (or the server) ended it, not our element.
+    SessionEnded {
+        session_id: String,
+        by_peer: bool,
+    },
+    /// Producer: a consumer was turned away because of `max_sessions`.
+    ConsumerRefused {
+        peer_id: String,
+        limit: u32,
+    },
+    /// An `error` from the server.
+    ServerError {
+        details: String,
+        code: Option<proto::ErrorCode>,
+    },
+    /// No server could be reached for the configured time.
+    GaveUp {
+        error: String,
+    },
+}
+
+/// Everything a signaller needs; set once, before the element starts.
+pub struct SignallerConfig {
+    pub client: ClientConfig,
+    pub role: Role,
+    pub events: std::sync::mpsc::Sender<AgentEvent>,
+}
+
+impl ClusterSignaller {
+    pub fn new(config: SignallerConfig) -> Self {
+        let obj: Self = glib::Object::new();
+        obj.imp().configure(config);
+        obj
+    }
+}

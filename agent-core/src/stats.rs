@@ -1,0 +1,82 @@
+//! Reading webrtcbin statistics (`get-stats`, W3C-like names) into plain numbers.
+
+use gst::prelude::*;
+use gst_webrtc::WebRTCStatsType;
+
+/// One entry of a webrtcbin stats structure.
+pub struct Entry {
+    pub kind: WebRTCStatsType,
+    pub fields: gst::Structure,
+}
+
+impl Entry {
+    pub fn u64(&self, name: &str) -> Option<u64> {
+        let v = self.fields.value(name).ok()?;
+        v.get::<u64>()
+            .ok()
+            .or_else(|| v.get::<u32>().ok().map(u64::from))
+            .or_else(|| v.get::<i64>().ok().and_then(|x| u64::try_from(x).ok()))
+            .or_else(|| v.get::<i32>().ok().and_then(|x| u64::try_from(x).ok()))
+    }
+    pub fn i64(&self, name: &str) -> Option<i64> {
+        let v = self.fields.value(name).ok()?;
+        v.get::<i64>()
+            .ok()
+            .or_else(|| v.get::<i32>().ok().map(i64::from))
+            .or_else(|| v.get::<u32>().ok().map(i64::from))
+            .or_else(|| v.get::<u64>().ok().and_then(|x| i64::try_from(x).ok()))
+    }
+    pub fn f64(&self, name: &str) -> Option<f64> {
+        self.fields.get::<f64>(name).ok()
+    }
+    pub fn str(&self, name: &str) -> Option<String> {
+        self.fields.get::<String>(name).ok()
+    }
+}
+
+/// The typed entries of a `get-stats` answer (other fields are skipped).
+pub fn entries(stats: &gst::StructureRef) -> Vec<Entry> {
+    stats
+        .iter()
+        .filter_map(|(_, value)| value.get::<gst::Structure>().ok())
+        .filter_map(|fields| {
+            let kind = fields.get::<WebRTCStatsType>("type").ok()?;
+            Some(Entry { kind, fields })
+        })
+        .collect()
+}
+
+/// Asks a webrtcbin for its stats and waits for the answer (call from a worker thread).
+pub fn webrtcbin_stats(webrtcbin: &gst::Element) -> Option<gst::Structure> {
+    let promise = gst::Promise::new();
+    webrtcbin.emit_by_name::<()>("get-stats", &[&None::<gst::Pad>, &promise]);
+    match promise.wait() {
+        gst::PromiseResult::Replied => promise.get_reply().map(|s| s.to_owned()),
+        _ => None,
+    }
+}
+
+/// The first webrtcbin inside `bin`, at any depth.
+pub fn find_webrtcbin(bin: &gst::Bin) -> Option<gst::Element> {
+    bin.iterate_recurse().into_iter().flatten().find(|e| {
+        e.factory()
+            .is_some_and(|f| f.name().as_str() == "webrtcbin")
+    })
+}
+
+/// The codec (`video/VP8` …) an rtp stats entry refers to, through its `codec-id`.
+pub fn codec_of(entries: &[Entry], rtp: &Entry) -> Option<String> {
+    let id = rtp.str("codec-id")?;
+    entries
+        .iter()
+        .find(|e| e.kind == WebRTCStatsType::Codec && e.str("id").as_deref() == Some(id.as_str()))
+        .and_then(|c| c.str("mime-type"))
+}
+
+/// Bits per second between two byte counters `dt` seconds apart.
+pub fn rate_bps(bytes_now: u64, bytes_before: u64, dt: f64) -> f64 {
+    if dt <= 0.0 {
+        return 0.0;
+    }
+    bytes_now.saturating_sub(bytes_before) as f64 * 8.0 / dt
+}

@@ -1,0 +1,201 @@
+//! What the producer publishes: a test pattern, a URI, or a gst-launch fragment, linked to
+//! webrtcsink's request pads.
+
+use std::str::FromStr;
+
+use anyhow::{anyhow, Context};
+use gst::prelude::*;
+use tracing::{info, warn};
+
+/// `--source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A live test pattern (and a tone with `--audio`).
+    Test,
+    /// Anything uridecodebin opens: file://, rtsp://, http(s)://. Files loop.
+    Uri(String),
+    /// A gst-launch fragment whose unlinked source pads give raw video and/or audio.
+    Pipeline(String),
+}
+
+impl FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "test" {
+            Ok(Source::Test)
+        } else if let Some(uri) = s.strip_prefix("uri:") {
+            if gst::glib::uri_parse_scheme(uri).is_none() {
+                return Err(format!(
+                    "'{uri}' is not a URI (file:///path, rtsp://…, http://…)"
+                ));
+            }
+            Ok(Source::Uri(uri.to_string()))
+        } else if let Some(fragment) = s.strip_prefix("pipeline:") {
+            if fragment.trim().is_empty() {
+                return Err("pipeline: needs a gst-launch fragment".into());
+            }
+            Ok(Source::Pipeline(fragment.to_string()))
+        } else {
+            Err(format!(
+                "unknown source '{s}' (supported: test, uri:URI, pipeline:'FRAGMENT')"
+            ))
+        }
+    }
+}
+
+/// The source is unusable: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSource(pub String);
+
+/// Parameters of the test source.
+pub struct TestParams {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub audio: bool,
+}
+
+/// Adds the source to `pipeline` and links it to `sink` (webrtcsink). Streams that appear
+/// later (uridecodebin) are linked when they do; `on_stream` sees every link.
+pub fn add(
+    pipeline: &gst::Pipeline,
+    sink: &gst::Element,
+    source: &Source,
+    test: &TestParams,
+    on_stream: impl Fn(&gst::Pad) + Send + Sync + Clone + 'static,
+) -> anyhow::Result<()> {
+    match source {
+        Source::Test => {
+            let video = gst::parse::bin_from_description(
+                &format!(
+                    "videotestsrc is-live=true pattern=smpte ! capsfilter caps=\"video/x-raw,width={},height={},framerate={}/1\"",
+                    test.width, test.height, test.fps
+                ),
+                true,
+            )
+            .context("test video source")?;
+            add_and_link(pipeline, sink, video.upcast_ref(), "video", &on_stream)?;
+            if test.audio {
+                let audio = gst::parse::bin_from_description(
+                    "audiotestsrc is-live=true wave=sine volume=0.2",
+                    true,
+                )
+                .context("test audio source")?;
+                add_and_link(pipeline, sink, audio.upcast_ref(), "audio", &on_stream)?;
+            }
+        }
+        Source::Pipeline(fragment) => {
+            let bin = gst::parse::bin_from_description(fragment, true)
+                .map_err(|e| BadSource(format!("cannot parse the pipeline fragment: {e}")))?;
+            let pads: Vec<gst::Pad> = bin.src_pads();
+            if pads.is_empty() {
+                return Err(BadSource(
+                    "the pipeline fragment has no unlinked source pad (end it with the element that gives raw video or audio)".into(),
+                )
+                .into());
+            }
+            pipeline.add(&bin)?;
+            for pad in pads {
+                let caps = pad.query_caps(None);
+                let media = caps
+                    .structure(0)
+                    .map(|s| s.name().to_string())
+                    .unwrap_or_default();
+                let kind = if media.starts_with("video/") {
+                    "video"
+                } else if media.starts_with("audio/") {
+                    "audio"
+                } else {
+                    return Err(BadSource(format!(
+                        "pad {} of the fragment gives '{caps}', neither audio nor video",
+                        pad.name()
+                    ))
+                    .into());
+                };
+                link_pad(pipeline, sink, &pad, kind, &on_stream)?;
+            }
+        }
+        Source::Uri(uri) => {
+            if let Some(path) = uri.strip_prefix("file://") {
+                let path = gst::glib::filename_from_uri(uri)
+                    .map(|(p, _)| p)
+                    .unwrap_or_else(|_| path.into());
+                std::fs::File::open(&path)
+                    .map_err(|e| BadSource(format!("cannot open {}: {e}", path.display())))?;
+            }
+            let decode = gst::ElementFactory::make("uridecodebin")
+                .name("source")
+                .property("uri", uri)
+                .build()
+                .context("uridecodebin is not available")?;
+            pipeline.add(&decode)?;
+            let (weak_pipeline, sink) = (pipeline.downgrade(), sink.clone());
+            decode.connect_pad_added(move |_, pad| {
+                let Some(pipeline) = weak_pipeline.upgrade() else {
+                    return;
+                };
+                let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+                let media = caps
+                    .structure(0)
+                    .map(|s| s.name().to_string())
+                    .unwrap_or_default();
+                let kind = if media.starts_with("video/") {
+                    "video"
+                } else if media.starts_with("audio/") {
+                    "audio"
+                } else {
+                    return info!("ignoring a {media} stream of the source");
+                };
+                if let Err(e) = link_pad(&pipeline, &sink, pad, kind, &on_stream) {
+                    warn!("cannot publish the {kind} stream of the source: {e:#}");
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn add_and_link(
+    pipeline: &gst::Pipeline,
+    sink: &gst::Element,
+    bin: &gst::Element,
+    kind: &str,
+    on_stream: &(impl Fn(&gst::Pad) + Clone),
+) -> anyhow::Result<()> {
+    pipeline.add(bin)?;
+    let pad = bin
+        .static_pad("src")
+        .ok_or_else(|| anyhow!("source bin without src pad"))?;
+    link_pad(pipeline, sink, &pad, kind, on_stream)
+}
+
+/// `pad ! (video|audio)convert ! queue ! webrtcsink.(video|audio)_%u`
+fn link_pad(
+    pipeline: &gst::Pipeline,
+    sink: &gst::Element,
+    pad: &gst::Pad,
+    kind: &str,
+    on_stream: &(impl Fn(&gst::Pad) + Clone),
+) -> anyhow::Result<()> {
+    let desc = if kind == "video" {
+        "videoconvert ! queue"
+    } else {
+        "audioconvert ! audioresample ! queue"
+    };
+    let chain = gst::parse::bin_from_description(desc, true)?;
+    pipeline.add(&chain)?;
+    let sink_pad = sink
+        .request_pad_simple(&format!("{kind}_%u"))
+        .ok_or_else(|| anyhow!("webrtcsink gave no {kind} pad"))?;
+    let chain_src = chain.static_pad("src").context("chain src")?;
+    chain_src
+        .link(&sink_pad)
+        .map_err(|e| anyhow!("cannot link to webrtcsink: {e:?}"))?;
+    let chain_sink = chain.static_pad("sink").context("chain sink")?;
+    pad.link(&chain_sink)
+        .map_err(|e| anyhow!("cannot link the {kind} source: {e:?}"))?;
+    chain.sync_state_with_parent()?;
+    on_stream(&chain_src);
+    Ok(())
+}
