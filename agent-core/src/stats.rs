@@ -5,6 +5,8 @@ use gst_webrtc::WebRTCStatsType;
 
 /// One entry of a webrtcbin stats structure.
 pub struct Entry {
+    /// The stats id (the field name in webrtcbin's answer).
+    pub id: String,
     pub kind: WebRTCStatsType,
     pub fields: gst::Structure,
 }
@@ -38,10 +40,14 @@ impl Entry {
 pub fn entries(stats: &gst::StructureRef) -> Vec<Entry> {
     stats
         .iter()
-        .filter_map(|(_, value)| value.get::<gst::Structure>().ok())
-        .filter_map(|fields| {
+        .filter_map(|(id, value)| {
+            let fields = value.get::<gst::Structure>().ok()?;
             let kind = fields.get::<WebRTCStatsType>("type").ok()?;
-            Some(Entry { kind, fields })
+            Some(Entry {
+                id: id.to_string(),
+                kind,
+                fields,
+            })
         })
         .collect()
 }
@@ -69,8 +75,15 @@ pub fn codec_of(entries: &[Entry], rtp: &Entry) -> Option<String> {
     let id = rtp.str("codec-id")?;
     entries
         .iter()
-        .find(|e| e.kind == WebRTCStatsType::Codec && e.str("id").as_deref() == Some(id.as_str()))
-        .and_then(|c| c.str("mime-type"))
+        .find(|e| {
+            e.kind == WebRTCStatsType::Codec
+                && (e.id == id || e.str("id").as_deref() == Some(id.as_str()))
+        })
+        .and_then(|c| {
+            c.str("mime-type")
+                .or_else(|| c.str("encoding-name"))
+                .or_else(|| c.u64("payload-type").map(|pt| format!("pt {pt}")))
+        })
 }
 
 /// Bits per second between two byte counters `dt` seconds apart.

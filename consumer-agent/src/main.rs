@@ -1,182 +1,472 @@
 //! consumer-agent: finds a producer in a gst-webrtc-cluster (or any upstream-compatible
-//! signalling server), receives it with `webrtcsrc`, decodes and counts frames.
+//! signalling server), receives it with `webrtcsrc`, and plays, records or counts it; finds
+//! it again when it comes back.
 
-mod discovery;
-mod pipeline;
+mod report;
+mod sink;
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use agent_core::cli::{OutputArgs, SignallingArgs};
+use agent_core::exit;
+use agent_core::shutdown::Shutdown;
+use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig, Target};
+use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
 use gst::prelude::*;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-/// Receive a producer's stream with webrtcsrc and count decoded frames.
+use report::Shared;
+use sink::{Container, Linker, Sink};
+
+/// Receive a producer's stream with webrtcsrc: play, record or count it.
+///
+/// Exit codes: 0 done (--frames/--duration reached, or stopped by SIGINT/SIGTERM), 1 runtime
+/// failure (signalling unreachable for --retry-for, no frame, pipeline error), 2 bad
+/// arguments, 3 producer not found within --timeout.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {
-    /// Signalling server WebSocket URL.
-    #[arg(long, env = "CONSUMER_SERVER", default_value = "ws://127.0.0.1:8443")]
-    pub server: String,
-    /// Producer to receive, by the `name` in its meta.
-    #[arg(
-        long,
-        env = "CONSUMER_PRODUCER_NAME",
-        conflicts_with = "producer_id",
-        required_unless_present = "producer_id"
-    )]
+    /// Producer to receive, by the `name` in its meta; found again when it comes back.
+    #[arg(long, env = "CONSUMER_PRODUCER_NAME", group = "producer")]
     pub producer_name: Option<String>,
     /// Producer to receive, by peer id.
-    #[arg(long, env = "CONSUMER_PRODUCER_ID")]
+    #[arg(long, env = "CONSUMER_PRODUCER_ID", group = "producer")]
     pub producer_id: Option<String>,
-    /// Exit 0 after this many decoded video frames (default: run until interrupted).
+    /// Receive the first producer listed (and the first one after it goes away).
+    #[arg(long, group = "producer")]
+    pub first: bool,
+    /// Where the streams go: `null` (decode and count), `display`, `file:PATH` (.mkv or .mp4,
+    /// recorded without re-encoding, finalized on SIGINT/SIGTERM) or `pipeline:'FRAGMENT'`
+    /// (gets the decoded video).
+    #[arg(long, env = "CONSUMER_SINK", default_value = "null")]
+    pub sink: Sink,
+    /// Exit 0 after this many video frames.
     #[arg(long, env = "CONSUMER_FRAMES")]
     pub frames: Option<u64>,
-    /// Seconds to wait for the producer to appear, and then for the first frame.
+    /// Exit 0 after this many seconds.
+    #[arg(long, env = "CONSUMER_DURATION")]
+    pub duration: Option<f64>,
+    /// Seconds to wait for the producer (at start and after it went away), and for the first
+    /// frame of a session.
     #[arg(long, env = "CONSUMER_TIMEOUT", default_value_t = 30)]
     pub timeout: u64,
-    /// STUN server (`stun://host:port`); none by default, host candidates only.
-    #[arg(long, env = "CONSUMER_STUN_SERVER")]
+    /// STUN server (`stun://host:port`); none by default (host candidates only).
+    #[arg(long, env = "GWC_STUN_SERVER")]
     pub stun_server: Option<String>,
+    /// TURN server (`turn(s)://user:password@host:port`), repeatable.
+    #[arg(long = "turn-server", env = "GWC_TURN_SERVERS", value_delimiter = ',')]
+    pub turn_servers: Vec<String>,
+
+    #[command(flatten)]
+    pub signalling: SignallingArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
+
+impl Args {
+    fn target(&self) -> Option<Target> {
+        match (&self.producer_id, &self.producer_name, self.first) {
+            (Some(id), _, _) => Some(Target::Id(id.clone())),
+            (_, Some(name), _) => Some(Target::Name(name.clone())),
+            (_, _, true) => Some(Target::First),
+            _ => None,
+        }
+    }
+}
+
+/// The producer was not found: exit 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotFound(String);
 
 /// The last line on stdout.
 #[derive(serde::Serialize)]
 struct Report {
-    producer_id: String,
+    producer_id: Option<String>,
+    /// Every session of the run, in order (one unless the producer was found again).
+    session_ids: Vec<String>,
     frames: u64,
-    /// From start to the first decoded video frame.
+    /// From start to the first video frame.
     first_frame_ms: Option<u64>,
     elapsed_ms: u64,
+    reconnects: u64,
+    recordings: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONSUMER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+    args.output.init_logging("consumer_agent", "CONSUMER_LOG");
+    let Some(target) = args.target() else {
+        eprintln!("consumer-agent: one of --producer-name, --producer-id or --first is required");
+        return ExitCode::from(exit::USAGE);
+    };
+    match run(&args, target) {
+        Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             error!("{e:#}");
             eprintln!("consumer-agent: {e:#}");
-            let not_found = e.downcast_ref::<discovery::NotFound>().is_some();
-            ExitCode::from(if not_found { 3 } else { 1 })
+            let not_found = e.downcast_ref::<NotFound>().is_some();
+            ExitCode::from(if not_found {
+                exit::NOT_FOUND
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }
 
-fn run(args: &Args) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let timeout = Duration::from_secs(args.timeout);
-    let producer_id = match (&args.producer_id, &args.producer_name) {
-        (Some(id), _) => id.clone(),
-        (None, Some(name)) => {
-            eprintln!(
-                "consumer-agent: looking for producer '{name}' on {}",
-                args.server
-            );
-            discovery::find_by_name(&args.server, name, timeout)?
-        }
-        (None, None) => unreachable!("clap requires one of them"),
-    };
-    eprintln!("consumer-agent: receiving producer {producer_id}");
+/// How one pipeline (one search and session) ended.
+enum Outcome {
+    /// --frames or --duration reached.
+    Done,
+    /// SIGINT/SIGTERM.
+    Stopped,
+    /// The producer (or our identity) went away: look again.
+    SessionGone,
+    Failed(anyhow::Error),
+}
 
-    pipeline::init()?;
-    let (pipeline, frames) = pipeline::build(args, &producer_id)?;
+struct Run {
+    started: Instant,
+    frames: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    session_ids: Vec<String>,
+    recordings: Vec<PathBuf>,
+}
+
+fn run(args: &Args, target: Target) -> anyhow::Result<()> {
+    agent_core::init_gstreamer()?;
+    let mut run = Run {
+        started: Instant::now(),
+        frames: Arc::new(AtomicU64::new(0)),
+        shared: Arc::new(Shared::default()),
+        shutdown: Shutdown::install()?,
+        session_ids: Vec::new(),
+        recordings: Vec::new(),
+    };
+    start_reporting(args, &run)?;
+    let mut segment = 0;
+    loop {
+        match attempt(args, &target, &mut run, segment)? {
+            Outcome::Done | Outcome::Stopped => break,
+            Outcome::Failed(e) => return Err(e),
+            Outcome::SessionGone => {
+                if matches!(target, Target::Id(_)) {
+                    return Err(anyhow!("the producer ended the session"));
+                }
+                info!("the producer went away; looking for it again");
+                segment += 1;
+            }
+        }
+    }
+    let report = Report {
+        producer_id: run.shared.producer_id.lock().unwrap().clone(),
+        session_ids: run.session_ids,
+        frames: run.frames.load(Ordering::Relaxed),
+        first_frame_ms: *run.shared.first_frame_ms.lock().unwrap(),
+        elapsed_ms: run.started.elapsed().as_millis() as u64,
+        reconnects: run.shared.reconnects.load(Ordering::Relaxed),
+        recordings: run.recordings,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Id(id) => format!("producer {id}"),
+        Target::Name(name) => format!("producer named '{name}'"),
+        Target::First => "producer".to_string(),
+    }
+}
+
+/// Builds a pipeline with a new signaller, runs it until it ends, tears it down.
+fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow::Result<Outcome> {
+    let (events_tx, events) = std::sync::mpsc::channel();
+    let signaller = ClusterSignaller::new(SignallerConfig {
+        client: args.signalling.client_config(),
+        role: Role::Consumer {
+            target: target.clone(),
+        },
+        events: events_tx,
+    });
+    let pipeline = gst::Pipeline::new();
+    let mut src = gst::ElementFactory::make("webrtcsrc")
+        .property("signaller", &signaller)
+        .property("stun-server", args.stun_server.as_deref());
+    if let Sink::File(path) = &args.sink {
+        if let Some(codecs) = Container::of(path).ok().and_then(Container::video_codecs) {
+            src = src.property("video-codecs", gst::Array::new(codecs));
+        }
+    }
+    let src = src.build().context("webrtcsrc is not available")?;
+    if !args.turn_servers.is_empty() {
+        src.set_property(
+            "turn-servers",
+            gst::Array::new(args.turn_servers.iter().map(String::as_str)),
+        );
+    }
+    pipeline.add(&src)?;
+    *run.shared.src.lock().unwrap() = Some(src.downgrade());
+    let (linker, recording) = Linker::new(&pipeline, &args.sink, segment, run.frames.clone())?;
+    run.recordings.extend(recording);
+    let entries = linker.entries.clone();
+    let weak = pipeline.downgrade();
+    src.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        info!(pad = %pad.name(), "new stream");
+        if let Err(e) = linker.link(&pipeline, pad) {
+            warn!("cannot handle {}: {e:#}", pad.name());
+        }
+    });
+
     let main_loop = glib::MainLoop::new(None, false);
-    let failure = Rc::new(RefCell::new(None::<String>));
+    let outcome: Rc<RefCell<Option<Outcome>>> = Rc::new(RefCell::new(None));
+    let finish = {
+        let (main_loop, outcome) = (main_loop.clone(), outcome.clone());
+        move |o: Outcome| {
+            if outcome.borrow().is_none() {
+                *outcome.borrow_mut() = Some(o);
+            }
+            main_loop.quit();
+        }
+    };
     let bus = pipeline.bus().context("pipeline has no bus")?;
     let _watch = {
-        let (main_loop, failure) = (main_loop.clone(), failure.clone());
+        let finish = finish.clone();
         bus.add_watch_local(move |_, msg| {
             if let gst::MessageView::Error(e) = msg.view() {
-                *failure.borrow_mut() = Some(format!(
-                    "{}: {}",
-                    e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                    e.error()
-                ));
-                main_loop.quit();
+                let from = e.src().map(|s| s.name().to_string()).unwrap_or_default();
+                finish(Outcome::Failed(anyhow!("{from}: {}", e.error())));
             }
             glib::ControlFlow::Continue
         })?
     };
-    // SIGINT/SIGTERM set a flag the main loop polls: stop cleanly, exit 0.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handler")?;
-    }
-    {
-        let main_loop = main_loop.clone();
-        glib::timeout_add_local(std::time::Duration::from_millis(100), move || {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+
+    let searching_since = Instant::now();
+    let timeout = Duration::from_secs(args.timeout);
+    let what = describe(target);
+    info!("looking for {what} on {}", args.signalling.describe());
+    let tick = {
+        let shared = run.shared.clone();
+        let frames = run.frames.clone();
+        let shutdown = run.shutdown.clone();
+        let started = run.started;
+        let (frame_target, duration) = (args.frames, args.duration.map(Duration::from_secs_f64));
+        let mut session_since: Option<Instant> = None;
+        let mut frames_at_session = 0u64;
+        let mut new_sessions: Vec<String> = Vec::new();
+        let sessions_out = Rc::new(RefCell::new(Vec::<String>::new()));
+        let sessions_sink = sessions_out.clone();
+        let mut last_progress = Instant::now();
+        let servers = args.signalling.describe();
+        let by_id = matches!(target, Target::Id(_));
+        let finish = finish.clone();
+        let source = glib::timeout_add_local(Duration::from_millis(20), move || {
+            if shutdown.requested() {
                 info!("signal received, stopping");
-                main_loop.quit();
+                finish(Outcome::Stopped);
                 return glib::ControlFlow::Break;
             }
-            glib::ControlFlow::Continue
-        });
-    }
-
-    let first_frame_ms = Rc::new(RefCell::new(None::<u64>));
-    {
-        let (main_loop, failure, first, frames) = (
-            main_loop.clone(),
-            failure.clone(),
-            first_frame_ms.clone(),
-            frames.clone(),
-        );
-        let target = args.frames;
-        let mut last_print = Instant::now();
-        glib::timeout_add_local(Duration::from_millis(20), move || {
+            while let Ok(event) = events.try_recv() {
+                match event {
+                    AgentEvent::Registered {
+                        server,
+                        peer_id,
+                        node_id,
+                        v2,
+                        resumed,
+                    } => {
+                        let node = node_id.map(|n| format!(" node {n}")).unwrap_or_default();
+                        if resumed {
+                            info!(peer = %peer_id, "resumed on {server}{node}: session kept");
+                        } else {
+                            info!(peer = %peer_id, "registered as {peer_id} on {server}{node} (protocol v{})", if v2 { 2 } else { 1 });
+                        }
+                    }
+                    AgentEvent::Reconnecting { server, reason } => {
+                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                        warn!("lost {server} ({reason}); reconnecting");
+                    }
+                    AgentEvent::ProducerChosen { producer_id } => {
+                        info!(producer = %producer_id, "found producer {producer_id}");
+                        *shared.producer_id.lock().unwrap() = Some(producer_id);
+                    }
+                    AgentEvent::SessionStarted {
+                        session_id,
+                        peer_id,
+                    } => {
+                        info!(session = %session_id, "session {session_id} started with producer {peer_id}");
+                        shared.sessions.fetch_add(1, Ordering::Relaxed);
+                        *shared.session_id.lock().unwrap() = Some(session_id.clone());
+                        new_sessions.push(session_id);
+                        sessions_sink.borrow_mut().clone_from(&new_sessions);
+                        session_since = Some(Instant::now());
+                        frames_at_session = frames.load(Ordering::Relaxed);
+                    }
+                    AgentEvent::SessionEnded {
+                        session_id,
+                        by_peer,
+                    } => {
+                        info!(session = %session_id, "session {session_id} ended{}", if by_peer { " by the producer or the server" } else { "" });
+                        *shared.session_id.lock().unwrap() = None;
+                        finish(Outcome::SessionGone);
+                        return glib::ControlFlow::Break;
+                    }
+                    AgentEvent::ServerError { details, code } => {
+                        // A startSession that failed: the producer is not (or no longer) there.
+                        if session_since.is_none() && shared.producer_id.lock().unwrap().is_some() {
+                            let gone = code == Some(proto::ErrorCode::UnknownPeer)
+                                || details.contains("not found");
+                            if gone {
+                                finish(if by_id {
+                                    Outcome::Failed(
+                                        NotFound(format!("no {what} on {servers}: {details}"))
+                                            .into(),
+                                    )
+                                } else {
+                                    Outcome::SessionGone
+                                });
+                                return glib::ControlFlow::Break;
+                            }
+                        }
+                        warn!("server: {details}");
+                    }
+                    AgentEvent::GaveUp { error } => {
+                        finish(Outcome::Failed(anyhow!(error)));
+                        return glib::ControlFlow::Break;
+                    }
+                    AgentEvent::ConsumerRefused { .. } => {}
+                }
+            }
             let n = frames.load(Ordering::Relaxed);
-            if n > 0 && first.borrow().is_none() {
+            match session_since {
+                None if searching_since.elapsed() > timeout => {
+                    let msg = format!(
+                        "no {what} appeared on {servers} within {} s",
+                        timeout.as_secs()
+                    );
+                    finish(Outcome::Failed(NotFound(msg).into()));
+                    return glib::ControlFlow::Break;
+                }
+                Some(since) if n == frames_at_session && since.elapsed() > timeout => {
+                    finish(Outcome::Failed(anyhow!(
+                        "no video frame within {} s of the session start",
+                        timeout.as_secs()
+                    )));
+                    return glib::ControlFlow::Break;
+                }
+                _ => {}
+            }
+            if n > 0 && shared.first_frame_ms.lock().unwrap().is_none() {
                 let ms = started.elapsed().as_millis() as u64;
-                *first.borrow_mut() = Some(ms);
-                eprintln!("consumer-agent: first frame after {ms} ms");
-            } else if n == 0 && started.elapsed() > timeout * 2 {
-                *failure.borrow_mut() = Some(format!(
-                    "no video frame within {} s",
-                    (timeout * 2).as_secs()
-                ));
-                main_loop.quit();
+                *shared.first_frame_ms.lock().unwrap() = Some(ms);
+                info!("first frame after {ms} ms");
             }
-            if last_print.elapsed() >= Duration::from_secs(1) {
-                last_print = Instant::now();
-                eprintln!("consumer-agent: {n} frames");
+            if last_progress.elapsed() >= Duration::from_secs(5) && n > 0 {
+                last_progress = Instant::now();
+                info!("{n} frames");
             }
-            if target.is_some_and(|t| n >= t) {
-                main_loop.quit();
+            if frame_target.is_some_and(|t| n >= t)
+                || duration.is_some_and(|d| started.elapsed() >= d)
+            {
+                finish(Outcome::Done);
                 return glib::ControlFlow::Break;
             }
             glib::ControlFlow::Continue
         });
-    }
-
-    pipeline
-        .set_state(gst::State::Playing)
-        .context("cannot start the pipeline")?;
-    main_loop.run();
-    let _ = pipeline.set_state(gst::State::Null);
-    if let Some(e) = failure.borrow_mut().take() {
-        return Err(anyhow::anyhow!(e));
-    }
-    let report = Report {
-        producer_id,
-        frames: frames.load(Ordering::Relaxed),
-        first_frame_ms: *first_frame_ms.borrow(),
-        elapsed_ms: started.elapsed().as_millis() as u64,
+        (source, sessions_out)
     };
-    println!("{}", serde_json::to_string(&report)?);
+
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        let _ = pipeline.set_state(gst::State::Null);
+        return Ok(Outcome::Failed(anyhow!("cannot start the pipeline: {e}")));
+    }
+    main_loop.run();
+    let (source, sessions) = tick;
+    // The tick may already have removed itself by returning Break.
+    drop(source);
+    run.session_ids.extend(sessions.borrow().iter().cloned());
+    let outcome = outcome.borrow_mut().take().unwrap_or(Outcome::Stopped);
+    finalize_recording(&pipeline, &bus, &entries.lock().unwrap());
+    // Ends the session (webrtcsrc tells the signaller) and closes the connection.
+    let _ = pipeline.set_state(gst::State::Null);
+    *run.shared.src.lock().unwrap() = None;
+    Ok(outcome)
+}
+
+/// Ends a recording so the file plays: no more data in, EOS through the muxer, wait for it.
+fn finalize_recording(pipeline: &gst::Pipeline, bus: &gst::Bus, entries: &[gst::Pad]) {
+    if entries.is_empty() {
+        return;
+    }
+    for entry in entries {
+        if let Some(peer) = entry.peer() {
+            peer.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, |_, _| {
+                gst::PadProbeReturn::Drop
+            });
+        }
+        entry.send_event(gst::event::Eos::new());
+    }
+    match bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(5),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    ) {
+        Some(m) if m.type_() == gst::MessageType::Eos => info!("recording finalized"),
+        other => warn!(
+            "recording may be incomplete: {:?}",
+            other.map(|m| m.type_())
+        ),
+    }
+    let _ = pipeline;
+}
+
+/// `--stats-interval` JSON lines and `--metrics-addr`, fed by one collecting thread.
+fn start_reporting(args: &Args, run: &Run) -> anyhow::Result<()> {
+    if args.output.stats_interval.is_none() && args.output.metrics_addr.is_none() {
+        return Ok(());
+    }
+    let latest = Arc::new(Mutex::new(None::<report::Snapshot>));
+    if let Some(addr) = args.output.metrics_addr {
+        let latest = latest.clone();
+        let bound = agent_core::metrics::serve(
+            addr,
+            Arc::new(move || {
+                latest
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map(report::render)
+                    .unwrap_or_default()
+            }),
+        )?;
+        info!("metrics on http://{bound}/metrics");
+    }
+    let print = args.output.stats_interval.is_some();
+    let interval = args.output.stats_interval.unwrap_or(Duration::from_secs(1));
+    let mut collector = report::Collector::new(run.started, run.frames.clone(), run.shared.clone());
+    std::thread::Builder::new()
+        .name("stats".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let snapshot = collector.collect();
+            if print {
+                if let Ok(line) = serde_json::to_string(&snapshot) {
+                    println!("{line}");
+                }
+            }
+            *latest.lock().unwrap() = Some(snapshot);
+        })?;
     Ok(())
 }

@@ -1,0 +1,204 @@
+//! Consumer statistics: per received stream (bitrate, jitter, loss) from webrtcbin, plus the
+//! decoded frame rate and time to first frame; as JSON lines and Prometheus metrics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agent_core::metrics::write_metric;
+use agent_core::stats::{codec_of, entries, find_webrtcbin, rate_bps, webrtcbin_stats};
+use gst::prelude::*;
+use gst_webrtc::WebRTCStatsType;
+use serde::Serialize;
+
+/// What the agent's main loop knows, shared with the stats thread.
+#[derive(Default)]
+pub struct Shared {
+    pub producer_id: Mutex<Option<String>>,
+    pub session_id: Mutex<Option<String>>,
+    pub first_frame_ms: Mutex<Option<u64>>,
+    pub sessions: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// The current pipeline's webrtcsrc (replaced when the agent rebuilds).
+    pub src: Mutex<Option<gst::glib::WeakRef<gst::Element>>>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct StreamStats {
+    pub ssrc: u64,
+    pub codec: Option<String>,
+    pub bitrate_bps: f64,
+    pub packets_received: u64,
+    pub packets_lost: i64,
+    pub jitter_ms: Option<f64>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Snapshot {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub producer_id: Option<String>,
+    pub session_id: Option<String>,
+    pub frames: u64,
+    /// Decoded (or recorded) video frames per second over the last interval.
+    pub fps: f64,
+    pub first_frame_ms: Option<u64>,
+    pub elapsed_ms: u64,
+    pub sessions: u64,
+    pub reconnects: u64,
+    pub streams: Vec<StreamStats>,
+}
+
+pub struct Collector {
+    started: Instant,
+    frames: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    last_frames: (Instant, u64),
+    last_bytes: HashMap<u64, (Instant, u64)>,
+}
+
+impl Collector {
+    pub fn new(started: Instant, frames: Arc<AtomicU64>, shared: Arc<Shared>) -> Self {
+        Collector {
+            started,
+            frames,
+            shared,
+            last_frames: (started, 0),
+            last_bytes: HashMap::new(),
+        }
+    }
+
+    pub fn collect(&mut self) -> Snapshot {
+        let now = Instant::now();
+        let frames = self.frames.load(Ordering::Relaxed);
+        let dt = (now - self.last_frames.0).as_secs_f64();
+        let fps = if dt > 0.0 {
+            frames.saturating_sub(self.last_frames.1) as f64 / dt
+        } else {
+            0.0
+        };
+        self.last_frames = (now, frames);
+
+        let src = self
+            .shared
+            .src
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|w| w.upgrade());
+        let stats = src
+            .and_then(|s| s.downcast::<gst::Bin>().ok())
+            .and_then(|bin| find_webrtcbin(&bin))
+            .and_then(|w| webrtcbin_stats(&w));
+        let mut streams = Vec::new();
+        if let Some(stats) = stats {
+            let all = entries(&stats);
+            for e in all.iter().filter(|e| e.kind == WebRTCStatsType::InboundRtp) {
+                let ssrc = e.u64("ssrc").unwrap_or(0);
+                let bytes = e.u64("bytes-received").unwrap_or(0);
+                let bitrate_bps = match self.last_bytes.get(&ssrc) {
+                    Some((at, before)) => rate_bps(bytes, *before, (now - *at).as_secs_f64()),
+                    None => 0.0,
+                };
+                self.last_bytes.insert(ssrc, (now, bytes));
+                streams.push(StreamStats {
+                    ssrc,
+                    codec: codec_of(&all, e),
+                    bitrate_bps,
+                    packets_received: e.u64("packets-received").unwrap_or(0),
+                    packets_lost: e.i64("packets-lost").unwrap_or(0),
+                    jitter_ms: e.f64("jitter").map(|s| s * 1000.0),
+                });
+            }
+        }
+        let s = &self.shared;
+        Snapshot {
+            kind: "consumer-stats",
+            producer_id: s.producer_id.lock().unwrap().clone(),
+            session_id: s.session_id.lock().unwrap().clone(),
+            frames,
+            fps,
+            first_frame_ms: *s.first_frame_ms.lock().unwrap(),
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            sessions: s.sessions.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            streams,
+        }
+    }
+}
+
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let base = vec![("producer", s.producer_id.clone().unwrap_or_default())];
+    let per = |f: &dyn Fn(&StreamStats) -> Option<f64>| -> Vec<(Vec<(&str, String)>, f64)> {
+        s.streams
+            .iter()
+            .filter_map(|st| {
+                let mut labels = base.clone();
+                labels.push(("ssrc", st.ssrc.to_string()));
+                labels.push(("codec", st.codec.clone().unwrap_or_default()));
+                Some((labels, f(st)?))
+            })
+            .collect()
+    };
+    write_metric(
+        &mut out,
+        "consumer_frames_total",
+        "counter",
+        "Video frames decoded (or recorded).",
+        &[(base.clone(), s.frames as f64)],
+    );
+    write_metric(
+        &mut out,
+        "consumer_fps",
+        "gauge",
+        "Video frames per second over the last interval.",
+        &[(base.clone(), s.fps)],
+    );
+    if let Some(ms) = s.first_frame_ms {
+        write_metric(
+            &mut out,
+            "consumer_first_frame_seconds",
+            "gauge",
+            "Time from start to the first video frame.",
+            &[(base.clone(), ms as f64 / 1000.0)],
+        );
+    }
+    write_metric(
+        &mut out,
+        "consumer_sessions_total",
+        "counter",
+        "Sessions started (more than one: the producer was found again).",
+        &[(base.clone(), s.sessions as f64)],
+    );
+    write_metric(
+        &mut out,
+        "consumer_signalling_reconnects_total",
+        "counter",
+        "Signalling connections replaced.",
+        &[(base.clone(), s.reconnects as f64)],
+    );
+    write_metric(
+        &mut out,
+        "consumer_stream_bitrate_bps",
+        "gauge",
+        "Received bits per second.",
+        &per(&|st| Some(st.bitrate_bps)),
+    );
+    write_metric(
+        &mut out,
+        "consumer_stream_packets_lost",
+        "gauge",
+        "Packets lost.",
+        &per(&|st| Some(st.packets_lost as f64)),
+    );
+    write_metric(
+        &mut out,
+        "consumer_stream_jitter_seconds",
+        "gauge",
+        "Interarrival jitter.",
+        &per(&|st| st.jitter_ms.map(|j| j / 1000.0)),
+    );
+    out
+}

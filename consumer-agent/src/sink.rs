@@ -1,0 +1,309 @@
+//! Where received streams go: `display`, `file:PATH` (no re-encoding), `null` (decode and
+//! count) or `pipeline:'FRAGMENT'`. Video frames are counted on the way.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Context};
+use gst::prelude::*;
+use tracing::{info, warn};
+
+/// `--sink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    Display,
+    /// Record to a Matroska (.mkv/.webm) or MP4 (.mp4) file, without re-encoding.
+    File(PathBuf),
+    Null,
+    /// A gst-launch fragment with unlinked sink pads; it receives raw (decoded) video/audio.
+    Pipeline(String),
+}
+
+impl FromStr for Sink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "display" => Ok(Sink::Display),
+            "null" => Ok(Sink::Null),
+            _ => {
+                if let Some(path) = s.strip_prefix("file:") {
+                    let path = PathBuf::from(path);
+                    Container::of(&path)?;
+                    Ok(Sink::File(path))
+                } else if let Some(fragment) = s.strip_prefix("pipeline:") {
+                    if fragment.trim().is_empty() {
+                        return Err("pipeline: needs a gst-launch fragment".into());
+                    }
+                    Ok(Sink::Pipeline(fragment.to_string()))
+                } else {
+                    Err(format!(
+                        "unknown sink '{s}' (supported: display, null, file:PATH.mkv|.mp4, pipeline:'FRAGMENT')"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    Matroska,
+    Mp4,
+}
+
+impl Container {
+    pub fn of(path: &Path) -> Result<Container, String> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("mkv") | Some("webm") => Ok(Container::Matroska),
+            Some("mp4") | Some("m4v") => Ok(Container::Mp4),
+            _ => Err(format!(
+                "cannot tell the container of '{}': use .mkv (any codec) or .mp4 (H.264)",
+                path.display()
+            )),
+        }
+    }
+
+    /// Codecs webrtcsrc may negotiate so that the file needs no re-encoding.
+    pub fn video_codecs(self) -> Option<Vec<&'static str>> {
+        match self {
+            Container::Matroska => None, // every codec webrtcsrc knows fits
+            Container::Mp4 => Some(vec!["H264"]),
+        }
+    }
+}
+
+/// The `n`-th recording of a run goes to PATH, then PATH-1.ext, PATH-2.ext…
+pub fn segment_path(path: &Path, n: u32) -> PathBuf {
+    if n == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("recording");
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("mkv");
+    path.with_file_name(format!("{stem}-{n}.{ext}"))
+}
+
+/// Links webrtcsrc's pads as the sink says, as they appear.
+pub struct Linker {
+    pub frames: Arc<AtomicU64>,
+    /// Where EOS goes on a clean stop (file sink): the entry of each recorded stream.
+    pub entries: Arc<Mutex<Vec<gst::Pad>>>,
+    /// The recording's muxer, created with the pipeline (file sink).
+    mux: Option<gst::Element>,
+    sink: Sink,
+}
+
+impl Linker {
+    /// Adds what the sink needs up front (file: muxer and filesink; pipeline: the fragment).
+    pub fn new(
+        pipeline: &gst::Pipeline,
+        sink: &Sink,
+        segment: u32,
+        frames: Arc<AtomicU64>,
+    ) -> anyhow::Result<(Linker, Option<PathBuf>)> {
+        let mut recording = None;
+        let mux = match sink {
+            Sink::File(path) => {
+                let path = segment_path(path, segment);
+                let container = Container::of(&path).map_err(|e| anyhow!(e))?;
+                let mux = gst::ElementFactory::make(match container {
+                    Container::Matroska => "matroskamux",
+                    Container::Mp4 => "mp4mux",
+                })
+                .build()?;
+                let filesink = gst::ElementFactory::make("filesink")
+                    .property("location", path.to_string_lossy().as_ref())
+                    .build()?;
+                pipeline.add_many([&mux, &filesink])?;
+                mux.link(&filesink)?;
+                info!("recording to {}", path.display());
+                recording = Some(path);
+                Some(mux)
+            }
+            _ => None,
+        };
+        Ok((
+            Linker {
+                frames,
+                entries: Default::default(),
+                mux,
+                sink: sink.clone(),
+            },
+            recording,
+        ))
+    }
+
+    /// Called from webrtcsrc's pad-added.
+    pub fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> anyhow::Result<()> {
+        let video = pad.name().starts_with("video");
+        let (desc, counted) = match (&self.sink, video) {
+            // Raw caps downstream make webrtcsrc decode: with a sink that accepts anything it
+            // would hand out RTP, and we would count packets instead of frames.
+            (Sink::Null, true) => (
+                "videoconvert ! video/x-raw ! fakesink name=count sync=false".to_string(),
+                true,
+            ),
+            (Sink::Null, false) => (
+                "audioconvert ! audio/x-raw ! fakesink sync=false".to_string(),
+                false,
+            ),
+            (Sink::Display, true) => ("videoconvert ! autovideosink name=count".to_string(), true),
+            (Sink::Display, false) => (
+                "audioconvert ! audioresample ! autoaudiosink".to_string(),
+                false,
+            ),
+            (Sink::Pipeline(fragment), true) => {
+                (format!("videoconvert name=count ! {fragment}"), true)
+            }
+            (Sink::Pipeline(_), false) => (
+                "audioconvert ! audio/x-raw ! fakesink sync=false".to_string(),
+                false,
+            ),
+            (Sink::File(_), _) => return self.link_recording(pipeline, pad, video),
+        };
+        let bin = gst::parse::bin_from_description(&desc, true)
+            .with_context(|| format!("sink for {}", pad.name()))?;
+        if counted {
+            let counter = self.frames.clone();
+            let count_pad = bin
+                .by_name("count")
+                .and_then(|e| e.static_pad("sink"))
+                .context("no counting element")?;
+            count_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        }
+        pipeline.add(&bin)?;
+        bin.sync_state_with_parent()?;
+        let sinkpad = bin
+            .static_pad("sink")
+            .context("sink bin without sink pad")?;
+        pad.link(&sinkpad)
+            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
+        Ok(())
+    }
+
+    /// `pad ! capsfilter(encoded) ! parsebin ! [h26xparse] ! queue ! mux`: webrtcsrc stops
+    /// decoding at the encoded caps, so the file holds what the producer sent.
+    fn link_recording(
+        &self,
+        pipeline: &gst::Pipeline,
+        pad: &gst::Pad,
+        video: bool,
+    ) -> anyhow::Result<()> {
+        let mux = self.mux.clone().context("no muxer")?;
+        let caps = if video {
+            "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1"
+        } else {
+            "audio/x-opus"
+        };
+        let filter = gst::ElementFactory::make("capsfilter")
+            .property("caps", caps.parse::<gst::Caps>()?)
+            .build()?;
+        let parse = gst::ElementFactory::make("parsebin").build()?;
+        pipeline.add_many([&filter, &parse])?;
+        filter.link(&parse)?;
+        let counter = video.then(|| self.frames.clone());
+        let weak = pipeline.downgrade();
+        parse.connect_pad_added(move |_, parsed| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            if let Err(e) = link_to_mux(&pipeline, parsed, &mux, counter.clone()) {
+                warn!("cannot record {}: {e:#}", parsed.name());
+            }
+        });
+        filter.sync_state_with_parent()?;
+        parse.sync_state_with_parent()?;
+        let entry = filter.static_pad("sink").context("capsfilter sink")?;
+        pad.link(&entry)
+            .map_err(|e| anyhow!("cannot link {} to the recording: {e:?}", pad.name()))?;
+        self.entries.lock().unwrap().push(entry);
+        Ok(())
+    }
+}
+
+fn link_to_mux(
+    pipeline: &gst::Pipeline,
+    parsed: &gst::Pad,
+    mux: &gst::Element,
+    counter: Option<Arc<AtomicU64>>,
+) -> anyhow::Result<()> {
+    let caps = parsed
+        .current_caps()
+        .unwrap_or_else(|| parsed.query_caps(None));
+    let name = caps
+        .structure(0)
+        .map(|s| s.name().to_string())
+        .unwrap_or_default();
+    // Containers want H.264/H.265 as length-prefixed AUs; the parser converts.
+    let desc = match name.as_str() {
+        "video/x-h264" => "h264parse ! queue",
+        "video/x-h265" => "h265parse ! queue",
+        _ => "queue",
+    };
+    let chain = gst::parse::bin_from_description(desc, true)?;
+    pipeline.add(&chain)?;
+    let template = if name.starts_with("video/") {
+        "video_%u"
+    } else {
+        "audio_%u"
+    };
+    let mux_pad = mux
+        .request_pad_simple(template)
+        .with_context(|| format!("the muxer takes no {name}"))?;
+    chain
+        .static_pad("src")
+        .context("chain src")?
+        .link(&mux_pad)
+        .map_err(|e| anyhow!("the muxer refuses {name}: {e:?}"))?;
+    chain.sync_state_with_parent()?;
+    if let Some(counter) = counter {
+        mux_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    parsed
+        .link(&chain.static_pad("sink").context("chain sink")?)
+        .map_err(|e| anyhow!("cannot link {name}: {e:?}"))?;
+    info!("recording {name}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinks_parse() {
+        assert_eq!("null".parse::<Sink>(), Ok(Sink::Null));
+        assert_eq!(
+            "file:/tmp/a.mkv".parse::<Sink>(),
+            Ok(Sink::File("/tmp/a.mkv".into()))
+        );
+        assert!("file:/tmp/a.avi"
+            .parse::<Sink>()
+            .unwrap_err()
+            .contains("container"));
+        assert!("pipeline:".parse::<Sink>().is_err());
+        assert!("speaker".parse::<Sink>().is_err());
+    }
+
+    #[test]
+    fn later_recordings_get_numbered_names() {
+        let p = Path::new("/r/cam.mkv");
+        assert_eq!(segment_path(p, 0), PathBuf::from("/r/cam.mkv"));
+        assert_eq!(segment_path(p, 2), PathBuf::from("/r/cam-2.mkv"));
+    }
+}
