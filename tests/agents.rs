@@ -1,122 +1,665 @@
-//! producer-agent and consumer-agent end to end through a real node.
+//! producer-agent and consumer-agent end to end: real nodes, real Redis, real webrtcsink and
+//! webrtcsrc in the agent processes, the stock upstream server for the v1 fallback.
+//!
+//! Media tests take one core each for encoding and decoding; they run one at a time
+//! (`media::exclusive`) so that a loaded machine does not starve them.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use cluster_tests::{bin, Node, Proc};
+use anyhow::{Context, Result};
+use cluster_tests::agent::{decoded_frames, Agent};
+use cluster_tests::{bin, free_port, media, Node, Proc, Redis};
 use serde_json::Value;
 
-/// Runs a command to completion (killing it after `limit`); returns (exit code, stdout, stderr).
-fn run_to_end(mut cmd: Command, limit: Duration) -> Result<(Option<i32>, String, String)> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
+const LONG: Duration = Duration::from_secs(90);
+
+fn frames_of(v: &Value) -> u64 {
+    v["frames"].as_u64().unwrap_or(0)
+}
+
+/// Latest frame count a consumer printed in its stats lines.
+fn frames_now(c: &Agent) -> u64 {
+    c.json_lines("consumer-stats")
+        .last()
+        .map(frames_of)
+        .unwrap_or(0)
+}
+
+/// Longest time (ms) the consumer's frame counter stood still after `from_ms` (from its
+/// stats lines, `elapsed_ms` since the consumer started).
+fn longest_stall_ms(c: &Agent, from_ms: u64) -> u64 {
+    let lines = c.json_lines("consumer-stats");
+    let mut longest = 0;
+    let mut last_change: Option<(u64, u64)> = None; // (elapsed_ms, frames)
+    for l in lines {
+        let (t, f) = (l["elapsed_ms"].as_u64().unwrap_or(0), frames_of(&l));
+        match last_change {
+            Some((t0, f0)) if f == f0 => {
+                if t >= from_ms {
+                    longest = longest.max(t - t0.max(from_ms));
+                }
+            }
+            _ => last_change = Some((t, f)),
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output()?;
-            bail!(
-                "still running after {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    longest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn producer_agent_to_consumer_agent_counts_frames() -> Result<()> {
+async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Result<()> {
+    let _one = media::exclusive().await;
     let node = Node::start(&[]).await?;
-    let mut producer = Command::new(bin("producer-agent"));
-    producer.args([
+    let (pm, cm) = (free_port(), free_port());
+    let producer = Agent::producer(&[
         "--server",
         &node.url(),
         "--name",
-        "agents-e2e",
-        "--source",
-        "test",
-    ]);
-    producer.args(["--width", "320", "--height", "240", "--audio"]);
-    let _producer = Proc::spawn(producer, "producer-agent")?;
-
-    let mut consumer = Command::new(bin("consumer-agent"));
-    consumer.args([
+        "stats-e2e",
+        "--audio",
+        "--stats-interval",
+        "0.5",
+        "--metrics-addr",
+        &format!("127.0.0.1:{pm}"),
+    ])?;
+    let mut consumer = Agent::consumer(&[
         "--server",
         &node.url(),
         "--producer-name",
-        "agents-e2e",
+        "stats-e2e",
+        "--frames",
+        "90",
+        "--stats-interval",
+        "0.5",
+        "--metrics-addr",
+        &format!("127.0.0.1:{cm}"),
+    ])?;
+    consumer
+        .wait(LONG, "60 frames", |c| frames_now(c) >= 60)
+        .await?;
+
+    // Consumer: per-stream figures and Prometheus text while it runs.
+    let last = consumer
+        .json_lines("consumer-stats")
+        .pop()
+        .context("no stats")?;
+    assert!(last["fps"].as_f64().unwrap_or(0.0) > 0.0, "{last}");
+    let streams = last["streams"].as_array().context("streams")?;
+    assert_eq!(streams.len(), 2, "video and audio: {last}");
+    assert!(
+        streams
+            .iter()
+            .all(|s| s["packets_received"].as_u64() > Some(0)),
+        "{last}"
+    );
+    assert!(
+        streams
+            .iter()
+            .any(|s| s["bitrate_bps"].as_f64() > Some(0.0)),
+        "{last}"
+    );
+    let (_, metrics) = cluster_tests::http_get(cm, "/metrics").await?;
+    let frames_metric = metrics
+        .lines()
+        .find(|l| l.starts_with("consumer_frames_total{"))
+        .context("no consumer_frames_total")?;
+    let value: f64 = frames_metric.rsplit(' ').next().unwrap_or("0").parse()?;
+    assert!(value > 0.0, "{metrics}");
+
+    // Producer: one consumer, its bitrate, encoder and congestion-control target.
+    producer
+        .wait(LONG, "producer stats with a consumer", |p| {
+            p.json_lines("producer-stats")
+                .last()
+                .is_some_and(|s| s["consumers"][0]["bitrate_bps"].as_f64() > Some(0.0))
+        })
+        .await?;
+    let pstats = producer
+        .json_lines("producer-stats")
+        .pop()
+        .context("no stats")?;
+    let c0 = &pstats["consumers"][0];
+    assert!(c0["target_bitrate_bps"].as_u64() > Some(0), "{pstats}");
+    assert!(
+        !c0["encoders"].as_array().context("encoders")?.is_empty(),
+        "{pstats}"
+    );
+    assert!(c0["consumer_id"].is_string(), "{pstats}");
+    let (_, pmetrics) = cluster_tests::http_get(pm, "/metrics").await?;
+    assert!(
+        pmetrics.contains("producer_consumer_bitrate_bps{"),
+        "{pmetrics}"
+    );
+    assert!(
+        pmetrics.contains("producer_sessions_started_total{name=\"stats-e2e\"} 1"),
+        "{pmetrics}"
+    );
+
+    assert_eq!(
+        consumer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        consumer.stderr()
+    );
+    let report = consumer.report()?;
+    assert!(frames_of(&report) >= 90, "{report}");
+    assert!(report["first_frame_ms"].as_u64() > Some(0), "{report}");
+    let stderr = consumer.stderr();
+    for step in [
+        "looking for producer named 'stats-e2e'",
+        "registered as",
+        "session",
+        "first frame after",
+    ] {
+        assert!(stderr.contains(step), "no '{step}' in:\n{stderr}");
+    }
+
+    // SIGTERM: the producer ends its sessions, closes the connection and exits 0.
+    let mut producer = producer;
+    producer.signal(libc::SIGTERM);
+    assert_eq!(
+        producer.exit_within(Duration::from_secs(20)).await?,
+        Some(0),
+        "{}",
+        producer.stderr()
+    );
+    assert!(
+        producer.stderr().contains("consumer")
+            && producer.stderr().contains("registered 'stats-e2e'")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_on_one_node_consumer_on_another() -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let _producer = Agent::producer(&["--server", &a.url(), "--name", "across"])?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &b.url(),
+        "--producer-name",
+        "across",
         "--frames",
         "60",
-    ]);
-    let url = node.url();
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_to_end(consumer, Duration::from_secs(120)))
-            .await??;
-    assert_eq!(code, Some(0), "consumer-agent failed:\n{stderr}");
-    let last = stdout.lines().last().context("no stdout")?;
-    let report: Value = serde_json::from_str(last).with_context(|| format!("not JSON: {last}"))?;
-    assert!(report["frames"].as_u64().unwrap() >= 60, "{report}");
-    let first = report["first_frame_ms"]
-        .as_u64()
-        .context("no first_frame_ms")?;
-    assert!(
-        first > 0 && first <= report["elapsed_ms"].as_u64().unwrap(),
-        "{report}"
+    ])?;
+    assert_eq!(
+        consumer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        consumer.stderr()
     );
-    assert!(stderr.contains("first frame after"), "{stderr}");
-    eprintln!("through {url}: {report}");
+    assert!(frames_of(&consumer.report()?) >= 60);
+    assert!(
+        consumer.stderr().contains("node node-b"),
+        "{}",
+        consumer.stderr()
+    );
     Ok(())
 }
 
-#[tokio::test]
-async fn consumer_agent_gives_up_on_a_producer_that_never_appears() -> Result<()> {
+/// Kills (SIGKILL) the node the producer is connected to while a consumer on the other node
+/// receives. Returns the consumer (stopped, with its report) and the producer.
+async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent, Duration)> {
+    let redis = Redis::start().await?;
+    let opts = ["--node-ttl", "1", "--resume-grace", "20"];
+    let a = Node::join(&redis, "node-a", &opts).await?;
+    let b = Node::join(&redis, "node-b", &opts).await?;
+    let servers = format!("{},{}", a.url(), b.url());
+    let producer = Agent::producer(&[
+        "--server",
+        &servers,
+        "--name",
+        "survivor",
+        "--protocol",
+        protocol,
+    ])?;
+    producer.wait_stderr("on ws://127.0.0.1", LONG).await?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &b.url(),
+        "--producer-name",
+        "survivor",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    consumer
+        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
+        .await?;
+    let before = frames_now(&consumer);
+    let killed_at_ms = consumer
+        .json_lines("consumer-stats")
+        .last()
+        .map(|l| l["elapsed_ms"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    let killed = Instant::now();
+    a.proc.signal(libc::SIGKILL);
+    // The producer gets back through its list; frames keep (or start again) rising.
+    producer
+        .wait_stderr(
+            if protocol == "auto" {
+                "resumed as"
+            } else {
+                "registered 'survivor'"
+            },
+            LONG,
+        )
+        .await?;
+    consumer
+        .wait(LONG, "60 more frames", |c| frames_now(c) >= before + 60)
+        .await?;
+    let stall = Duration::from_millis(longest_stall_ms(&consumer, killed_at_ms));
+    eprintln!(
+        "protocol {protocol}: producer back {:?} after the kill; consumer frames stalled at most {stall:?}",
+        killed.elapsed()
+    );
+    consumer.signal(libc::SIGINT);
+    assert_eq!(
+        consumer.exit_within(Duration::from_secs(30)).await?,
+        Some(0),
+        "{}",
+        consumer.stderr()
+    );
+    drop(b);
+    Ok((consumer, producer, stall))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_producers_node_keeps_the_session_when_the_producer_resumes() -> Result<()> {
+    let _one = media::exclusive().await;
+    let (consumer, producer, stall) = kill_the_producers_node("auto").await?;
+    let report = consumer.report()?;
+    // Same session all along: the producer resumed its identity on node B.
+    assert_eq!(
+        report["session_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert!(
+        producer.stderr().contains("lost ws://"),
+        "{}",
+        producer.stderr()
+    );
+    // Media is peer to peer: replacing the signalling connection must not stop it.
+    assert!(stall < Duration::from_secs(3), "frames stalled {stall:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_resume_the_consumer_finds_the_reregistered_producer() -> Result<()> {
+    let _one = media::exclusive().await;
+    let (consumer, producer, _) = kill_the_producers_node("v1").await?;
+    let report = consumer.report()?;
+    // A new producer identity, so a second session, found again by name.
+    assert_eq!(
+        report["session_ids"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert!(
+        consumer.stderr().contains("looking for it again"),
+        "{}",
+        consumer.stderr()
+    );
+    assert!(
+        producer.stderr().contains("protocol v1"),
+        "{}",
+        producer.stderr()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_moves_the_producer_without_a_new_session() -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let servers = format!("{},{}", a.url(), b.url());
+    let producer = Agent::producer(&["--server", &servers, "--name", "mover"])?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &b.url(),
+        "--producer-name",
+        "mover",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    consumer
+        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
+        .await?;
+    let before = frames_now(&consumer);
+    a.proc.signal(libc::SIGTERM); // drain: goAway to v2 peers
+    producer.wait_stderr("resumed as", LONG).await?;
+    consumer
+        .wait(LONG, "60 more frames", |c| frames_now(c) >= before + 60)
+        .await?;
+    consumer.signal(libc::SIGINT);
+    assert_eq!(
+        consumer.exit_within(Duration::from_secs(30)).await?,
+        Some(0)
+    );
+    let report = consumer.report()?;
+    assert_eq!(
+        report["session_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert!(
+        producer.stderr().contains("goAway"),
+        "{}",
+        producer.stderr()
+    );
+    Ok(())
+}
+
+/// The stock gst-webrtc-signalling-server, on `port`.
+fn upstream_server(port: u16) -> Result<Proc> {
+    let mut cmd = std::process::Command::new(bin("upstream-signalling-server"));
+    cmd.arg(port.to_string())
+        .stderr(std::process::Stdio::null());
+    Proc::spawn(cmd, "upstream-signalling-server")
+}
+
+async fn until_accepting(port: u16) -> Result<()> {
+    cluster_tests::eventually(Duration::from_secs(10), "server accepting", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_work_with_the_stock_server_and_survive_its_restart() -> Result<()> {
+    let _one = media::exclusive().await;
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let server = upstream_server(port)?;
+    until_accepting(port).await?;
+    let producer = Agent::producer(&["--server", &url, "--name", "stock"])?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &url,
+        "--producer-name",
+        "stock",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    consumer
+        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
+        .await?;
+    assert!(
+        producer.stderr().contains("protocol v1"),
+        "{}",
+        producer.stderr()
+    );
+
+    // The stock server has no resume: both re-register and find each other again.
+    drop(server);
+    let before = frames_now(&consumer);
+    let _server = upstream_server(port)?;
+    consumer
+        .wait(LONG, "frames after the restart", |c| {
+            frames_now(c) >= before + 60
+        })
+        .await?;
+    consumer.signal(libc::SIGINT);
+    assert_eq!(
+        consumer.exit_within(Duration::from_secs(30)).await?,
+        Some(0),
+        "{}",
+        consumer.stderr()
+    );
+    let report = consumer.report()?;
+    assert_eq!(
+        report["session_ids"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_plays_back() -> Result<()> {
+    let _one = media::exclusive().await;
     let node = Node::start(&[]).await?;
-    let mut consumer = Command::new(bin("consumer-agent"));
-    consumer.args([
+    let dir = std::env::temp_dir().join(format!("gwc-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _producer = Agent::producer(&["--server", &node.url(), "--name", "recorded"])?;
+
+    // .mkv keeps the producer's codec, stopped by --frames.
+    let mkv = dir.join("a.mkv");
+    let mut c = Agent::consumer(&[
         "--server",
         &node.url(),
         "--producer-name",
-        "nobody",
+        "recorded",
+        "--sink",
+        &format!("file:{}", mkv.display()),
         "--frames",
-        "1",
-        "--timeout",
-        "2",
-    ]);
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_to_end(consumer, Duration::from_secs(30)))
-            .await??;
-    assert_eq!(code, Some(3), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stderr.contains("no producer named 'nobody'"), "{stderr}");
+        "90",
+    ])?;
+    assert_eq!(c.exit_within(LONG).await?, Some(0), "{}", c.stderr());
+    let decoded = tokio::task::spawn_blocking({
+        let mkv = mkv.clone();
+        move || decoded_frames(&mkv)
+    })
+    .await??;
+    assert!(
+        decoded >= 80,
+        "{decoded} frames decoded from {}",
+        mkv.display()
+    );
+
+    // .mp4 (H.264, negotiated so nothing is re-encoded) stopped by SIGINT: finalized, plays.
+    let mp4 = dir.join("b.mp4");
+    let mut c = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--producer-name",
+        "recorded",
+        "--sink",
+        &format!("file:{}", mp4.display()),
+        "--stats-interval",
+        "0.2",
+    ])?;
+    c.wait(LONG, "60 frames", |c| frames_now(c) >= 60).await?;
+    c.signal(libc::SIGINT);
+    assert_eq!(
+        c.exit_within(Duration::from_secs(30)).await?,
+        Some(0),
+        "{}",
+        c.stderr()
+    );
+    assert!(
+        c.stderr().contains("recording video/x-h264"),
+        "{}",
+        c.stderr()
+    );
+    let decoded = tokio::task::spawn_blocking({
+        let mp4 = mp4.clone();
+        move || decoded_frames(&mp4)
+    })
+    .await??;
+    assert!(
+        decoded >= 50,
+        "{decoded} frames decoded from {}",
+        mp4.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-#[tokio::test]
-async fn consumer_agent_reports_an_unreachable_server() -> Result<()> {
-    let port = cluster_tests::free_port();
-    let mut consumer = Command::new(bin("consumer-agent"));
-    consumer.args([
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_consumers_refuses_the_extra_consumer_not_the_first() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let producer = Agent::producer(&[
         "--server",
-        &format!("ws://127.0.0.1:{port}"),
+        &node.url(),
+        "--name",
+        "limited",
+        "--max-consumers",
+        "1",
+    ])?;
+    let first = Agent::consumer(&[
+        "--server",
+        &node.url(),
         "--producer-name",
-        "x",
-    ]);
-    let (code, _, stderr) =
-        tokio::task::spawn_blocking(move || run_to_end(consumer, Duration::from_secs(30)))
-            .await??;
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("cannot connect to"), "{stderr}");
+        "limited",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    first
+        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
+        .await?;
+    let mut second = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--producer-name",
+        "limited",
+        "--frames",
+        "10",
+        "--timeout",
+        "10",
+    ])?;
+    assert_eq!(
+        second.exit_within(LONG).await?,
+        Some(1),
+        "{}",
+        second.stderr()
+    );
+    assert!(
+        second.stderr().contains("before any media"),
+        "{}",
+        second.stderr()
+    );
+    assert!(
+        producer.stderr().contains("refused consumer"),
+        "{}",
+        producer.stderr()
+    );
+    let now = frames_now(&first);
+    first
+        .wait(LONG, "the first consumer still receiving", |c| {
+            frames_now(c) >= now + 30
+        })
+        .await?;
+    Ok(())
+}
+
+/// Runs an agent that must exit quickly; returns its code and stderr.
+async fn quick(name: &str, args: &[&str]) -> Result<(Option<i32>, String)> {
+    let mut a = Agent::spawn(name, args)?;
+    let code = a.exit_within(Duration::from_secs(40)).await?;
+    Ok((code, a.stderr()))
+}
+
+#[tokio::test]
+async fn bad_arguments_unreachable_servers_and_missing_producers_give_documented_exit_codes(
+) -> Result<()> {
+    let node = Node::start(&[]).await?;
+    let url = node.url();
+    let dead = format!("ws://127.0.0.1:{}", free_port());
+    let cases: Vec<(&str, Vec<&str>, i32, &str)> = vec![
+        (
+            "producer-agent",
+            vec![
+                "--server",
+                &url,
+                "--name",
+                "x",
+                "--source",
+                "pipeline:nosuchelement ! videoconvert",
+            ],
+            2,
+            "cannot parse the pipeline fragment",
+        ),
+        (
+            "producer-agent",
+            vec![
+                "--server",
+                &url,
+                "--name",
+                "x",
+                "--source",
+                "uri:file:///nonexistent/clip.mp4",
+            ],
+            2,
+            "cannot open",
+        ),
+        (
+            "producer-agent",
+            vec!["--server", &url, "--name", "x", "--source", "camera"],
+            2,
+            "unknown source",
+        ),
+        (
+            "producer-agent",
+            vec!["--server", "http://127.0.0.1:1", "--name", "x"],
+            2,
+            "scheme must be ws or wss",
+        ),
+        (
+            "producer-agent",
+            vec!["--server", &dead, "--name", "x", "--retry-for", "1"],
+            1,
+            "cannot connect to",
+        ),
+        (
+            "consumer-agent",
+            vec!["--server", &url],
+            2,
+            "--producer-name, --producer-id or --first",
+        ),
+        (
+            "consumer-agent",
+            vec!["--server", &url, "--first", "--sink", "file:/tmp/x.avi"],
+            2,
+            "container",
+        ),
+        (
+            "consumer-agent",
+            vec!["--server", &dead, "--first", "--retry-for", "1"],
+            1,
+            "cannot connect to",
+        ),
+        (
+            "consumer-agent",
+            vec![
+                "--server",
+                &url,
+                "--producer-name",
+                "nobody",
+                "--timeout",
+                "2",
+            ],
+            3,
+            "no producer named 'nobody' appeared",
+        ),
+        (
+            "consumer-agent",
+            vec![
+                "--server",
+                &url,
+                "--producer-id",
+                "no-such-id",
+                "--timeout",
+                "5",
+            ],
+            3,
+            "no producer no-such-id",
+        ),
+    ];
+    for (name, args, code, message) in cases {
+        let (got, stderr) = quick(name, &args).await?;
+        assert_eq!(got, Some(code), "{name} {args:?}:\n{stderr}");
+        assert!(
+            stderr.contains(message),
+            "{name} {args:?}: no '{message}' in:\n{stderr}"
+        );
+    }
     Ok(())
 }

@@ -131,6 +131,8 @@ enum Outcome {
     Stopped,
     /// The producer (or our identity) went away: look again.
     SessionGone,
+    /// The session ended before any frame: the producer refused us (e.g. --max-consumers).
+    Refused,
     Failed(anyhow::Error),
 }
 
@@ -155,11 +157,25 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
     };
     start_reporting(args, &run)?;
     let mut segment = 0;
+    let mut refusals = 0;
     loop {
         match attempt(args, &target, &mut run, segment)? {
             Outcome::Done | Outcome::Stopped => break,
             Outcome::Failed(e) => return Err(e),
+            Outcome::Refused => {
+                refusals += 1;
+                if refusals >= 3 {
+                    return Err(anyhow!(
+                        "the producer ended the session before any media {refusals} times in a row (it may already serve its --max-consumers)"
+                    ));
+                }
+                warn!("the producer ended the session before any media; trying again");
+                std::thread::sleep(Duration::from_secs(1));
+                segment += 1;
+                continue;
+            }
             Outcome::SessionGone => {
+                refusals = 0;
                 if matches!(target, Target::Id(_)) {
                     return Err(anyhow!("the producer ended the session"));
                 }
@@ -321,7 +337,12 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
                     } => {
                         info!(session = %session_id, "session {session_id} ended{}", if by_peer { " by the producer or the server" } else { "" });
                         *shared.session_id.lock().unwrap() = None;
-                        finish(Outcome::SessionGone);
+                        let no_media = frames.load(Ordering::Relaxed) == frames_at_session;
+                        finish(if no_media {
+                            Outcome::Refused
+                        } else {
+                            Outcome::SessionGone
+                        });
                         return glib::ControlFlow::Break;
                     }
                     AgentEvent::ServerError { details, code } => {

@@ -268,12 +268,19 @@ fn link_to_mux(
         .link(&mux_pad)
         .map_err(|e| anyhow!("the muxer refuses {name}: {e:?}"))?;
     chain.sync_state_with_parent()?;
-    if let Some(counter) = counter {
-        mux_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+    mux_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        // The first parsed H.264 units after joining a stream may carry no timestamp, which
+        // mp4mux rejects as an error; they are not decodable on their own anyway.
+        if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
+            if buffer.pts().is_none() {
+                return gst::PadProbeReturn::Drop;
+            }
+        }
+        if let Some(counter) = &counter {
             counter.fetch_add(1, Ordering::Relaxed);
-            gst::PadProbeReturn::Ok
-        });
-    }
+        }
+        gst::PadProbeReturn::Ok
+    });
     parsed
         .link(&chain.static_pad("sink").context("chain sink")?)
         .map_err(|e| anyhow!("cannot link {name}: {e:?}"))?;
