@@ -78,6 +78,50 @@ pub enum NodeMessage {
     /// A marker a node sends to itself: when it comes back, everything published before it
     /// has been received (read-your-writes for `list`).
     Barrier(BarrierBody),
+    /// A suspended peer of a dead node resumed on the sending node: point the sessions with it
+    /// there, answer with [`NodeMessage::AdoptAck`], then send what was held for it.
+    SessionAdopt(SessionAdoptBody),
+    /// The answer to a [`NodeMessage::SessionAdopt`]: the receiver's sessions with the peer
+    /// (including those that ended meanwhile; their `sessionEnd` follows).
+    AdoptAck(AdoptAckBody),
+    /// A suspended peer was not resumed in time: it leaves (sessions end, listeners told).
+    SuspendExpired(SuspendExpiredBody),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAdoptBody {
+    pub peer_id: PeerId,
+    /// The node the peer is on now.
+    pub node: String,
+    /// The dead node it was on.
+    pub old_node: String,
+}
+
+/// A session between two peers, without nodes: the receiver of an [`AdoptAckBody`] knows
+/// them (the adopted peer is its own, the other is the sender's).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptedSession {
+    pub session_id: SessionId,
+    pub producer: PeerId,
+    pub consumer: PeerId,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptAckBody {
+    pub peer_id: PeerId,
+    #[serde(default)]
+    pub sessions: Vec<AdoptedSession>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SuspendExpiredBody {
+    pub peer_id: PeerId,
+    /// The dead node it was on.
+    pub node: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -142,6 +186,17 @@ pub struct BarrierBody {
 #[serde(rename_all = "camelCase")]
 pub struct NodeDownBody {
     pub node: String,
+    /// v2 peers of the dead node kept for resume (suspended) instead of removed. Older nodes
+    /// ignore the field and remove them at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspended: Vec<PeerId>,
+    /// How long the suspended peers wait for a resume.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub grace_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -230,6 +285,9 @@ impl NodeMessage {
             NodeMessage::SessionMoved(_) => "sessionMoved",
             NodeMessage::MoveAck(_) => "moveAck",
             NodeMessage::MoveFence(_) => "moveFence",
+            NodeMessage::SessionAdopt(_) => "sessionAdopt",
+            NodeMessage::AdoptAck(_) => "adoptAck",
+            NodeMessage::SuspendExpired(_) => "suspendExpired",
         }
     }
 
@@ -249,6 +307,9 @@ impl NodeMessage {
             NodeMessage::SessionMoved(b) => serde_json::value::to_raw_value(b),
             NodeMessage::MoveAck(b) => serde_json::value::to_raw_value(b),
             NodeMessage::MoveFence(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::SessionAdopt(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::AdoptAck(b) => serde_json::value::to_raw_value(b),
+            NodeMessage::SuspendExpired(b) => serde_json::value::to_raw_value(b),
         }
         .expect("plain data serializes");
         serde_json::to_string(&Envelope {
@@ -290,6 +351,9 @@ impl Envelope {
             "sessionMoved" => NodeMessage::SessionMoved(serde_json::from_str(b)?),
             "moveAck" => NodeMessage::MoveAck(serde_json::from_str(b)?),
             "moveFence" => NodeMessage::MoveFence(serde_json::from_str(b)?),
+            "sessionAdopt" => NodeMessage::SessionAdopt(serde_json::from_str(b)?),
+            "adoptAck" => NodeMessage::AdoptAck(serde_json::from_str(b)?),
+            "suspendExpired" => NodeMessage::SuspendExpired(serde_json::from_str(b)?),
             _ => return Ok(None),
         }))
     }
@@ -341,6 +405,30 @@ mod tests {
             }),
             NodeMessage::NodeDown(NodeDownBody {
                 node: "node-b".into(),
+                suspended: vec![],
+                grace_ms: 0,
+            }),
+            NodeMessage::NodeDown(NodeDownBody {
+                node: "node-b".into(),
+                suspended: vec!["p".into()],
+                grace_ms: 30_000,
+            }),
+            NodeMessage::SessionAdopt(SessionAdoptBody {
+                peer_id: "p".into(),
+                node: "b".into(),
+                old_node: "a".into(),
+            }),
+            NodeMessage::AdoptAck(AdoptAckBody {
+                peer_id: "p".into(),
+                sessions: vec![AdoptedSession {
+                    session_id: "s".into(),
+                    producer: "p".into(),
+                    consumer: "c".into(),
+                }],
+            }),
+            NodeMessage::SuspendExpired(SuspendExpiredBody {
+                peer_id: "p".into(),
+                node: "a".into(),
             }),
             NodeMessage::Barrier(BarrierBody { id: 9 }),
             NodeMessage::ResumeClaim(ResumeClaimBody {
@@ -392,6 +480,19 @@ mod tests {
             Envelope::parse(text).unwrap().open().unwrap(),
             Some(NodeMessage::Heartbeat(HeartbeatBody { peers: 1, .. }))
         ));
+    }
+
+    #[test]
+    fn node_down_without_suspension_keeps_its_old_wire_format() {
+        let plain = NodeMessage::NodeDown(NodeDownBody {
+            node: "n".into(),
+            suspended: vec![],
+            grace_ms: 0,
+        });
+        assert!(plain.seal("a", 1, 1).contains(r#""body":{"node":"n"}"#));
+        // and an older node's nodeDown reads as one without suspension
+        let text = r#"{"v":1,"from":"n2","seq":1,"kind":"nodeDown","body":{"node":"n"}}"#;
+        assert_eq!(Envelope::parse(text).unwrap().open().unwrap(), Some(plain));
     }
 
     #[test]

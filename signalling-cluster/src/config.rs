@@ -84,7 +84,9 @@ pub struct Config {
 
     /// Seconds a v2 peer whose connection dropped (without a close) is kept, with its
     /// sessions and a bounded queue of what is sent to it, for a reconnection with its resume
-    /// token (`?resume=TOKEN`). 0: no resume, every disconnect is final (v1 behaviour).
+    /// token (`?resume=TOKEN`). In a cluster, also how long the v2 peers of a dead node stay
+    /// suspended for a resume on another node. 0: no resume, every disconnect is final (v1
+    /// behaviour).
     #[arg(
         long = "resume-grace",
         env = "SIGNALLING_RESUME_GRACE",

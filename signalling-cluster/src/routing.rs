@@ -13,8 +13,8 @@
 use std::collections::{HashMap, HashSet};
 
 use proto::envelope::{
-    NodeMessage, PeerStatusBody, RelayBody, SessionEndBody, SessionMovedBody, SessionRecord,
-    SessionStartBody,
+    AdoptAckBody, AdoptedSession, NodeMessage, PeerStatusBody, RelayBody, SessionEndBody,
+    SessionMovedBody, SessionRecord, SessionStartBody,
 };
 use proto::{
     ClientMessage, ErrorCode, PeerId, PeerInfo, PeerMessage, PeerStatus, ProtocolVersion,
@@ -47,7 +47,25 @@ struct Peer {
     version: ProtocolVersion,
     producer_sessions: HashSet<SessionId>,
     consumer_sessions: HashSet<SessionId>,
+    /// A peer of a dead node waiting to be resumed elsewhere (replica entries only).
+    suspended: Option<Suspension>,
 }
+
+/// What this node keeps for a suspended peer until a node adopts it or it expires.
+#[derive(Debug, Default)]
+struct Suspension {
+    /// The node that was declared dead.
+    node: NodeId,
+    /// What local peers addressed to it meanwhile, in order (bounded by the hold limit, except
+    /// `sessionEnd`s, at most one per session).
+    held: Vec<NodeMessage>,
+    /// Sessions with it that ended meanwhile: the adopter must know them to deliver the held
+    /// `sessionEnd`s.
+    ended: Vec<AdoptedSession>,
+}
+
+/// Messages held for one suspended peer when the router is given no limit.
+const DEFAULT_HOLD_LIMIT: usize = 1024;
 
 impl Peer {
     fn new(node: Option<NodeId>, version: ProtocolVersion, status: PeerStatus) -> Self {
@@ -57,6 +75,7 @@ impl Peer {
             version,
             producer_sessions: HashSet::new(),
             consumer_sessions: HashSet::new(),
+            suspended: None,
         }
     }
 }
@@ -102,11 +121,21 @@ pub struct Router {
     /// Sessions of a peer that moved here, whose deliveries wait until the old node confirms
     /// it forwarded everything sent before the move (so nothing overtakes anything).
     fences: HashMap<SessionId, Vec<(PeerId, ServerMessage)>>,
+    /// Most messages held for one suspended peer (0: [`DEFAULT_HOLD_LIMIT`]).
+    hold_limit: usize,
 }
 
 impl Router {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A router that holds at most `limit` messages for a suspended peer.
+    pub fn with_hold_limit(limit: usize) -> Self {
+        Router {
+            hold_limit: limit.max(1),
+            ..Self::default()
+        }
     }
 
     /// Peers connected to this node.
@@ -215,7 +244,14 @@ impl Router {
                     deliver(out, &body.to, ServerMessage::error(body.code, body.details));
                 }
             }
-            NodeMessage::NodeDown(body) => self.node_down(&body.node, out),
+            NodeMessage::NodeDown(body) => self.node_down(&body.node, &body.suspended, out),
+            NodeMessage::SessionAdopt(body) => {
+                self.adopted(&body.peer_id, &body.node, &body.old_node, out)
+            }
+            NodeMessage::AdoptAck(body) => self.import_adopted(from_node, body),
+            NodeMessage::SuspendExpired(body) => {
+                self.expire(&body.peer_id, out);
+            }
             NodeMessage::SessionMoved(body) => {
                 // A member moved to body.node: switch, then confirm through its old node
                 // (after everything we sent there).
@@ -246,13 +282,26 @@ impl Router {
         }
     }
 
-    /// Another node is gone: its peers leave, the sessions with them end.
-    pub fn node_down(&mut self, node: &str, out: &mut Outbox) {
+    /// Another node is gone: its peers leave, the sessions with them end; except the peers in
+    /// `suspend`, which stay (listed, sessions open, messages to them held) until a node adopts
+    /// them ([`Router::adopted`]) or they expire ([`Router::expire`]).
+    pub fn node_down(&mut self, node: &str, suspend: &[PeerId], out: &mut Outbox) {
+        for peer_id in suspend {
+            if let Some(p) = self.peers.get_mut(peer_id) {
+                if p.node.as_deref() == Some(node) && p.suspended.is_none() {
+                    info!(peer_id, node, "peer of a dead node suspended for resume");
+                    p.suspended = Some(Suspension {
+                        node: node.to_string(),
+                        ..Suspension::default()
+                    });
+                }
+            }
+        }
         self.end_sessions_with(node, false, out);
         let gone: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.node.as_deref() == Some(node))
+            .filter(|(_, p)| p.node.as_deref() == Some(node) && p.suspended.is_none())
             .map(|(id, _)| id.clone())
             .collect();
         info!(node, peers = gone.len(), "node down");
@@ -268,14 +317,15 @@ impl Router {
         }
     }
 
-    /// Ends every session with a member on `node`: local members get `endSession`, and if
-    /// `tell_node`, the node too (best effort: it may be unreachable).
+    /// Ends every session with a member on `node` (suspended members excepted): local members
+    /// get `endSession`, and if `tell_node`, the node too (best effort: it may be unreachable).
     pub fn end_sessions_with(&mut self, node: &str, tell_node: bool, out: &mut Outbox) {
         let ended: Vec<SessionId> = self
             .sessions
             .iter()
             .filter(|(_, s)| {
-                s.producer_node.as_deref() == Some(node) || s.consumer_node.as_deref() == Some(node)
+                (s.producer_node.as_deref() == Some(node) && !self.is_suspended(&s.producer))
+                    || (s.consumer_node.as_deref() == Some(node) && !self.is_suspended(&s.consumer))
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -313,13 +363,14 @@ impl Router {
         }
         self.close_session(&by, session_id, out);
         if let (true, Some((node, to))) = (tell_node, remote) {
-            out.push(Effect::ToNode(
+            self.send_node(
                 node,
                 NodeMessage::SessionEnd(SessionEndBody {
                     session_id: session_id.to_string(),
                     to,
                 }),
-            ));
+                out,
+            );
         }
     }
 
@@ -338,14 +389,288 @@ impl Router {
         }
     }
 
-    /// Nodes that have peers in the replica or members in sessions here.
+    /// Nodes that have peers in the replica or members in sessions here (suspended peers,
+    /// whose node is dead, do not count: they expire on their own).
     pub fn remote_nodes(&self) -> HashSet<NodeId> {
-        let mut nodes: HashSet<NodeId> =
-            self.peers.values().filter_map(|p| p.node.clone()).collect();
+        let mut nodes: HashSet<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| p.suspended.is_none())
+            .filter_map(|p| p.node.clone())
+            .collect();
         for s in self.sessions.values() {
-            nodes.extend(s.producer_node.iter().chain(&s.consumer_node).cloned());
+            for (member, node) in [
+                (&s.producer, &s.producer_node),
+                (&s.consumer, &s.consumer_node),
+            ] {
+                if !self.is_suspended(member) {
+                    nodes.extend(node.iter().cloned());
+                }
+            }
         }
         nodes
+    }
+
+    /// Whether `peer_id` is a suspended peer of a dead node.
+    pub fn is_suspended(&self, peer_id: &str) -> bool {
+        self.peers
+            .get(peer_id)
+            .is_some_and(|p| p.suspended.is_some())
+    }
+
+    /// The status of a peer connected here.
+    pub fn local_status(&self, peer_id: &str) -> Option<PeerStatus> {
+        self.peers
+            .get(peer_id)
+            .filter(|p| p.node.is_none())
+            .map(|p| p.status.clone())
+    }
+
+    /// Sends `msg` to `node`, or holds it if it is for a suspended peer. Returns false if the
+    /// hold is full (then nothing is sent: the caller ends the session). `sessionEnd` is always
+    /// held: at most one per session.
+    fn send_node(&mut self, node: NodeId, msg: NodeMessage, out: &mut Outbox) -> bool {
+        let limit = match self.hold_limit {
+            0 => DEFAULT_HOLD_LIMIT,
+            n => n,
+        };
+        let target = match &msg {
+            NodeMessage::Relay(b) => Some(b.to.as_str()),
+            NodeMessage::SessionEnd(b) => Some(b.to.as_str()),
+            NodeMessage::SessionStart(b) if self.is_suspended(&b.producer) => {
+                Some(b.producer.as_str())
+            }
+            NodeMessage::SessionStart(b) => Some(b.consumer.as_str()),
+            _ => None,
+        };
+        let hold = target
+            .and_then(|t| self.peers.get_mut(t))
+            .and_then(|p| p.suspended.as_mut());
+        match hold {
+            Some(s) if s.held.len() >= limit && !matches!(msg, NodeMessage::SessionEnd(_)) => false,
+            Some(s) => {
+                debug!(
+                    kind = msg.kind(),
+                    held = s.held.len(),
+                    "holding for a suspended peer"
+                );
+                s.held.push(msg);
+                true
+            }
+            None => {
+                out.push(Effect::ToNode(node, msg));
+                true
+            }
+        }
+    }
+
+    /// Whether the hold of suspended peer `peer_id` is full.
+    fn hold_full(&self, peer_id: &str) -> bool {
+        let limit = match self.hold_limit {
+            0 => DEFAULT_HOLD_LIMIT,
+            n => n,
+        };
+        self.peers
+            .get(peer_id)
+            .and_then(|p| p.suspended.as_ref())
+            .is_some_and(|s| s.held.len() >= limit)
+    }
+
+    /// A suspended peer resumed here (its node died): it becomes local, its sessions with
+    /// local peers too, and what local peers sent it meanwhile is delivered, in order. Its
+    /// sessions with peers of other nodes come with their [`NodeMessage::AdoptAck`]s.
+    pub fn adopt(
+        &mut self,
+        peer_id: &str,
+        version: ProtocolVersion,
+        status: PeerStatus,
+        out: &mut Outbox,
+    ) {
+        let suspension = self
+            .peers
+            .remove(peer_id)
+            .and_then(|p| p.suspended)
+            .unwrap_or_default();
+        let mut peer = Peer::new(None, version, status.clone());
+        if status.listening() {
+            self.listeners.insert(peer_id.to_string());
+        }
+        self.moved_out.remove(peer_id);
+        for (session_id, s) in self.sessions.iter_mut() {
+            if s.producer == peer_id {
+                s.producer_node = None;
+                peer.producer_sessions.insert(session_id.clone());
+            } else if s.consumer == peer_id {
+                s.consumer_node = None;
+                peer.consumer_sessions.insert(session_id.clone());
+            }
+        }
+        self.peers.insert(peer_id.to_string(), peer);
+        info!(
+            peer_id,
+            held = suspension.held.len(),
+            "adopted a suspended peer"
+        );
+        for msg in suspension.held {
+            self.deliver_held(peer_id, msg, out);
+        }
+        out.push(Effect::Announce(PeerStatusBody {
+            peer_id: peer_id.to_string(),
+            status,
+            left: false,
+            joined: false,
+            moved: true,
+        }));
+    }
+
+    /// Delivers to adopted local peer `peer_id` a message held for it as for its old node.
+    fn deliver_held(&mut self, peer_id: &str, msg: NodeMessage, out: &mut Outbox) {
+        match msg {
+            NodeMessage::Relay(body) => {
+                let payload = match body.key.as_str() {
+                    "sdp" => RelayPayload::sdp(body.payload),
+                    _ => RelayPayload::ice(body.payload),
+                };
+                match payload {
+                    Ok(payload) => deliver(
+                        out,
+                        peer_id,
+                        ServerMessage::Peer(PeerMessage {
+                            session_id: body.session_id,
+                            payload,
+                        }),
+                    ),
+                    Err(e) => warn!(peer_id, "invalid held payload: {e}"),
+                }
+            }
+            NodeMessage::SessionStart(body) if body.producer == peer_id => deliver(
+                out,
+                peer_id,
+                ServerMessage::StartSession {
+                    peer_id: body.consumer,
+                    session_id: body.session_id,
+                    offer: body.offer,
+                },
+            ),
+            NodeMessage::SessionStart(body) => deliver(
+                out,
+                peer_id,
+                ServerMessage::SessionStarted {
+                    peer_id: body.producer,
+                    session_id: body.session_id,
+                },
+            ),
+            NodeMessage::SessionEnd(body) => deliver(
+                out,
+                peer_id,
+                ServerMessage::EndSession {
+                    session_id: body.session_id,
+                },
+            ),
+            other => debug!(kind = other.kind(), "nothing to deliver of a held message"),
+        }
+    }
+
+    /// Suspended peer `peer_id` (of dead node `old_node`) resumed on `node`: point our sessions
+    /// with it there, list them to `node` (with those that ended meanwhile), then send it
+    /// what we held, in order. Always answers, so the adopter need not wait for us.
+    pub fn adopted(&mut self, peer_id: &str, node: &str, old_node: &str, out: &mut Outbox) {
+        let suspension = match self.peers.get_mut(peer_id) {
+            Some(p) if p.node.is_some() => {
+                p.node = Some(node.to_string());
+                p.suspended.take().unwrap_or_default()
+            }
+            _ => Suspension::default(),
+        };
+        let mut sessions = Vec::new();
+        for (session_id, s) in self.sessions.iter_mut() {
+            let member = if s.producer == peer_id {
+                &mut s.producer_node
+            } else if s.consumer == peer_id {
+                &mut s.consumer_node
+            } else {
+                continue;
+            };
+            if member.as_deref() != Some(old_node) {
+                continue;
+            }
+            *member = Some(node.to_string());
+            sessions.push(AdoptedSession {
+                session_id: session_id.clone(),
+                producer: s.producer.clone(),
+                consumer: s.consumer.clone(),
+            });
+        }
+        info!(
+            peer_id,
+            node,
+            sessions = sessions.len(),
+            held = suspension.held.len(),
+            "suspended peer adopted elsewhere"
+        );
+        sessions.extend(suspension.ended);
+        out.push(Effect::ToNode(
+            node.to_string(),
+            NodeMessage::AdoptAck(AdoptAckBody {
+                peer_id: peer_id.to_string(),
+                sessions,
+            }),
+        ));
+        for msg in suspension.held {
+            out.push(Effect::ToNode(node.to_string(), msg));
+        }
+    }
+
+    /// `node`'s sessions with a peer we adopted: they are ours now (what `node` held for the
+    /// peer follows on the same channel).
+    pub fn import_adopted(&mut self, node: &str, body: AdoptAckBody) {
+        if !self.is_local(&body.peer_id) {
+            return;
+        }
+        for s in body.sessions {
+            let other = |m: &str| (m != body.peer_id).then(|| node.to_string());
+            if s.producer != body.peer_id && s.consumer != body.peer_id {
+                continue;
+            }
+            let session = Session {
+                producer_node: other(&s.producer),
+                consumer_node: other(&s.consumer),
+                producer: s.producer,
+                consumer: s.consumer,
+            };
+            self.register_session(&s.session_id, &session);
+        }
+    }
+
+    /// A suspended peer was not resumed in time: it leaves as a peer of a dead node does. False
+    /// if it is not (or no longer) suspended here.
+    pub fn expire(&mut self, peer_id: &str, out: &mut Outbox) -> bool {
+        if !self.is_suspended(peer_id) {
+            return false;
+        }
+        let Some(peer) = self.peers.remove(peer_id) else {
+            return false;
+        };
+        info!(peer_id, "suspended peer not resumed in time; removing it");
+        let sessions: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.producer == peer_id || s.consumer == peer_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session_id in sessions {
+            // ended "by" the expired peer: the local member is told
+            self.close_session(peer_id, &session_id, out);
+        }
+        self.broadcast(
+            &PeerStatus {
+                roles: vec![],
+                meta: peer.status.meta,
+                peer_id: Some(peer_id.to_string()),
+            },
+            out,
+        );
+        true
     }
 
     /// Delivers a message of session `session_id` to local `to`, or holds it behind the
@@ -597,6 +922,13 @@ impl Router {
             ));
         };
 
+        let other = if producer == from { consumer } else { producer };
+        if self.hold_full(other) {
+            return Err((
+                ErrorCode::Internal,
+                format!("Peer {other} is suspended and cannot take more messages"),
+            ));
+        }
         let session_id = uuid::Uuid::new_v4().to_string();
         let session = Session {
             producer: producer.to_string(),
@@ -612,7 +944,8 @@ impl Router {
             .clone()
             .or(session.consumer_node.clone());
         if let Some(node) = remote {
-            out.push(Effect::ToNode(
+            // (checked above: a suspended peer's hold has room)
+            self.send_node(
                 node,
                 NodeMessage::SessionStart(SessionStartBody {
                     session_id: session_id.clone(),
@@ -620,7 +953,8 @@ impl Router {
                     consumer: consumer.to_string(),
                     offer: offer.clone(),
                 }),
-            ));
+                out,
+            );
         }
         if session.consumer_node.is_none() {
             deliver(
@@ -686,22 +1020,31 @@ impl Router {
                 ),
             ));
         }
+        let (to, to_node) = (to.clone(), to_node.clone());
         match to_node {
             None => {
-                let (to, session_id) = (to.clone(), msg.session_id.clone());
+                let session_id = msg.session_id.clone();
                 self.deliver_in(&session_id, &to, ServerMessage::Peer(msg), out);
             }
-            Some(node) => out.push(Effect::ToNode(
-                node.clone(),
-                NodeMessage::Relay(RelayBody {
+            Some(node) => {
+                let session_id = msg.session_id.clone();
+                let relay = NodeMessage::Relay(RelayBody {
                     session_id: msg.session_id,
-                    to: to.clone(),
+                    to,
                     key: msg.payload.key().to_string(),
                     payload: match msg.payload {
                         RelayPayload::Sdp { raw, .. } | RelayPayload::Ice { raw } => raw,
                     },
-                }),
-            )),
+                });
+                if !self.send_node(node, relay, out) {
+                    // Rather than lose a message for the suspended peer: the session ends.
+                    warn!(
+                        peer_id = from,
+                        session_id, "too much held for a suspended peer: ending the session"
+                    );
+                    self.abort_session(&session_id, true, out);
+                }
+            }
         }
         Ok(())
     }
@@ -739,6 +1082,20 @@ impl Router {
             }
         }
         info!(session_id, by, "session ended");
+        // A suspended member's adopter must know the session to deliver its end.
+        for member in [&session.producer, &session.consumer] {
+            if let Some(s) = self
+                .peers
+                .get_mut(member)
+                .and_then(|p| p.suspended.as_mut())
+            {
+                s.ended.push(AdoptedSession {
+                    session_id: session_id.to_string(),
+                    producer: session.producer.clone(),
+                    consumer: session.consumer.clone(),
+                });
+            }
+        }
         let Some((other, other_node)) = session.other(by) else {
             return;
         };
@@ -751,13 +1108,16 @@ impl Router {
                 self.deliver_in(session_id, &other, end, out);
                 self.release_fence(session_id, out);
             }
-            Some(node) => out.push(Effect::ToNode(
-                node.clone(),
-                NodeMessage::SessionEnd(SessionEndBody {
-                    session_id: session_id.to_string(),
-                    to: other.clone(),
-                }),
-            )),
+            Some(node) => {
+                self.send_node(
+                    node.clone(),
+                    NodeMessage::SessionEnd(SessionEndBody {
+                        session_id: session_id.to_string(),
+                        to: other.clone(),
+                    }),
+                    out,
+                );
+            }
         }
     }
 
@@ -787,6 +1147,26 @@ impl Router {
         if body.joined {
             self.remote_entry(&body.peer_id, node);
             return; // listeners hear of registrations, not connections
+        }
+        if body.left && self.is_suspended(&body.peer_id) {
+            // Gone before we heard of its adoption: end what we hold with it.
+            self.moved_out.remove(&body.peer_id);
+            self.expire(&body.peer_id, out);
+            return;
+        }
+        if !body.left && !body.moved {
+            // Its node speaks for it again (it was presumed dead after a pause): send it what
+            // we held.
+            let held = self
+                .peers
+                .get_mut(&body.peer_id)
+                .filter(|p| p.suspended.as_ref().is_some_and(|s| s.node == node))
+                .and_then(|p| p.suspended.take());
+            if let Some(held) = held {
+                for msg in held.held {
+                    out.push(Effect::ToNode(node.to_string(), msg));
+                }
+            }
         }
         if body.left {
             self.peers.remove(&body.peer_id);
@@ -1146,10 +1526,171 @@ mod tests {
         assert!(matches!(&at_a[..], [Effect::Deliver(c, ServerMessage::Peer(_))] if c == "c"));
 
         let mut out = Outbox::new();
-        a.node_down("b", &mut out);
+        a.node_down("b", &[], &mut out);
         assert!(
             matches!(&out[..], [Effect::Deliver(c, ServerMessage::EndSession { .. })] if c == "c")
         );
         assert_eq!(a.session_count(), 0);
+    }
+
+    /// Producer "p" on node "a" (dead soon) in a session with consumer "c" of router `b`.
+    fn session_with_remote_producer() -> (Router, SessionId) {
+        let mut b = router(&["c", "l"]);
+        let mut out = Outbox::new();
+        b.handle("l", status(&[PeerRole::Listener]), &mut out);
+        b.remote(
+            "a",
+            NodeMessage::PeerStatus(PeerStatusBody {
+                peer_id: "p".into(),
+                status: PeerStatus {
+                    roles: vec![PeerRole::Producer],
+                    meta: None,
+                    peer_id: Some("p".into()),
+                },
+                left: false,
+                moved: false,
+                joined: false,
+            }),
+            &mut out,
+        );
+        b.handle(
+            "c",
+            ClientMessage::StartSession {
+                peer_id: "p".into(),
+                offer: None,
+            },
+            &mut out,
+        );
+        let sid = b.sessions.keys().next().unwrap().clone();
+        (b, sid)
+    }
+
+    fn ice(sid: &str, candidate: &str) -> ClientMessage {
+        ClientMessage::Peer(PeerMessage {
+            session_id: sid.to_string(),
+            payload: RelayPayload::from_ice(candidate, 0),
+        })
+    }
+
+    #[test]
+    fn a_suspended_peer_keeps_its_sessions_and_what_is_sent_to_it_is_held() {
+        let (mut b, sid) = session_with_remote_producer();
+        let mut out = Outbox::new();
+        b.node_down("a", &["p".to_string()], &mut out);
+        assert!(out.is_empty(), "nobody hears of a suspension: {out:?}");
+        assert_eq!(b.session_count(), 1);
+        assert_eq!(b.producers().len(), 1);
+        assert!(b.remote_nodes().is_empty());
+        b.handle("c", ice(&sid, "x1"), &mut out);
+        assert!(out.is_empty(), "held, not sent to the dead node: {out:?}");
+
+        // adopted on node "n": the session and the held message go there, in that order
+        b.adopted("p", "n", "a", &mut out);
+        match &out[..] {
+            [Effect::ToNode(n1, NodeMessage::AdoptAck(ack)), Effect::ToNode(n2, NodeMessage::Relay(r))] =>
+            {
+                assert_eq!((n1.as_str(), n2.as_str()), ("n", "n"));
+                assert_eq!(ack.sessions.len(), 1);
+                assert_eq!(ack.sessions[0].session_id, sid);
+                assert_eq!(r.to, "p");
+            }
+            other => panic!("{other:?}"),
+        }
+        out.clear();
+        b.handle("c", ice(&sid, "x2"), &mut out);
+        assert!(
+            matches!(&out[..], [Effect::ToNode(n, NodeMessage::Relay(_))] if n == "n"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_session_ended_during_the_suspension_is_ended_for_the_adopter_too() {
+        let (mut b, sid) = session_with_remote_producer();
+        let mut out = Outbox::new();
+        b.node_down("a", &["p".to_string()], &mut out);
+        b.handle("c", ice(&sid, "x1"), &mut out);
+        b.handle(
+            "c",
+            ClientMessage::EndSession {
+                session_id: sid.clone(),
+            },
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        b.adopted("p", "n", "a", &mut out);
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|e| match e {
+                Effect::ToNode(_, m) => m.kind(),
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["adoptAck", "relay", "sessionEnd"]);
+        assert!(
+            matches!(&out[0], Effect::ToNode(_, NodeMessage::AdoptAck(a)) if a.sessions.len() == 1)
+        );
+
+        // the adopter learns the session, gets the relay, then its end
+        let mut n = Router::new();
+        let mut o = Outbox::new();
+        n.adopt("p", ProtocolVersion::V2, PeerStatus::default(), &mut o);
+        for e in out {
+            if let Effect::ToNode(_, m) = e {
+                n.remote("b", m, &mut o);
+            }
+        }
+        let d = delivered(&o);
+        assert_eq!(
+            d.iter().map(|(_, m)| m.kind()).collect::<Vec<_>>(),
+            ["peer", "endSession"]
+        );
+        assert_eq!(n.session_count(), 0);
+    }
+
+    #[test]
+    fn a_suspended_peer_not_adopted_expires_like_a_dead_nodes_peer() {
+        let (mut b, sid) = session_with_remote_producer();
+        let mut out = Outbox::new();
+        b.node_down("a", &["p".to_string()], &mut out);
+        assert!(b.expire("p", &mut out));
+        let d = delivered(&out);
+        assert_eq!(d[0], ("c", &ServerMessage::EndSession { session_id: sid }));
+        assert!(matches!(d[1], ("l", ServerMessage::PeerStatusChanged(s)) if s.roles.is_empty()));
+        assert!(!out.iter().any(|e| matches!(e, Effect::ToNode(..))));
+        assert_eq!((b.session_count(), b.producers().len()), (0, 0));
+        assert!(!b.expire("p", &mut out), "only once");
+    }
+
+    #[test]
+    fn the_hold_is_bounded_and_a_full_one_ends_the_session() {
+        let (mut b, sid) = session_with_remote_producer();
+        b.hold_limit = 3;
+        let mut out = Outbox::new();
+        b.node_down("a", &["p".to_string()], &mut out);
+        for i in 0..3 {
+            b.handle("c", ice(&sid, &format!("x{i}")), &mut out);
+        }
+        assert!(out.is_empty());
+        b.handle("c", ice(&sid, "too-much"), &mut out);
+        let d = delivered(&out);
+        assert!(
+            matches!(d[..], [("c", ServerMessage::EndSession { .. })]),
+            "{out:?}"
+        );
+        assert_eq!(b.session_count(), 0);
+    }
+
+    #[test]
+    fn peers_of_a_dead_node_without_suspension_leave_at_once() {
+        let (mut b, _) = session_with_remote_producer();
+        let mut out = Outbox::new();
+        b.node_down("a", &[], &mut out);
+        let kinds: Vec<_> = delivered(&out)
+            .iter()
+            .map(|(to, m)| (*to, m.kind()))
+            .collect();
+        assert_eq!(kinds, [("c", "endSession"), ("l", "peerStatusChanged")]);
+        assert_eq!(b.producers().len(), 0);
     }
 }

@@ -232,6 +232,9 @@ async fn websocket_or_index(
             resume_token: token,
         }
     });
+    if let Some(token) = &attach.resume_token {
+        state.bus.resume_token(&attach.id, token);
+    }
     PeerConnection::start(
         attach,
         &state.node_id,
@@ -259,8 +262,13 @@ async fn resume_peer(
     welcome: &impl Fn(&str, &str, bool) -> String,
 ) -> Option<Attach> {
     let new = new_token(&state.node_id);
-    if token_node(token) == Some(state.node_id.as_str()) {
-        let parked = state.registry.claim(token).await?;
+    let parked = match token_node(token) == Some(state.node_id.as_str()) {
+        true => state.registry.claim(token).await,
+        false => None,
+    };
+    // (a token of ours that the registry does not know goes to the bus: this node may have
+    // restarted, and the peer be suspended in the cluster)
+    if let Some(parked) = parked {
         let Some((replay, written)) = parked.sent.resume(last) else {
             warn!(
                 peer_id = parked.peer_id,
@@ -289,8 +297,9 @@ async fn resume_peer(
         });
     }
     let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
+    // (the bus bounds how long a claim takes)
     let claim = state.bus.claim(token, last, mailbox.clone())?;
-    let (peer_id, written) = tokio::time::timeout(CLAIM_TIMEOUT, claim).await.ok()??;
+    let (peer_id, written) = claim.await?;
     info!(
         peer_id,
         from = token_node(token),
@@ -307,9 +316,6 @@ async fn resume_peer(
         resume_token: Some(new),
     })
 }
-
-/// Longest a reconnection waits for another node to hand its peer over.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Names this node in the upgrade response, for sticky load balancers.
 fn add_affinity(response: &mut HttpResponse, state: &NodeState) {

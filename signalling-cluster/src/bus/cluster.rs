@@ -11,6 +11,11 @@
 //!   `SET {prefix}:reap:{id} NX`: it removes the dead node's peers from the hash and publishes
 //!   `nodeDown`, on which every node ends its sessions with the dead node and tells its
 //!   listeners.
+//! * A dead node's v2 peers with a resume token are not removed but suspended for the resume
+//!   grace: the reaper keeps their entries, and stores `{prefix}:suspended:{token hash}`; a
+//!   node where the client comes back claims that key (`GETDEL`: exactly one wins) and adopts
+//!   the peer with its sessions (`sessionAdopt`/`adoptAck`); otherwise the reaper expires it
+//!   (`suspendExpired`).
 //! * Envelopes carry a per-sender, per-channel sequence number; a gap on a node channel means
 //!   pub/sub lost a message, and the sessions with that sender are ended rather than left
 //!   silently broken.
@@ -26,6 +31,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use proto::envelope::{
     Envelope, NodeDownBody, NodeMessage, PeerStatusBody, ResumeClaimBody, ResumeGrantBody,
+    SessionAdoptBody, SuspendExpiredBody,
 };
 use proto::{ClientMessage, ErrorCode, PeerId, PeerInfo, PeerStatus, ServerMessage};
 use redis::aio::ConnectionManager;
@@ -34,7 +40,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{deliver, Bus, BusStats, Claim, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
-use crate::resume::{token_node, ResumeRegistry};
+use crate::resume::{token_hash, token_node, ResumeRegistry};
 use crate::routing::{Effect, NodeId, Outbox, Router};
 
 /// How often a node refreshes its liveness and looks for dead nodes.
@@ -46,6 +52,18 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a `list` waits for its read-your-writes barrier.
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest an adopting node waits for the other nodes' sessions with the peer before it
+/// welcomes the client.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A suspended peer's claim key outlives the grace by this much, so that the reaper's expiry
+/// (at the end of the grace) finds it; adopters check the deadline themselves.
+const SUSPEND_KEY_SLACK: Duration = Duration::from_secs(5);
+
+/// Every node drops a suspended peer this long after the key is gone, if it heard neither of
+/// an adoption nor of an expiry (the reaper died, or Redis failed).
+const SUSPEND_FALLBACK: Duration = Duration::from_secs(2);
+
 /// Settings of the cluster bus.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -54,6 +72,11 @@ pub struct RedisSettings {
     pub node_id: NodeId,
     /// A node not heard of for this long is dead.
     pub node_ttl: Duration,
+    /// How long a dead node's v2 peers stay suspended for a resume elsewhere (0: removed at
+    /// once).
+    pub resume_grace: Duration,
+    /// Most messages held for one suspended peer.
+    pub hold_limit: usize,
 }
 
 /// Errors setting up the cluster bus.
@@ -84,12 +107,24 @@ struct Shared {
     leaving: AtomicBool,
     /// Our v2 peers by resume token, for claims from other nodes.
     registry: Arc<ResumeRegistry>,
+    /// For the occasional direct command (claims of suspended peers).
+    con: ConnectionManager,
 }
 
 /// A claim we sent for a client that reconnected here with another node's token.
 struct PendingClaim {
     mailbox: Mailbox,
     done: tokio::sync::oneshot::Sender<Option<(PeerId, u64)>>,
+    token: String,
+    last: Option<u64>,
+    /// Its node died: the peer is being adopted from its suspension instead.
+    adopting: bool,
+}
+
+/// A peer we adopted, waiting for the other nodes' sessions with it.
+struct Adoption {
+    waiting: std::collections::HashSet<NodeId>,
+    all_in: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -104,15 +139,25 @@ struct State {
     next_claim: u64,
     /// Last (boot, sequence number) seen per (sender, channel): gaps mean lost messages.
     seen: HashMap<(String, String), (u64, u64)>,
+    /// Hash of the newest resume token of each local v2 peer, stored with it in Redis.
+    tokens: HashMap<PeerId, String>,
+    /// Nodes reaped while we ran (until we hear from them again).
+    down: std::collections::HashSet<NodeId>,
+    adoptions: HashMap<PeerId, Adoption>,
 }
 
 enum Outgoing {
     Barrier(u64),
     /// This node leaves: drop it from the liveness set, tell the others.
     Leave,
-    Announce(PeerStatusBody),
+    /// A status, stored with the peer's token hash, then published.
+    Announce(PeerStatusBody, Option<String>),
+    /// Rewrite a peer's entry in `{prefix}:peers` without telling anyone (a new token).
+    Store(PeerId, StoredPeer),
     ToNode(NodeId, NodeMessage),
-    NodeDown(NodeId),
+    NodeDown(NodeDownBody),
+    /// A suspended peer expired: remove its entry, tell every node.
+    Expired(SuspendExpiredBody),
 }
 
 struct Keys {
@@ -137,6 +182,9 @@ impl Keys {
     fn reap(&self, node: &str) -> String {
         format!("{}:reap:{node}", self.prefix)
     }
+    fn suspended(&self, token_hash: &str) -> String {
+        format!("{}:suspended:{token_hash}", self.prefix)
+    }
 }
 
 /// What `{prefix}:peers` stores per peer.
@@ -144,6 +192,22 @@ impl Keys {
 struct StoredPeer {
     node: NodeId,
     status: PeerStatus,
+    /// v2 peers: SHA-256 of the newest resume token, to resume it if its node dies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume: Option<String>,
+    /// Its node died; it waits for a resume until then (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    suspended_until: Option<u64>,
+}
+
+/// What `{prefix}:suspended:{token hash}` holds: whoever deletes it adopts the peer.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SuspendedPeer {
+    peer_id: PeerId,
+    node: NodeId,
+    status: PeerStatus,
+    until: u64,
 }
 
 fn now_ms() -> u64 {
@@ -163,15 +227,20 @@ impl RedisBus {
             .await
             .map_err(ClusterError::Connect)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let state = State {
+            router: Router::with_hold_limit(settings.hold_limit),
+            ..State::default()
+        };
         let shared = Arc::new(Shared {
             keys: Keys::new(&settings.prefix),
             settings,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             out: tx,
             connected: AtomicBool::new(false),
             live_nodes: Mutex::new(Vec::new()),
             leaving: AtomicBool::new(false),
             registry,
+            con: con.clone(),
         });
         // Subscribe before loading, so nothing announced in between is missed.
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -195,7 +264,8 @@ impl Shared {
             match effect {
                 Effect::Deliver(to, msg) => deliver(&state.mailboxes, &to, &msg),
                 Effect::Announce(body) => {
-                    let _ = self.out.send(Outgoing::Announce(body));
+                    let resume = state.tokens.get(&body.peer_id).cloned();
+                    let _ = self.out.send(Outgoing::Announce(body, resume));
                 }
                 Effect::ToNode(node, msg) => {
                     let _ = self.out.send(Outgoing::ToNode(node, msg));
@@ -228,7 +298,8 @@ impl Shared {
         };
         let mut state = self.state.lock();
         let mut out = Outbox::new();
-        // Every envelope counts for gap detection, whatever it carries.
+        state.down.remove(&env.from); // alive after all (or restarted)
+                                      // Every envelope counts for gap detection, whatever it carries.
         let key = (env.from.clone(), channel.to_string());
         let last = state.seen.insert(key, (env.boot, env.seq));
         // A new boot of the sender starts counting again.
@@ -243,7 +314,7 @@ impl Shared {
             );
             state.router.end_sessions_with(&env.from, true, &mut out);
         }
-        if let NodeMessage::NodeDown(NodeDownBody { node }) = &msg {
+        if let NodeMessage::NodeDown(NodeDownBody { node, .. }) = &msg {
             if *node == self.settings.node_id {
                 // We were presumed dead (a long pause?): put our peers back.
                 warn!("the cluster presumed this node dead; announcing our peers again");
@@ -259,9 +330,80 @@ impl Shared {
             NodeMessage::ResumeGrant(grant) => {
                 self.take_grant(&mut state, &env.from, grant, &mut out)
             }
+            NodeMessage::NodeDown(body) => {
+                let (node, suspended, grace) = (
+                    body.node.clone(),
+                    body.suspended.clone(),
+                    Duration::from_millis(body.grace_ms),
+                );
+                state
+                    .router
+                    .remote(&env.from, NodeMessage::NodeDown(body), &mut out);
+                self.after_node_down(&mut state, &node, suspended, grace);
+            }
+            NodeMessage::AdoptAck(body) => {
+                let peer_id = body.peer_id.clone();
+                state.router.import_adopted(&env.from, body);
+                if let Some(a) = state.adoptions.get_mut(&peer_id) {
+                    a.waiting.remove(&env.from);
+                    if a.waiting.is_empty() {
+                        if let Some(fire) = a.all_in.take() {
+                            let _ = fire.send(());
+                        }
+                    }
+                }
+            }
             msg => state.router.remote(&env.from, msg, &mut out),
         }
         self.flush(&state, out);
+    }
+
+    /// `node` was reaped (its `suspended` peers kept for `grace`): claims waiting for it turn
+    /// into adoptions, and its suspended peers get a last-resort expiry here.
+    fn after_node_down(
+        self: &Arc<Self>,
+        state: &mut State,
+        node: &str,
+        suspended: Vec<PeerId>,
+        grace: Duration,
+    ) {
+        state.down.insert(node.to_string());
+        for (id, claim) in state.claims.iter_mut() {
+            if !claim.adopting && token_node(&claim.token) == Some(node) {
+                claim.adopting = true;
+                actix_rt::spawn(adopt(self.clone(), *id, claim.token.clone()).in_current_span());
+            }
+        }
+        if suspended.is_empty() {
+            return;
+        }
+        // Normally the reaper expires them (or a node adopts them) long before.
+        let shared = self.clone();
+        actix_rt::spawn(async move {
+            tokio::time::sleep(grace + SUSPEND_KEY_SLACK + SUSPEND_FALLBACK).await;
+            let mut state = shared.state.lock();
+            let mut out = Outbox::new();
+            for peer_id in &suspended {
+                if state.router.expire(peer_id, &mut out) {
+                    warn!(
+                        peer_id,
+                        "suspended peer neither adopted nor expired; dropping it"
+                    );
+                }
+            }
+            shared.flush(&state, out);
+        });
+    }
+
+    /// Suspended `peer_id` (of dead `node`) expires: everywhere (we own its claim key).
+    fn expire_suspended(&self, state: &mut State, peer_id: &str, node: &str) {
+        let _ = self.out.send(Outgoing::Expired(SuspendExpiredBody {
+            peer_id: peer_id.to_string(),
+            node: node.to_string(),
+        }));
+        let mut out = Outbox::new();
+        state.router.expire(peer_id, &mut out);
+        self.flush(state, out);
     }
 
     /// Another node wants one of our peers: hand it over (after closing its connection here,
@@ -288,6 +430,7 @@ impl Shared {
                         "cannot replay what the client lost; the peer leaves"
                     );
                     state.mailboxes.remove(&p.peer_id);
+                    state.tokens.remove(&p.peer_id);
                     state.router.leave(&p.peer_id, &mut out);
                     None
                 }
@@ -298,6 +441,7 @@ impl Shared {
                     state.router.export_peer(&parked.peer_id, &me, &node)
                 {
                     state.mailboxes.remove(&parked.peer_id);
+                    state.tokens.remove(&parked.peer_id);
                     let mut frames = replay;
                     frames.append(&mut parked.unsent);
                     while let Ok(out) = parked.receiver.rx.try_recv() {
@@ -404,6 +548,7 @@ impl Bus for RedisBus {
         let mut out = Outbox::new();
         let mut state = self.shared.state.lock();
         state.mailboxes.remove(peer_id);
+        state.tokens.remove(peer_id);
         state.router.leave(peer_id, &mut out);
         self.shared.flush(&state, out);
     }
@@ -458,30 +603,76 @@ impl Bus for RedisBus {
 
     fn claim(&self, token: &str, last: Option<u64>, mailbox: Mailbox) -> Option<Claim> {
         let node = token_node(token)?.to_string();
-        if node == self.shared.settings.node_id || !self.ready() {
+        if !self.ready() {
             return None;
         }
+        let me = &self.shared.settings.node_id;
+        // A token of ours that the registry does not know (we restarted), or of a node that
+        // is dead: the peer may be suspended, waiting for adoption.
+        let dead = {
+            let live = self.shared.live_nodes.lock();
+            node == *me || (!live.is_empty() && !live.contains(&node))
+        };
         let (done, answer) = tokio::sync::oneshot::channel();
         let mut state = self.shared.state.lock();
         let claim = state.next_claim;
         state.next_claim += 1;
-        state.claims.insert(claim, PendingClaim { mailbox, done });
-        let _ = self.shared.out.send(Outgoing::ToNode(
-            node,
-            NodeMessage::ResumeClaim(ResumeClaimBody {
-                claim,
+        let adopting = dead || state.down.contains(&node);
+        state.claims.insert(
+            claim,
+            PendingClaim {
+                mailbox,
+                done,
                 token: token.to_string(),
                 last,
-            }),
-        ));
+                adopting,
+            },
+        );
+        if adopting {
+            // (in the cluster span: the adoption outlives the connection's request)
+            let span = tracing::info_span!("cluster", node = %self.shared.settings.node_id);
+            actix_rt::spawn(adopt(self.shared.clone(), claim, token.to_string()).instrument(span));
+        } else {
+            // If the node turns out dead, its reaping turns this into an adoption.
+            let _ = self.shared.out.send(Outgoing::ToNode(
+                node,
+                NodeMessage::ResumeClaim(ResumeClaimBody {
+                    claim,
+                    token: token.to_string(),
+                    last,
+                }),
+            ));
+        }
         let shared = self.shared.clone();
+        // Long enough for a dead node to be reaped and its peer adopted.
+        let within = CLAIM_TIMEOUT + shared.settings.node_ttl + TICK + ADOPT_TIMEOUT;
         Some(Box::pin(async move {
-            let answer = tokio::time::timeout(CLAIM_TIMEOUT, answer).await;
+            let answer = tokio::time::timeout(within, answer).await;
             if answer.is_err() {
                 shared.state.lock().claims.remove(&claim);
             }
             answer.ok().and_then(Result::ok).flatten()
         }))
+    }
+
+    fn resume_token(&self, peer_id: &str, token: &str) {
+        let hash = token_hash(token);
+        let mut state = self.shared.state.lock();
+        state.tokens.insert(peer_id.to_string(), hash.clone());
+        // Already announced (a resumed peer): store the new hash now; a new peer's comes with
+        // its first announcement.
+        if let Some(status) = state.router.local_status(peer_id) {
+            let stored = StoredPeer {
+                node: self.shared.settings.node_id.clone(),
+                status,
+                resume: Some(hash),
+                suspended_until: None,
+            };
+            let _ = self
+                .shared
+                .out
+                .send(Outgoing::Store(peer_id.to_string(), stored));
+        }
     }
 
     fn shutdown(&self) -> Pending {
@@ -541,7 +732,19 @@ async fn publisher(
         let mut pipe = redis::pipe();
         for item in batch.drain(..) {
             let (channel, msg) = match item {
-                Outgoing::Announce(body) => {
+                Outgoing::Store(peer_id, stored) => {
+                    let json = serde_json::to_string(&stored).unwrap_or_default();
+                    pipe.hset(&shared.keys.peers, &peer_id, json).ignore();
+                    continue;
+                }
+                Outgoing::Expired(body) => {
+                    pipe.hdel(&shared.keys.peers, &body.peer_id).ignore();
+                    (
+                        shared.keys.presence.clone(),
+                        NodeMessage::SuspendExpired(body),
+                    )
+                }
+                Outgoing::Announce(body, resume) => {
                     // The store first: whoever sees the announcement can read it back.
                     if body.left {
                         pipe.hdel(&shared.keys.peers, &body.peer_id).ignore();
@@ -549,6 +752,8 @@ async fn publisher(
                         let stored = StoredPeer {
                             node: me.clone(),
                             status: body.status.clone(),
+                            resume,
+                            suspended_until: None,
                         };
                         let json = serde_json::to_string(&stored).unwrap_or_default();
                         pipe.hset(&shared.keys.peers, &body.peer_id, json).ignore();
@@ -560,17 +765,20 @@ async fn publisher(
                     pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(&me).ignore();
                     (
                         shared.keys.presence.clone(),
-                        NodeMessage::NodeDown(NodeDownBody { node: me.clone() }),
+                        NodeMessage::NodeDown(NodeDownBody {
+                            node: me.clone(),
+                            suspended: Vec::new(),
+                            grace_ms: 0,
+                        }),
                     )
                 }
                 Outgoing::Barrier(id) => (
                     shared.keys.node(&me),
                     NodeMessage::Barrier(proto::envelope::BarrierBody { id }),
                 ),
-                Outgoing::NodeDown(node) => (
-                    shared.keys.presence.clone(),
-                    NodeMessage::NodeDown(NodeDownBody { node }),
-                ),
+                Outgoing::NodeDown(body) => {
+                    (shared.keys.presence.clone(), NodeMessage::NodeDown(body))
+                }
             };
             let n = seq.entry(channel.clone()).or_insert(0);
             *n += 1;
@@ -652,6 +860,9 @@ async fn resync(shared: &Shared, con: &mut ConnectionManager) -> redis::RedisRes
         };
         if peer.node == shared.settings.node_id {
             continue;
+        }
+        if peer.suspended_until.is_some() && state.router.is_suspended(&peer_id) {
+            continue; // we hold it already, with what was sent to it
         }
         let body = PeerStatusBody {
             joined: peer.status.peer_id.is_none(),
@@ -742,15 +953,22 @@ fn forget_unlisted(
             .or_insert_with(std::time::Instant::now);
         if first_seen.elapsed() > grace {
             warn!(node, "node no longer listed in the cluster; forgetting it");
-            state.router.node_down(&node, &mut out);
+            state.router.node_down(&node, &[], &mut out);
             listed.remove(&node);
         }
     }
     shared.flush(&state, out);
 }
 
-/// Removes a dead node from the cluster, if this node wins the right to.
-async fn reap(shared: &Shared, con: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
+/// Removes a dead node from the cluster, if this node wins the right to. Its v2 peers with a
+/// resume token are suspended for the resume grace instead of removed: their entries stay
+/// (marked), a claim key per token lets exactly one node adopt each, and we expire those not
+/// adopted in time.
+async fn reap(
+    shared: &Arc<Shared>,
+    con: &mut ConnectionManager,
+    node: &str,
+) -> redis::RedisResult<()> {
     let won: Option<String> = redis::cmd("SET")
         .arg(shared.keys.reap(node))
         .arg(&shared.settings.node_id)
@@ -762,30 +980,223 @@ async fn reap(shared: &Shared, con: &mut ConnectionManager, node: &str) -> redis
     if won.is_none() {
         return Ok(()); // another node does it
     }
-    info!(node, "reaping a dead node");
     let stored: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(&shared.keys.peers)
         .query_async(con)
         .await?;
-    let theirs: Vec<&String> = stored
-        .iter()
-        .filter(|(_, json)| serde_json::from_str::<StoredPeer>(json).is_ok_and(|p| p.node == node))
-        .map(|(id, _)| id)
-        .collect();
+    let grace = shared.settings.resume_grace;
+    let until = now_ms() + grace.as_millis() as u64;
     let mut pipe = redis::pipe();
-    if !theirs.is_empty() {
-        pipe.cmd("HDEL")
-            .arg(&shared.keys.peers)
-            .arg(&theirs)
-            .ignore();
+    let (mut gone, mut suspended) = (Vec::new(), Vec::new());
+    for (peer_id, json) in stored {
+        let Ok(peer) = serde_json::from_str::<StoredPeer>(&json) else {
+            continue;
+        };
+        if peer.node != node {
+            continue;
+        }
+        match peer.resume.filter(|_| !grace.is_zero()) {
+            Some(hash) => {
+                let key = shared.keys.suspended(&hash);
+                let record = SuspendedPeer {
+                    peer_id: peer_id.clone(),
+                    node: node.to_string(),
+                    status: peer.status.clone(),
+                    until,
+                };
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(serde_json::to_string(&record).unwrap_or_default())
+                    .arg("PX")
+                    .arg((grace + SUSPEND_KEY_SLACK).as_millis() as u64)
+                    .ignore();
+                let entry = StoredPeer {
+                    resume: Some(hash),
+                    suspended_until: Some(until),
+                    ..peer
+                };
+                pipe.hset(
+                    &shared.keys.peers,
+                    &peer_id,
+                    serde_json::to_string(&entry).unwrap_or_default(),
+                )
+                .ignore();
+                suspended.push((peer_id, key));
+            }
+            None => gone.push(peer_id),
+        }
+    }
+    info!(
+        node,
+        removed = gone.len(),
+        suspended = suspended.len(),
+        "reaping a dead node"
+    );
+    if !gone.is_empty() {
+        pipe.cmd("HDEL").arg(&shared.keys.peers).arg(&gone).ignore();
     }
     pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(node).ignore();
     pipe.query_async::<()>(con).await?;
+    let ids: Vec<PeerId> = suspended.iter().map(|(id, _)| id.clone()).collect();
     // Everyone else learns it from the announcement; we apply it ourselves.
-    let _ = shared.out.send(Outgoing::NodeDown(node.to_string()));
-    let mut state = shared.state.lock();
-    let mut out = Outbox::new();
-    state.router.node_down(node, &mut out);
-    shared.flush(&state, out);
+    let _ = shared.out.send(Outgoing::NodeDown(NodeDownBody {
+        node: node.to_string(),
+        suspended: ids.clone(),
+        grace_ms: grace.as_millis() as u64,
+    }));
+    {
+        let mut state = shared.state.lock();
+        let mut out = Outbox::new();
+        state.router.node_down(node, &ids, &mut out);
+        shared.flush(&state, out);
+        shared.after_node_down(&mut state, node, ids, grace);
+    }
+    if !suspended.is_empty() {
+        actix_rt::spawn(
+            expire_unclaimed(shared.clone(), node.to_string(), suspended, grace).in_current_span(),
+        );
+    }
     Ok(())
+}
+
+/// At the end of the grace, the reaper takes the claim key of each peer it suspended: if it
+/// still exists, nobody adopted the peer, which leaves everywhere.
+async fn expire_unclaimed(
+    shared: Arc<Shared>,
+    node: NodeId,
+    suspended: Vec<(PeerId, String)>,
+    grace: Duration,
+) {
+    tokio::time::sleep(grace).await;
+    let mut con = shared.con.clone();
+    for (peer_id, key) in suspended {
+        match redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<i64>(&mut con)
+            .await
+        {
+            Ok(1) => {
+                let mut state = shared.state.lock();
+                shared.expire_suspended(&mut state, &peer_id, &node);
+            }
+            Ok(_) => debug!(peer_id, "suspended peer was adopted"),
+            // Every node drops it later anyway (see `after_node_down`).
+            Err(e) => warn!(peer_id, "cannot expire a suspended peer: {e}"),
+        }
+    }
+}
+
+/// Adopts the suspended peer under `token` for claim `claim`, if this node wins its claim key:
+/// registers it here, asks every other node for its sessions with it, and answers the claim
+/// once they all answered (or after [`ADOPT_TIMEOUT`]). Refuses if there is no such peer.
+async fn adopt(shared: Arc<Shared>, claim: u64, token: String) {
+    let key = shared.keys.suspended(&token_hash(&token));
+    let mut con = shared.con.clone();
+    let record = match redis::cmd("GETDEL")
+        .arg(&key)
+        .query_async::<Option<String>>(&mut con)
+        .await
+    {
+        Ok(r) => r.and_then(|json| serde_json::from_str::<SuspendedPeer>(&json).ok()),
+        Err(e) => {
+            warn!("cannot claim a suspended peer: {e}");
+            None
+        }
+    };
+    let Some((peer_id, done, last, fired)) = begin_adoption(&shared, claim, record) else {
+        return;
+    };
+    if tokio::time::timeout(ADOPT_TIMEOUT, fired).await.is_err() {
+        warn!(peer_id, "not every node answered the adoption in time");
+    }
+    let mut state = shared.state.lock();
+    state.adoptions.remove(&peer_id);
+    // The numbering of frames goes on from what the client says it has: what was in flight
+    // on the dead node is lost.
+    if done
+        .send(Some((peer_id.clone(), last.unwrap_or(0))))
+        .is_err()
+    {
+        // The connection gave up waiting: nobody to hand the peer to.
+        let mut out = Outbox::new();
+        state.mailboxes.remove(&peer_id);
+        state.router.leave(&peer_id, &mut out);
+        shared.flush(&state, out);
+    }
+}
+
+/// The claim answer of an adoption under way.
+type ClaimDone = tokio::sync::oneshot::Sender<Option<(PeerId, u64)>>;
+
+/// With the claim key won (`record`): registers the peer here and asks the other nodes for
+/// their sessions with it. Returns what [`adopt`] waits for, or `None` if there is nothing to
+/// adopt (the claim is then answered).
+fn begin_adoption(
+    shared: &Arc<Shared>,
+    claim: u64,
+    record: Option<SuspendedPeer>,
+) -> Option<(
+    PeerId,
+    ClaimDone,
+    Option<u64>,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
+    let me = shared.settings.node_id.clone();
+    let mut state = shared.state.lock();
+    let pending = state.claims.remove(&claim);
+    let Some(rec) = record else {
+        debug!("no suspended peer for this token");
+        if let Some(p) = pending {
+            let _ = p.done.send(None);
+        }
+        return None;
+    };
+    let Some(pending) = pending.filter(|_| now_ms() <= rec.until) else {
+        // Too late, or the client gave up: we took its key, so we expire it.
+        shared.expire_suspended(&mut state, &rec.peer_id, &rec.node);
+        return None;
+    };
+    let peer_id = rec.peer_id.clone();
+    let mut out = Outbox::new();
+    state
+        .router
+        .adopt(&peer_id, pending.mailbox.version(), rec.status, &mut out);
+    state.mailboxes.insert(peer_id.clone(), pending.mailbox);
+    let others: std::collections::HashSet<NodeId> = shared
+        .live_nodes
+        .lock()
+        .iter()
+        .filter(|n| **n != me && **n != rec.node && !state.down.contains(*n))
+        .cloned()
+        .collect();
+    for n in &others {
+        out.push(Effect::ToNode(
+            n.clone(),
+            NodeMessage::SessionAdopt(SessionAdoptBody {
+                peer_id: peer_id.clone(),
+                node: me.clone(),
+                old_node: rec.node.clone(),
+            }),
+        ));
+    }
+    info!(
+        peer_id,
+        from = rec.node,
+        nodes = others.len(),
+        "adopting a suspended peer of a dead node"
+    );
+    let (all_in, fired) = tokio::sync::oneshot::channel();
+    if others.is_empty() {
+        let _ = all_in.send(());
+    } else {
+        state.adoptions.insert(
+            peer_id.clone(),
+            Adoption {
+                waiting: others,
+                all_in: Some(all_in),
+            },
+        );
+    }
+    shared.flush(&state, out);
+    Some((peer_id, pending.done, pending.last, fired))
 }

@@ -37,10 +37,16 @@ pub trait Bus: Send + Sync + 'static {
     /// `last` frames (if it says): ask that node for the peer. The future yields its id and
     /// the number of the last frame accounted for, once the peer is registered here with
     /// `mailbox` (the frames it lost and what was queued for it already in the mailbox); or
-    /// `None` if refused. `None` if the bus cannot reach other nodes.
+    /// `None` if refused. If the token's node died, the peer is adopted from its suspension
+    /// instead (frames in flight are lost). The future ends in bounded time. `None` if the bus
+    /// cannot reach other nodes.
     fn claim(&self, _token: &str, _last: Option<u64>, _mailbox: Mailbox) -> Option<Claim> {
         None
     }
+    /// Connected v2 peer `peer_id` holds resume token `token` (its newest): in a cluster, the
+    /// token's hash is stored with the peer, so that any node can resume it should this node
+    /// die.
+    fn resume_token(&self, _peer_id: &str, _token: &str) {}
     /// The node is stopping: remove its peers from the cluster now (their sessions end,
     /// listeners are told) rather than after the liveness TTL.
     fn shutdown(&self) -> Pending {
