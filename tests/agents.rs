@@ -663,3 +663,276 @@ async fn bad_arguments_unreachable_servers_and_missing_producers_give_documented
     }
     Ok(())
 }
+
+/// Writes a 1.5 s VP8/WebM clip (45 frames) for `--source uri:`.
+fn make_clip(path: &std::path::Path) -> Result<()> {
+    use gst::prelude::*;
+    media::init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=45 pattern=ball ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! vp8enc deadline=1 ! webmmux ! filesink location=\"{}\"",
+        path.display()
+    ))?;
+    pipeline.set_state(gst::State::Playing)?;
+    let msg = pipeline.bus().context("no bus")?.timed_pop_filtered(
+        gst::ClockTime::from_seconds(30),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    pipeline.set_state(gst::State::Null)?;
+    anyhow::ensure!(
+        msg.is_some_and(|m| m.type_() == gst::MessageType::Eos),
+        "cannot write the clip"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_and_pipeline_sources_with_webrtcsink_options() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let dir = std::env::temp_dir().join(format!("gwc-src-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let clip = dir.join("clip.webm");
+    make_clip(&clip)?;
+
+    // A 45-frame file, looped, re-encoded to H.264 under the options given.
+    let producer = Agent::producer(&[
+        "--server",
+        &node.url(),
+        "--name",
+        "clip",
+        "--source",
+        &format!("uri:file://{}", clip.display()),
+        "--video-codec",
+        "h264",
+        "--congestion-control",
+        "homegrown",
+        "--min-bitrate",
+        "100000",
+        "--max-bitrate",
+        "600000",
+        "--fec",
+        "false",
+        "--rtx",
+        "false",
+        "--meta",
+        "room=lobby",
+        "--stats-interval",
+        "0.5",
+    ])?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--producer-name",
+        "clip",
+        "--frames",
+        "120",
+        "--sink",
+        "pipeline:fakesink sync=false",
+    ])?;
+    assert_eq!(
+        consumer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        consumer.stderr()
+    );
+    assert!(
+        frames_of(&consumer.report()?) >= 120,
+        "more frames than the file has: it loops"
+    );
+    assert!(
+        producer.stderr().contains("looping"),
+        "{}",
+        producer.stderr()
+    );
+    let encoders: Vec<Value> = producer
+        .json_lines("producer-stats")
+        .iter()
+        .flat_map(|s| s["consumers"].as_array().cloned().unwrap_or_default())
+        .flat_map(|c| c["encoders"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(
+        encoders
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("h264"))),
+        "{encoders:?}"
+    );
+    let mut lister = cluster_tests::Peer::connect(&node.url()).await?;
+    lister.send(serde_json::json!({"type": "list"})).await?;
+    let list = lister.expect("list").await?;
+    assert_eq!(list["producers"][0]["meta"]["room"], "lobby", "{list}");
+    assert_eq!(list["producers"][0]["meta"]["name"], "clip", "{list}");
+
+    // A gst-launch fragment ending in caps; received by peer id for a fixed duration.
+    let frag = Agent::producer(&[
+        "--server",
+        &node.url(),
+        "--name",
+        "frag",
+        "--source",
+        "pipeline:videotestsrc is-live=true pattern=ball ! video/x-raw,width=160,height=120",
+    ])?;
+    frag.wait_stderr("registered 'frag' as", LONG).await?;
+    let id = frag
+        .stderr()
+        .split("registered 'frag' as ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no peer id")?
+        .to_string();
+    let mut by_id = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--producer-id",
+        &id,
+        "--duration",
+        "3",
+    ])?;
+    assert_eq!(
+        by_id.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        by_id.stderr()
+    );
+    let report = by_id.report()?;
+    assert!(frames_of(&report) > 0, "{report}");
+    assert_eq!(report["producer_id"], id.as_str());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn headers_token_and_protocol_offer_reach_the_server() -> Result<()> {
+    // A plain TCP server that records each upgrade request and hangs up.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            use std::io::Read;
+            let mut conn = conn;
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+        }
+    });
+    let url = format!("ws://127.0.0.1:{port}");
+    let (code, stderr) = quick(
+        "consumer-agent",
+        &[
+            "--server",
+            &url,
+            "--first",
+            "--retry-for",
+            "1",
+            "--header",
+            "X-Tenant=acme",
+            "--header",
+            "Cookie=gwc-node=node-b",
+            "--token",
+            "sekrit",
+        ],
+    )
+    .await?;
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, _) = quick(
+        "consumer-agent",
+        &[
+            "--server",
+            &url,
+            "--first",
+            "--retry-for",
+            "1",
+            "--protocol",
+            "v1",
+        ],
+    )
+    .await?;
+    assert_eq!(code, Some(1));
+    let requests = requests.lock().unwrap().clone();
+    let first = requests.first().context("no request")?;
+    for line in [
+        "x-tenant: acme",
+        "cookie: gwc-node=node-b",
+        "authorization: bearer sekrit",
+        "sec-websocket-protocol: gstwebrtc-cluster.v2, gstwebrtc-cluster.v1",
+    ] {
+        assert!(first.contains(line), "no '{line}' in:\n{first}");
+    }
+    let v1 = requests.last().context("no v1 request")?;
+    assert!(!v1.contains("sec-websocket-protocol"), "{v1}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn wss_with_a_ca_file_or_insecure_tls() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("gwc-agent-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem())?;
+    std::fs::write(&key, generated.signing_key.serialize_pem())?;
+    let node =
+        Node::start_tls(&["-c", cert.to_str().unwrap(), "-k", key.to_str().unwrap()]).await?;
+    let url = format!("wss://localhost:{}", node.port);
+    let cafile = cert.to_str().unwrap();
+    let wait = [
+        "--producer-name",
+        "nobody",
+        "--timeout",
+        "2",
+        "--retry-for",
+        "2",
+    ];
+    // Trusted through --cafile, or not checked at all: registered, then not found (3).
+    for extra in [vec!["--cafile", cafile], vec!["--insecure-tls"]] {
+        let mut args = vec!["--server", url.as_str()];
+        args.extend(extra.iter().copied());
+        args.extend(wait);
+        let (code, stderr) = quick("consumer-agent", &args).await?;
+        assert_eq!(code, Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("registered as"), "{stderr}");
+    }
+    // Not trusted: the connection fails (1).
+    let mut args = vec!["--server", url.as_str()];
+    args.extend(wait);
+    let (code, stderr) = quick("consumer-agent", &args).await?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() -> Result<()> {
+    let dead = format!("ws://127.0.0.1:{}", free_port());
+    let mut a = Agent::spawn(
+        "consumer-agent",
+        &[
+            "--server",
+            &dead,
+            "--first",
+            "--retry-for",
+            "1",
+            "--log-format",
+            "json",
+        ],
+    )?;
+    assert_eq!(a.exit_within(Duration::from_secs(30)).await?, Some(1));
+    let logs: Vec<String> = a
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(String::from)
+        .collect();
+    assert!(!logs.is_empty(), "{}", a.stderr());
+    for line in &logs {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{v}");
+    }
+    Ok(())
+}

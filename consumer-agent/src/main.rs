@@ -270,7 +270,6 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         })?
     };
 
-    let searching_since = Instant::now();
     let timeout = Duration::from_secs(args.timeout);
     let what = describe(target);
     info!("looking for {what} on {}", args.signalling.describe());
@@ -281,6 +280,8 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         let started = run.started;
         let (frame_target, duration) = (args.frames, args.duration.map(Duration::from_secs_f64));
         let mut session_since: Option<Instant> = None;
+        // The search clock starts once registered: an unreachable server is --retry-for's.
+        let mut searching_since: Option<Instant> = None;
         let mut frames_at_session = 0u64;
         let mut new_sessions: Vec<String> = Vec::new();
         let sessions_out = Rc::new(RefCell::new(Vec::<String>::new()));
@@ -289,7 +290,11 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         let servers = args.signalling.describe();
         let by_id = matches!(target, Target::Id(_));
         let finish = finish.clone();
-        let source = glib::timeout_add_local(Duration::from_millis(20), move || {
+        let done = outcome.clone();
+        glib::timeout_add_local(Duration::from_millis(20), move || {
+            if done.borrow().is_some() {
+                return glib::ControlFlow::Break;
+            }
             if shutdown.requested() {
                 info!("signal received, stopping");
                 finish(Outcome::Stopped);
@@ -304,6 +309,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
                         v2,
                         resumed,
                     } => {
+                        searching_since.get_or_insert_with(Instant::now);
                         let node = node_id.map(|n| format!(" node {n}")).unwrap_or_default();
                         if resumed {
                             info!(peer = %peer_id, "resumed on {server}{node}: session kept");
@@ -373,7 +379,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
             }
             let n = frames.load(Ordering::Relaxed);
             match session_since {
-                None if searching_since.elapsed() > timeout => {
+                None if searching_since.is_some_and(|s| s.elapsed() > timeout) => {
                     let msg = format!(
                         "no {what} appeared on {servers} within {} s",
                         timeout.as_secs()
@@ -407,7 +413,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
             }
             glib::ControlFlow::Continue
         });
-        (source, sessions_out)
+        sessions_out
     };
 
     if let Err(e) = pipeline.set_state(gst::State::Playing) {
@@ -415,9 +421,8 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         return Ok(Outcome::Failed(anyhow!("cannot start the pipeline: {e}")));
     }
     main_loop.run();
-    let (source, sessions) = tick;
-    // The tick may already have removed itself by returning Break.
-    drop(source);
+    // The tick stops itself (next time it runs, if the loop ended for another reason).
+    let sessions = tick;
     run.session_ids.extend(sessions.borrow().iter().cloned());
     let outcome = outcome.borrow_mut().take().unwrap_or(Outcome::Stopped);
     finalize_recording(&pipeline, &bus, &entries.lock().unwrap());

@@ -247,14 +247,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
     start_reporting(args, &sink, collector)?;
 
     let main_loop = glib::MainLoop::new(None, false);
+    let looper = Looper::new(
+        &pipeline,
+        matches!(&args.source, Source::Uri(u) if u.starts_with("file://")) && !args.no_loop,
+    );
     let failure = Arc::new(Mutex::new(None::<anyhow::Error>));
     let streams_linked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bus = pipeline.bus().context("pipeline has no bus")?;
     let _watch = {
         let (main_loop, failure, weak) = (main_loop.clone(), failure.clone(), pipeline.downgrade());
-        let looping =
-            matches!(&args.source, Source::Uri(u) if u.starts_with("file://")) && !args.no_loop;
         let streams_linked = streams_linked.clone();
+        let looper = looper.clone();
         bus.add_watch_local(move |_, msg| {
             match msg.view() {
                 gst::MessageView::Error(e) => {
@@ -273,19 +276,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
                         });
                     main_loop.quit();
                 }
-                gst::MessageView::Eos(_) => {
-                    if looping {
-                        if let Some(p) = weak.upgrade() {
-                            info!("end of file, looping");
-                            if p.seek_simple(
-                                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
-                                gst::ClockTime::ZERO,
-                            )
-                            .is_ok()
-                            {
-                                return glib::ControlFlow::Continue;
-                            }
+                gst::MessageView::SegmentDone(_) => {
+                    if let Some(p) = weak.upgrade() {
+                        info!("end of file, looping");
+                        if p.seek_simple(gst::SeekFlags::SEGMENT, gst::ClockTime::ZERO)
+                            .is_err()
+                        {
+                            warn!("cannot seek back to the start; stopping");
+                            main_loop.quit();
                         }
+                    }
+                }
+                gst::MessageView::Eos(_) => {
+                    // The file ended before the loop was armed (it is shorter than webrtcsink's
+                    // start-up): arm it now.
+                    if looper.arm() {
+                        return glib::ControlFlow::Continue;
                     }
                     info!("the source ended");
                     main_loop.quit();
@@ -301,6 +307,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let (main_loop, failure) = (main_loop.clone(), failure.clone());
         let name = args.name.clone();
         let counters = counters.clone();
+        let looper = looper.clone();
         glib::timeout_add_local(Duration::from_millis(50), move || {
             if shutdown.requested() {
                 info!("signal received, ending sessions");
@@ -323,6 +330,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
                             info!(peer = %id, "registered '{name}' as {id} on {server}{node} (protocol v{})", if v2 { 2 } else { 1 });
                         }
                         *peer_id.lock().unwrap() = Some(id);
+                        // webrtcsink registers once its codec discovery is done: a flushing
+                        // seek from now on cannot disturb it.
+                        looper.arm();
                     }
                     AgentEvent::Reconnecting { server, reason } => {
                         counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -438,4 +448,41 @@ fn start_reporting(
             *latest.lock().unwrap() = Some(snapshot);
         })?;
     Ok(())
+}
+
+/// Loops a file source with segment seeks: they keep the running time going, so webrtcsink's
+/// consumers see one endless stream (a flushing seek back to 0 at each end would make them
+/// drop everything as late). Arming takes one flushing segment seek, done once webrtcsink's
+/// codec discovery is over (a flush during discovery can stall it).
+#[derive(Clone)]
+struct Looper {
+    pipeline: gst::glib::WeakRef<gst::Pipeline>,
+    wanted: bool,
+    armed: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl Looper {
+    fn new(pipeline: &gst::Pipeline, wanted: bool) -> Self {
+        Looper {
+            pipeline: pipeline.downgrade(),
+            wanted,
+            armed: Default::default(),
+        }
+    }
+
+    /// Arms the loop if wanted and not yet done; true if it did.
+    fn arm(&self) -> bool {
+        if !self.wanted || self.armed.replace(true) {
+            return false;
+        }
+        let Some(p) = self.pipeline.upgrade() else {
+            return false;
+        };
+        let flags = gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT;
+        if p.seek_simple(flags, gst::ClockTime::ZERO).is_err() {
+            warn!("the source cannot seek: it will not loop");
+            return false;
+        }
+        true
+    }
 }

@@ -86,7 +86,13 @@ pub fn add(
             }
         }
         Source::Pipeline(fragment) => {
+            // gst-launch accepts a fragment ending in caps (`… ! video/x-raw,width=320`), a
+            // bin description does not: give such a fragment something to end in.
             let bin = gst::parse::bin_from_description(fragment, true)
+                .or_else(|e| {
+                    gst::parse::bin_from_description(&format!("{fragment} ! identity"), true)
+                        .map_err(|_| e)
+                })
                 .map_err(|e| BadSource(format!("cannot parse the pipeline fragment: {e}")))?;
             let pads: Vec<gst::Pad> = bin.src_pads();
             if pads.is_empty() {
