@@ -13,6 +13,11 @@ use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
 
+/// How many sessions a consumer report lists.
+fn sessions_of(report: &Value) -> Option<usize> {
+    report["session_ids"].as_array().map(Vec::len)
+}
+
 fn frames_of(v: &Value) -> u64 {
     v["frames"].as_u64().unwrap_or(0)
 }
@@ -106,16 +111,17 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
     assert!(value > 0.0, "{metrics}");
 
     // Producer: one consumer, its bitrate, encoder and congestion-control target.
+    // (Any line while the consumer was there: it may have left since.)
+    let sending = |s: &Value| s["consumers"][0]["bitrate_bps"].as_f64() > Some(0.0);
     producer
         .wait(LONG, "producer stats with a consumer", |p| {
-            p.json_lines("producer-stats")
-                .last()
-                .is_some_and(|s| s["consumers"][0]["bitrate_bps"].as_f64() > Some(0.0))
+            p.json_lines("producer-stats").iter().any(sending)
         })
         .await?;
     let pstats = producer
         .json_lines("producer-stats")
-        .pop()
+        .into_iter()
+        .rfind(sending)
         .context("no stats")?;
     let c0 = &pstats["consumers"][0];
     assert!(c0["target_bitrate_bps"].as_u64() > Some(0), "{pstats}");
@@ -271,11 +277,7 @@ async fn killing_the_producers_node_keeps_the_session_when_the_producer_resumes(
     let (consumer, producer, stall) = kill_the_producers_node("auto").await?;
     let report = consumer.report()?;
     // Same session all along: the producer resumed its identity on node B.
-    assert_eq!(
-        report["session_ids"].as_array().map(Vec::len),
-        Some(1),
-        "{report}"
-    );
+    assert_eq!(sessions_of(&report), Some(1), "{report}");
     assert!(
         producer.stderr().contains("lost ws://"),
         "{}",
@@ -292,11 +294,7 @@ async fn without_resume_the_consumer_finds_the_reregistered_producer() -> Result
     let (consumer, producer, _) = kill_the_producers_node("v1").await?;
     let report = consumer.report()?;
     // A new producer identity, so a second session, found again by name.
-    assert_eq!(
-        report["session_ids"].as_array().map(Vec::len),
-        Some(2),
-        "{report}"
-    );
+    assert_eq!(sessions_of(&report), Some(2), "{report}");
     assert!(
         consumer.stderr().contains("looking for it again"),
         "{}",
@@ -341,11 +339,7 @@ async fn a_draining_node_moves_the_producer_without_a_new_session() -> Result<()
         Some(0)
     );
     let report = consumer.report()?;
-    assert_eq!(
-        report["session_ids"].as_array().map(Vec::len),
-        Some(1),
-        "{report}"
-    );
+    assert_eq!(sessions_of(&report), Some(1), "{report}");
     assert!(
         producer.stderr().contains("goAway"),
         "{}",
@@ -413,11 +407,7 @@ async fn agents_work_with_the_stock_server_and_survive_its_restart() -> Result<(
         consumer.stderr()
     );
     let report = consumer.report()?;
-    assert_eq!(
-        report["session_ids"].as_array().map(Vec::len),
-        Some(2),
-        "{report}"
-    );
+    assert_eq!(sessions_of(&report), Some(2), "{report}");
     Ok(())
 }
 
@@ -871,11 +861,7 @@ async fn headers_token_and_protocol_offer_reach_the_server() -> Result<()> {
 #[tokio::test]
 async fn wss_with_a_ca_file_or_insecure_tls() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("gwc-agent-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, generated.cert.pem())?;
-    std::fs::write(&key, generated.signing_key.serialize_pem())?;
+    let (cert, key, _) = cluster_tests::self_signed(&dir)?;
     let node =
         Node::start_tls(&["-c", cert.to_str().unwrap(), "-k", key.to_str().unwrap()]).await?;
     let url = format!("wss://localhost:{}", node.port);

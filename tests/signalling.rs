@@ -223,16 +223,12 @@ async fn sigterm_sends_go_away_to_v2_peers_and_exits_after_the_drain_timeout() -
 #[tokio::test]
 async fn tls_with_cert_and_key_serves_wss() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("gwc-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, generated.cert.pem())?;
-    std::fs::write(&key, generated.signing_key.serialize_pem())?;
+    let (cert, key, der) = cluster_tests::self_signed(&dir)?;
     let node =
         Node::start_tls(&["-c", cert.to_str().unwrap(), "-k", key.to_str().unwrap()]).await?;
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(generated.cert.der().clone())?;
+    roots.add(der)?;
     let tls = rustls::ClientConfig::builder_with_provider(
         rustls::crypto::ring::default_provider().into(),
     )

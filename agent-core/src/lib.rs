@@ -4,12 +4,14 @@
 //!   webrtcsink/webrtcsrc, built on the [`proto`] crate and on [`client`], the signalling
 //!   connection that fails over through a list of servers and resumes (v2) after a loss.
 //! * [`cli`]: the options every agent has (servers, headers, TLS, logging, stats, metrics).
-//! * [`metrics`]: a tiny Prometheus text endpoint; [`stats`]: reading webrtcbin statistics.
+//! * [`reporting`]: stats JSON lines and [`metrics`], a tiny Prometheus text endpoint;
+//!   [`stats`]: reading webrtcbin statistics.
 //! * [`shutdown`]: SIGINT/SIGTERM as a flag the GLib main loop polls.
 
 pub mod cli;
 pub mod client;
 pub mod metrics;
+pub mod reporting;
 pub mod shutdown;
 pub mod signaller;
 pub mod stats;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_core::cli::{OutputArgs, SignallingArgs};
@@ -155,7 +155,12 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         session_ids: Vec::new(),
         recordings: Vec::new(),
     };
-    start_reporting(args, &run)?;
+    let mut collector = report::Collector::new(run.started, run.frames.clone(), run.shared.clone());
+    agent_core::reporting::start(
+        &args.output,
+        move || Some(collector.collect()),
+        report::render,
+    )?;
     let mut segment = 0;
     let mut refusals = 0;
     loop {
@@ -456,43 +461,4 @@ fn finalize_recording(pipeline: &gst::Pipeline, bus: &gst::Bus, entries: &[gst::
         ),
     }
     let _ = pipeline;
-}
-
-/// `--stats-interval` JSON lines and `--metrics-addr`, fed by one collecting thread.
-fn start_reporting(args: &Args, run: &Run) -> anyhow::Result<()> {
-    if args.output.stats_interval.is_none() && args.output.metrics_addr.is_none() {
-        return Ok(());
-    }
-    let latest = Arc::new(Mutex::new(None::<report::Snapshot>));
-    if let Some(addr) = args.output.metrics_addr {
-        let latest = latest.clone();
-        let bound = agent_core::metrics::serve(
-            addr,
-            Arc::new(move || {
-                latest
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map(report::render)
-                    .unwrap_or_default()
-            }),
-        )?;
-        info!("metrics on http://{bound}/metrics");
-    }
-    let print = args.output.stats_interval.is_some();
-    let interval = args.output.stats_interval.unwrap_or(Duration::from_secs(1));
-    let mut collector = report::Collector::new(run.started, run.frames.clone(), run.shared.clone());
-    std::thread::Builder::new()
-        .name("stats".into())
-        .spawn(move || loop {
-            std::thread::sleep(interval);
-            let snapshot = collector.collect();
-            if print {
-                if let Ok(line) = serde_json::to_string(&snapshot) {
-                    println!("{line}");
-                }
-            }
-            *latest.lock().unwrap() = Some(snapshot);
-        })?;
-    Ok(())
 }

@@ -244,7 +244,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         peer_id.clone(),
         consumers.clone(),
     )));
-    start_reporting(args, &sink, collector)?;
+    let weak_sink = sink.downgrade();
+    agent_core::reporting::start(
+        &args.output,
+        move || Some(collector.lock().unwrap().collect(&weak_sink.upgrade()?)),
+        report::render,
+    )?;
 
     let main_loop = glib::MainLoop::new(None, false);
     let looper = Looper::new(
@@ -404,50 +409,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// `--stats-interval` JSON lines and `--metrics-addr`, fed by one collecting thread.
-fn start_reporting(
-    args: &Args,
-    sink: &gst::Element,
-    collector: Arc<Mutex<Collector>>,
-) -> anyhow::Result<()> {
-    if args.output.stats_interval.is_none() && args.output.metrics_addr.is_none() {
-        return Ok(());
-    }
-    let latest = Arc::new(Mutex::new(None::<report::Snapshot>));
-    if let Some(addr) = args.output.metrics_addr {
-        let latest = latest.clone();
-        let bound = agent_core::metrics::serve(
-            addr,
-            Arc::new(move || {
-                latest
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map(report::render)
-                    .unwrap_or_default()
-            }),
-        )?;
-        info!("metrics on http://{bound}/metrics");
-    }
-    let print = args.output.stats_interval.is_some();
-    let interval = args.output.stats_interval.unwrap_or(Duration::from_secs(1));
-    let sink = sink.downgrade();
-    std::thread::Builder::new()
-        .name("stats".into())
-        .spawn(move || loop {
-            std::thread::sleep(interval);
-            let Some(sink) = sink.upgrade() else { return };
-            let snapshot = collector.lock().unwrap().collect(&sink);
-            if print {
-                if let Ok(line) = serde_json::to_string(&snapshot) {
-                    println!("{line}");
-                }
-            }
-            *latest.lock().unwrap() = Some(snapshot);
-        })?;
-    Ok(())
 }
 
 /// Loops a file source with segment seeks: they keep the running time going, so webrtcsink's

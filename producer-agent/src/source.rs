@@ -104,15 +104,7 @@ pub fn add(
             pipeline.add(&bin)?;
             for pad in pads {
                 let caps = pad.query_caps(None);
-                let media = caps
-                    .structure(0)
-                    .map(|s| s.name().to_string())
-                    .unwrap_or_default();
-                let kind = if media.starts_with("video/") {
-                    "video"
-                } else if media.starts_with("audio/") {
-                    "audio"
-                } else {
+                let Some(kind) = media_kind(&caps) else {
                     return Err(BadSource(format!(
                         "pad {} of the fragment gives '{caps}', neither audio nor video",
                         pad.name()
@@ -142,16 +134,8 @@ pub fn add(
                     return;
                 };
                 let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-                let media = caps
-                    .structure(0)
-                    .map(|s| s.name().to_string())
-                    .unwrap_or_default();
-                let kind = if media.starts_with("video/") {
-                    "video"
-                } else if media.starts_with("audio/") {
-                    "audio"
-                } else {
-                    return info!("ignoring a {media} stream of the source");
+                let Some(kind) = media_kind(&caps) else {
+                    return info!("ignoring a '{caps}' stream of the source");
                 };
                 if let Err(e) = link_pad(&pipeline, &sink, pad, kind, &on_stream) {
                     warn!("cannot publish the {kind} stream of the source: {e:#}");
@@ -160,6 +144,18 @@ pub fn add(
         }
     }
     Ok(())
+}
+
+/// `video` or `audio`, from the first structure of `caps`.
+fn media_kind(caps: &gst::CapsRef) -> Option<&'static str> {
+    let name = caps.structure(0)?.name();
+    if name.starts_with("video/") {
+        Some("video")
+    } else if name.starts_with("audio/") {
+        Some("audio")
+    } else {
+        None
+    }
 }
 
 fn add_and_link(

@@ -510,3 +510,16 @@ where
     }
     bail!("timed out waiting for {what}")
 }
+
+/// A self-signed certificate for `localhost` written to `dir` as `cert.pem` and `key.pem`;
+/// returns their paths and the certificate (DER) to trust.
+pub fn self_signed(
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>)> {
+    std::fs::create_dir_all(dir)?;
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem())?;
+    std::fs::write(&key, generated.signing_key.serialize_pem())?;
+    Ok((cert, key, generated.cert.der().clone()))
+}
