@@ -322,6 +322,7 @@ impl Task {
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         self.received += 1;
+                        tracing::trace!(frame = %text.as_str(), "received");
                         match ServerMessage::parse(text.as_str()) {
                             Ok(ServerMessage::GoAway { reason, .. }) => {
                                 // Leave without a close frame: the server keeps our identity
@@ -342,6 +343,7 @@ impl Task {
                 },
                 out = self.outgoing.recv() => match out {
                     Some(text) => {
+                        tracing::trace!(frame = %text, "sending");
                         if let Err(e) = ws.send(Message::text(text)).await {
                             return End::Lost(e.to_string());
                         }

@@ -132,6 +132,20 @@ impl Agent {
     }
 }
 
+/// The test harness shows this only when the test fails: both sides' story.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let lines = self.stderr.lock().unwrap().clone();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        eprintln!(
+            "--- {} stderr (last {} lines):\n{}",
+            self.proc.name,
+            tail.len(),
+            tail.join("\n")
+        );
+    }
+}
+
 fn collect(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {

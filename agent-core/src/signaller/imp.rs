@@ -400,9 +400,13 @@ impl SignallableImpl for ClusterSignaller {
                 obj.imp().on_client_event(event);
             }
         });
+        // Hold the state while spawning: the client may connect and call back (and send)
+        // before `spawn` returns, and must find itself in the state when it does.
+        let mut state = self.state.lock().unwrap();
         match Client::spawn(&RUNTIME, config.client.clone(), on_event) {
-            Ok(client) => self.state.lock().unwrap().client = Some(Arc::new(client)),
+            Ok(client) => state.client = Some(Arc::new(client)),
             Err(e) => {
+                drop(state);
                 self.event(AgentEvent::GaveUp {
                     error: e.to_string(),
                 });
