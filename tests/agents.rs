@@ -241,23 +241,25 @@ async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent, Durati
         .unwrap_or(0);
     let killed = Instant::now();
     a.proc.signal(libc::SIGKILL);
-    // The producer gets back through its list; frames keep (or start again) rising.
+    // The producer gets back through its list (a second registration without resume);
+    // frames keep (or start again) rising.
+    let back = if protocol == "auto" {
+        "resumed as"
+    } else {
+        "registered 'survivor'"
+    };
+    let times = if protocol == "auto" { 1 } else { 2 };
     producer
-        .wait_stderr(
-            if protocol == "auto" {
-                "resumed as"
-            } else {
-                "registered 'survivor'"
-            },
-            LONG,
-        )
+        .wait(LONG, back, |p| p.stderr().matches(back).count() >= times)
         .await?;
+    let back_after = killed.elapsed();
     consumer
         .wait(LONG, "60 more frames", |c| frames_now(c) >= before + 60)
         .await?;
     let stall = Duration::from_millis(longest_stall_ms(&consumer, killed_at_ms));
     eprintln!(
-        "protocol {protocol}: producer back {:?} after the kill; consumer frames stalled at most {stall:?}",
+        "protocol {protocol}: producer back on node B {back_after:?} after the kill; \
+         consumer frames stood still at most {stall:?}; 60 more frames after {:?}",
         killed.elapsed()
     );
     consumer.signal(libc::SIGINT);
