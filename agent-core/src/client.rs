@@ -192,6 +192,7 @@ impl Task {
                     index += 1;
                     continue; // the first retry goes out at once, to the next server
                 }
+                Err(AttemptError::Stopped) => return,
                 Err(e) => {
                     if matches!(e, AttemptError::RefusedV2) {
                         // A stock server: same server again at once, v1 this time.
@@ -268,7 +269,7 @@ impl Task {
         let mut stop = self.stop.clone();
         let result = tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(10), attempt) => r,
-            _ = stop.changed() => return Err(AttemptError::Other("stopped".into())),
+            _ = stop.changed() => return Err(AttemptError::Stopped),
         };
         match result {
             Err(_) => Err(AttemptError::Other("timed out".into())),
@@ -371,6 +372,8 @@ impl Task {
 enum AttemptError {
     #[error("server refused the v2 subprotocol")]
     RefusedV2,
+    #[error("stopped")]
+    Stopped,
     #[error("{0}")]
     Other(String),
 }
