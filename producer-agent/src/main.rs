@@ -83,7 +83,8 @@ pub struct Args {
     /// Extra metadata `KEY=VALUE` published with the producer (repeatable).
     #[arg(long = "meta", value_parser = parse_key_value)]
     pub meta: Vec<(String, String)>,
-    /// Accept mouse/keyboard events from consumers over a data channel.
+    /// Accept mouse/keyboard events from consumers over data channels (webrtcsink's
+    /// navigation and control channels; gstwebrtc-api's remote controller uses the latter).
     #[arg(long, env = "PRODUCER_NAVIGATION")]
     pub navigation: bool,
     /// STUN server (`stun://host:port`); none by default (host candidates only).
@@ -193,7 +194,10 @@ fn make_sink(
     if let Some(v) = args.rtx {
         sink.set_property("do-retransmission", v);
     }
+    // Both channels: gstwebrtc-api 3 sends its remote controller's events over the "control"
+    // channel; older clients use the "input" navigation channel.
     sink.set_property("enable-data-channel-navigation", args.navigation);
+    sink.set_property("enable-control-data-channel", args.navigation);
     Ok(sink)
 }
 
