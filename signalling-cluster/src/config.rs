@@ -104,6 +104,10 @@ pub struct Config {
     )]
     pub drain_timeout_secs: u64,
 
+    /// Serve the web app from this directory instead of the copy built into the binary.
+    #[arg(long, env = "SIGNALLING_WEB_ROOT")]
+    pub web_root: Option<std::path::PathBuf>,
+
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "SIGNALLING_WORKERS")]
     pub workers: Option<usize>,

@@ -9,6 +9,7 @@
 //! * [`bus`]: how peers reach the router ([`bus::MemoryBus`] alone; Redis in a cluster).
 //! * [`peer`]: one actor per connection; [`mailbox`]: its bounded outgoing queue.
 //! * [`server`]: actix-web, health endpoints, TLS; [`config`]: flags and environment.
+//! * [`web`]: the browser app every node serves.
 
 pub mod bus;
 pub mod config;
@@ -18,5 +19,6 @@ pub mod resume;
 pub mod routing;
 pub mod server;
 mod tls;
+pub mod web;
 
 pub use config::Config;

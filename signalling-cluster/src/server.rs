@@ -154,11 +154,22 @@ async fn websocket_or_index(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_upgrade {
-        return Ok(HttpResponse::Ok().content_type("text/plain").body(format!(
-            "gst-webrtc-cluster signalling node {}: connect a WebSocket here (protocol v1, or v2 with subprotocol {})\n",
-            state.node_id,
-            proto::SUBPROTOCOL_V2
-        )));
+        // Browsers get the web app; stock elements connect the WebSocket on the same paths.
+        if req.method() != actix_web::http::Method::GET
+            && req.method() != actix_web::http::Method::HEAD
+        {
+            return Ok(HttpResponse::MethodNotAllowed().finish());
+        }
+        let assets = crate::web::Assets::new(state.config.web_root.clone());
+        return Ok(match assets.get(req.path()) {
+            Some((body, content_type)) => HttpResponse::Ok()
+                .content_type(content_type)
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .body(body.into_owned()),
+            None => HttpResponse::NotFound()
+                .content_type("text/plain")
+                .body("not found\n"),
+        });
     }
 
     let offers = req

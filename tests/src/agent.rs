@@ -32,8 +32,13 @@ impl Agent {
 
     pub fn spawn(name: &str, args: &[&str]) -> anyhow::Result<Agent> {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args)
-            .stdout(Stdio::piped())
+        cmd.args(args);
+        Self::spawn_command(cmd, name)
+    }
+
+    /// Any command, with its output collected the same way (e.g. the browser driver).
+    pub fn spawn_command(mut cmd: Command, name: &str) -> anyhow::Result<Agent> {
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Readable progress lines (uncoloured: stderr is a pipe).
             .env("GWC_LOG_FORMAT", "text");
@@ -67,6 +72,14 @@ impl Agent {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["type"] == kind)
             .collect()
+    }
+
+    /// The first stdout JSON line whose `key` is `value`.
+    pub fn json_lines_with(&self, key: &str, value: &str) -> Option<Value> {
+        self.stdout()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v[key] == value)
     }
 
     /// The last stdout line as JSON (the consumer's report).

@@ -1,0 +1,182 @@
+//! The web app every node serves, in Debian's Chromium (headless, driven by playwright-core
+//! through `web/tests/browser.mjs`), with the stock gstwebrtc-api, against real agents, nodes
+//! and Redis.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cluster_tests::agent::Agent;
+use cluster_tests::{media, Node, Redis};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web")
+}
+
+/// `node web/tests/browser.mjs ARGS`: a headless Chromium session reporting JSON lines.
+fn browser(args: &[&str]) -> Result<Agent> {
+    let mut cmd = Command::new("node");
+    cmd.arg("tests/browser.mjs")
+        .args(args)
+        .current_dir(web_dir());
+    Agent::spawn_command(cmd, "browser")
+}
+
+/// Waits for the browser's `{"event": kind}` line (failing fast on `failed`).
+async fn event(b: &Agent, kind: &str) -> Result<Value> {
+    b.wait(LONG, kind, |b| {
+        b.json_lines_with("event", kind).is_some() || b.json_lines_with("event", "failed").is_some()
+    })
+    .await?;
+    if let Some(failed) = b.json_lines_with("event", "failed") {
+        anyhow::bail!("browser failed: {failed}\n{}", b.stderr());
+    }
+    b.json_lines_with("event", kind).context("no event")
+}
+
+fn nav_events(p: &Agent) -> u64 {
+    p.json_lines("producer-stats")
+        .last()
+        .and_then(|s| s["navigation_events"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_a_producer_and_its_clicks_reach_the_producer() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let producer = Agent::producer(&[
+        "--server",
+        &node.url(),
+        "--name",
+        "pattern",
+        "--navigation",
+        "--stats-interval",
+        "0.5",
+    ])?;
+    let artifacts = web_dir().join("test-artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    let shot = artifacts.join("producer-in-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    let page = browser(&["watch", &url, "pattern", shot.to_str().unwrap(), "3"])?;
+
+    let connected = event(&page, "connected").await?;
+    assert_eq!(
+        connected["node"],
+        node_id(&node).await?.as_str(),
+        "the page shows its node"
+    );
+    let playing = event(&page, "playing").await?;
+    // The producer's resolution, decoded frames still rising, a picture (not one colour).
+    assert_eq!(
+        (playing["width"].as_u64(), playing["height"].as_u64()),
+        (Some(320), Some(240)),
+        "{playing}"
+    );
+    assert!(
+        playing["frames"].as_u64() > playing["framesBefore"].as_u64(),
+        "{playing}"
+    );
+    assert!(playing["distinctColours"].as_u64() > Some(4), "{playing}");
+    assert!(
+        playing["overlay"]
+            .as_str()
+            .is_some_and(|o| o.contains("320×240")),
+        "{playing}"
+    );
+    let png =
+        std::fs::read(&shot).with_context(|| format!("no screenshot at {}", shot.display()))?;
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+
+    // Clicks in the tile travel through gstwebrtc-api's remote controller to webrtcsink.
+    event(&page, "clicked").await?;
+    producer
+        .wait(LONG, "navigation events counted", |p| nav_events(p) >= 3)
+        .await?;
+    assert!(
+        producer.stderr().contains("navigation event"),
+        "{}",
+        producer.stderr()
+    );
+    Ok(())
+}
+
+/// The node id, as /healthz names it.
+async fn node_id(node: &Node) -> Result<String> {
+    let (_, body) = node.get("/healthz").await?;
+    let v: Value = serde_json::from_str(&body)?;
+    Ok(v["nodeId"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_publishes_its_camera_to_a_consumer_agent() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    let page = browser(&["publish", &url, "browser-cam", "60"])?;
+    event(&page, "publishing").await?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--producer-name",
+        "browser-cam",
+        "--frames",
+        "60",
+    ])?;
+    assert_eq!(
+        consumer.exit_within(LONG).await?,
+        Some(0),
+        "{}\n{}",
+        consumer.stderr(),
+        page.stderr()
+    );
+    let report = consumer.report()?;
+    assert!(report["frames"].as_u64() >= Some(60), "{report}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_two_nodes_the_page_watches_a_producer_of_the_other_node_and_sees_it_leave(
+) -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let producer = Agent::producer(&["--server", &b.url(), "--name", "far"])?;
+    let url = format!("http://127.0.0.1:{}/", a.port);
+    let page = browser(&["watch", &url, "far", ""])?;
+    assert_eq!(event(&page, "connected").await?["node"], "node-a");
+    let playing = event(&page, "playing").await?;
+    assert_eq!(playing["width"].as_u64(), Some(320), "{playing}");
+    // The producer stops: the list on node A loses it, the tile says so.
+    producer.signal(libc::SIGTERM);
+    let removed = event(&page, "removed").await?;
+    assert_eq!(removed["tileState"], "producer left", "{removed}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn browsers_get_the_app_and_stock_clients_the_websocket_on_the_same_port() -> Result<()> {
+    let node = Node::start(&[]).await?;
+    let (status, body) = node.get("/").await?;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("gst-webrtc-cluster") && body.contains("app.js"),
+        "{body}"
+    );
+    let (status, js) = node.get("/gstwebrtc-api.js").await?;
+    assert_eq!(status, 200);
+    assert!(js.contains("GstWebRTCAPI"), "the stock library is served");
+    assert_eq!(node.get("/nope.js").await?.0, 404);
+    assert_eq!(node.get("/../Cargo.toml").await?.0, 404);
+    // The WebSocket still answers on `/`.
+    let mut peer = cluster_tests::Peer::connect(&node.url()).await?;
+    peer.send(serde_json::json!({"type": "list"})).await?;
+    peer.expect("list").await?;
+    Ok(())
+}

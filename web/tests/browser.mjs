@@ -1,0 +1,96 @@
+// Drives Debian's Chromium, headless, through playwright-core, for tests/web.rs.
+// Prints one JSON object per line on stdout as things happen.
+//
+//   node browser.mjs watch URL NAME SCREENSHOT [CLICKS]
+//     opens the app, clicks producer NAME, reports the playing video (size, frames, pixels),
+//     clicks CLICKS times in the tile, then reports when NAME leaves the list.
+//   node browser.mjs publish URL NAME SECONDS
+//     publishes the fake camera as NAME for SECONDS.
+import { chromium } from "playwright-core";
+
+const [mode, url, name, arg4, arg5] = process.argv.slice(2);
+const say = (obj) => console.log(JSON.stringify(obj));
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    // Real host candidates (not mDNS names): GStreamer's side cannot resolve .local names.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+  ],
+});
+const page = await browser.newPage({ viewport: { width: 1024, height: 768 } });
+page.on("console", (m) => console.error(`[page] ${m.type()}: ${m.text()}`));
+page.on("pageerror", (e) => console.error(`[page] error: ${e.message}`));
+
+try {
+  await page.goto(url);
+  await page.waitForFunction(() => document.querySelector("#status").dataset.state === "connected", null, { timeout: 20000 });
+  say({ event: "connected", node: await page.textContent("#node") });
+
+  if (mode === "watch") {
+    const button = page.locator("#producers button", { hasText: name });
+    await button.first().click({ timeout: 60000 });
+    const tile = page.locator(".tile").first();
+    await page.waitForFunction(() => {
+      const t = document.querySelector(".tile");
+      return t && Number(t.dataset.frames || 0) > 10 && Number(t.dataset.width || 0) > 0;
+    }, null, { timeout: 60000 });
+    const sample = () => page.evaluate(() => {
+      const t = document.querySelector(".tile");
+      const v = t.querySelector("video");
+      return { frames: v.getVideoPlaybackQuality().totalVideoFrames, width: v.videoWidth, height: v.videoHeight };
+    });
+    const first = await sample();
+    await page.waitForTimeout(1500);
+    const second = await sample();
+    const distinct = await page.evaluate(() => {
+      const v = document.querySelector(".tile video");
+      const c = document.createElement("canvas");
+      c.width = v.videoWidth; c.height = v.videoHeight;
+      const ctx = c.getContext("2d");
+      ctx.drawImage(v, 0, 0);
+      const data = ctx.getImageData(0, 0, c.width, c.height).data;
+      const colours = new Set();
+      for (let i = 0; i < data.length && colours.size < 64; i += 4 * 97) {
+        colours.add((data[i] >> 4) << 8 | (data[i + 1] >> 4) << 4 | (data[i + 2] >> 4));
+      }
+      return colours.size;
+    });
+    if (arg4) await tile.locator("video").screenshot({ path: arg4 });
+    const overlay = await tile.locator(".stats").textContent();
+    say({ event: "playing", ...second, framesBefore: first.frames, distinctColours: distinct, overlay });
+
+    const clicks = Number(arg5 || 0);
+    if (clicks > 0) {
+      await page.waitForFunction(() => document.querySelector(".tile")?.dataset.remoteControl === "on", null, { timeout: 20000 });
+      const box = await tile.locator("video").boundingBox();
+      for (let i = 0; i < clicks; i++) {
+        await page.mouse.click(box.x + box.width * (0.2 + 0.06 * i), box.y + box.height / 2);
+        await page.waitForTimeout(100);
+      }
+      say({ event: "clicked", clicks });
+    }
+
+    await page.waitForFunction((n) => ![...document.querySelectorAll("#producers button")].some((b) => b.textContent === n), name, { timeout: 120000 });
+    say({ event: "removed", tileState: await tile.getAttribute("data-state") });
+  } else if (mode === "publish") {
+    await page.fill("#publish-name", name);
+    await page.click("#publish button[value=camera]");
+    await page.waitForFunction(() => document.body.dataset.publishing, null, { timeout: 20000 });
+    say({ event: "publishing", state: await page.textContent("#publish-state") });
+    await page.waitForTimeout(Number(arg4 || 20) * 1000);
+    say({ event: "done", state: await page.textContent("#publish-state") });
+  } else {
+    throw new Error(`unknown mode ${mode}`);
+  }
+} catch (e) {
+  say({ event: "failed", error: String(e && e.message || e) });
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
