@@ -149,7 +149,7 @@ async fn across_two_nodes_the_page_watches_a_producer_of_the_other_node_and_sees
     let b = Node::join(&redis, "node-b", &[]).await?;
     let producer = Agent::producer(&["--server", &b.url(), "--name", "far"])?;
     let url = format!("http://127.0.0.1:{}/", a.port);
-    let page = browser(&["watch", &url, "far", ""])?;
+    let page = browser(&["watch", &url, "far", "", "0", "resume"])?;
     assert_eq!(event(&page, "connected").await?["node"], "node-a");
     let playing = event(&page, "playing").await?;
     assert_eq!(playing["width"].as_u64(), Some(320), "{playing}");
@@ -157,6 +157,20 @@ async fn across_two_nodes_the_page_watches_a_producer_of_the_other_node_and_sees
     producer.signal(libc::SIGTERM);
     let removed = event(&page, "removed").await?;
     assert_eq!(removed["tileState"], "producer left", "{removed}");
+    // A producer of the same name comes back (new peer id): the tile resumes it.
+    let again = Agent::producer(&["--server", &b.url(), "--name", "far"])?;
+    again.wait_stderr("registered 'far' as", LONG).await?;
+    let resumed = event(&page, "resumed").await?;
+    assert!(
+        again
+            .stderr()
+            .contains(resumed["producerId"].as_str().unwrap_or("?")),
+        "{resumed}"
+    );
+    assert!(
+        resumed["frames"].as_u64() > resumed["framesBefore"].as_u64(),
+        "{resumed}"
+    );
     Ok(())
 }
 

@@ -113,6 +113,7 @@ class Tile {
   }
 
   start(producer) {
+    this.setState("connecting…");
     this.producerId = producer.id;
     this.returned = null;
     this.el.querySelector(".resume").hidden = true;

@@ -1,9 +1,11 @@
 // Drives Debian's Chromium, headless, through playwright-core, for tests/web.rs.
 // Prints one JSON object per line on stdout as things happen.
 //
-//   node browser.mjs watch URL NAME SCREENSHOT [CLICKS]
+//   node browser.mjs watch URL NAME SCREENSHOT [CLICKS] [resume]
 //     opens the app, clicks producer NAME, reports the playing video (size, frames, pixels),
-//     clicks CLICKS times in the tile, then reports when NAME leaves the list.
+//     clicks CLICKS times in the tile, then reports when NAME leaves the list; with `resume`,
+//     waits for a producer of that name to return, clicks the tile's Resume and reports it
+//     playing again.
 //   node browser.mjs publish URL NAME SECONDS
 //     publishes the fake camera as NAME for SECONDS.
 import { chromium } from "playwright-core";
@@ -78,6 +80,17 @@ try {
 
     await page.waitForFunction((n) => ![...document.querySelectorAll("#producers button")].some((b) => b.textContent === n), name, { timeout: 120000 });
     say({ event: "removed", tileState: await tile.getAttribute("data-state") });
+
+    if (process.argv[7] === "resume") {
+      await page.waitForFunction(() => document.querySelector(".tile")?.dataset.state === "producer back", null, { timeout: 120000 });
+      await tile.locator("button.resume").click();
+      await page.waitForFunction(() => document.querySelector(".tile").dataset.state === "playing", null, { timeout: 60000 });
+      const frames = () => page.evaluate(() => document.querySelector(".tile video").getVideoPlaybackQuality().totalVideoFrames);
+      const f1 = await frames();
+      await page.waitForTimeout(1500);
+      const f2 = await frames();
+      say({ event: "resumed", producerId: await tile.getAttribute("data-producer-id"), framesBefore: f1, frames: f2 });
+    }
   } else if (mode === "publish") {
     await page.fill("#publish-name", name);
     await page.click("#publish button[value=camera]");
