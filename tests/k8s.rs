@@ -153,6 +153,74 @@ fn crd_backed_objects_render_only_when_their_api_is_served() -> Result<()> {
     Ok(())
 }
 
+/// NOTES.txt as `helm install` prints it. `helm template` skips NOTES.txt and a dry-run install
+/// needs a cluster, so a copy of the chart wraps it in a named template rendered into a
+/// ConfigMap.
+fn notes(sets: &[&str]) -> Result<String> {
+    let copy = std::env::temp_dir().join(format!(
+        "gwc-k8s-notes-{}-{}",
+        std::process::id(),
+        sets.len()
+    ));
+    let _ = std::fs::remove_dir_all(&copy);
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(k8s::chart())
+        .arg(&copy)
+        .status()?;
+    assert!(status.success());
+    let text = std::fs::read_to_string(copy.join("templates/NOTES.txt"))?;
+    std::fs::remove_file(copy.join("templates/NOTES.txt"))?;
+    std::fs::write(
+        copy.join("templates/_notes.tpl"),
+        format!("{{{{- define \"test.notes\" -}}}}{text}{{{{- end -}}}}"),
+    )?;
+    std::fs::write(
+        copy.join("templates/notes.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include \"test.notes\" . | quote }}\n",
+    )?;
+    let mut cmd = k8s::helm();
+    cmd.args([
+        "template",
+        "sig",
+        "-n",
+        "webrtc",
+        "--show-only",
+        "templates/notes.yaml",
+    ])
+    .arg(&copy);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let docs = yaml_docs(&k8s::run_ok(cmd)?)?;
+    let _ = std::fs::remove_dir_all(&copy);
+    Ok(docs[0]["data"]["notes"]
+        .as_str()
+        .context("no notes")?
+        .to_string())
+}
+
+#[test]
+fn notes_tell_how_to_connect() -> Result<()> {
+    let plain = notes(&[])?;
+    assert!(
+        plain.contains("ws://sig-gst-webrtc-cluster.webrtc.svc:8443"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("kubectl -n webrtc port-forward service/sig-gst-webrtc-cluster 8443:8443"),
+        "{plain}"
+    );
+    let ingress = notes(&[
+        "ingress.enabled=true",
+        "ingress.tls.enabled=true",
+        "ingress.host=sig.example.org",
+    ])?;
+    assert!(ingress.contains("wss://sig.example.org/"), "{ingress}");
+    assert!(ingress.contains("sticky: cookie"), "{ingress}");
+    Ok(())
+}
+
 /// `helm template` with `--set`s that must fail; returns stderr.
 fn rejected(sets: &[&str]) -> Result<String> {
     let mut cmd = k8s::helm();
