@@ -857,3 +857,96 @@ fn dockerfile_packages_cover_the_gstreamer_plugins_the_agents_load() -> Result<(
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The env of the first container of the agent Deployment labelled `id`, with Kubernetes'
+/// values only (no secrets in the values file used).
+fn agent_env(docs: &[Value], id: &str) -> Result<Vec<(String, String)>> {
+    let deploy = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment" && d["metadata"]["labels"]["gst-webrtc-cluster/agent"] == id
+        })
+        .with_context(|| format!("no Deployment for agent {id}"))?;
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let mut env = Vec::new();
+    for e in container["env"].as_array().context("no env")? {
+        let value = e["value"]
+            .as_str()
+            .with_context(|| format!("env without a value: {e}"))?;
+        env.push((e["name"].as_str().unwrap().to_string(), value.to_string()));
+    }
+    Ok(env)
+}
+
+#[tokio::test]
+async fn agents_started_with_the_rendered_env_find_each_other_through_the_rendered_service_url(
+) -> Result<()> {
+    let values = k8s::chart().join("ci/gateway-monitoring-values.yaml");
+    let docs = yaml_docs(&k8s::template(
+        "gwc",
+        &[
+            "-f",
+            values.to_str().unwrap(),
+            "--set",
+            "consumers[0].name=viewer,consumers[0].producerName=cam-1",
+        ],
+    )?)?;
+    let service = find(&docs, "Service", "signalling").context("no signalling Service")?;
+    let service_url = format!(
+        "ws://{}.default.svc:{}",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["spec"]["ports"][0]["port"]
+    );
+    let node = cluster_tests::Node::start(&[]).await?;
+    let metrics_port = free_port();
+    let start = |bin_name: &str, env: Vec<(String, String)>| -> Result<Proc> {
+        let mut cmd = Command::new(bin(bin_name));
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GWC_") || k.starts_with("PRODUCER_") || k.starts_with("CONSUMER_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            let v = match k.as_str() {
+                // the agents reach the chart's Service by default: remap it to the test node
+                "GWC_SERVER" => {
+                    assert_eq!(v, service_url);
+                    node.url()
+                }
+                "GWC_METRICS_ADDR" => format!("127.0.0.1:{metrics_port}"),
+                "HOME" => std::env::temp_dir().to_string_lossy().to_string(),
+                _ => v,
+            };
+            cmd.env(k, v);
+        }
+        Proc::spawn(cmd, bin_name)
+    };
+    let producer_env = agent_env(&docs, "producer-cam-1")?;
+    assert!(producer_env.contains(&("PRODUCER_NAME".into(), "cam-1".into())));
+    assert!(producer_env.contains(&("PRODUCER_SOURCE".into(), "test".into())));
+    let _producer = start("producer-agent", producer_env)?;
+    // the producer registers under the rendered name and serves metrics on the rendered port
+    cluster_tests::eventually(Duration::from_secs(60), "cam-1 registered", || async {
+        matches!(node.get("/api/v1/producers").await, Ok((200, body)) if body.contains("\"cam-1\""))
+    })
+    .await?;
+    cluster_tests::eventually(Duration::from_secs(30), "producer metrics", || async {
+        matches!(http_get(metrics_port, "/metrics").await, Ok((200, body)) if body.contains("producer_"))
+    })
+    .await?;
+    let consumer_env = agent_env(&docs, "consumer-viewer")?;
+    assert!(consumer_env.contains(&("CONSUMER_PRODUCER_NAME".into(), "cam-1".into())));
+    assert!(consumer_env.contains(&("CONSUMER_SINK".into(), "null".into())));
+    let mut consumer_env: Vec<_> = consumer_env
+        .into_iter()
+        .filter(|(k, _)| k != "GWC_METRICS_ADDR")
+        .collect();
+    // a Deployment's consumer runs until stopped; here it stops after a few frames
+    consumer_env.push(("CONSUMER_FRAMES".into(), "5".into()));
+    consumer_env.push(("CONSUMER_TIMEOUT".into(), "120".into()));
+    let mut consumer = start("consumer-agent", consumer_env)?;
+    let status = tokio::task::spawn_blocking(move || consumer.child.wait()).await??;
+    assert!(status.success(), "consumer-agent: {status}");
+    Ok(())
+}
