@@ -421,6 +421,7 @@ fn start_rendered_node(
     port: u16,
     redis: &Redis,
     redis_service: &str,
+    paths: &[(&str, &str)],
 ) -> Result<Proc> {
     assert_eq!(
         container["command"],
@@ -432,6 +433,10 @@ fn start_rendered_node(
             *a = format!("--port={port}");
         } else if a.starts_with("--host=") {
             *a = "--host=127.0.0.1".into();
+        }
+        // files mounted in the pod live elsewhere here
+        for (from, to) in paths {
+            *a = a.replace(from, to);
         }
     }
     let mut cmd = Command::new(bin("signalling-cluster"));
@@ -515,7 +520,7 @@ async fn nodes_started_with_the_rendered_args_and_env_answer_the_rendered_probes
     let mut nodes = Vec::new();
     for name in pods {
         let port = free_port();
-        let proc = start_rendered_node(&container, name, port, &redis, &redis_service)?;
+        let proc = start_rendered_node(&container, name, port, &redis, &redis_service, &[])?;
         nodes.push((name, port, proc));
     }
 
@@ -948,5 +953,82 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
     let mut consumer = start("consumer-agent", consumer_env)?;
     let status = tokio::task::spawn_blocking(move || consumer.child.wait()).await??;
     assert!(status.success(), "consumer-agent: {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_started_with_the_rendered_tls_args_answers_the_https_probes() -> Result<()> {
+    let values = k8s::chart().join("ci/node-tls-values.yaml");
+    let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;
+    let (pod, container) = signalling_container(&docs)?;
+    let args: Vec<String> = serde_json::from_value(container["args"].clone())?;
+    // the cert and key come from the kubernetes.io/tls Secret mounted where the args point
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "tls"))
+        .context("no tls mount")?["mountPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+        .context("no tls volume")?;
+    assert_eq!(volume["secret"]["secretName"], "signalling-node-tls");
+    assert_eq!(
+        arg(&args, "--cert"),
+        Some(format!("{mount}/tls.crt").as_str())
+    );
+    assert_eq!(
+        arg(&args, "--key"),
+        Some(format!("{mount}/tls.key").as_str())
+    );
+
+    let dir = std::env::temp_dir().join(format!("gwc-k8s-tls-{}", std::process::id()));
+    let (cert, key, _) = cluster_tests::self_signed(&dir)?;
+    std::fs::rename(cert, dir.join("tls.crt"))?;
+    std::fs::rename(key, dir.join("tls.key"))?;
+    let redis = Redis::start().await?;
+    let redis_service = find(&docs, "Service", "redis").unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_port();
+    let local = dir.to_string_lossy().to_string();
+    let _node = start_rendered_node(
+        &container,
+        "gwc-tls-pod",
+        port,
+        &redis,
+        &redis_service,
+        &[(mount.as_str(), local.as_str())],
+    )?;
+    // the kubelet's HTTPS probes do not verify the certificate: neither does curl -k
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["scheme"], "HTTPS", "{probe}");
+        let url = format!("https://127.0.0.1:{port}{}", get["path"].as_str().unwrap());
+        cluster_tests::eventually(Duration::from_secs(30), probe, || {
+            let url = url.clone();
+            async move {
+                let out = tokio::process::Command::new("curl")
+                    .args([
+                        "-sk",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "2",
+                        &url,
+                    ])
+                    .output()
+                    .await;
+                matches!(out, Ok(o) if o.stdout == b"200")
+            }
+        })
+        .await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
