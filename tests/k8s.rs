@@ -1035,3 +1035,47 @@ async fn a_node_started_with_the_rendered_tls_args_answers_the_https_probes() ->
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn every_pod_meets_the_restricted_pod_security_standard_and_sets_resources() -> Result<()> {
+    let mut renders = vec![k8s::template("gwc", &[])?];
+    for values in k8s::ci_values()? {
+        renders.push(k8s::template("gwc", &["-f", values.to_str().unwrap()])?);
+    }
+    let mut pods = 0;
+    for yaml in renders {
+        for d in yaml_docs(&yaml)? {
+            if !["Deployment", "StatefulSet"].contains(&d["kind"].as_str().unwrap()) {
+                continue;
+            }
+            let name = format!("{}/{}", d["kind"], d["metadata"]["name"]);
+            let spec = &d["spec"]["template"]["spec"];
+            pods += 1;
+            assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}"
+            );
+            assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
+            assert!(
+                spec["hostNetwork"].is_null(),
+                "{name}: host network by default"
+            );
+            for c in spec["containers"].as_array().unwrap() {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+                assert_eq!(
+                    sc["capabilities"]["drop"],
+                    serde_json::json!(["ALL"]),
+                    "{name}"
+                );
+                assert!(c["resources"]["requests"]["cpu"].is_string(), "{name}");
+                assert!(c["resources"]["requests"]["memory"].is_string(), "{name}");
+                assert!(c["resources"]["limits"]["memory"].is_string(), "{name}");
+            }
+        }
+    }
+    assert!(pods > 15, "{pods}");
+    Ok(())
+}
