@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod agent;
+pub mod k8s;
 pub mod media;
 
 /// How long a test waits for a message that should come.
