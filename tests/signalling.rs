@@ -196,9 +196,10 @@ async fn health_endpoints_answer() -> Result<()> {
     let v: Value = serde_json::from_str(&body)?;
     assert_eq!(v["nodeId"], "n1");
     assert_eq!(v["peers"], 1);
+    // a browser's GET gets the web app (see tests/web.rs)
     let (status, body) = node.get("/").await?;
     assert_eq!(status, 200);
-    assert!(body.contains("gstwebrtc-cluster.v2"));
+    assert!(body.contains("<title>gst-webrtc-cluster</title>"), "{body}");
     Ok(())
 }
 
