@@ -419,7 +419,7 @@ async fn a_recording_plays_back() -> Result<()> {
     let node = Node::start(&[]).await?;
     let dir = std::env::temp_dir().join(format!("gwc-rec-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let _producer = Agent::producer(&["--server", &node.url(), "--name", "recorded"])?;
+    let _producer = Agent::producer(&["--server", &node.url(), "--name", "recorded", "--audio"])?;
 
     // .mkv keeps the producer's codec, stopped by --frames.
     let mkv = dir.join("a.mkv");
@@ -434,6 +434,10 @@ async fn a_recording_plays_back() -> Result<()> {
         "90",
     ])?;
     assert_eq!(c.exit_within(LONG).await?, Some(0), "{}", c.stderr());
+    // Both streams made it into the file (the muxer takes no stream after its header).
+    for stream in ["recording video/x-vp8", "recording audio/x-opus"] {
+        assert!(c.stderr().contains(stream), "no '{stream}' in:\n{}", c.stderr());
+    }
     let decoded = tokio::task::spawn_blocking({
         let mkv = mkv.clone();
         move || decoded_frames(&mkv)

@@ -238,7 +238,14 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
     }
     pipeline.add(&src)?;
     *run.shared.src.lock().unwrap() = Some(src.downgrade());
-    let (linker, recording) = Linker::new(&pipeline, &args.sink, segment, run.frames.clone())?;
+    let remote = signaller.clone();
+    let (linker, recording) = Linker::new(
+        &pipeline,
+        &args.sink,
+        segment,
+        run.frames.clone(),
+        Arc::new(move || remote.remote_streams()),
+    )?;
     run.recordings.extend(recording);
     let entries = linker.entries.clone();
     let weak = pipeline.downgrade();

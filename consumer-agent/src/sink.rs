@@ -92,6 +92,9 @@ pub fn segment_path(path: &Path, n: u32) -> PathBuf {
     path.with_file_name(format!("{stem}-{n}.{ext}"))
 }
 
+/// How many streams the producer sends (from its SDP), once known.
+pub type ExpectedStreams = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
+
 /// Links webrtcsrc's pads as the sink says, as they appear.
 pub struct Linker {
     pub frames: Arc<AtomicU64>,
@@ -100,6 +103,26 @@ pub struct Linker {
     /// The recording's muxer, created with the pipeline (file sink).
     mux: Option<gst::Element>,
     sink: Sink,
+    expected: ExpectedStreams,
+    gate: Arc<Mutex<Gate>>,
+}
+
+/// Muxers take no new stream once they have written their header, and webrtcsrc adds its
+/// pads one by one as each stream's first packet arrives: every recorded stream is held at
+/// its entry until all the producer sends have their muxer pad (or for 3 s at most).
+#[derive(Default)]
+struct Gate {
+    held: Vec<(gst::Pad, gst::PadProbeId)>,
+    open: bool,
+}
+
+impl Gate {
+    fn open(&mut self) {
+        self.open = true;
+        for (pad, probe) in self.held.drain(..) {
+            pad.remove_probe(probe);
+        }
+    }
 }
 
 impl Linker {
@@ -109,6 +132,7 @@ impl Linker {
         sink: &Sink,
         segment: u32,
         frames: Arc<AtomicU64>,
+        expected: ExpectedStreams,
     ) -> anyhow::Result<(Linker, Option<PathBuf>)> {
         let mut recording = None;
         let mux = match sink {
@@ -137,6 +161,8 @@ impl Linker {
                 entries: Default::default(),
                 mux,
                 sink: sink.clone(),
+                expected,
+                gate: Default::default(),
             },
             recording,
         ))
@@ -202,6 +228,10 @@ impl Linker {
         video: bool,
     ) -> anyhow::Result<()> {
         let mux = self.mux.clone().context("no muxer")?;
+        // The muxer pad now, before any data reaches the muxer (see `Gate`).
+        let mux_pad = mux
+            .request_pad_simple(if video { "video_%u" } else { "audio_%u" })
+            .context("the muxer takes no more streams")?;
         let caps = if video {
             "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1"
         } else {
@@ -219,7 +249,7 @@ impl Linker {
             let Some(pipeline) = weak.upgrade() else {
                 return;
             };
-            if let Err(e) = link_to_mux(&pipeline, parsed, &mux, counter.clone()) {
+            if let Err(e) = link_to_mux(&pipeline, parsed, &mux_pad, counter.clone()) {
                 warn!("cannot record {}: {e:#}", parsed.name());
             }
         });
@@ -228,7 +258,29 @@ impl Linker {
         let entry = filter.static_pad("sink").context("capsfilter sink")?;
         pad.link(&entry)
             .map_err(|e| anyhow!("cannot link {} to the recording: {e:?}", pad.name()))?;
-        self.entries.lock().unwrap().push(entry);
+        self.entries.lock().unwrap().push(entry.clone());
+
+        let mut gate = self.gate.lock().unwrap();
+        if !gate.open {
+            if let Some(probe) = entry.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| {
+                gst::PadProbeReturn::Ok
+            }) {
+                gate.held.push((entry, probe));
+            }
+            if gate.held.len() == 1 {
+                let gate = self.gate.clone();
+                gst::glib::timeout_add_once(std::time::Duration::from_secs(3), move || {
+                    let mut gate = gate.lock().unwrap();
+                    if !gate.open {
+                        warn!("not every stream of the producer arrived; recording what did");
+                        gate.open();
+                    }
+                });
+            }
+            if gate.held.len() >= (self.expected)().unwrap_or(1) {
+                gate.open();
+            }
+        }
         Ok(())
     }
 }
@@ -236,7 +288,7 @@ impl Linker {
 fn link_to_mux(
     pipeline: &gst::Pipeline,
     parsed: &gst::Pad,
-    mux: &gst::Element,
+    mux_pad: &gst::Pad,
     counter: Option<Arc<AtomicU64>>,
 ) -> anyhow::Result<()> {
     let caps = parsed
@@ -254,18 +306,10 @@ fn link_to_mux(
     };
     let chain = gst::parse::bin_from_description(desc, true)?;
     pipeline.add(&chain)?;
-    let template = if name.starts_with("video/") {
-        "video_%u"
-    } else {
-        "audio_%u"
-    };
-    let mux_pad = mux
-        .request_pad_simple(template)
-        .with_context(|| format!("the muxer takes no {name}"))?;
     chain
         .static_pad("src")
         .context("chain src")?
-        .link(&mux_pad)
+        .link(mux_pad)
         .map_err(|e| anyhow!("the muxer refuses {name}: {e:?}"))?;
     chain.sync_state_with_parent()?;
     mux_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {

@@ -36,6 +36,8 @@ struct State {
     sessions: HashSet<String>,
     /// Consumer: the producer we asked for a session, once chosen.
     producer_id: Option<String>,
+    /// Audio and video streams the other side's last description sends.
+    remote_streams: Option<usize>,
 }
 
 impl ClusterSignaller {
@@ -52,6 +54,10 @@ impl ClusterSignaller {
             role: config.role,
             events: Mutex::new(config.events),
         });
+    }
+
+    pub(super) fn remote_streams(&self) -> Option<usize> {
+        self.state.lock().unwrap().remote_streams
     }
 
     fn config(&self) -> &Config {
@@ -317,6 +323,17 @@ impl ClusterSignaller {
                     SdpType::Answer => gst_webrtc::WebRTCSDPType::Answer,
                 };
                 debug!(session = %session_id, ?sdp_type, "remote description");
+                // Audio/video sections the other side sends (port 0: rejected): recorders
+                // wait for all of them before muxing.
+                let sending = sdp
+                    .medias()
+                    .filter(|m| matches!(m.media(), Some("audio" | "video")) && m.port() != 0)
+                    .filter(|m| {
+                        !m.attributes()
+                            .any(|a| matches!(a.key(), "inactive" | "recvonly"))
+                    })
+                    .count();
+                self.state.lock().unwrap().remote_streams = Some(sending);
                 let desc = gst_webrtc::WebRTCSessionDescription::new(kind, sdp);
                 self.obj()
                     .emit_by_name::<()>("session-description", &[&session_id, &desc]);

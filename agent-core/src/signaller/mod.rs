@@ -107,4 +107,9 @@ impl ClusterSignaller {
         obj.imp().configure(config);
         obj
     }
+
+    /// How many audio/video streams the other side's last SDP sends (None before any).
+    pub fn remote_streams(&self) -> Option<usize> {
+        self.imp().remote_streams()
+    }
 }
