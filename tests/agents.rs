@@ -436,7 +436,11 @@ async fn a_recording_plays_back() -> Result<()> {
     assert_eq!(c.exit_within(LONG).await?, Some(0), "{}", c.stderr());
     // Both streams made it into the file (the muxer takes no stream after its header).
     for stream in ["recording video/x-vp8", "recording audio/x-opus"] {
-        assert!(c.stderr().contains(stream), "no '{stream}' in:\n{}", c.stderr());
+        assert!(
+            c.stderr().contains(stream),
+            "no '{stream}' in:\n{}",
+            c.stderr()
+        );
     }
     let decoded = tokio::task::spawn_blocking({
         let mkv = mkv.clone();
