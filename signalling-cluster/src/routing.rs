@@ -30,6 +30,9 @@ pub type NodeId = String;
 pub enum Effect {
     /// Send to a peer connected to this node.
     Deliver(PeerId, ServerMessage),
+    /// Send one message to several peers of this node (listeners): encoded once per
+    /// protocol version, not once per peer.
+    Broadcast(Vec<PeerId>, ServerMessage),
     /// Tell every other node that a local peer's status changed (or that it left).
     Announce(PeerStatusBody),
     /// Send to one other node.
@@ -1312,13 +1315,13 @@ impl Router {
 
     /// Status change for this node's listeners.
     fn broadcast(&self, status: &PeerStatus, out: &mut Outbox) {
-        for listener in &self.listeners {
-            deliver(
-                out,
-                listener,
-                ServerMessage::PeerStatusChanged(status.clone()),
-            );
+        if self.listeners.is_empty() {
+            return;
         }
+        out.push(Effect::Broadcast(
+            self.listeners.iter().cloned().collect(),
+            ServerMessage::PeerStatusChanged(status.clone()),
+        ));
     }
 
     /// The producers of the whole cluster, as `list` answers.
@@ -1398,9 +1401,10 @@ mod tests {
 
     fn delivered(out: &Outbox) -> Vec<(&str, &ServerMessage)> {
         out.iter()
-            .filter_map(|e| match e {
-                Effect::Deliver(to, m) => Some((to.as_str(), m)),
-                _ => None,
+            .flat_map(|e| match e {
+                Effect::Deliver(to, m) => vec![(to.as_str(), m)],
+                Effect::Broadcast(to, m) => to.iter().map(|t| (t.as_str(), m)).collect(),
+                _ => vec![],
             })
             .collect()
     }
@@ -1486,7 +1490,7 @@ mod tests {
                         }
                     }
                 }
-                Effect::Deliver(..) => {} // the sender's own peers
+                Effect::Deliver(..) | Effect::Broadcast(..) => {} // the sender's own peers
             }
         }
         local

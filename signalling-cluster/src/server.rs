@@ -53,7 +53,9 @@ pub async fn run(
             .default_service(web::to(websocket_or_index))
     });
     // Signals are ours: drain first, then stop (see `drain`).
-    server = server.disable_signals();
+    // Signalling is small frames each waiting for an answer: without TCP_NODELAY, Nagle holds
+    // a frame behind the previous one's ACK, which the client delays up to 40 ms.
+    server = server.disable_signals().tcp_nodelay(true);
     if let Some(workers) = config.workers {
         server = server.workers(workers);
     }

@@ -38,7 +38,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{deliver, Bus, BusStats, Claim, NodeSummary, Pending};
+use super::{deliver, deliver_many, Bus, BusStats, Claim, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
 use crate::resume::{token_hash, token_node, ResumeRegistry};
 use crate::routing::{Effect, NodeId, Outbox, Router};
@@ -263,6 +263,7 @@ impl Shared {
         for effect in out {
             match effect {
                 Effect::Deliver(to, msg) => deliver(&state.mailboxes, &to, &msg),
+                Effect::Broadcast(to, msg) => deliver_many(&state.mailboxes, &to, &msg),
                 Effect::Announce(body) => {
                     let resume = state.tokens.get(&body.peer_id).cloned();
                     let _ = self.out.send(Outgoing::Announce(body, resume));

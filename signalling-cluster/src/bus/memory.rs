@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 
-use super::{deliver, Bus, BusStats, NodeSummary, Pending};
+use super::{deliver, deliver_many, Bus, BusStats, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
 use crate::routing::{Effect, Outbox, Router};
 
@@ -34,8 +34,10 @@ impl Inner {
     fn flush(&self, out: Outbox) {
         for effect in out {
             // Alone, there is no other node to announce to or send to.
-            if let Effect::Deliver(to, msg) = effect {
-                deliver(&self.mailboxes, &to, &msg);
+            match effect {
+                Effect::Deliver(to, msg) => deliver(&self.mailboxes, &to, &msg),
+                Effect::Broadcast(to, msg) => deliver_many(&self.mailboxes, &to, &msg),
+                Effect::Announce(_) | Effect::ToNode(..) => {}
             }
         }
     }

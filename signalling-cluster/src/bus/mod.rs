@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 use tracing::warn;
 
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, Outbound};
 
 pub trait Bus: Send + Sync + 'static {
     /// A peer connected; messages for it go to `mailbox`.
@@ -83,6 +83,35 @@ pub struct NodeSummary {
 pub struct BusStats {
     pub peers: usize,
     pub sessions: usize,
+}
+
+/// Queues `msg` for the local peers `to` that are still connected, encoding it once per
+/// protocol version (presence fan-out: one status change, every listener).
+pub(crate) fn deliver_many(
+    mailboxes: &HashMap<PeerId, Mailbox>,
+    to: &[PeerId],
+    msg: &ServerMessage,
+) {
+    let mut encoded: [Option<Option<String>>; 2] = [None, None];
+    for peer in to {
+        let Some(mailbox) = mailboxes.get(peer) else {
+            continue;
+        };
+        let slot = match mailbox.version() {
+            proto::ProtocolVersion::V1 => 0,
+            proto::ProtocolVersion::V2 => 1,
+        };
+        let Some(text) = encoded[slot].get_or_insert_with(|| msg.encode(mailbox.version())) else {
+            continue; // nothing to say to a peer of this version
+        };
+        if mailbox.send(Outbound::Text(text.clone())).is_err() {
+            warn!(
+                peer_id = peer,
+                kind = msg.kind(),
+                "peer queue full, disconnecting it"
+            );
+        }
+    }
 }
 
 /// Queues `msg` for local peer `to`, if still connected.
