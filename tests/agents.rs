@@ -413,6 +413,18 @@ async fn agents_work_with_the_stock_server_and_survive_its_restart() -> Result<(
     Ok(())
 }
 
+/// Decodes a recording in a worker thread; at least `min` video frames.
+async fn assert_plays(path: &std::path::Path, min: u64) -> Result<()> {
+    let p = path.to_path_buf();
+    let decoded = tokio::task::spawn_blocking(move || decoded_frames(&p)).await??;
+    assert!(
+        decoded >= min,
+        "{decoded} frames decoded from {}",
+        path.display()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_plays_back() -> Result<()> {
     let _one = media::exclusive().await;
@@ -442,16 +454,7 @@ async fn a_recording_plays_back() -> Result<()> {
             c.stderr()
         );
     }
-    let decoded = tokio::task::spawn_blocking({
-        let mkv = mkv.clone();
-        move || decoded_frames(&mkv)
-    })
-    .await??;
-    assert!(
-        decoded >= 80,
-        "{decoded} frames decoded from {}",
-        mkv.display()
-    );
+    assert_plays(&mkv, 80).await?;
 
     // .mp4 (H.264, negotiated so nothing is re-encoded) stopped by SIGINT: finalized, plays.
     let mp4 = dir.join("b.mp4");
@@ -478,16 +481,7 @@ async fn a_recording_plays_back() -> Result<()> {
         "{}",
         c.stderr()
     );
-    let decoded = tokio::task::spawn_blocking({
-        let mp4 = mp4.clone();
-        move || decoded_frames(&mp4)
-    })
-    .await??;
-    assert!(
-        decoded >= 50,
-        "{decoded} frames decoded from {}",
-        mp4.display()
-    );
+    assert_plays(&mp4, 50).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -68,6 +68,29 @@ impl SignallingArgs {
     }
 }
 
+/// ICE servers for the media (none by default: host candidates only).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IceArgs {
+    /// STUN server (`stun://host:port`).
+    #[arg(long, env = "GWC_STUN_SERVER")]
+    pub stun_server: Option<String>,
+    /// TURN server (`turn(s)://user:password@host:port`), repeatable.
+    #[arg(long = "turn-server", env = "GWC_TURN_SERVERS", value_delimiter = ',')]
+    pub turn_servers: Vec<String>,
+}
+
+impl IceArgs {
+    /// Sets `stun-server` and `turn-servers` on webrtcsink or webrtcsrc.
+    pub fn apply(&self, element: &gst::Element) {
+        use gst::prelude::*;
+        element.set_property("stun-server", self.stun_server.as_deref());
+        if !self.turn_servers.is_empty() {
+            let turn = gst::Array::new(self.turn_servers.iter().map(String::as_str));
+            element.set_property("turn-servers", turn);
+        }
+    }
+}
+
 /// Logs, stats and metrics.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OutputArgs {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_core::cli::{OutputArgs, SignallingArgs};
+use agent_core::cli::{IceArgs, OutputArgs, SignallingArgs};
 use agent_core::exit;
 use agent_core::shutdown::Shutdown;
 use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig, Target};
@@ -58,13 +58,8 @@ pub struct Args {
     /// frame of a session.
     #[arg(long, env = "CONSUMER_TIMEOUT", default_value_t = 30)]
     pub timeout: u64,
-    /// STUN server (`stun://host:port`); none by default (host candidates only).
-    #[arg(long, env = "GWC_STUN_SERVER")]
-    pub stun_server: Option<String>,
-    /// TURN server (`turn(s)://user:password@host:port`), repeatable.
-    #[arg(long = "turn-server", env = "GWC_TURN_SERVERS", value_delimiter = ',')]
-    pub turn_servers: Vec<String>,
-
+    #[command(flatten)]
+    pub ice: IceArgs,
     #[command(flatten)]
     pub signalling: SignallingArgs,
     #[command(flatten)]
@@ -221,21 +216,14 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         events: events_tx,
     });
     let pipeline = gst::Pipeline::new();
-    let mut src = gst::ElementFactory::make("webrtcsrc")
-        .property("signaller", &signaller)
-        .property("stun-server", args.stun_server.as_deref());
+    let mut src = gst::ElementFactory::make("webrtcsrc").property("signaller", &signaller);
     if let Sink::File(path) = &args.sink {
         if let Some(codecs) = Container::of(path).ok().and_then(Container::video_codecs) {
             src = src.property("video-codecs", gst::Array::new(codecs));
         }
     }
     let src = src.build().context("webrtcsrc is not available")?;
-    if !args.turn_servers.is_empty() {
-        src.set_property(
-            "turn-servers",
-            gst::Array::new(args.turn_servers.iter().map(String::as_str)),
-        );
-    }
+    args.ice.apply(&src);
     pipeline.add(&src)?;
     *run.shared.src.lock().unwrap() = Some(src.downgrade());
     let remote = signaller.clone();

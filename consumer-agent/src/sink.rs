@@ -107,12 +107,15 @@ pub struct Linker {
     gate: Arc<Mutex<Gate>>,
 }
 
-/// Muxers take no new stream once they have written their header, and webrtcsrc adds its
-/// pads one by one as each stream's first packet arrives: every recorded stream is held at
-/// its entry until all the producer sends have their muxer pad (or for 3 s at most).
+/// Muxers take no new stream, nor its caps, once they have written their header, and
+/// webrtcsrc adds its pads one by one as each stream's first packet arrives: buffers are held
+/// at the muxer until every stream the producer sends has its muxer pad with caps (or for 3 s
+/// at most).
 #[derive(Default)]
 struct Gate {
     held: Vec<(gst::Pad, gst::PadProbeId)>,
+    /// Muxer pads that have their caps.
+    with_caps: std::collections::HashSet<String>,
     open: bool,
 }
 
@@ -121,6 +124,13 @@ impl Gate {
         self.open = true;
         for (pad, probe) in self.held.drain(..) {
             pad.remove_probe(probe);
+        }
+    }
+
+    fn maybe_open(&mut self, expected: usize) {
+        if !self.open && self.held.len() >= expected && self.with_caps.len() >= expected {
+            tracing::debug!(?self.with_caps, expected, "all streams ready: recording");
+            self.open();
         }
     }
 }
@@ -219,6 +229,47 @@ impl Linker {
         Ok(())
     }
 
+    /// Holds buffers at a new muxer pad until the gate opens (see [`Gate`]).
+    fn hold(&self, mux_pad: &gst::Pad) {
+        let mut gate = self.gate.lock().unwrap();
+        if gate.open {
+            return;
+        }
+        let block =
+            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+        if let Some(probe) = mux_pad.add_probe(block, |_, _| gst::PadProbeReturn::Ok) {
+            gate.held.push((mux_pad.clone(), probe));
+        }
+        let (caps_gate, expected) = (self.gate.clone(), self.expected.clone());
+        mux_pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |pad, info| {
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                if ev.type_() == gst::EventType::Caps {
+                    let mut gate = caps_gate.lock().unwrap();
+                    if gate.open && pad.current_caps().is_some() {
+                        // A refinement (the parser adds a profile after the first keyframe):
+                        // once the header is out the muxer would fail on it; the first caps
+                        // already say what the container needs.
+                        return gst::PadProbeReturn::Drop;
+                    }
+                    gate.with_caps.insert(pad.name().to_string());
+                    gate.maybe_open(expected().unwrap_or(1));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+        if gate.held.len() == 1 {
+            let gate = self.gate.clone();
+            gst::glib::timeout_add_once(std::time::Duration::from_secs(3), move || {
+                let mut gate = gate.lock().unwrap();
+                if !gate.open {
+                    warn!("not every stream of the producer arrived; recording what did");
+                    gate.open();
+                }
+            });
+        }
+        gate.maybe_open((self.expected)().unwrap_or(1));
+    }
+
     /// `pad ! capsfilter(encoded) ! parsebin ! [h26xparse] ! queue ! mux`: webrtcsrc stops
     /// decoding at the encoded caps, so the file holds what the producer sent.
     fn link_recording(
@@ -232,6 +283,7 @@ impl Linker {
         let mux_pad = mux
             .request_pad_simple(if video { "video_%u" } else { "audio_%u" })
             .context("the muxer takes no more streams")?;
+        self.hold(&mux_pad);
         let caps = if video {
             "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1"
         } else {
@@ -260,27 +312,6 @@ impl Linker {
             .map_err(|e| anyhow!("cannot link {} to the recording: {e:?}", pad.name()))?;
         self.entries.lock().unwrap().push(entry.clone());
 
-        let mut gate = self.gate.lock().unwrap();
-        if !gate.open {
-            if let Some(probe) = entry.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| {
-                gst::PadProbeReturn::Ok
-            }) {
-                gate.held.push((entry, probe));
-            }
-            if gate.held.len() == 1 {
-                let gate = self.gate.clone();
-                gst::glib::timeout_add_once(std::time::Duration::from_secs(3), move || {
-                    let mut gate = gate.lock().unwrap();
-                    if !gate.open {
-                        warn!("not every stream of the producer arrived; recording what did");
-                        gate.open();
-                    }
-                });
-            }
-            if gate.held.len() >= (self.expected)().unwrap_or(1) {
-                gate.open();
-            }
-        }
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::cli::{parse_key_value, OutputArgs, SignallingArgs};
+use agent_core::cli::{parse_key_value, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::exit;
 use agent_core::shutdown::Shutdown;
 use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig};
@@ -87,13 +87,8 @@ pub struct Args {
     /// navigation and control channels; gstwebrtc-api's remote controller uses the latter).
     #[arg(long, env = "PRODUCER_NAVIGATION")]
     pub navigation: bool,
-    /// STUN server (`stun://host:port`); none by default (host candidates only).
-    #[arg(long, env = "GWC_STUN_SERVER")]
-    pub stun_server: Option<String>,
-    /// TURN server (`turn(s)://user:password@host:port`), repeatable.
-    #[arg(long = "turn-server", env = "GWC_TURN_SERVERS", value_delimiter = ',')]
-    pub turn_servers: Vec<String>,
-
+    #[command(flatten)]
+    pub ice: IceArgs,
     #[command(flatten)]
     pub signalling: SignallingArgs,
     #[command(flatten)]
@@ -158,11 +153,7 @@ fn make_sink(
         meta = meta.field(k.as_str(), v);
     }
     sink.set_property("meta", meta.build());
-    sink.set_property("stun-server", args.stun_server.as_deref());
-    if !args.turn_servers.is_empty() {
-        let turn = gst::Array::new(args.turn_servers.iter().map(|t| t.as_str()));
-        sink.set_property("turn-servers", turn);
-    }
+    args.ice.apply(&sink);
     if !args.video_codec.is_empty() {
         sink.set_property(
             "video-caps",

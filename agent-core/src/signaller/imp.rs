@@ -323,11 +323,12 @@ impl ClusterSignaller {
                     SdpType::Answer => gst_webrtc::WebRTCSDPType::Answer,
                 };
                 debug!(session = %session_id, ?sdp_type, "remote description");
-                // Audio/video sections the other side sends (port 0: rejected): recorders
-                // wait for all of them before muxing.
+                // Audio/video sections the other side sends (port 0 without bundle-only:
+                // rejected): recorders wait for all of them before muxing.
                 let sending = sdp
                     .medias()
-                    .filter(|m| matches!(m.media(), Some("audio" | "video")) && m.port() != 0)
+                    .filter(|m| matches!(m.media(), Some("audio" | "video")))
+                    .filter(|m| m.port() != 0 || m.attributes().any(|a| a.key() == "bundle-only"))
                     .filter(|m| {
                         !m.attributes()
                             .any(|a| matches!(a.key(), "inactive" | "recvonly"))
