@@ -283,7 +283,6 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         // The search clock starts once registered: an unreachable server is --retry-for's.
         let mut searching_since: Option<Instant> = None;
         let mut frames_at_session = 0u64;
-        let mut new_sessions: Vec<String> = Vec::new();
         let sessions_out = Rc::new(RefCell::new(Vec::<String>::new()));
         let sessions_sink = sessions_out.clone();
         let mut last_progress = Instant::now();
@@ -332,8 +331,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
                         info!(session = %session_id, "session {session_id} started with producer {peer_id}");
                         shared.sessions.fetch_add(1, Ordering::Relaxed);
                         *shared.session_id.lock().unwrap() = Some(session_id.clone());
-                        new_sessions.push(session_id);
-                        sessions_sink.borrow_mut().clone_from(&new_sessions);
+                        sessions_sink.borrow_mut().push(session_id);
                         session_since = Some(Instant::now());
                         frames_at_session = frames.load(Ordering::Relaxed);
                     }
@@ -425,7 +423,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
     let sessions = tick;
     run.session_ids.extend(sessions.borrow().iter().cloned());
     let outcome = outcome.borrow_mut().take().unwrap_or(Outcome::Stopped);
-    finalize_recording(&pipeline, &bus, &entries.lock().unwrap());
+    finalize_recording(&bus, &entries.lock().unwrap());
     // Ends the session (webrtcsrc tells the signaller) and closes the connection.
     let _ = pipeline.set_state(gst::State::Null);
     *run.shared.src.lock().unwrap() = None;
@@ -433,7 +431,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
 }
 
 /// Ends a recording so the file plays: no more data in, EOS through the muxer, wait for it.
-fn finalize_recording(pipeline: &gst::Pipeline, bus: &gst::Bus, entries: &[gst::Pad]) {
+fn finalize_recording(bus: &gst::Bus, entries: &[gst::Pad]) {
     if entries.is_empty() {
         return;
     }
@@ -455,5 +453,4 @@ fn finalize_recording(pipeline: &gst::Pipeline, bus: &gst::Bus, entries: &[gst::
             other.map(|m| m.type_())
         ),
     }
-    let _ = pipeline;
 }

@@ -167,8 +167,7 @@ fn make_sink(
         );
     }
     if let Some(cc) = &args.congestion_control {
-        let nick = if cc == "gcc" { "gcc" } else { cc.as_str() };
-        sink.set_property_from_str("congestion-control", nick);
+        sink.set_property_from_str("congestion-control", cc);
     }
     if let Some(v) = args.min_bitrate {
         sink.set_property("min-bitrate", v);
