@@ -94,7 +94,12 @@ impl Collector {
         let mut streams = Vec::new();
         if let Some(stats) = stats {
             let all = entries(&stats);
-            for e in all.iter().filter(|e| e.kind == WebRTCStatsType::InboundRtp) {
+            // webrtcbin also lists SSRCs announced but silent so far (RTX/FEC before any loss):
+            // they are not streams being received.
+            let receiving = all.iter().filter(|e| {
+                e.kind == WebRTCStatsType::InboundRtp && e.u64("packets-received").unwrap_or(0) > 0
+            });
+            for e in receiving {
                 let ssrc = e.u64("ssrc").unwrap_or(0);
                 let bytes = e.u64("bytes-received").unwrap_or(0);
                 let bitrate_bps = match self.last_bytes.get(&ssrc) {
