@@ -980,3 +980,174 @@ async fn what_is_sent_to_a_suspended_peer_is_held_and_delivered_on_another_node(
     );
     Ok(())
 }
+
+/// Runs `redis-cli` against `redis` and returns its output.
+async fn redis_cli(redis: &Redis, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "redis-cli {args:?} failed");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// What arrives on a Redis channel, read by a `redis-cli subscribe` (raw output: three lines
+/// per message: `message`, channel, payload).
+struct Subscription {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    _child: tokio::process::Child,
+}
+
+impl Subscription {
+    async fn start(redis: &Redis, channel: &str) -> Result<Subscription> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "subscribe", channel])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut sub = Subscription {
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            _child: child,
+        };
+        // the confirmation: "subscribe", channel, count
+        for _ in 0..3 {
+            sub.line().await?;
+        }
+        Ok(sub)
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("redis-cli ended"))
+    }
+
+    /// The next envelope published on the channel.
+    async fn envelope(&mut self) -> Result<Value> {
+        loop {
+            if self.line().await? == "message" {
+                self.line().await?; // channel
+                return Ok(serde_json::from_str(&self.line().await?)?);
+            }
+        }
+    }
+}
+
+/// Writes the frames with one flush, so that they reach the node together.
+async fn send_at_once(peer: &mut Peer, msgs: Vec<Value>) -> Result<()> {
+    use futures::SinkExt;
+    for msg in msgs {
+        let frame = tokio_tungstenite::tungstenite::Message::text(msg.to_string());
+        peer.socket().feed(frame).await?;
+    }
+    peer.socket().flush().await?;
+    Ok(())
+}
+
+/// Relays a node publishes to another node are packed into batch envelopes only when that node
+/// advertises reading them (`{prefix}:features`); a node that does not (an older version during
+/// a rolling upgrade) gets one plain envelope per message. Either way every relay arrives, in
+/// order, and the envelopes' sequence numbers have no gap.
+#[tokio::test]
+async fn relays_are_batched_only_to_nodes_that_read_batches() -> Result<()> {
+    let redis = Redis::start().await?;
+    let node = Node::join(&redis, "node-a", &[]).await?;
+    // An "old" node, played by this test: alive, with a producer, never advertising batches.
+    let far = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    redis_cli(&redis, &["zadd", "gwc:nodes", &far, "old"]).await?;
+    let status = json!({"roles": ["producer"], "meta": {"name": "old-cam"}, "peerId": "old-peer"});
+    redis_cli(
+        &redis,
+        &[
+            "hset",
+            "gwc:peers",
+            "old-peer",
+            &json!({"node": "old", "status": status}).to_string(),
+        ],
+    )
+    .await?;
+    let announce = json!({"v": 1, "from": "old", "boot": 1, "seq": 1, "kind": "peerStatus",
+        "body": {"peerId": "old-peer", "status": status}});
+    redis_cli(&redis, &["publish", "gwc:presence", &announce.to_string()]).await?;
+    let mut sub = Subscription::start(&redis, "gwc:node:old").await?;
+
+    let mut c = Peer::connect(&node.url()).await?;
+    until_listed(&mut c, "old-peer").await?;
+    c.send(json!({"type": "startSession", "peerId": "old-peer"}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // Reads envelopes until `n` relays came; returns (relay candidates in order, batches seen).
+    let mut next_seq = None;
+    let mut read_relays =
+        async |sub: &mut Subscription, n: usize| -> Result<(Vec<String>, usize)> {
+            let (mut candidates, mut batches) = (Vec::new(), 0);
+            while candidates.len() < n {
+                let env = sub.envelope().await?;
+                let seq = env["seq"].as_u64().unwrap_or_default();
+                if let Some(expected) = next_seq {
+                    assert_eq!(seq, expected, "a gap in the sequence: {env}");
+                }
+                next_seq = Some(seq + 1);
+                let items = match env["kind"].as_str() {
+                    Some("batch") => {
+                        batches += 1;
+                        env["body"].as_array().cloned().unwrap_or_default()
+                    }
+                    _ => vec![json!({"kind": env["kind"], "body": env["body"]})],
+                };
+                for item in items {
+                    if item["kind"] == "relay" {
+                        assert_eq!(item["body"]["sessionId"], sid.as_str());
+                        let candidate = &item["body"]["payload"]["candidate"];
+                        candidates.push(candidate.as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+            Ok((candidates, batches))
+        };
+    let burst = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("candidate:{i}"), "sdpMLineIndex": 0}}))
+            .collect::<Vec<_>>()
+    };
+    let expected = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| format!("candidate:{i}"))
+            .collect::<Vec<_>>()
+    };
+
+    // No batches for a node that does not say it reads them, however fast relays come.
+    send_at_once(&mut c, burst(0, 300)).await?;
+    let (candidates, batches) = read_relays(&mut sub, 300).await?;
+    assert_eq!(candidates, expected(0, 300));
+    assert_eq!(batches, 0, "batches sent to a node that cannot read them");
+
+    // Once it advertises batches (seen at the sender's next liveness tick), bursts are packed.
+    redis_cli(&redis, &["hset", "gwc:features", "old", "batch"]).await?;
+    let mut sent = 300;
+    let mut batched = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while batched == 0 && Instant::now() < deadline {
+        send_at_once(&mut c, burst(sent, 300)).await?;
+        let (candidates, batches) = read_relays(&mut sub, 300).await?;
+        assert_eq!(candidates, expected(sent, 300));
+        sent += 300;
+        batched += batches;
+    }
+    assert!(
+        batched > 0,
+        "no batch in {sent} relays to a node that reads them"
+    );
+    Ok(())
+}

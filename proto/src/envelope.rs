@@ -9,6 +9,13 @@
 //!
 //! `seq` counts envelopes per sending node and channel; a receiver that sees a gap knows
 //! pub/sub lost something and ends the sessions affected (see `docs/cluster.md`).
+//!
+//! Under load a node packs the messages it has queued for one node into a single envelope of
+//! kind [`BATCH_KIND`] (one `PUBLISH`, one parse, one sequence number for many relays); see
+//! [`Batch`]. Older nodes would ignore that kind, so a node only sends batches to nodes that
+//! advertise [`FEATURE_BATCH`].
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -17,6 +24,12 @@ use crate::{ErrorCode, PeerId, PeerStatus, SessionId};
 
 /// Version of the envelope format written by this build.
 pub const ENVELOPE_VERSION: u16 = 1;
+
+/// The `kind` of an envelope whose body is an array of `{"kind", "body"}` messages, in order.
+pub const BATCH_KIND: &str = "batch";
+
+/// The feature a node advertises (in the cluster's feature hash) when it reads batches.
+pub const FEATURE_BATCH: &str = "batch";
 
 /// One node-to-node message.
 #[derive(Serialize, Deserialize, Debug)]
@@ -291,37 +304,101 @@ impl NodeMessage {
         }
     }
 
+    /// Writes the body as JSON to `out`.
+    fn write_body(&self, out: &mut Vec<u8>) {
+        let written = match self {
+            NodeMessage::PeerStatus(b) => serde_json::to_writer(out, b),
+            NodeMessage::SessionStart(b) => serde_json::to_writer(out, b),
+            NodeMessage::SessionEnd(b) => serde_json::to_writer(out, b),
+            NodeMessage::Relay(b) => serde_json::to_writer(out, b),
+            NodeMessage::PeerError(b) => serde_json::to_writer(out, b),
+            NodeMessage::Heartbeat(b) => serde_json::to_writer(out, b),
+            NodeMessage::NodeDown(b) => serde_json::to_writer(out, b),
+            NodeMessage::Barrier(b) => serde_json::to_writer(out, b),
+            NodeMessage::ResumeClaim(b) => serde_json::to_writer(out, b),
+            NodeMessage::ResumeGrant(b) => serde_json::to_writer(out, b),
+            NodeMessage::SessionMoved(b) => serde_json::to_writer(out, b),
+            NodeMessage::MoveAck(b) => serde_json::to_writer(out, b),
+            NodeMessage::MoveFence(b) => serde_json::to_writer(out, b),
+            NodeMessage::SessionAdopt(b) => serde_json::to_writer(out, b),
+            NodeMessage::AdoptAck(b) => serde_json::to_writer(out, b),
+            NodeMessage::SuspendExpired(b) => serde_json::to_writer(out, b),
+        };
+        written.expect("plain data serializes");
+    }
+
     /// Wraps the message in an envelope from `from` (started at `boot`) with number `seq`.
     pub fn seal(&self, from: &str, boot: u64, seq: u64) -> String {
-        let body = match self {
-            NodeMessage::PeerStatus(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::SessionStart(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::SessionEnd(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::Relay(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::PeerError(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::Heartbeat(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::NodeDown(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::Barrier(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::ResumeClaim(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::ResumeGrant(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::SessionMoved(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::MoveAck(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::MoveFence(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::SessionAdopt(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::AdoptAck(b) => serde_json::value::to_raw_value(b),
-            NodeMessage::SuspendExpired(b) => serde_json::value::to_raw_value(b),
-        }
-        .expect("plain data serializes");
-        serde_json::to_string(&Envelope {
-            v: ENVELOPE_VERSION,
-            from: from.to_string(),
-            boot,
-            seq,
-            kind: self.kind().to_string(),
-            body,
-        })
-        .expect("plain data serializes")
+        let mut body = Vec::with_capacity(256);
+        self.write_body(&mut body);
+        seal_raw(from, boot, seq, self.kind(), &body)
     }
+}
+
+/// Writes an envelope around an already serialized body. The fields are those of
+/// [`Envelope`], written by hand so the body is copied once rather than parsed again.
+fn seal_raw(from: &str, boot: u64, seq: u64, kind: &str, body: &[u8]) -> String {
+    let mut out = Vec::with_capacity(body.len() + from.len() + 64);
+    out.extend_from_slice(format!("{{\"v\":{ENVELOPE_VERSION},\"from\":").as_bytes());
+    serde_json::to_writer(&mut out, from).expect("a string serializes");
+    out.extend_from_slice(format!(",\"boot\":{boot},\"seq\":{seq},\"kind\":").as_bytes());
+    serde_json::to_writer(&mut out, kind).expect("a string serializes");
+    out.extend_from_slice(b",\"body\":");
+    out.extend_from_slice(body);
+    out.push(b'}');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Messages for one channel packed into one envelope of kind [`BATCH_KIND`], in order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The body so far: `[` and the items written, comma-separated.
+    body: Vec<u8>,
+    len: usize,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Appends a message.
+    pub fn push(&mut self, msg: &NodeMessage) {
+        self.body
+            .extend_from_slice(if self.len == 0 { b"[" } else { b"," });
+        self.body.extend_from_slice(b"{\"kind\":\"");
+        self.body.extend_from_slice(msg.kind().as_bytes()); // plain ASCII, nothing to escape
+        self.body.extend_from_slice(b"\",\"body\":");
+        msg.write_body(&mut self.body);
+        self.body.push(b'}');
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The envelope carrying every message pushed, from `from` with number `seq`.
+    pub fn seal(mut self, from: &str, boot: u64, seq: u64) -> String {
+        if self.len == 0 {
+            self.body.push(b'[');
+        }
+        self.body.push(b']');
+        seal_raw(from, boot, seq, BATCH_KIND, &self.body)
+    }
+}
+
+/// One message inside a batch, as read.
+#[derive(Deserialize)]
+struct BatchItem<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    body: &'a RawValue,
 }
 
 impl Envelope {
@@ -335,28 +412,48 @@ impl Envelope {
     }
 
     /// Decodes the body; `Ok(None)` for a kind this build does not know (a newer node's).
+    /// A batch is a kind of its own here: read it with [`Envelope::messages`].
     pub fn open(&self) -> Result<Option<NodeMessage>, EnvelopeError> {
-        let b = self.body.get();
-        Ok(Some(match self.kind.as_str() {
-            "peerStatus" => NodeMessage::PeerStatus(serde_json::from_str(b)?),
-            "sessionStart" => NodeMessage::SessionStart(serde_json::from_str(b)?),
-            "sessionEnd" => NodeMessage::SessionEnd(serde_json::from_str(b)?),
-            "relay" => NodeMessage::Relay(serde_json::from_str(b)?),
-            "peerError" => NodeMessage::PeerError(serde_json::from_str(b)?),
-            "heartbeat" => NodeMessage::Heartbeat(serde_json::from_str(b)?),
-            "nodeDown" => NodeMessage::NodeDown(serde_json::from_str(b)?),
-            "barrier" => NodeMessage::Barrier(serde_json::from_str(b)?),
-            "resumeClaim" => NodeMessage::ResumeClaim(serde_json::from_str(b)?),
-            "resumeGrant" => NodeMessage::ResumeGrant(serde_json::from_str(b)?),
-            "sessionMoved" => NodeMessage::SessionMoved(serde_json::from_str(b)?),
-            "moveAck" => NodeMessage::MoveAck(serde_json::from_str(b)?),
-            "moveFence" => NodeMessage::MoveFence(serde_json::from_str(b)?),
-            "sessionAdopt" => NodeMessage::SessionAdopt(serde_json::from_str(b)?),
-            "adoptAck" => NodeMessage::AdoptAck(serde_json::from_str(b)?),
-            "suspendExpired" => NodeMessage::SuspendExpired(serde_json::from_str(b)?),
-            _ => return Ok(None),
-        }))
+        open_body(&self.kind, self.body.get())
     }
+
+    /// Every message the envelope carries, in order: the one of a plain envelope, or each of a
+    /// batch. `None` stands for a message of a kind this build does not know; a message that
+    /// cannot be read is an error of its own and does not spoil the others.
+    pub fn messages(
+        &self,
+    ) -> Result<Vec<Result<Option<NodeMessage>, EnvelopeError>>, EnvelopeError> {
+        if self.kind != BATCH_KIND {
+            return Ok(vec![self.open()]);
+        }
+        let items: Vec<BatchItem> = serde_json::from_str(self.body.get())?;
+        Ok(items
+            .iter()
+            .map(|item| open_body(&item.kind, item.body.get()))
+            .collect())
+    }
+}
+
+fn open_body(kind: &str, b: &str) -> Result<Option<NodeMessage>, EnvelopeError> {
+    Ok(Some(match kind {
+        "peerStatus" => NodeMessage::PeerStatus(serde_json::from_str(b)?),
+        "sessionStart" => NodeMessage::SessionStart(serde_json::from_str(b)?),
+        "sessionEnd" => NodeMessage::SessionEnd(serde_json::from_str(b)?),
+        "relay" => NodeMessage::Relay(serde_json::from_str(b)?),
+        "peerError" => NodeMessage::PeerError(serde_json::from_str(b)?),
+        "heartbeat" => NodeMessage::Heartbeat(serde_json::from_str(b)?),
+        "nodeDown" => NodeMessage::NodeDown(serde_json::from_str(b)?),
+        "barrier" => NodeMessage::Barrier(serde_json::from_str(b)?),
+        "resumeClaim" => NodeMessage::ResumeClaim(serde_json::from_str(b)?),
+        "resumeGrant" => NodeMessage::ResumeGrant(serde_json::from_str(b)?),
+        "sessionMoved" => NodeMessage::SessionMoved(serde_json::from_str(b)?),
+        "moveAck" => NodeMessage::MoveAck(serde_json::from_str(b)?),
+        "moveFence" => NodeMessage::MoveFence(serde_json::from_str(b)?),
+        "sessionAdopt" => NodeMessage::SessionAdopt(serde_json::from_str(b)?),
+        "adoptAck" => NodeMessage::AdoptAck(serde_json::from_str(b)?),
+        "suspendExpired" => NodeMessage::SuspendExpired(serde_json::from_str(b)?),
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]
@@ -468,6 +565,54 @@ mod tests {
             assert_eq!((env.boot, env.seq), (7, i as u64 + 1));
             assert_eq!(env.open().unwrap(), Some(msg), "{text}");
         }
+    }
+
+    #[test]
+    fn a_batch_carries_every_kind_in_order_with_payload_bytes_intact() {
+        let mut batch = Batch::new();
+        for msg in samples() {
+            batch.push(&msg);
+        }
+        assert_eq!(batch.len(), samples().len());
+        let text = batch.seal("node-\"a\"", 7, 42);
+        let env = Envelope::parse(&text).unwrap();
+        assert_eq!(
+            (env.from.as_str(), env.boot, env.seq),
+            ("node-\"a\"", 7, 42)
+        );
+        assert_eq!(env.kind, BATCH_KIND);
+        let read: Vec<_> = env
+            .messages()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.unwrap().unwrap())
+            .collect();
+        assert_eq!(read, samples(), "{text}");
+        // an empty batch is still an envelope that reads as nothing
+        let empty = Envelope::parse(&Batch::new().seal("a", 1, 1)).unwrap();
+        assert!(empty.messages().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_item_of_an_unknown_kind_or_broken_body_spoils_only_itself() {
+        let text = r#"{"v":1,"from":"n2","seq":3,"kind":"batch","body":[
+            {"kind":"teleport","body":{"x":1}},
+            {"kind":"sessionEnd","body":{"sessionId":7}},
+            {"kind":"barrier","body":{"id":5}}]}"#;
+        let msgs = Envelope::parse(text).unwrap().messages().unwrap();
+        assert_eq!(msgs.len(), 3);
+        assert!(matches!(msgs[0], Ok(None)));
+        assert!(msgs[1].is_err());
+        assert!(matches!(
+            msgs[2],
+            Ok(Some(NodeMessage::Barrier(BarrierBody { id: 5 })))
+        ));
+        // a batch whose body is not a list is one error
+        let text = r#"{"v":1,"from":"n2","seq":4,"kind":"batch","body":{"kind":"barrier"}}"#;
+        assert!(Envelope::parse(text).unwrap().messages().is_err());
+        // and an older reader (open) sees a batch as a kind it does not know
+        let text = Batch::new().seal("a", 1, 1);
+        assert_eq!(Envelope::parse(&text).unwrap().open().unwrap(), None);
     }
 
     #[test]

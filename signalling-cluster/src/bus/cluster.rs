@@ -3,7 +3,9 @@
 //! * Every node routes its own peers with its own [`Router`]; what the router addresses to
 //!   other nodes goes out as [`proto::envelope::Envelope`]s, pipelined by one publisher task:
 //!   presence on `{prefix}:presence` (to every node), everything else on `{prefix}:node:{id}`
-//!   (to one node). A relayed message therefore costs one `PUBLISH`.
+//!   (to one node). What queues up for one node while the previous pipeline is in flight
+//!   goes out as one batch envelope (one `PUBLISH`), to nodes that advertise reading batches
+//!   in the hash `{prefix}:features`; to others, one `PUBLISH` per message.
 //! * Registered peers are also kept in the hash `{prefix}:peers` (peer id -> node and status),
 //!   written just before the announcement, from which a starting node loads its replica.
 //! * Liveness: each node refreshes its score (expiry time) in the sorted set `{prefix}:nodes`
@@ -30,8 +32,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use proto::envelope::{
-    Envelope, NodeDownBody, NodeMessage, PeerStatusBody, ResumeClaimBody, ResumeGrantBody,
-    SessionAdoptBody, SuspendExpiredBody,
+    Batch, Envelope, NodeDownBody, NodeMessage, PeerStatusBody, ResumeClaimBody, ResumeGrantBody,
+    SessionAdoptBody, SuspendExpiredBody, FEATURE_BATCH,
 };
 use proto::{ClientMessage, ErrorCode, PeerId, PeerInfo, PeerStatus, ServerMessage};
 use redis::aio::ConnectionManager;
@@ -103,6 +105,8 @@ struct Shared {
     connected: AtomicBool,
     /// Nodes listed in `{prefix}:nodes` at the last liveness tick.
     live_nodes: Mutex<Vec<NodeId>>,
+    /// Nodes that read batch envelopes (from `{prefix}:features` at the last liveness tick).
+    batch_nodes: Mutex<std::collections::HashSet<NodeId>>,
     /// Set by `shutdown`: stop refreshing our liveness.
     leaving: AtomicBool,
     /// Our v2 peers by resume token, for claims from other nodes.
@@ -137,8 +141,8 @@ struct State {
     /// Resume claims in flight, by id.
     claims: HashMap<u64, PendingClaim>,
     next_claim: u64,
-    /// Last (boot, sequence number) seen per (sender, channel): gaps mean lost messages.
-    seen: HashMap<(String, String), (u64, u64)>,
+    /// Last (boot, sequence number) seen per sender and channel: gaps mean lost messages.
+    seen: HashMap<NodeId, HashMap<String, (u64, u64)>>,
     /// Hash of the newest resume token of each local v2 peer, stored with it in Redis.
     tokens: HashMap<PeerId, String>,
     /// Nodes reaped while we ran (until we hear from them again).
@@ -164,6 +168,8 @@ struct Keys {
     peers: String,
     nodes: String,
     presence: String,
+    /// Hash: node id -> comma-separated envelope features it reads (e.g. `batch`).
+    features: String,
     prefix: String,
 }
 
@@ -173,6 +179,7 @@ impl Keys {
             peers: format!("{prefix}:peers"),
             nodes: format!("{prefix}:nodes"),
             presence: format!("{prefix}:presence"),
+            features: format!("{prefix}:features"),
             prefix: prefix.to_string(),
         }
     }
@@ -238,6 +245,7 @@ impl RedisBus {
             out: tx,
             connected: AtomicBool::new(false),
             live_nodes: Mutex::new(Vec::new()),
+            batch_nodes: Mutex::new(Default::default()),
             leaving: AtomicBool::new(false),
             registry,
             con: con.clone(),
@@ -275,7 +283,7 @@ impl Shared {
         }
     }
 
-    /// One envelope from the subscription.
+    /// One envelope from the subscription: a message, or a batch of them.
     fn receive(self: &Arc<Self>, channel: &str, text: &str) {
         let env = match Envelope::parse(text) {
             Ok(env) => env,
@@ -292,17 +300,28 @@ impl Shared {
             }
             return;
         }
-        let msg = match env.open() {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return debug!(kind = env.kind, "ignoring envelope of a newer kind"),
+        let msgs = match env.messages() {
+            Ok(msgs) => msgs,
             Err(e) => return warn!(kind = env.kind, "dropping envelope: {e}"),
         };
         let mut state = self.state.lock();
         let mut out = Outbox::new();
         state.down.remove(&env.from); // alive after all (or restarted)
                                       // Every envelope counts for gap detection, whatever it carries.
-        let key = (env.from.clone(), channel.to_string());
-        let last = state.seen.insert(key, (env.boot, env.seq));
+                                      // (looked up by reference: this runs for every envelope)
+        let now = (env.boot, env.seq);
+        let last = match state
+            .seen
+            .get_mut(env.from.as_str())
+            .and_then(|by_channel| by_channel.get_mut(channel))
+        {
+            Some(seen) => Some(std::mem::replace(seen, now)),
+            None => state
+                .seen
+                .entry(env.from.clone())
+                .or_default()
+                .insert(channel.to_string(), now),
+        };
         // A new boot of the sender starts counting again.
         let gap = last.is_some_and(|(boot, last)| boot == env.boot && env.seq > last + 1);
         if gap && channel != self.keys.presence {
@@ -315,6 +334,24 @@ impl Shared {
             );
             state.router.end_sessions_with(&env.from, true, &mut out);
         }
+        for msg in msgs {
+            match msg {
+                Ok(Some(msg)) => self.apply(&mut state, &env.from, msg, &mut out),
+                Ok(None) => debug!(kind = env.kind, "ignoring a message of a newer kind"),
+                Err(e) => warn!(kind = env.kind, "dropping a message: {e}"),
+            }
+        }
+        self.flush(&state, out);
+    }
+
+    /// One message from node `from`.
+    fn apply(
+        self: &Arc<Self>,
+        state: &mut State,
+        from: &NodeId,
+        msg: NodeMessage,
+        out: &mut Outbox,
+    ) {
         if let NodeMessage::NodeDown(NodeDownBody { node, .. }) = &msg {
             if *node == self.settings.node_id {
                 // We were presumed dead (a long pause?): put our peers back.
@@ -322,31 +359,26 @@ impl Shared {
                 for body in state.router.local_statuses() {
                     out.push(Effect::Announce(body));
                 }
-                self.flush(&state, out);
                 return;
             }
         }
         match msg {
-            NodeMessage::ResumeClaim(claim) => self.answer_claim(env.from.clone(), claim),
-            NodeMessage::ResumeGrant(grant) => {
-                self.take_grant(&mut state, &env.from, grant, &mut out)
-            }
+            NodeMessage::ResumeClaim(claim) => self.answer_claim(from.clone(), claim),
+            NodeMessage::ResumeGrant(grant) => self.take_grant(state, from, grant, out),
             NodeMessage::NodeDown(body) => {
                 let (node, suspended, grace) = (
                     body.node.clone(),
                     body.suspended.clone(),
                     Duration::from_millis(body.grace_ms),
                 );
-                state
-                    .router
-                    .remote(&env.from, NodeMessage::NodeDown(body), &mut out);
-                self.after_node_down(&mut state, &node, suspended, grace);
+                state.router.remote(from, NodeMessage::NodeDown(body), out);
+                self.after_node_down(state, &node, suspended, grace);
             }
             NodeMessage::AdoptAck(body) => {
                 let peer_id = body.peer_id.clone();
-                state.router.import_adopted(&env.from, body);
+                state.router.import_adopted(from, body);
                 if let Some(a) = state.adoptions.get_mut(&peer_id) {
-                    a.waiting.remove(&env.from);
+                    a.waiting.remove(from);
                     if a.waiting.is_empty() {
                         if let Some(fire) = a.all_in.take() {
                             let _ = fire.send(());
@@ -354,9 +386,8 @@ impl Shared {
                     }
                 }
             }
-            msg => state.router.remote(&env.from, msg, &mut out),
+            msg => state.router.remote(from, msg, out),
         }
-        self.flush(&state, out);
     }
 
     /// `node` was reaped (its `suspended` peers kept for `grace`): claims waiting for it turn
@@ -719,19 +750,100 @@ fn barrier(shared: &Shared) -> tokio::sync::oneshot::Receiver<()> {
     fired
 }
 
-/// Publishes what the routers address to other nodes, in order, pipelined.
+/// Numbers envelopes per channel, as the receivers' gap detection expects.
+struct Sequencer {
+    me: NodeId,
+    boot: u64,
+    seq: HashMap<String, u64>,
+}
+
+impl Sequencer {
+    fn next(&mut self, channel: &str) -> u64 {
+        match self.seq.get_mut(channel) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.seq.insert(channel.to_string(), 1);
+                1
+            }
+        }
+    }
+
+    fn seal(&mut self, channel: &str, msg: &NodeMessage) -> String {
+        let n = self.next(channel);
+        msg.seal(&self.me, self.boot, n)
+    }
+}
+
+/// Directed messages collected for one pipeline, by destination node, until something that is
+/// not a batchable directed message comes (which is published after them, keeping order).
+/// Regrouping by node keeps the order each node sees: a node reads only its own channel and
+/// the presence channel, and presence is never held here.
+#[derive(Default)]
+struct Grouped {
+    by_node: Vec<(NodeId, Batch, Option<NodeMessage>)>,
+}
+
+impl Grouped {
+    fn push(&mut self, node: NodeId, msg: NodeMessage) {
+        match self.by_node.iter_mut().find(|(n, _, _)| *n == node) {
+            Some((_, batch, first)) => {
+                if let Some(first) = first.take() {
+                    batch.push(&first);
+                }
+                batch.push(&msg);
+            }
+            // A lone message goes out as a plain envelope: no batch for one.
+            None => self.by_node.push((node, Batch::new(), Some(msg))),
+        }
+    }
+
+    /// Adds the publishes to the pipeline and empties the groups.
+    fn publish(&mut self, pipe: &mut redis::Pipeline, keys: &Keys, seq: &mut Sequencer) {
+        for (node, batch, first) in self.by_node.drain(..) {
+            let channel = keys.node(&node);
+            let text = match first {
+                Some(msg) => seq.seal(&channel, &msg),
+                None => {
+                    let n = seq.next(&channel);
+                    batch.seal(&seq.me, seq.boot, n)
+                }
+            };
+            pipe.publish(channel, text).ignore();
+        }
+    }
+}
+
+/// Publishes what the routers address to other nodes, in order, pipelined: what queued up
+/// while the previous pipeline was in flight goes out together, directed messages batched per
+/// node (see [`Grouped`]).
 async fn publisher(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut con: ConnectionManager,
 ) {
     let me = shared.settings.node_id.clone();
-    let boot = now_ms();
-    let mut seq: HashMap<String, u64> = HashMap::new();
+    let mut seq = Sequencer {
+        me: me.clone(),
+        boot: now_ms(),
+        seq: HashMap::new(),
+    };
     let mut batch = Vec::new();
+    let mut grouped = Grouped::default();
     while rx.recv_many(&mut batch, 512).await > 0 {
         let mut pipe = redis::pipe();
+        let batching = shared.batch_nodes.lock().clone();
         for item in batch.drain(..) {
+            let item = match item {
+                Outgoing::ToNode(node, msg) if batching.contains(&node) => {
+                    grouped.push(node, msg);
+                    continue;
+                }
+                item => item,
+            };
+            grouped.publish(&mut pipe, &shared.keys, &mut seq);
             let (channel, msg) = match item {
                 Outgoing::Store(peer_id, stored) => {
                     let json = serde_json::to_string(&stored).unwrap_or_default();
@@ -764,6 +876,7 @@ async fn publisher(
                 Outgoing::ToNode(node, msg) => (shared.keys.node(&node), msg),
                 Outgoing::Leave => {
                     pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(&me).ignore();
+                    pipe.hdel(&shared.keys.features, &me).ignore();
                     (
                         shared.keys.presence.clone(),
                         NodeMessage::NodeDown(NodeDownBody {
@@ -781,10 +894,10 @@ async fn publisher(
                     (shared.keys.presence.clone(), NodeMessage::NodeDown(body))
                 }
             };
-            let n = seq.entry(channel.clone()).or_insert(0);
-            *n += 1;
-            pipe.publish(channel, msg.seal(&me, boot, *n)).ignore();
+            let text = seq.seal(&channel, &msg);
+            pipe.publish(channel, text).ignore();
         }
+        grouped.publish(&mut pipe, &shared.keys, &mut seq);
         match pipe.query_async::<()>(&mut con).await {
             Ok(()) => {}
             Err(e) => {
@@ -897,7 +1010,9 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
             return;
         }
         let now = now_ms();
-        let result: redis::RedisResult<(Vec<String>, Vec<String>)> = redis::pipe()
+        // (expired nodes, live nodes, each node's envelope features)
+        type Tick = (Vec<NodeId>, Vec<NodeId>, HashMap<NodeId, String>);
+        let result: redis::RedisResult<Tick> = redis::pipe()
             .cmd("ZADD")
             .arg(&shared.keys.nodes)
             .arg(now + ttl)
@@ -911,9 +1026,12 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
             .arg(&shared.keys.nodes)
             .arg(0)
             .arg(-1)
+            .hset(&shared.keys.features, &me, FEATURE_BATCH)
+            .ignore()
+            .hgetall(&shared.keys.features)
             .query_async(&mut con)
             .await;
-        let (dead, members) = match result {
+        let (dead, members, features) = match result {
             Ok(r) => r,
             Err(e) => {
                 debug!("liveness update failed: {e}");
@@ -924,6 +1042,12 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
         for m in &members {
             listed.insert(m.clone(), seen);
         }
+        // Only nodes that say so get batches: an older node would ignore them.
+        *shared.batch_nodes.lock() = features
+            .into_iter()
+            .filter(|(_, f)| f.split(',').any(|f| f.trim() == FEATURE_BATCH))
+            .map(|(node, _)| node)
+            .collect();
         *shared.live_nodes.lock() = members;
         forget_unlisted(&shared, &mut listed, shared.settings.node_ttl * 2);
         for node in dead.into_iter().filter(|n| *n != me) {
@@ -1037,6 +1161,7 @@ async fn reap(
         pipe.cmd("HDEL").arg(&shared.keys.peers).arg(&gone).ignore();
     }
     pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(node).ignore();
+    pipe.hdel(&shared.keys.features, node).ignore();
     pipe.query_async::<()>(con).await?;
     let ids: Vec<PeerId> = suspended.iter().map(|(id, _)| id.clone()).collect();
     // Everyone else learns it from the announcement; we apply it ourselves.
