@@ -435,25 +435,202 @@ impl Envelope {
 }
 
 fn open_body(kind: &str, b: &str) -> Result<Option<NodeMessage>, EnvelopeError> {
+    let mut de = serde_json::Deserializer::from_str(b);
+    let msg = decode(kind, &mut de)?;
+    de.end()?;
+    Ok(msg)
+}
+
+/// Decodes a body of `kind` from `d`; `None` (the body skipped) for a kind this build does
+/// not know.
+fn decode<'de, D: serde::Deserializer<'de>>(
+    kind: &str,
+    d: D,
+) -> Result<Option<NodeMessage>, D::Error> {
     Ok(Some(match kind {
-        "peerStatus" => NodeMessage::PeerStatus(serde_json::from_str(b)?),
-        "sessionStart" => NodeMessage::SessionStart(serde_json::from_str(b)?),
-        "sessionEnd" => NodeMessage::SessionEnd(serde_json::from_str(b)?),
-        "relay" => NodeMessage::Relay(serde_json::from_str(b)?),
-        "peerError" => NodeMessage::PeerError(serde_json::from_str(b)?),
-        "heartbeat" => NodeMessage::Heartbeat(serde_json::from_str(b)?),
-        "nodeDown" => NodeMessage::NodeDown(serde_json::from_str(b)?),
-        "barrier" => NodeMessage::Barrier(serde_json::from_str(b)?),
-        "resumeClaim" => NodeMessage::ResumeClaim(serde_json::from_str(b)?),
-        "resumeGrant" => NodeMessage::ResumeGrant(serde_json::from_str(b)?),
-        "sessionMoved" => NodeMessage::SessionMoved(serde_json::from_str(b)?),
-        "moveAck" => NodeMessage::MoveAck(serde_json::from_str(b)?),
-        "moveFence" => NodeMessage::MoveFence(serde_json::from_str(b)?),
-        "sessionAdopt" => NodeMessage::SessionAdopt(serde_json::from_str(b)?),
-        "adoptAck" => NodeMessage::AdoptAck(serde_json::from_str(b)?),
-        "suspendExpired" => NodeMessage::SuspendExpired(serde_json::from_str(b)?),
-        _ => return Ok(None),
+        "peerStatus" => NodeMessage::PeerStatus(Deserialize::deserialize(d)?),
+        "sessionStart" => NodeMessage::SessionStart(Deserialize::deserialize(d)?),
+        "sessionEnd" => NodeMessage::SessionEnd(Deserialize::deserialize(d)?),
+        "relay" => NodeMessage::Relay(Deserialize::deserialize(d)?),
+        "peerError" => NodeMessage::PeerError(Deserialize::deserialize(d)?),
+        "heartbeat" => NodeMessage::Heartbeat(Deserialize::deserialize(d)?),
+        "nodeDown" => NodeMessage::NodeDown(Deserialize::deserialize(d)?),
+        "barrier" => NodeMessage::Barrier(Deserialize::deserialize(d)?),
+        "resumeClaim" => NodeMessage::ResumeClaim(Deserialize::deserialize(d)?),
+        "resumeGrant" => NodeMessage::ResumeGrant(Deserialize::deserialize(d)?),
+        "sessionMoved" => NodeMessage::SessionMoved(Deserialize::deserialize(d)?),
+        "moveAck" => NodeMessage::MoveAck(Deserialize::deserialize(d)?),
+        "moveFence" => NodeMessage::MoveFence(Deserialize::deserialize(d)?),
+        "sessionAdopt" => NodeMessage::SessionAdopt(Deserialize::deserialize(d)?),
+        "adoptAck" => NodeMessage::AdoptAck(Deserialize::deserialize(d)?),
+        "suspendExpired" => NodeMessage::SuspendExpired(Deserialize::deserialize(d)?),
+        _ => {
+            serde::de::IgnoredAny::deserialize(d)?;
+            return Ok(None);
+        }
     }))
+}
+
+/// An envelope as a receiver reads it: the header and every message it carries.
+#[derive(Debug)]
+pub struct Received {
+    pub from: String,
+    pub boot: u64,
+    pub seq: u64,
+    /// The envelope's kind ([`BATCH_KIND`] for a batch).
+    pub kind: String,
+    /// As [`Envelope::messages`] gives them.
+    pub messages: Vec<Result<Option<NodeMessage>, EnvelopeError>>,
+}
+
+impl Received {
+    /// Reads an envelope and its messages, in one pass over the text when the kind comes
+    /// before the body (as this crate writes it): the hot path of every node, where reading
+    /// the body first as raw JSON and then again as messages scanned each payload three times.
+    /// Anything else (another field order, a message that cannot be read) is read again the
+    /// careful way, [`Envelope::parse`] and [`Envelope::messages`], so the outcome is the same.
+    pub fn parse(text: &str) -> Result<Received, EnvelopeError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let quick = serde::Deserializer::deserialize_map(&mut de, OnePass)
+            .ok()
+            .flatten()
+            .filter(|_| de.end().is_ok());
+        if let Some(received) = quick {
+            return Ok(received);
+        }
+        let env = Envelope::parse(text)?;
+        let messages = env.messages()?;
+        Ok(Received {
+            from: env.from,
+            boot: env.boot,
+            seq: env.seq,
+            kind: env.kind,
+            messages,
+        })
+    }
+}
+
+/// Reads an envelope in one pass; `None` when it cannot (body before kind, or a newer
+/// version): the caller then reads it the careful way.
+struct OnePass;
+
+impl<'de> serde::de::Visitor<'de> for OnePass {
+    type Value = Option<Received>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an envelope")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::IgnoredAny;
+        let (mut v, mut from, mut boot, mut seq, mut kind) = (None, None, 0, None, None);
+        let mut messages = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "v" => v = Some(map.next_value::<u16>()?),
+                "from" => from = Some(map.next_value::<String>()?),
+                "boot" => boot = map.next_value::<u64>()?,
+                "seq" => seq = Some(map.next_value::<u64>()?),
+                "kind" => kind = Some(map.next_value::<String>()?),
+                "body" => match (&kind, v) {
+                    (Some(k), Some(v)) if v <= ENVELOPE_VERSION => {
+                        messages = Some(if k == BATCH_KIND {
+                            map.next_value_seed(BatchSeed)?
+                        } else {
+                            vec![Ok(map.next_value_seed(BodySeed(k))?)]
+                        });
+                    }
+                    _ => return Ok(None),
+                },
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(match (from, seq, kind, messages) {
+            (Some(from), Some(seq), Some(kind), Some(messages)) => Some(Received {
+                from,
+                boot,
+                seq,
+                kind,
+                messages,
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// A body of a known kind.
+struct BodySeed<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = Option<NodeMessage>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        decode(self.0, d)
+    }
+}
+
+/// A batch's list of `{"kind", "body"}` items.
+struct BatchSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for BatchSeed {
+    type Value = Vec<Result<Option<NodeMessage>, EnvelopeError>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchSeed {
+    type Value = Vec<Result<Option<NodeMessage>, EnvelopeError>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of messages")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8));
+        while let Some(msg) = seq.next_element_seed(ItemSeed)? {
+            out.push(Ok(msg));
+        }
+        Ok(out)
+    }
+}
+
+/// One `{"kind", "body"}` item of a batch, kind first.
+struct ItemSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ItemSeed {
+    type Value = Option<NodeMessage>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemSeed {
+    type Value = Option<NodeMessage>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a message")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let (mut kind, mut msg) = (None::<Cow<'de, str>>, None);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "kind" => kind = Some(map.next_value()?),
+                // (body before kind: the careful reader handles it)
+                "body" => match &kind {
+                    Some(k) => msg = Some(map.next_value_seed(BodySeed(k))?),
+                    None => return Err(A::Error::custom("body before kind")),
+                },
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        msg.ok_or_else(|| A::Error::custom("a message without a body"))
+    }
 }
 
 #[cfg(test)]
@@ -613,6 +790,61 @@ mod tests {
         // and an older reader (open) sees a batch as a kind it does not know
         let text = Batch::new().seal("a", 1, 1);
         assert_eq!(Envelope::parse(&text).unwrap().open().unwrap(), None);
+    }
+
+    /// The one-pass reader gives what the careful one gives, for every kind, batched or not,
+    /// and for what it cannot read in one pass.
+    #[test]
+    fn one_pass_reading_agrees_with_the_careful_reading() {
+        let careful = |text: &str| {
+            let env = Envelope::parse(text).unwrap();
+            let msgs: Vec<_> = env
+                .messages()
+                .unwrap()
+                .into_iter()
+                .map(|m| m.ok())
+                .collect();
+            (env.from, env.boot, env.seq, env.kind, msgs)
+        };
+        let quick = |text: &str| {
+            let r = Received::parse(text).unwrap();
+            let msgs: Vec<_> = r.messages.into_iter().map(|m| m.ok()).collect();
+            (r.from, r.boot, r.seq, r.kind, msgs)
+        };
+        let mut texts: Vec<String> = samples()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| m.seal("n\"1", 3, i as u64))
+            .collect();
+        let mut batch = Batch::new();
+        samples().iter().for_each(|m| batch.push(m));
+        texts.push(batch.seal("n1", 3, 99));
+        texts.extend(
+            [
+                // body before kind, unknown fields, unknown kinds, an item that cannot be read
+                r#"{"body":{"id":5},"kind":"barrier","v":1,"from":"n2","seq":1}"#,
+                r#"{"v":1,"from":"n2","seq":7,"kind":"teleport","body":{"x":[1,{"y":2}]},"extra":true}"#,
+                r#"{"v":1,"from":"n2","seq":3,"kind":"batch","body":[{"kind":"teleport","body":{"x":1}},{"kind":"sessionEnd","body":{"sessionId":7}},{"body":{"id":5},"kind":"barrier"}]}"#,
+                r#"{"v":1,"from":"n2","seq":3,"kind":"batch","extra":{"a":[]},"body":[{"kind":"barrier","body":{"id":5},"later":1}]}"#,
+            ]
+            .map(String::from),
+        );
+        for text in &texts {
+            assert_eq!(quick(text), careful(text), "{text}");
+        }
+        // and what the careful reader refuses, the quick one refuses too
+        for bad in [
+            r#"{"v":2,"from":"n2","seq":1,"kind":"barrier","body":{"id":1}}"#,
+            r#"{"v":1,"from":"n2","seq":1,"kind":"batch","body":{"kind":"barrier"}}"#,
+            r#"{"v":1,"from":"n2","seq":1,"kind":"barrier","body":{"id":1}} trailing"#,
+            r#"{"v":1,"from":"n2","kind":"barrier","body":{"id":1}}"#,
+        ] {
+            assert!(Received::parse(bad).is_err(), "{bad}");
+            assert!(
+                Envelope::parse(bad).and_then(|e| e.messages()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

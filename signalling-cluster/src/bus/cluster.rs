@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use proto::envelope::{
-    Batch, Envelope, NodeDownBody, NodeMessage, PeerStatusBody, ResumeClaimBody, ResumeGrantBody,
+    Batch, NodeDownBody, NodeMessage, PeerStatusBody, Received, ResumeClaimBody, ResumeGrantBody,
     SessionAdoptBody, SuspendExpiredBody, FEATURE_BATCH,
 };
 use proto::{ClientMessage, ErrorCode, PeerId, PeerInfo, PeerStatus, ServerMessage};
@@ -106,7 +106,7 @@ struct Shared {
     /// Nodes listed in `{prefix}:nodes` at the last liveness tick.
     live_nodes: Mutex<Vec<NodeId>>,
     /// Nodes that read batch envelopes (from `{prefix}:features` at the last liveness tick).
-    batch_nodes: Mutex<std::collections::HashSet<NodeId>>,
+    batch_nodes: Mutex<Arc<std::collections::HashSet<NodeId>>>,
     /// Set by `shutdown`: stop refreshing our liveness.
     leaving: AtomicBool,
     /// Our v2 peers by resume token, for claims from other nodes.
@@ -285,14 +285,14 @@ impl Shared {
 
     /// One envelope from the subscription: a message, or a batch of them.
     fn receive(self: &Arc<Self>, channel: &str, text: &str) {
-        let env = match Envelope::parse(text) {
+        let env = match Received::parse(text) {
             Ok(env) => env,
             Err(e) => return warn!(channel, "dropping envelope: {e}"),
         };
         if env.from == self.settings.node_id {
             // Our own presence announcements come back to us; our barriers too.
-            if env.kind == "barrier" {
-                if let Ok(Some(NodeMessage::Barrier(b))) = env.open() {
+            for msg in env.messages {
+                if let Ok(Some(NodeMessage::Barrier(b))) = msg {
                     if let Some(fire) = self.state.lock().barriers.remove(&b.id) {
                         let _ = fire.send(());
                     }
@@ -300,10 +300,7 @@ impl Shared {
             }
             return;
         }
-        let msgs = match env.messages() {
-            Ok(msgs) => msgs,
-            Err(e) => return warn!(kind = env.kind, "dropping envelope: {e}"),
-        };
+        let msgs = env.messages;
         let mut state = self.state.lock();
         let mut out = Outbox::new();
         state.down.remove(&env.from); // alive after all (or restarted)
@@ -950,8 +947,8 @@ async fn subscriber(
         }
         let mut messages = pubsub.into_on_message();
         while let Some(msg) = messages.next().await {
-            match msg.get_payload::<String>() {
-                Ok(text) => shared.receive(msg.get_channel_name(), &text),
+            match std::str::from_utf8(msg.get_payload_bytes()) {
+                Ok(text) => shared.receive(msg.get_channel_name(), text),
                 Err(e) => warn!("non-text message on the cluster channel: {e}"),
             }
         }
@@ -1043,11 +1040,13 @@ async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
             listed.insert(m.clone(), seen);
         }
         // Only nodes that say so get batches: an older node would ignore them.
-        *shared.batch_nodes.lock() = features
-            .into_iter()
-            .filter(|(_, f)| f.split(',').any(|f| f.trim() == FEATURE_BATCH))
-            .map(|(node, _)| node)
-            .collect();
+        *shared.batch_nodes.lock() = Arc::new(
+            features
+                .into_iter()
+                .filter(|(_, f)| f.split(',').any(|f| f.trim() == FEATURE_BATCH))
+                .map(|(node, _)| node)
+                .collect(),
+        );
         *shared.live_nodes.lock() = members;
         forget_unlisted(&shared, &mut listed, shared.settings.node_ttl * 2);
         for node in dead.into_iter().filter(|n| *n != me) {
