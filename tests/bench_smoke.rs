@@ -1,7 +1,7 @@
 //! The benchmark harness (`tests/loadgen`, run in full by `./dev bench`) in a tiny version:
 //! upstream (the stock server's library), one node and a 2-node cluster, a handful of peers
-//! per scenario. It checks the harness still produces well-formed figures; it asserts nothing
-//! about speed.
+//! per scenario, two rounds. It checks the harness still produces well-formed figures; it
+//! asserts nothing about speed.
 
 use std::process::Command;
 
@@ -16,7 +16,13 @@ fn loadgen_smoke_produces_every_figure() {
     let bin_dir = bin("signalling-cluster").parent().unwrap().to_path_buf();
     let upstream = format!("{} {{port}}", bin("upstream-signalling-server").display());
     let out = Command::new(bin("loadgen"))
-        .args(["--smoke", "--targets", "upstream,single,cluster2"])
+        .args([
+            "--smoke",
+            "--rounds",
+            "2",
+            "--targets",
+            "upstream,single,cluster2",
+        ])
         .arg("--bin-dir")
         .arg(&bin_dir)
         .args(["--upstream", &upstream, "--scenario-timeout", "60"])
@@ -43,6 +49,8 @@ fn loadgen_smoke_produces_every_figure() {
         }
         let relay = &r["relay_4x10"];
         assert_eq!(relay["messages"], 80);
+        // two rounds: the figures are medians, the runs are kept
+        assert_eq!(relay["runs"].as_array().map(Vec::len), Some(2), "{relay}");
         assert!(relay["msgs_per_sec"].as_f64().unwrap() > 0.0, "{relay}");
         assert!(relay["rtt_us"]["p50"].as_u64().unwrap() > 0, "{relay}");
         assert!(relay["server_cpu_us_per_msg"].is_number(), "{relay}");

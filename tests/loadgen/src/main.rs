@@ -62,6 +62,11 @@ struct Args {
     /// Per-peer queue given to our nodes.
     #[arg(long, default_value_t = 65_536)]
     peer_queue: usize,
+    /// Runs of each relay, presence and setup scenario per target (interleaved over the
+    /// targets, median reported): the machine's background load drifts, and a ratio of two
+    /// runs minutes apart measures the drift. Idle and first-frame runs are run once.
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Time limit of one scenario against one target, seconds.
     #[arg(long, default_value_t = 240)]
     scenario_timeout: u64,
@@ -198,62 +203,74 @@ async fn run(args: Args) -> Result<()> {
         .map(Target::parse)
         .collect::<Result<_>>()?;
 
+    let mut jobs: Vec<(String, Job)> = Vec::new();
+    for &(p, r) in &plan.relay {
+        jobs.push((format!("relay_{p}x{r}"), Job::Relay(p, r)));
+    }
+    for &n in &plan.idle {
+        jobs.push((format!("idle_{n}"), Job::Idle(n)));
+    }
+    for &(l, k) in &plan.presence {
+        jobs.push((format!("presence_{l}x{k}"), Job::Presence(l, k)));
+    }
+    for &(p, s) in &plan.setup {
+        jobs.push((format!("setup_{p}x{s}"), Job::Setup(p, s)));
+    }
+    if let Some(dir) = &args.agents_dir {
+        jobs.push(("first_frame".into(), Job::FirstFrame(dir.clone())));
+    }
+    let rounds = args.rounds.unwrap_or(if args.smoke { 1 } else { 3 }).max(1);
+    // Every target runs a scenario before any runs it again: slow drifts of the machine's
+    // load then touch every target alike.
+    let mut runs: std::collections::BTreeMap<(String, String), Vec<Value>> = Default::default();
+    for (key, job) in &jobs {
+        let n = match job {
+            Job::Relay(..) | Job::Presence(..) | Job::Setup(..) => rounds,
+            Job::Idle(_) | Job::FirstFrame(_) => 1,
+        };
+        for round in 1..=n {
+            for &target in &targets {
+                eprintln!("loadgen: {} {key} (round {round}/{n}) ...", target.name());
+                let started = std::time::Instant::now();
+                let res = tokio::time::timeout(
+                    Duration::from_secs(args.scenario_timeout),
+                    run_job(target, &bins, job, args.ttff_runs, args.server_log.as_ref()),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "timed out after {} s",
+                        args.scenario_timeout
+                    ))
+                });
+                let v = match res {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("loadgen: {} {key} failed: {e:#}", target.name());
+                        json!({"error": format!("{e:#}")})
+                    }
+                };
+                eprintln!(
+                    "loadgen: {} {key} ({:.1} s) {v}",
+                    target.name(),
+                    started.elapsed().as_secs_f64()
+                );
+                runs.entry((target.name(), key.clone()))
+                    .or_default()
+                    .push(v);
+                // let sockets in TIME_WAIT and the servers' exits settle
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
     let mut results = Map::new();
-    for &target in &targets {
-        let mut figures = Map::new();
-        let mut jobs: Vec<(String, Job)> = Vec::new();
-        for &(p, r) in &plan.relay {
-            jobs.push((format!("relay_{p}x{r}"), Job::Relay(p, r)));
+    for ((target, key), values) in runs {
+        let entry = results
+            .entry(target)
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(figures) = entry {
+            figures.insert(key, median_of_runs(values));
         }
-        for &n in &plan.idle {
-            jobs.push((format!("idle_{n}"), Job::Idle(n)));
-        }
-        for &(l, k) in &plan.presence {
-            jobs.push((format!("presence_{l}x{k}"), Job::Presence(l, k)));
-        }
-        for &(p, s) in &plan.setup {
-            jobs.push((format!("setup_{p}x{s}"), Job::Setup(p, s)));
-        }
-        if let Some(dir) = &args.agents_dir {
-            jobs.push(("first_frame".into(), Job::FirstFrame(dir.clone())));
-        }
-        for (key, job) in jobs {
-            eprintln!("loadgen: {} {key} ...", target.name());
-            let started = std::time::Instant::now();
-            let res = tokio::time::timeout(
-                Duration::from_secs(args.scenario_timeout),
-                run_job(
-                    target,
-                    &bins,
-                    &job,
-                    args.ttff_runs,
-                    args.server_log.as_ref(),
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "timed out after {} s",
-                    args.scenario_timeout
-                ))
-            });
-            let v = match res {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("loadgen: {} {key} failed: {e:#}", target.name());
-                    json!({"error": format!("{e:#}")})
-                }
-            };
-            eprintln!(
-                "loadgen: {} {key} ({:.1} s) {v}",
-                target.name(),
-                started.elapsed().as_secs_f64()
-            );
-            figures.insert(key, v);
-            // let sockets in TIME_WAIT and the servers' exits settle
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        results.insert(target.name(), Value::Object(figures));
     }
 
     let ratios = ratios(&results, &plan);
@@ -269,6 +286,7 @@ async fn run(args: Args) -> Result<()> {
             "smoke": args.smoke,
             "idle_requested": idle_asked,
             "idle_run": plan.idle,
+            "rounds": rounds,
         },
         "results": results,
         "ratios": ratios,
@@ -279,6 +297,52 @@ async fn run(args: Args) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
     }
     write_md(&args, &report, &table)
+}
+
+/// One result from several runs of a scenario: each number is the median of its runs (the
+/// runs that failed left out), and the runs themselves are kept under `runs`.
+fn median_of_runs(values: Vec<Value>) -> Value {
+    let ok: Vec<Value> = values
+        .iter()
+        .filter(|v| v.get("error").is_none())
+        .cloned()
+        .collect();
+    if values.len() == 1 || ok.is_empty() {
+        return values.into_iter().next().unwrap_or(Value::Null);
+    }
+    let mut merged = median_value(&ok.iter().collect::<Vec<_>>());
+    if let Value::Object(o) = &mut merged {
+        o.insert("runs".into(), Value::Array(values));
+    }
+    merged
+}
+
+fn median_value(values: &[&Value]) -> Value {
+    match values.first() {
+        Some(Value::Number(_)) => {
+            let mut nums: Vec<&Value> = values.iter().copied().filter(|v| v.is_number()).collect();
+            nums.sort_by(|a, b| {
+                a.as_f64()
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.as_f64().unwrap_or(0.0))
+            });
+            // the lower middle for an even count: a figure that was measured, as it was written
+            nums.get((nums.len().max(1) - 1) / 2)
+                .map_or(Value::Null, |v| (*v).clone())
+        }
+        Some(Value::Object(first)) => {
+            let mut out = Map::new();
+            for key in first.keys() {
+                let all: Vec<&Value> = values.iter().filter_map(|v| v.get(key)).collect();
+                out.insert(key.clone(), median_value(&all));
+            }
+            Value::Object(out)
+        }
+        // every run must agree for a yes
+        Some(Value::Bool(_)) => json!(values.iter().all(|v| v.as_bool() == Some(true))),
+        Some(v) => (*v).clone(),
+        None => Value::Null,
+    }
 }
 
 fn write_md(args: &Args, report: &Value, table: &str) -> Result<()> {
@@ -599,7 +663,7 @@ fn markdown(report: &Value, table: &str, notes: &str) -> String {
           measured the same way in one run by `tests/loadgen` (issue 5). Generated by the run itself; \
           the analysis at the end is written by hand.\n\n";
     s += &format!(
-        "* **Date**: {}\n* **Machine**: {} ({} cores), {} GiB RAM, Linux {}; client, servers and Redis share the cores\n* **Command**: `{}`\n* **Upstream**: {}\n* **Our nodes ran with**: `{}` (the per-peer rate limit and queue are raised so the benchmark measures the relay, not the guards), log level warn for every server\n* **Client**: loopback only, sources spread over {}, fd limit {} per process (idle runs asked: {}, run: {})\n\n",
+        "* **Date**: {}\n* **Machine**: {} ({} cores), {} GiB RAM, Linux {}; client, servers and Redis share the cores\n* **Command**: `{}`\n* **Upstream**: {}\n* **Our nodes ran with**: `{}` (the per-peer rate limit and queue are raised so the benchmark measures the relay, not the guards), log level warn for every server\n* **Client**: loopback only, sources spread over {}, fd limit {} per process (idle runs asked: {}, run: {})\n* **Rounds**: relay, presence and setup ran {} times per target, the targets taking turns; each figure is the median of its runs (all runs are in the JSON)\n\n",
         report["date"].as_str().unwrap_or(""),
         m["cpu"].as_str().unwrap_or("?"),
         m["cores"],
@@ -615,6 +679,7 @@ fn markdown(report: &Value, table: &str, notes: &str) -> String {
         report["settings"]["fd_limit"],
         report["settings"]["idle_requested"],
         report["settings"]["idle_run"],
+        report["settings"]["rounds"],
     );
     s += "## Scenarios\n\n\
 * **relay_PxR**: P producer/consumer pairs, each in a session (in a cluster the consumer sits on the next node, so every session crosses nodes), ping-pong of a ~150-byte ICE `peer` message for R rounds, all pairs from a common start. msgs/s = 2·P·R ÷ wall time; RTT per round; CPU from `/proc/PID/stat` (user + system) over the relay phase, summed over nodes; Redis and the generator reported apart.\n\
