@@ -20,5 +20,6 @@ pub mod routing;
 pub mod server;
 mod tls;
 pub mod web;
+pub mod websocket;
 
 pub use config::Config;
