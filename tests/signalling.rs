@@ -373,3 +373,170 @@ async fn frames_lost_in_flight_are_sent_again_on_resume() -> Result<()> {
     p.assert_silent(QUIET).await?;
     Ok(())
 }
+
+/// Fragments of one text message, as a client sends them.
+fn fragments(parts: &[&str]) -> Vec<Message> {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        coding::{Data, OpCode},
+        Frame,
+    };
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let op = if i == 0 { Data::Text } else { Data::Continue };
+            let last = i + 1 == parts.len();
+            Message::Frame(Frame::message(part.to_string(), OpCode::Data(op), last))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fragmented_messages_are_joined_and_closed_with_1009_above_the_limit() -> Result<()> {
+    let node = Node::start(&["--max-message-size", "1048576"]).await?;
+    let mut p = Peer::connect(&node.url()).await?;
+    for frame in fragments(&[r#"{"type":"#, r#""li"#, r#"st"}"#]) {
+        p.send_raw(frame).await?;
+    }
+    assert_eq!(
+        p.expect("list").await?,
+        json!({"type": "list", "producers": []})
+    );
+    // every fragment is under the limit, the message is not
+    let pad = "x".repeat(600_000);
+    let big = fragments(&[r#"{"type":"list","pad":""#, &pad, &pad, r#""}"#]);
+    for frame in big {
+        if p.send_raw(frame).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(p.closed().await?, Some(1009));
+    Ok(())
+}
+
+/// Sends `request` (and what follows it) on a fresh connection in one write; returns the
+/// response head and the bytes after it, read until `done` says enough or the node closes.
+async fn raw_exchange(
+    port: u16,
+    request: &[u8],
+    done: impl Fn(&[u8]) -> bool,
+) -> Result<(String, Vec<u8>)> {
+    use anyhow::Context as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(request).await?;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if done(&got[end + 4..]) {
+                break;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .context("no answer in time")??;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no response head")?;
+    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+    Ok((head, got[end + 4..].to_vec()))
+}
+
+/// The text frames (unmasked, unfragmented, as the node sends them) at the start of `bytes`.
+fn server_texts(mut bytes: &[u8]) -> Vec<String> {
+    let mut texts = Vec::new();
+    while bytes.len() >= 2 {
+        let (len, at) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if bytes.len() < at + len {
+            break;
+        }
+        if bytes[0] & 0x0f == 1 {
+            texts.push(String::from_utf8_lossy(&bytes[at..at + len]).into_owned());
+        }
+        bytes = &bytes[at + len..];
+    }
+    texts
+}
+
+#[tokio::test]
+async fn a_first_frame_in_the_same_packet_as_the_handshake_is_read() -> Result<()> {
+    let node = Node::start(&[]).await?;
+    let mut request = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    // {"type":"list"}, masked as a client must
+    let text = br#"{"type":"list"}"#;
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    request.extend([0x81, 0x80 | text.len() as u8]);
+    request.extend(mask);
+    request.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let (head, rest) = raw_exchange(node.port, &request, |b| server_texts(b).len() >= 2).await?;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let texts = server_texts(&rest);
+    let welcome: Value = serde_json::from_str(&texts[0])?;
+    assert_eq!(welcome["type"], "welcome");
+    let list: Value = serde_json::from_str(&texts[1])?;
+    assert_eq!(list, json!({"type": "list", "producers": []}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_websocket_upgrade_gets_a_clear_400() -> Result<()> {
+    let node = Node::start(&[]).await?;
+    for request in [
+        // no key, no version
+        "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        // not a GET
+        "POST / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        // a version we do not speak
+        "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    ] {
+        let (head, body) = raw_exchange(node.port, request.as_bytes(), |_| false).await?;
+        assert!(head.starts_with("HTTP/1.1 400"), "{request}: {head}");
+        let body = String::from_utf8(body)?;
+        assert!(body.starts_with("bad WebSocket upgrade: "), "{body}");
+    }
+    // the node goes on serving
+    assert_eq!(node.get("/healthz").await?.0, 200);
+    Peer::connect(&node.url()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_text_message_that_is_not_utf8_closes_with_1007() -> Result<()> {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        coding::{Data, OpCode},
+        Frame,
+    };
+    let node = Node::start(&[]).await?;
+    let mut p = Peer::connect(&node.url()).await?;
+    let bad = vec![b'"', 0xff, 0xfe, b'"'];
+    p.send_raw(Message::Frame(Frame::message(
+        bad,
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await?;
+    assert_eq!(p.closed().await?, Some(1007));
+    Ok(())
+}

@@ -8,7 +8,9 @@
 //! * [`routing`]: upstream semantics as a pure state machine.
 //! * [`bus`]: how peers reach the router ([`bus::MemoryBus`] alone; Redis in a cluster).
 //! * [`peer`]: one actor per connection; [`mailbox`]: its bounded outgoing queue.
-//! * [`server`]: actix-web, health endpoints, TLS; [`config`]: flags and environment.
+//! * [`server`]: HTTP, health endpoints, TLS; [`upgrade`]: the WebSocket handshake, after
+//!   which [`websocket`] reads and writes frames on the connection itself.
+//! * [`config`]: flags and environment.
 //! * [`web`]: the browser app every node serves.
 
 pub mod bus;
@@ -19,6 +21,8 @@ pub mod resume;
 pub mod routing;
 pub mod server;
 mod tls;
+pub mod upgrade;
 pub mod web;
+pub mod websocket;
 
 pub use config::Config;

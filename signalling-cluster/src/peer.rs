@@ -1,26 +1,42 @@
 //! One actor per connected peer.
 //!
-//! The actor reads the peer's WebSocket frames, turns them into [`ClientMessage`]s for the
-//! [`Bus`] and answers bad input with an `error`. A separate writer task drains the peer's
-//! [`Mailbox`] into the socket, so routing never waits on a peer's network. When a v2 peer's
-//! connection drops without a close, the mailbox is parked for resume ([`crate::resume`]).
+//! The actor owns the read half of the peer's connection: it decodes the WebSocket messages
+//! ([`FrameStream`]), turns them into [`ClientMessage`]s for the [`Bus`] and answers bad input
+//! with an `error`. A separate writer task owns the write half and drains the peer's
+//! [`Mailbox`] straight into the socket ([`FrameWriter`]), so routing never waits on a peer's
+//! network. When a v2 peer's connection drops without a close, the mailbox is parked for
+//! resume ([`crate::resume`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use actix_codec::{AsyncRead, AsyncWrite};
+use actix_http::ws::{CloseCode, CloseReason};
+use bytes::BytesMut;
 use proto::{ClientMessage, ErrorCode, PeerId, ServerMessage};
+use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::bus::Bus;
 use crate::mailbox::{Mailbox, MailboxReceiver, Outbound};
 use crate::resume::{Parked, ResumeRegistry, Sent};
+use crate::websocket::{FrameStream, FrameWriter, Incoming, ReadError};
+
+/// At most this much is encoded for one write (and numbered before it is known to be written,
+/// see [`write_loop`]); well within what [`Sent`] keeps for replay.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// How long a connection we close waits for the peer to close too (see [`FrameWriter::linger`]).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Per-connection limits, from the node's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_messages_per_sec: u32,
+    /// Largest message (frame, or fragments joined) a peer may send; above: close 1009.
+    pub max_message_size: usize,
     pub ping_interval: Duration,
 }
 
@@ -50,7 +66,7 @@ pub struct PeerConnection {
 
 /// How to stop the writer and get the mailbox back from it.
 struct Writer {
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<WriterEnd>,
 }
 
@@ -71,22 +87,30 @@ pub struct Attach {
 }
 
 impl PeerConnection {
-    /// Starts the actor and its writer for an upgraded connection.
-    pub fn start(
+    /// Starts the actor and its writer on an upgraded connection `io`; `read` holds the bytes
+    /// that arrived with the handshake.
+    pub fn start<T>(
         attach: Attach,
         node_id: &str,
         bus: Arc<dyn Bus>,
         registry: Arc<ResumeRegistry>,
-        session: Session,
-        stream: actix_ws::AggregatedMessageStream,
+        io: T,
+        read: BytesMut,
         limits: Limits,
-    ) -> Addr<Self> {
+    ) -> Addr<Self>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
         let span = peer_span(node_id, &attach.id);
         if !attach.resumed {
             let _entered = span.enter();
             bus.join(&attach.id, attach.mailbox.clone());
         }
-        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = oneshot::channel();
+        let (read_half, write_half) = tokio::io::split(io);
+        // the read half comes back to the writer when the actor is done with it
+        let (give_back, read_half_back) = oneshot::channel();
+        let stream = FrameStream::new(read_half, read, limits.max_message_size, give_back);
         let actor = PeerConnection {
             id: attach.id,
             bus,
@@ -105,7 +129,8 @@ impl PeerConnection {
             ctx.add_stream(stream);
             let done = actix_rt::spawn(
                 write_loop(
-                    session,
+                    FrameWriter::new(write_half),
+                    read_half_back,
                     attach.receiver,
                     (attach.welcome, attach.pending, attach.sent),
                     limits.ping_interval,
@@ -205,7 +230,7 @@ impl Actor for PeerConnection {
                                 peer_id: id,
                                 mailbox,
                                 receiver: end.receiver,
-                                unsent: end.unsent,
+                                unsent: Vec::new(),
                                 sent: end.sent.unwrap_or_default(),
                             },
                             bus,
@@ -222,36 +247,39 @@ impl Actor for PeerConnection {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for PeerConnection {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Incoming, ReadError>> for PeerConnection {
+    fn handle(&mut self, item: Result<Incoming, ReadError>, ctx: &mut Context<Self>) {
         let span = self.span.clone();
         let _entered = span.enter();
         self.last_seen = Instant::now();
         match item {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => self.reply_error(
+            Ok(Incoming::Text(text)) => match std::str::from_utf8(&text) {
+                Ok(text) => self.on_text(text, ctx),
+                Err(_) => {
+                    info!(peer_id = %self.id, "text message that is not UTF-8, closing");
+                    self.close(ctx, CloseCode::Invalid, "text is not UTF-8");
+                }
+            },
+            Ok(Incoming::Binary) => self.reply_error(
                 ErrorCode::BinaryFrame,
                 "binary frames are not part of the protocol; send JSON text".into(),
             ),
-            Ok(AggregatedMessage::Ping(data)) => {
+            Ok(Incoming::Ping(data)) => {
                 let _ = self.mailbox.send(Outbound::Pong(data.to_vec()));
             }
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
+            Ok(Incoming::Pong) => {}
+            Ok(Incoming::Close(reason)) => {
                 debug!(peer_id = %self.id, ?reason, "peer closed the connection");
                 self.close(ctx, CloseCode::Normal, "");
             }
-            Err(ProtocolError::Overflow) => self.too_big(ctx),
-            Err(ProtocolError::Io(e)) if e.to_string().contains("maximum continuation size") => {
-                self.too_big(ctx)
-            }
-            Err(ProtocolError::Io(e)) => {
+            Err(ReadError::TooBig) => self.too_big(ctx),
+            Err(ReadError::Io(e)) => {
                 // The socket died without a close: a v2 peer may come back and resume.
                 info!(peer_id = %self.id, "connection dropped: {e}");
                 ctx.stop();
             }
-            Err(err) => {
-                info!(peer_id = %self.id, "protocol error: {err}");
+            Err(err @ ReadError::Protocol(_)) => {
+                info!(peer_id = %self.id, "{err}");
                 self.close(ctx, CloseCode::Protocol, "protocol error");
             }
         }
@@ -273,7 +301,7 @@ impl PeerConnection {
 /// queue, close this connection without removing the peer.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Handover(pub tokio::sync::oneshot::Sender<Option<Parked>>);
+pub struct Handover(pub oneshot::Sender<Option<Parked>>);
 
 impl Handler<Handover> for PeerConnection {
     type Result = ();
@@ -291,7 +319,7 @@ impl Handler<Handover> for PeerConnection {
                 peer_id,
                 mailbox,
                 receiver: end.receiver,
-                unsent: end.unsent,
+                unsent: Vec::new(),
                 sent: end.sent.unwrap_or_default(),
             });
             let _ = reply.send(parked);
@@ -320,78 +348,108 @@ impl Handler<WriterDone> for PeerConnection {
 /// What the writer hands back when it ends.
 struct WriterEnd {
     receiver: MailboxReceiver,
-    /// A frame taken from the queue that could not be written.
-    unsent: Vec<String>,
     sent: Option<Sent>,
     stuck: bool,
 }
 
-/// Sends the welcome and the pending frames, then drains the mailbox into the socket; pings
-/// when idle. Ends when the socket or the queue closes, when the peer is stuck, or when told
-/// to stop; hands the queue back either way, so a suspended peer loses nothing still queued.
-async fn write_loop(
-    mut session: Session,
+/// How the writer's work ended.
+enum Ending {
+    /// A close frame went out: the connection ends once the peer closes too.
+    Closed,
+    /// The connection broke.
+    Dropped,
+}
+
+/// Sends the welcome and the pending frames, then drains the mailbox into the socket, all that
+/// is queued in one write; pings when a ping interval passed without a write. Ends when the
+/// socket or the queue closes, when the peer is stuck, or when told to stop; hands the queue
+/// back either way, so a suspended peer loses nothing still queued.
+///
+/// A v2 peer's frames are numbered ([`Sent`]) as they are handed to the socket: if the
+/// connection breaks, the client's `last` tells which of them it got.
+async fn write_loop<W, R>(
+    mut out: FrameWriter<W>,
+    read_half: oneshot::Receiver<R>,
     mut mailbox: MailboxReceiver,
     (welcome, pending, mut sent): (String, Vec<String>, Option<Sent>),
     ping_interval: Duration,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<()>,
     actor: Addr<PeerConnection>,
-) -> WriterEnd {
+) -> WriterEnd
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
     let stuck = mailbox.stuck.clone();
-    let mut unsent: Vec<String> = Vec::new();
-    let mut pending = pending.into_iter();
     let mut told = false;
     let outcome = async {
-        if session.text(welcome).await.is_err() {
-            unsent.extend(pending.by_ref());
-            return;
+        out.text(&welcome);
+        for frame in pending {
+            out.text(&frame);
+            record(&mut sent, frame);
         }
-        // Frames not yet handed to the socket stay in `unsent` until written.
-        for frame in pending.by_ref() {
-            if session.text(frame.clone()).await.is_err() {
-                unsent.push(frame);
-                unsent.extend(pending.by_ref());
-                return;
-            }
-            if let Some(sent) = sent.as_mut() {
-                sent.record(&frame);
-            }
+        if out.write().await.is_err() {
+            return Ending::Dropped;
         }
+        // One timer for the connection's life, not one per frame.
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wrote = false;
         loop {
-            let next = tokio::time::timeout(ping_interval, mailbox.rx.recv()).await;
-            let result = match next {
-                Err(_idle) => session.ping(b"").await,
-                Ok(Some(Outbound::Text(text))) => {
-                    let r = session.text(text.clone()).await;
-                    match (&r, sent.as_mut()) {
-                        (Err(_), _) => unsent.push(text),
-                        (Ok(()), Some(sent)) => sent.record(&text),
-                        (Ok(()), None) => {}
+            tokio::select! {
+                next = mailbox.rx.recv() => {
+                    let mut next = next;
+                    let mut frames = 0;
+                    let mut closed = false;
+                    if next.is_none() {
+                        out.close(None);
+                        closed = true;
                     }
-                    r
+                    while let Some(item) = next.take() {
+                        match item {
+                            Outbound::Text(text) => {
+                                out.text(&text);
+                                record(&mut sent, text);
+                            }
+                            Outbound::Pong(data) => out.pong(&data),
+                            Outbound::Close(code, reason) => {
+                                out.close(Some(CloseReason {
+                                    code: code.into(),
+                                    description: (!reason.is_empty()).then_some(reason),
+                                }));
+                                closed = true;
+                                break;
+                            }
+                        }
+                        frames += 1;
+                        if frames < BATCH_FRAMES && out.buffered() < BATCH_BYTES {
+                            next = mailbox.rx.try_recv().ok();
+                        }
+                    }
+                    if out.write().await.is_err() {
+                        return Ending::Dropped;
+                    }
+                    if closed {
+                        return Ending::Closed;
+                    }
+                    wrote = true;
                 }
-                Ok(Some(Outbound::Pong(data))) => session.pong(&data).await,
-                Ok(Some(Outbound::Close(code, reason))) => {
-                    let reason = CloseReason {
-                        code: code.into(),
-                        description: (!reason.is_empty()).then_some(reason),
-                    };
-                    let _ = session.close(Some(reason)).await;
-                    return;
+                _ = ping.tick() => {
+                    if !std::mem::take(&mut wrote) {
+                        out.ping();
+                        if out.write().await.is_err() {
+                            return Ending::Dropped;
+                        }
+                    }
                 }
-                Ok(None) => {
-                    let _ = session.close(None).await;
-                    return;
-                }
-            };
-            if result.is_err() {
-                return;
             }
         }
     };
     let mut is_stuck = false;
+    let mut ending = Ending::Dropped;
     tokio::select! {
-        _ = outcome => {}
+        end = outcome => ending = end,
         _ = stuck.notified() => {
             warn!("outgoing queue full: dropping the connection");
             is_stuck = true;
@@ -402,11 +460,19 @@ async fn write_loop(
     if !told {
         actor.do_send(WriterDone { stuck: is_stuck });
     }
+    if let Ending::Closed = ending {
+        out.linger(read_half, CLOSE_LINGER).await;
+    }
     WriterEnd {
         receiver: mailbox,
-        unsent,
         sent,
         stuck: is_stuck,
+    }
+}
+
+fn record(sent: &mut Option<Sent>, frame: String) {
+    if let Some(sent) = sent.as_mut() {
+        sent.record(frame);
     }
 }
 

@@ -29,7 +29,9 @@ pub struct Parked {
     pub peer_id: PeerId,
     pub mailbox: Mailbox,
     pub receiver: MailboxReceiver,
-    /// Frames the dropped connection had taken from the queue but could not write.
+    /// Frames taken from the queue but never handed to the socket, sent before the queue on
+    /// resume. (Empty as the writer works today: it numbers frames in `sent` as it hands them
+    /// to the socket, so those a broken connection lost are replayed from there.)
     pub unsent: Vec<String>,
     /// What was written to the dropped connection, to replay what the client never got.
     pub sent: Sent,
@@ -59,10 +61,10 @@ impl Sent {
         }
     }
 
-    pub fn record(&mut self, frame: &str) {
+    pub fn record(&mut self, frame: String) {
         self.written += 1;
         self.bytes += frame.len();
-        self.ring.push_back(frame.to_string());
+        self.ring.push_back(frame);
         while self.ring.len() > Self::KEEP || self.bytes > Self::KEEP_BYTES {
             match self.ring.pop_front() {
                 Some(f) => self.bytes -= f.len(),
@@ -220,7 +222,7 @@ mod tests {
     fn replays_what_the_client_did_not_get() {
         let mut sent = Sent::starting_at(0);
         for i in 1..=5 {
-            sent.record(&format!("f{i}"));
+            sent.record(format!("f{i}"));
         }
         assert_eq!(
             sent.resume(Some(3)),
@@ -244,7 +246,7 @@ mod tests {
     fn refuses_when_frames_are_no_longer_kept() {
         let mut sent = Sent::starting_at(10);
         for i in 0..(Sent::KEEP + 5) {
-            sent.record(&format!("f{i}"));
+            sent.record(format!("f{i}"));
         }
         assert_eq!(sent.resume(Some(10)), None);
         assert!(sent.resume(Some(10 + 5)).is_some());
