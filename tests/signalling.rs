@@ -212,10 +212,36 @@ async fn sigterm_sends_go_away_to_v2_peers_and_exits_after_the_drain_timeout() -
     let go_away = v2.expect("goAway").await?;
     assert_eq!(go_away["reason"], "node shutting down");
     v2.close().await;
+    // a draining node takes no new connections (load balancers move on)
+    assert!(Peer::connect(&node.url()).await.is_err());
     // the v1 peer hears nothing (goAway is not v1) and stays connected while the node drains,
     // until the drain timeout closes its connection
     v1.assert_silent(QUIET).await?;
     let _ = v1.closed().await;
+    let status = tokio::task::spawn_blocking(move || node.proc.child.wait()).await??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
+
+/// With worker threads (`--workers 2`) instead of the node's one event loop: sessions relay
+/// both ways between peers served by different threads, and SIGTERM drains and exits the same.
+#[tokio::test]
+async fn with_worker_threads_sessions_relay_and_sigterm_drains() -> Result<()> {
+    let mut node = Node::start(&["--workers", "2", "--drain-timeout", "2"]).await?;
+    // connections go to the workers in turn: four pairs span both
+    let mut pairs = Vec::new();
+    for _ in 0..4 {
+        pairs.push(session(&node).await?);
+    }
+    for (p, c, sid) in &mut pairs {
+        still_relays(p, c, sid).await?;
+        still_relays(c, p, sid).await?;
+    }
+    let mut v2 = Peer::connect_with(&node.url(), Some("gstwebrtc-cluster.v2")).await?;
+    node.proc.signal(15);
+    assert_eq!(v2.expect("goAway").await?["reason"], "node shutting down");
+    v2.close().await;
+    drop(pairs); // (v1 peers: the node waits for them until its drain timeout)
     let status = tokio::task::spawn_blocking(move || node.proc.child.wait()).await??;
     assert!(status.success(), "{status}");
     Ok(())

@@ -108,9 +108,12 @@ pub struct Config {
     #[arg(long, env = "SIGNALLING_WEB_ROOT")]
     pub web_root: Option<std::path::PathBuf>,
 
-    /// HTTP worker threads (default: one per core).
-    #[arg(long, env = "SIGNALLING_WORKERS")]
-    pub workers: Option<usize>,
+    /// Threads serving connections. 0 (the default): the node's one event loop accepts and
+    /// serves every connection, routes, and runs the cluster bus, so a message crosses no
+    /// thread on its way (scale out with more nodes). N: N worker threads serve the
+    /// connections; routing follows the sender's thread and the bus stays on the main one.
+    #[arg(long, env = "SIGNALLING_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info,signalling_cluster=debug`.
     #[arg(long, env = "SIGNALLING_LOG", default_value = "info")]

@@ -85,13 +85,15 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
         _ => None,
     };
-    // Signals are ours: drain first, then stop (see `drain`).
-    let mut server = actix_server::Server::build().disable_signals();
-    if let Some(workers) = config.workers {
-        server = server.workers(workers);
-    }
     let listeners = listen(&config.host, config.port)
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    if config.workers == 0 {
+        return serve_here(state, listeners, tls).await;
+    }
+    // Signals are ours: drain first, then stop (see `drain`).
+    let mut server = actix_server::Server::build()
+        .disable_signals()
+        .workers(config.workers);
     for listener in listeners {
         let addr = listener.local_addr()?;
         info!(node_id, "listening on {addr}");
@@ -106,8 +108,112 @@ pub async fn run(
         };
     }
     let server = server.run();
-    actix_web::rt::spawn(drain(state, server.handle()));
+    actix_web::rt::spawn(drain(state, Serving::Workers(server.handle())));
     server.await.context("HTTP server failed")
+}
+
+/// How `drain` stops taking connections, then stops the node.
+enum Serving {
+    /// actix-server's worker threads.
+    Workers(actix_server::ServerHandle),
+    /// This thread's accept loops (see [`serve_here`]).
+    Here {
+        pause: tokio::sync::watch::Sender<bool>,
+        stop: std::rc::Rc<tokio::sync::Notify>,
+    },
+}
+
+impl Serving {
+    async fn pause(&self) {
+        match self {
+            Serving::Workers(server) => server.pause().await,
+            // (the accept loops end and close their listeners)
+            Serving::Here { pause, .. } => {
+                let _ = pause.send(true);
+            }
+        }
+    }
+
+    async fn stop(&self) {
+        match self {
+            Serving::Workers(server) => server.stop(false).await,
+            Serving::Here { stop, .. } => stop.notify_one(),
+        }
+    }
+}
+
+/// Serves every listener on this thread, the one that runs the cluster bus: a relayed message
+/// is read, routed, published or delivered, and written without waking another thread. Runs
+/// until `drain` stops the node.
+async fn serve_here(
+    state: web::Data<NodeState>,
+    listeners: Vec<TcpListener>,
+    tls: Option<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
+    use actix_service::ServiceFactory as _;
+    let (pause, paused) = tokio::sync::watch::channel(false);
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        info!(node_id = state.node_id, "listening on {addr}");
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let cannot = || anyhow::anyhow!("cannot start the HTTP service on {addr}");
+        match tls.clone() {
+            Some(tls) => {
+                let service = http_service!(state.clone(), addr, rustls_0_23(tls))
+                    .new_service(())
+                    .await
+                    .map_err(|_| cannot())?;
+                actix_web::rt::spawn(accept_loop(listener, service, paused.clone()));
+            }
+            None => {
+                let service = http_service!(state.clone(), addr, tcp())
+                    .new_service(())
+                    .await
+                    .map_err(|_| cannot())?;
+                actix_web::rt::spawn(accept_loop(listener, service, paused.clone()));
+            }
+        }
+    }
+    let stop = std::rc::Rc::new(tokio::sync::Notify::new());
+    actix_web::rt::spawn(drain(
+        state,
+        Serving::Here {
+            pause,
+            stop: stop.clone(),
+        },
+    ));
+    stop.notified().await;
+    Ok(())
+}
+
+/// Accepts connections and serves each in a task of its own, until paused.
+async fn accept_loop<S>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) where
+    S: actix_service::Service<tokio::net::TcpStream> + 'static,
+{
+    let service = std::rc::Rc::new(service);
+    loop {
+        tokio::select! {
+            _ = paused.wait_for(|p| *p) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((io, _)) => {
+                    let service = service.clone();
+                    actix_web::rt::spawn(async move {
+                        let _ = service.call(io).await;
+                    });
+                }
+                Err(e) => {
+                    // (out of file descriptors, most likely: let some close)
+                    warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
 }
 
 /// Listens on every address `host` resolves to (at least one must work).
@@ -143,7 +249,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// On the first SIGTERM/SIGINT: fail readiness, stop accepting, send `goAway` to v2 peers and
 /// wait up to the drain timeout for peers to leave; then close what is left and stop. A second
 /// signal stops at once.
-async fn drain(state: web::Data<NodeState>, server: actix_server::ServerHandle) {
+async fn drain(state: web::Data<NodeState>, server: Serving) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -183,7 +289,7 @@ async fn drain(state: web::Data<NodeState>, server: actix_server::ServerHandle) 
         }
     }
     state.bus.shutdown().await;
-    server.stop(false).await;
+    server.stop().await;
 }
 
 async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
