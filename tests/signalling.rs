@@ -566,3 +566,29 @@ async fn a_text_message_that_is_not_utf8_closes_with_1007() -> Result<()> {
     assert_eq!(p.closed().await?, Some(1007));
     Ok(())
 }
+
+/// A peer that only listens, on a node busy writing to it, is pinged all the same and kept as
+/// long as it answers: silence is judged by pongs, not by how busy the node is.
+#[tokio::test]
+async fn a_listener_kept_busy_is_pinged_and_stays_connected() -> Result<()> {
+    let node = Node::start(&["--ping-interval", "1"]).await?;
+    let mut listener = Peer::connect(&node.url()).await?;
+    listener.set_status(&["listener"], Value::Null).await?;
+    listener.sync().await?;
+    let mut producer = Peer::connect(&node.url()).await?;
+    // a status change every 200 ms for over three ping intervals: the node never falls quiet
+    let until = std::time::Instant::now() + Duration::from_millis(4500);
+    let mut n = 0;
+    while std::time::Instant::now() < until {
+        producer
+            .set_status(&["producer"], json!({ "name": format!("cam-{n}") }))
+            .await?;
+        let seen = listener.wait_for("peerStatusChanged").await?;
+        assert_eq!(seen["meta"]["name"], format!("cam-{n}"));
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // (the listener sent nothing itself all along but its pongs)
+    listener.sync().await?;
+    Ok(())
+}

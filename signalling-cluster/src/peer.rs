@@ -361,7 +361,7 @@ enum Ending {
 }
 
 /// Sends the welcome and the pending frames, then drains the mailbox into the socket, all that
-/// is queued in one write; pings when a ping interval passed without a write. Ends when the
+/// is queued in one write; pings every ping interval. Ends when the
 /// socket or the queue closes, when the peer is stuck, or when told to stop; hands the queue
 /// back either way, so a suspended peer loses nothing still queued.
 ///
@@ -395,7 +395,6 @@ where
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut wrote = false;
         loop {
             tokio::select! {
                 next = mailbox.rx.recv() => {
@@ -433,14 +432,13 @@ where
                     if closed {
                         return Ending::Closed;
                     }
-                    wrote = true;
                 }
+                // Every interval, busy or not: a peer that only listens is judged by its pongs
+                // (it would be silent, and cut off, if pings waited for a quiet moment).
                 _ = ping.tick() => {
-                    if !std::mem::take(&mut wrote) {
-                        out.ping();
-                        if out.write().await.is_err() {
-                            return Ending::Dropped;
-                        }
+                    out.ping();
+                    if out.write().await.is_err() {
+                        return Ending::Dropped;
                     }
                 }
             }
