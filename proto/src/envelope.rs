@@ -510,6 +510,20 @@ impl Received {
     }
 }
 
+/// The fields of an envelope and of a batch item, read without allocating.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    V,
+    From,
+    Boot,
+    Seq,
+    Kind,
+    Body,
+    #[serde(other)]
+    Other,
+}
+
 /// Reads an envelope in one pass; `None` when it cannot (body before kind, or a newer
 /// version): the caller then reads it the careful way.
 struct OnePass;
@@ -525,14 +539,14 @@ impl<'de> serde::de::Visitor<'de> for OnePass {
         use serde::de::IgnoredAny;
         let (mut v, mut from, mut boot, mut seq, mut kind) = (None, None, 0, None, None);
         let mut messages = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match key.as_ref() {
-                "v" => v = Some(map.next_value::<u16>()?),
-                "from" => from = Some(map.next_value::<String>()?),
-                "boot" => boot = map.next_value::<u64>()?,
-                "seq" => seq = Some(map.next_value::<u64>()?),
-                "kind" => kind = Some(map.next_value::<String>()?),
-                "body" => match (&kind, v) {
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::V => v = Some(map.next_value::<u16>()?),
+                Field::From => from = Some(map.next_value::<String>()?),
+                Field::Boot => boot = map.next_value::<u64>()?,
+                Field::Seq => seq = Some(map.next_value::<u64>()?),
+                Field::Kind => kind = Some(map.next_value::<String>()?),
+                Field::Body => match (&kind, v) {
                     (Some(k), Some(v)) if v <= ENVELOPE_VERSION => {
                         messages = Some(if k == BATCH_KIND {
                             map.next_value_seed(BatchSeed)?
@@ -542,7 +556,7 @@ impl<'de> serde::de::Visitor<'de> for OnePass {
                     }
                     _ => return Ok(None),
                 },
-                _ => {
+                Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -615,12 +629,14 @@ impl<'de> serde::de::Visitor<'de> for ItemSeed {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
-        let (mut kind, mut msg) = (None::<Cow<'de, str>>, None);
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match key.as_ref() {
-                "kind" => kind = Some(map.next_value()?),
+        // (kinds are plain ASCII as we write them: borrowed; an escaped one fails here and the
+        // careful reader takes over)
+        let (mut kind, mut msg) = (None::<&'de str>, None);
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::Kind => kind = Some(map.next_value()?),
                 // (body before kind: the careful reader handles it)
-                "body" => match &kind {
+                Field::Body => match kind {
                     Some(k) => msg = Some(map.next_value_seed(BodySeed(k))?),
                     None => return Err(A::Error::custom("body before kind")),
                 },
