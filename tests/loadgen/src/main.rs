@@ -166,7 +166,12 @@ async fn run(args: Args) -> Result<()> {
     let (d_relay, d_idle, d_presence, d_setup) = if args.smoke {
         ("4x10", "40", "8x4", "4x3")
     } else {
-        ("1x1000,100x200,1000x20", "5000,20000", "1000x200", "100x10")
+        (
+            "1x1000,100x1000,1000x100",
+            "5000,20000",
+            "1000x200",
+            "100x10",
+        )
     };
     // One process (a single server, this generator) holds one fd per peer: above the fd
     // limit, the idle runs are capped (recorded in the report).
