@@ -77,8 +77,7 @@ pub struct Attach {
     pub receiver: MailboxReceiver,
     /// The `welcome`, sent first (not counted as a frame of the peer).
     pub welcome: String,
-    /// Frames to send before the queued ones: what the client lost in flight, then what a
-    /// dropped connection could not send.
+    /// Frames to send before the queued ones: what the client lost in flight.
     pub pending: Vec<String>,
     /// v2 peers: the numbering of written frames, for replay on resume.
     pub sent: Option<Sent>,
@@ -230,7 +229,6 @@ impl Actor for PeerConnection {
                                 peer_id: id,
                                 mailbox,
                                 receiver: end.receiver,
-                                unsent: Vec::new(),
                                 sent: end.sent.unwrap_or_default(),
                             },
                             bus,
@@ -319,7 +317,6 @@ impl Handler<Handover> for PeerConnection {
                 peer_id,
                 mailbox,
                 receiver: end.receiver,
-                unsent: Vec::new(),
                 sent: end.sent.unwrap_or_default(),
             });
             let _ = reply.send(parked);

@@ -29,10 +29,6 @@ pub struct Parked {
     pub peer_id: PeerId,
     pub mailbox: Mailbox,
     pub receiver: MailboxReceiver,
-    /// Frames taken from the queue but never handed to the socket, sent before the queue on
-    /// resume. (Empty as the writer works today: it numbers frames in `sent` as it hands them
-    /// to the socket, so those a broken connection lost are replayed from there.)
-    pub unsent: Vec<String>,
     /// What was written to the dropped connection, to replay what the client never got.
     pub sent: Sent,
 }

@@ -201,14 +201,12 @@ async fn resume_peer(
             replayed = replay.len(),
             "peer resumed"
         );
-        let mut pending = replay;
-        pending.extend(parked.unsent);
         return Some(Attach {
             welcome: welcome(&parked.peer_id, &new, true),
             id: parked.peer_id,
             mailbox: parked.mailbox,
             receiver: parked.receiver,
-            pending,
+            pending: replay,
             sent: Some(Sent::starting_at(written)),
             resumed: true,
             resume_token: Some(new),

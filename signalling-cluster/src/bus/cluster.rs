@@ -464,15 +464,13 @@ impl Shared {
                     None
                 }
             });
-            if let Some((mut parked, (replay, written))) = resumable {
+            if let Some((mut parked, (mut frames, written))) = resumable {
                 let me = shared.settings.node_id.clone();
                 if let Some((status, sessions)) =
                     state.router.export_peer(&parked.peer_id, &me, &node)
                 {
                     state.mailboxes.remove(&parked.peer_id);
                     state.tokens.remove(&parked.peer_id);
-                    let mut frames = replay;
-                    frames.append(&mut parked.unsent);
                     while let Ok(out) = parked.receiver.rx.try_recv() {
                         if let crate::mailbox::Outbound::Text(t) = out {
                             frames.push(t);
