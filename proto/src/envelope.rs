@@ -338,10 +338,12 @@ impl NodeMessage {
 /// Writes an envelope around an already serialized body. The fields are those of
 /// [`Envelope`], written by hand so the body is copied once rather than parsed again.
 fn seal_raw(from: &str, boot: u64, seq: u64, kind: &str, body: &[u8]) -> String {
+    use std::io::Write as _;
     let mut out = Vec::with_capacity(body.len() + from.len() + 64);
-    out.extend_from_slice(format!("{{\"v\":{ENVELOPE_VERSION},\"from\":").as_bytes());
+    // (writes into a Vec cannot fail)
+    let _ = write!(out, "{{\"v\":{ENVELOPE_VERSION},\"from\":");
     serde_json::to_writer(&mut out, from).expect("a string serializes");
-    out.extend_from_slice(format!(",\"boot\":{boot},\"seq\":{seq},\"kind\":").as_bytes());
+    let _ = write!(out, ",\"boot\":{boot},\"seq\":{seq},\"kind\":");
     serde_json::to_writer(&mut out, kind).expect("a string serializes");
     out.extend_from_slice(b",\"body\":");
     out.extend_from_slice(body);

@@ -778,30 +778,27 @@ impl Sequencer {
 /// the presence channel, and presence is never held here.
 #[derive(Default)]
 struct Grouped {
-    by_node: Vec<(NodeId, Batch, Option<NodeMessage>)>,
+    by_node: Vec<(NodeId, Vec<NodeMessage>)>,
 }
 
 impl Grouped {
     fn push(&mut self, node: NodeId, msg: NodeMessage) {
-        match self.by_node.iter_mut().find(|(n, _, _)| *n == node) {
-            Some((_, batch, first)) => {
-                if let Some(first) = first.take() {
-                    batch.push(&first);
-                }
-                batch.push(&msg);
-            }
-            // A lone message goes out as a plain envelope: no batch for one.
-            None => self.by_node.push((node, Batch::new(), Some(msg))),
+        match self.by_node.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, msgs)) => msgs.push(msg),
+            None => self.by_node.push((node, vec![msg])),
         }
     }
 
-    /// Adds the publishes to the pipeline and empties the groups.
+    /// Adds the publishes to the pipeline and empties the groups. A lone message goes out as
+    /// a plain envelope: no batch for one.
     fn publish(&mut self, pipe: &mut redis::Pipeline, keys: &Keys, seq: &mut Sequencer) {
-        for (node, batch, first) in self.by_node.drain(..) {
+        for (node, msgs) in self.by_node.drain(..) {
             let channel = keys.node(&node);
-            let text = match first {
-                Some(msg) => seq.seal(&channel, &msg),
-                None => {
+            let text = match msgs.as_slice() {
+                [msg] => seq.seal(&channel, msg),
+                msgs => {
+                    let mut batch = Batch::new();
+                    msgs.iter().for_each(|m| batch.push(m));
                     let n = seq.next(&channel);
                     batch.seal(&seq.me, seq.boot, n)
                 }
