@@ -682,12 +682,17 @@ fn dockerfile_runtime_stage_is_minimal_non_root_with_tini() -> Result<()> {
     Ok(())
 }
 
+/// The packages the Dockerfile's runtime stage installs.
+fn listed_runtime_packages() -> Result<BTreeSet<String>> {
+    let dockerfile = std::fs::read_to_string(k8s::repo().join("k8s/Dockerfile"))?;
+    Ok(k8s::dockerfile_runtime_packages(&dockerfile)?
+        .into_iter()
+        .collect())
+}
+
 #[test]
 fn dockerfile_packages_cover_the_shared_libraries_the_binaries_link() -> Result<()> {
-    let dockerfile = std::fs::read_to_string(k8s::repo().join("k8s/Dockerfile"))?;
-    let listed: BTreeSet<String> = k8s::dockerfile_runtime_packages(&dockerfile)?
-        .into_iter()
-        .collect();
+    let listed = listed_runtime_packages()?;
     let mut needed: BTreeMap<String, String> = BTreeMap::new();
     for b in ["signalling-cluster", "producer-agent", "consumer-agent"] {
         let out = Command::new("ldd").arg(bin(b)).output()?;
@@ -723,10 +728,7 @@ fn dockerfile_packages_cover_the_shared_libraries_the_binaries_link() -> Result<
 
 #[test]
 fn dockerfile_packages_cover_the_gstreamer_plugins_the_agents_load() -> Result<()> {
-    let dockerfile = std::fs::read_to_string(k8s::repo().join("k8s/Dockerfile"))?;
-    let listed: BTreeSet<String> = k8s::dockerfile_runtime_packages(&dockerfile)?
-        .into_iter()
-        .collect();
+    let listed = listed_runtime_packages()?;
 
     // a real session: test source with audio (webrtcsink discovers every encoder it can use)
     // → node → consumer decoding, with GStreamer's `factories` tracer on (the recording
