@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use parking_lot::Mutex;
 use proto::envelope::{
     Batch, NodeDownBody, NodeMessage, PeerStatusBody, Received, ResumeClaimBody, ResumeGrantBody,
@@ -40,6 +39,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 
+use super::resp::{self, Pipeline};
 use super::{deliver, deliver_many, Bus, BusStats, Claim, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
 use crate::resume::{token_hash, token_node, ResumeRegistry};
@@ -101,8 +101,10 @@ struct Shared {
     state: Mutex<State>,
     /// To the publisher task, in routing order.
     out: mpsc::UnboundedSender<Outgoing>,
-    /// Redis reachable (subscriber connected and last publish succeeded).
+    /// Subscribed to our channels (and the replica loaded since).
     connected: AtomicBool,
+    /// The publisher has a working connection (its last pipeline went through).
+    publishing: AtomicBool,
     /// Nodes listed in `{prefix}:nodes` at the last liveness tick.
     live_nodes: Mutex<Vec<NodeId>>,
     /// Nodes that read batch envelopes (from `{prefix}:features` at the last liveness tick).
@@ -230,6 +232,7 @@ impl RedisBus {
         registry: Arc<ResumeRegistry>,
     ) -> Result<Arc<RedisBus>, ClusterError> {
         let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
+        let info = client.get_connection_info().clone();
         let con = ConnectionManager::new(client.clone())
             .await
             .map_err(ClusterError::Connect)?;
@@ -244,6 +247,7 @@ impl RedisBus {
             state: Mutex::new(state),
             out: tx,
             connected: AtomicBool::new(false),
+            publishing: AtomicBool::new(false),
             live_nodes: Mutex::new(Vec::new()),
             batch_nodes: Mutex::new(Default::default()),
             leaving: AtomicBool::new(false),
@@ -255,10 +259,11 @@ impl RedisBus {
         // The bus tasks log with the node id, like the peers' spans.
         let span = tracing::info_span!("cluster", node = %shared.settings.node_id);
         actix_rt::spawn(
-            subscriber(shared.clone(), client, con.clone(), ready_tx).instrument(span.clone()),
+            subscriber(shared.clone(), info.clone(), con.clone(), ready_tx)
+                .instrument(span.clone()),
         );
         let _ = ready_rx.await;
-        actix_rt::spawn(publisher(shared.clone(), rx, con.clone()).instrument(span.clone()));
+        actix_rt::spawn(publisher(shared.clone(), rx, info).instrument(span.clone()));
         actix_rt::spawn(liveness(shared.clone(), con).instrument(span));
         info!(node_id = shared.settings.node_id, "joined the cluster");
         Ok(Arc::new(RedisBus { shared }))
@@ -626,6 +631,7 @@ impl Bus for RedisBus {
 
     fn ready(&self) -> bool {
         self.shared.connected.load(Ordering::SeqCst)
+            && self.shared.publishing.load(Ordering::SeqCst)
     }
 
     fn claim(&self, token: &str, last: Option<u64>, mailbox: Mailbox) -> Option<Claim> {
@@ -791,7 +797,7 @@ impl Grouped {
 
     /// Adds the publishes to the pipeline and empties the groups. A lone message goes out as
     /// a plain envelope: no batch for one.
-    fn publish(&mut self, pipe: &mut redis::Pipeline, keys: &Keys, seq: &mut Sequencer) {
+    fn publish(&mut self, pipe: &mut Pipeline, keys: &Keys, seq: &mut Sequencer) {
         for (node, msgs) in self.by_node.drain(..) {
             let channel = keys.node(&node);
             let text = match msgs.as_slice() {
@@ -803,7 +809,7 @@ impl Grouped {
                     batch.seal(&seq.me, seq.boot, n)
                 }
             };
-            pipe.publish(channel, text).ignore();
+            pipe.publish(&channel, &text);
         }
     }
 }
@@ -814,9 +820,10 @@ impl Grouped {
 async fn publisher(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    mut con: ConnectionManager,
+    redis: redis::ConnectionInfo,
 ) {
     let me = shared.settings.node_id.clone();
+    let name = format!("gwc-{me}-publisher");
     let mut seq = Sequencer {
         me: me.clone(),
         boot: now_ms(),
@@ -824,8 +831,35 @@ async fn publisher(
     };
     let mut batch = Vec::new();
     let mut grouped = Grouped::default();
-    while rx.recv_many(&mut batch, 512).await > 0 {
-        let mut pipe = redis::pipe();
+    let mut pipe = Pipeline::default();
+    let mut con: Option<resp::Connection> = None;
+    let mut retry = Duration::ZERO;
+    loop {
+        let received = match con {
+            Some(_) => rx.recv_many(&mut batch, 512).await,
+            // Reconnect as soon as Redis is back, not only when the next message comes, so
+            // the node is ready again (`ready` needs the publisher too).
+            None => tokio::select! {
+                n = rx.recv_many(&mut batch, 512) => n,
+                _ = tokio::time::sleep(retry) => {
+                    match resp::Connection::connect(&redis, &name).await {
+                        Ok(c) => {
+                            con = Some(c);
+                            shared.publishing.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            warn!(?retry, "cannot connect the publisher to Redis: {e}");
+                            retry = (retry * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        if received == 0 {
+            break;
+        }
+        pipe.clear();
         let batching = shared.batch_nodes.lock().clone();
         for item in batch.drain(..) {
             let item = match item {
@@ -839,11 +873,11 @@ async fn publisher(
             let (channel, msg) = match item {
                 Outgoing::Store(peer_id, stored) => {
                     let json = serde_json::to_string(&stored).unwrap_or_default();
-                    pipe.hset(&shared.keys.peers, &peer_id, json).ignore();
+                    pipe.hset(&shared.keys.peers, &peer_id, &json);
                     continue;
                 }
                 Outgoing::Expired(body) => {
-                    pipe.hdel(&shared.keys.peers, &body.peer_id).ignore();
+                    pipe.hdel(&shared.keys.peers, &body.peer_id);
                     (
                         shared.keys.presence.clone(),
                         NodeMessage::SuspendExpired(body),
@@ -852,7 +886,7 @@ async fn publisher(
                 Outgoing::Announce(body, resume) => {
                     // The store first: whoever sees the announcement can read it back.
                     if body.left {
-                        pipe.hdel(&shared.keys.peers, &body.peer_id).ignore();
+                        pipe.hdel(&shared.keys.peers, &body.peer_id);
                     } else {
                         let stored = StoredPeer {
                             node: me.clone(),
@@ -861,14 +895,14 @@ async fn publisher(
                             suspended_until: None,
                         };
                         let json = serde_json::to_string(&stored).unwrap_or_default();
-                        pipe.hset(&shared.keys.peers, &body.peer_id, json).ignore();
+                        pipe.hset(&shared.keys.peers, &body.peer_id, &json);
                     }
                     (shared.keys.presence.clone(), NodeMessage::PeerStatus(body))
                 }
                 Outgoing::ToNode(node, msg) => (shared.keys.node(&node), msg),
                 Outgoing::Leave => {
-                    pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(&me).ignore();
-                    pipe.hdel(&shared.keys.features, &me).ignore();
+                    pipe.cmd(&[b"ZREM", shared.keys.nodes.as_bytes(), me.as_bytes()]);
+                    pipe.hdel(&shared.keys.features, &me);
                     (
                         shared.keys.presence.clone(),
                         NodeMessage::NodeDown(NodeDownBody {
@@ -887,15 +921,38 @@ async fn publisher(
                 }
             };
             let text = seq.seal(&channel, &msg);
-            pipe.publish(channel, text).ignore();
+            pipe.publish(&channel, &text);
         }
         grouped.publish(&mut pipe, &shared.keys, &mut seq);
-        match pipe.query_async::<()>(&mut con).await {
-            Ok(()) => {}
+        if pipe.is_empty() {
+            continue;
+        }
+        // Waiting for the replies before the next pipeline is what makes the next one bigger
+        // under load (and keeps a slow Redis from piling up writes).
+        let sent = async {
+            let con = match &mut con {
+                Some(con) => con,
+                None => con.insert(resp::Connection::connect(&redis, &name).await?),
+            };
+            con.write(&pipe).await?;
+            con.replies(pipe.len()).await
+        };
+        match sent.await {
+            Ok(errors) => {
+                shared.publishing.store(true, Ordering::SeqCst);
+                if let Some(e) = errors.first() {
+                    warn!(
+                        count = errors.len(),
+                        "Redis refused commands of a pipeline: {e}"
+                    );
+                }
+            }
             Err(e) => {
                 // The receivers see the sequence gap and end what depended on these messages.
                 warn!("publishing to Redis failed, messages lost: {e}");
-                shared.connected.store(false, Ordering::SeqCst);
+                con = None;
+                retry = Duration::ZERO;
+                shared.publishing.store(false, Ordering::SeqCst);
             }
         }
     }
@@ -905,23 +962,23 @@ async fn publisher(
 /// in Redis (it may have restarted empty).
 async fn subscriber(
     shared: Arc<Shared>,
-    client: redis::Client,
+    redis: redis::ConnectionInfo,
     mut con: ConnectionManager,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     let node_channel = shared.keys.node(&shared.settings.node_id);
+    let name = format!("gwc-{}-subscriber", shared.settings.node_id);
     loop {
-        let pubsub = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&shared.keys.presence).await?;
-            pubsub.subscribe(&node_channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+        let subscribed = async {
+            let mut sub = resp::Connection::connect(&redis, &name).await?;
+            resp::subscribe(&mut sub, &[&shared.keys.presence, &node_channel]).await?;
+            Ok::<_, resp::RespError>(sub)
         }
         .await;
-        let pubsub = match pubsub {
-            Ok(p) => p,
+        let mut sub = match subscribed {
+            Ok(sub) => sub,
             Err(e) => {
                 warn!(?backoff, "cannot subscribe to Redis: {e}");
                 tokio::time::sleep(backoff).await;
@@ -940,14 +997,21 @@ async fn subscriber(
         if let Some(r) = ready.take() {
             let _ = r.send(());
         }
-        let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
-            match std::str::from_utf8(msg.get_payload_bytes()) {
-                Ok(text) => shared.receive(msg.get_channel_name(), text),
-                Err(e) => warn!("non-text message on the cluster channel: {e}"),
+        let lost = loop {
+            let read = sub.read_values(|value| match resp::message(&value) {
+                Some((channel, payload)) => {
+                    match (std::str::from_utf8(channel), std::str::from_utf8(payload)) {
+                        (Ok(channel), Ok(text)) => shared.receive(channel, text),
+                        _ => warn!("non-text message on the cluster channel"),
+                    }
+                }
+                None => debug!(?value, "ignoring a push that is not a message"),
+            });
+            if let Err(e) = read.await {
+                break e;
             }
-        }
-        warn!("lost the Redis subscription; reconnecting");
+        };
+        warn!("lost the Redis subscription ({lost}); reconnecting");
         shared.connected.store(false, Ordering::SeqCst);
     }
 }

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod memory;
+pub mod resp;
 
 pub use cluster::{ClusterError, RedisBus, RedisSettings};
 pub use memory::MemoryBus;
