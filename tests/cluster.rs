@@ -1151,3 +1151,69 @@ async fn relays_are_batched_only_to_nodes_that_read_batches() -> Result<()> {
     );
     Ok(())
 }
+
+/// The node's own Redis connections (the publisher's and the subscription, see
+/// `src/bus/resp.rs`) log in with the URL's user and password as redis-rs does, and a Redis
+/// user whose ACL forbids `CLIENT` (managed Redis services often do) still carries the
+/// cluster: the publisher then reads every reply instead of turning replies off.
+#[tokio::test]
+async fn a_redis_user_without_client_commands_carries_the_cluster() -> Result<()> {
+    let redis = Redis::start().await?;
+    let acl = [
+        "ACL", "SETUSER", "gwc", "on", ">s3cret", "~*", "&*", "+@all", "-client",
+    ];
+    assert_eq!(redis_cli(&redis, &acl).await?.trim(), "OK");
+    // Nobody gets in without the URL's credentials.
+    assert_eq!(
+        redis_cli(&redis, &["ACL", "SETUSER", "default", "off"])
+            .await?
+            .trim(),
+        "OK"
+    );
+    let url = format!("redis://gwc:s3cret@127.0.0.1:{}", redis.port);
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b"] {
+        nodes.push(Node::start(&["--redis-url", &url, "--node-id", id]).await?);
+    }
+    for node in &nodes {
+        eventually(cluster_tests::STEP, "node ready", || async {
+            matches!(node.get("/readyz").await, Ok((200, _)))
+        })
+        .await?;
+    }
+    let mut p = Peer::connect(&nodes[0].url()).await?;
+    p.set_status(&["producer"], Value::Null).await?;
+    let mut c = Peer::connect(&nodes[1].url()).await?;
+    until_listed(&mut c, &p.id).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    p.expect("startSession").await?;
+    for i in 0..50 {
+        p.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("p{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+        c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("c{i}"), "sdpMLineIndex": 0}}))
+            .await?;
+    }
+    for i in 0..50 {
+        assert_eq!(c.expect("peer").await?["ice"]["candidate"], format!("p{i}"));
+        assert_eq!(p.expect("peer").await?["ice"]["candidate"], format!("c{i}"));
+    }
+    // The nodes did ask, and were refused (so the replies-read path carried the relays).
+    let denied = redis_cli_as(&redis, "gwc", "s3cret", &["ACL", "LOG"]).await?;
+    assert!(
+        denied.contains("client"),
+        "no CLIENT refusal in the ACL log: {denied}"
+    );
+    Ok(())
+}
+
+/// Runs `redis-cli` against `redis` as `user`.
+async fn redis_cli_as(redis: &Redis, user: &str, pass: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["--user", user, "--pass", pass, "--no-auth-warning"];
+    all.extend_from_slice(args);
+    redis_cli(redis, &all).await
+}

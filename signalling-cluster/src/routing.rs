@@ -394,24 +394,28 @@ impl Router {
 
     /// Nodes that have peers in the replica or members in sessions here (suspended peers,
     /// whose node is dead, do not count: they expire on their own).
-    pub fn remote_nodes(&self) -> HashSet<NodeId> {
-        let mut nodes: HashSet<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| p.suspended.is_none())
-            .filter_map(|p| p.node.clone())
-            .collect();
-        for s in self.sessions.values() {
-            for (member, node) in [
-                (&s.producer, &s.producer_node),
-                (&s.consumer, &s.consumer_node),
-            ] {
-                if !self.is_suspended(member) {
-                    nodes.extend(node.iter().cloned());
+    pub fn remote_nodes(&self) -> Vec<NodeId> {
+        // Runs every liveness tick over every peer and session: the few distinct nodes are
+        // collected by reference and cloned once each.
+        let members =
+            self.peers
+                .iter()
+                .map(|(id, p)| (&p.node, id))
+                .chain(self.sessions.values().flat_map(|s| {
+                    [
+                        (&s.producer_node, &s.producer),
+                        (&s.consumer_node, &s.consumer),
+                    ]
+                }));
+        let mut nodes: Vec<&NodeId> = Vec::new();
+        for (node, member) in members {
+            if let Some(node) = node {
+                if !nodes.contains(&node) && !self.is_suspended(member) {
+                    nodes.push(node);
                 }
             }
         }
-        nodes
+        nodes.into_iter().cloned().collect()
     }
 
     /// Whether `peer_id` is a suspended peer of a dead node.

@@ -835,14 +835,19 @@ async fn publisher(
     let mut con: Option<resp::Connection> = None;
     let mut retry = Duration::ZERO;
     loop {
-        let received = match con {
-            Some(_) => rx.recv_many(&mut batch, 512).await,
+        let received = match &mut con {
+            // Replies off: nothing to wait for but new messages, or the connection's end.
+            Some(c) if c.is_quiet() => tokio::select! {
+                n = rx.recv_many(&mut batch, 512) => Ok(n),
+                e = c.closed() => Err(e),
+            },
+            Some(_) => Ok(rx.recv_many(&mut batch, 512).await),
             // Reconnect as soon as Redis is back, not only when the next message comes, so
             // the node is ready again (`ready` needs the publisher too).
             None => tokio::select! {
-                n = rx.recv_many(&mut batch, 512) => n,
+                n = rx.recv_many(&mut batch, 512) => Ok(n),
                 _ = tokio::time::sleep(retry) => {
-                    match resp::Connection::connect(&redis, &name).await {
+                    match connect_publisher(&redis, &name).await {
                         Ok(c) => {
                             con = Some(c);
                             shared.publishing.store(true, Ordering::SeqCst);
@@ -855,6 +860,16 @@ async fn publisher(
                     continue;
                 }
             },
+        };
+        let received = match received {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("the publisher's Redis connection ended: {e}");
+                con = None;
+                retry = Duration::ZERO;
+                shared.publishing.store(false, Ordering::SeqCst);
+                continue;
+            }
         };
         if received == 0 {
             break;
@@ -927,15 +942,16 @@ async fn publisher(
         if pipe.is_empty() {
             continue;
         }
-        // Waiting for the replies before the next pipeline is what makes the next one bigger
-        // under load (and keeps a slow Redis from piling up writes).
         let sent = async {
             let con = match &mut con {
                 Some(con) => con,
-                None => con.insert(resp::Connection::connect(&redis, &name).await?),
+                None => con.insert(connect_publisher(&redis, &name).await?),
             };
             con.write(&pipe).await?;
-            con.replies(pipe.len()).await
+            match con.is_quiet() {
+                true => Ok(Vec::new()),
+                false => con.replies(pipe.len()).await,
+            }
         };
         match sent.await {
             Ok(errors) => {
@@ -956,6 +972,22 @@ async fn publisher(
             }
         }
     }
+}
+
+/// The publisher's connection, with Redis' replies off where allowed: a reply per pipeline
+/// woke the node for nothing but an integer. Errors go unseen then, but what would make these
+/// writes fail (a read-only replica, out of memory) fails the liveness tick's writes too, which
+/// go through redis-rs and are logged. A writing socket whose peer has gone fails its next
+/// write, and a closed connection ends the publisher's wait.
+async fn connect_publisher(
+    redis: &redis::ConnectionInfo,
+    name: &str,
+) -> Result<resp::Connection, resp::RespError> {
+    let mut con = resp::Connection::connect(redis, name).await?;
+    if !con.quiet().await? {
+        info!("Redis refused CLIENT REPLY OFF: the publisher reads every reply");
+    }
+    Ok(con)
 }
 
 /// Keeps the subscription alive; on (re)connection reloads the replica and restores our peers

@@ -122,8 +122,11 @@ fn parse_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<(Value<'_>, us
     Ok(Some((value, next)))
 }
 
-/// The type byte and the rest of the line starting at `at`, and where the next line starts.
-fn line(buf: &[u8], at: usize) -> Result<Option<(u8, &[u8], usize)>, RespError> {
+/// A line's type byte, the rest of the line, and where the next line starts.
+type Line<'a> = (u8, &'a [u8], usize);
+
+/// The line starting at `at`, if it is all there.
+fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, RespError> {
     let Some(&kind) = buf.get(at) else {
         return Ok(None);
     };
@@ -202,6 +205,8 @@ impl Pipeline {
 pub struct Connection {
     stream: Stream,
     read: BytesMut,
+    /// `CLIENT REPLY OFF` is in force: Redis answers nothing, not even errors.
+    quiet: bool,
 }
 
 impl Connection {
@@ -218,6 +223,7 @@ impl Connection {
         let mut con = Connection {
             stream,
             read: BytesMut::with_capacity(16 * 1024),
+            quiet: false,
         };
         let redis = info.redis_settings();
         let mut hello = Pipeline::default();
@@ -235,14 +241,52 @@ impl Connection {
             what.push("SELECT");
         }
         hello.cmd(&[b"CLIENT", b"SETNAME", name.as_bytes()]);
-        what.push("CLIENT SETNAME");
         con.write(&hello).await?;
         for what in what {
             if let Some(message) = con.reply(|v| v.error_text()).await? {
                 return Err(RespError::Refused { what, message });
             }
         }
+        // The name only shows in `CLIENT LIST`: a user whose ACL forbids `CLIENT` goes on.
+        if let Some(refused) = con.reply(|v| v.error_text()).await? {
+            tracing::debug!("Redis refused CLIENT SETNAME: {refused}");
+        }
         Ok(con)
+    }
+
+    /// Turns Redis' replies off for this connection (`CLIENT REPLY OFF`), for a writer that
+    /// needs no answers: every reply would wake the reader's event loop and cost Redis a write.
+    /// Returns whether Redis agreed (ACLs may forbid `CLIENT`); if not, nothing changed.
+    pub async fn quiet(&mut self) -> Result<bool, RespError> {
+        let mut pipe = Pipeline::default();
+        pipe.cmd(&[b"CLIENT", b"REPLY", b"OFF"]);
+        pipe.cmd(&[b"CLIENT", b"REPLY", b"ON"]);
+        self.write(&pipe).await?;
+        // OFF accepted: only ON answers (+OK). OFF refused: its error comes first.
+        if let Some(refused) = self.reply(|v| v.error_text()).await? {
+            self.reply(|_| ()).await?;
+            tracing::debug!("Redis keeps replying: {refused}");
+            return Ok(false);
+        }
+        pipe.clear();
+        pipe.cmd(&[b"CLIENT", b"REPLY", b"OFF"]);
+        self.write(&pipe).await?;
+        self.quiet = true;
+        Ok(true)
+    }
+
+    /// Whether Redis' replies are off (see [`Connection::quiet`]).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Resolves when a quiet connection ends: closed, broken, or sent something it should not
+    /// have. Reading costs nothing until then: nothing arrives.
+    pub async fn closed(&mut self) -> RespError {
+        match self.fill().await {
+            Err(e) => e,
+            Ok(()) => RespError::Protocol("data on a connection whose replies are off"),
+        }
     }
 
     /// Writes the whole pipeline.
