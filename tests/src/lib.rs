@@ -117,7 +117,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(extra: &[&str]) -> anyhow::Result<Node> {
-        Self::start_on(free_port(), extra, false).await
+        Self::start_cmd(free_port(), extra, &[], false).await
     }
 
     /// Starts a node joining the cluster on `redis` as `id`.
@@ -130,11 +130,22 @@ impl Node {
 
     /// Starts a node serving TLS (`extra` must carry `-c`/`-k`); ready once it accepts TCP.
     pub async fn start_tls(extra: &[&str]) -> anyhow::Result<Node> {
-        Self::start_on(free_port(), extra, true).await
+        Self::start_cmd(free_port(), extra, &[], true).await
     }
 
-    async fn start_on(port: u16, extra: &[&str], tls: bool) -> anyhow::Result<Node> {
+    /// Starts a node with extra environment variables.
+    pub async fn start_env(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Node> {
+        Self::start_cmd(free_port(), extra, env, false).await
+    }
+
+    async fn start_cmd(
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tls: bool,
+    ) -> anyhow::Result<Node> {
         let mut cmd = Command::new(bin("signalling-cluster"));
+        cmd.envs(env.iter().copied());
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(extra)
             .env(
