@@ -126,6 +126,13 @@ impl RelayPayload {
         Ok(RelayPayload::Ice { raw })
     }
 
+    /// An `ice` payload another node relays: that node checked its shape when its client sent
+    /// it (with [`RelayPayload::ice`]), and candidates are most of a session's messages, so
+    /// the receiving node does not parse it again.
+    pub fn ice_checked(raw: Box<RawValue>) -> Self {
+        RelayPayload::Ice { raw }
+    }
+
     /// Builds an `sdp` payload from its parts (clients).
     pub fn from_sdp(sdp_type: SdpType, sdp: &str) -> Self {
         #[derive(Serialize)]

@@ -536,7 +536,7 @@ impl Router {
             NodeMessage::Relay(body) => {
                 let payload = match body.key.as_str() {
                     "sdp" => RelayPayload::sdp(body.payload),
-                    _ => RelayPayload::ice(body.payload),
+                    _ => Ok(RelayPayload::ice_checked(body.payload)),
                 };
                 match payload {
                     Ok(payload) => deliver(
@@ -1294,7 +1294,7 @@ impl Router {
         }
         let payload = match body.key.as_str() {
             "sdp" => RelayPayload::sdp(body.payload),
-            "ice" => RelayPayload::ice(body.payload),
+            "ice" => Ok(RelayPayload::ice_checked(body.payload)),
             other => {
                 warn!(key = other, "relay with an unknown payload key");
                 return;
