@@ -73,8 +73,8 @@ pub struct Config {
     #[arg(long, env = "SIGNALLING_MAX_MESSAGES_PER_SEC", default_value_t = 5000)]
     pub max_messages_per_sec: u32,
 
-    /// Seconds of silence before the node pings a peer; a peer silent for three times as
-    /// long is disconnected.
+    /// Seconds between the node's pings to a peer; a peer silent for three times as long is
+    /// disconnected.
     #[arg(
         long = "ping-interval",
         env = "SIGNALLING_PING_INTERVAL",
