@@ -88,6 +88,8 @@ pub enum ClusterError {
     Url(#[source] redis::RedisError),
     #[error("cannot reach Redis: {0}")]
     Connect(#[source] redis::RedisError),
+    #[error("cannot use this Redis URL: {0}")]
+    Unsupported(#[source] resp::RespError),
 }
 
 /// The Redis-backed bus; see the module documentation.
@@ -233,6 +235,7 @@ impl RedisBus {
     ) -> Result<Arc<RedisBus>, ClusterError> {
         let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
         let info = client.get_connection_info().clone();
+        resp::supported(info.addr()).map_err(ClusterError::Unsupported)?;
         let con = ConnectionManager::new(client.clone())
             .await
             .map_err(ClusterError::Connect)?;

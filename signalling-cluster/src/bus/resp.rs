@@ -384,6 +384,22 @@ pub fn message<'a>(value: &Value<'a>) -> Option<(&'a [u8], &'a [u8])> {
     }
 }
 
+/// Whether this client can connect to `addr` as redis-rs would: not to `rediss://…#insecure`
+/// (no certificate check) nor with client certificates, which redis-rs takes and we do not.
+pub fn supported(addr: &ConnectionAddr) -> Result<(), RespError> {
+    match addr {
+        ConnectionAddr::TcpTls { insecure: true, .. } => {
+            Err(RespError::Unsupported("rediss:// with #insecure"))
+        }
+        ConnectionAddr::TcpTls {
+            tls_params: Some(_),
+            ..
+        } => Err(RespError::Unsupported("rediss:// with client certificates")),
+        ConnectionAddr::Tcp(..) | ConnectionAddr::TcpTls { .. } | ConnectionAddr::Unix(_) => Ok(()),
+        _ => Err(RespError::Unsupported("unknown address kind")),
+    }
+}
+
 /// The transports redis-rs connects over, for the same URLs.
 enum Stream {
     Tcp(TcpStream),
@@ -399,18 +415,8 @@ impl Stream {
                 tcp.set_nodelay(true)?;
                 Ok(Stream::Tcp(tcp))
             }
-            ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                tls_params,
-            } => {
-                if *insecure {
-                    return Err(RespError::Unsupported("rediss:// with #insecure"));
-                }
-                if tls_params.is_some() {
-                    return Err(RespError::Unsupported("rediss:// with client certificates"));
-                }
+            ConnectionAddr::TcpTls { host, port, .. } => {
+                supported(addr)?;
                 let tcp = TcpStream::connect((host.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
@@ -522,6 +528,21 @@ mod tests {
         assert!(parse(b"+OK\rX").is_err());
         assert!(parse(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n").is_err());
         assert!(parse(b"$999999999999\r\n").is_err());
+    }
+
+    #[test]
+    fn takes_the_urls_redis_rs_takes_but_unchecked_tls() {
+        let addr = |url: &str| {
+            redis::Client::open(url)
+                .expect("a valid URL")
+                .get_connection_info()
+                .addr()
+                .clone()
+        };
+        assert!(supported(&addr("redis://u:p@127.0.0.1:6379/2")).is_ok());
+        assert!(supported(&addr("rediss://redis.example:6380")).is_ok());
+        assert!(supported(&addr("redis+unix:///run/redis.sock")).is_ok());
+        assert!(supported(&addr("rediss://redis.example:6380/#insecure")).is_err());
     }
 
     #[test]
