@@ -20,7 +20,17 @@ async fn cluster(redis: &Redis, extra: &[&str]) -> Result<Vec<Node>> {
 
 /// A v2 producer on `pn` in a session with a v1 consumer on `cn` (the consumer started it).
 async fn v2_producer_in_session(pn: &Node, cn: &Node) -> Result<(Peer, Peer, String)> {
-    let mut p = Peer::connect_with(&pn.url(), Some("gstwebrtc-cluster.v2")).await?;
+    producer_in_session(pn, cn, Some("gstwebrtc-cluster.v2")).await
+}
+
+/// A producer on `pn` (speaking `subprotocol`, v1 if none) in a session with a v1 consumer on
+/// `cn` (the consumer started it).
+async fn producer_in_session(
+    pn: &Node,
+    cn: &Node,
+    subprotocol: Option<&str>,
+) -> Result<(Peer, Peer, String)> {
+    let mut p = Peer::connect_with(&pn.url(), subprotocol).await?;
     p.set_status(&["producer"], Value::Null).await?;
     let mut c = Peer::connect(&cn.url()).await?;
     until_listed(&mut c, &p.id).await?;
@@ -1177,21 +1187,11 @@ async fn a_redis_user_without_client_commands_carries_the_cluster() -> Result<()
     }
     for node in &nodes {
         eventually(cluster_tests::STEP, "node ready", || async {
-            matches!(node.get("/readyz").await, Ok((200, _)))
+            readyz(node).await == 200
         })
         .await?;
     }
-    let mut p = Peer::connect(&nodes[0].url()).await?;
-    p.set_status(&["producer"], Value::Null).await?;
-    let mut c = Peer::connect(&nodes[1].url()).await?;
-    until_listed(&mut c, &p.id).await?;
-    c.send(json!({"type": "startSession", "peerId": p.id}))
-        .await?;
-    let sid = c.expect("sessionStarted").await?["sessionId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    p.expect("startSession").await?;
+    let (mut p, mut c, sid) = producer_in_session(&nodes[0], &nodes[1], None).await?;
     for i in 0..50 {
         p.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("p{i}"), "sdpMLineIndex": 0}}))
             .await?;
@@ -1253,22 +1253,12 @@ async fn nodes_join_over_tls_to_redis() -> Result<()> {
         let args = ["--redis-url", url.as_str(), "--node-id", id];
         let node = Node::start_env(&args, &[("SSL_CERT_FILE", &cert)]).await?;
         eventually(cluster_tests::STEP, "node ready over TLS", || async {
-            matches!(node.get("/readyz").await, Ok((200, _)))
+            readyz(&node).await == 200
         })
         .await?;
         nodes.push(node);
     }
-    let mut p = Peer::connect(&nodes[0].url()).await?;
-    p.set_status(&["producer"], Value::Null).await?;
-    let mut c = Peer::connect(&nodes[1].url()).await?;
-    until_listed(&mut c, &p.id).await?;
-    c.send(json!({"type": "startSession", "peerId": p.id}))
-        .await?;
-    let sid = c.expect("sessionStarted").await?["sessionId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    p.expect("startSession").await?;
+    let (mut p, mut c, sid) = producer_in_session(&nodes[0], &nodes[1], None).await?;
     p.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "over-tls", "sdpMLineIndex": 0}}))
         .await?;
     assert_eq!(c.expect("peer").await?["ice"]["candidate"], "over-tls");
