@@ -3,6 +3,9 @@
 //! * [`signaller::ClusterSignaller`]: the `Signallable` GObject both agents give their
 //!   webrtcsink/webrtcsrc, built on the [`proto`] crate and on [`client`], the signalling
 //!   connection that fails over through a list of servers and resumes (v2) after a loss.
+//! * [`events`]: what an agent does with the signaller's events: one main-loop poll (shutdown
+//!   check, lost connections counted, giving up ends the run) handing the rest to the
+//!   agent's [`events::EventHandler`].
 //! * [`cli`]: the options every agent has (servers, headers, TLS, logging, stats, metrics).
 //! * [`reporting`]: stats JSON lines and [`metrics`], a tiny Prometheus text endpoint;
 //!   [`stats`]: reading webrtcbin statistics.
@@ -10,6 +13,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod events;
 pub mod metrics;
 pub mod reporting;
 pub mod shutdown;

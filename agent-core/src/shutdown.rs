@@ -22,4 +22,15 @@ impl Shutdown {
     pub fn requested(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// A flag no signal sets, for tests.
+    #[cfg(test)]
+    pub(crate) fn new() -> Shutdown {
+        Shutdown(Arc::default())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
