@@ -4,13 +4,16 @@
 mod report;
 mod source;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::cli::{parse_key_value, IceArgs, OutputArgs, SignallingArgs};
+use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit;
 use agent_core::shutdown::Shutdown;
 use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig};
@@ -192,43 +195,27 @@ fn make_sink(
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    if let (Some(min), Some(max)) = (args.min_bitrate, args.max_bitrate) {
-        if min > max {
-            return Err(
-                BadSource(format!("--min-bitrate {min} is above --max-bitrate {max}")).into(),
-            );
-        }
-    }
+    check_bitrates(args)?;
     agent_core::init_gstreamer()?;
     let shutdown = Shutdown::install()?;
     let (events_tx, events) = std::sync::mpsc::channel();
     let pipeline = gst::Pipeline::new();
     let sink = make_sink(args, events_tx)?;
     pipeline.add(&sink)?;
-
     let counters = Arc::new(Counters::default());
-    let nav = counters.clone();
-    let on_stream = move |pad: &gst::Pad| {
-        // Navigation events travel upstream out of webrtcsink into our chain: count them.
-        let nav = nav.clone();
-        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
-            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
-                if ev.type_() == gst::EventType::Navigation {
-                    let n = nav.navigation_events.fetch_add(1, Ordering::Relaxed) + 1;
-                    let what = ev.structure().map(|s| s.to_string()).unwrap_or_default();
-                    info!(count = n, event = %what, "navigation event");
-                }
-            }
-            gst::PadProbeReturn::Ok
-        });
-    };
     let test = TestParams {
         width: args.width,
         height: args.height,
         fps: args.fps,
         audio: args.audio,
     };
-    source::add(&pipeline, &sink, &args.source, &test, on_stream)?;
+    source::add(
+        &pipeline,
+        &sink,
+        &args.source,
+        &test,
+        count_navigation(counters.clone()),
+    )?;
 
     let peer_id = Arc::new(Mutex::new(None::<String>));
     let consumers = Arc::new(Mutex::new(HashMap::<String, String>::new()));
@@ -246,162 +233,226 @@ fn run(args: &Args) -> anyhow::Result<()> {
     )?;
 
     let main_loop = glib::MainLoop::new(None, false);
+    let end = End::new(&main_loop);
     let looper = Looper::new(
         &pipeline,
         matches!(&args.source, Source::Uri(u) if u.starts_with("file://")) && !args.no_loop,
     );
-    let failure = Arc::new(Mutex::new(None::<anyhow::Error>));
-    let streams_linked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bus = pipeline.bus().context("pipeline has no bus")?;
-    let _watch = {
-        let (main_loop, failure, weak) = (main_loop.clone(), failure.clone(), pipeline.downgrade());
-        let streams_linked = streams_linked.clone();
-        let looper = looper.clone();
-        bus.add_watch_local(move |_, msg| {
-            match msg.view() {
-                gst::MessageView::Error(e) => {
-                    let from = e
-                        .src()
-                        .map(|s| s.path_string().to_string())
-                        .unwrap_or_default();
-                    let text = format!("{from}: {}", e.error());
-                    // Failing before the source gave any stream means the source is unusable.
-                    let is_source = from.contains("/source");
-                    *failure.lock().unwrap() =
-                        Some(if is_source && !streams_linked.load(Ordering::Relaxed) {
-                            BadSource(format!("cannot open the source: {}", e.error())).into()
-                        } else {
-                            anyhow!(text)
-                        });
-                    main_loop.quit();
-                }
-                gst::MessageView::SegmentDone(_) => {
-                    if let Some(p) = weak.upgrade() {
-                        info!("end of file, looping");
-                        if p.seek_simple(gst::SeekFlags::SEGMENT, gst::ClockTime::ZERO)
-                            .is_err()
-                        {
-                            warn!("cannot seek back to the start; stopping");
-                            main_loop.quit();
-                        }
-                    }
-                }
-                gst::MessageView::Eos(_) => {
-                    // The file ended before the loop was armed (it is shorter than webrtcsink's
-                    // start-up): arm it now.
-                    if looper.arm() {
-                        return glib::ControlFlow::Continue;
-                    }
-                    info!("the source ended");
-                    main_loop.quit();
-                }
-                gst::MessageView::StreamStart(_) => streams_linked.store(true, Ordering::Relaxed),
-                _ => {}
-            }
-            glib::ControlFlow::Continue
-        })?
+    let _watch = watch_bus(&bus, &pipeline, end.clone(), looper.clone())?;
+    let publisher = Publisher {
+        name: args.name.clone(),
+        counters,
+        peer_id,
+        consumers,
+        looper,
+        end: end.clone(),
     };
-
-    {
-        let (main_loop, failure) = (main_loop.clone(), failure.clone());
-        let name = args.name.clone();
-        let counters = counters.clone();
-        let looper = looper.clone();
-        glib::timeout_add_local(Duration::from_millis(50), move || {
-            if shutdown.requested() {
-                info!("signal received, ending sessions");
-                main_loop.quit();
-                return glib::ControlFlow::Break;
-            }
-            while let Ok(event) = events.try_recv() {
-                match event {
-                    AgentEvent::Registered {
-                        server,
-                        peer_id: id,
-                        node_id,
-                        v2,
-                        resumed,
-                    } => {
-                        let node = node_id.map(|n| format!(" node {n}")).unwrap_or_default();
-                        if resumed {
-                            info!(peer = %id, "resumed as {id} on {server}{node}: sessions kept");
-                        } else {
-                            info!(peer = %id, "registered '{name}' as {id} on {server}{node} (protocol v{})", if v2 { 2 } else { 1 });
-                        }
-                        *peer_id.lock().unwrap() = Some(id);
-                        // webrtcsink registers once its codec discovery is done: a flushing
-                        // seek from now on cannot disturb it.
-                        looper.arm();
-                    }
-                    AgentEvent::Reconnecting { server, reason } => {
-                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                        warn!("lost {server} ({reason}); reconnecting");
-                    }
-                    AgentEvent::SessionStarted {
-                        session_id,
-                        peer_id: consumer,
-                    } => {
-                        counters.sessions_started.fetch_add(1, Ordering::Relaxed);
-                        info!(session = %session_id, "consumer {consumer} connected (session {session_id})");
-                        consumers.lock().unwrap().insert(session_id, consumer);
-                    }
-                    AgentEvent::SessionEnded {
-                        session_id,
-                        by_peer,
-                    } => {
-                        let who = consumers
-                            .lock()
-                            .unwrap()
-                            .remove(&session_id)
-                            .unwrap_or_default();
-                        info!(session = %session_id, "consumer {who} left (session {session_id}{})", if by_peer { "" } else { ", ended by us" });
-                    }
-                    AgentEvent::ConsumerRefused {
-                        peer_id: consumer,
-                        limit,
-                    } => {
-                        counters.consumers_refused.fetch_add(1, Ordering::Relaxed);
-                        warn!(
-                            "refused consumer {consumer}: already serving --max-consumers {limit}"
-                        );
-                    }
-                    AgentEvent::ServerError { details, .. } => warn!("server: {details}"),
-                    AgentEvent::GaveUp { error } => {
-                        *failure.lock().unwrap() = Some(anyhow!(error));
-                        main_loop.quit();
-                        return glib::ControlFlow::Break;
-                    }
-                    AgentEvent::ProducerChosen { .. } => {}
-                }
-            }
-            glib::ControlFlow::Continue
-        });
-    }
+    events::poll(Duration::from_millis(50), events, shutdown, publisher);
 
     info!(
         "publishing '{}' to {} (Ctrl-C to stop)",
         args.name,
         args.signalling.describe()
     );
-    if pipeline.set_state(gst::State::Playing).is_err() {
-        // The bus says why; give it a moment to arrive.
-        let reason = bus
-            .timed_pop_filtered(gst::ClockTime::from_seconds(2), &[gst::MessageType::Error])
-            .and_then(|m| match m.view() {
-                gst::MessageView::Error(e) => Some(e.error().to_string()),
-                _ => None,
-            })
-            .unwrap_or_else(|| "cannot start the pipeline".into());
-        let _ = pipeline.set_state(gst::State::Null);
-        return Err(BadSource(format!("cannot start the source: {reason}")).into());
-    }
+    start(&pipeline, &bus)?;
     main_loop.run();
     // Ends every session (webrtcsink tells the signaller) and closes the connection.
     let _ = pipeline.set_state(gst::State::Null);
-    let failure = failure.lock().unwrap().take();
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+    end.result()
+}
+
+fn check_bitrates(args: &Args) -> Result<(), BadSource> {
+    match (args.min_bitrate, args.max_bitrate) {
+        (Some(min), Some(max)) if min > max => Err(BadSource(format!(
+            "--min-bitrate {min} is above --max-bitrate {max}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Navigation events travel upstream out of webrtcsink into our chain: count them.
+fn count_navigation(counters: Arc<Counters>) -> impl Fn(&gst::Pad) + Send + Sync + Clone {
+    move |pad: &gst::Pad| {
+        let nav = counters.clone();
+        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                if ev.type_() == gst::EventType::Navigation {
+                    let n = nav.navigation_events.fetch_add(1, Ordering::Relaxed) + 1;
+                    let what = ev.structure().map(|s| s.to_string()).unwrap_or_default();
+                    info!(count = n, event = %what, "navigation event");
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+}
+
+/// How the run ends: quits the main loop, with the failure if there is one.
+#[derive(Clone)]
+struct End {
+    main_loop: glib::MainLoop,
+    failure: Rc<RefCell<Option<anyhow::Error>>>,
+}
+
+impl End {
+    fn new(main_loop: &glib::MainLoop) -> Self {
+        End {
+            main_loop: main_loop.clone(),
+            failure: Default::default(),
+        }
+    }
+
+    fn quit(&self) {
+        self.main_loop.quit();
+    }
+
+    fn fail(&self, error: anyhow::Error) {
+        *self.failure.borrow_mut() = Some(error);
+        self.main_loop.quit();
+    }
+
+    fn result(&self) -> anyhow::Result<()> {
+        match self.failure.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Pipeline errors end the run; a file source loops (or ends the run) at its end.
+fn watch_bus(
+    bus: &gst::Bus,
+    pipeline: &gst::Pipeline,
+    end: End,
+    looper: Looper,
+) -> anyhow::Result<gst::bus::BusWatchGuard> {
+    let weak = pipeline.downgrade();
+    let mut streams_linked = false;
+    Ok(bus.add_watch_local(move |_, msg| {
+        match msg.view() {
+            gst::MessageView::Error(e) => {
+                let from = e
+                    .src()
+                    .map(|s| s.path_string().to_string())
+                    .unwrap_or_default();
+                // Failing before the source gave any stream means the source is unusable.
+                let is_source = from.contains("/source");
+                end.fail(if is_source && !streams_linked {
+                    BadSource(format!("cannot open the source: {}", e.error())).into()
+                } else {
+                    anyhow!("{from}: {}", e.error())
+                });
+            }
+            gst::MessageView::SegmentDone(_) => {
+                if let Some(p) = weak.upgrade() {
+                    info!("end of file, looping");
+                    if p.seek_simple(gst::SeekFlags::SEGMENT, gst::ClockTime::ZERO)
+                        .is_err()
+                    {
+                        warn!("cannot seek back to the start; stopping");
+                        end.quit();
+                    }
+                }
+            }
+            gst::MessageView::Eos(_) => {
+                // The file ended before the loop was armed (it is shorter than webrtcsink's
+                // start-up): arm it now.
+                if looper.arm() {
+                    return glib::ControlFlow::Continue;
+                }
+                info!("the source ended");
+                end.quit();
+            }
+            gst::MessageView::StreamStart(_) => streams_linked = true,
+            _ => {}
+        }
+        glib::ControlFlow::Continue
+    })?)
+}
+
+/// Sets the pipeline playing; a source that cannot start is a usage error (exit 2).
+fn start(pipeline: &gst::Pipeline, bus: &gst::Bus) -> anyhow::Result<()> {
+    if pipeline.set_state(gst::State::Playing).is_ok() {
+        return Ok(());
+    }
+    // The bus says why; give it a moment to arrive.
+    let reason = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(2), &[gst::MessageType::Error])
+        .and_then(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "cannot start the pipeline".into());
+    let _ = pipeline.set_state(gst::State::Null);
+    Err(BadSource(format!("cannot start the source: {reason}")).into())
+}
+
+/// What the producer does with its signaller's events: logs them, keeps the counters and the
+/// consumer list the stats report, arms the file loop once registered.
+struct Publisher {
+    name: String,
+    counters: Arc<Counters>,
+    peer_id: Arc<Mutex<Option<String>>>,
+    /// session id → consumer peer id.
+    consumers: Arc<Mutex<HashMap<String, String>>>,
+    looper: Looper,
+    end: End,
+}
+
+impl EventHandler for Publisher {
+    fn reconnects(&self) -> &AtomicU64 {
+        &self.counters.reconnects
+    }
+
+    fn stop(&mut self, why: Stop) {
+        match why {
+            Stop::Signal => {
+                info!("signal received, ending sessions");
+                self.end.quit();
+            }
+            Stop::GaveUp(error) => self.end.fail(anyhow!(error)),
+        }
+    }
+
+    fn registered(&mut self, r: Registration) {
+        let (id, at, name) = (&r.peer_id, r.at(), &self.name);
+        if r.resumed {
+            info!(peer = %id, "resumed as {id} on {at}: sessions kept");
+        } else {
+            info!(peer = %id, "registered '{name}' as {id} on {at} (protocol v{})", r.protocol());
+        }
+        *self.peer_id.lock().unwrap() = Some(r.peer_id);
+        // webrtcsink registers once its codec discovery is done: a flushing seek from now on
+        // cannot disturb it.
+        self.looper.arm();
+    }
+
+    fn session_started(&mut self, session_id: String, consumer: String) {
+        self.counters
+            .sessions_started
+            .fetch_add(1, Ordering::Relaxed);
+        info!(session = %session_id, "consumer {consumer} connected (session {session_id})");
+        self.consumers.lock().unwrap().insert(session_id, consumer);
+    }
+
+    fn session_ended(&mut self, session_id: String, by_peer: bool) -> glib::ControlFlow {
+        let who = self
+            .consumers
+            .lock()
+            .unwrap()
+            .remove(&session_id)
+            .unwrap_or_default();
+        let how = if by_peer { "" } else { ", ended by us" };
+        info!(session = %session_id, "consumer {who} left (session {session_id}{how})");
+        glib::ControlFlow::Continue
+    }
+
+    fn consumer_refused(&mut self, consumer: String, limit: u32) {
+        self.counters
+            .consumers_refused
+            .fetch_add(1, Ordering::Relaxed);
+        warn!("refused consumer {consumer}: already serving --max-consumers {limit}");
     }
 }
 
