@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_core::cli::{IceArgs, OutputArgs, SignallingArgs};
+use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig, Target};
+use agent_core::signaller::{ClusterSignaller, Role, SignallerConfig, Target};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
 use gst::prelude::*;
+use proto::ErrorCode;
 use tracing::{error, info, warn};
 
 use report::Shared;
@@ -216,14 +218,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         events: events_tx,
     });
     let pipeline = gst::Pipeline::new();
-    let mut src = gst::ElementFactory::make("webrtcsrc").property("signaller", &signaller);
-    if let Sink::File(path) = &args.sink {
-        if let Some(codecs) = Container::of(path).ok().and_then(Container::video_codecs) {
-            src = src.property("video-codecs", gst::Array::new(codecs));
-        }
-    }
-    let src = src.build().context("webrtcsrc is not available")?;
-    args.ice.apply(&src);
+    let src = make_src(args, &signaller)?;
     pipeline.add(&src)?;
     *run.shared.src.lock().unwrap() = Some(src.downgrade());
     let remote = signaller.clone();
@@ -236,6 +231,52 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
     )?;
     run.recordings.extend(recording);
     let entries = linker.entries.clone();
+    link_streams(&pipeline, &src, linker);
+
+    let main_loop = glib::MainLoop::new(None, false);
+    let end = End::new(&main_loop);
+    let bus = pipeline.bus().context("pipeline has no bus")?;
+    let _watch = watch_bus(&bus, end.clone())?;
+    let follower = Follower::new(args, target, run, end.clone());
+    let sessions = follower.sessions.clone();
+    info!(
+        "looking for {} on {}",
+        follower.what,
+        args.signalling.describe()
+    );
+    let shutdown = run.shutdown.clone();
+    events::poll(Duration::from_millis(20), events, shutdown, follower);
+
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        let _ = pipeline.set_state(gst::State::Null);
+        return Ok(Outcome::Failed(anyhow!("cannot start the pipeline: {e}")));
+    }
+    main_loop.run();
+    // The poll stops itself (next time it runs, if the loop ended for another reason).
+    run.session_ids.extend(sessions.take());
+    let outcome = end.take().unwrap_or(Outcome::Stopped);
+    finalize_recording(&bus, &entries.lock().unwrap());
+    // Ends the session (webrtcsrc tells the signaller) and closes the connection.
+    let _ = pipeline.set_state(gst::State::Null);
+    *run.shared.src.lock().unwrap() = None;
+    Ok(outcome)
+}
+
+/// The webrtcsrc, configured from the arguments, with our signaller.
+fn make_src(args: &Args, signaller: &ClusterSignaller) -> anyhow::Result<gst::Element> {
+    let mut src = gst::ElementFactory::make("webrtcsrc").property("signaller", signaller);
+    if let Sink::File(path) = &args.sink {
+        if let Some(codecs) = Container::of(path).ok().and_then(Container::video_codecs) {
+            src = src.property("video-codecs", gst::Array::new(codecs));
+        }
+    }
+    let src = src.build().context("webrtcsrc is not available")?;
+    args.ice.apply(&src);
+    Ok(src)
+}
+
+/// Every stream webrtcsrc adds goes to the `--sink` through `linker`.
+fn link_streams(pipeline: &gst::Pipeline, src: &gst::Element, linker: Linker) {
     let weak = pipeline.downgrade();
     src.connect_pad_added(move |_, pad| {
         let Some(pipeline) = weak.upgrade() else {
@@ -246,188 +287,214 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
             warn!("cannot handle {}: {e:#}", pad.name());
         }
     });
+}
 
-    let main_loop = glib::MainLoop::new(None, false);
-    let outcome: Rc<RefCell<Option<Outcome>>> = Rc::new(RefCell::new(None));
-    let finish = {
-        let (main_loop, outcome) = (main_loop.clone(), outcome.clone());
-        move |o: Outcome| {
-            if outcome.borrow().is_none() {
-                *outcome.borrow_mut() = Some(o);
-            }
-            main_loop.quit();
+/// A pipeline error ends the attempt as a failure.
+fn watch_bus(bus: &gst::Bus, end: End) -> anyhow::Result<gst::bus::BusWatchGuard> {
+    Ok(bus.add_watch_local(move |_, msg| {
+        if let gst::MessageView::Error(e) = msg.view() {
+            let from = e.src().map(|s| s.name().to_string()).unwrap_or_default();
+            end.finish(Outcome::Failed(anyhow!("{from}: {}", e.error())));
         }
-    };
-    let bus = pipeline.bus().context("pipeline has no bus")?;
-    let _watch = {
-        let finish = finish.clone();
-        bus.add_watch_local(move |_, msg| {
-            if let gst::MessageView::Error(e) = msg.view() {
-                let from = e.src().map(|s| s.name().to_string()).unwrap_or_default();
-                finish(Outcome::Failed(anyhow!("{from}: {}", e.error())));
-            }
-            glib::ControlFlow::Continue
-        })?
-    };
+        glib::ControlFlow::Continue
+    })?)
+}
 
-    let timeout = Duration::from_secs(args.timeout);
-    let what = describe(target);
-    info!("looking for {what} on {}", args.signalling.describe());
-    let tick = {
-        let shared = run.shared.clone();
-        let frames = run.frames.clone();
-        let shutdown = run.shutdown.clone();
-        let started = run.started;
-        let (frame_target, duration) = (args.frames, args.duration.map(Duration::from_secs_f64));
-        let mut session_since: Option<Instant> = None;
-        // The search clock starts once registered: an unreachable server is --retry-for's.
-        let mut searching_since: Option<Instant> = None;
-        let mut frames_at_session = 0u64;
-        let sessions_out = Rc::new(RefCell::new(Vec::<String>::new()));
-        let sessions_sink = sessions_out.clone();
-        let mut last_progress = Instant::now();
-        let servers = args.signalling.describe();
-        let by_id = matches!(target, Target::Id(_));
-        let finish = finish.clone();
-        let done = outcome.clone();
-        glib::timeout_add_local(Duration::from_millis(20), move || {
-            if done.borrow().is_some() {
-                return glib::ControlFlow::Break;
-            }
-            if shutdown.requested() {
-                info!("signal received, stopping");
-                finish(Outcome::Stopped);
-                return glib::ControlFlow::Break;
-            }
-            while let Ok(event) = events.try_recv() {
-                match event {
-                    AgentEvent::Registered {
-                        server,
-                        peer_id,
-                        node_id,
-                        v2,
-                        resumed,
-                    } => {
-                        searching_since.get_or_insert_with(Instant::now);
-                        let node = node_id.map(|n| format!(" node {n}")).unwrap_or_default();
-                        if resumed {
-                            info!(peer = %peer_id, "resumed on {server}{node}: session kept");
-                        } else {
-                            info!(peer = %peer_id, "registered as {peer_id} on {server}{node} (protocol v{})", if v2 { 2 } else { 1 });
-                        }
-                    }
-                    AgentEvent::Reconnecting { server, reason } => {
-                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                        warn!("lost {server} ({reason}); reconnecting");
-                    }
-                    AgentEvent::ProducerChosen { producer_id } => {
-                        info!(producer = %producer_id, "found producer {producer_id}");
-                        *shared.producer_id.lock().unwrap() = Some(producer_id);
-                    }
-                    AgentEvent::SessionStarted {
-                        session_id,
-                        peer_id,
-                    } => {
-                        info!(session = %session_id, "session {session_id} started with producer {peer_id}");
-                        shared.sessions.fetch_add(1, Ordering::Relaxed);
-                        *shared.session_id.lock().unwrap() = Some(session_id.clone());
-                        sessions_sink.borrow_mut().push(session_id);
-                        session_since = Some(Instant::now());
-                        frames_at_session = frames.load(Ordering::Relaxed);
-                    }
-                    AgentEvent::SessionEnded {
-                        session_id,
-                        by_peer,
-                    } => {
-                        info!(session = %session_id, "session {session_id} ended{}", if by_peer { " by the producer or the server" } else { "" });
-                        *shared.session_id.lock().unwrap() = None;
-                        let no_media = frames.load(Ordering::Relaxed) == frames_at_session;
-                        finish(if no_media {
-                            Outcome::Refused
-                        } else {
-                            Outcome::SessionGone
-                        });
-                        return glib::ControlFlow::Break;
-                    }
-                    AgentEvent::ServerError { details, code } => {
-                        // A startSession that failed: the producer is not (or no longer) there.
-                        if session_since.is_none() && shared.producer_id.lock().unwrap().is_some() {
-                            let gone = code == Some(proto::ErrorCode::UnknownPeer)
-                                || details.contains("not found");
-                            if gone {
-                                finish(if by_id {
-                                    Outcome::Failed(
-                                        NotFound(format!("no {what} on {servers}: {details}"))
-                                            .into(),
-                                    )
-                                } else {
-                                    Outcome::SessionGone
-                                });
-                                return glib::ControlFlow::Break;
-                            }
-                        }
-                        warn!("server: {details}");
-                    }
-                    AgentEvent::GaveUp { error } => {
-                        finish(Outcome::Failed(anyhow!(error)));
-                        return glib::ControlFlow::Break;
-                    }
-                    AgentEvent::ConsumerRefused { .. } => {}
-                }
-            }
-            let n = frames.load(Ordering::Relaxed);
-            match session_since {
-                None if searching_since.is_some_and(|s| s.elapsed() > timeout) => {
-                    let msg = format!(
-                        "no {what} appeared on {servers} within {} s",
-                        timeout.as_secs()
-                    );
-                    finish(Outcome::Failed(NotFound(msg).into()));
-                    return glib::ControlFlow::Break;
-                }
-                Some(since) if n == frames_at_session && since.elapsed() > timeout => {
-                    finish(Outcome::Failed(anyhow!(
-                        "no video frame within {} s of the session start",
-                        timeout.as_secs()
-                    )));
-                    return glib::ControlFlow::Break;
-                }
-                _ => {}
-            }
-            if n > 0 && shared.first_frame_ms.lock().unwrap().is_none() {
-                let ms = started.elapsed().as_millis() as u64;
-                *shared.first_frame_ms.lock().unwrap() = Some(ms);
-                info!("first frame after {ms} ms");
-            }
-            if last_progress.elapsed() >= Duration::from_secs(5) && n > 0 {
-                last_progress = Instant::now();
-                info!("{n} frames");
-            }
-            if frame_target.is_some_and(|t| n >= t)
-                || duration.is_some_and(|d| started.elapsed() >= d)
-            {
-                finish(Outcome::Done);
-                return glib::ControlFlow::Break;
-            }
-            glib::ControlFlow::Continue
-        });
-        sessions_out
-    };
+/// How one attempt ends: the first outcome wins, and quits the main loop.
+#[derive(Clone)]
+struct End {
+    main_loop: glib::MainLoop,
+    outcome: Rc<RefCell<Option<Outcome>>>,
+}
 
-    if let Err(e) = pipeline.set_state(gst::State::Playing) {
-        let _ = pipeline.set_state(gst::State::Null);
-        return Ok(Outcome::Failed(anyhow!("cannot start the pipeline: {e}")));
+impl End {
+    fn new(main_loop: &glib::MainLoop) -> Self {
+        End {
+            main_loop: main_loop.clone(),
+            outcome: Default::default(),
+        }
     }
-    main_loop.run();
-    // The tick stops itself (next time it runs, if the loop ended for another reason).
-    let sessions = tick;
-    run.session_ids.extend(sessions.borrow().iter().cloned());
-    let outcome = outcome.borrow_mut().take().unwrap_or(Outcome::Stopped);
-    finalize_recording(&bus, &entries.lock().unwrap());
-    // Ends the session (webrtcsrc tells the signaller) and closes the connection.
-    let _ = pipeline.set_state(gst::State::Null);
-    *run.shared.src.lock().unwrap() = None;
-    Ok(outcome)
+
+    fn finish(&self, outcome: Outcome) {
+        if self.outcome.borrow().is_none() {
+            *self.outcome.borrow_mut() = Some(outcome);
+        }
+        self.main_loop.quit();
+    }
+
+    fn is_over(&self) -> bool {
+        self.outcome.borrow().is_some()
+    }
+
+    fn take(&self) -> Option<Outcome> {
+        self.outcome.borrow_mut().take()
+    }
+}
+
+/// What the consumer does with its signaller's events during one attempt: follows the search
+/// and the session, and ends the attempt when the session ends, the producer is not there,
+/// no frame comes, or --frames/--duration is reached.
+struct Follower {
+    end: End,
+    shared: Arc<Shared>,
+    frames: Arc<AtomicU64>,
+    started: Instant,
+    frame_target: Option<u64>,
+    duration: Option<Duration>,
+    timeout: Duration,
+    /// `producer named 'x'`, for messages.
+    what: String,
+    servers: String,
+    by_id: bool,
+    /// The search clock starts once registered: an unreachable server is --retry-for's.
+    searching_since: Option<Instant>,
+    session_since: Option<Instant>,
+    frames_at_session: u64,
+    /// The sessions of this attempt, in order.
+    sessions: Rc<RefCell<Vec<String>>>,
+    last_progress: Instant,
+}
+
+impl Follower {
+    fn new(args: &Args, target: &Target, run: &Run, end: End) -> Self {
+        Follower {
+            end,
+            shared: run.shared.clone(),
+            frames: run.frames.clone(),
+            started: run.started,
+            frame_target: args.frames,
+            duration: args.duration.map(Duration::from_secs_f64),
+            timeout: Duration::from_secs(args.timeout),
+            what: describe(target),
+            servers: args.signalling.describe(),
+            by_id: matches!(target, Target::Id(_)),
+            searching_since: None,
+            session_since: None,
+            frames_at_session: 0,
+            sessions: Default::default(),
+            last_progress: Instant::now(),
+        }
+    }
+
+    fn finish(&self, outcome: Outcome) -> glib::ControlFlow {
+        self.end.finish(outcome);
+        glib::ControlFlow::Break
+    }
+}
+
+impl EventHandler for Follower {
+    fn reconnects(&self) -> &AtomicU64 {
+        &self.shared.reconnects
+    }
+
+    fn stop(&mut self, why: Stop) {
+        match why {
+            Stop::Signal => {
+                info!("signal received, stopping");
+                self.end.finish(Outcome::Stopped);
+            }
+            Stop::GaveUp(error) => self.end.finish(Outcome::Failed(anyhow!(error))),
+        }
+    }
+
+    fn registered(&mut self, r: Registration) {
+        self.searching_since.get_or_insert_with(Instant::now);
+        let (id, at) = (&r.peer_id, r.at());
+        if r.resumed {
+            info!(peer = %id, "resumed on {at}: session kept");
+        } else {
+            info!(peer = %id, "registered as {id} on {at} (protocol v{})", r.protocol());
+        }
+    }
+
+    fn producer_chosen(&mut self, producer_id: String) {
+        info!(producer = %producer_id, "found producer {producer_id}");
+        *self.shared.producer_id.lock().unwrap() = Some(producer_id);
+    }
+
+    fn session_started(&mut self, session_id: String, producer: String) {
+        info!(session = %session_id, "session {session_id} started with producer {producer}");
+        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        *self.shared.session_id.lock().unwrap() = Some(session_id.clone());
+        self.sessions.borrow_mut().push(session_id);
+        self.session_since = Some(Instant::now());
+        self.frames_at_session = self.frames.load(Ordering::Relaxed);
+    }
+
+    fn session_ended(&mut self, session_id: String, by_peer: bool) -> glib::ControlFlow {
+        let how = if by_peer {
+            " by the producer or the server"
+        } else {
+            ""
+        };
+        info!(session = %session_id, "session {session_id} ended{how}");
+        *self.shared.session_id.lock().unwrap() = None;
+        let no_media = self.frames.load(Ordering::Relaxed) == self.frames_at_session;
+        self.finish(if no_media {
+            Outcome::Refused
+        } else {
+            Outcome::SessionGone
+        })
+    }
+
+    fn server_error(&mut self, details: String, code: Option<ErrorCode>) -> glib::ControlFlow {
+        // A startSession that failed: the producer is not (or no longer) there.
+        let requested = self.shared.producer_id.lock().unwrap().is_some();
+        if self.session_since.is_none() && requested {
+            let gone = code == Some(ErrorCode::UnknownPeer) || details.contains("not found");
+            if gone {
+                let (what, servers) = (&self.what, &self.servers);
+                return self.finish(if self.by_id {
+                    Outcome::Failed(NotFound(format!("no {what} on {servers}: {details}")).into())
+                } else {
+                    Outcome::SessionGone
+                });
+            }
+        }
+        warn!("server: {details}");
+        glib::ControlFlow::Continue
+    }
+
+    fn tick(&mut self) -> glib::ControlFlow {
+        let n = self.frames.load(Ordering::Relaxed);
+        let timeout = self.timeout;
+        match self.session_since {
+            None if self.searching_since.is_some_and(|s| s.elapsed() > timeout) => {
+                let (what, servers) = (&self.what, &self.servers);
+                let msg = format!(
+                    "no {what} appeared on {servers} within {} s",
+                    timeout.as_secs()
+                );
+                return self.finish(Outcome::Failed(NotFound(msg).into()));
+            }
+            Some(since) if n == self.frames_at_session && since.elapsed() > timeout => {
+                return self.finish(Outcome::Failed(anyhow!(
+                    "no video frame within {} s of the session start",
+                    timeout.as_secs()
+                )));
+            }
+            _ => {}
+        }
+        if n > 0 && self.shared.first_frame_ms.lock().unwrap().is_none() {
+            let ms = self.started.elapsed().as_millis() as u64;
+            *self.shared.first_frame_ms.lock().unwrap() = Some(ms);
+            info!("first frame after {ms} ms");
+        }
+        if self.last_progress.elapsed() >= Duration::from_secs(5) && n > 0 {
+            self.last_progress = Instant::now();
+            info!("{n} frames");
+        }
+        if self.frame_target.is_some_and(|t| n >= t)
+            || self.duration.is_some_and(|d| self.started.elapsed() >= d)
+        {
+            return self.finish(Outcome::Done);
+        }
+        glib::ControlFlow::Continue
+    }
+
+    fn ended(&self) -> bool {
+        self.end.is_over()
+    }
 }
 
 /// Ends a recording so the file plays: no more data in, EOS through the muxer, wait for it.
