@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{ErrorCode, PeerId, PeerStatus, SessionId};
+use crate::{ParseError, PeerId, PeerMessage, PeerStatus, RelayPayload, SessionId};
 
 /// Version of the envelope format written by this build.
 pub const ENVELOPE_VERSION: u16 = 1;
@@ -59,46 +59,85 @@ pub enum EnvelopeError {
     TooNew(u16),
 }
 
-/// The bodies nodes exchange.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeMessage {
-    /// A peer's status changed on the sending node (roles empty: it left).
-    PeerStatus(PeerStatusBody),
+/// Declares the node-message kinds once: the enum, its wire `kind` names, and the writer and
+/// reader of each body follow from this one table.
+macro_rules! node_messages {
+    ($($(#[$doc:meta])* $variant:ident($body:ty) = $kind:literal,)*) => {
+        /// The bodies nodes exchange.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum NodeMessage {
+            $($(#[$doc])* $variant($body),)*
+        }
+
+        impl NodeMessage {
+            /// The `kind` naming this body on the wire.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(NodeMessage::$variant(_) => $kind,)*
+                }
+            }
+
+            /// Writes the body as JSON to `out`.
+            fn write_body(&self, out: &mut Vec<u8>) {
+                let written = match self {
+                    $(NodeMessage::$variant(b) => serde_json::to_writer(out, b),)*
+                };
+                written.expect("plain data serializes");
+            }
+        }
+
+        /// Decodes a body of `kind` from `d`; `None` (the body skipped) for a kind this build
+        /// does not know.
+        fn decode<'de, D: serde::Deserializer<'de>>(
+            kind: &str,
+            d: D,
+        ) -> Result<Option<NodeMessage>, D::Error> {
+            Ok(Some(match kind {
+                $($kind => NodeMessage::$variant(Deserialize::deserialize(d)?),)*
+                _ => {
+                    serde::de::IgnoredAny::deserialize(d)?;
+                    return Ok(None);
+                }
+            }))
+        }
+    };
+}
+
+node_messages! {
+    /// A peer's status changed on the sending node (joined, registered, moved here or left:
+    /// see [`PeerStatusBody::change`]).
+    PeerStatus(PeerStatusBody) = "peerStatus",
     /// Start a session between a local producer and consumer on different nodes.
-    SessionStart(SessionStartBody),
+    SessionStart(SessionStartBody) = "sessionStart",
     /// A session ended; tell the member on the receiving node.
-    SessionEnd(SessionEndBody),
+    SessionEnd(SessionEndBody) = "sessionEnd",
     /// SDP/ICE for a peer on the receiving node, payload verbatim.
-    Relay(RelayBody),
-    /// An error for a peer on the receiving node (answer to a cross-node request).
-    PeerError(PeerErrorBody),
-    /// Liveness of the sending node.
-    Heartbeat(HeartbeatBody),
+    Relay(RelayBody) = "relay",
     /// A node died without saying goodbye (or left); sent by the one node that reaped it.
-    NodeDown(NodeDownBody),
-    /// Another node asks for a peer back: a client reconnected there with this resume token.
-    ResumeClaim(ResumeClaimBody),
-    /// The answer to a claim: the peer, its sessions and what was queued for it.
-    ResumeGrant(ResumeGrantBody),
-    /// A session member moved to another node (sent by the new node to the other member's).
-    SessionMoved(SessionMovedBody),
-    /// The other member's node switched to the new node; sent through the old node, after
-    /// everything it sent there before.
-    MoveAck(SessionMovedBody),
-    /// Sent by the old node to the new one after it forwarded everything before the ack:
-    /// direct messages for the session may now be delivered.
-    MoveFence(SessionMovedBody),
+    NodeDown(NodeDownBody) = "nodeDown",
     /// A marker a node sends to itself: when it comes back, everything published before it
     /// has been received (read-your-writes for `list`).
-    Barrier(BarrierBody),
+    Barrier(BarrierBody) = "barrier",
+    /// Another node asks for a peer back: a client reconnected there with this resume token.
+    ResumeClaim(ResumeClaimBody) = "resumeClaim",
+    /// The answer to a claim: the peer, its sessions and what was queued for it.
+    ResumeGrant(ResumeGrantBody) = "resumeGrant",
+    /// A session member moved to another node (sent by the new node to the other member's).
+    SessionMoved(SessionMovedBody) = "sessionMoved",
+    /// The other member's node switched to the new node; sent through the old node, after
+    /// everything it sent there before.
+    MoveAck(SessionMovedBody) = "moveAck",
+    /// Sent by the old node to the new one after it forwarded everything before the ack:
+    /// direct messages for the session may now be delivered.
+    MoveFence(SessionMovedBody) = "moveFence",
     /// A suspended peer of a dead node resumed on the sending node: point the sessions with it
     /// there, answer with [`NodeMessage::AdoptAck`], then send what was held for it.
-    SessionAdopt(SessionAdoptBody),
+    SessionAdopt(SessionAdoptBody) = "sessionAdopt",
     /// The answer to a [`NodeMessage::SessionAdopt`]: the receiver's sessions with the peer
     /// (including those that ended meanwhile; their `sessionEnd` follows).
-    AdoptAck(AdoptAckBody),
+    AdoptAck(AdoptAckBody) = "adoptAck",
     /// A suspended peer was not resumed in time: it leaves (sessions end, listeners told).
-    SuspendExpired(SuspendExpiredBody),
+    SuspendExpired(SuspendExpiredBody) = "suspendExpired",
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -219,15 +258,52 @@ pub struct PeerStatusBody {
     pub status: PeerStatus,
     /// The peer disconnected (its status carries `roles: []` and its last meta).
     #[serde(default)]
-    pub left: bool,
+    left: bool,
     /// The peer moved here from another node (resume): replicas update, listeners are not
     /// told.
     #[serde(default)]
-    pub moved: bool,
+    moved: bool,
     /// The peer just connected and has not registered: known to every node (so that
     /// `startSession` to it fails as on one server), but listeners are not told.
     #[serde(default)]
-    pub joined: bool,
+    joined: bool,
+}
+
+/// What a [`PeerStatusBody`] announces. On the wire it is three flags, at most one of them
+/// set (none: [`StatusChange::Changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    /// Connected, not registered yet (`joined`).
+    Joined,
+    /// Registered, or its status changed.
+    Changed,
+    /// Resumed on the sending node after living on another one (`moved`).
+    Moved,
+    /// Disconnected (`left`).
+    Left,
+}
+
+impl PeerStatusBody {
+    pub fn new(peer_id: PeerId, status: PeerStatus, change: StatusChange) -> Self {
+        PeerStatusBody {
+            peer_id,
+            status,
+            left: change == StatusChange::Left,
+            moved: change == StatusChange::Moved,
+            joined: change == StatusChange::Joined,
+        }
+    }
+
+    /// The announced change. Should a writer set several flags, `moved` wins over `joined`,
+    /// and `joined` over `left`, as receivers have always read them.
+    pub fn change(&self) -> StatusChange {
+        match (self.moved, self.joined, self.left) {
+            (true, _, _) => StatusChange::Moved,
+            (_, true, _) => StatusChange::Joined,
+            (_, _, true) => StatusChange::Left,
+            _ => StatusChange::Changed,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -258,6 +334,41 @@ pub struct RelayBody {
     pub payload: Box<RawValue>,
 }
 
+impl RelayBody {
+    /// A local peer's message for `to`, a peer on another node: the payload goes as the
+    /// client wrote it.
+    pub fn new(to: PeerId, msg: PeerMessage) -> Self {
+        RelayBody {
+            session_id: msg.session_id,
+            to,
+            key: msg.payload.key().to_string(),
+            payload: match msg.payload {
+                RelayPayload::Sdp { raw, .. } | RelayPayload::Ice { raw } => raw,
+            },
+        }
+    }
+
+    /// The message this relay carries, for its peer. One rule for every receiver: `key` says
+    /// what the payload is, and an unknown key is refused. An `sdp` is checked (its type
+    /// decides who may send it); an `ice` candidate is not parsed again, since the sending
+    /// node checked it when its client sent it.
+    pub fn into_message(self) -> Result<PeerMessage, ParseError> {
+        let payload = match self.key.as_str() {
+            "sdp" => RelayPayload::sdp(self.payload)?,
+            "ice" => RelayPayload::ice_checked(self.payload),
+            other => {
+                return Err(ParseError::Invalid(format!(
+                    "relay with an unknown payload key {other:?}"
+                )))
+            }
+        };
+        Ok(PeerMessage {
+            session_id: self.session_id,
+            payload,
+        })
+    }
+}
+
 impl PartialEq for RelayBody {
     fn eq(&self, o: &Self) -> bool {
         self.session_id == o.session_id
@@ -267,66 +378,7 @@ impl PartialEq for RelayBody {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerErrorBody {
-    pub to: PeerId,
-    pub code: ErrorCode,
-    pub details: String,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct HeartbeatBody {
-    pub peers: u64,
-    pub ttl_ms: u64,
-}
-
 impl NodeMessage {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            NodeMessage::PeerStatus(_) => "peerStatus",
-            NodeMessage::SessionStart(_) => "sessionStart",
-            NodeMessage::SessionEnd(_) => "sessionEnd",
-            NodeMessage::Relay(_) => "relay",
-            NodeMessage::PeerError(_) => "peerError",
-            NodeMessage::Heartbeat(_) => "heartbeat",
-            NodeMessage::NodeDown(_) => "nodeDown",
-            NodeMessage::Barrier(_) => "barrier",
-            NodeMessage::ResumeClaim(_) => "resumeClaim",
-            NodeMessage::ResumeGrant(_) => "resumeGrant",
-            NodeMessage::SessionMoved(_) => "sessionMoved",
-            NodeMessage::MoveAck(_) => "moveAck",
-            NodeMessage::MoveFence(_) => "moveFence",
-            NodeMessage::SessionAdopt(_) => "sessionAdopt",
-            NodeMessage::AdoptAck(_) => "adoptAck",
-            NodeMessage::SuspendExpired(_) => "suspendExpired",
-        }
-    }
-
-    /// Writes the body as JSON to `out`.
-    fn write_body(&self, out: &mut Vec<u8>) {
-        let written = match self {
-            NodeMessage::PeerStatus(b) => serde_json::to_writer(out, b),
-            NodeMessage::SessionStart(b) => serde_json::to_writer(out, b),
-            NodeMessage::SessionEnd(b) => serde_json::to_writer(out, b),
-            NodeMessage::Relay(b) => serde_json::to_writer(out, b),
-            NodeMessage::PeerError(b) => serde_json::to_writer(out, b),
-            NodeMessage::Heartbeat(b) => serde_json::to_writer(out, b),
-            NodeMessage::NodeDown(b) => serde_json::to_writer(out, b),
-            NodeMessage::Barrier(b) => serde_json::to_writer(out, b),
-            NodeMessage::ResumeClaim(b) => serde_json::to_writer(out, b),
-            NodeMessage::ResumeGrant(b) => serde_json::to_writer(out, b),
-            NodeMessage::SessionMoved(b) => serde_json::to_writer(out, b),
-            NodeMessage::MoveAck(b) => serde_json::to_writer(out, b),
-            NodeMessage::MoveFence(b) => serde_json::to_writer(out, b),
-            NodeMessage::SessionAdopt(b) => serde_json::to_writer(out, b),
-            NodeMessage::AdoptAck(b) => serde_json::to_writer(out, b),
-            NodeMessage::SuspendExpired(b) => serde_json::to_writer(out, b),
-        };
-        written.expect("plain data serializes");
-    }
-
     /// Wraps the message in an envelope from `from` (started at `boot`) with number `seq`.
     pub fn seal(&self, from: &str, boot: u64, seq: u64) -> String {
         let mut body = Vec::with_capacity(256);
@@ -441,36 +493,6 @@ fn open_body(kind: &str, b: &str) -> Result<Option<NodeMessage>, EnvelopeError> 
     let msg = decode(kind, &mut de)?;
     de.end()?;
     Ok(msg)
-}
-
-/// Decodes a body of `kind` from `d`; `None` (the body skipped) for a kind this build does
-/// not know.
-fn decode<'de, D: serde::Deserializer<'de>>(
-    kind: &str,
-    d: D,
-) -> Result<Option<NodeMessage>, D::Error> {
-    Ok(Some(match kind {
-        "peerStatus" => NodeMessage::PeerStatus(Deserialize::deserialize(d)?),
-        "sessionStart" => NodeMessage::SessionStart(Deserialize::deserialize(d)?),
-        "sessionEnd" => NodeMessage::SessionEnd(Deserialize::deserialize(d)?),
-        "relay" => NodeMessage::Relay(Deserialize::deserialize(d)?),
-        "peerError" => NodeMessage::PeerError(Deserialize::deserialize(d)?),
-        "heartbeat" => NodeMessage::Heartbeat(Deserialize::deserialize(d)?),
-        "nodeDown" => NodeMessage::NodeDown(Deserialize::deserialize(d)?),
-        "barrier" => NodeMessage::Barrier(Deserialize::deserialize(d)?),
-        "resumeClaim" => NodeMessage::ResumeClaim(Deserialize::deserialize(d)?),
-        "resumeGrant" => NodeMessage::ResumeGrant(Deserialize::deserialize(d)?),
-        "sessionMoved" => NodeMessage::SessionMoved(Deserialize::deserialize(d)?),
-        "moveAck" => NodeMessage::MoveAck(Deserialize::deserialize(d)?),
-        "moveFence" => NodeMessage::MoveFence(Deserialize::deserialize(d)?),
-        "sessionAdopt" => NodeMessage::SessionAdopt(Deserialize::deserialize(d)?),
-        "adoptAck" => NodeMessage::AdoptAck(Deserialize::deserialize(d)?),
-        "suspendExpired" => NodeMessage::SuspendExpired(Deserialize::deserialize(d)?),
-        _ => {
-            serde::de::IgnoredAny::deserialize(d)?;
-            return Ok(None);
-        }
-    }))
 }
 
 /// An envelope as a receiver reads it: the header and every message it carries.
@@ -686,15 +708,6 @@ mod tests {
                 payload: RawValue::from_string(r#"{ "candidate":"c", "sdpMLineIndex":0 }"#.into())
                     .unwrap(),
             }),
-            NodeMessage::PeerError(PeerErrorBody {
-                to: "c".into(),
-                code: ErrorCode::UnknownPeer,
-                details: "gone".into(),
-            }),
-            NodeMessage::Heartbeat(HeartbeatBody {
-                peers: 3,
-                ttl_ms: 5000,
-            }),
             NodeMessage::NodeDown(NodeDownBody {
                 node: "node-b".into(),
                 suspended: vec![],
@@ -870,11 +883,76 @@ mod tests {
         let text = r#"{"v":1,"from":"n2","seq":7,"kind":"teleport","body":{"x":1},"extra":true}"#;
         let env = Envelope::parse(text).unwrap();
         assert_eq!(env.open().unwrap(), None);
-        let text = r#"{"v":1,"from":"n2","seq":8,"kind":"heartbeat","body":{"peers":1,"ttlMs":5000,"load":0.5}}"#;
+        let text = r#"{"v":1,"from":"n2","seq":8,"kind":"barrier","body":{"id":1,"load":0.5}}"#;
         assert!(matches!(
             Envelope::parse(text).unwrap().open().unwrap(),
-            Some(NodeMessage::Heartbeat(HeartbeatBody { peers: 1, .. }))
+            Some(NodeMessage::Barrier(BarrierBody { id: 1 }))
         ));
+    }
+
+    #[test]
+    fn a_relay_carries_the_payload_bytes_and_refuses_unknown_keys() {
+        let raw = r#"{ "type":"offer", "sdp":"v=0" }"#;
+        let msg = PeerMessage {
+            session_id: "s".into(),
+            payload: RelayPayload::sdp(RawValue::from_string(raw.into()).unwrap()).unwrap(),
+        };
+        let body = RelayBody::new("c".into(), msg.clone());
+        assert_eq!((body.key.as_str(), body.payload.get()), ("sdp", raw));
+        let back = body.clone().into_message().unwrap();
+        assert_eq!(back, msg);
+        assert!(back.payload.is_offer());
+        assert_eq!(back.payload.raw().get(), raw);
+        let bad = RelayBody {
+            key: "candidate".into(),
+            ..body.clone()
+        };
+        assert!(bad.into_message().is_err());
+        let broken = RelayBody {
+            payload: RawValue::from_string(r#"{"type":"maybe"}"#.into()).unwrap(),
+            ..body
+        };
+        assert!(broken.into_message().is_err());
+    }
+
+    #[test]
+    fn status_changes_keep_the_three_flags_of_the_wire() {
+        for (change, flags) in [
+            (
+                StatusChange::Joined,
+                r#""left":false,"moved":false,"joined":true"#,
+            ),
+            (
+                StatusChange::Changed,
+                r#""left":false,"moved":false,"joined":false"#,
+            ),
+            (
+                StatusChange::Moved,
+                r#""left":false,"moved":true,"joined":false"#,
+            ),
+            (
+                StatusChange::Left,
+                r#""left":true,"moved":false,"joined":false"#,
+            ),
+        ] {
+            let msg = NodeMessage::PeerStatus(PeerStatusBody::new(
+                "p".into(),
+                PeerStatus::default(),
+                change,
+            ));
+            let text = msg.seal("a", 1, 1);
+            assert!(text.contains(flags), "{text}");
+            match Envelope::parse(&text).unwrap().open().unwrap() {
+                Some(NodeMessage::PeerStatus(b)) => assert_eq!(b.change(), change),
+                other => panic!("{other:?}"),
+            }
+        }
+        // an older node's body without flags is a plain status change
+        let text = r#"{"v":1,"from":"n","seq":1,"kind":"peerStatus","body":{"peerId":"p","status":{"roles":[]}}}"#;
+        match Envelope::parse(text).unwrap().open().unwrap() {
+            Some(NodeMessage::PeerStatus(b)) => assert_eq!(b.change(), StatusChange::Changed),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -892,7 +970,7 @@ mod tests {
 
     #[test]
     fn newer_major_version_is_refused() {
-        let text = r#"{"v":2,"from":"n2","seq":1,"kind":"heartbeat","body":{}}"#;
+        let text = r#"{"v":2,"from":"n2","seq":1,"kind":"barrier","body":{}}"#;
         assert!(matches!(
             Envelope::parse(text),
             Err(EnvelopeError::TooNew(2))

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use proto::envelope::{
     AdoptAckBody, AdoptedSession, NodeMessage, PeerStatusBody, RelayBody, SessionEndBody,
-    SessionMovedBody, SessionRecord, SessionStartBody,
+    SessionMovedBody, SessionRecord, SessionStartBody, StatusChange,
 };
 use proto::{
     ClientMessage, ErrorCode, PeerId, PeerInfo, PeerMessage, PeerStatus, ProtocolVersion,
@@ -155,13 +155,13 @@ impl Router {
         self.peers
             .iter()
             .filter(|(_, p)| p.node.is_none())
-            .map(|(id, p)| PeerStatusBody {
-                peer_id: id.clone(),
-                status: p.status.clone(),
-                left: false,
+            .map(|(id, p)| {
                 // registration stores the peer id in the status; unregistered peers stay silent
-                joined: p.status.peer_id.is_none(),
-                moved: false,
+                let change = match p.status.peer_id {
+                    None => StatusChange::Joined,
+                    Some(_) => StatusChange::Changed,
+                };
+                PeerStatusBody::new(id.clone(), p.status.clone(), change)
             })
             .collect()
     }
@@ -172,13 +172,11 @@ impl Router {
             peer_id.to_string(),
             Peer::new(None, version, PeerStatus::default()),
         );
-        out.push(Effect::Announce(PeerStatusBody {
-            peer_id: peer_id.to_string(),
-            status: PeerStatus::default(),
-            left: false,
-            joined: true,
-            moved: false,
-        }));
+        out.push(Effect::Announce(PeerStatusBody::new(
+            peer_id.to_string(),
+            PeerStatus::default(),
+            StatusChange::Joined,
+        )));
     }
 
     /// One message from a local peer.
@@ -226,13 +224,11 @@ impl Router {
             peer_id: Some(peer_id.to_string()),
         };
         self.broadcast(&gone, out);
-        out.push(Effect::Announce(PeerStatusBody {
-            peer_id: peer_id.to_string(),
-            status: gone,
-            left: true,
-            joined: false,
-            moved: false,
-        }));
+        out.push(Effect::Announce(PeerStatusBody::new(
+            peer_id.to_string(),
+            gone,
+            StatusChange::Left,
+        )));
     }
 
     /// A message from another node.
@@ -242,11 +238,6 @@ impl Router {
             NodeMessage::SessionStart(body) => self.remote_session_start(from_node, body, out),
             NodeMessage::SessionEnd(body) => self.remote_session_end(from_node, body, out),
             NodeMessage::Relay(body) => self.remote_relay(from_node, body, out),
-            NodeMessage::PeerError(body) => {
-                if self.is_local(&body.to) {
-                    deliver(out, &body.to, ServerMessage::error(body.code, body.details));
-                }
-            }
             NodeMessage::NodeDown(body) => self.node_down(&body.node, &body.suspended, out),
             NodeMessage::SessionAdopt(body) => {
                 self.adopted(&body.peer_id, &body.node, &body.old_node, out)
@@ -278,10 +269,8 @@ impl Router {
                 ));
             }
             NodeMessage::MoveFence(body) => self.release_fence(&body.session_id, out),
-            NodeMessage::Heartbeat(_)
-            | NodeMessage::Barrier(_)
-            | NodeMessage::ResumeClaim(_)
-            | NodeMessage::ResumeGrant(_) => {}
+            NodeMessage::Barrier(_) | NodeMessage::ResumeClaim(_) | NodeMessage::ResumeGrant(_) => {
+            }
         }
     }
 
@@ -521,13 +510,11 @@ impl Router {
         for msg in suspension.held {
             self.deliver_held(peer_id, msg, out);
         }
-        out.push(Effect::Announce(PeerStatusBody {
-            peer_id: peer_id.to_string(),
+        out.push(Effect::Announce(PeerStatusBody::new(
+            peer_id.to_string(),
             status,
-            left: false,
-            joined: false,
-            moved: true,
-        }));
+            StatusChange::Moved,
+        )));
     }
 
     /// Delivers to adopted local peer `peer_id` a message held for it as for its old node.
@@ -823,13 +810,11 @@ impl Router {
             self.sessions.insert(r.session_id, session);
         }
         self.peers.insert(peer_id.to_string(), peer);
-        out.push(Effect::Announce(PeerStatusBody {
-            peer_id: peer_id.to_string(),
+        out.push(Effect::Announce(PeerStatusBody::new(
+            peer_id.to_string(),
             status,
-            left: false,
-            joined: false,
-            moved: true,
-        }));
+            StatusChange::Moved,
+        )));
     }
 
     fn is_local(&self, peer_id: &str) -> bool {
@@ -878,13 +863,11 @@ impl Router {
         }
         info!(peer_id, roles = ?status.roles, "registered");
         self.broadcast(&status, out);
-        out.push(Effect::Announce(PeerStatusBody {
-            peer_id: peer_id.to_string(),
-            status: status.clone(),
-            left: false,
-            joined: false,
-            moved: false,
-        }));
+        out.push(Effect::Announce(PeerStatusBody::new(
+            peer_id.to_string(),
+            status.clone(),
+            StatusChange::Changed,
+        )));
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.status = status;
         }
@@ -1143,7 +1126,8 @@ impl Router {
         if self.is_local(&body.peer_id) {
             return; // an echo of our own, or a stale claim: local state wins
         }
-        if body.moved {
+        let change = body.change();
+        if change == StatusChange::Moved {
             // A peer resumed on another node: same peer, new home; listeners hear nothing.
             // (A forwarding entry stays: senders that have not switched yet still send here.)
             let entry = self.remote_entry(&body.peer_id, node);
@@ -1151,17 +1135,17 @@ impl Router {
             entry.status = body.status;
             return;
         }
-        if body.joined {
+        if change == StatusChange::Joined {
             self.remote_entry(&body.peer_id, node);
             return; // listeners hear of registrations, not connections
         }
-        if body.left && self.is_suspended(&body.peer_id) {
+        if change == StatusChange::Left && self.is_suspended(&body.peer_id) {
             // Gone before we heard of its adoption: end what we hold with it.
             self.moved_out.remove(&body.peer_id);
             self.expire(&body.peer_id, out);
             return;
         }
-        if !body.left && !body.moved {
+        if change == StatusChange::Changed {
             // Its node speaks for it again (it was presumed dead after a pause): send it what
             // we held.
             let held = self
@@ -1175,7 +1159,7 @@ impl Router {
                 }
             }
         }
-        if body.left {
+        if change == StatusChange::Left {
             self.peers.remove(&body.peer_id);
             self.moved_out.remove(&body.peer_id);
         } else {
@@ -1470,7 +1454,9 @@ mod tests {
         assert_eq!(d[0].1.kind(), "endSession");
         assert_eq!(d[1].0, "l");
         assert!(matches!(d[1].1, ServerMessage::PeerStatusChanged(s) if s.roles.is_empty()));
-        assert!(matches!(out.last(), Some(Effect::Announce(b)) if b.left));
+        assert!(
+            matches!(out.last(), Some(Effect::Announce(b)) if b.change() == StatusChange::Left)
+        );
         assert_eq!(r.session_count(), 0);
     }
 
@@ -1548,17 +1534,15 @@ mod tests {
         b.handle("l", status(&[PeerRole::Listener]), &mut out);
         b.remote(
             "a",
-            NodeMessage::PeerStatus(PeerStatusBody {
-                peer_id: "p".into(),
-                status: PeerStatus {
+            NodeMessage::PeerStatus(PeerStatusBody::new(
+                "p".into(),
+                PeerStatus {
                     roles: vec![PeerRole::Producer],
                     meta: None,
                     peer_id: Some("p".into()),
                 },
-                left: false,
-                moved: false,
-                joined: false,
-            }),
+                StatusChange::Changed,
+            )),
             &mut out,
         );
         b.handle(

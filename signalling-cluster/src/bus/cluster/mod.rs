@@ -903,7 +903,7 @@ async fn publisher(
                 }
                 Outgoing::Announce(body, resume) => {
                     // The store first: whoever sees the announcement can read it back.
-                    if body.left {
+                    if body.change() == proto::envelope::StatusChange::Left {
                         pipe.hdel(&shared.keys.peers, &body.peer_id);
                     } else {
                         let stored = StoredPeer {
@@ -1069,13 +1069,11 @@ async fn resync(shared: &Shared, con: &mut ConnectionManager) -> redis::RedisRes
         if peer.suspended_until.is_some() && state.router.is_suspended(&peer_id) {
             continue; // we hold it already, with what was sent to it
         }
-        let body = PeerStatusBody {
-            joined: peer.status.peer_id.is_none(),
-            peer_id,
-            status: peer.status,
-            left: false,
-            moved: false,
+        let change = match peer.status.peer_id {
+            None => proto::envelope::StatusChange::Joined,
+            Some(_) => proto::envelope::StatusChange::Changed,
         };
+        let body = PeerStatusBody::new(peer_id, peer.status, change);
         state
             .router
             .remote(&peer.node, NodeMessage::PeerStatus(body), &mut out);
