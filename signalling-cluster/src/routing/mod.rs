@@ -9,18 +9,32 @@
 //! nodes' registered peers (kept current by their announcements), and the sessions that have at
 //! least one member here; each session remembers the node of each member, so relaying needs no
 //! lookup anywhere else.
+//!
+//! | file | behaviour |
+//! |---|---|
+//! | `mod.rs` | the types; upstream semantics for local peers: join, status, sessions, relay, leave |
+//! | [`replica`] | the other nodes' peers: their announcements, what we announce again |
+//! | [`cross_node`] | sessions with a member on another node: its start, relays and end arriving |
+//! | [`suspension`] | a dead node's peers: ended, or suspended (messages held) until adopted or expired |
+//! | [`moving`] | a live peer moving to another node (resume there), with the fences that keep order |
+
+mod cross_node;
+mod moving;
+mod replica;
+mod suspension;
 
 use std::collections::{HashMap, HashSet};
 
 use proto::envelope::{
-    AdoptAckBody, AdoptedSession, NodeMessage, PeerStatusBody, RelayBody, SessionEndBody,
-    SessionMovedBody, SessionRecord, SessionStartBody, StatusChange,
+    NodeMessage, PeerStatusBody, RelayBody, SessionEndBody, SessionStartBody, StatusChange,
 };
 use proto::{
     ClientMessage, ErrorCode, PeerId, PeerInfo, PeerMessage, PeerStatus, ProtocolVersion,
-    RelayPayload, ServerMessage, SessionId,
+    ServerMessage, SessionId,
 };
 use tracing::{debug, info, warn};
+
+use suspension::Suspension;
 
 /// Node identifier.
 pub type NodeId = String;
@@ -42,6 +56,16 @@ pub enum Effect {
 /// Effects to carry out, in order.
 pub type Outbox = Vec<Effect>;
 
+/// Messages held for one suspended peer unless the router is given another limit.
+const DEFAULT_HOLD_LIMIT: usize = 1024;
+
+/// Which member of a session a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Producer,
+    Consumer,
+}
+
 #[derive(Debug)]
 struct Peer {
     status: PeerStatus,
@@ -50,25 +74,9 @@ struct Peer {
     version: ProtocolVersion,
     producer_sessions: HashSet<SessionId>,
     consumer_sessions: HashSet<SessionId>,
-    /// A peer of a dead node waiting to be resumed elsewhere (replica entries only).
+    /// A peer of a dead node waiting to be adopted elsewhere (replica entries only).
     suspended: Option<Suspension>,
 }
-
-/// What this node keeps for a suspended peer until a node adopts it or it expires.
-#[derive(Debug, Default)]
-struct Suspension {
-    /// The node that was declared dead.
-    node: NodeId,
-    /// What local peers addressed to it meanwhile, in order (bounded by the hold limit, except
-    /// `sessionEnd`s, at most one per session).
-    held: Vec<NodeMessage>,
-    /// Sessions with it that ended meanwhile: the adopter must know them to deliver the held
-    /// `sessionEnd`s.
-    ended: Vec<AdoptedSession>,
-}
-
-/// Messages held for one suspended peer when the router is given no limit.
-const DEFAULT_HOLD_LIMIT: usize = 1024;
 
 impl Peer {
     fn new(node: Option<NodeId>, version: ProtocolVersion, status: PeerStatus) -> Self {
@@ -79,6 +87,14 @@ impl Peer {
             producer_sessions: HashSet::new(),
             consumer_sessions: HashSet::new(),
             suspended: None,
+        }
+    }
+
+    /// The sessions it takes part in on `side`.
+    fn sessions(&mut self, side: Side) -> &mut HashSet<SessionId> {
+        match side {
+            Side::Producer => &mut self.producer_sessions,
+            Side::Consumer => &mut self.consumer_sessions,
         }
     }
 }
@@ -93,25 +109,48 @@ struct Session {
 }
 
 impl Session {
-    /// The other member and its node.
-    fn other(&self, id: &str) -> Option<(&PeerId, &Option<NodeId>)> {
+    /// Which member `id` is.
+    fn side_of(&self, id: &str) -> Option<Side> {
         if self.producer == id {
-            Some((&self.consumer, &self.consumer_node))
+            Some(Side::Producer)
         } else if self.consumer == id {
-            Some((&self.producer, &self.producer_node))
+            Some(Side::Consumer)
         } else {
             None
         }
     }
 
+    fn member(&self, side: Side) -> (&PeerId, &Option<NodeId>) {
+        match side {
+            Side::Producer => (&self.producer, &self.producer_node),
+            Side::Consumer => (&self.consumer, &self.consumer_node),
+        }
+    }
+
+    /// The node slot of member `id`.
+    fn node_of_mut(&mut self, id: &str) -> Option<&mut Option<NodeId>> {
+        match self.side_of(id)? {
+            Side::Producer => Some(&mut self.producer_node),
+            Side::Consumer => Some(&mut self.consumer_node),
+        }
+    }
+
+    /// The other member and its node.
+    fn other(&self, id: &str) -> Option<(&PeerId, &Option<NodeId>)> {
+        match self.side_of(id)? {
+            Side::Producer => Some(self.member(Side::Consumer)),
+            Side::Consumer => Some(self.member(Side::Producer)),
+        }
+    }
+
     fn is_local(&self, id: &str) -> bool {
-        (self.producer == id && self.producer_node.is_none())
-            || (self.consumer == id && self.consumer_node.is_none())
+        self.side_of(id)
+            .is_some_and(|side| self.member(side).1.is_none())
     }
 }
 
 /// All peers known to this node and the sessions it takes part in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Router {
     peers: HashMap<PeerId, Peer>,
     /// Local peers with the listener role, to fan out status changes without a scan.
@@ -124,8 +163,22 @@ pub struct Router {
     /// Sessions of a peer that moved here, whose deliveries wait until the old node confirms
     /// it forwarded everything sent before the move (so nothing overtakes anything).
     fences: HashMap<SessionId, Vec<(PeerId, ServerMessage)>>,
-    /// Most messages held for one suspended peer (0: [`DEFAULT_HOLD_LIMIT`]).
+    /// Most messages held for one suspended peer.
     hold_limit: usize,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router {
+            peers: HashMap::new(),
+            listeners: HashSet::new(),
+            sessions: HashMap::new(),
+            moved_out: HashMap::new(),
+            moved_in: HashMap::new(),
+            fences: HashMap::new(),
+            hold_limit: DEFAULT_HOLD_LIMIT,
+        }
+    }
 }
 
 impl Router {
@@ -150,20 +203,9 @@ impl Router {
         self.sessions.len()
     }
 
-    /// The local peers, to announce again after the cluster store was lost.
-    pub fn local_statuses(&self) -> Vec<PeerStatusBody> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.node.is_none())
-            .map(|(id, p)| {
-                // registration stores the peer id in the status; unregistered peers stay silent
-                let change = match p.status.peer_id {
-                    None => StatusChange::Joined,
-                    Some(_) => StatusChange::Changed,
-                };
-                PeerStatusBody::new(id.clone(), p.status.clone(), change)
-            })
-            .collect()
+    /// The producers of the whole cluster, as `list` answers.
+    pub fn producers(&self) -> Vec<PeerInfo> {
+        self.filter_peers(PeerStatus::producing)
     }
 
     /// A peer connected here (upstream: `NewPeer`). Its `welcome` is sent by the connection.
@@ -172,11 +214,7 @@ impl Router {
             peer_id.to_string(),
             Peer::new(None, version, PeerStatus::default()),
         );
-        out.push(Effect::Announce(PeerStatusBody::new(
-            peer_id.to_string(),
-            PeerStatus::default(),
-            StatusChange::Joined,
-        )));
+        announce(out, peer_id, PeerStatus::default(), StatusChange::Joined);
     }
 
     /// One message from a local peer.
@@ -218,111 +256,23 @@ impl Router {
             self.close_session(peer_id, session_id, out);
         }
         // Upstream tells listeners about every departure, registered or not.
-        let gone = PeerStatus {
-            roles: vec![],
-            meta: peer.status.meta,
-            peer_id: Some(peer_id.to_string()),
-        };
+        let gone = gone(peer_id, peer.status.meta);
         self.broadcast(&gone, out);
-        out.push(Effect::Announce(PeerStatusBody::new(
-            peer_id.to_string(),
-            gone,
-            StatusChange::Left,
-        )));
+        announce(out, peer_id, gone, StatusChange::Left);
     }
 
-    /// A message from another node.
-    pub fn remote(&mut self, from_node: &str, msg: NodeMessage, out: &mut Outbox) {
+    /// Whether handling `msg` needs another node (and so fails while the cluster is down).
+    pub fn crosses_nodes(&self, from: &str, msg: &ClientMessage) -> bool {
         match msg {
-            NodeMessage::PeerStatus(body) => self.remote_status(from_node, body, out),
-            NodeMessage::SessionStart(body) => self.remote_session_start(from_node, body, out),
-            NodeMessage::SessionEnd(body) => self.remote_session_end(from_node, body, out),
-            NodeMessage::Relay(body) => self.remote_relay(from_node, body, out),
-            NodeMessage::NodeDown(body) => self.node_down(&body.node, &body.suspended, out),
-            NodeMessage::SessionAdopt(body) => {
-                self.adopted(&body.peer_id, &body.node, &body.old_node, out)
+            ClientMessage::StartSession { peer_id, .. } => {
+                self.peers.get(peer_id).is_some_and(|p| p.node.is_some())
             }
-            NodeMessage::AdoptAck(body) => self.import_adopted(from_node, body),
-            NodeMessage::SuspendExpired(body) => {
-                self.expire(&body.peer_id, out);
-            }
-            NodeMessage::SessionMoved(body) => {
-                // A member moved to body.node: switch, then confirm through its old node
-                // (after everything we sent there).
-                if let Some(s) = self.sessions.get_mut(&body.session_id) {
-                    if s.producer == body.peer_id {
-                        s.producer_node = Some(body.node.clone());
-                    } else if s.consumer == body.peer_id {
-                        s.consumer_node = Some(body.node.clone());
-                    }
-                }
-                out.push(Effect::ToNode(
-                    body.old_node.clone(),
-                    NodeMessage::MoveAck(body),
-                ));
-            }
-            NodeMessage::MoveAck(body) => {
-                // Everything the acking node sent us before is forwarded already.
-                out.push(Effect::ToNode(
-                    body.node.clone(),
-                    NodeMessage::MoveFence(body),
-                ));
-            }
-            NodeMessage::MoveFence(body) => self.release_fence(&body.session_id, out),
-            NodeMessage::Barrier(_) | NodeMessage::ResumeClaim(_) | NodeMessage::ResumeGrant(_) => {
-            }
-        }
-    }
-
-    /// Another node is gone: its peers leave, the sessions with them end; except the peers in
-    /// `suspend`, which stay (listed, sessions open, messages to them held) until a node adopts
-    /// them ([`Router::adopted`]) or they expire ([`Router::expire`]).
-    pub fn node_down(&mut self, node: &str, suspend: &[PeerId], out: &mut Outbox) {
-        for peer_id in suspend {
-            if let Some(p) = self.peers.get_mut(peer_id) {
-                if p.node.as_deref() == Some(node) && p.suspended.is_none() {
-                    info!(peer_id, node, "peer of a dead node suspended for resume");
-                    p.suspended = Some(Suspension {
-                        node: node.to_string(),
-                        ..Suspension::default()
-                    });
-                }
-            }
-        }
-        self.end_sessions_with(node, false, out);
-        let gone: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.node.as_deref() == Some(node) && p.suspended.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        info!(node, peers = gone.len(), "node down");
-        for peer_id in gone {
-            if let Some(peer) = self.peers.remove(&peer_id) {
-                let status = PeerStatus {
-                    roles: vec![],
-                    meta: peer.status.meta,
-                    peer_id: Some(peer_id),
-                };
-                self.broadcast(&status, out);
-            }
-        }
-    }
-
-    /// Ends every session with a member on `node` (suspended members excepted): local members
-    /// get `endSession`, and if `tell_node`, the node too (best effort: it may be unreachable).
-    pub fn end_sessions_with(&mut self, node: &str, tell_node: bool, out: &mut Outbox) {
-        let ended: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                (s.producer_node.as_deref() == Some(node) && !self.is_suspended(&s.producer))
-                    || (s.consumer_node.as_deref() == Some(node) && !self.is_suspended(&s.consumer))
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for session_id in ended {
-            self.abort_session(&session_id, tell_node, out);
+            ClientMessage::Peer(m) => self
+                .sessions
+                .get(&m.session_id)
+                .and_then(|s| s.other(from))
+                .is_some_and(|(_, node)| node.is_some()),
+            _ => false,
         }
     }
 
@@ -366,455 +316,12 @@ impl Router {
         }
     }
 
-    /// Whether handling `msg` needs another node (and so fails while the cluster is down).
-    pub fn crosses_nodes(&self, from: &str, msg: &ClientMessage) -> bool {
-        match msg {
-            ClientMessage::StartSession { peer_id, .. } => {
-                self.peers.get(peer_id).is_some_and(|p| p.node.is_some())
-            }
-            ClientMessage::Peer(m) => self
-                .sessions
-                .get(&m.session_id)
-                .and_then(|s| s.other(from))
-                .is_some_and(|(_, node)| node.is_some()),
-            _ => false,
-        }
-    }
-
-    /// Nodes that have peers in the replica or members in sessions here (suspended peers,
-    /// whose node is dead, do not count: they expire on their own).
-    pub fn remote_nodes(&self) -> Vec<NodeId> {
-        // Runs every liveness tick over every peer and session: the few distinct nodes are
-        // collected by reference and cloned once each.
-        let members =
-            self.peers
-                .iter()
-                .map(|(id, p)| (&p.node, id))
-                .chain(self.sessions.values().flat_map(|s| {
-                    [
-                        (&s.producer_node, &s.producer),
-                        (&s.consumer_node, &s.consumer),
-                    ]
-                }));
-        let mut nodes: Vec<&NodeId> = Vec::new();
-        for (node, member) in members {
-            if let Some(node) = node {
-                if !nodes.contains(&node) && !self.is_suspended(member) {
-                    nodes.push(node);
-                }
-            }
-        }
-        nodes.into_iter().cloned().collect()
-    }
-
-    /// Whether `peer_id` is a suspended peer of a dead node.
-    pub fn is_suspended(&self, peer_id: &str) -> bool {
-        self.peers
-            .get(peer_id)
-            .is_some_and(|p| p.suspended.is_some())
-    }
-
     /// The status of a peer connected here.
     pub fn local_status(&self, peer_id: &str) -> Option<PeerStatus> {
         self.peers
             .get(peer_id)
             .filter(|p| p.node.is_none())
             .map(|p| p.status.clone())
-    }
-
-    /// Sends `msg` to `node`, or holds it if it is for a suspended peer. Returns false if the
-    /// hold is full (then nothing is sent: the caller ends the session). `sessionEnd` is always
-    /// held: at most one per session.
-    fn send_node(&mut self, node: NodeId, msg: NodeMessage, out: &mut Outbox) -> bool {
-        let limit = match self.hold_limit {
-            0 => DEFAULT_HOLD_LIMIT,
-            n => n,
-        };
-        let target = match &msg {
-            NodeMessage::Relay(b) => Some(b.to.as_str()),
-            NodeMessage::SessionEnd(b) => Some(b.to.as_str()),
-            NodeMessage::SessionStart(b) if self.is_suspended(&b.producer) => {
-                Some(b.producer.as_str())
-            }
-            NodeMessage::SessionStart(b) => Some(b.consumer.as_str()),
-            _ => None,
-        };
-        let hold = target
-            .and_then(|t| self.peers.get_mut(t))
-            .and_then(|p| p.suspended.as_mut());
-        match hold {
-            Some(s) if s.held.len() >= limit && !matches!(msg, NodeMessage::SessionEnd(_)) => false,
-            Some(s) => {
-                debug!(
-                    kind = msg.kind(),
-                    held = s.held.len(),
-                    "holding for a suspended peer"
-                );
-                s.held.push(msg);
-                true
-            }
-            None => {
-                out.push(Effect::ToNode(node, msg));
-                true
-            }
-        }
-    }
-
-    /// Whether the hold of suspended peer `peer_id` is full.
-    fn hold_full(&self, peer_id: &str) -> bool {
-        let limit = match self.hold_limit {
-            0 => DEFAULT_HOLD_LIMIT,
-            n => n,
-        };
-        self.peers
-            .get(peer_id)
-            .and_then(|p| p.suspended.as_ref())
-            .is_some_and(|s| s.held.len() >= limit)
-    }
-
-    /// A suspended peer resumed here (its node died): it becomes local, its sessions with
-    /// local peers too, and what local peers sent it meanwhile is delivered, in order. Its
-    /// sessions with peers of other nodes come with their [`NodeMessage::AdoptAck`]s.
-    pub fn adopt(
-        &mut self,
-        peer_id: &str,
-        version: ProtocolVersion,
-        status: PeerStatus,
-        out: &mut Outbox,
-    ) {
-        let suspension = self
-            .peers
-            .remove(peer_id)
-            .and_then(|p| p.suspended)
-            .unwrap_or_default();
-        let mut peer = Peer::new(None, version, status.clone());
-        if status.listening() {
-            self.listeners.insert(peer_id.to_string());
-        }
-        self.moved_out.remove(peer_id);
-        for (session_id, s) in self.sessions.iter_mut() {
-            if s.producer == peer_id {
-                s.producer_node = None;
-                peer.producer_sessions.insert(session_id.clone());
-            } else if s.consumer == peer_id {
-                s.consumer_node = None;
-                peer.consumer_sessions.insert(session_id.clone());
-            }
-        }
-        self.peers.insert(peer_id.to_string(), peer);
-        info!(
-            peer_id,
-            held = suspension.held.len(),
-            "adopted a suspended peer"
-        );
-        for msg in suspension.held {
-            self.deliver_held(peer_id, msg, out);
-        }
-        out.push(Effect::Announce(PeerStatusBody::new(
-            peer_id.to_string(),
-            status,
-            StatusChange::Moved,
-        )));
-    }
-
-    /// Delivers to adopted local peer `peer_id` a message held for it as for its old node.
-    fn deliver_held(&mut self, peer_id: &str, msg: NodeMessage, out: &mut Outbox) {
-        match msg {
-            NodeMessage::Relay(body) => {
-                let payload = match body.key.as_str() {
-                    "sdp" => RelayPayload::sdp(body.payload),
-                    _ => Ok(RelayPayload::ice_checked(body.payload)),
-                };
-                match payload {
-                    Ok(payload) => deliver(
-                        out,
-                        peer_id,
-                        ServerMessage::Peer(PeerMessage {
-                            session_id: body.session_id,
-                            payload,
-                        }),
-                    ),
-                    Err(e) => warn!(peer_id, "invalid held payload: {e}"),
-                }
-            }
-            NodeMessage::SessionStart(body) if body.producer == peer_id => deliver(
-                out,
-                peer_id,
-                ServerMessage::StartSession {
-                    peer_id: body.consumer,
-                    session_id: body.session_id,
-                    offer: body.offer,
-                },
-            ),
-            NodeMessage::SessionStart(body) => deliver(
-                out,
-                peer_id,
-                ServerMessage::SessionStarted {
-                    peer_id: body.producer,
-                    session_id: body.session_id,
-                },
-            ),
-            NodeMessage::SessionEnd(body) => deliver(
-                out,
-                peer_id,
-                ServerMessage::EndSession {
-                    session_id: body.session_id,
-                },
-            ),
-            other => debug!(kind = other.kind(), "nothing to deliver of a held message"),
-        }
-    }
-
-    /// Suspended peer `peer_id` (of dead node `old_node`) resumed on `node`: point our sessions
-    /// with it there, list them to `node` (with those that ended meanwhile), then send it
-    /// what we held, in order. Always answers, so the adopter need not wait for us.
-    pub fn adopted(&mut self, peer_id: &str, node: &str, old_node: &str, out: &mut Outbox) {
-        let suspension = match self.peers.get_mut(peer_id) {
-            Some(p) if p.node.is_some() => {
-                p.node = Some(node.to_string());
-                p.suspended.take().unwrap_or_default()
-            }
-            _ => Suspension::default(),
-        };
-        let mut sessions = Vec::new();
-        for (session_id, s) in self.sessions.iter_mut() {
-            let member = if s.producer == peer_id {
-                &mut s.producer_node
-            } else if s.consumer == peer_id {
-                &mut s.consumer_node
-            } else {
-                continue;
-            };
-            if member.as_deref() != Some(old_node) {
-                continue;
-            }
-            *member = Some(node.to_string());
-            sessions.push(AdoptedSession {
-                session_id: session_id.clone(),
-                producer: s.producer.clone(),
-                consumer: s.consumer.clone(),
-            });
-        }
-        info!(
-            peer_id,
-            node,
-            sessions = sessions.len(),
-            held = suspension.held.len(),
-            "suspended peer adopted elsewhere"
-        );
-        sessions.extend(suspension.ended);
-        out.push(Effect::ToNode(
-            node.to_string(),
-            NodeMessage::AdoptAck(AdoptAckBody {
-                peer_id: peer_id.to_string(),
-                sessions,
-            }),
-        ));
-        for msg in suspension.held {
-            out.push(Effect::ToNode(node.to_string(), msg));
-        }
-    }
-
-    /// `node`'s sessions with a peer we adopted: they are ours now (what `node` held for the
-    /// peer follows on the same channel).
-    pub fn import_adopted(&mut self, node: &str, body: AdoptAckBody) {
-        if !self.is_local(&body.peer_id) {
-            return;
-        }
-        for s in body.sessions {
-            let other = |m: &str| (m != body.peer_id).then(|| node.to_string());
-            if s.producer != body.peer_id && s.consumer != body.peer_id {
-                continue;
-            }
-            let session = Session {
-                producer_node: other(&s.producer),
-                consumer_node: other(&s.consumer),
-                producer: s.producer,
-                consumer: s.consumer,
-            };
-            self.register_session(&s.session_id, &session);
-        }
-    }
-
-    /// A suspended peer was not resumed in time: it leaves as a peer of a dead node does. False
-    /// if it is not (or no longer) suspended here.
-    pub fn expire(&mut self, peer_id: &str, out: &mut Outbox) -> bool {
-        if !self.is_suspended(peer_id) {
-            return false;
-        }
-        let Some(peer) = self.peers.remove(peer_id) else {
-            return false;
-        };
-        info!(peer_id, "suspended peer not resumed in time; removing it");
-        let sessions: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.producer == peer_id || s.consumer == peer_id)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for session_id in sessions {
-            // ended "by" the expired peer: the local member is told
-            self.close_session(peer_id, &session_id, out);
-        }
-        self.broadcast(
-            &PeerStatus {
-                roles: vec![],
-                meta: peer.status.meta,
-                peer_id: Some(peer_id.to_string()),
-            },
-            out,
-        );
-        true
-    }
-
-    /// Delivers a message of session `session_id` to local `to`, or holds it behind the
-    /// session's fence.
-    fn deliver_in(&mut self, session_id: &str, to: &str, msg: ServerMessage, out: &mut Outbox) {
-        match self.fences.get_mut(session_id) {
-            Some(held) => held.push((to.to_string(), msg)),
-            None => deliver(out, to, msg),
-        }
-    }
-
-    /// Lets the held messages of a session through, in order.
-    pub fn release_fence(&mut self, session_id: &str, out: &mut Outbox) {
-        for (to, msg) in self.fences.remove(session_id).unwrap_or_default() {
-            deliver(out, &to, msg);
-        }
-    }
-
-    /// Hands local peer `peer_id` over to `new_node` (resume there): returns its status and
-    /// sessions, described with explicit nodes (`me` for this one). The peer disappears from
-    /// here without a departure; late messages for it are forwarded.
-    pub fn export_peer(
-        &mut self,
-        peer_id: &str,
-        me: &str,
-        new_node: &str,
-    ) -> Option<(PeerStatus, Vec<SessionRecord>)> {
-        if !self.is_local(peer_id) {
-            return None;
-        }
-        let peer = self.peers.remove(peer_id)?;
-        self.listeners.remove(peer_id);
-        self.moved_out
-            .insert(peer_id.to_string(), new_node.to_string());
-        let mut records = Vec::new();
-        for session_id in peer.producer_sessions.iter().chain(&peer.consumer_sessions) {
-            let Some(session) = self.sessions.get_mut(session_id) else {
-                continue;
-            };
-            let node = |n: &Option<NodeId>| n.clone().unwrap_or_else(|| me.to_string());
-            records.push(SessionRecord {
-                session_id: session_id.clone(),
-                producer: session.producer.clone(),
-                producer_node: node(&session.producer_node),
-                consumer: session.consumer.clone(),
-                consumer_node: node(&session.consumer_node),
-            });
-            // The moved member is remote from now on; a session with no member left here
-            // is no longer ours to keep.
-            if session.producer == peer_id {
-                session.producer_node = Some(new_node.to_string());
-            } else {
-                session.consumer_node = Some(new_node.to_string());
-            }
-            if session.producer_node.is_some() && session.consumer_node.is_some() {
-                self.sessions.remove(session_id);
-            }
-        }
-        Some((peer.status, records))
-    }
-
-    /// Takes over a peer handed over by `old_node`, connected here now. Sessions whose other
-    /// member is not on `old_node` are fenced until the old node confirms the switch.
-    #[allow(clippy::too_many_arguments)]
-    pub fn import_peer(
-        &mut self,
-        peer_id: &str,
-        version: ProtocolVersion,
-        status: PeerStatus,
-        records: Vec<SessionRecord>,
-        me: &str,
-        old_node: &str,
-        out: &mut Outbox,
-    ) {
-        let mut peer = Peer::new(None, version, status.clone());
-        if status.listening() {
-            self.listeners.insert(peer_id.to_string());
-        }
-        self.moved_in
-            .insert(peer_id.to_string(), old_node.to_string());
-        self.moved_out.remove(peer_id);
-        let local = |n: &str| (n != me).then(|| n.to_string());
-        for r in records {
-            let session = Session {
-                producer: r.producer.clone(),
-                consumer: r.consumer.clone(),
-                producer_node: if r.producer == peer_id {
-                    None
-                } else {
-                    local(&r.producer_node)
-                },
-                consumer_node: if r.consumer == peer_id {
-                    None
-                } else {
-                    local(&r.consumer_node)
-                },
-            };
-            let Some((other, other_node)) = session.other(peer_id) else {
-                continue;
-            };
-            let (other, other_node) = (other.clone(), other_node.clone());
-            let moved = SessionMovedBody {
-                session_id: r.session_id.clone(),
-                peer_id: peer_id.to_string(),
-                node: me.to_string(),
-                old_node: old_node.to_string(),
-            };
-            match other_node.as_deref() {
-                // The other member is on the old node: everything comes through it, in order.
-                Some(n) if n == old_node => {}
-                // On a third node: it learns of the move from us and confirms via the old node.
-                Some(n) => {
-                    self.fences.insert(r.session_id.clone(), Vec::new());
-                    out.push(Effect::ToNode(
-                        n.to_string(),
-                        NodeMessage::SessionMoved(moved),
-                    ));
-                }
-                // Here: our earlier messages went to the old node; confirm through it.
-                None => {
-                    if !self.is_local(&other) {
-                        continue; // the other member left meanwhile
-                    }
-                    self.fences.insert(r.session_id.clone(), Vec::new());
-                    out.push(Effect::ToNode(
-                        old_node.to_string(),
-                        NodeMessage::MoveAck(moved),
-                    ));
-                    if let Some(o) = self.peers.get_mut(&other) {
-                        if session.producer == other {
-                            o.producer_sessions.insert(r.session_id.clone());
-                        } else {
-                            o.consumer_sessions.insert(r.session_id.clone());
-                        }
-                    }
-                }
-            }
-            if session.producer == peer_id {
-                peer.producer_sessions.insert(r.session_id.clone());
-            } else {
-                peer.consumer_sessions.insert(r.session_id.clone());
-            }
-            self.sessions.insert(r.session_id, session);
-        }
-        self.peers.insert(peer_id.to_string(), peer);
-        out.push(Effect::Announce(PeerStatusBody::new(
-            peer_id.to_string(),
-            status,
-            StatusChange::Moved,
-        )));
     }
 
     fn is_local(&self, peer_id: &str) -> bool {
@@ -847,9 +354,9 @@ impl Router {
         }
         let (was_producing, was_consuming) = (peer.status.producing(), peer.status.consuming());
         if was_producing && !status.producing() {
-            self.stop_sessions(peer_id, true, out);
+            self.stop_sessions(peer_id, Side::Producer, out);
         } else if was_consuming && !status.consuming() {
-            self.stop_sessions(peer_id, false, out);
+            self.stop_sessions(peer_id, Side::Consumer, out);
         }
 
         let status = PeerStatus {
@@ -863,27 +370,19 @@ impl Router {
         }
         info!(peer_id, roles = ?status.roles, "registered");
         self.broadcast(&status, out);
-        out.push(Effect::Announce(PeerStatusBody::new(
-            peer_id.to_string(),
-            status.clone(),
-            StatusChange::Changed,
-        )));
+        announce(out, peer_id, status.clone(), StatusChange::Changed);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.status = status;
         }
         Ok(())
     }
 
-    /// Ends the sessions a peer holds as producer (or as consumer).
-    fn stop_sessions(&mut self, peer_id: &str, as_producer: bool, out: &mut Outbox) {
+    /// Ends the sessions a peer holds on `side`.
+    fn stop_sessions(&mut self, peer_id: &str, side: Side, out: &mut Outbox) {
         let Some(peer) = self.peers.get_mut(peer_id) else {
             return;
         };
-        let sessions = std::mem::take(if as_producer {
-            &mut peer.producer_sessions
-        } else {
-            &mut peer.consumer_sessions
-        });
+        let sessions = std::mem::take(peer.sessions(side));
         for session_id in &sessions {
             self.close_session(peer_id, session_id, out);
         }
@@ -933,39 +432,22 @@ impl Router {
             .producer_node
             .clone()
             .or(session.consumer_node.clone());
+        let start = SessionStartBody {
+            session_id,
+            producer: producer.to_string(),
+            consumer: consumer.to_string(),
+            offer,
+        };
         if let Some(node) = remote {
             // (checked above: a suspended peer's hold has room)
-            self.send_node(
-                node,
-                NodeMessage::SessionStart(SessionStartBody {
-                    session_id: session_id.clone(),
-                    producer: producer.to_string(),
-                    consumer: consumer.to_string(),
-                    offer: offer.clone(),
-                }),
-                out,
-            );
+            self.send_node(node, NodeMessage::SessionStart(start.clone()), out);
         }
-        if session.consumer_node.is_none() {
-            deliver(
-                out,
-                consumer,
-                ServerMessage::SessionStarted {
-                    peer_id: producer.to_string(),
-                    session_id: session_id.clone(),
-                },
-            );
-        }
-        if session.producer_node.is_none() {
-            deliver(
-                out,
-                producer,
-                ServerMessage::StartSession {
-                    peer_id: consumer.to_string(),
-                    session_id,
-                    offer,
-                },
-            );
+        // The consumer hears first, as upstream does.
+        for side in [Side::Consumer, Side::Producer] {
+            let (member, node) = session.member(side);
+            if node.is_none() {
+                deliver(out, member, session_started(side, start.clone()));
+            }
         }
         Ok(())
     }
@@ -974,14 +456,11 @@ impl Router {
     fn register_session(&mut self, session_id: &str, session: &Session) {
         self.sessions
             .insert(session_id.to_string(), session.clone());
-        if session.producer_node.is_none() {
-            if let Some(p) = self.peers.get_mut(&session.producer) {
-                p.producer_sessions.insert(session_id.to_string());
-            }
-        }
-        if session.consumer_node.is_none() {
-            if let Some(c) = self.peers.get_mut(&session.consumer) {
-                c.consumer_sessions.insert(session_id.to_string());
+        for side in [Side::Producer, Side::Consumer] {
+            if let (member, None) = session.member(side) {
+                if let Some(p) = self.peers.get_mut(member) {
+                    p.sessions(side).insert(session_id.to_string());
+                }
             }
         }
     }
@@ -1018,14 +497,7 @@ impl Router {
             }
             Some(node) => {
                 let session_id = msg.session_id.clone();
-                let relay = NodeMessage::Relay(RelayBody {
-                    session_id: msg.session_id,
-                    to,
-                    key: msg.payload.key().to_string(),
-                    payload: match msg.payload {
-                        RelayPayload::Sdp { raw, .. } | RelayPayload::Ice { raw } => raw,
-                    },
-                });
+                let relay = NodeMessage::Relay(RelayBody::new(to, msg));
                 if !self.send_node(node, relay, out) {
                     // Rather than lose a message for the suspended peer: the session ends.
                     warn!(
@@ -1057,35 +529,15 @@ impl Router {
         let Some(session) = self.sessions.remove(session_id) else {
             return;
         };
-        for (member, node, as_producer) in [
-            (&session.producer, &session.producer_node, true),
-            (&session.consumer, &session.consumer_node, false),
-        ] {
-            if node.is_none() {
+        for side in [Side::Producer, Side::Consumer] {
+            if let (member, None) = session.member(side) {
                 if let Some(p) = self.peers.get_mut(member) {
-                    if as_producer {
-                        p.producer_sessions.remove(session_id);
-                    } else {
-                        p.consumer_sessions.remove(session_id);
-                    }
+                    p.sessions(side).remove(session_id);
                 }
             }
         }
         info!(session_id, by, "session ended");
-        // A suspended member's adopter must know the session to deliver its end.
-        for member in [&session.producer, &session.consumer] {
-            if let Some(s) = self
-                .peers
-                .get_mut(member)
-                .and_then(|p| p.suspended.as_mut())
-            {
-                s.ended.push(AdoptedSession {
-                    session_id: session_id.to_string(),
-                    producer: session.producer.clone(),
-                    consumer: session.consumer.clone(),
-                });
-            }
-        }
+        self.note_ended_for_suspended(session_id, &session);
         let Some((other, other_node)) = session.other(by) else {
             return;
         };
@@ -1111,196 +563,6 @@ impl Router {
         }
     }
 
-    /// The replica entry of a peer of another node, created if new.
-    fn remote_entry(&mut self, peer_id: &str, node: &str) -> &mut Peer {
-        self.peers.entry(peer_id.to_string()).or_insert_with(|| {
-            Peer::new(
-                Some(node.to_string()),
-                ProtocolVersion::V1,
-                PeerStatus::default(),
-            )
-        })
-    }
-
-    fn remote_status(&mut self, node: &str, body: PeerStatusBody, out: &mut Outbox) {
-        if self.is_local(&body.peer_id) {
-            return; // an echo of our own, or a stale claim: local state wins
-        }
-        let change = body.change();
-        if change == StatusChange::Moved {
-            // A peer resumed on another node: same peer, new home; listeners hear nothing.
-            // (A forwarding entry stays: senders that have not switched yet still send here.)
-            let entry = self.remote_entry(&body.peer_id, node);
-            entry.node = Some(node.to_string());
-            entry.status = body.status;
-            return;
-        }
-        if change == StatusChange::Joined {
-            self.remote_entry(&body.peer_id, node);
-            return; // listeners hear of registrations, not connections
-        }
-        if change == StatusChange::Left && self.is_suspended(&body.peer_id) {
-            // Gone before we heard of its adoption: end what we hold with it.
-            self.moved_out.remove(&body.peer_id);
-            self.expire(&body.peer_id, out);
-            return;
-        }
-        if change == StatusChange::Changed {
-            // Its node speaks for it again (it was presumed dead after a pause): send it what
-            // we held.
-            let held = self
-                .peers
-                .get_mut(&body.peer_id)
-                .filter(|p| p.suspended.as_ref().is_some_and(|s| s.node == node))
-                .and_then(|p| p.suspended.take());
-            if let Some(held) = held {
-                for msg in held.held {
-                    out.push(Effect::ToNode(node.to_string(), msg));
-                }
-            }
-        }
-        if change == StatusChange::Left {
-            self.peers.remove(&body.peer_id);
-            self.moved_out.remove(&body.peer_id);
-        } else {
-            let entry = self.remote_entry(&body.peer_id, node);
-            entry.node = Some(node.to_string());
-            entry.status = body.status.clone();
-        }
-        self.broadcast(&body.status, out);
-    }
-
-    fn remote_session_start(&mut self, node: &str, body: SessionStartBody, out: &mut Outbox) {
-        let (producer_here, consumer_here) =
-            (self.is_local(&body.producer), self.is_local(&body.consumer));
-        let session = Session {
-            producer: body.producer.clone(),
-            consumer: body.consumer.clone(),
-            producer_node: (!producer_here).then(|| node.to_string()),
-            consumer_node: (!consumer_here).then(|| node.to_string()),
-        };
-        if producer_here == consumer_here {
-            // The local member left meanwhile (or the message is bogus): end it on the sender.
-            warn!(
-                session_id = body.session_id,
-                node, "session start for no local member"
-            );
-            let other = if producer_here {
-                &body.consumer
-            } else {
-                &body.producer
-            };
-            let to = if self.is_local(other) {
-                &body.producer
-            } else {
-                other
-            };
-            out.push(Effect::ToNode(
-                node.to_string(),
-                NodeMessage::SessionEnd(SessionEndBody {
-                    session_id: body.session_id,
-                    to: to.clone(),
-                }),
-            ));
-            return;
-        }
-        self.register_session(&body.session_id, &session);
-        info!(session_id = body.session_id, node, "remote session started");
-        if producer_here {
-            deliver(
-                out,
-                &body.producer,
-                ServerMessage::StartSession {
-                    peer_id: body.consumer,
-                    session_id: body.session_id,
-                    offer: body.offer,
-                },
-            );
-        } else {
-            deliver(
-                out,
-                &body.consumer,
-                ServerMessage::SessionStarted {
-                    peer_id: body.producer,
-                    session_id: body.session_id,
-                },
-            );
-        }
-    }
-
-    fn remote_session_end(&mut self, node: &str, body: SessionEndBody, out: &mut Outbox) {
-        if let Some(to) = self.moved_out.get(&body.to) {
-            out.push(Effect::ToNode(to.clone(), NodeMessage::SessionEnd(body)));
-            return;
-        }
-        let Some(session) = self.sessions.get(&body.session_id) else {
-            return;
-        };
-        let forwarded = self.moved_in.get(&body.to).is_some_and(|n| n == node);
-        // Only the node of the other member may end it for ours.
-        let Some((other, other_node)) = session.other(&body.to) else {
-            return;
-        };
-        if !session.is_local(&body.to) || (other_node.as_deref() != Some(node) && !forwarded) {
-            warn!(
-                session_id = body.session_id,
-                node, "session end from a non-member node"
-            );
-            return;
-        }
-        let other = other.clone();
-        self.close_session(&other, &body.session_id, out);
-    }
-
-    fn remote_relay(&mut self, node: &str, body: RelayBody, out: &mut Outbox) {
-        if let Some(to) = self.moved_out.get(&body.to) {
-            out.push(Effect::ToNode(to.clone(), NodeMessage::Relay(body)));
-            return;
-        }
-        let Some(session) = self.sessions.get(&body.session_id) else {
-            debug!(
-                session_id = body.session_id,
-                "relay for a session that ended"
-            );
-            return;
-        };
-        // From the other member's node, or forwarded by the node our member moved from.
-        let member_node_ok = session
-            .other(&body.to)
-            .is_some_and(|(_, n)| n.as_deref() == Some(node))
-            || self.moved_in.get(&body.to).is_some_and(|n| n == node);
-        if !session.is_local(&body.to) || !member_node_ok {
-            warn!(
-                session_id = body.session_id,
-                node, "relay from a non-member node"
-            );
-            return;
-        }
-        let payload = match body.key.as_str() {
-            "sdp" => RelayPayload::sdp(body.payload),
-            "ice" => Ok(RelayPayload::ice_checked(body.payload)),
-            other => {
-                warn!(key = other, "relay with an unknown payload key");
-                return;
-            }
-        };
-        match payload {
-            Ok(payload) => {
-                let msg = ServerMessage::Peer(PeerMessage {
-                    session_id: body.session_id.clone(),
-                    payload,
-                });
-                if self.moved_in.get(&body.to).is_some_and(|n| n == node) {
-                    // Forwarded by the old node: it all comes before the fence is lifted.
-                    deliver(out, &body.to, msg);
-                } else {
-                    self.deliver_in(&body.session_id, &body.to, msg, out);
-                }
-            }
-            Err(e) => warn!(node, "invalid relayed payload: {e}"),
-        }
-    }
-
     /// Status change for this node's listeners.
     fn broadcast(&self, status: &PeerStatus, out: &mut Outbox) {
         if self.listeners.is_empty() {
@@ -1310,20 +572,6 @@ impl Router {
             self.listeners.iter().cloned().collect(),
             ServerMessage::PeerStatusChanged(status.clone()),
         ));
-    }
-
-    /// The producers of the whole cluster, as `list` answers.
-    pub fn producers(&self) -> Vec<PeerInfo> {
-        self.filter_peers(PeerStatus::producing)
-    }
-
-    /// Number of known peers per node (`None`: this node).
-    pub fn peers_per_node(&self) -> HashMap<Option<NodeId>, usize> {
-        let mut counts = HashMap::new();
-        for p in self.peers.values() {
-            *counts.entry(p.node.clone()).or_insert(0) += 1;
-        }
-        counts
     }
 
     fn filter_peers(&self, filter: fn(&PeerStatus) -> bool) -> Vec<PeerInfo> {
@@ -1350,6 +598,40 @@ fn deliver(out: &mut Outbox, to: &str, msg: ServerMessage) {
     out.push(Effect::Deliver(to.to_string(), msg));
 }
 
+/// Tells the other nodes of a local peer's `change`.
+fn announce(out: &mut Outbox, peer_id: &str, status: PeerStatus, change: StatusChange) {
+    out.push(Effect::Announce(PeerStatusBody::new(
+        peer_id.to_string(),
+        status,
+        change,
+    )));
+}
+
+/// What listeners hear of a peer that is gone: no roles, its last meta.
+fn gone(peer_id: &str, meta: Option<serde_json::Value>) -> PeerStatus {
+    PeerStatus {
+        roles: vec![],
+        meta,
+        peer_id: Some(peer_id.to_string()),
+    }
+}
+
+/// What a member on `side` is told of a session that started: the producer is asked for an
+/// offer (`startSession`), the consumer told it started (`sessionStarted`).
+fn session_started(side: Side, body: SessionStartBody) -> ServerMessage {
+    match side {
+        Side::Producer => ServerMessage::StartSession {
+            peer_id: body.consumer,
+            session_id: body.session_id,
+            offer: body.offer,
+        },
+        Side::Consumer => ServerMessage::SessionStarted {
+            peer_id: body.producer,
+            session_id: body.session_id,
+        },
+    }
+}
+
 type Res = Result<(), (ErrorCode, String)>;
 
 fn not_found(id: &str) -> (ErrorCode, String) {
@@ -1369,7 +651,7 @@ fn not_member(id: &str, session_id: &str) -> (ErrorCode, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{PeerRole, SdpType};
+    use proto::{PeerRole, RelayPayload, SdpType};
 
     fn status(roles: &[PeerRole]) -> ClientMessage {
         ClientMessage::SetPeerStatus(PeerStatus {
@@ -1460,6 +742,18 @@ mod tests {
         assert_eq!(r.session_count(), 0);
     }
 
+    /// What the cluster bus does with another node's message, for the kinds these tests send.
+    fn remote(r: &mut Router, from: &str, msg: NodeMessage, out: &mut Outbox) {
+        match msg {
+            NodeMessage::PeerStatus(b) => r.remote_status(from, b, out),
+            NodeMessage::SessionStart(b) => r.remote_session_start(from, b, out),
+            NodeMessage::SessionEnd(b) => r.remote_session_end(from, b, out),
+            NodeMessage::Relay(b) => r.remote_relay(from, b, out),
+            NodeMessage::AdoptAck(b) => r.import_adopted(from, b),
+            other => panic!("not a kind of these tests: {other:?}"),
+        }
+    }
+
     /// Routers wired by hand: returns what the receiving routers produced.
     fn exchange(from: &str, out: Outbox, nodes: &mut [(&str, &mut Router)]) -> Outbox {
         let mut local = Outbox::new();
@@ -1468,14 +762,14 @@ mod tests {
                 Effect::ToNode(node, msg) => {
                     let (_, r) = nodes.iter_mut().find(|(n, _)| *n == node).unwrap();
                     let mut o = Outbox::new();
-                    r.remote(from, msg, &mut o);
+                    remote(r, from, msg, &mut o);
                     local.extend(o);
                 }
                 Effect::Announce(body) => {
                     for (n, r) in nodes.iter_mut() {
                         if *n != from {
                             let mut o = Outbox::new();
-                            r.remote(from, NodeMessage::PeerStatus(body.clone()), &mut o);
+                            remote(r, from, NodeMessage::PeerStatus(body.clone()), &mut o);
                             local.extend(o);
                         }
                     }
@@ -1532,9 +826,9 @@ mod tests {
         let mut b = router(&["c", "l"]);
         let mut out = Outbox::new();
         b.handle("l", status(&[PeerRole::Listener]), &mut out);
-        b.remote(
+        b.remote_status(
             "a",
-            NodeMessage::PeerStatus(PeerStatusBody::new(
+            PeerStatusBody::new(
                 "p".into(),
                 PeerStatus {
                     roles: vec![PeerRole::Producer],
@@ -1542,7 +836,7 @@ mod tests {
                     peer_id: Some("p".into()),
                 },
                 StatusChange::Changed,
-            )),
+            ),
             &mut out,
         );
         b.handle(
@@ -1629,7 +923,7 @@ mod tests {
         n.adopt("p", ProtocolVersion::V2, PeerStatus::default(), &mut o);
         for e in out {
             if let Effect::ToNode(_, m) = e {
-                n.remote("b", m, &mut o);
+                remote(&mut n, "b", m, &mut o);
             }
         }
         let d = delivered(&o);
