@@ -16,6 +16,7 @@
 pub mod bus;
 pub mod config;
 pub mod mailbox;
+pub mod node;
 pub mod peer;
 pub mod resume;
 pub mod routing;

@@ -20,7 +20,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::bus::Bus;
 use crate::mailbox::{Mailbox, MailboxReceiver, Outbound};
-use crate::resume::{Parked, ResumeRegistry, Sent};
+use crate::resume::{Handover, Parked, ResumeRegistry, Sent};
 use crate::websocket::{FrameStream, FrameWriter, Incoming, ReadError};
 
 /// At most this much is encoded for one write (and numbered before it is known to be written,
@@ -189,7 +189,7 @@ impl Actor for PeerConnection {
     fn started(&mut self, ctx: &mut Self::Context) {
         info!(peer_id = %self.id, version = self.mailbox.version().number(), "peer connected");
         if let Some(token) = &self.resume_token {
-            self.registry.connected(token, ctx.address());
+            self.registry.connected(token, ctx.address().recipient());
         }
         // A peer silent for three ping intervals (no pong either) is gone.
         let interval = self.limits.ping_interval;
@@ -205,7 +205,8 @@ impl Actor for PeerConnection {
         let span = self.span.clone();
         let _entered = span.enter();
         if let Some(token) = &self.resume_token {
-            self.registry.disconnected(token, &ctx.address());
+            self.registry
+                .disconnected(token, &ctx.address().recipient());
         }
         if self.handed_over {
             return; // the peer lives on in another connection
@@ -295,12 +296,6 @@ impl PeerConnection {
     }
 }
 
-/// A reconnection with this peer's token takes the peer over: stop the writer, hand back the
-/// queue, close this connection without removing the peer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Handover(pub oneshot::Sender<Option<Parked>>);
-
 impl Handler<Handover> for PeerConnection {
     type Result = ();
     fn handle(&mut self, Handover(reply): Handover, ctx: &mut Context<Self>) {
@@ -360,7 +355,7 @@ enum Ending {
 /// Sends the welcome and the pending frames, then drains the mailbox into the socket, all that
 /// is queued in one write; pings every ping interval. Ends when the
 /// socket or the queue closes, when the peer is stuck, or when told to stop; hands the queue
-/// back either way, so a suspended peer loses nothing still queued.
+/// back either way, so a parked peer loses nothing still queued.
 ///
 /// A v2 peer's frames are numbered ([`Sent`]) as they are handed to the socket: if the
 /// connection breaks, the client's `last` tells which of them it got.

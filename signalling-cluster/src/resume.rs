@@ -22,9 +22,8 @@ use tracing::info;
 
 use crate::bus::Bus;
 use crate::mailbox::{Mailbox, MailboxReceiver};
-use crate::peer::{Handover, PeerConnection};
 
-/// A suspended (or handed over) peer.
+/// A peer whose connection dropped, kept for a resume (or handed over to a new connection).
 pub struct Parked {
     pub peer_id: PeerId,
     pub mailbox: Mailbox,
@@ -93,13 +92,20 @@ impl Sent {
     }
 }
 
+/// Asks a connected peer's connection to give the peer up for a reconnection with its token:
+/// it stops writing, hands back its queue and what it wrote, and closes without removing the
+/// peer. (The connection actor, `crate::peer::PeerConnection`, handles it.)
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Handover(pub tokio::sync::oneshot::Sender<Option<Parked>>);
+
 /// v2 peers by resume token: connected ones, and parked ones waiting to resume.
 pub struct ResumeRegistry {
     grace: Duration,
     /// Parked peers with the generation they were parked in, so that an expiry timer of an
     /// earlier suspension never removes a later one.
     parked: Mutex<HashMap<String, (u64, Parked)>>,
-    live: Mutex<HashMap<String, Addr<PeerConnection>>>,
+    live: Mutex<HashMap<String, Recipient<Handover>>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -150,19 +156,20 @@ impl ResumeRegistry {
     }
 
     /// A v2 connection is up under `token`.
-    pub fn connected(&self, token: &str, addr: Addr<PeerConnection>) {
-        self.live.lock().insert(token.to_string(), addr);
+    pub fn connected(&self, token: &str, connection: Recipient<Handover>) {
+        self.live.lock().insert(token.to_string(), connection);
     }
 
     /// The v2 connection under `token` is down.
-    pub fn disconnected(&self, token: &str, addr: &Addr<PeerConnection>) {
+    pub fn disconnected(&self, token: &str, connection: &Recipient<Handover>) {
         let mut live = self.live.lock();
-        if live.get(token) == Some(addr) {
+        if live.get(token) == Some(connection) {
             live.remove(token);
         }
     }
 
-    /// Parks a suspended peer; after the grace period, or when its queue fills, it leaves.
+    /// Parks a peer whose connection dropped; after the grace period, or when its queue
+    /// fills, it leaves.
     pub fn park(self: &Arc<Self>, token: String, parked: Parked, bus: Arc<dyn Bus>) {
         let peer_id = parked.peer_id.clone();
         let stuck = parked.receiver.stuck.clone();
@@ -199,13 +206,13 @@ impl ResumeRegistry {
 
     /// Takes the peer under `token` for a reconnection: a parked one at once, a connected one
     /// after closing its old connection.
-    pub async fn claim(&self, token: &str) -> Option<Parked> {
+    pub async fn take(&self, token: &str) -> Option<Parked> {
         if let Some((_, p)) = self.parked.lock().remove(token) {
             return Some(p);
         }
-        let addr = self.live.lock().remove(token)?;
+        let connection = self.live.lock().remove(token)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        addr.send(Handover(tx)).await.ok()?;
+        connection.send(Handover(tx)).await.ok()?;
         rx.await.ok().flatten()
     }
 }

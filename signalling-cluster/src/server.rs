@@ -20,18 +20,8 @@ use tracing::{info, warn};
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::node::NodeState;
 use crate::resume::ResumeRegistry;
-
-/// What every HTTP worker shares.
-pub struct NodeState {
-    pub node_id: String,
-    pub bus: Arc<dyn Bus>,
-    pub config: Config,
-    /// Set on SIGTERM: `/readyz` fails so load balancers stop sending new peers.
-    pub draining: AtomicBool,
-    /// v2 peers whose connection dropped, waiting to resume.
-    pub registry: Arc<ResumeRegistry>,
-}
 
 /// Pending connections the kernel keeps per listener (as actix-web's default).
 const BACKLOG: i32 = 1024;

@@ -20,9 +20,9 @@ use tracing::{info, warn};
 
 use crate::bus::new_peer_id;
 use crate::mailbox::Mailbox;
+use crate::node::NodeState;
 use crate::peer::{Attach, Limits, PeerConnection};
 use crate::resume::{new_token, token_node, Sent};
-use crate::server::NodeState;
 
 /// The connection broke while the handshake was answered.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,7 @@ async fn resume_peer(
 ) -> Option<Attach> {
     let new = new_token(&state.node_id);
     let parked = match token_node(token) == Some(state.node_id.as_str()) {
-        true => state.registry.claim(token).await,
+        true => state.registry.take(token).await,
         false => None,
     };
     // (a token of ours that the registry does not know goes to the bus: this node may have

@@ -46,10 +46,10 @@ type ClaimDone = oneshot::Sender<Option<(PeerId, u64)>>;
 pub(super) struct PendingClaim {
     mailbox: Mailbox,
     done: ClaimDone,
-    pub(super) token: String,
+    token: String,
     last: Option<u64>,
     /// Its node died: the peer is being adopted from its suspension instead.
-    pub(super) adopting: bool,
+    adopting: bool,
 }
 
 /// A peer we adopted, waiting for the other nodes' sessions with it.
@@ -117,6 +117,17 @@ impl Shared {
         }))
     }
 
+    /// `node` died: our claims of its peers, unanswered, turn into adoptions of its suspended
+    /// peers.
+    pub(super) fn adopt_instead(self: &Arc<Self>, state: &mut State, node: &str) {
+        for (id, claim) in state.claims.iter_mut() {
+            if !claim.adopting && token_node(&claim.token) == Some(node) {
+                claim.adopting = true;
+                actix_rt::spawn(adopt(self.clone(), *id, claim.token.clone()).in_current_span());
+            }
+        }
+    }
+
     /// Local v2 peer `peer_id` holds resume token `token` (its newest): its hash is stored
     /// with the peer, so that any node can adopt it should this node die.
     pub(super) fn resume_token(&self, peer_id: &str, token: &str) {
@@ -141,7 +152,7 @@ impl Shared {
     pub(super) fn answer_claim(self: &Arc<Self>, node: NodeId, claim: ResumeClaimBody) {
         let shared = self.clone();
         actix_rt::spawn(async move {
-            let parked = shared.registry.claim(&claim.token).await;
+            let parked = shared.registry.take(&claim.token).await;
             let mut state = shared.state.lock();
             let mut grant = ResumeGrantBody {
                 claim: claim.claim,
@@ -248,7 +259,7 @@ impl Shared {
 /// Adopts the suspended peer under `token` for claim `claim`, if this node wins its key:
 /// registers it here, asks every other node for its sessions with it, and answers the claim
 /// once they all answered (or after [`ADOPT_TIMEOUT`]). Refuses if there is no such peer.
-pub(super) async fn adopt(shared: Arc<Shared>, claim: u64, token: String) {
+async fn adopt(shared: Arc<Shared>, claim: u64, token: String) {
     let key = shared.keys.suspended(&token_hash(&token));
     let mut con = shared.con.clone();
     let record = match redis::cmd("GETDEL")
@@ -258,7 +269,7 @@ pub(super) async fn adopt(shared: Arc<Shared>, claim: u64, token: String) {
     {
         Ok(r) => r.and_then(|json| serde_json::from_str::<SuspendedPeer>(&json).ok()),
         Err(e) => {
-            warn!("cannot claim a suspended peer: {e}");
+            warn!("cannot take the adoption key of a suspended peer: {e}");
             None
         }
     };

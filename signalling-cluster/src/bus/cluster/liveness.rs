@@ -30,11 +30,9 @@ use proto::PeerId;
 use redis::aio::ConnectionManager;
 use tracing::{debug, info, warn, Instrument};
 
-use super::handover::adopt;
 use super::keys::{now_ms, StoredPeer, SuspendedPeer};
 use super::publisher::Outgoing;
 use super::{Shared, State};
-use crate::resume::token_node;
 use crate::routing::{Effect, NodeId, Outbox};
 
 /// How often a node refreshes its liveness and looks for dead nodes.
@@ -275,8 +273,8 @@ impl Shared {
     }
 
     /// `node` is dead (its `suspended` peers kept for `grace`): the router ends what we had
-    /// with its other peers, claims waiting for it turn into adoptions, and its suspended
-    /// peers get a last-resort expiry here.
+    /// with its other peers, our claims waiting for it turn into adoptions (`handover.rs`),
+    /// and its suspended peers get a last-resort expiry here.
     fn bury(
         self: &Arc<Self>,
         state: &mut State,
@@ -287,12 +285,7 @@ impl Shared {
     ) {
         state.router.node_down(node, &suspended, out);
         state.down.insert(node.to_string());
-        for (id, claim) in state.claims.iter_mut() {
-            if !claim.adopting && token_node(&claim.token) == Some(node) {
-                claim.adopting = true;
-                actix_rt::spawn(adopt(self.clone(), *id, claim.token.clone()).in_current_span());
-            }
-        }
+        self.adopt_instead(state, node);
         if suspended.is_empty() {
             return;
         }

@@ -1,0 +1,19 @@
+//! What a node's connections and HTTP handlers share.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::resume::ResumeRegistry;
+
+/// What every HTTP worker and every upgrade shares.
+pub struct NodeState {
+    pub node_id: String,
+    pub bus: Arc<dyn Bus>,
+    pub config: Config,
+    /// Set on SIGTERM: `/readyz` fails so load balancers stop sending new peers.
+    pub draining: AtomicBool,
+    /// v2 peers whose connection dropped, waiting to resume.
+    pub registry: Arc<ResumeRegistry>,
+}
