@@ -9,7 +9,16 @@
 //!   sees a version 2 field or message: [`ServerMessage::encode`] takes the peer's version.
 //! * The `sdp`/`ice` payload of a `peer` message is kept as raw JSON ([`RelayPayload`]): it is
 //!   validated once on the way in and written out verbatim on the way out.
-//! * [`envelope`] holds the node-to-node envelope carried over the cluster bus.
+//! * [`envelope`] holds the node-to-node envelope carried over the cluster bus; its kinds are
+//!   declared once, in the `node_messages!` table.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `client.rs` | [`ClientMessage`], [`PeerMessage`], [`RelayPayload`] |
+//! | `server.rs` | [`ServerMessage`], [`PeerInfo`], [`WelcomeV2`], encoding per version |
+//! | `version.rs` | [`ProtocolVersion`] and its negotiation |
+//! | `error.rs` | [`ErrorCode`] (v2 error codes), [`ParseError`] |
+//! | `envelope.rs` | node-to-node envelopes, batches, the one-pass reader |
 //!
 //! The protocol is documented with examples in `docs/protocol.md`.
 

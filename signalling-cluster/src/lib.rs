@@ -5,13 +5,29 @@
 //!                 ▲  writer task ◄── mailbox::Mailbox ◄──────────┘ deliveries
 //! ```
 //!
-//! * [`routing`]: upstream semantics as a pure state machine.
-//! * [`bus`]: how peers reach the router ([`bus::MemoryBus`] alone; Redis in a cluster).
-//! * [`peer`]: one actor per connection; [`mailbox`]: its bounded outgoing queue.
-//! * [`server`]: HTTP, health endpoints, TLS; [`upgrade`]: the WebSocket handshake, after
-//!   which [`websocket`] reads and writes frames on the connection itself.
-//! * [`config`]: flags and environment.
-//! * [`web`]: the browser app every node serves.
+//! Where each behaviour lives (`docs/architecture.md` has the whole project's map):
+//!
+//! | behaviour | file |
+//! |---|---|
+//! | upstream semantics (status, sessions, relay, leave) | `routing/mod.rs` |
+//! | presence across nodes (the replica of other nodes' peers) | `routing/replica.rs` |
+//! | relay across nodes: sending | `routing/mod.rs` (`relay`), then `bus/cluster/publisher.rs` |
+//! | relay across nodes: receiving | `bus/cluster/subscriber.rs`, then `routing/cross_node.rs` |
+//! | node death: detect, reap, announce, expire | `bus/cluster/liveness.rs` |
+//! | node death: what the router ends, holds, adopts | `routing/suspension.rs` |
+//! | lost messages between nodes (sequence gaps) | `bus/cluster/subscriber.rs` |
+//! | resume on the same node (parked connections, replay) | `resume.rs`, `upgrade.rs` (`resume_peer`) |
+//! | resume on another node (claims, grants, adoption) | `bus/cluster/handover.rs`, `routing/moving.rs` |
+//! | the Redis schema (keys, channels, stored values) | `bus/cluster/keys.rs` |
+//! | the node-to-node envelope and its kinds | `proto/src/envelope.rs` |
+//! | one process, no Redis | `bus/memory.rs` |
+//! | a peer's connection: reading, rate limit, pings, writing | `peer.rs`, `websocket.rs` |
+//! | slow readers (bounded queue) | `mailbox.rs` |
+//! | the handshake: v1/v2, resume token, affinity headers | `upgrade.rs` |
+//! | HTTP: health, readiness, operations API, drain on SIGTERM | `server.rs` |
+//! | what connections and handlers share | `node.rs` |
+//! | flags and environment | `config.rs` |
+//! | the browser app every node serves | `web.rs` (built from `web/`) |
 
 pub mod bus;
 pub mod config;

@@ -13,10 +13,10 @@
 //! | file | behaviour |
 //! |---|---|
 //! | `mod.rs` | the types; upstream semantics for local peers: join, status, sessions, relay, leave |
-//! | [`replica`] | the other nodes' peers: their announcements, what we announce again |
-//! | [`cross_node`] | sessions with a member on another node: its start, relays and end arriving |
-//! | [`suspension`] | a dead node's peers: ended, or suspended (messages held) until adopted or expired |
-//! | [`moving`] | a live peer moving to another node (resume there), with the fences that keep order |
+//! | `replica.rs` | the other nodes' peers: their announcements, what we announce again |
+//! | `cross_node.rs` | sessions with a member on another node: its start, relays and end arriving |
+//! | `suspension.rs` | a dead node's peers: ended, or suspended (messages held) until adopted or expired |
+//! | `moving.rs` | a live peer moving to another node (resume there), with the fences that keep order |
 
 mod cross_node;
 mod moving;
