@@ -350,6 +350,92 @@ async fn a_draining_node_moves_the_producer_without_a_new_session() -> Result<()
     Ok(())
 }
 
+/// A rolling restart (what `helm upgrade` does) of a 3-node cluster under a live stream: each
+/// node in turn is drained (SIGTERM) and started again on its port, with the producer
+/// (servers a,b,c) and the consumer (c,a,b) moving at every drain. The stream must never be
+/// cut: one producer identity, one session, frames rising after every restart.
+/// `ROLLING_ROUNDS=N` repeats the whole rolling restart N times and prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_three_nodes_keeps_the_stream() -> Result<()> {
+    let _one = media::exclusive().await;
+    let rounds: usize = std::env::var("ROLLING_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let redis = Redis::start().await?;
+    let opts = ["--drain-timeout", "5"];
+    let ids = ["node-a", "node-b", "node-c"];
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(Node::join(&redis, id, &opts).await?);
+    }
+    let url = |n: &Node| n.url();
+    let producers = format!("{},{},{}", url(&nodes[0]), url(&nodes[1]), url(&nodes[2]));
+    let consumers = format!("{},{},{}", url(&nodes[2]), url(&nodes[0]), url(&nodes[1]));
+    let producer = Agent::producer(&["--server", &producers, "--name", "rolling"])?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &consumers,
+        "--producer-name",
+        "rolling",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    consumer
+        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
+        .await?;
+    let started_ms = consumer
+        .json_lines("consumer-stats")
+        .last()
+        .map(|l| l["elapsed_ms"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    for round in 0..rounds {
+        for (i, id) in ids.iter().enumerate() {
+            let port = nodes[i].port;
+            nodes[i].proc.signal(libc::SIGTERM);
+            let stopped = Instant::now();
+            while nodes[i].proc.child.try_wait()?.is_none() {
+                anyhow::ensure!(
+                    stopped.elapsed() < Duration::from_secs(20),
+                    "{id} did not stop after its drain"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            nodes[i] = Node::join_on(&redis, id, port, &opts).await?;
+            let before = frames_now(&consumer);
+            consumer
+                .wait(LONG, "30 more frames", |c| frames_now(c) >= before + 30)
+                .await
+                .with_context(|| format!("round {round}, after restarting {id}"))?;
+        }
+    }
+    let stall = longest_stall_ms(&consumer, started_ms);
+    consumer.signal(libc::SIGINT);
+    assert_eq!(
+        consumer.exit_within(Duration::from_secs(30)).await?,
+        Some(0),
+        "{}",
+        consumer.stderr()
+    );
+    let report = consumer.report()?;
+    let registrations = producer.stderr().matches("registered 'rolling'").count();
+    eprintln!(
+        "rolling restarts: {rounds} round(s) of 3 drains; producer registrations {registrations}; \
+         consumer sessions {:?}; longest frame stall {stall} ms",
+        sessions_of(&report)
+    );
+    // Same producer identity all along: registered once, resumed at every drain.
+    assert_eq!(registrations, 1, "{}", producer.stderr());
+    assert!(
+        producer.stderr().matches("resumed as").count() >= 3 * rounds,
+        "{}",
+        producer.stderr()
+    );
+    // One session for the whole run.
+    assert_eq!(sessions_of(&report), Some(1), "{report}");
+    Ok(())
+}
+
 /// The stock gst-webrtc-signalling-server, on `port`.
 fn upstream_server(port: u16) -> Result<Proc> {
     let mut cmd = std::process::Command::new(bin("upstream-signalling-server"));

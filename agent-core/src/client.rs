@@ -24,6 +24,15 @@ use crate::tls;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Resumes asked for in a row before the agent accepts a new identity. A refused resume is
+/// most often a race that a moment later is won: the old node still handing the peer over
+/// (a drain, a rolling restart), a cluster that just lost Redis. A new identity ends every
+/// session, so it is worth a few tries.
+const RESUME_TRIES: u32 = 3;
+
+/// Wait before the next resume after a refusal, times the refusals so far.
+const RESUME_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 /// Which protocol version to ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ProtocolChoice {
@@ -114,6 +123,7 @@ impl Client {
             token: None,
             received: 0,
             v1_only: Default::default(),
+            refusals: 0,
         };
         runtime.spawn(async move {
             task.run().await;
@@ -155,6 +165,8 @@ struct Task {
     received: u64,
     /// Servers that refused the v2 subprotocol (stock servers): asked for v1 from then on.
     v1_only: std::collections::HashSet<Url>,
+    /// Resumes refused in a row (see [`RESUME_TRIES`]).
+    refusals: u32,
 }
 
 /// Why a connection ended.
@@ -162,6 +174,8 @@ enum End {
     /// We closed it (stop requested).
     Closed,
     Lost(String),
+    /// The server did not resume our peer; we closed at once, to try again.
+    ResumeRefused,
 }
 
 impl Task {
@@ -186,6 +200,13 @@ impl Task {
                                 url: url.clone(),
                                 reason,
                             });
+                        }
+                        End::ResumeRefused => {
+                            let delay = RESUME_RETRY_DELAY * self.refusals;
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = self.stop.changed() => return,
+                            }
                         }
                     }
                     unreachable_since = Instant::now();
@@ -304,6 +325,15 @@ impl Task {
             Err(_) => return End::Lost("no welcome within 10 s".into()),
         };
         let resumed = v2.as_ref().is_some_and(|w| w.resumed);
+        let asked = v2_offered && v2.is_some() && self.token.is_some();
+        if asked && !resumed && self.refusals + 1 < RESUME_TRIES {
+            self.refusals += 1;
+            info!(server = %url, refusals = self.refusals, "resume refused; trying again before registering anew");
+            // A close frame: the server forgets the peer it has just made for us.
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+            return End::ResumeRefused;
+        }
+        self.refusals = 0;
         if !resumed {
             // A new identity: what was queued for the old one's sessions is void.
             self.received = 0;

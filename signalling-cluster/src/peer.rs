@@ -204,15 +204,18 @@ impl Actor for PeerConnection {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let span = self.span.clone();
         let _entered = span.enter();
-        if let Some(token) = &self.resume_token {
-            self.registry
-                .disconnected(token, &ctx.address().recipient());
-        }
         if self.handed_over {
             return; // the peer lives on in another connection
         }
         let resumable = !self.ended_cleanly && self.registry.enabled();
-        match (resumable, self.resume_token.take(), self.writer.take()) {
+        let (token, writer) = (self.resume_token.take(), self.writer.take());
+        if let Some(token) = &token {
+            // Until it is parked, a reconnection with the token waits for it.
+            let parking = resumable && writer.is_some();
+            self.registry
+                .disconnected(token, &ctx.address().recipient(), parking);
+        }
+        match (resumable, token, writer) {
             (true, Some(token), Some(writer)) => {
                 // Take the mailbox back from the writer and park it under the token.
                 let (id, mailbox, bus, registry) = (
@@ -234,7 +237,10 @@ impl Actor for PeerConnection {
                             },
                             bus,
                         ),
-                        _ => bus.leave(&id),
+                        _ => {
+                            registry.abandon(&token);
+                            bus.leave(&id);
+                        }
                     }
                 });
             }

@@ -11,6 +11,7 @@
 //! Tokens are `<256 random bits, hex>.<node id>`, so any node knows whom to ask.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use actix::prelude::*;
 use parking_lot::Mutex;
 use proto::PeerId;
 use rand::RngCore;
+use tokio::sync::Notify;
 use tracing::info;
 
 use crate::bus::Bus;
@@ -99,15 +101,33 @@ impl Sent {
 #[rtype(result = "()")]
 pub struct Handover(pub tokio::sync::oneshot::Sender<Option<Parked>>);
 
-/// v2 peers by resume token: connected ones, and parked ones waiting to resume.
+/// v2 peers by resume token: connected ones, ones being parked, and parked ones waiting to
+/// resume.
 pub struct ResumeRegistry {
     grace: Duration,
-    /// Parked peers with the generation they were parked in, so that an expiry timer of an
-    /// earlier suspension never removes a later one.
-    parked: Mutex<HashMap<String, (u64, Parked)>>,
-    live: Mutex<HashMap<String, Recipient<Handover>>>,
-    generation: std::sync::atomic::AtomicU64,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Told of every change of an entry, for reconnections waiting on a parking.
+    changed: Notify,
+    generation: AtomicU64,
 }
+
+enum Entry {
+    /// Connected: its connection gives the peer up on a [`Handover`].
+    Live(Recipient<Handover>),
+    /// Its connection just ended without a close: the writer is handing back the queue, and
+    /// the peer is parked in a moment (or leaves, if it was stuck).
+    Parking,
+    /// Waiting for a resume, with the generation it was parked in, so that an expiry timer of
+    /// an earlier parking never removes a later one.
+    Parked { generation: u64, peer: Parked },
+}
+
+/// Longest a reconnection waits for its peer's old connection to be parked. A client told to
+/// move (`goAway`, a drain) reconnects elsewhere at once, often before the old node noticed
+/// that its socket ended: without the wait its resume raced the parking and became a new
+/// peer. Parking takes one writer round (milliseconds); the bound only matters for a writer
+/// stuck on a dead socket.
+const PARKING_WAIT: Duration = Duration::from_secs(2);
 
 /// A fresh resume token for a peer of `node_id`.
 pub fn new_token(node_id: &str) -> String {
@@ -144,8 +164,8 @@ impl ResumeRegistry {
     pub fn new(grace: Duration) -> Arc<Self> {
         Arc::new(ResumeRegistry {
             grace,
-            parked: Mutex::new(HashMap::new()),
-            live: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
             generation: Default::default(),
         })
     }
@@ -157,14 +177,22 @@ impl ResumeRegistry {
 
     /// A v2 connection is up under `token`.
     pub fn connected(&self, token: &str, connection: Recipient<Handover>) {
-        self.live.lock().insert(token.to_string(), connection);
+        self.entries
+            .lock()
+            .insert(token.to_string(), Entry::Live(connection));
+        self.changed.notify_waiters();
     }
 
-    /// The v2 connection under `token` is down.
-    pub fn disconnected(&self, token: &str, connection: &Recipient<Handover>) {
-        let mut live = self.live.lock();
-        if live.get(token) == Some(connection) {
-            live.remove(token);
+    /// The v2 connection under `token` is down; `parking`: its peer is about to be parked
+    /// ([`ResumeRegistry::park`], or [`ResumeRegistry::abandon`] if that fails).
+    pub fn disconnected(&self, token: &str, connection: &Recipient<Handover>, parking: bool) {
+        let mut entries = self.entries.lock();
+        if matches!(entries.get(token), Some(Entry::Live(c)) if c == connection) {
+            match parking {
+                true => entries.insert(token.to_string(), Entry::Parking),
+                false => entries.remove(token),
+            };
+            self.changed.notify_waiters();
         }
     }
 
@@ -174,12 +202,15 @@ impl ResumeRegistry {
         let peer_id = parked.peer_id.clone();
         let stuck = parked.receiver.stuck.clone();
         info!(peer_id, grace = ?self.grace, "connection lost; keeping the peer for resume");
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.parked
-            .lock()
-            .insert(token.clone(), (generation, parked));
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.entries.lock().insert(
+            token.clone(),
+            Entry::Parked {
+                generation,
+                peer: parked,
+            },
+        );
+        self.changed.notify_waiters();
         let registry = self.clone();
         actix_rt::spawn(async move {
             tokio::select! {
@@ -188,9 +219,14 @@ impl ResumeRegistry {
             }
             // Still parked (not resumed) since then? Then it is gone for good.
             let expired = {
-                let mut parked = registry.parked.lock();
-                match parked.get(&token) {
-                    Some((g, _)) if *g == generation => parked.remove(&token).map(|(_, p)| p),
+                let mut entries = registry.entries.lock();
+                match entries.get(&token) {
+                    Some(Entry::Parked { generation: g, .. }) if *g == generation => {
+                        match entries.remove(&token) {
+                            Some(Entry::Parked { peer, .. }) => Some(peer),
+                            _ => None,
+                        }
+                    }
                     _ => None,
                 }
             };
@@ -204,16 +240,57 @@ impl ResumeRegistry {
         });
     }
 
-    /// Takes the peer under `token` for a reconnection: a parked one at once, a connected one
-    /// after closing its old connection.
-    pub async fn take(&self, token: &str) -> Option<Parked> {
-        if let Some((_, p)) = self.parked.lock().remove(token) {
-            return Some(p);
+    /// The peer being parked under `token` could not be (its queue was stuck): it leaves.
+    pub fn abandon(&self, token: &str) {
+        let mut entries = self.entries.lock();
+        if matches!(entries.get(token), Some(Entry::Parking)) {
+            entries.remove(token);
+            self.changed.notify_waiters();
         }
-        let connection = self.live.lock().remove(token)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        connection.send(Handover(tx)).await.ok()?;
-        rx.await.ok().flatten()
+    }
+
+    /// Takes the peer under `token` for a reconnection: a parked one at once, a connected one
+    /// after closing its old connection, one being parked once it is (within
+    /// [`PARKING_WAIT`]).
+    pub async fn take(&self, token: &str) -> Option<Parked> {
+        let deadline = tokio::time::Instant::now() + PARKING_WAIT;
+        loop {
+            // Registered before looking, so that no change in between is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let live = {
+                let mut entries = self.entries.lock();
+                match entries.remove(token) {
+                    None => return None,
+                    Some(Entry::Parked { peer, .. }) => return Some(peer),
+                    Some(entry) => {
+                        let live = match &entry {
+                            Entry::Live(connection) => Some(connection.clone()),
+                            _ => None,
+                        };
+                        entries.insert(token.to_string(), entry);
+                        live
+                    }
+                }
+            };
+            if let Some(connection) = live {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if connection.send(Handover(tx)).await.is_ok() {
+                    if let Ok(Some(parked)) = rx.await {
+                        let mut entries = self.entries.lock();
+                        if matches!(entries.get(token), Some(Entry::Live(c)) if *c == connection) {
+                            entries.remove(token);
+                        }
+                        return Some(parked);
+                    }
+                }
+                // Its connection is ending by itself: it parks the peer, or the peer leaves.
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 

@@ -128,6 +128,19 @@ impl Node {
         Self::start(&args).await
     }
 
+    /// Starts a node joining the cluster on `redis` as `id`, on `port` (a restart in place).
+    pub async fn join_on(
+        redis: &Redis,
+        id: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Node> {
+        let url = redis.url();
+        let mut args = vec!["--redis-url", &url, "--node-id", id];
+        args.extend_from_slice(extra);
+        Self::start_cmd(port, &args, &[], false).await
+    }
+
     /// Starts a node serving TLS (`extra` must carry `-c`/`-k`); ready once it accepts TCP.
     pub async fn start_tls(extra: &[&str]) -> anyhow::Result<Node> {
         Self::start_cmd(free_port(), extra, &[], true).await
