@@ -44,6 +44,10 @@ pub struct Envelope {
     pub boot: u64,
     /// Per-sender, per-channel sequence number, starting at 1.
     pub seq: u64,
+    /// When the sender published it (its wall clock, ms since the epoch); 0 (absent): not
+    /// said, as older nodes write. Receivers drop directed messages that arrive too late.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at: u64,
     /// Which [`NodeMessage`] the body holds.
     pub kind: String,
     /// The body, decoded according to `kind`.
@@ -116,7 +120,8 @@ node_messages! {
     /// A node died without saying goodbye (or left); sent by the one node that reaped it.
     NodeDown(NodeDownBody) = "nodeDown",
     /// A marker a node sends to itself: when it comes back, everything published before it
-    /// has been received (read-your-writes for `list`).
+    /// has been received (read-your-writes for `list`). Sent to another node, a no-op whose
+    /// sequence number shows the receiver at once what a lost Redis connection lost.
     Barrier(BarrierBody) = "barrier",
     /// Another node asks for a peer back: a client reconnected there with this resume token.
     ResumeClaim(ResumeClaimBody) = "resumeClaim",
@@ -379,23 +384,28 @@ impl PartialEq for RelayBody {
 }
 
 impl NodeMessage {
-    /// Wraps the message in an envelope from `from` (started at `boot`) with number `seq`.
-    pub fn seal(&self, from: &str, boot: u64, seq: u64) -> String {
+    /// Wraps the message in an envelope from `from` (started at `boot`) with number `seq`,
+    /// sent at `at` (0: not said).
+    pub fn seal(&self, from: &str, boot: u64, seq: u64, at: u64) -> String {
         let mut body = Vec::with_capacity(256);
         self.write_body(&mut body);
-        seal_raw(from, boot, seq, self.kind(), &body)
+        seal_raw(from, boot, seq, at, self.kind(), &body)
     }
 }
 
 /// Writes an envelope around an already serialized body. The fields are those of
 /// [`Envelope`], written by hand so the body is copied once rather than parsed again.
-fn seal_raw(from: &str, boot: u64, seq: u64, kind: &str, body: &[u8]) -> String {
+fn seal_raw(from: &str, boot: u64, seq: u64, at: u64, kind: &str, body: &[u8]) -> String {
     use std::io::Write as _;
     let mut out = Vec::with_capacity(body.len() + from.len() + 64);
     // (writes into a Vec cannot fail)
     let _ = write!(out, "{{\"v\":{ENVELOPE_VERSION},\"from\":");
     serde_json::to_writer(&mut out, from).expect("a string serializes");
-    let _ = write!(out, ",\"boot\":{boot},\"seq\":{seq},\"kind\":");
+    let _ = write!(out, ",\"boot\":{boot},\"seq\":{seq}");
+    if at != 0 {
+        let _ = write!(out, ",\"at\":{at}");
+    }
+    out.extend_from_slice(b",\"kind\":");
     serde_json::to_writer(&mut out, kind).expect("a string serializes");
     out.extend_from_slice(b",\"body\":");
     out.extend_from_slice(body);
@@ -437,12 +447,12 @@ impl Batch {
     }
 
     /// The envelope carrying every message pushed, from `from` with number `seq`.
-    pub fn seal(mut self, from: &str, boot: u64, seq: u64) -> String {
+    pub fn seal(mut self, from: &str, boot: u64, seq: u64, at: u64) -> String {
         if self.len == 0 {
             self.body.push(b'[');
         }
         self.body.push(b']');
-        seal_raw(from, boot, seq, BATCH_KIND, &self.body)
+        seal_raw(from, boot, seq, at, BATCH_KIND, &self.body)
     }
 }
 
@@ -501,6 +511,8 @@ pub struct Received {
     pub from: String,
     pub boot: u64,
     pub seq: u64,
+    /// When it was sent (0: not said); see [`Envelope::at`].
+    pub at: u64,
     /// The envelope's kind ([`BATCH_KIND`] for a batch).
     pub kind: String,
     /// As [`Envelope::messages`] gives them.
@@ -528,6 +540,7 @@ impl Received {
             from: env.from,
             boot: env.boot,
             seq: env.seq,
+            at: env.at,
             kind: env.kind,
             messages,
         })
@@ -542,6 +555,7 @@ enum Field {
     From,
     Boot,
     Seq,
+    At,
     Kind,
     Body,
     #[serde(other)]
@@ -561,7 +575,7 @@ impl<'de> serde::de::Visitor<'de> for OnePass {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         use serde::de::IgnoredAny;
-        let (mut v, mut from, mut boot, mut seq, mut kind) = (None, None, 0, None, None);
+        let (mut v, mut from, mut boot, mut seq, mut at, mut kind) = (None, None, 0, None, 0, None);
         let mut messages = None;
         while let Some(key) = map.next_key::<Field>()? {
             match key {
@@ -569,6 +583,7 @@ impl<'de> serde::de::Visitor<'de> for OnePass {
                 Field::From => from = Some(map.next_value::<String>()?),
                 Field::Boot => boot = map.next_value::<u64>()?,
                 Field::Seq => seq = Some(map.next_value::<u64>()?),
+                Field::At => at = map.next_value::<u64>()?,
                 Field::Kind => kind = Some(map.next_value::<String>()?),
                 Field::Body => match (&kind, v) {
                     (Some(k), Some(v)) if v <= ENVELOPE_VERSION => {
@@ -590,6 +605,7 @@ impl<'de> serde::de::Visitor<'de> for OnePass {
                 from,
                 boot,
                 seq,
+                at,
                 kind,
                 messages,
             }),
@@ -767,7 +783,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips_with_payload_bytes_intact() {
         for (i, msg) in samples().into_iter().enumerate() {
-            let text = msg.seal("node-a", 7, i as u64 + 1);
+            let text = msg.seal("node-a", 7, i as u64 + 1, 0);
             let env = Envelope::parse(&text).unwrap();
             assert_eq!(env.from, "node-a");
             assert_eq!((env.boot, env.seq), (7, i as u64 + 1));
@@ -782,7 +798,7 @@ mod tests {
             batch.push(&msg);
         }
         assert_eq!(batch.len(), samples().len());
-        let text = batch.seal("node-\"a\"", 7, 42);
+        let text = batch.seal("node-\"a\"", 7, 42, 0);
         let env = Envelope::parse(&text).unwrap();
         assert_eq!(
             (env.from.as_str(), env.boot, env.seq),
@@ -797,7 +813,7 @@ mod tests {
             .collect();
         assert_eq!(read, samples(), "{text}");
         // an empty batch is still an envelope that reads as nothing
-        let empty = Envelope::parse(&Batch::new().seal("a", 1, 1)).unwrap();
+        let empty = Envelope::parse(&Batch::new().seal("a", 1, 1, 0)).unwrap();
         assert!(empty.messages().unwrap().is_empty());
     }
 
@@ -819,7 +835,7 @@ mod tests {
         let text = r#"{"v":1,"from":"n2","seq":4,"kind":"batch","body":{"kind":"barrier"}}"#;
         assert!(Envelope::parse(text).unwrap().messages().is_err());
         // and an older reader (open) sees a batch as a kind it does not know
-        let text = Batch::new().seal("a", 1, 1);
+        let text = Batch::new().seal("a", 1, 1, 0);
         assert_eq!(Envelope::parse(&text).unwrap().open().unwrap(), None);
     }
 
@@ -845,11 +861,11 @@ mod tests {
         let mut texts: Vec<String> = samples()
             .iter()
             .enumerate()
-            .map(|(i, m)| m.seal("n\"1", 3, i as u64))
+            .map(|(i, m)| m.seal("n\"1", 3, i as u64, 0))
             .collect();
         let mut batch = Batch::new();
         samples().iter().for_each(|m| batch.push(m));
-        texts.push(batch.seal("n1", 3, 99));
+        texts.push(batch.seal("n1", 3, 99, 0));
         texts.extend(
             [
                 // body before kind, unknown fields, unknown kinds, an item that cannot be read
@@ -940,7 +956,7 @@ mod tests {
                 PeerStatus::default(),
                 change,
             ));
-            let text = msg.seal("a", 1, 1);
+            let text = msg.seal("a", 1, 1, 0);
             assert!(text.contains(flags), "{text}");
             match Envelope::parse(&text).unwrap().open().unwrap() {
                 Some(NodeMessage::PeerStatus(b)) => assert_eq!(b.change(), change),
@@ -956,13 +972,33 @@ mod tests {
     }
 
     #[test]
+    fn the_send_time_is_read_by_both_readers_and_absent_from_older_envelopes() {
+        let at = 1_700_000_000_123;
+        let text = NodeMessage::Barrier(BarrierBody { id: 1 }).seal("a", 1, 1, at);
+        assert!(
+            text.contains(r#""seq":1,"at":1700000000123,"kind""#),
+            "{text}"
+        );
+        assert_eq!(Received::parse(&text).unwrap().at, at);
+        assert_eq!(Envelope::parse(&text).unwrap().at, at);
+        let mut batch = Batch::new();
+        batch.push(&NodeMessage::Barrier(BarrierBody { id: 2 }));
+        assert_eq!(Received::parse(&batch.seal("a", 1, 2, at)).unwrap().at, at);
+        let old = r#"{"v":1,"from":"n","seq":1,"kind":"barrier","body":{"id":1}}"#;
+        assert_eq!(Received::parse(old).unwrap().at, 0);
+        assert!(!NodeMessage::Barrier(BarrierBody { id: 1 })
+            .seal("a", 1, 1, 0)
+            .contains("\"at\""));
+    }
+
+    #[test]
     fn node_down_without_suspension_keeps_its_old_wire_format() {
         let plain = NodeMessage::NodeDown(NodeDownBody {
             node: "n".into(),
             suspended: vec![],
             grace_ms: 0,
         });
-        assert!(plain.seal("a", 1, 1).contains(r#""body":{"node":"n"}"#));
+        assert!(plain.seal("a", 1, 1, 0).contains(r#""body":{"node":"n"}"#));
         // and an older node's nodeDown reads as one without suspension
         let text = r#"{"v":1,"from":"n2","seq":1,"kind":"nodeDown","body":{"node":"n"}}"#;
         assert_eq!(Envelope::parse(text).unwrap().open().unwrap(), Some(plain));

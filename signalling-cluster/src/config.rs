@@ -44,6 +44,18 @@ pub struct Config {
     #[arg(long = "node-ttl", env = "SIGNALLING_NODE_TTL", default_value_t = 3.0)]
     pub node_ttl_secs: f64,
 
+    /// Seconds a Redis command may take before Redis counts as unreachable, as if it refused
+    /// connections: the node turns unready, requests that would cross nodes fail with
+    /// `cluster-unavailable`, its Redis connections are replaced, and a message between nodes
+    /// older than twice this is dropped rather than delivered late. A healthy Redis answers in
+    /// well under a millisecond, a busy one (a fork for BGSAVE, a large HGETALL) in tens.
+    #[arg(
+        long = "redis-timeout",
+        env = "SIGNALLING_REDIS_TIMEOUT",
+        default_value_t = 1.0
+    )]
+    pub redis_timeout_secs: f64,
+
     /// Response header naming this node on every WebSocket upgrade, for load balancers that
     /// hash on a header. Empty: none.
     #[arg(

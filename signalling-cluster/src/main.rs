@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
                     prefix: config.redis_prefix.clone(),
                     node_id: config.resolved_node_id(),
                     node_ttl: Duration::from_secs_f64(config.node_ttl_secs.max(0.5)),
+                    redis_timeout: Duration::from_secs_f64(config.redis_timeout_secs.max(0.05)),
                     resume_grace: Duration::from_secs(config.resume_grace_secs),
                     hold_limit: config.peer_queue,
                 },

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod agent;
+pub mod delay;
 pub mod k8s;
 pub mod media;
 
@@ -124,6 +125,13 @@ impl Node {
     pub async fn join(redis: &Redis, id: &str, extra: &[&str]) -> anyhow::Result<Node> {
         let url = redis.url();
         let mut args = vec!["--redis-url", &url, "--node-id", id];
+        args.extend_from_slice(extra);
+        Self::start(&args).await
+    }
+
+    /// Starts a node joining the cluster on the Redis at `url` as `id`.
+    pub async fn join_url(url: &str, id: &str, extra: &[&str]) -> anyhow::Result<Node> {
+        let mut args = vec!["--redis-url", url, "--node-id", id];
         args.extend_from_slice(extra);
         Self::start(&args).await
     }

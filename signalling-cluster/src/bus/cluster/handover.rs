@@ -26,7 +26,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::keys::{now_ms, StoredPeer, SuspendedPeer};
 use super::liveness::TICK;
 use super::publisher::Outgoing;
-use super::{Shared, State};
+use super::{within, Shared, State};
 use crate::bus::Claim;
 use crate::mailbox::{Mailbox, Outbound};
 use crate::resume::{token_hash, token_node};
@@ -96,7 +96,7 @@ impl Shared {
             actix_rt::spawn(adopt(self.clone(), claim, token.to_string()).instrument(span));
         } else {
             // If the node turns out dead, its reaping turns this into an adoption.
-            let _ = self.out.send(Outgoing::ToNode(
+            self.publish(Outgoing::ToNode(
                 node,
                 NodeMessage::ResumeClaim(ResumeClaimBody {
                     claim,
@@ -107,9 +107,9 @@ impl Shared {
         }
         let shared = self.clone();
         // Long enough for a dead node to be reaped and its peer adopted.
-        let within = CLAIM_TIMEOUT + shared.settings.node_ttl + TICK + ADOPT_TIMEOUT;
+        let limit = CLAIM_TIMEOUT + shared.settings.node_ttl + TICK + ADOPT_TIMEOUT;
         Some(Box::pin(async move {
-            let answer = tokio::time::timeout(within, answer).await;
+            let answer = tokio::time::timeout(limit, answer).await;
             if answer.is_err() {
                 shared.state.lock().claims.remove(&claim);
             }
@@ -143,7 +143,7 @@ impl Shared {
                 resume: Some(hash),
                 suspended_until: None,
             };
-            let _ = self.out.send(Outgoing::Store(peer_id.to_string(), stored));
+            self.publish(Outgoing::Store(peer_id.to_string(), stored));
         }
     }
 
@@ -261,12 +261,11 @@ impl Shared {
 /// once they all answered (or after [`ADOPT_TIMEOUT`]). Refuses if there is no such peer.
 async fn adopt(shared: Arc<Shared>, claim: u64, token: String) {
     let key = shared.keys.suspended(&token_hash(&token));
-    let mut con = shared.con.clone();
-    let record = match redis::cmd("GETDEL")
-        .arg(&key)
-        .query_async::<Option<String>>(&mut con)
-        .await
-    {
+    let mut con = shared.con.lock().clone();
+    let mut getdel = redis::cmd("GETDEL");
+    getdel.arg(&key);
+    let taken = getdel.query_async::<Option<String>>(&mut con);
+    let record = match within(shared.settings.redis_timeout, taken).await {
         Ok(r) => r.and_then(|json| serde_json::from_str::<SuspendedPeer>(&json).ok()),
         Err(e) => {
             warn!("cannot take the adoption key of a suspended peer: {e}");

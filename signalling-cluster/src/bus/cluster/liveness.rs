@@ -19,6 +19,17 @@
 //! 6. **Not dead after all**: a node that hears `nodeDown` about itself (it was paused)
 //!    announces its peers again; a node we buried that speaks again is taken off the list of
 //!    the dead (`receive` in `subscriber.rs`).
+//!
+//! And from the side of a node that loses Redis:
+//!
+//! * **Unreachable**: a liveness tick not answered within `--redis-timeout` (a hung or
+//!   paused Redis, a partition: nothing is refused, nothing answers) counts as a refused
+//!   connection: the node is unready, requests that would cross nodes fail with
+//!   `cluster-unavailable`, and every connection to Redis is replaced ([`Shared::unanswered`]).
+//! * **Back**: once Redis answers again, the node reaps nobody for one node TTL: after a
+//!   stall every node's score has expired, and each must get the time to refresh its own
+//!   before anyone reaps it (without this, nodes that all waited out one Redis stall reaped
+//!   each other, or not, by the race of their first ticks).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -32,7 +43,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::keys::{now_ms, StoredPeer, SuspendedPeer};
 use super::publisher::Outgoing;
-use super::{Shared, State};
+use super::{manager, within, Shared, State};
 use crate::routing::{Effect, NodeId, Outbox};
 
 /// How often a node refreshes its liveness and looks for dead nodes.
@@ -46,23 +57,49 @@ const SUSPEND_KEY_SLACK: Duration = Duration::from_secs(5);
 /// an adoption nor of an expiry (the reaper died, or Redis failed).
 const SUSPEND_FALLBACK: Duration = Duration::from_secs(2);
 
-/// Refreshes our liveness score and reaps nodes whose score has expired.
-pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
+/// Refreshes our liveness score and reaps nodes whose score has expired; tells the node when
+/// Redis stops or starts answering again.
+pub(super) async fn liveness(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut con: ConnectionManager,
+) {
     let me = shared.settings.node_id.clone();
     let ttl = shared.settings.node_ttl.as_millis() as u64;
+    let timeout = shared.settings.redis_timeout;
     let mut tick = tokio::time::interval(TICK);
+    // After a stall, one tick, not a burst of the ones missed.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When each node was last listed in {prefix}:nodes. A node missing from it for two TTLs
     // (Redis restarted empty and the node never came back) is gone for us too.
     let mut listed: HashMap<NodeId, Instant> = HashMap::new();
+    // The connection failed a command: it may be stuck (a partition), so a new one first.
+    let mut replace = false;
+    // No reaping before then (see the module documentation: "Back").
+    let mut reap_from = Instant::now();
     loop {
         tick.tick().await;
         if shared.leaving.load(Ordering::SeqCst) {
             return;
         }
+        if replace {
+            match within(timeout, manager(&client, timeout)).await {
+                Ok(fresh) => {
+                    con = fresh;
+                    *shared.con.lock() = con.clone();
+                    replace = false;
+                }
+                Err(e) => {
+                    shared.unanswered(&e);
+                    continue;
+                }
+            }
+        }
         let now = now_ms();
         // (expired nodes, live nodes, each node's envelope features)
         type Tick = (Vec<NodeId>, Vec<NodeId>, HashMap<NodeId, String>);
-        let result: redis::RedisResult<Tick> = redis::pipe()
+        let mut refresh = redis::pipe();
+        refresh
             .cmd("ZADD")
             .arg(&shared.keys.nodes)
             .arg(now + ttl)
@@ -78,16 +115,19 @@ pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
             .arg(-1)
             .hset(&shared.keys.features, &me, FEATURE_BATCH)
             .ignore()
-            .hgetall(&shared.keys.features)
-            .query_async(&mut con)
-            .await;
-        let (dead, members, features) = match result {
+            .hgetall(&shared.keys.features);
+        let refreshed = within(timeout, refresh.query_async::<Tick>(&mut con)).await;
+        let (dead, members, features) = match refreshed {
             Ok(r) => r,
             Err(e) => {
-                debug!("liveness update failed: {e}");
+                replace = true;
+                shared.unanswered(&e);
                 continue;
             }
         };
+        if shared.answered() {
+            reap_from = Instant::now() + shared.settings.node_ttl;
+        }
         let seen = Instant::now();
         for m in &members {
             listed.insert(m.clone(), seen);
@@ -102,7 +142,8 @@ pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
         );
         *shared.live_nodes.lock() = members;
         forget_unlisted(&shared, &mut listed, shared.settings.node_ttl * 2);
-        for node in dead.into_iter().filter(|n| *n != me) {
+        let reaping = Instant::now() >= reap_from;
+        for node in dead.into_iter().filter(|n| *n != me && reaping) {
             if let Err(e) = reap(&shared, &mut con, &node).await {
                 warn!(node, "reaping failed: {e}");
             }
@@ -140,21 +181,28 @@ async fn reap(
     con: &mut ConnectionManager,
     node: &str,
 ) -> redis::RedisResult<()> {
-    let won: Option<String> = redis::cmd("SET")
-        .arg(shared.keys.reap(node))
-        .arg(&shared.settings.node_id)
-        .arg("NX")
-        .arg("PX")
-        .arg(10_000)
-        .query_async(con)
-        .await?;
+    let timeout = shared.settings.redis_timeout;
+    let won: Option<String> = within(
+        timeout,
+        redis::cmd("SET")
+            .arg(shared.keys.reap(node))
+            .arg(&shared.settings.node_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(10_000)
+            .query_async(con),
+    )
+    .await?;
     if won.is_none() {
         return Ok(()); // another node does it
     }
-    let stored: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&shared.keys.peers)
-        .query_async(con)
-        .await?;
+    let stored: HashMap<String, String> = within(
+        timeout,
+        redis::cmd("HGETALL")
+            .arg(&shared.keys.peers)
+            .query_async(con),
+    )
+    .await?;
     let grace = shared.settings.resume_grace;
     let until = now_ms() + grace.as_millis() as u64;
     let mut pipe = redis::pipe();
@@ -203,10 +251,10 @@ async fn reap(
     }
     pipe.cmd("ZREM").arg(&shared.keys.nodes).arg(node).ignore();
     pipe.hdel(&shared.keys.features, node).ignore();
-    pipe.query_async::<()>(con).await?;
+    within(timeout, pipe.query_async::<()>(con)).await?;
     let ids: Vec<PeerId> = suspended.iter().map(|(id, _)| id.clone()).collect();
     // Everyone else learns it from the announcement; we apply it ourselves.
-    let _ = shared.out.send(Outgoing::NodeDown(NodeDownBody {
+    shared.publish(Outgoing::NodeDown(NodeDownBody {
         node: node.to_string(),
         suspended: ids.clone(),
         grace_ms: grace.as_millis() as u64,
@@ -234,12 +282,15 @@ async fn expire_unclaimed(
     grace: Duration,
 ) {
     tokio::time::sleep(grace).await;
-    let mut con = shared.con.clone();
+    let mut con = shared.con.lock().clone();
     for (peer_id, key) in suspended {
-        match redis::cmd("DEL")
-            .arg(&key)
-            .query_async::<i64>(&mut con)
-            .await
+        let mut del = redis::cmd("DEL");
+        del.arg(&key);
+        match within(
+            shared.settings.redis_timeout,
+            del.query_async::<i64>(&mut con),
+        )
+        .await
         {
             Ok(1) => {
                 let mut state = shared.state.lock();
@@ -309,12 +360,33 @@ impl Shared {
 
     /// Suspended `peer_id` (of dead `node`) expires: everywhere (we own its key).
     pub(super) fn expire_suspended(&self, state: &mut State, peer_id: &str, node: &str) {
-        let _ = self.out.send(Outgoing::Expired(SuspendExpiredBody {
+        self.publish(Outgoing::Expired(SuspendExpiredBody {
             peer_id: peer_id.to_string(),
             node: node.to_string(),
         }));
         let mut out = Outbox::new();
         state.router.expire(peer_id, &mut out);
         self.flush(state, out);
+    }
+
+    /// Redis did not answer a liveness tick (`e`).
+    fn unanswered(&self, e: &redis::RedisError) {
+        if self.answering.swap(false, Ordering::SeqCst) {
+            warn!(
+                "Redis is unreachable ({e}): unready, and refusing what would cross nodes, until it answers"
+            );
+            self.stalled.notify_waiters();
+        } else {
+            debug!("Redis still unreachable: {e}");
+        }
+    }
+
+    /// Redis answered a liveness tick; true if it had stopped answering before.
+    fn answered(&self) -> bool {
+        let back = !self.answering.swap(true, Ordering::SeqCst);
+        if back {
+            info!("Redis answers again");
+        }
+        back
     }
 }

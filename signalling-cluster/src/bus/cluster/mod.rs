@@ -28,7 +28,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use proto::{ClientMessage, ErrorCode, PeerId, PeerInfo, ServerMessage};
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, Instrument};
 
 use super::resp;
@@ -37,7 +37,7 @@ use crate::mailbox::Mailbox;
 use crate::resume::ResumeRegistry;
 use crate::routing::{Effect, NodeId, Outbox, Router};
 use handover::{Adoption, PendingClaim};
-use keys::Keys;
+use keys::{now_ms, Keys};
 use publisher::Outgoing;
 
 /// Longest a `list` waits for its read-your-writes barrier.
@@ -51,6 +51,8 @@ pub struct RedisSettings {
     pub node_id: NodeId,
     /// A node not heard of for this long is dead.
     pub node_ttl: Duration,
+    /// A Redis command not answered within this is a Redis unreachable.
+    pub redis_timeout: Duration,
     /// How long a dead node's v2 peers stay suspended for a resume elsewhere (0: removed at
     /// once).
     pub resume_grace: Duration,
@@ -78,8 +80,8 @@ struct Shared {
     settings: RedisSettings,
     keys: Keys,
     state: Mutex<State>,
-    /// To the publisher task, in routing order.
-    out: mpsc::UnboundedSender<Outgoing>,
+    /// To the publisher task, in routing order, each with the time it was queued.
+    out: mpsc::UnboundedSender<(u64, Outgoing)>,
     /// Subscribed to our channels (and the replica loaded since).
     connected: AtomicBool,
     /// The publisher has a working connection (its last pipeline went through).
@@ -92,8 +94,14 @@ struct Shared {
     leaving: AtomicBool,
     /// Our v2 peers by resume token, for claims from other nodes.
     registry: Arc<ResumeRegistry>,
-    /// For the occasional direct command (claims of suspended peers).
-    con: ConnectionManager,
+    /// For the occasional direct command (claims of suspended peers); replaced by the
+    /// liveness task when Redis stops answering.
+    con: Mutex<ConnectionManager>,
+    /// Redis answered the last liveness tick in time (`liveness.rs`).
+    answering: AtomicBool,
+    /// Told when Redis stops answering: the publisher and the subscriber drop their
+    /// connections, whose buffered traffic would otherwise arrive late.
+    stalled: Notify,
     barriers: Barriers,
 }
 
@@ -135,7 +143,7 @@ impl RedisBus {
         let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
         let info = client.get_connection_info().clone();
         resp::supported(info.addr()).map_err(ClusterError::Unsupported)?;
-        let con = ConnectionManager::new(client.clone())
+        let con = manager(&client, settings.redis_timeout)
             .await
             .map_err(ClusterError::Connect)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -154,7 +162,9 @@ impl RedisBus {
             batch_nodes: Mutex::new(Default::default()),
             leaving: AtomicBool::new(false),
             registry,
-            con: con.clone(),
+            con: Mutex::new(con.clone()),
+            answering: AtomicBool::new(true),
+            stalled: Notify::new(),
             barriers: Barriers::default(),
         });
         // Subscribe before loading, so nothing announced in between is missed.
@@ -162,12 +172,11 @@ impl RedisBus {
         // The bus tasks log with the node id, like the peers' spans.
         let span = tracing::info_span!("cluster", node = %shared.settings.node_id);
         actix_rt::spawn(
-            subscriber::subscriber(shared.clone(), info.clone(), con.clone(), ready_tx)
-                .instrument(span.clone()),
+            subscriber::subscriber(shared.clone(), info.clone(), ready_tx).instrument(span.clone()),
         );
         let _ = ready_rx.await;
         actix_rt::spawn(publisher::publisher(shared.clone(), rx, info).instrument(span.clone()));
-        actix_rt::spawn(liveness::liveness(shared.clone(), con).instrument(span));
+        actix_rt::spawn(liveness::liveness(shared.clone(), client, con).instrument(span));
         info!(node_id = shared.settings.node_id, "joined the cluster");
         Ok(Arc::new(RedisBus { shared }))
     }
@@ -176,19 +185,25 @@ impl RedisBus {
 impl Shared {
     /// Carries out the router's effects: local deliveries now, the rest via the publisher.
     fn flush(&self, state: &State, out: Outbox) {
+        let at = now_ms();
         for effect in out {
             match effect {
                 Effect::Deliver(to, msg) => deliver(&state.mailboxes, &to, &msg),
                 Effect::Broadcast(to, msg) => deliver_many(&state.mailboxes, &to, &msg),
                 Effect::Announce(body) => {
                     let resume = state.tokens.get(&body.peer_id).cloned();
-                    let _ = self.out.send(Outgoing::Announce(body, resume));
+                    let _ = self.out.send((at, Outgoing::Announce(body, resume)));
                 }
                 Effect::ToNode(node, msg) => {
-                    let _ = self.out.send(Outgoing::ToNode(node, msg));
+                    let _ = self.out.send((at, Outgoing::ToNode(node, msg)));
                 }
             }
         }
+    }
+
+    /// Hands `item` to the publisher, stamped with the time.
+    fn publish(&self, item: Outgoing) {
+        let _ = self.out.send((now_ms(), item));
     }
 }
 
@@ -296,6 +311,7 @@ impl Bus for RedisBus {
     fn ready(&self) -> bool {
         self.shared.connected.load(Ordering::SeqCst)
             && self.shared.publishing.load(Ordering::SeqCst)
+            && self.shared.answering.load(Ordering::SeqCst)
     }
 
     fn claim(&self, token: &str, last: Option<u64>, mailbox: Mailbox) -> Option<Claim> {
@@ -332,11 +348,39 @@ impl Bus for RedisBus {
             // Twice, each time waiting until it has gone through Redis: a liveness refresh
             // already under way when we set `leaving` may land after the first removal.
             for _ in 0..2 {
-                let _ = shared.out.send(Outgoing::Leave);
+                shared.publish(Outgoing::Leave);
                 let fired = barrier(&shared);
                 let _ = tokio::time::timeout(BARRIER_TIMEOUT, fired).await;
             }
         })
+    }
+}
+
+/// A connection (redis-rs) for the occasional command, whose deadlines are the Redis timeout
+/// (redis-rs' own default answers within 500 ms or fails).
+async fn manager(
+    client: &redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout));
+    ConnectionManager::new_with_config(client.clone(), config).await
+}
+
+/// A Redis command within the Redis timeout: one not answered in time fails like a refused
+/// connection.
+async fn within<T>(
+    timeout: Duration,
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(timeout, command).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("Redis did not answer within {timeout:?}"),
+        )
+        .into()),
     }
 }
 
@@ -351,6 +395,6 @@ fn barrier(shared: &Shared) -> oneshot::Receiver<()> {
         waiting.1.insert(id, fire);
         id
     };
-    let _ = shared.out.send(Outgoing::Barrier(id));
+    shared.publish(Outgoing::Barrier(id));
     fired
 }

@@ -4,7 +4,7 @@
 //! batch envelope (see [`Grouped`]). Every envelope is numbered per channel ([`Sequencer`]),
 //! which is how receivers detect a lost one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +36,14 @@ pub(super) enum Outgoing {
     Expired(SuspendExpiredBody),
 }
 
-/// Numbers envelopes per channel, as the receivers' gap detection expects.
+/// Numbers envelopes per channel, as the receivers' gap detection expects, and stamps them
+/// with the time of their pipeline, by which receivers refuse what arrives too late.
 struct Sequencer {
     me: NodeId,
     boot: u64,
     seq: HashMap<String, u64>,
+    /// When the pipeline being built is sent (ms since the epoch).
+    at: u64,
 }
 
 impl Sequencer {
@@ -59,7 +62,7 @@ impl Sequencer {
 
     fn seal(&mut self, channel: &str, msg: &NodeMessage) -> String {
         let n = self.next(channel);
-        msg.seal(&self.me, self.boot, n)
+        msg.seal(&self.me, self.boot, n, self.at)
     }
 }
 
@@ -82,8 +85,17 @@ impl Grouped {
 
     /// Adds the publishes to the pipeline and empties the groups. A lone message goes out as
     /// a plain envelope: no batch for one.
-    fn publish(&mut self, pipe: &mut Pipeline, keys: &Keys, seq: &mut Sequencer) {
+    fn publish(
+        &mut self,
+        pipe: &mut Pipeline,
+        keys: &Keys,
+        seq: &mut Sequencer,
+        written: &mut HashSet<NodeId>,
+    ) {
         for (node, msgs) in self.by_node.drain(..) {
+            if !written.contains(&node) {
+                written.insert(node.clone());
+            }
             let channel = keys.node(&node);
             let text = match msgs.as_slice() {
                 [msg] => seq.seal(&channel, msg),
@@ -91,12 +103,20 @@ impl Grouped {
                     let mut batch = Batch::new();
                     msgs.iter().for_each(|m| batch.push(m));
                     let n = seq.next(&channel);
-                    batch.seal(&seq.me, seq.boot, n)
+                    batch.seal(&seq.me, seq.boot, n, seq.at)
                 }
             };
             pipe.publish(&channel, &text);
         }
     }
+}
+
+/// What the publisher's wait ended with.
+enum Next {
+    /// This many items (0: the node is gone).
+    Received(usize),
+    Lost(String),
+    Reconnect,
 }
 
 /// The publisher task's state.
@@ -111,12 +131,19 @@ struct Publisher {
     con: Option<resp::Connection>,
     /// Wait before the next connection attempt.
     retry: Duration,
+    /// Nodes this connection has published to.
+    written: HashSet<NodeId>,
+    /// Nodes a lost connection had published to: some of it may never have reached them.
+    /// Each gets a numbered no-op first thing on the next connection (a barrier), whose
+    /// number shows it the gap at once, rather than with the next real message (which might
+    /// be for a session started after the loss, and end it for nothing).
+    suspect: HashSet<NodeId>,
 }
 
 /// Publishes what `rx` brings until the node is gone.
 pub(super) async fn publisher(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Outgoing)>,
     redis: redis::ConnectionInfo,
 ) {
     let me = shared.settings.node_id.clone();
@@ -126,6 +153,7 @@ pub(super) async fn publisher(
             me,
             boot: now_ms(),
             seq: HashMap::new(),
+            at: 0,
         },
         shared,
         redis,
@@ -133,12 +161,22 @@ pub(super) async fn publisher(
         pipe: Pipeline::default(),
         con: None,
         retry: Duration::ZERO,
+        written: HashSet::new(),
+        suspect: HashSet::new(),
     };
     let mut batch = Vec::new();
     while p.wait(&mut rx, &mut batch).await {
         p.pipe.clear();
+        // The oldest item's time: what waited out a stall must not pass for new.
+        p.seq.at = batch.iter().map(|(at, _)| *at).min().unwrap_or_else(now_ms);
+        for node in std::mem::take(&mut p.suspect) {
+            p.add(Outgoing::ToNode(
+                node,
+                NodeMessage::Barrier(BarrierBody { id: 0 }),
+            ));
+        }
         let batching = p.shared.batch_nodes.lock().clone();
-        for item in batch.drain(..) {
+        for (_, item) in batch.drain(..) {
             match item {
                 Outgoing::ToNode(node, msg) if batching.contains(&node) => {
                     p.grouped.push(node, msg)
@@ -146,7 +184,8 @@ pub(super) async fn publisher(
                 item => p.add(item),
             }
         }
-        p.grouped.publish(&mut p.pipe, &p.shared.keys, &mut p.seq);
+        p.grouped
+            .publish(&mut p.pipe, &p.shared.keys, &mut p.seq, &mut p.written);
         if !p.pipe.is_empty() {
             p.send().await;
         }
@@ -158,34 +197,57 @@ impl Publisher {
     /// False once the node is gone.
     async fn wait(
         &mut self,
-        rx: &mut mpsc::UnboundedReceiver<Outgoing>,
-        batch: &mut Vec<Outgoing>,
+        rx: &mut mpsc::UnboundedReceiver<(u64, Outgoing)>,
+        batch: &mut Vec<(u64, Outgoing)>,
     ) -> bool {
         loop {
-            let received = match &mut self.con {
-                // Replies off: nothing to wait for but new messages, or the connection's end.
-                Some(c) if c.is_quiet() => tokio::select! {
-                    n = rx.recv_many(batch, 512) => Ok(n),
-                    e = c.closed() => Err(e),
-                },
-                Some(_) => Ok(rx.recv_many(batch, 512).await),
-                // Reconnect as soon as Redis is back, not only when the next message comes, so
-                // the node is ready again (`ready` needs the publisher too).
-                None => tokio::select! {
-                    n = rx.recv_many(batch, 512) => Ok(n),
-                    _ = tokio::time::sleep(self.retry) => {
-                        self.reconnect().await;
-                        continue;
-                    }
-                },
+            let shared = self.shared.clone();
+            let stalled = shared.stalled.notified();
+            if self.con.is_some() && !shared.answering.load(Ordering::SeqCst) {
+                // Redis stopped answering: what this connection still carries would arrive
+                // late; a new one is made once Redis answers its greeting.
+                self.lost();
+            }
+            let next = tokio::select! {
+                next = self.next(rx, batch) => next,
+                _ = stalled, if self.con.is_some() => Next::Lost("Redis stopped answering".into()),
             };
-            match received {
-                Ok(n) => return n > 0,
-                Err(e) => {
-                    warn!("the publisher's Redis connection ended: {e}");
+            match next {
+                Next::Received(n) => return n > 0,
+                Next::Lost(reason) => {
+                    warn!("the publisher's Redis connection ended: {reason}");
                     self.lost();
                 }
+                Next::Reconnect => {
+                    self.reconnect().await;
+                    if self.con.is_some() && !self.suspect.is_empty() {
+                        return true; // the no-ops go out now, not with the next message
+                    }
+                }
             }
+        }
+    }
+
+    /// What comes first: items to publish, the connection's end, or (without a connection)
+    /// the time to connect again.
+    async fn next(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<(u64, Outgoing)>,
+        batch: &mut Vec<(u64, Outgoing)>,
+    ) -> Next {
+        match &mut self.con {
+            // Replies off: nothing to wait for but new messages, or the connection's end.
+            Some(c) if c.is_quiet() => tokio::select! {
+                n = rx.recv_many(batch, 512) => Next::Received(n),
+                e = c.closed() => Next::Lost(e.to_string()),
+            },
+            Some(_) => Next::Received(rx.recv_many(batch, 512).await),
+            // Reconnect as soon as Redis is back, not only when the next message comes, so
+            // the node is ready again (`ready` needs the publisher too).
+            None => tokio::select! {
+                n = rx.recv_many(batch, 512) => Next::Received(n),
+                _ = tokio::time::sleep(self.retry) => Next::Reconnect,
+            },
         }
     }
 
@@ -205,6 +267,7 @@ impl Publisher {
 
     /// The connection is gone: the node is not ready until the next one.
     fn lost(&mut self) {
+        self.suspect.extend(self.written.drain());
         self.con = None;
         self.retry = Duration::ZERO;
         self.shared.publishing.store(false, Ordering::SeqCst);
@@ -214,7 +277,8 @@ impl Publisher {
     fn add(&mut self, item: Outgoing) {
         let shared = &self.shared;
         let (keys, me) = (&shared.keys, &shared.settings.node_id);
-        self.grouped.publish(&mut self.pipe, keys, &mut self.seq);
+        self.grouped
+            .publish(&mut self.pipe, keys, &mut self.seq, &mut self.written);
         let (channel, msg) = match item {
             Outgoing::Store(peer_id, stored) => {
                 self.pipe.hset(&keys.peers, &peer_id, &stored.to_json());
@@ -240,7 +304,12 @@ impl Publisher {
                 }
                 (keys.presence.clone(), NodeMessage::PeerStatus(body))
             }
-            Outgoing::ToNode(node, msg) => (keys.node(&node), msg),
+            Outgoing::ToNode(node, msg) => {
+                if !self.written.contains(&node) {
+                    self.written.insert(node.clone());
+                }
+                (keys.node(&node), msg)
+            }
             Outgoing::Leave => {
                 self.pipe
                     .cmd(&[b"ZREM", keys.nodes.as_bytes(), me.as_bytes()]);
@@ -273,6 +342,13 @@ impl Publisher {
                 true => Ok(Vec::new()),
                 false => con.replies(self.pipe.len()).await,
             }
+        };
+        // A write blocks only when Redis stopped reading (its buffers are full): unreachable.
+        let timeout = self.shared.settings.redis_timeout;
+        let sent = async {
+            tokio::time::timeout(timeout, sent)
+                .await
+                .unwrap_or(Err(resp::RespError::Timeout(timeout)))
         };
         match sent.await {
             Ok(errors) => {

@@ -14,8 +14,8 @@ use proto::envelope::{NodeMessage, PeerStatusBody, Received, StatusChange};
 use redis::aio::ConnectionManager;
 use tracing::{debug, info, warn};
 
-use super::keys::StoredPeer;
-use super::{Shared, State};
+use super::keys::{now_ms, StoredPeer};
+use super::{within, Shared, State};
 use crate::bus::resp;
 use crate::routing::{Effect, NodeId, Outbox};
 
@@ -52,7 +52,6 @@ impl Sequences {
 pub(super) async fn subscriber(
     shared: Arc<Shared>,
     redis: redis::ConnectionInfo,
-    mut con: ConnectionManager,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
@@ -63,7 +62,13 @@ pub(super) async fn subscriber(
     loop {
         let subscribed = async {
             let mut sub = resp::Connection::connect(&redis, &name).await?;
-            resp::subscribe(&mut sub, &[&shared.keys.presence, &node_channel]).await?;
+            let channels = [shared.keys.presence.as_str(), node_channel.as_str()];
+            tokio::time::timeout(
+                shared.settings.redis_timeout,
+                resp::subscribe(&mut sub, &channels),
+            )
+            .await
+            .map_err(|_| resp::RespError::Timeout(shared.settings.redis_timeout))??;
             Ok::<_, resp::RespError>(sub)
         }
         .await;
@@ -76,6 +81,7 @@ pub(super) async fn subscriber(
                 continue;
             }
         };
+        let mut con = shared.con.lock().clone();
         if let Err(e) = resync(&shared, &mut con).await {
             warn!("cannot load the cluster state: {e}");
             tokio::time::sleep(backoff).await;
@@ -88,6 +94,8 @@ pub(super) async fn subscriber(
             let _ = r.send(());
         }
         let lost = loop {
+            // (registered before reading, so that a stall told meanwhile is not missed)
+            let stalled = shared.stalled.notified();
             let read = sub.read_values(|value| match resp::message(&value) {
                 Some((channel, payload)) => {
                     match (std::str::from_utf8(channel), std::str::from_utf8(payload)) {
@@ -97,8 +105,12 @@ pub(super) async fn subscriber(
                 }
                 None => debug!(?value, "ignoring a push that is not a message"),
             });
-            if let Err(e) = read.await {
-                break e;
+            tokio::select! {
+                read = read => if let Err(e) = read {
+                    break e.to_string();
+                },
+                // What Redis still holds for this connection would arrive late: drop it.
+                _ = stalled => break "Redis stopped answering".to_string(),
             }
         };
         warn!("lost the Redis subscription ({lost}); reconnecting");
@@ -108,37 +120,60 @@ pub(super) async fn subscriber(
 
 /// Loads the other nodes' peers into the replica and writes ours back (Redis may be new).
 async fn resync(shared: &Shared, con: &mut ConnectionManager) -> redis::RedisResult<()> {
-    let stored: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&shared.keys.peers)
-        .query_async(con)
-        .await?;
-    let mut state = shared.state.lock();
-    let mut out = Outbox::new();
-    for (peer_id, json) in stored {
-        let Ok(peer) = serde_json::from_str::<StoredPeer>(&json) else {
-            continue;
-        };
-        if peer.node == shared.settings.node_id {
-            continue;
+    let mut all = redis::cmd("HGETALL");
+    all.arg(&shared.keys.peers);
+    let stored = within(
+        shared.settings.redis_timeout,
+        all.query_async::<HashMap<String, String>>(con),
+    )
+    .await?;
+    // Ours in Redis but gone here: they left while Redis could not hear it.
+    let mut left = Vec::new();
+    {
+        let mut state = shared.state.lock();
+        let mut out = Outbox::new();
+        for (peer_id, json) in stored {
+            let Ok(peer) = serde_json::from_str::<StoredPeer>(&json) else {
+                continue;
+            };
+            if peer.node == shared.settings.node_id {
+                if state.router.local_status(&peer_id).is_none() {
+                    left.push(peer_id);
+                }
+                continue;
+            }
+            if peer.suspended_until.is_some() && state.router.is_suspended(&peer_id) {
+                continue; // we hold it already, with what was sent to it
+            }
+            let change = match peer.status.peer_id {
+                None => StatusChange::Joined,
+                Some(_) => StatusChange::Changed,
+            };
+            let body = PeerStatusBody::new(peer_id, peer.status, change);
+            state.router.remote_status(&peer.node, body, &mut out);
         }
-        if peer.suspended_until.is_some() && state.router.is_suspended(&peer_id) {
-            continue; // we hold it already, with what was sent to it
+        for body in state.router.local_statuses() {
+            out.push(Effect::Announce(body));
         }
-        let change = match peer.status.peer_id {
-            None => StatusChange::Joined,
-            Some(_) => StatusChange::Changed,
-        };
-        let body = PeerStatusBody::new(peer_id, peer.status, change);
-        state.router.remote_status(&peer.node, body, &mut out);
+        shared.flush(&state, out);
     }
-    for body in state.router.local_statuses() {
-        out.push(Effect::Announce(body));
+    if !left.is_empty() {
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(&shared.keys.peers).arg(&left);
+        within(shared.settings.redis_timeout, hdel.query_async::<i64>(con)).await?;
     }
-    shared.flush(&state, out);
     Ok(())
 }
 
 impl Shared {
+    /// Age past which a message between nodes is dropped rather than delivered: twice the
+    /// Redis timeout, since a message published just before Redis stopped answering is
+    /// refused only once that has been noticed. (The nodes' clocks must agree to well within
+    /// this, as NTP keeps them.)
+    fn late_after(&self) -> Duration {
+        self.settings.redis_timeout * 2
+    }
+
     /// One envelope from the subscription: a message, or a batch of them.
     fn receive(self: &Arc<Self>, sequences: &mut Sequences, channel: &str, text: &str) {
         let env = match Received::parse(text) {
@@ -156,10 +191,25 @@ impl Shared {
         }
         // Every envelope counts for gap detection, whatever it carries.
         let gap = sequences.gap(&env.from, channel, env.boot, env.seq);
+        let directed = channel != self.keys.presence;
+        // Held up on the way (a stalled Redis, a partition): delivered now it would be taken
+        // for new. Presence is state, not news: a late one is still true, and applied.
+        let age = now_ms().saturating_sub(env.at);
+        let late = directed && env.at != 0 && age > self.late_after().as_millis() as u64;
         let mut state = self.state.lock();
         let mut out = Outbox::new();
         state.down.remove(&env.from); // alive after all (or restarted)
-        if let Some(last) = gap.filter(|_| channel != self.keys.presence) {
+        if late {
+            warn!(
+                from = env.from,
+                age_ms = age,
+                kind = env.kind,
+                "dropping messages that arrived too late: ending sessions with node"
+            );
+            state.router.end_sessions_with(&env.from, true, &mut out);
+            return self.flush(&state, out);
+        }
+        if let Some(last) = gap.filter(|_| directed) {
             // A directed message was lost: the sessions with that node may be broken.
             warn!(
                 from = env.from,
@@ -209,8 +259,8 @@ impl Shared {
             NodeMessage::SessionMoved(body) => router.session_moved(body, out),
             NodeMessage::MoveAck(body) => router.move_acked(body, out),
             NodeMessage::MoveFence(body) => router.release_fence(&body.session_id, out),
-            // only ever sent to ourselves (see `receive`): another node's is a stray
-            NodeMessage::Barrier(_) => debug!(from, "ignoring another node's barrier"),
+            // from another node: a no-op whose number reveals a gap at once (`publisher.rs`)
+            NodeMessage::Barrier(_) => debug!(from, "sequence check"),
         }
     }
 }

@@ -1,0 +1,145 @@
+//! Faults that real clusters have, with real parts: a `redis-server` paused with SIGSTOP (what
+//! a hung server, a paused VM or a partition look like to a node: nothing refused, nothing
+//! answered), and a slow network between the nodes and Redis.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cluster_tests::{delay, eventually, Node, Peer, Redis, Topo};
+use serde_json::{json, Value};
+
+/// `/readyz` status of a node.
+async fn readyz(node: &Node) -> u16 {
+    node.get("/readyz").await.map_or(0, |(status, _)| status)
+}
+
+/// A producer on `pn` named `name` in a session with a consumer on `cn` (speaking
+/// `subprotocol`: v1 if none).
+async fn session(
+    pn: &Node,
+    cn: &Node,
+    name: &str,
+    subprotocol: Option<&str>,
+) -> Result<(Peer, Peer, String)> {
+    let mut p = Peer::connect(&pn.url()).await?;
+    p.set_status(&["producer"], json!({ "name": name })).await?;
+    let mut c = Peer::connect_with(&cn.url(), subprotocol).await?;
+    Topo::visible(&mut c, &p.id, false).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    p.expect("startSession").await?;
+    Ok((p, c, sid))
+}
+
+fn ice(session_id: &str, candidate: &str) -> Value {
+    json!({"type": "peer", "sessionId": session_id,
+           "ice": {"candidate": candidate, "sdpMLineIndex": 0}})
+}
+
+/// Everything `peer` receives until it has been quiet for `quiet`.
+async fn received(peer: &mut Peer, quiet: Duration) -> Vec<Value> {
+    let mut got = Vec::new();
+    while let Ok(msg) = peer.recv_within(quiet).await {
+        got.push(msg);
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_paused_redis_makes_nodes_unready_refuses_what_crosses_and_delivers_nothing_late(
+) -> Result<()> {
+    let redis = Redis::start().await?;
+    let opts = ["--node-ttl", "2"];
+    let a = Node::join(&redis, "node-a", &opts).await?;
+    let b = Node::join(&redis, "node-b", &opts).await?;
+    let (mut p1, mut c1, s1) = session(&a, &b, "one", None).await?;
+    // (v2, to read the error's code)
+    let (mut p2, mut c2, s2) = session(&a, &b, "two", Some("gstwebrtc-cluster.v2")).await?;
+    p1.send(ice(&s1, "before")).await?;
+    assert_eq!(c1.expect("peer").await?["ice"]["candidate"], "before");
+
+    redis.proc.signal(libc::SIGSTOP);
+    let paused = Instant::now();
+    // Sent before anyone can notice: it waits in Redis' buffers for the whole pause.
+    p1.send(ice(&s1, "during")).await?;
+    eventually(Duration::from_secs(5), "both nodes unready", || async {
+        readyz(&a).await == 503 && readyz(&b).await == 503
+    })
+    .await?;
+    let detected = paused.elapsed();
+    // What would cross nodes now gets a clear error at once.
+    c2.send(ice(&s2, "refused")).await?;
+    let err = c2.expect("error").await?;
+    assert_eq!(err["code"], "cluster-unavailable", "{err}");
+
+    // Longer than twice --redis-timeout, and than the node TTL.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(paused.elapsed())).await;
+    redis.proc.signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "both nodes ready again",
+        || async { readyz(&a).await == 200 && readyz(&b).await == 200 },
+    )
+    .await?;
+    eprintln!(
+        "redis paused for 5 s: both nodes unready {detected:?} after SIGSTOP, ready again {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+    // The candidate sent during the pause is not delivered 5 s late as if new (its session
+    // may end instead: the consumer is told).
+    let late = received(&mut c1, Duration::from_secs(2)).await;
+    assert!(
+        !late.iter().any(|m| m["type"] == "peer"),
+        "delivered late: {late:?}"
+    );
+    assert!(late.iter().all(|m| m["type"] == "endSession"), "{late:?}");
+
+    // Both nodes waited out the same pause, so neither reaped the other: node A's producers
+    // are still listed on node B, and a new session across the nodes relays.
+    let mut c3 = Peer::connect(&b.url()).await?;
+    Topo::visible(&mut c3, &p1.id, false).await?;
+    Topo::visible(&mut c3, &p2.id, false).await?;
+    c3.send(json!({"type": "startSession", "peerId": p2.id}))
+        .await?;
+    let started = c3.expect("sessionStarted").await?;
+    let start = p2.wait_for("startSession").await?;
+    assert_eq!(start["sessionId"], started["sessionId"]);
+    let s3 = started["sessionId"].as_str().unwrap_or_default();
+    p2.send(ice(s3, "after")).await?;
+    assert_eq!(c3.expect("peer").await?["ice"]["candidate"], "after");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_redis_trips_nothing() -> Result<()> {
+    let redis = Redis::start().await?;
+    // 200 ms each way: every Redis round trip takes 400 ms, under the 1 s --redis-timeout.
+    let slow = delay::start(redis.port, Duration::from_millis(200)).await?;
+    let url = format!("redis://127.0.0.1:{slow}");
+    let a = Node::join_url(&url, "node-a", &[]).await?;
+    let b = Node::join_url(&url, "node-b", &[]).await?;
+    // Joining takes a few slow round trips (subscribe, load the replica, connect the
+    // publisher) before a node is ready; from then on nothing may trip.
+    eventually(Duration::from_secs(10), "both nodes ready", || async {
+        readyz(&a).await == 200 && readyz(&b).await == 200
+    })
+    .await?;
+    let (mut p, mut c, sid) = session(&a, &b, "slow", None).await?;
+    let started = Instant::now();
+    let mut relayed = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        assert_eq!((readyz(&a).await, readyz(&b).await), (200, 200));
+        let candidate = format!("c{relayed}");
+        p.send(ice(&sid, &candidate)).await?;
+        assert_eq!(c.expect("peer").await?["ice"]["candidate"], candidate);
+        relayed += 1;
+    }
+    eprintln!("slow redis: {relayed} relays across nodes in 4 s, nodes ready throughout");
+    assert!(relayed > 0);
+    Ok(())
+}
