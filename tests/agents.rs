@@ -30,6 +30,18 @@ fn frames_now(c: &Agent) -> u64 {
         .unwrap_or(0)
 }
 
+/// A consumer-agent finding producer `name` through `servers`, with stats every 0.2 s.
+fn watching(servers: &str, name: &str) -> Result<Agent> {
+    Agent::consumer(&[
+        "--server",
+        servers,
+        "--producer-name",
+        name,
+        "--stats-interval",
+        "0.2",
+    ])
+}
+
 /// Longest time (ms) the consumer's frame counter stood still after `from_ms` (from its
 /// stats lines, `elapsed_ms` since the consumer started).
 fn longest_stall_ms(c: &Agent, from_ms: u64) -> u64 {
@@ -222,14 +234,7 @@ async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent, Durati
         protocol,
     ])?;
     producer.wait_stderr("on ws://127.0.0.1", LONG).await?;
-    let mut consumer = Agent::consumer(&[
-        "--server",
-        &b.url(),
-        "--producer-name",
-        "survivor",
-        "--stats-interval",
-        "0.2",
-    ])?;
+    let mut consumer = watching(&b.url(), "survivor")?;
     consumer
         .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
         .await?;
@@ -318,14 +323,7 @@ async fn a_draining_node_moves_the_producer_without_a_new_session() -> Result<()
     let b = Node::join(&redis, "node-b", &[]).await?;
     let servers = format!("{},{}", a.url(), b.url());
     let producer = Agent::producer(&["--server", &servers, "--name", "mover"])?;
-    let mut consumer = Agent::consumer(&[
-        "--server",
-        &b.url(),
-        "--producer-name",
-        "mover",
-        "--stats-interval",
-        "0.2",
-    ])?;
+    let mut consumer = watching(&b.url(), "mover")?;
     consumer
         .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
         .await?;
@@ -373,14 +371,7 @@ async fn a_rolling_restart_of_three_nodes_keeps_the_stream() -> Result<()> {
     let producers = format!("{},{},{}", url(&nodes[0]), url(&nodes[1]), url(&nodes[2]));
     let consumers = format!("{},{},{}", url(&nodes[2]), url(&nodes[0]), url(&nodes[1]));
     let producer = Agent::producer(&["--server", &producers, "--name", "rolling"])?;
-    let mut consumer = Agent::consumer(&[
-        "--server",
-        &consumers,
-        "--producer-name",
-        "rolling",
-        "--stats-interval",
-        "0.2",
-    ])?;
+    let mut consumer = watching(&consumers, "rolling")?;
     consumer
         .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
         .await?;
@@ -461,14 +452,7 @@ async fn agents_work_with_the_stock_server_and_survive_its_restart() -> Result<(
     let server = upstream_server(port)?;
     until_accepting(port).await?;
     let producer = Agent::producer(&["--server", &url, "--name", "stock"])?;
-    let mut consumer = Agent::consumer(&[
-        "--server",
-        &url,
-        "--producer-name",
-        "stock",
-        "--stats-interval",
-        "0.2",
-    ])?;
+    let mut consumer = watching(&url, "stock")?;
     consumer
         .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
         .await?;
@@ -584,14 +568,7 @@ async fn max_consumers_refuses_the_extra_consumer_not_the_first() -> Result<()> 
         "--max-consumers",
         "1",
     ])?;
-    let first = Agent::consumer(&[
-        "--server",
-        &node.url(),
-        "--producer-name",
-        "limited",
-        "--stats-interval",
-        "0.2",
-    ])?;
+    let first = watching(&node.url(), "limited")?;
     first
         .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
         .await?;
