@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cluster_tests::{delay, eventually, Node, Peer, Redis, Topo};
+use cluster_tests::{delay, eventually, free_port, Node, Peer, Redis, Topo};
 use serde_json::{json, Value};
 
 /// `/readyz` status of a node.
@@ -141,5 +141,116 @@ async fn a_slow_redis_trips_nothing() -> Result<()> {
     }
     eprintln!("slow redis: {relayed} relays across nodes in 4 s, nodes ready throughout");
     assert!(relayed > 0);
+    Ok(())
+}
+
+/// `redis-cli -p port args…`, its output.
+async fn cli(port: u16, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "redis-cli {args:?} failed");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_moves_the_cluster_to_the_promoted_replica() -> Result<()> {
+    let master = Redis::start().await?;
+    let master_port = master.port.to_string();
+    let replica =
+        Redis::start_with(free_port(), &["--replicaof", "127.0.0.1", &master_port]).await?;
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        sentinels.push(Redis::sentinel(master.port, "gwc").await?);
+    }
+    // Before the master dies, the Sentinels must know the replica and each other (a quorum of
+    // two has to agree), which they learn from the master within seconds.
+    eventually(
+        Duration::from_secs(30),
+        "sentinels that know the replica and each other",
+        || async {
+            let mut all = true;
+            for s in &sentinels {
+                let master = cli(s.port, &["SENTINEL", "MASTER", "gwc"])
+                    .await
+                    .unwrap_or_default();
+                let field = |name: &str| {
+                    let lines: Vec<&str> = master.lines().collect();
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .map(|v| v.to_string())
+                };
+                all &= field("num-slaves").as_deref() == Some("1")
+                    && field("num-other-sentinels").as_deref() == Some("2");
+            }
+            all
+        },
+    )
+    .await?;
+    let list: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let list = list.join(",");
+    let node = |id: &'static str| {
+        let list = list.clone();
+        async move {
+            Node::start(&[
+                "--redis-sentinel",
+                &list,
+                "--redis-sentinel-master",
+                "gwc",
+                "--node-id",
+                id,
+            ])
+            .await
+        }
+    };
+    let a = node("node-a").await?;
+    let b = node("node-b").await?;
+    eventually(Duration::from_secs(10), "both nodes ready", || async {
+        readyz(&a).await == 200 && readyz(&b).await == 200
+    })
+    .await?;
+    let (mut p, mut c, sid) = session(&a, &b, "ha", None).await?;
+    p.send(ice(&sid, "before")).await?;
+    assert_eq!(c.expect("peer").await?["ice"]["candidate"], "before");
+
+    drop(master); // SIGKILL
+    let killed = Instant::now();
+    eventually(Duration::from_secs(5), "both nodes unready", || async {
+        readyz(&a).await == 503 && readyz(&b).await == 503
+    })
+    .await?;
+    eventually(
+        Duration::from_secs(40),
+        "both nodes ready on the promoted replica",
+        || async { readyz(&a).await == 200 && readyz(&b).await == 200 },
+    )
+    .await?;
+    eprintln!(
+        "sentinel failover: both nodes ready again {:?} after the master was killed",
+        killed.elapsed()
+    );
+    let role = cli(replica.port, &["ROLE"]).await?;
+    assert!(role.starts_with("master"), "{role}");
+
+    // The session across the nodes relays again, or was ended: never a silent loss.
+    p.send(ice(&sid, "after")).await?;
+    let got = received(&mut c, Duration::from_secs(3)).await;
+    let relayed = got
+        .iter()
+        .any(|m| m["type"] == "peer" && m["ice"]["candidate"] == "after");
+    let ended = got.iter().any(|m| m["type"] == "endSession");
+    assert!(relayed || ended, "{got:?}");
+    // And a new one relays on the new master.
+    let (mut p2, mut c2, s2) = session(&a, &b, "ha-2", None).await?;
+    p2.send(ice(&s2, "new")).await?;
+    assert_eq!(c2.expect("peer").await?["ice"]["candidate"], "new");
+    drop(sentinels);
     Ok(())
 }

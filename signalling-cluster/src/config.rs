@@ -35,6 +35,21 @@ pub struct Config {
     #[arg(long, env = "SIGNALLING_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Redis Sentinels (`HOST:PORT`, comma-separated): join the cluster on the master they
+    /// know as `--redis-sentinel-master`, and follow it through failovers. `--redis-url`, if
+    /// given too, only supplies the master's credentials, database and TLS.
+    #[arg(
+        long,
+        env = "SIGNALLING_REDIS_SENTINEL",
+        value_delimiter = ',',
+        requires = "redis_sentinel_master"
+    )]
+    pub redis_sentinel: Vec<String>,
+
+    /// The name the Sentinels know the cluster's Redis master by.
+    #[arg(long, env = "SIGNALLING_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
     /// Prefix of every Redis key and channel of this cluster.
     #[arg(long, env = "SIGNALLING_REDIS_PREFIX", default_value = "gwc")]
     pub redis_prefix: String,

@@ -4,7 +4,7 @@ use clap::Parser;
 use std::time::Duration;
 
 use anyhow::Context;
-use signalling_cluster::bus::{Bus, MemoryBus, RedisBus, RedisSettings};
+use signalling_cluster::bus::{Bus, Endpoint, MemoryBus, RedisBus, RedisSettings};
 use signalling_cluster::resume::ResumeRegistry;
 use signalling_cluster::{config::LogFormat, Config};
 use tracing_subscriber::EnvFilter;
@@ -22,10 +22,21 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     actix_web::rt::System::new().block_on(async move {
         let registry = ResumeRegistry::new(Duration::from_secs(config.resume_grace_secs));
-        let bus: Arc<dyn Bus> = match &config.redis_url {
-            Some(url) => RedisBus::connect(
+        let endpoint = match (&config.redis_sentinel_master, &config.redis_url) {
+            (Some(master), template) if !config.redis_sentinel.is_empty() => {
+                Some(Endpoint::Sentinel {
+                    sentinels: config.redis_sentinel.clone(),
+                    master: master.clone(),
+                    template: template.clone(),
+                })
+            }
+            (_, Some(url)) => Some(Endpoint::Url(url.clone())),
+            _ => None,
+        };
+        let bus: Arc<dyn Bus> = match endpoint {
+            Some(endpoint) => RedisBus::connect(
                 RedisSettings {
-                    url: url.clone(),
+                    endpoint,
                     prefix: config.redis_prefix.clone(),
                     node_id: config.resolved_node_id(),
                     node_ttl: Duration::from_secs_f64(config.node_ttl_secs.max(0.5)),

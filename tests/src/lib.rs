@@ -223,6 +223,11 @@ impl Redis {
 
     /// Starts (or restarts, empty) a server on `port`.
     pub async fn start_on(port: u16) -> anyhow::Result<Redis> {
+        Self::start_with(port, &[]).await
+    }
+
+    /// A server on `port` with more arguments (`--replicaof HOST PORT`, …).
+    pub async fn start_with(port: u16, extra: &[&str]) -> anyhow::Result<Redis> {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -233,8 +238,39 @@ impl Redis {
             "",
         ])
         .args(["--appendonly", "no", "--loglevel", "warning"])
+        .args(extra)
         .stdout(Stdio::null());
-        let proc = Proc::spawn(cmd, "redis-server")?;
+        Self::ready(port, Proc::spawn(cmd, "redis-server")?).await
+    }
+
+    /// A Sentinel on a free port watching the master on `master` as `name` (quorum 2; a
+    /// master silent for 1 s is down).
+    pub async fn sentinel(master: u16, name: &str) -> anyhow::Result<Redis> {
+        let port = free_port();
+        // Sentinel rewrites its configuration file: one of its own.
+        let dir = std::env::temp_dir().join(format!("gwc-sentinel-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 3000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.display()
+            ),
+        )?;
+        let mut cmd = Command::new("redis-server");
+        cmd.arg(&conf)
+            .args(["--sentinel", "--loglevel", "warning"])
+            .stdout(Stdio::null());
+        Self::ready(port, Proc::spawn(cmd, "redis-sentinel")?).await
+    }
+
+    /// Waits until the server on `port` answers PING.
+    async fn ready(port: u16, proc: Proc) -> anyhow::Result<Redis> {
         let deadline = Instant::now() + STEP;
         loop {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};

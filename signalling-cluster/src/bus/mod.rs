@@ -11,7 +11,7 @@ mod cluster;
 mod memory;
 pub mod resp;
 
-pub use cluster::{ClusterError, RedisBus, RedisSettings};
+pub use cluster::{ClusterError, Endpoint, RedisBus, RedisSettings};
 pub use memory::MemoryBus;
 
 use std::collections::HashMap;

@@ -59,11 +59,7 @@ const SUSPEND_FALLBACK: Duration = Duration::from_secs(2);
 
 /// Refreshes our liveness score and reaps nodes whose score has expired; tells the node when
 /// Redis stops or starts answering again.
-pub(super) async fn liveness(
-    shared: Arc<Shared>,
-    client: redis::Client,
-    mut con: ConnectionManager,
-) {
+pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
     let me = shared.settings.node_id.clone();
     let ttl = shared.settings.node_ttl.as_millis() as u64;
     let timeout = shared.settings.redis_timeout;
@@ -83,7 +79,12 @@ pub(super) async fn liveness(
             return;
         }
         if replace {
-            match within(timeout, manager(&client, timeout)).await {
+            let located = shared.settings.endpoint.locate(timeout).await;
+            let fresh = match located {
+                Ok(client) => within(timeout, manager(&client, timeout)).await,
+                Err(e) => Err(e),
+            };
+            match fresh {
                 Ok(fresh) => {
                     con = fresh;
                     *shared.con.lock() = con.clone();

@@ -14,6 +14,7 @@
 //! | `liveness.rs` | a node's death: liveness scores, reaping, `nodeDown`, suspension and expiry of its peers |
 //! | `handover.rs` | resume across nodes: claims and grants with a live node, adoption of a dead node's peer |
 
+mod endpoint;
 mod handover;
 mod keys;
 mod liveness;
@@ -36,6 +37,7 @@ use super::{deliver, deliver_many, Bus, BusStats, Claim, NodeSummary, Pending};
 use crate::mailbox::Mailbox;
 use crate::resume::ResumeRegistry;
 use crate::routing::{Effect, NodeId, Outbox, Router};
+pub use endpoint::Endpoint;
 use handover::{Adoption, PendingClaim};
 use keys::{now_ms, Keys};
 use publisher::Outgoing;
@@ -46,7 +48,7 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Settings of the cluster bus.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    pub endpoint: Endpoint,
     pub prefix: String,
     pub node_id: NodeId,
     /// A node not heard of for this long is dead.
@@ -63,8 +65,8 @@ pub struct RedisSettings {
 /// Errors setting up the cluster bus.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("invalid Redis URL: {0}")]
-    Url(#[source] redis::RedisError),
+    #[error("cannot locate Redis (a bad URL, or no Sentinel named the master): {0}")]
+    Locate(#[source] redis::RedisError),
     #[error("cannot reach Redis: {0}")]
     Connect(#[source] redis::RedisError),
     #[error("cannot use this Redis URL: {0}")]
@@ -140,9 +142,12 @@ impl RedisBus {
         settings: RedisSettings,
         registry: Arc<ResumeRegistry>,
     ) -> Result<Arc<RedisBus>, ClusterError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(ClusterError::Url)?;
-        let info = client.get_connection_info().clone();
-        resp::supported(info.addr()).map_err(ClusterError::Unsupported)?;
+        let client = settings
+            .endpoint
+            .locate(settings.redis_timeout)
+            .await
+            .map_err(ClusterError::Locate)?;
+        resp::supported(client.get_connection_info().addr()).map_err(ClusterError::Unsupported)?;
         let con = manager(&client, settings.redis_timeout)
             .await
             .map_err(ClusterError::Connect)?;
@@ -171,12 +176,10 @@ impl RedisBus {
         let (ready_tx, ready_rx) = oneshot::channel();
         // The bus tasks log with the node id, like the peers' spans.
         let span = tracing::info_span!("cluster", node = %shared.settings.node_id);
-        actix_rt::spawn(
-            subscriber::subscriber(shared.clone(), info.clone(), ready_tx).instrument(span.clone()),
-        );
+        actix_rt::spawn(subscriber::subscriber(shared.clone(), ready_tx).instrument(span.clone()));
         let _ = ready_rx.await;
-        actix_rt::spawn(publisher::publisher(shared.clone(), rx, info).instrument(span.clone()));
-        actix_rt::spawn(liveness::liveness(shared.clone(), client, con).instrument(span));
+        actix_rt::spawn(publisher::publisher(shared.clone(), rx).instrument(span.clone()));
+        actix_rt::spawn(liveness::liveness(shared.clone(), con).instrument(span));
         info!(node_id = shared.settings.node_id, "joined the cluster");
         Ok(Arc::new(RedisBus { shared }))
     }
@@ -366,6 +369,22 @@ async fn manager(
         .set_response_timeout(Some(timeout))
         .set_connection_timeout(Some(timeout));
     ConnectionManager::new_with_config(client.clone(), config).await
+}
+
+impl Shared {
+    /// Where to connect to Redis now (a Sentinel master may have changed), for the bus' own
+    /// RESP connections.
+    async fn locate(&self) -> Result<redis::ConnectionInfo, resp::RespError> {
+        match self
+            .settings
+            .endpoint
+            .locate(self.settings.redis_timeout)
+            .await
+        {
+            Ok(client) => Ok(client.get_connection_info().clone()),
+            Err(e) => Err(std::io::Error::other(format!("cannot locate Redis: {e}")).into()),
+        }
+    }
 }
 
 /// A Redis command within the Redis timeout: one not answered in time fails like a refused

@@ -122,7 +122,6 @@ enum Next {
 /// The publisher task's state.
 struct Publisher {
     shared: Arc<Shared>,
-    redis: redis::ConnectionInfo,
     /// The connection's client name.
     name: String,
     seq: Sequencer,
@@ -144,7 +143,6 @@ struct Publisher {
 pub(super) async fn publisher(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<(u64, Outgoing)>,
-    redis: redis::ConnectionInfo,
 ) {
     let me = shared.settings.node_id.clone();
     let mut p = Publisher {
@@ -156,7 +154,6 @@ pub(super) async fn publisher(
             at: 0,
         },
         shared,
-        redis,
         grouped: Grouped::default(),
         pipe: Pipeline::default(),
         con: None,
@@ -252,7 +249,7 @@ impl Publisher {
     }
 
     async fn reconnect(&mut self) {
-        match connect_publisher(&self.redis, &self.name).await {
+        match connect_publisher(&self.shared, &self.name).await {
             Ok(c) => {
                 self.con = Some(c);
                 self.shared.publishing.store(true, Ordering::SeqCst);
@@ -335,7 +332,7 @@ impl Publisher {
                 Some(con) => con,
                 None => self
                     .con
-                    .insert(connect_publisher(&self.redis, &self.name).await?),
+                    .insert(connect_publisher(&self.shared, &self.name).await?),
             };
             con.write(&self.pipe).await?;
             match con.is_quiet() {
@@ -375,10 +372,10 @@ impl Publisher {
 /// go through redis-rs and are logged. A writing socket whose peer has gone fails its next
 /// write, and a closed connection ends the publisher's wait.
 async fn connect_publisher(
-    redis: &redis::ConnectionInfo,
+    shared: &Shared,
     name: &str,
 ) -> Result<resp::Connection, resp::RespError> {
-    let mut con = resp::Connection::connect(redis, name).await?;
+    let mut con = resp::Connection::connect(&shared.locate().await?, name).await?;
     if !con.quiet().await? {
         info!("Redis refused CLIENT REPLY OFF: the publisher reads every reply");
     }

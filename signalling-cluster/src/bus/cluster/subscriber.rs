@@ -49,11 +49,7 @@ impl Sequences {
 
 /// Keeps the subscription alive; on (re)connection reloads the replica and restores our peers
 /// in Redis (it may have restarted empty).
-pub(super) async fn subscriber(
-    shared: Arc<Shared>,
-    redis: redis::ConnectionInfo,
-    ready: tokio::sync::oneshot::Sender<()>,
-) {
+pub(super) async fn subscriber(shared: Arc<Shared>, ready: tokio::sync::oneshot::Sender<()>) {
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     let node_channel = shared.keys.node(&shared.settings.node_id);
@@ -61,7 +57,7 @@ pub(super) async fn subscriber(
     let mut sequences = Sequences::default();
     loop {
         let subscribed = async {
-            let mut sub = resp::Connection::connect(&redis, &name).await?;
+            let mut sub = resp::Connection::connect(&shared.locate().await?, &name).await?;
             let channels = [shared.keys.presence.as_str(), node_channel.as_str()];
             tokio::time::timeout(
                 shared.settings.redis_timeout,
