@@ -278,6 +278,40 @@ fn schema_rejects_external_redis_without_a_url() -> Result<()> {
             "redis.external.existingSecret=r",
         ],
     )?;
+    // and Sentinels, which the nodes are then pointed at instead of a URL
+    let rendered = k8s::template(
+        "gwc",
+        &[
+            "--set",
+            "redis.enabled=false",
+            "--set",
+            "redis.external.sentinel.hosts=s-0:26379\\,s-1:26379",
+            "--set",
+            "redis.external.sentinel.master=gwc",
+        ],
+    )?;
+    let docs = yaml_docs(&rendered)?;
+    let deployment = find(&docs, "Deployment", "signalling").context("no signalling Deployment")?;
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let value = |name: &str| {
+        env.as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name))
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(
+        value("SIGNALLING_REDIS_SENTINEL"),
+        Some(Value::from("s-0:26379,s-1:26379"))
+    );
+    assert_eq!(
+        value("SIGNALLING_REDIS_SENTINEL_MASTER"),
+        Some(Value::from("gwc"))
+    );
+    assert_eq!(value("SIGNALLING_REDIS_URL"), None, "{env}");
+    let err = rejected(&[
+        "redis.enabled=false",
+        "redis.external.sentinel.hosts=s-0:26379",
+    ])?;
+    assert!(err.contains("redis.external"), "{err}");
     Ok(())
 }
 

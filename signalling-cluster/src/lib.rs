@@ -15,8 +15,10 @@
 //! | relay across nodes: receiving | `bus/cluster/subscriber.rs`, then `routing/cross_node.rs` |
 //! | node death: detect, reap, announce, expire | `bus/cluster/liveness.rs` |
 //! | node death: what the router ends, holds, adopts | `routing/suspension.rs` |
-//! | lost messages between nodes (sequence gaps) | `bus/cluster/subscriber.rs` |
-//! | resume on the same node (parked connections, replay) | `resume.rs`, `upgrade.rs` (`resume_peer`) |
+//! | lost messages between nodes (sequence gaps), late ones (`at`) | `bus/cluster/subscriber.rs` |
+//! | Redis that stops answering: deadlines, unreadiness, replaced connections | `bus/cluster/liveness.rs` |
+//! | Redis Sentinel: finding the master, following a failover | `bus/cluster/endpoint.rs` |
+//! | resume on the same node (parked connections, replay; a claim waits for a parking) | `resume.rs`, `upgrade.rs` (`resume_peer`) |
 //! | resume on another node (claims, grants, adoption) | `bus/cluster/handover.rs`, `routing/moving.rs` |
 //! | the Redis schema (keys, channels, stored values) | `bus/cluster/keys.rs` |
 //! | the node-to-node envelope and its kinds | `proto/src/envelope.rs` |

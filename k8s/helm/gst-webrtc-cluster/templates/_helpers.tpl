@@ -53,8 +53,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if le (int $s.terminationGracePeriodSeconds) (add $s.preStopSleepSeconds $s.drainTimeoutSeconds | int) -}}
 {{- fail (printf "signalling.terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + drainTimeoutSeconds (%v): the kubelet would kill a draining node" $s.terminationGracePeriodSeconds (add $s.preStopSleepSeconds $s.drainTimeoutSeconds)) -}}
 {{- end -}}
-{{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) -}}
-{{- fail "redis.enabled=false needs redis.external.url or redis.external.existingSecret" -}}
+{{- $sentinel := .Values.redis.external.sentinel -}}
+{{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) (not $sentinel.hosts) -}}
+{{- fail "redis.enabled=false needs redis.external.url, redis.external.existingSecret or redis.external.sentinel.hosts" -}}
+{{- end -}}
+{{- if and $sentinel.hosts (not $sentinel.master) -}}
+{{- fail "redis.external.sentinel.hosts needs redis.external.sentinel.master" -}}
 {{- end -}}
 {{- if and .Values.ingress.enabled (eq .Values.ingress.stickiness "cookie") (eq .Values.ingress.stickyCookie $s.affinityCookie) -}}
 {{- fail "ingress.stickyCookie must differ from signalling.affinityCookie: the node overwrites its cookie with its id, which the ingress cannot route on" -}}

@@ -8,10 +8,11 @@
 //! | file | behaviour |
 //! |---|---|
 //! | `mod.rs` | [`RedisBus`]: the [`Bus`] of a cluster node; its shared state; carrying out the router's effects |
+//! | `endpoint.rs` | where Redis is: a URL, or the master Sentinels name (followed through failovers) |
 //! | `keys.rs` | every key and channel name in Redis, and what the stored values hold |
 //! | `publisher.rs` | writing to Redis: pipelines, batch envelopes, sequence numbers |
-//! | `subscriber.rs` | reading from Redis: the subscription, gap detection, resync, the one handler per node-message kind |
-//! | `liveness.rs` | a node's death: liveness scores, reaping, `nodeDown`, suspension and expiry of its peers |
+//! | `subscriber.rs` | reading from Redis: the subscription, gap and lateness checks, resync, the one handler per node-message kind |
+//! | `liveness.rs` | a node's death: liveness scores, reaping, `nodeDown`, suspension and expiry of its peers; Redis that stops answering |
 //! | `handover.rs` | resume across nodes: claims and grants with a live node, adoption of a dead node's peer |
 
 mod endpoint;
