@@ -251,7 +251,7 @@ impl ResumeRegistry {
 
     /// Takes the peer under `token` for a reconnection: a parked one at once, a connected one
     /// after closing its old connection, one being parked once it is (within
-    /// [`PARKING_WAIT`]).
+    /// `PARKING_WAIT`).
     pub async fn take(&self, token: &str) -> Option<Parked> {
         let deadline = tokio::time::Instant::now() + PARKING_WAIT;
         loop {
