@@ -13,6 +13,14 @@ async fn readyz(node: &Node) -> u16 {
     node.get("/readyz").await.map_or(0, |(status, _)| status)
 }
 
+/// Waits until `/readyz` of both nodes answers `status`.
+async fn both_readyz(a: &Node, b: &Node, status: u16, within: Duration, what: &str) -> Result<()> {
+    eventually(within, what, || async {
+        readyz(a).await == status && readyz(b).await == status
+    })
+    .await
+}
+
 /// A producer on `pn` named `name` in a session with a consumer on `cn` (speaking
 /// `subprotocol`: v1 if none).
 async fn session(
@@ -66,10 +74,7 @@ async fn a_paused_redis_makes_nodes_unready_refuses_what_crosses_and_delivers_no
     let paused = Instant::now();
     // Sent before anyone can notice: it waits in Redis' buffers for the whole pause.
     p1.send(ice(&s1, "during")).await?;
-    eventually(Duration::from_secs(5), "both nodes unready", || async {
-        readyz(&a).await == 503 && readyz(&b).await == 503
-    })
-    .await?;
+    both_readyz(&a, &b, 503, Duration::from_secs(5), "both nodes unready").await?;
     let detected = paused.elapsed();
     // What would cross nodes now gets a clear error at once.
     c2.send(ice(&s2, "refused")).await?;
@@ -80,10 +85,12 @@ async fn a_paused_redis_makes_nodes_unready_refuses_what_crosses_and_delivers_no
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(paused.elapsed())).await;
     redis.proc.signal(libc::SIGCONT);
     let resumed = Instant::now();
-    eventually(
+    both_readyz(
+        &a,
+        &b,
+        200,
         Duration::from_secs(10),
         "both nodes ready again",
-        || async { readyz(&a).await == 200 && readyz(&b).await == 200 },
     )
     .await?;
     eprintln!(
@@ -125,10 +132,7 @@ async fn a_slow_redis_trips_nothing() -> Result<()> {
     let b = Node::join_url(&url, "node-b", &[]).await?;
     // Joining takes a few slow round trips (subscribe, load the replica, connect the
     // publisher) before a node is ready; from then on nothing may trip.
-    eventually(Duration::from_secs(10), "both nodes ready", || async {
-        readyz(&a).await == 200 && readyz(&b).await == 200
-    })
-    .await?;
+    both_readyz(&a, &b, 200, Duration::from_secs(10), "both nodes ready").await?;
     let (mut p, mut c, sid) = session(&a, &b, "slow", None).await?;
     let started = Instant::now();
     let mut relayed = 0;
@@ -212,24 +216,20 @@ async fn a_sentinel_failover_moves_the_cluster_to_the_promoted_replica() -> Resu
     };
     let a = node("node-a").await?;
     let b = node("node-b").await?;
-    eventually(Duration::from_secs(10), "both nodes ready", || async {
-        readyz(&a).await == 200 && readyz(&b).await == 200
-    })
-    .await?;
+    both_readyz(&a, &b, 200, Duration::from_secs(10), "both nodes ready").await?;
     let (mut p, mut c, sid) = session(&a, &b, "ha", None).await?;
     p.send(ice(&sid, "before")).await?;
     assert_eq!(c.expect("peer").await?["ice"]["candidate"], "before");
 
     drop(master); // SIGKILL
     let killed = Instant::now();
-    eventually(Duration::from_secs(5), "both nodes unready", || async {
-        readyz(&a).await == 503 && readyz(&b).await == 503
-    })
-    .await?;
-    eventually(
+    both_readyz(&a, &b, 503, Duration::from_secs(5), "both nodes unready").await?;
+    both_readyz(
+        &a,
+        &b,
+        200,
         Duration::from_secs(40),
         "both nodes ready on the promoted replica",
-        || async { readyz(&a).await == 200 && readyz(&b).await == 200 },
     )
     .await?;
     eprintln!(
