@@ -214,6 +214,16 @@ impl Node {
 pub struct Redis {
     pub port: u16,
     pub proc: Proc,
+    /// A directory of its own (a Sentinel's configuration), removed with it.
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Redis {
@@ -266,7 +276,9 @@ impl Redis {
         cmd.arg(&conf)
             .args(["--sentinel", "--loglevel", "warning"])
             .stdout(Stdio::null());
-        Self::ready(port, Proc::spawn(cmd, "redis-sentinel")?).await
+        let mut sentinel = Self::ready(port, Proc::spawn(cmd, "redis-sentinel")?).await?;
+        sentinel.scratch = Some(dir);
+        Ok(sentinel)
     }
 
     /// Waits until the server on `port` answers PING.
@@ -280,7 +292,11 @@ impl Redis {
                     && s.read_exact(&mut buf).await.is_ok()
                     && &buf == b"+PONG\r\n"
                 {
-                    return Ok(Redis { port, proc });
+                    return Ok(Redis {
+                        port,
+                        proc,
+                        scratch: None,
+                    });
                 }
             }
             if Instant::now() > deadline {
