@@ -42,6 +42,18 @@ fn watching(servers: &str, name: &str) -> Result<Agent> {
     ])
 }
 
+/// Stops a consumer with SIGINT; it must exit 0 (with its report last on stdout).
+async fn stop_cleanly(consumer: &mut Agent) -> Result<()> {
+    consumer.signal(libc::SIGINT);
+    assert_eq!(
+        consumer.exit_within(Duration::from_secs(30)).await?,
+        Some(0),
+        "{}",
+        consumer.stderr()
+    );
+    Ok(())
+}
+
 /// Longest time (ms) the consumer's frame counter stood still after `from_ms` (from its
 /// stats lines, `elapsed_ms` since the consumer started).
 fn longest_stall_ms(c: &Agent, from_ms: u64) -> u64 {
@@ -267,13 +279,7 @@ async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent, Durati
          consumer frames stood still at most {stall:?}; 60 more frames after {:?}",
         killed.elapsed()
     );
-    consumer.signal(libc::SIGINT);
-    assert_eq!(
-        consumer.exit_within(Duration::from_secs(30)).await?,
-        Some(0),
-        "{}",
-        consumer.stderr()
-    );
+    stop_cleanly(&mut consumer).await?;
     drop(b);
     Ok((consumer, producer, stall))
 }
@@ -401,13 +407,7 @@ async fn a_rolling_restart_of_three_nodes_keeps_the_stream() -> Result<()> {
         }
     }
     let stall = longest_stall_ms(&consumer, started_ms);
-    consumer.signal(libc::SIGINT);
-    assert_eq!(
-        consumer.exit_within(Duration::from_secs(30)).await?,
-        Some(0),
-        "{}",
-        consumer.stderr()
-    );
+    stop_cleanly(&mut consumer).await?;
     let report = consumer.report()?;
     let registrations = producer.stderr().matches("registered 'rolling'").count();
     eprintln!(
@@ -471,13 +471,7 @@ async fn agents_work_with_the_stock_server_and_survive_its_restart() -> Result<(
             frames_now(c) >= before + 60
         })
         .await?;
-    consumer.signal(libc::SIGINT);
-    assert_eq!(
-        consumer.exit_within(Duration::from_secs(30)).await?,
-        Some(0),
-        "{}",
-        consumer.stderr()
-    );
+    stop_cleanly(&mut consumer).await?;
     let report = consumer.report()?;
     assert_eq!(sessions_of(&report), Some(2), "{report}");
     Ok(())
@@ -539,13 +533,7 @@ async fn a_recording_plays_back() -> Result<()> {
         "0.2",
     ])?;
     c.wait(LONG, "60 frames", |c| frames_now(c) >= 60).await?;
-    c.signal(libc::SIGINT);
-    assert_eq!(
-        c.exit_within(Duration::from_secs(30)).await?,
-        Some(0),
-        "{}",
-        c.stderr()
-    );
+    stop_cleanly(&mut c).await?;
     assert!(
         c.stderr().contains("recording video/x-h264"),
         "{}",

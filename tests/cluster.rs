@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cluster_tests::{eventually, Node, Peer, Redis, Topo};
+use cluster_tests::{eventually, start_session, Node, Peer, Redis, Topo};
 use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -33,14 +33,7 @@ async fn producer_in_session(
     let mut p = Peer::connect_with(&pn.url(), subprotocol).await?;
     p.set_status(&["producer"], Value::Null).await?;
     let mut c = Peer::connect(&cn.url()).await?;
-    until_listed(&mut c, &p.id).await?;
-    c.send(json!({"type": "startSession", "peerId": p.id}))
-        .await?;
-    let sid = c.expect("sessionStarted").await?["sessionId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    p.expect("startSession").await?;
+    let sid = start_session(&mut p, &mut c).await?;
     Ok((p, c, sid))
 }
 

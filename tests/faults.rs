@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cluster_tests::{delay, eventually, free_port, Node, Peer, Redis, Topo};
+use cluster_tests::{delay, eventually, free_port, start_session, Node, Peer, Redis, Topo};
 use serde_json::{json, Value};
 
 /// `/readyz` status of a node.
@@ -32,14 +32,7 @@ async fn session(
     let mut p = Peer::connect(&pn.url()).await?;
     p.set_status(&["producer"], json!({ "name": name })).await?;
     let mut c = Peer::connect_with(&cn.url(), subprotocol).await?;
-    Topo::visible(&mut c, &p.id, false).await?;
-    c.send(json!({"type": "startSession", "peerId": p.id}))
-        .await?;
-    let sid = c.expect("sessionStarted").await?["sessionId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    p.expect("startSession").await?;
+    let sid = start_session(&mut p, &mut c).await?;
     Ok((p, c, sid))
 }
 

@@ -581,6 +581,20 @@ impl Peer {
 }
 
 /// Waits until `f` returns true, polling; fails after `within`.
+/// Consumer `c` starts a session with producer `p` once its node lists `p` (as
+/// `startSession` from a consumer does): both sides told; returns the session id.
+pub async fn start_session(p: &mut Peer, c: &mut Peer) -> anyhow::Result<String> {
+    Topo::visible(c, &p.id, false).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let sid = c.expect("sessionStarted").await?["sessionId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    p.expect("startSession").await?;
+    Ok(sid)
+}
+
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,

@@ -93,9 +93,7 @@ impl Grouped {
         written: &mut HashSet<NodeId>,
     ) {
         for (node, msgs) in self.by_node.drain(..) {
-            if !written.contains(&node) {
-                written.insert(node.clone());
-            }
+            remember(written, &node);
             let channel = keys.node(&node);
             let text = match msgs.as_slice() {
                 [msg] => seq.seal(&channel, msg),
@@ -108,6 +106,14 @@ impl Grouped {
             };
             pipe.publish(&channel, &text);
         }
+    }
+}
+
+/// Notes that the connection published to `node` (looked up first: a clone only for a node
+/// new to this connection).
+fn remember(written: &mut HashSet<NodeId>, node: &NodeId) {
+    if !written.contains(node) {
+        written.insert(node.clone());
     }
 }
 
@@ -302,9 +308,7 @@ impl Publisher {
                 (keys.presence.clone(), NodeMessage::PeerStatus(body))
             }
             Outgoing::ToNode(node, msg) => {
-                if !self.written.contains(&node) {
-                    self.written.insert(node.clone());
-                }
+                remember(&mut self.written, &node);
                 (keys.node(&node), msg)
             }
             Outgoing::Leave => {
