@@ -1,11 +1,13 @@
 //! Faults that real clusters have, with real parts: a `redis-server` paused with SIGSTOP (what
-//! a hung server, a paused VM or a partition look like to a node: nothing refused, nothing
-//! answered), and a slow network between the nodes and Redis.
+//! a hung server or a paused VM look like to a node: nothing refused, nothing answered), one
+//! node partitioned from Redis in a network namespace while its peers stay connected, a slow
+//! network between the nodes and Redis, and a Sentinel failover.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cluster_tests::{delay, eventually, free_port, start_session, Node, Peer, Redis, Topo};
+use cluster_tests::netns::Namespace;
+use cluster_tests::{bin, delay, eventually, free_port, start_session, Node, Peer, Redis, Topo};
 use serde_json::{json, Value};
 
 /// `/readyz` status of a node.
@@ -54,7 +56,8 @@ async fn received(peer: &mut Peer, quiet: Duration) -> Vec<Value> {
 async fn a_paused_redis_makes_nodes_unready_refuses_what_crosses_and_delivers_nothing_late(
 ) -> Result<()> {
     let redis = Redis::start().await?;
-    let opts = ["--node-ttl", "2"];
+    // A pause shorter than the node TTL: nobody is fenced (that is the partition test's).
+    let opts = ["--node-ttl", "8"];
     let a = Node::join(&redis, "node-a", &opts).await?;
     let b = Node::join(&redis, "node-b", &opts).await?;
     let (mut p1, mut c1, s1) = session(&a, &b, "one", None).await?;
@@ -74,7 +77,7 @@ async fn a_paused_redis_makes_nodes_unready_refuses_what_crosses_and_delivers_no
     let err = c2.expect("error").await?;
     assert_eq!(err["code"], "cluster-unavailable", "{err}");
 
-    // Longer than twice --redis-timeout, and than the node TTL.
+    // Longer than twice --redis-timeout.
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(paused.elapsed())).await;
     redis.proc.signal(libc::SIGCONT);
     let resumed = Instant::now();
@@ -138,6 +141,135 @@ async fn a_slow_redis_trips_nothing() -> Result<()> {
     }
     eprintln!("slow redis: {relayed} relays across nodes in 4 s, nodes ready throughout");
     assert!(relayed > 0);
+    Ok(())
+}
+
+/// Two v2 (or v1, if `v2` is false) peers, producer on `pn` and consumer on `cn`, in a
+/// session.
+async fn pair(pn: &Node, cn: &Node, name: &str, v2: bool) -> Result<(Peer, Peer, String)> {
+    let protocol = v2.then_some("gstwebrtc-cluster.v2");
+    let mut p = Peer::connect_with(&pn.url(), protocol).await?;
+    p.set_status(&["producer"], json!({ "name": name })).await?;
+    let mut c = Peer::connect_with(&cn.url(), protocol).await?;
+    let sid = start_session(&mut p, &mut c).await?;
+    Ok((p, c, sid))
+}
+
+/// `peer`'s resume on `node` with its token: the same peer, resumed.
+async fn resume_on(node: &Node, peer: &Peer) -> Result<Peer> {
+    let token = peer.welcome["resumeToken"].as_str().unwrap_or_default();
+    let url = format!("{}/?resume={token}&last={}", node.url(), peer.frames);
+    let resumed = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(resumed.id, peer.id, "{}", resumed.welcome);
+    assert_eq!(resumed.welcome["resumed"], true, "{}", resumed.welcome);
+    Ok(resumed)
+}
+
+/// Sends a candidate from `from` in session `sid` and expects `to` to get it.
+async fn relays(from: &mut Peer, to: &mut Peer, sid: &str, candidate: &str) -> Result<()> {
+    from.send(ice(sid, candidate)).await?;
+    let got = to.expect("peer").await?;
+    assert_eq!(got["ice"]["candidate"], candidate, "{got}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_partitioned_from_redis_fences_itself_its_peers_move_and_it_rejoins() -> Result<()> {
+    let ns = Namespace::create()?;
+    let redis_host = ns.redis_address();
+    // (protected mode refuses clients from any address but loopback's; this one is the
+    // namespace's link, nothing else reaches it)
+    let listen = ["--bind", "127.0.0.1", &redis_host, "--protected-mode", "no"];
+    let redis = Redis::start_with(free_port(), &listen).await?;
+    let url = format!("redis://{redis_host}:{}", redis.port);
+    let opts = ["--node-ttl", "2"];
+    let mut args = vec!["--redis-url", &url, "--node-id", "node-a"];
+    args.extend_from_slice(&opts);
+    let cmd = ns.command(&bin("signalling-cluster"));
+    let a = Node::spawn(cmd, &ns.peers_address(), free_port(), &args, &[], false).await?;
+    let b = Node::join(&redis, "node-b", &opts).await?;
+    // On node A (the one to be cut off): a v2 producer and a v1 producer, each with a consumer
+    // on node B, and a v2 consumer of a producer on node B.
+    let (mut p_v2, mut c_v2, s_v2) = pair(&a, &b, "a-v2", true).await?;
+    let (mut p_v1, mut c_v1, _) = pair(&a, &b, "a-v1", false).await?;
+    let (mut p_b, mut c_a, s_b) = pair(&b, &a, "b-v2", true).await?;
+    relays(&mut p_v2, &mut c_v2, &s_v2, "before").await?;
+    relays(&mut p_b, &mut c_a, &s_b, "before").await?;
+
+    ns.cut_redis()?;
+    let cut = Instant::now();
+    // The node's v2 peers are sent away, and every connection is closed.
+    p_v2.wait_for("goAway").await?;
+    let fenced = cut.elapsed();
+    assert_eq!(p_v2.closed().await?, Some(1001));
+    c_a.wait_for("goAway").await?;
+    assert_eq!(c_a.closed().await?, Some(1001));
+    assert_eq!(p_v1.closed().await?, Some(1001));
+    assert_eq!(readyz(&a).await, 503);
+    assert!(
+        Peer::connect(&a.url()).await.is_err(),
+        "a fenced node refuses new connections"
+    );
+    // The other node reaped it: the v1 producer's session ended there.
+    c_v1.wait_for("endSession").await?;
+    // The v2 peers resume on node B with their sessions.
+    let mut p_v2 = resume_on(&b, &p_v2).await?;
+    let mut c_a = resume_on(&b, &c_a).await?;
+    let moved = cut.elapsed();
+    relays(&mut c_v2, &mut p_v2, &s_v2, "moved").await?;
+    relays(&mut p_v2, &mut c_v2, &s_v2, "moved back").await?;
+    relays(&mut p_b, &mut c_a, &s_b, "moved").await?;
+    assert_eq!(
+        readyz(&b).await,
+        200,
+        "the node that kept Redis stays ready"
+    );
+
+    // Everything the survivors have been told so far; from now on they must hear nothing.
+    for peer in [&mut p_v2, &mut c_v2, &mut c_v1, &mut p_b, &mut c_a] {
+        received(peer, Duration::from_millis(200)).await;
+    }
+    ns.heal_redis()?;
+    let healed = Instant::now();
+    eventually(Duration::from_secs(15), "node A ready again", || async {
+        readyz(&a).await == 200
+    })
+    .await?;
+    let rejoined = healed.elapsed();
+    eprintln!(
+        "node A partitioned from Redis (TTL 2 s): goAway {fenced:?} after the cut, both v2 \
+         peers resumed on B {moved:?} after it; ready again {rejoined:?} after the heal"
+    );
+    // Nobody hears a duplicate or a stale message from the rejoined node.
+    for peer in [&mut p_v2, &mut c_v2, &mut c_v1, &mut p_b, &mut c_a] {
+        let late = received(peer, Duration::from_secs(2)).await;
+        assert!(
+            late.is_empty(),
+            "{} heard after the heal: {late:?}",
+            peer.id
+        );
+    }
+    // It serves the cluster again: a new peer there sees the producers where they are now
+    // (the v1 one is gone) and starts a session with the moved one.
+    let mut c_new = Peer::connect_with(&a.url(), Some("gstwebrtc-cluster.v2")).await?;
+    let s_new = start_session(&mut p_v2, &mut c_new).await?;
+    relays(&mut p_v2, &mut c_new, &s_new, "rejoined").await?;
+    relays(&mut c_new, &mut p_v2, &s_new, "rejoined back").await?;
+    let listed = Topo::list_until(&mut c_new, false, |l| {
+        let names: Vec<&str> = l["producers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["meta"]["name"].as_str())
+            .collect();
+        names.contains(&"a-v2") && names.contains(&"b-v2")
+    })
+    .await?;
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&p_v1.id),
+        "the closed v1 producer is gone: {text}"
+    );
     Ok(())
 }
 

@@ -55,7 +55,9 @@ pub struct Config {
     pub redis_prefix: String,
 
     /// Seconds after which a node that stopped refreshing its liveness in Redis is declared
-    /// dead: its peers are removed and its sessions ended.
+    /// dead: its peers are removed and its sessions ended. A node that could not reach Redis
+    /// (no answer, nothing refused) for this long counts itself dead and is fenced: it sends
+    /// its peers away (v2 `goAway`), closes every connection and rejoins when Redis answers.
     #[arg(long = "node-ttl", env = "SIGNALLING_NODE_TTL", default_value_t = 3.0)]
     pub node_ttl_secs: f64,
 

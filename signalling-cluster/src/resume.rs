@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use proto::PeerId;
 use rand::RngCore;
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::bus::Bus;
 use crate::mailbox::{Mailbox, MailboxReceiver};
@@ -201,15 +201,22 @@ impl ResumeRegistry {
     pub fn park(self: &Arc<Self>, token: String, parked: Parked, bus: Arc<dyn Bus>) {
         let peer_id = parked.peer_id.clone();
         let stuck = parked.receiver.stuck.clone();
-        info!(peer_id, grace = ?self.grace, "connection lost; keeping the peer for resume");
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        self.entries.lock().insert(
-            token.clone(),
-            Entry::Parked {
-                generation,
-                peer: parked,
-            },
-        );
+        {
+            let mut entries = self.entries.lock();
+            if !matches!(entries.get(&token), Some(Entry::Parking)) {
+                // Forgotten meanwhile (`forget_all`): the peer is not this node's any more.
+                return debug!(peer_id, "not parking a forgotten peer");
+            }
+            info!(peer_id, grace = ?self.grace, "connection lost; keeping the peer for resume");
+            entries.insert(
+                token.clone(),
+                Entry::Parked {
+                    generation,
+                    peer: parked,
+                },
+            );
+        }
         self.changed.notify_waiters();
         let registry = self.clone();
         actix_rt::spawn(async move {
@@ -238,6 +245,21 @@ impl ResumeRegistry {
                 bus.leave(&p.peer_id);
             }
         });
+    }
+
+    /// Forgets every peer (the node was fenced: the cluster suspended its v2 peers, and a
+    /// resume goes through their suspension now). Connections that end from now on are not
+    /// parked; parked queues are dropped.
+    pub fn forget_all(&self) {
+        let mut entries = self.entries.lock();
+        if !entries.is_empty() {
+            info!(
+                peers = entries.len(),
+                "forgetting every peer kept for resume"
+            );
+            entries.clear();
+            self.changed.notify_waiters();
+        }
     }
 
     /// The peer being parked under `token` could not be (its queue was stuck): it leaves.

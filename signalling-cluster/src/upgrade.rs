@@ -47,19 +47,13 @@ where
 {
     if let Err(e) = ws::verify_handshake(req.head()) {
         warn!(remote = ?req.peer_addr(), "WebSocket handshake failed: {e}");
-        let body = Bytes::from(format!("bad WebSocket upgrade: {e}\n"));
-        let mut res = Response::with_body(StatusCode::BAD_REQUEST, ());
-        res.head_mut()
-            .set_connection_type(actix_http::ConnectionType::Close);
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        framed
-            .send(h1::Message::Item((res, BodySize::Sized(body.len() as u64))))
-            .await?;
-        framed.send(h1::Message::Chunk(Some(body))).await?;
-        return Ok(());
+        let body = format!("bad WebSocket upgrade: {e}\n");
+        return refuse(&mut framed, StatusCode::BAD_REQUEST, body).await;
+    }
+    if state.bus.fenced() {
+        // Its peers would be invisible to the cluster: better another node.
+        let body = "this node is cut off from its cluster; connect to another node\n";
+        return refuse(&mut framed, StatusCode::SERVICE_UNAVAILABLE, body.into()).await;
     }
 
     let offers = req
@@ -104,6 +98,30 @@ where
             ping_interval: Duration::from_secs(state.config.ping_interval_secs.max(1)),
         },
     );
+    Ok(())
+}
+
+/// Answers the upgrade request with `status` and a plain-text `body`, and closes.
+async fn refuse<T>(
+    framed: &mut Framed<T, h1::Codec>,
+    status: StatusCode,
+    body: String,
+) -> Result<(), UpgradeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let body = Bytes::from(body);
+    let mut res = Response::with_body(status, ());
+    res.head_mut()
+        .set_connection_type(actix_http::ConnectionType::Close);
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    framed
+        .send(h1::Message::Item((res, BodySize::Sized(body.len() as u64))))
+        .await?;
+    framed.send(h1::Message::Chunk(Some(body))).await?;
     Ok(())
 }
 

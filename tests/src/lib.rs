@@ -23,6 +23,7 @@ pub mod agent;
 pub mod delay;
 pub mod k8s;
 pub mod media;
+pub mod netns;
 
 /// How long a test waits for a message that should come.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -112,6 +113,8 @@ impl Drop for Proc {
 
 /// A signalling node started on a free port.
 pub struct Node {
+    /// The address it listens on (loopback, or its network namespace's).
+    pub host: String,
     pub port: u16,
     pub proc: Proc,
 }
@@ -165,27 +168,44 @@ impl Node {
         env: &[(&str, &str)],
         tls: bool,
     ) -> anyhow::Result<Node> {
-        let mut cmd = Command::new(bin("signalling-cluster"));
+        let cmd = Command::new(bin("signalling-cluster"));
+        Self::spawn(cmd, "127.0.0.1", port, extra, env, tls).await
+    }
+
+    /// Starts the node with `cmd` (the binary, or a wrapper such as `ip netns exec NS` that
+    /// runs it) listening on `host`:`port`.
+    pub async fn spawn(
+        mut cmd: Command,
+        host: &str,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tls: bool,
+    ) -> anyhow::Result<Node> {
         cmd.envs(env.iter().copied());
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        cmd.args(["--host", host, "--port", &port.to_string()])
             .args(extra)
             .env(
                 "SIGNALLING_LOG",
                 std::env::var("TEST_NODE_LOG").unwrap_or("warn".into()),
             );
         let proc = Proc::spawn(cmd, "signalling-cluster")?;
-        let mut node = Node { port, proc };
+        let mut node = Node {
+            host: host.to_string(),
+            port,
+            proc,
+        };
         node.wait_healthy(tls).await?;
         Ok(node)
     }
 
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+        format!("ws://{}:{}", self.host, self.port)
     }
 
     /// `GET path` on the node; returns (status, body).
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        http_get(self.port, path).await
+        http_get_from(&self.host, self.port, path).await
     }
 
     async fn wait_healthy(&mut self, tls: bool) -> anyhow::Result<()> {
@@ -195,7 +215,9 @@ impl Node {
                 bail!("node exited at start: {status}");
             }
             let up = if tls {
-                TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+                TcpStream::connect((self.host.as_str(), self.port))
+                    .await
+                    .is_ok()
             } else {
                 matches!(self.get("/healthz").await, Ok((200, _)))
             };
@@ -384,8 +406,13 @@ impl Topo {
 
 /// Minimal HTTP/1.0 GET, enough for health endpoints.
 pub async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    http_get_from("127.0.0.1", port, path).await
+}
+
+/// [`http_get`] on `host`.
+pub async fn http_get_from(host: &str, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut s = TcpStream::connect((host, port)).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await?;
     let mut buf = String::new();

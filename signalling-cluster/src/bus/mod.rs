@@ -58,6 +58,11 @@ pub trait Bus: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+    /// Whether the node was cut off from its cluster for so long that the others count it
+    /// dead: it takes no connections until it has rejoined.
+    fn fenced(&self) -> bool {
+        false
+    }
     /// The producers of the whole cluster (`GET /api/v1/producers`).
     fn producers(&self) -> Vec<PeerInfo>;
     /// The live nodes and their peers (`GET /api/v1/nodes`); `id: None` is this node.

@@ -246,6 +246,11 @@ impl Router {
     /// A local peer disconnected: end its sessions, then tell listeners (here and on every
     /// other node) that it has no roles any more.
     pub fn leave(&mut self, peer_id: &str, out: &mut Outbox) {
+        if !self.is_local(peer_id) {
+            // Not ours (any more): a late departure of a connection this node gave up, whose
+            // peer lives on elsewhere (it was fenced, see `bus/cluster/fencing.rs`).
+            return;
+        }
         let Some(peer) = self.peers.remove(peer_id) else {
             return;
         };

@@ -30,6 +30,9 @@
 //!   stall every node's score has expired, and each must get the time to refresh its own
 //!   before anyone reaps it (without this, nodes that all waited out one Redis stall reaped
 //!   each other, or not, by the race of their first ticks).
+//! * **Fenced**: silent for longer than the node TTL, the node counts itself reaped and stops
+//!   acting for the cluster until Redis answers; then it rejoins as a new incarnation
+//!   (`fencing.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -41,6 +44,7 @@ use proto::PeerId;
 use redis::aio::ConnectionManager;
 use tracing::{debug, info, warn, Instrument};
 
+use super::fencing::is_silence;
 use super::keys::{now_ms, StoredPeer, SuspendedPeer};
 use super::publisher::Outgoing;
 use super::{manager, within, Shared, State};
@@ -73,6 +77,10 @@ pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
     let mut replace = false;
     // No reaping before then (see the module documentation: "Back").
     let mut reap_from = Instant::now();
+    // When the last refresh that went through was sent: our score expires a TTL after.
+    let mut last_refresh = Instant::now();
+    // Fenced once our score has expired for everyone, and a tick more for the reaper.
+    let fence_after = shared.settings.node_ttl + TICK;
     loop {
         tick.tick().await;
         if shared.leaving.load(Ordering::SeqCst) {
@@ -92,11 +100,15 @@ pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
                 }
                 Err(e) => {
                     shared.unanswered(&e);
+                    if is_silence(&e) && last_refresh.elapsed() > fence_after {
+                        shared.fence();
+                    }
                     continue;
                 }
             }
         }
         let now = now_ms();
+        let sent = Instant::now();
         // (expired nodes, live nodes, each node's envelope features)
         type Tick = (Vec<NodeId>, Vec<NodeId>, HashMap<NodeId, String>);
         let mut refresh = redis::pipe();
@@ -123,11 +135,18 @@ pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
             Err(e) => {
                 replace = true;
                 shared.unanswered(&e);
+                if is_silence(&e) && last_refresh.elapsed() > fence_after {
+                    shared.fence();
+                }
                 continue;
             }
         };
+        last_refresh = sent;
         if shared.answered() {
             reap_from = Instant::now() + shared.settings.node_ttl;
+        }
+        if shared.is_fenced() {
+            shared.rejoin();
         }
         let seen = Instant::now();
         for m in &members {

@@ -14,8 +14,10 @@
 //! | `subscriber.rs` | reading from Redis: the subscription, gap and lateness checks, resync, the one handler per node-message kind |
 //! | `liveness.rs` | a node's death: liveness scores, reaping, `nodeDown`, suspension and expiry of its peers; Redis that stops answering |
 //! | `handover.rs` | resume across nodes: claims and grants with a live node, adoption of a dead node's peer |
+//! | `fencing.rs` | a node cut off from Redis longer than the node TTL: its peers sent away, its rejoining as a new incarnation |
 
 mod endpoint;
+mod fencing;
 mod handover;
 mod keys;
 mod liveness;
@@ -23,7 +25,7 @@ mod publisher;
 mod subscriber;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +108,13 @@ struct Shared {
     /// connections, whose buffered traffic would otherwise arrive late.
     stalled: Notify,
     barriers: Barriers,
+    /// Cut off from Redis for longer than the node TTL (`fencing.rs`).
+    fenced: AtomicBool,
+    /// This incarnation's boot id, with which the publisher numbers envelopes (ms since the
+    /// epoch; a new one when the node rejoins after a fence).
+    boot: AtomicU64,
+    /// The publisher drops anything queued before this time (ms): a fence's leftovers.
+    fresh_from: AtomicU64,
 }
 
 /// Barriers in flight, by id: each fires when our marker comes back from Redis, that is when
@@ -172,6 +181,9 @@ impl RedisBus {
             answering: AtomicBool::new(true),
             stalled: Notify::new(),
             barriers: Barriers::default(),
+            fenced: AtomicBool::new(false),
+            boot: AtomicU64::new(now_ms()),
+            fresh_from: AtomicU64::new(0),
         });
         // Subscribe before loading, so nothing announced in between is missed.
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -313,9 +325,14 @@ impl Bus for RedisBus {
     }
 
     fn ready(&self) -> bool {
-        self.shared.connected.load(Ordering::SeqCst)
+        !self.shared.is_fenced()
+            && self.shared.connected.load(Ordering::SeqCst)
             && self.shared.publishing.load(Ordering::SeqCst)
             && self.shared.answering.load(Ordering::SeqCst)
+    }
+
+    fn fenced(&self) -> bool {
+        self.shared.is_fenced()
     }
 
     fn claim(&self, token: &str, last: Option<u64>, mailbox: Mailbox) -> Option<Claim> {

@@ -26,6 +26,9 @@ pub(super) enum Outgoing {
     Barrier(u64),
     /// This node leaves: drop it from the liveness set, tell the others.
     Leave,
+    /// This node rejoins after a fence, with none of its old peers: tell the others to drop
+    /// what they still hold of it.
+    Restart,
     /// A status, stored with the peer's token hash, then published.
     Announce(PeerStatusBody, Option<String>),
     /// Rewrite a peer's entry in `{prefix}:peers` without telling anyone (a new token).
@@ -155,7 +158,7 @@ pub(super) async fn publisher(
         name: format!("gwc-{me}-publisher"),
         seq: Sequencer {
             me,
-            boot: now_ms(),
+            boot: shared.boot.load(Ordering::SeqCst),
             seq: HashMap::new(),
             at: 0,
         },
@@ -170,6 +173,22 @@ pub(super) async fn publisher(
     let mut batch = Vec::new();
     while p.wait(&mut rx, &mut batch).await {
         p.pipe.clear();
+        if p.shared.is_fenced() {
+            // The cluster counts us dead: nothing we say now may reach it (`fencing.rs`).
+            batch.clear();
+            p.suspect.clear();
+            continue;
+        }
+        let boot = p.shared.boot.load(Ordering::SeqCst);
+        if boot != p.seq.boot {
+            // A new incarnation numbers from scratch; what the old one owed is void.
+            p.seq.boot = boot;
+            p.seq.seq.clear();
+            p.written.clear();
+            p.suspect.clear();
+        }
+        let fresh_from = p.shared.fresh_from.load(Ordering::SeqCst);
+        batch.retain(|(at, _)| *at >= fresh_from);
         // The oldest item's time: what waited out a stall must not pass for new.
         p.seq.at = batch.iter().map(|(at, _)| *at).min().unwrap_or_else(now_ms);
         for node in std::mem::take(&mut p.suspect) {
@@ -315,6 +334,14 @@ impl Publisher {
                 self.pipe
                     .cmd(&[b"ZREM", keys.nodes.as_bytes(), me.as_bytes()]);
                 self.pipe.hdel(&keys.features, me);
+                let body = NodeDownBody {
+                    node: me.clone(),
+                    suspended: Vec::new(),
+                    grace_ms: 0,
+                };
+                (keys.presence.clone(), NodeMessage::NodeDown(body))
+            }
+            Outgoing::Restart => {
                 let body = NodeDownBody {
                     node: me.clone(),
                     suspended: Vec::new(),

@@ -19,13 +19,31 @@ use super::{within, Shared, State};
 use crate::bus::resp;
 use crate::routing::{Effect, NodeId, Outbox};
 
-/// The last (boot, sequence number) seen per sender and channel.
+/// The last (boot, sequence number) seen per sender and channel, and each sender's newest
+/// boot.
 #[derive(Default)]
 struct Sequences {
     seen: HashMap<NodeId, HashMap<String, (u64, u64)>>,
+    newest: HashMap<NodeId, u64>,
 }
 
 impl Sequences {
+    /// Whether boot `boot` of `from` is older than one already heard from: an incarnation
+    /// that has since been replaced (the node was fenced and rejoined, see `fencing.rs`).
+    fn superseded(&mut self, from: &str, boot: u64) -> bool {
+        match self.newest.get_mut(from) {
+            Some(newest) if boot < *newest => true,
+            Some(newest) => {
+                *newest = boot;
+                false
+            }
+            None => {
+                self.newest.insert(from.to_string(), boot);
+                false
+            }
+        }
+    }
+
     /// Records envelope number `seq` of `from`'s boot `boot` on `channel`; true if one went
     /// missing before it. A new boot of the sender starts counting again.
     fn gap(&mut self, from: &str, channel: &str, boot: u64, seq: u64) -> Option<(u64, u64)> {
@@ -133,7 +151,8 @@ async fn resync(shared: &Shared, con: &mut ConnectionManager) -> redis::RedisRes
                 continue;
             };
             if peer.node == shared.settings.node_id {
-                if state.router.local_status(&peer_id).is_none() {
+                // (a suspended one is the reaper's now: it expires it, or a node adopts it)
+                if state.router.local_status(&peer_id).is_none() && peer.suspended_until.is_none() {
                     left.push(peer_id);
                 }
                 continue;
@@ -185,12 +204,24 @@ impl Shared {
             }
             return;
         }
+        let age = now_ms().saturating_sub(env.at);
+        // What a replaced incarnation wrote before it was cut off, delivered only now (its
+        // socket's retransmission after a partition healed): neither news nor true state. (A
+        // fresh one is let through: a node restarted after its clock stepped back.)
+        if sequences.superseded(&env.from, env.boot) && age > self.late_after().as_millis() as u64 {
+            return warn!(
+                from = env.from,
+                boot = env.boot,
+                age_ms = age,
+                kind = env.kind,
+                "dropping an envelope of an earlier incarnation of its node"
+            );
+        }
         // Every envelope counts for gap detection, whatever it carries.
         let gap = sequences.gap(&env.from, channel, env.boot, env.seq);
         let directed = channel != self.keys.presence;
         // Held up on the way (a stalled Redis, a partition): delivered now it would be taken
         // for new. Presence is state, not news: a late one is still true, and applied.
-        let age = now_ms().saturating_sub(env.at);
         let late = directed && env.at != 0 && age > self.late_after().as_millis() as u64;
         let mut state = self.state.lock();
         let mut out = Outbox::new();
@@ -273,5 +304,15 @@ mod tests {
         assert_eq!(s.gap("a", "c", 1, 4), Some((1, 2)));
         assert_eq!(s.gap("a", "other", 1, 9), None, "first on a channel");
         assert_eq!(s.gap("a", "c", 2, 1), None, "a new boot counts again");
+    }
+
+    #[test]
+    fn a_boot_older_than_one_heard_is_superseded() {
+        let mut s = Sequences::default();
+        assert!(!s.superseded("a", 5));
+        assert!(!s.superseded("a", 5));
+        assert!(!s.superseded("a", 7), "a newer boot");
+        assert!(s.superseded("a", 5));
+        assert!(!s.superseded("b", 1), "per sender");
     }
 }
