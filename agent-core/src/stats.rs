@@ -93,3 +93,15 @@ pub fn rate_bps(bytes_now: u64, bytes_before: u64, dt: f64) -> f64 {
     }
     bytes_now.saturating_sub(bytes_before) as f64 * 8.0 / dt
 }
+
+/// Factory names of the elements in `bin` (recursively) whose class has `class` (e.g.
+/// `Codec/Encoder`), in pipeline order.
+pub fn elements_of_class(bin: &gst::Bin, class: &str) -> Vec<String> {
+    bin.iterate_recurse()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.factory())
+        .filter(|f| f.metadata("klass").is_some_and(|k| k.contains(class)))
+        .map(|f| f.name().to_string())
+        .collect()
+}

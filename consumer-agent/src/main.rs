@@ -45,9 +45,10 @@ pub struct Args {
     /// Receive the first producer listed (and the first one after it goes away).
     #[arg(long, group = "producer")]
     pub first: bool,
-    /// Where the streams go: `null` (decode and count), `display`, `file:PATH` (.mkv or .mp4,
-    /// recorded without re-encoding, finalized on SIGINT/SIGTERM) or `pipeline:'FRAGMENT'`
-    /// (gets the decoded video).
+    /// Where the streams go: `null` (decode and count), `encoded` (count the encoded frames,
+    /// decoding nothing: what load tests use), `display`, `file:PATH` (.mkv or .mp4, recorded
+    /// without re-encoding, finalized on SIGINT/SIGTERM) or `pipeline:'FRAGMENT'` (gets the
+    /// decoded video).
     #[arg(long, env = "CONSUMER_SINK", default_value = "null")]
     pub sink: Sink,
     /// Exit 0 after this many video frames.
@@ -93,9 +94,14 @@ struct Report {
     frames: u64,
     /// From start to the first video frame.
     first_frame_ms: Option<u64>,
+    /// From the start of the session that gave the first video frame to that frame (within
+    /// the agent's 20 ms poll).
+    session_to_first_frame_ms: Option<u64>,
     elapsed_ms: u64,
     reconnects: u64,
     recordings: Vec<PathBuf>,
+    /// Decoders the pipeline ran (none with `--sink encoded` or `file:`).
+    decoders: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +146,7 @@ struct Run {
     shutdown: Shutdown,
     session_ids: Vec<String>,
     recordings: Vec<PathBuf>,
+    decoders: std::collections::BTreeSet<String>,
 }
 
 fn run(args: &Args, target: Target) -> anyhow::Result<()> {
@@ -151,6 +158,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         shutdown: Shutdown::install()?,
         session_ids: Vec::new(),
         recordings: Vec::new(),
+        decoders: Default::default(),
     };
     let mut collector = report::Collector::new(run.started, run.frames.clone(), run.shared.clone());
     agent_core::reporting::start(
@@ -191,9 +199,11 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         session_ids: run.session_ids,
         frames: run.frames.load(Ordering::Relaxed),
         first_frame_ms: *run.shared.first_frame_ms.lock().unwrap(),
+        session_to_first_frame_ms: *run.shared.session_to_first_frame_ms.lock().unwrap(),
         elapsed_ms: run.started.elapsed().as_millis() as u64,
         reconnects: run.shared.reconnects.load(Ordering::Relaxed),
         recordings: run.recordings,
+        decoders: run.decoders.into_iter().collect(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -254,12 +264,18 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
     main_loop.run();
     // The poll stops itself (next time it runs, if the loop ended for another reason).
     run.session_ids.extend(sessions.take());
+    run.decoders.extend(decoders(&pipeline));
     let outcome = end.take().unwrap_or(Outcome::Stopped);
     finalize_recording(&bus, &entries.lock().unwrap());
     // Ends the session (webrtcsrc tells the signaller) and closes the connection.
     let _ = pipeline.set_state(gst::State::Null);
     *run.shared.src.lock().unwrap() = None;
     Ok(outcome)
+}
+
+/// Factory names of the media decoders in `pipeline` (webrtcsrc's bins included).
+fn decoders(pipeline: &gst::Pipeline) -> Vec<String> {
+    agent_core::stats::elements_of_class(pipeline.upcast_ref(), "Codec/Decoder")
 }
 
 /// The webrtcsrc, configured from the arguments, with our signaller.
@@ -478,7 +494,9 @@ impl EventHandler for Follower {
         if n > 0 && self.shared.first_frame_ms.lock().unwrap().is_none() {
             let ms = self.started.elapsed().as_millis() as u64;
             *self.shared.first_frame_ms.lock().unwrap() = Some(ms);
-            info!("first frame after {ms} ms");
+            let since_session = self.session_since.map(|s| s.elapsed().as_millis() as u64);
+            *self.shared.session_to_first_frame_ms.lock().unwrap() = since_session;
+            info!("first frame after {ms} ms ({since_session:?} ms after the session started)");
         }
         if self.last_progress.elapsed() >= Duration::from_secs(5) && n > 0 {
             self.last_progress = Instant::now();

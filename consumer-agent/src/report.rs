@@ -18,6 +18,8 @@ pub struct Shared {
     pub producer_id: Mutex<Option<String>>,
     pub session_id: Mutex<Option<String>>,
     pub first_frame_ms: Mutex<Option<u64>>,
+    /// From the session's start to the first video frame.
+    pub session_to_first_frame_ms: Mutex<Option<u64>>,
     pub sessions: AtomicU64,
     pub reconnects: AtomicU64,
     /// The current pipeline's webrtcsrc (replaced when the agent rebuilds).

@@ -1,5 +1,6 @@
 //! Where received streams go: `display`, `file:PATH` (no re-encoding), `null` (decode and
-//! count) or `pipeline:'FRAGMENT'`. Video frames are counted on the way.
+//! count), `encoded` (count without decoding) or `pipeline:'FRAGMENT'`. Video frames are
+//! counted on the way.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -17,6 +18,8 @@ pub enum Sink {
     /// Record to a Matroska (.mkv/.webm) or MP4 (.mp4) file, without re-encoding.
     File(PathBuf),
     Null,
+    /// Count the encoded video frames (access units), decoding nothing.
+    Encoded,
     /// A gst-launch fragment with unlinked sink pads; it receives raw (decoded) video/audio.
     Pipeline(String),
 }
@@ -27,6 +30,7 @@ impl FromStr for Sink {
         match s {
             "display" => Ok(Sink::Display),
             "null" => Ok(Sink::Null),
+            "encoded" => Ok(Sink::Encoded),
             _ => {
                 if let Some(path) = s.strip_prefix("file:") {
                     let path = PathBuf::from(path);
@@ -39,7 +43,7 @@ impl FromStr for Sink {
                     Ok(Sink::Pipeline(fragment.to_string()))
                 } else {
                     Err(format!(
-                        "unknown sink '{s}' (supported: display, null, file:PATH.mkv|.mp4, pipeline:'FRAGMENT')"
+                        "unknown sink '{s}' (supported: display, null, encoded, file:PATH.mkv|.mp4, pipeline:'FRAGMENT')"
                     ))
                 }
             }
@@ -205,6 +209,8 @@ impl Linker {
                 false,
             ),
             (Sink::File(_), _) => return self.link_recording(pipeline, pad, video),
+            (Sink::Encoded, true) => return self.link_encoded(pipeline, pad),
+            (Sink::Encoded, false) => ("audio/x-opus ! fakesink sync=false".to_string(), false),
         };
         let bin = gst::parse::bin_from_description(&desc, true)
             .with_context(|| format!("sink for {}", pad.name()))?;
@@ -225,6 +231,31 @@ impl Linker {
             .static_pad("sink")
             .context("sink bin without sink pad")?;
         pad.link(&sinkpad)
+            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
+        Ok(())
+    }
+
+    /// `pad ! capsfilter(encoded) ! parsebin ! [h26xparse to access units] ! fakesink`: webrtcsrc
+    /// stops at the encoded caps, and each access unit is one frame counted.
+    fn link_encoded(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> anyhow::Result<()> {
+        let filter = gst::ElementFactory::make("capsfilter")
+            .property("caps", ENCODED_VIDEO.parse::<gst::Caps>()?)
+            .build()?;
+        let parse = gst::ElementFactory::make("parsebin").build()?;
+        pipeline.add_many([&filter, &parse])?;
+        filter.link(&parse)?;
+        let (weak, counter) = (pipeline.downgrade(), self.frames.clone());
+        parse.connect_pad_added(move |_, parsed| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            if let Err(e) = count_encoded(&pipeline, parsed, counter.clone()) {
+                warn!("cannot count {}: {e:#}", parsed.name());
+            }
+        });
+        filter.sync_state_with_parent()?;
+        parse.sync_state_with_parent()?;
+        pad.link(&filter.static_pad("sink").context("capsfilter sink")?)
             .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
         Ok(())
     }
@@ -284,11 +315,7 @@ impl Linker {
             .request_pad_simple(if video { "video_%u" } else { "audio_%u" })
             .context("the muxer takes no more streams")?;
         self.hold(&mux_pad);
-        let caps = if video {
-            "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1"
-        } else {
-            "audio/x-opus"
-        };
+        let caps = if video { ENCODED_VIDEO } else { "audio/x-opus" };
         let filter = gst::ElementFactory::make("capsfilter")
             .property("caps", caps.parse::<gst::Caps>()?)
             .build()?;
@@ -314,6 +341,45 @@ impl Linker {
 
         Ok(())
     }
+}
+
+/// Video caps webrtcsrc can hand out without decoding.
+const ENCODED_VIDEO: &str = "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1";
+
+/// `parsed ! [h26xparse ! access units] ! fakesink`, counting what reaches the fakesink.
+fn count_encoded(
+    pipeline: &gst::Pipeline,
+    parsed: &gst::Pad,
+    counter: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let caps = parsed
+        .current_caps()
+        .unwrap_or_else(|| parsed.query_caps(None));
+    let name = caps
+        .structure(0)
+        .map(|s| s.name().to_string())
+        .unwrap_or_default();
+    let desc = match name.as_str() {
+        "video/x-h264" => "h264parse ! video/x-h264,alignment=au ! fakesink name=count sync=false",
+        "video/x-h265" => "h265parse ! video/x-h265,alignment=au ! fakesink name=count sync=false",
+        _ => "fakesink name=count sync=false",
+    };
+    let bin = gst::parse::bin_from_description(desc, true)?;
+    let count_pad = bin
+        .by_name("count")
+        .and_then(|e| e.static_pad("sink"))
+        .context("no counting element")?;
+    count_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        gst::PadProbeReturn::Ok
+    });
+    pipeline.add(&bin)?;
+    bin.sync_state_with_parent()?;
+    parsed
+        .link(&bin.static_pad("sink").context("counting bin sink")?)
+        .map_err(|e| anyhow!("cannot link {name}: {e:?}"))?;
+    info!("counting {name} frames without decoding");
+    Ok(())
 }
 
 fn link_to_mux(
@@ -370,6 +436,7 @@ mod tests {
     #[test]
     fn sinks_parse() {
         assert_eq!("null".parse::<Sink>(), Ok(Sink::Null));
+        assert_eq!("encoded".parse::<Sink>(), Ok(Sink::Encoded));
         assert_eq!(
             "file:/tmp/a.mkv".parse::<Sink>(),
             Ok(Sink::File("/tmp/a.mkv".into()))

@@ -1,6 +1,7 @@
 //! producer-agent: publishes a stream into a gst-webrtc-cluster (or any upstream-compatible
 //! signalling server) through `webrtcsink`, and keeps publishing through signalling trouble.
 
+mod encoding;
 mod report;
 mod source;
 
@@ -23,6 +24,7 @@ use gst::glib;
 use gst::prelude::*;
 use tracing::{error, info, warn};
 
+use encoding::{Chain, Encoding};
 use report::{Collector, Counters};
 use source::{BadSource, Source, TestParams};
 
@@ -61,6 +63,24 @@ pub struct Args {
     /// Audio codecs offered (opus). Default: webrtcsink's.
     #[arg(long, env = "PRODUCER_AUDIO_CODECS", value_delimiter = ',', value_parser = audio_codec)]
     pub audio_codec: Vec<&'static str>,
+    /// How the streams are encoded: `per-consumer` (webrtcsink's own way: an encoder per
+    /// consumer, each at the bitrate its congestion control picks) or `shared` (one encoder
+    /// per stream, whose output every consumer gets: encode once, serve many; the video codec
+    /// is the first of --video-codec, VP8 by default). See docs/agents.md.
+    #[arg(long, env = "PRODUCER_ENCODING", value_enum, default_value_t = Encoding::PerConsumer)]
+    pub encoding: Encoding,
+    /// With `--encoding shared`: the video encoder's target bitrate, bits/s (default 2000000).
+    #[arg(long, env = "PRODUCER_BITRATE")]
+    pub bitrate: Option<u32>,
+    /// With `--encoding shared`: at most one keyframe is forced per this many milliseconds,
+    /// however many consumers ask for one (joining, or on loss); a request in between is
+    /// served at the end of the interval.
+    #[arg(
+        long = "min-keyframe-interval",
+        env = "PRODUCER_MIN_KEYFRAME_INTERVAL",
+        default_value_t = 250
+    )]
+    pub min_keyframe_interval_ms: u64,
     /// Congestion control: gcc (rtpgccbwe), homegrown, or disabled. Default: webrtcsink's (gcc).
     #[arg(long, env = "PRODUCER_CONGESTION_CONTROL", value_parser = ["gcc", "homegrown", "disabled"])]
     pub congestion_control: Option<String>,
@@ -203,6 +223,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let sink = make_sink(args, events_tx)?;
     pipeline.add(&sink)?;
     let counters = Arc::new(Counters::default());
+    let shared = Arc::new(encoding::Stats::default());
+    let chain = match args.encoding {
+        Encoding::PerConsumer => Chain::Raw,
+        Encoding::Shared => Chain::Shared(
+            encoding::Settings {
+                video_codec: args.video_codec.first().copied().unwrap_or("video/x-vp8"),
+                bitrate: args.bitrate.unwrap_or(2_000_000),
+                min_keyframe_interval: Duration::from_millis(args.min_keyframe_interval_ms),
+            },
+            shared.clone(),
+        ),
+    };
     let test = TestParams {
         width: args.width,
         height: args.height,
@@ -214,6 +246,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         &sink,
         &args.source,
         &test,
+        &chain,
         count_navigation(counters.clone()),
     )?;
 
@@ -224,6 +257,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         counters.clone(),
         peer_id.clone(),
         consumers.clone(),
+        (args.encoding == Encoding::Shared).then_some(shared),
     )));
     let weak_sink = sink.downgrade();
     agent_core::reporting::start(
@@ -263,6 +297,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn check_bitrates(args: &Args) -> Result<(), BadSource> {
+    if args.bitrate.is_some() && args.encoding != Encoding::Shared {
+        return Err(BadSource(
+            "--bitrate is the shared encoder's: with per-consumer encoding use --start-bitrate, --min-bitrate and --max-bitrate".into(),
+        ));
+    }
     match (args.min_bitrate, args.max_bitrate) {
         (Some(min), Some(max)) if min > max => Err(BadSource(format!(
             "--min-bitrate {min} is above --max-bitrate {max}"

@@ -12,6 +12,8 @@ use gst::prelude::*;
 use gst_webrtc::WebRTCStatsType;
 use serde::Serialize;
 
+use crate::encoding;
+
 /// Counters the agent bumps as things happen.
 #[derive(Default)]
 pub struct Counters {
@@ -49,6 +51,25 @@ pub struct Snapshot {
     pub consumers_refused: u64,
     pub reconnects: u64,
     pub navigation_events: u64,
+    /// `per-consumer` or `shared` (`--encoding`).
+    pub encoding: &'static str,
+    /// With `--encoding shared`: the one video encoder every consumer gets.
+    pub shared_encoder: Option<SharedEncoder>,
+    /// Encoders in the producer's own pipeline (shared mode's; webrtcsink's per-consumer
+    /// encoders are each consumer's `encoders`).
+    pub pipeline_encoders: Vec<String>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct SharedEncoder {
+    pub codec: Option<String>,
+    pub bitrate_bps: u64,
+    /// Keyframe requests from consumers (joins, PLI/FIR), before coalescing.
+    pub keyframe_requests: u64,
+    /// Keyframes forced on the encoder for them.
+    pub keyframes_forced: u64,
+    /// Keyframes sent, forced or not.
+    pub keyframes: u64,
 }
 
 /// Turns successive webrtcsink `stats` readings into snapshots.
@@ -59,6 +80,8 @@ pub struct Collector {
     pub peer_id: Arc<Mutex<Option<String>>>,
     /// session id → consumer peer id, from the signaller's events.
     pub consumers: Arc<Mutex<HashMap<String, String>>>,
+    /// The shared encoder's figures (`--encoding shared`).
+    shared: Option<Arc<encoding::Stats>>,
     last: HashMap<String, (Instant, u64)>,
 }
 
@@ -68,6 +91,7 @@ impl Collector {
         counters: Arc<Counters>,
         peer_id: Arc<Mutex<Option<String>>>,
         consumers: Arc<Mutex<HashMap<String, String>>>,
+        shared: Option<Arc<encoding::Stats>>,
     ) -> Self {
         Collector {
             name,
@@ -75,6 +99,7 @@ impl Collector {
             counters,
             peer_id,
             consumers,
+            shared,
             last: HashMap::new(),
         }
     }
@@ -145,6 +170,22 @@ impl Collector {
             consumers_refused: c.consumers_refused.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
             navigation_events: c.navigation_events.load(Ordering::Relaxed),
+            encoding: match self.shared {
+                Some(_) => "shared",
+                None => "per-consumer",
+            },
+            pipeline_encoders: sink
+                .parent()
+                .and_then(|p| p.downcast::<gst::Bin>().ok())
+                .map(|p| agent_core::stats::elements_of_class(&p, "Codec/Encoder"))
+                .unwrap_or_default(),
+            shared_encoder: self.shared.as_ref().map(|e| SharedEncoder {
+                codec: e.codec.lock().unwrap().clone(),
+                bitrate_bps: e.bitrate.load(Ordering::Relaxed),
+                keyframe_requests: e.keyframe_requests.load(Ordering::Relaxed),
+                keyframes_forced: e.keyframes_forced.load(Ordering::Relaxed),
+                keyframes: e.keyframes.load(Ordering::Relaxed),
+            }),
         }
     }
 }
@@ -244,6 +285,43 @@ pub fn render(s: &Snapshot) -> String {
         ),
     ] {
         write_metric(&mut out, name, "counter", help, &[(base.clone(), v as f64)]);
+    }
+    let mut mode = base.clone();
+    mode.push(("encoding", s.encoding.to_string()));
+    write_metric(
+        &mut out,
+        "producer_info",
+        "gauge",
+        "Always 1; the labels say how the producer encodes.",
+        &[(mode, 1.0)],
+    );
+    if let Some(e) = &s.shared_encoder {
+        write_metric(
+            &mut out,
+            "producer_shared_encoder_bitrate_bps",
+            "gauge",
+            "Target bitrate of the shared video encoder.",
+            &[(base.clone(), e.bitrate_bps as f64)],
+        );
+        for (name, help, v) in [
+            (
+                "producer_shared_keyframe_requests_total",
+                "Keyframe requests from consumers, before coalescing.",
+                e.keyframe_requests,
+            ),
+            (
+                "producer_shared_keyframes_forced_total",
+                "Keyframes forced on the shared encoder.",
+                e.keyframes_forced,
+            ),
+            (
+                "producer_shared_keyframes_total",
+                "Keyframes the shared encoder sent.",
+                e.keyframes,
+            ),
+        ] {
+            write_metric(&mut out, name, "counter", help, &[(base.clone(), v as f64)]);
+        }
     }
     out
 }

@@ -7,6 +7,8 @@ use anyhow::{anyhow, Context};
 use gst::prelude::*;
 use tracing::{info, warn};
 
+use crate::encoding::Chain;
+
 /// `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -56,13 +58,14 @@ pub struct TestParams {
     pub audio: bool,
 }
 
-/// Adds the source to `pipeline` and links it to `sink` (webrtcsink). Streams that appear
-/// later (uridecodebin) are linked when they do; `on_stream` sees every link.
+/// Adds the source to `pipeline` and links it to `sink` (webrtcsink) through `chain`. Streams
+/// that appear later (uridecodebin) are linked when they do; `on_stream` sees every link.
 pub fn add(
     pipeline: &gst::Pipeline,
     sink: &gst::Element,
     source: &Source,
     test: &TestParams,
+    chain: &Chain,
     on_stream: impl Fn(&gst::Pad) + Send + Sync + Clone + 'static,
 ) -> anyhow::Result<()> {
     match source {
@@ -75,14 +78,28 @@ pub fn add(
                 true,
             )
             .context("test video source")?;
-            add_and_link(pipeline, sink, video.upcast_ref(), "video", &on_stream)?;
+            add_and_link(
+                pipeline,
+                sink,
+                video.upcast_ref(),
+                "video",
+                chain,
+                &on_stream,
+            )?;
             if test.audio {
                 let audio = gst::parse::bin_from_description(
                     "audiotestsrc is-live=true wave=sine volume=0.2",
                     true,
                 )
                 .context("test audio source")?;
-                add_and_link(pipeline, sink, audio.upcast_ref(), "audio", &on_stream)?;
+                add_and_link(
+                    pipeline,
+                    sink,
+                    audio.upcast_ref(),
+                    "audio",
+                    chain,
+                    &on_stream,
+                )?;
             }
         }
         Source::Pipeline(fragment) => {
@@ -111,7 +128,7 @@ pub fn add(
                     ))
                     .into());
                 };
-                link_pad(pipeline, sink, &pad, kind, &on_stream)?;
+                link_pad(pipeline, sink, &pad, kind, chain, &on_stream)?;
             }
         }
         Source::Uri(uri) => {
@@ -128,7 +145,7 @@ pub fn add(
                 .build()
                 .context("uridecodebin is not available")?;
             pipeline.add(&decode)?;
-            let (weak_pipeline, sink) = (pipeline.downgrade(), sink.clone());
+            let (weak_pipeline, sink, chain) = (pipeline.downgrade(), sink.clone(), chain.clone());
             decode.connect_pad_added(move |_, pad| {
                 let Some(pipeline) = weak_pipeline.upgrade() else {
                     return;
@@ -137,7 +154,7 @@ pub fn add(
                 let Some(kind) = media_kind(&caps) else {
                     return info!("ignoring a '{caps}' stream of the source");
                 };
-                if let Err(e) = link_pad(&pipeline, &sink, pad, kind, &on_stream) {
+                if let Err(e) = link_pad(&pipeline, &sink, pad, kind, &chain, &on_stream) {
                     warn!("cannot publish the {kind} stream of the source: {e:#}");
                 }
             });
@@ -163,29 +180,27 @@ fn add_and_link(
     sink: &gst::Element,
     bin: &gst::Element,
     kind: &str,
+    chain: &Chain,
     on_stream: &(impl Fn(&gst::Pad) + Clone),
 ) -> anyhow::Result<()> {
     pipeline.add(bin)?;
     let pad = bin
         .static_pad("src")
         .ok_or_else(|| anyhow!("source bin without src pad"))?;
-    link_pad(pipeline, sink, &pad, kind, on_stream)
+    link_pad(pipeline, sink, &pad, kind, chain, on_stream)
 }
 
-/// `pad ! (video|audio)convert ! queue ! webrtcsink.(video|audio)_%u`
+/// `pad ! chain ! webrtcsink.(video|audio)_%u`; the chain converts (and in shared mode
+/// encodes, see `encoding.rs`).
 fn link_pad(
     pipeline: &gst::Pipeline,
     sink: &gst::Element,
     pad: &gst::Pad,
     kind: &str,
+    chain: &Chain,
     on_stream: &(impl Fn(&gst::Pad) + Clone),
 ) -> anyhow::Result<()> {
-    let desc = if kind == "video" {
-        "videoconvert ! queue"
-    } else {
-        "audioconvert ! audioresample ! queue"
-    };
-    let chain = gst::parse::bin_from_description(desc, true)?;
+    let chain = chain.build(kind)?;
     pipeline.add(&chain)?;
     let sink_pad = sink
         .request_pad_simple(&format!("{kind}_%u"))

@@ -1,0 +1,259 @@
+//! `--encoding shared`: encode once, serve many. One encoder per stream runs in the producer's
+//! own pipeline and its output goes into webrtcsink as pre-encoded caps, which webrtcsink
+//! then only payloads per consumer (its default, `per-consumer`, runs one encoder per
+//! consumer, each at the bitrate its own congestion control picks).
+//!
+//! Keyframes: a consumer that joins needs one at once (webrtcsink asks on its behalf, and
+//! keeps asking on every frame until it gets one), and consumers send PLI/FIR on loss. All of
+//! those requests reach the one shared encoder, coalesced by [`Keyframes`]: a request is served
+//! at once if no keyframe was forced in the last `--min-keyframe-interval`; otherwise at the end
+//! of that interval, unless a keyframe went out meanwhile (which satisfies every consumer
+//! waiting then). So at most one forced keyframe per interval, and no request waits longer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use gst::prelude::*;
+use tracing::{debug, info};
+
+/// `--encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoding {
+    /// webrtcsink encodes for each consumer (per-consumer congestion control).
+    PerConsumer,
+    /// One encoder per stream, shared by every consumer.
+    Shared,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::PerConsumer => "per-consumer",
+            Encoding::Shared => "shared",
+        }
+    }
+}
+
+/// How the shared encoders are set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Caps name of the video codec (`video/x-vp8`, `video/x-h264`, …).
+    pub video_codec: &'static str,
+    /// Target of the video encoder, bits/s.
+    pub bitrate: u32,
+    pub min_keyframe_interval: Duration,
+}
+
+/// What the shared encoders report (`sharedEncoder` in the stats).
+#[derive(Default)]
+pub struct Stats {
+    /// The video codec, once the chain exists.
+    pub codec: Mutex<Option<String>>,
+    pub bitrate: AtomicU64,
+    /// Keyframe requests that reached the shared video encoder's output.
+    pub keyframe_requests: AtomicU64,
+    /// Keyframes forced on the encoder for them (after coalescing).
+    pub keyframes_forced: AtomicU64,
+    /// Keyframes that went out, forced or not.
+    pub keyframes: AtomicU64,
+}
+
+/// What goes between each raw stream of the source and webrtcsink.
+#[derive(Clone)]
+pub enum Chain {
+    /// Raw video/audio: webrtcsink encodes per consumer.
+    Raw,
+    Shared(Settings, Arc<Stats>),
+}
+
+impl Chain {
+    /// A bin with one sink and one src pad for a raw `kind` (`video`/`audio`) stream.
+    pub fn build(&self, kind: &str) -> anyhow::Result<gst::Bin> {
+        match self {
+            Chain::Raw => {
+                let desc = match kind {
+                    "video" => "videoconvert ! queue",
+                    _ => "audioconvert ! audioresample ! queue",
+                };
+                Ok(gst::parse::bin_from_description(desc, true)?)
+            }
+            Chain::Shared(settings, stats) => shared(kind, settings, stats),
+        }
+    }
+}
+
+/// The shared encoder's chain for a raw `kind` stream.
+fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result<gst::Bin> {
+    let desc = match (kind, settings.video_codec) {
+        ("audio", _) => "audioconvert ! audioresample ! queue ! opusenc name=encoder ! audio/x-opus ! identity name=out".to_string(),
+        (_, "video/x-vp8") => "videoconvert ! queue ! vp8enc name=encoder ! video/x-vp8 ! identity name=out".into(),
+        (_, "video/x-vp9") => "videoconvert ! queue ! vp9enc name=encoder ! video/x-vp9 ! identity name=out".into(),
+        // Constrained baseline: what every browser decodes; the parser repeats SPS/PPS before
+        // every keyframe, so a joining consumer can start at any of them.
+        (_, "video/x-h264") => "videoconvert ! queue ! x264enc name=encoder ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 name=out".into(),
+        (_, other) => anyhow::bail!(
+            "--encoding shared cannot encode {other} here (vp8, vp9, h264)"
+        ),
+    };
+    let bin = gst::parse::bin_from_description(&desc, true)
+        .with_context(|| format!("the shared {kind} encoder"))?;
+    let encoder = bin.by_name("encoder").context("no encoder")?;
+    let out = bin.by_name("out").context("no encoder output")?;
+    if kind == "audio" {
+        // Chrome's audio decoder expects perfect timestamps (as webrtcsink sets).
+        encoder.set_property("perfect-timestamp", true);
+        return Ok(bin);
+    }
+    configure(&encoder, settings.bitrate);
+    *stats.codec.lock().unwrap() = Some(settings.video_codec.to_string());
+    stats
+        .bitrate
+        .store(settings.bitrate as u64, Ordering::Relaxed);
+    Keyframes::attach(
+        &encoder,
+        &out,
+        settings.min_keyframe_interval,
+        stats.clone(),
+    )?;
+    info!(
+        codec = settings.video_codec,
+        bitrate = settings.bitrate,
+        "shared encoding: one encoder for every consumer"
+    );
+    Ok(bin)
+}
+
+/// Real-time settings, as webrtcsink gives its own encoders: no lookahead or B-frames,
+/// constant bitrate, fastest presets, keyframes only when asked for.
+fn configure(encoder: &gst::Element, bitrate: u32) {
+    let name = encoder.factory().map(|f| f.name().to_string());
+    match name.as_deref() {
+        Some("vp8enc") | Some("vp9enc") => {
+            encoder.set_property("deadline", 1i64);
+            encoder.set_property("target-bitrate", bitrate as i32);
+            encoder.set_property("cpu-used", -16i32);
+            encoder.set_property("keyframe-max-dist", 2000i32);
+            encoder.set_property_from_str("keyframe-mode", "disabled");
+            encoder.set_property_from_str("end-usage", "cbr");
+            encoder.set_property("buffer-initial-size", 100i32);
+            encoder.set_property("buffer-optimal-size", 120i32);
+            encoder.set_property("buffer-size", 150i32);
+            encoder.set_property("max-intra-bitrate", 250i32);
+            encoder.set_property_from_str("error-resilient", "default");
+            encoder.set_property("lag-in-frames", 0i32);
+            encoder.set_property("threads", 2i32);
+        }
+        Some("x264enc") => {
+            encoder.set_property("bitrate", bitrate / 1000);
+            encoder.set_property_from_str("tune", "zerolatency");
+            encoder.set_property_from_str("speed-preset", "ultrafast");
+            encoder.set_property("key-int-max", 2000u32);
+            encoder.set_property("b-adapt", false);
+            encoder.set_property("vbv-buf-capacity", 120u32);
+            encoder.set_property("threads", 2u32);
+        }
+        _ => {}
+    }
+}
+
+/// Coalesces keyframe requests for one shared encoder (see the module documentation).
+struct Keyframes {
+    interval: Duration,
+    stats: Arc<Stats>,
+    /// Where a deferred request is sent: the encoder's src pad (past the probe).
+    encoder_src: gst::Pad,
+    state: Mutex<KeyframeState>,
+}
+
+#[derive(Default)]
+struct KeyframeState {
+    last_forced: Option<Instant>,
+    /// A request is waiting for the end of the interval.
+    deferred: bool,
+}
+
+impl Keyframes {
+    fn attach(
+        encoder: &gst::Element,
+        out: &gst::Element,
+        interval: Duration,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<()> {
+        let keyframes = Arc::new(Keyframes {
+            interval,
+            stats,
+            encoder_src: encoder.static_pad("src").context("encoder src")?,
+            state: Mutex::default(),
+        });
+        let out_src = out.static_pad("src").context("encoder output src")?;
+        let k = keyframes.clone();
+        out_src.add_probe(
+            gst::PadProbeType::EVENT_UPSTREAM,
+            move |_, info| match info.event() {
+                Some(ev) if gst_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok() => k.request(),
+                _ => gst::PadProbeReturn::Ok,
+            },
+        );
+        out_src.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buffer) = info.buffer() {
+                if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                    keyframes.went_out();
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+        Ok(())
+    }
+
+    /// A keyframe request from downstream: let it through, defer it, or drop it.
+    fn request(self: &Arc<Self>) -> gst::PadProbeReturn {
+        self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap();
+        let now = Instant::now();
+        let wait = state
+            .last_forced
+            .map(|t| self.interval.saturating_sub(now - t))
+            .unwrap_or_default();
+        if wait.is_zero() {
+            state.last_forced = Some(now);
+            self.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
+            debug!("forcing a keyframe");
+            return gst::PadProbeReturn::Ok;
+        }
+        if !state.deferred {
+            state.deferred = true;
+            let k = self.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(wait);
+                k.deferred_due();
+            });
+        }
+        gst::PadProbeReturn::Drop
+    }
+
+    /// The end of the interval a request was deferred to.
+    fn deferred_due(&self) {
+        {
+            let mut state = self.state.lock().unwrap();
+            if !state.deferred {
+                return; // a keyframe went out meanwhile
+            }
+            state.deferred = false;
+            state.last_forced = Some(Instant::now());
+        }
+        self.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
+        debug!("forcing a deferred keyframe");
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        self.encoder_src.send_event(event);
+    }
+
+    /// A keyframe passed: whoever was waiting has it.
+    fn went_out(&self) {
+        self.stats.keyframes.fetch_add(1, Ordering::Relaxed);
+        self.state.lock().unwrap().deferred = false;
+    }
+}
