@@ -106,6 +106,64 @@ async fn the_page_plays_a_producer_and_its_clicks_reach_the_producer() -> Result
     Ok(())
 }
 
+/// A shared-mode producer (one encoder for every viewer) plays in the page, beside a
+/// consumer-agent served by the same encoder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_a_shared_encoding_producer() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let producer = Agent::producer(&[
+        "--server",
+        &node.url(),
+        "--name",
+        "stage",
+        "--encoding",
+        "shared",
+        "--stats-interval",
+        "0.5",
+    ])?;
+    let agent = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--producer-name",
+        "stage",
+        "--sink",
+        "encoded",
+        "--stats-interval",
+        "0.5",
+    ])?;
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    let page = browser(&["watch", &url, "stage", "", "0"])?;
+    let playing = event(&page, "playing").await?;
+    assert_eq!(playing["width"].as_u64(), Some(320), "{playing}");
+    assert!(
+        playing["frames"].as_u64() > playing["framesBefore"].as_u64(),
+        "{playing}"
+    );
+    assert!(playing["distinctColours"].as_u64() > Some(4), "{playing}");
+    eprintln!(
+        "shared stream: click to first frame {} ms",
+        playing["clickToFirstFrameMs"]
+    );
+    agent
+        .wait(LONG, "the agent's frames", |a| {
+            a.json_lines("consumer-stats")
+                .last()
+                .and_then(|l| l["frames"].as_u64())
+                > Some(10)
+        })
+        .await?;
+    producer
+        .wait(LONG, "two consumers of one shared encoder", |p| {
+            p.json_lines("producer-stats").last().is_some_and(|s| {
+                s["consumers"].as_array().map(Vec::len) == Some(2)
+                    && s["pipeline_encoders"] == serde_json::json!(["vp8enc"])
+            })
+        })
+        .await?;
+    Ok(())
+}
+
 /// The node id, as /healthz names it.
 async fn node_id(node: &Node) -> Result<String> {
     let (_, body) = node.get("/healthz").await?;

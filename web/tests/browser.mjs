@@ -36,8 +36,16 @@ try {
 
   if (mode === "watch") {
     const button = page.locator("#producers button", { hasText: name });
+    await button.first().waitFor({ timeout: 60000 });
+    const clicked = Date.now();
     await button.first().click({ timeout: 60000 });
     const tile = page.locator(".tile").first();
+    // Click to the first frame presented (polled every animation frame).
+    await page.waitForFunction(() => {
+      const v = document.querySelector(".tile video");
+      return v && v.getVideoPlaybackQuality().totalVideoFrames > 0;
+    }, null, { timeout: 60000, polling: "raf" });
+    const clickToFirstFrameMs = Date.now() - clicked;
     await page.waitForFunction(() => {
       const t = document.querySelector(".tile");
       return t && Number(t.dataset.frames || 0) > 10 && Number(t.dataset.width || 0) > 0;
@@ -65,7 +73,7 @@ try {
     });
     if (arg4) await tile.locator("video").screenshot({ path: arg4 });
     const overlay = await tile.locator(".stats").textContent();
-    say({ event: "playing", ...second, framesBefore: first.frames, distinctColours: distinct, overlay });
+    say({ event: "playing", ...second, framesBefore: first.frames, distinctColours: distinct, overlay, clickToFirstFrameMs });
 
     const clicks = Number(arg5 || 0);
     if (clicks > 0) {

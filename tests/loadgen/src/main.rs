@@ -5,6 +5,7 @@
 //! suite runs a tiny version (`--smoke`) so it cannot rot.
 
 mod client;
+mod fanout;
 mod procs;
 mod scenarios;
 
@@ -38,6 +39,11 @@ struct Args {
     agents_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 3)]
     ttff_runs: usize,
+    /// Fanout runs (needs --agents-dir): consumer counts per codec, `vp8:1,2,4;h264:1,4`.
+    /// Default (unless --smoke): `vp8:1,2,4,8,12;h264:1,4,8`. With --render: measured now
+    /// and put into the earlier report.
+    #[arg(long)]
+    fanout: Option<String>,
     /// Comma-separated: upstream, single, cluster2, cluster3, ...
     #[arg(long, default_value = "upstream,single,cluster2,cluster3")]
     targets: String,
@@ -155,6 +161,13 @@ async fn run(args: Args) -> Result<()> {
             setup: Vec::new(),
         };
         report["ratios"] = ratios(&results, &plan);
+        if let (Some(spec), Some(dir)) = (&args.fanout, &args.agents_dir) {
+            let bins = binaries(&args)?;
+            report["fanout"] = fanout::run(&bins, dir, &fanout::parse(spec)?).await?;
+            report["fanout_date"] = json!(date());
+        } else {
+            fanout::resummarize(&mut report["fanout"]);
+        }
         if let Some(json_out) = &args.json {
             std::fs::write(json_out, serde_json::to_string_pretty(&report)? + "\n")?;
         }
@@ -183,25 +196,7 @@ async fn run(args: Args) -> Result<()> {
         presence: pairs(args.presence.as_deref().unwrap_or(d_presence))?,
         setup: pairs(args.setup.as_deref().unwrap_or(d_setup))?,
     };
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("exe dir")?
-            .to_path_buf(),
-    };
-    let bins = Binaries {
-        node: bin_dir.join("signalling-cluster"),
-        upstream: args.upstream.clone(),
-        redis_server: args.redis_server.clone(),
-        node_args: vec![
-            "--max-messages-per-sec".into(),
-            args.max_messages_per_sec.to_string(),
-            "--peer-queue".into(),
-            args.peer_queue.to_string(),
-        ],
-        log: args.server_log.clone(),
-    };
+    let bins = binaries(&args)?;
     let targets: Vec<Target> = args
         .targets
         .split(',')
@@ -278,6 +273,16 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    let fanout_spec = match (&args.fanout, args.smoke) {
+        (Some(spec), _) => Some(spec.clone()),
+        (None, false) => Some("vp8:1,2,4,8,12;h264:1,4,8".to_string()),
+        (None, true) => None,
+    };
+    let fanout = match (&fanout_spec, &args.agents_dir) {
+        (Some(spec), Some(dir)) => fanout::run(&bins, dir, &fanout::parse(spec)?).await?,
+        _ => Value::Null,
+    };
+
     let ratios = ratios(&results, &plan);
     let report = json!({
         "date": date(),
@@ -295,6 +300,7 @@ async fn run(args: Args) -> Result<()> {
         },
         "results": results,
         "ratios": ratios,
+        "fanout": fanout,
     });
     let table = table(&report);
     println!("{table}");
@@ -348,6 +354,29 @@ fn median_value(values: &[&Value]) -> Value {
         Some(v) => (*v).clone(),
         None => Value::Null,
     }
+}
+
+/// Our node's binary and flags, the upstream command, from the arguments.
+fn binaries(args: &Args) -> Result<Binaries> {
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_path_buf(),
+    };
+    Ok(Binaries {
+        node: bin_dir.join("signalling-cluster"),
+        upstream: args.upstream.clone(),
+        redis_server: args.redis_server.clone(),
+        node_args: vec![
+            "--max-messages-per-sec".into(),
+            args.max_messages_per_sec.to_string(),
+            "--peer-queue".into(),
+            args.peer_queue.to_string(),
+        ],
+        log: args.server_log.clone(),
+    })
 }
 
 fn write_md(args: &Args, report: &Value, table: &str) -> Result<()> {
@@ -731,9 +760,93 @@ fn markdown(report: &Value, table: &str, notes: &str) -> String {
         s += &errors.join("\n");
         s += "\n";
     }
+    if report["fanout"].is_object() {
+        s += &fanout_markdown(report);
+    }
     if !notes.is_empty() {
         s += "\n";
         s += notes;
+    }
+    s
+}
+
+/// The fanout section: per codec, producer CPU and the consumers' worst frame rate per K, for
+/// both modes side by side, then the targets.
+fn fanout_markdown(report: &Value) -> String {
+    let mut s = String::from("\n## Fanout: encoding per consumer or shared\n\n");
+    s += &format!(
+        "One producer-agent (test pattern, 1280x720, 30 fps, 2 Mbit/s, no congestion control and \
+         no FEC in either mode, so both send the same stream) and K consumer-agents `--sink encoded` on \
+         one node, all on this machine's cores. CPU: the producer process, from `/proc`, over \
+         an 8 s window once every consumer has frames; fps: each consumer's frames over the \
+         same window; a K is held when every consumer gets at least {} fps (the runs stop at \
+         the first K not held). First frame: {} consumers joining the running stream one after \
+         another at the second K, session start to first frame (the agent polls every 20 ms). \
+         Measured {}.\n\n",
+        fanout::HELD_FPS,
+        5,
+        report["fanout_date"].as_str().unwrap_or(report["date"].as_str().unwrap_or("")),
+    );
+    let mut targets = Vec::new();
+    for (codec, modes) in report["fanout"].as_object().into_iter().flatten() {
+        s += &format!("### {}\n\n| K | per-consumer CPU % | min fps | shared CPU % | min fps |\n|---:|---:|---:|---:|---:|\n", codec.to_uppercase());
+        let runs = |mode: &str| modes[mode]["runs"].as_array().cloned().unwrap_or_default();
+        let (per, shared) = (runs("per-consumer"), runs("shared"));
+        let mut ks: Vec<u64> = per
+            .iter()
+            .chain(&shared)
+            .filter_map(|r| r["k"].as_u64())
+            .collect();
+        ks.sort_unstable();
+        ks.dedup();
+        let cell = |runs: &[Value], k: u64| -> (String, String) {
+            match runs.iter().find(|r| r["k"].as_u64() == Some(k)) {
+                Some(r) if r.get("error").is_some() => ("failed".into(), "–".into()),
+                Some(r) => (
+                    format!("{}", r["producer_cpu_pct"]),
+                    format!("{}", r["min_fps"]),
+                ),
+                None => ("–".into(), "–".into()),
+            }
+        };
+        for k in ks {
+            let (pc, pf) = cell(&per, k);
+            let (sc, sf) = cell(&shared, k);
+            s += &format!("| {k} | {pc} | {pf} | {sc} | {sf} |\n");
+        }
+        let f = |mode: &str, key: &str| modes[mode][key].clone();
+        s += &format!(
+            "\n| | per-consumer | shared |\n|---|---:|---:|\n\
+             | producer CPU % per added consumer (fit over the Ks held) | {} | {} |\n\
+             | largest K with every consumer at {}+ fps | {} | {} |\n\
+             | joining consumer: session start → first frame, median ms | {} | {} |\n\n",
+            f("per-consumer", "producer_cpu_pct_per_added_consumer"),
+            f("shared", "producer_cpu_pct_per_added_consumer"),
+            fanout::HELD_FPS,
+            f("per-consumer", "largest_k_held"),
+            f("shared", "largest_k_held"),
+            f("per-consumer", "joiner_first_frame_ms_median"),
+            f("shared", "joiner_first_frame_ms_median"),
+        );
+        let per_added = |mode: &str| f(mode, "producer_cpu_pct_per_added_consumer").as_f64();
+        if let (Some(p), Some(sh)) = (per_added("per-consumer"), per_added("shared")) {
+            let ratio = sh / p;
+            targets.push(format!(
+                "| {codec}: shared CPU per added consumer ÷ per-consumer's | {ratio:.3} | ≤ 0.1 | {} |",
+                if ratio <= 0.1 { "yes" } else { "**no**" }
+            ));
+        }
+        if let Some(ms) = f("shared", "joiner_first_frame_ms_median").as_f64() {
+            targets.push(format!(
+                "| {codec}: joining a shared stream, first frame (median ms) | {ms} | ≤ 300 | {} |",
+                if ms <= 300.0 { "yes" } else { "**no**" }
+            ));
+        }
+    }
+    if !targets.is_empty() {
+        s += "### Fanout targets\n\n| what | value | target | met |\n|---|---:|---|---|\n";
+        s += &targets.join("\n");
+        s += "\n";
     }
     s
 }

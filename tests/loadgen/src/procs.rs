@@ -94,6 +94,22 @@ impl Proc {
         ))
     }
 
+    /// Like [`Proc::spawn`], but stdout stays as `cmd` has it (a pipe); stderr discarded.
+    pub fn spawn_piped(mut cmd: Command) -> Result<Proc> {
+        // SAFETY: prctl in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd.stdin(Stdio::null()).stderr(Stdio::null());
+        Ok(Proc(
+            cmd.spawn()
+                .with_context(|| format!("cannot start {cmd:?}"))?,
+        ))
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
