@@ -60,7 +60,8 @@ async fn report(c: &mut Agent) -> Result<Value> {
 }
 
 /// Three consumers of one shared encoder, the third joining a running stream: all get
-/// frames, the producer's pipeline holds one video encoder and webrtcsink none per consumer.
+/// frames, the producer's pipeline holds one video encoder and webrtcsink none per consumer,
+/// and the encoder's bitrate follows the consumers' estimates within the bounds.
 async fn three_consumers_share_one_encoder(
     codec: &str,
     encoder: &str,
@@ -80,6 +81,10 @@ async fn three_consumers_share_one_encoder(
         codec,
         "--bitrate",
         "500000",
+        "--min-bitrate",
+        "300000",
+        "--max-bitrate",
+        "800000",
         "--stats-interval",
         "0.2",
     ])?;
@@ -91,6 +96,17 @@ async fn three_consumers_share_one_encoder(
     let mut late = consumer(&node, &name, "encoded")?;
     frames(&late, 30).await?;
 
+    serving(&producer, 3).await?;
+    // The bitrate follows the consumers' estimates (gcc, loopback: up to the bound).
+    producer
+        .wait(LONG, "the shared bitrate at the estimates' bound", |p| {
+            p.json_lines("producer-stats").last().is_some_and(|s| {
+                let e = &s["shared_encoder"];
+                e["estimates_bps"].as_array().map(Vec::len) == Some(3)
+                    && e["bitrate_bps"].as_u64() == Some(800_000)
+            })
+        })
+        .await?;
     let stats = serving(&producer, 3).await?;
     assert_eq!(stats["encoding"], "shared", "{stats}");
     assert_eq!(

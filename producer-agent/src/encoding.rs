@@ -41,9 +41,12 @@ impl Encoding {
 pub struct Settings {
     /// Caps name of the video codec (`video/x-vp8`, `video/x-h264`, …).
     pub video_codec: &'static str,
-    /// Target of the video encoder, bits/s.
+    /// Target of the video encoder, bits/s (the start, when it follows the audience).
     pub bitrate: u32,
     pub min_keyframe_interval: Duration,
+    /// Follow the consumers' bandwidth estimates (congestion control on) within these bounds,
+    /// bits/s; `None`: keep `bitrate`.
+    pub follow: Option<(u32, u32)>,
 }
 
 /// What the shared encoders report (`sharedEncoder` in the stats).
@@ -58,7 +61,14 @@ pub struct Stats {
     pub keyframes_forced: AtomicU64,
     /// Keyframes that went out, forced or not.
     pub keyframes: AtomicU64,
+    /// The consumers' latest bandwidth estimates (bits/s), when the bitrate follows them.
+    pub estimates: Mutex<Vec<u64>>,
+    /// The shared video encoder and the bounds of its bitrate, when it follows the audience.
+    encoder: Mutex<Option<Followed>>,
 }
+
+/// The shared video encoder and the bounds its bitrate follows the audience within.
+type Followed = (gst::glib::WeakRef<gst::Element>, (u32, u32));
 
 /// What goes between each raw stream of the source and webrtcsink.
 #[derive(Clone)]
@@ -117,6 +127,9 @@ fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result
         settings.min_keyframe_interval,
         stats.clone(),
     )?;
+    if let Some(bounds) = settings.follow {
+        *stats.encoder.lock().unwrap() = Some((encoder.downgrade(), bounds));
+    }
     info!(
         codec = settings.video_codec,
         bitrate = settings.bitrate,
@@ -255,5 +268,91 @@ impl Keyframes {
     fn went_out(&self) {
         self.stats.keyframes.fetch_add(1, Ordering::Relaxed);
         self.state.lock().unwrap().deferred = false;
+    }
+}
+
+/// The share of consumers whose estimate the shared bitrate may exceed: the 20th percentile
+/// of the estimates, so that the weakest fifth of the audience (one bad link among a few) does
+/// not pull everyone down, while a bitrate most links cannot carry is never chosen.
+const PERCENTILE: f64 = 0.2;
+
+/// Below this relative change the encoder is left alone (estimates move all the time, and
+/// every change of target makes the rate control hunt).
+const DEADBAND: f64 = 0.05;
+
+/// The bitrate the shared encoder should have for `estimates` (bits/s), within `bounds`.
+pub fn audience_bitrate(estimates: &[u64], bounds: (u32, u32)) -> Option<u32> {
+    if estimates.is_empty() {
+        return None;
+    }
+    let mut sorted = estimates.to_vec();
+    sorted.sort_unstable();
+    let i = ((sorted.len() - 1) as f64 * PERCENTILE).floor() as usize;
+    Some((sorted[i].min(u32::MAX as u64) as u32).clamp(bounds.0, bounds.1))
+}
+
+impl Stats {
+    /// With the bitrate following the audience: reads each consumer's congestion-control
+    /// estimate (webrtcsink's `rtpgccbwe` in each consumer's `webrtcbin`) and sets the shared
+    /// encoder's target to [`audience_bitrate`]. Called every second.
+    pub fn follow_audience(&self, webrtcbins: &[gst::Element]) {
+        let Some((encoder, bounds)) = self.encoder.lock().unwrap().clone() else {
+            return;
+        };
+        let Some(encoder) = encoder.upgrade() else {
+            return;
+        };
+        let estimates: Vec<u64> = webrtcbins
+            .iter()
+            .filter_map(|w| w.downcast_ref::<gst::Bin>())
+            .filter_map(|bin| {
+                bin.iterate_recurse()
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .find(|e| e.factory().is_some_and(|f| f.name() == "rtpgccbwe"))
+            })
+            .map(|bwe| bwe.property::<u32>("estimated-bitrate") as u64)
+            .collect();
+        *self.estimates.lock().unwrap() = estimates.clone();
+        let Some(target) = audience_bitrate(&estimates, bounds) else {
+            return;
+        };
+        let now = self.bitrate.load(Ordering::Relaxed) as f64;
+        if (target as f64 - now).abs() <= now * DEADBAND {
+            return;
+        }
+        info!(
+            target,
+            consumers = estimates.len(),
+            "the shared encoder's bitrate follows the audience"
+        );
+        match encoder.factory().map(|f| f.name().to_string()).as_deref() {
+            Some("x264enc") => encoder.set_property("bitrate", target / 1000),
+            _ => encoder.set_property("target-bitrate", target as i32),
+        }
+        self.bitrate.store(target as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::audience_bitrate;
+
+    #[test]
+    fn the_audience_bitrate_is_a_low_percentile_within_bounds() {
+        let bounds = (300_000, 4_000_000);
+        assert_eq!(audience_bitrate(&[], bounds), None);
+        assert_eq!(audience_bitrate(&[2_000_000], bounds), Some(2_000_000));
+        // With four consumers the weakest sets the pace; with ten, one bad link does not.
+        let four = [400_000, 2_500_000, 3_000_000, 3_500_000];
+        assert_eq!(audience_bitrate(&four, bounds), Some(400_000));
+        let ten = [
+            100_000, 2_000_000, 2_100_000, 2_200_000, 2_300_000, 2_400_000, 2_500_000, 2_600_000,
+            2_700_000, 2_800_000,
+        ];
+        assert_eq!(audience_bitrate(&ten, bounds), Some(2_000_000));
+        // Within the bounds whatever the estimates say.
+        assert_eq!(audience_bitrate(&[50_000], bounds), Some(300_000));
+        assert_eq!(audience_bitrate(&[9_000_000], bounds), Some(4_000_000));
     }
 }

@@ -70,6 +70,9 @@ pub struct Args {
     #[arg(long, env = "PRODUCER_ENCODING", value_enum, default_value_t = Encoding::PerConsumer)]
     pub encoding: Encoding,
     /// With `--encoding shared`: the video encoder's target bitrate, bits/s (default 2000000).
+    /// With gcc congestion control (webrtcsink's default) it is the start: the bitrate then
+    /// follows the consumers' estimates (their 20th percentile) within --min-bitrate and
+    /// --max-bitrate.
     #[arg(long, env = "PRODUCER_BITRATE")]
     pub bitrate: Option<u32>,
     /// With `--encoding shared`: at most one keyframe is forced per this many milliseconds,
@@ -231,6 +234,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 video_codec: args.video_codec.first().copied().unwrap_or("video/x-vp8"),
                 bitrate: args.bitrate.unwrap_or(2_000_000),
                 min_keyframe_interval: Duration::from_millis(args.min_keyframe_interval_ms),
+                follow: follows_audience(args),
             },
             shared.clone(),
         ),
@@ -257,7 +261,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         counters.clone(),
         peer_id.clone(),
         consumers.clone(),
-        (args.encoding == Encoding::Shared).then_some(shared),
+        (args.encoding == Encoding::Shared).then_some(shared.clone()),
     )));
     let weak_sink = sink.downgrade();
     agent_core::reporting::start(
@@ -266,6 +270,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         report::render,
     )?;
 
+    if args.encoding == Encoding::Shared {
+        follow_audience(&sink, shared.clone());
+    }
     let main_loop = glib::MainLoop::new(None, false);
     let end = End::new(&main_loop);
     let looper = Looper::new(
@@ -294,6 +301,53 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // Ends every session (webrtcsink tells the signaller) and closes the connection.
     let _ = pipeline.set_state(gst::State::Null);
     end.result()
+}
+
+/// In shared mode with webrtcsink's gcc congestion control, the shared encoder's bitrate
+/// follows the consumers' estimates within --min-bitrate/--max-bitrate (300 kbit/s and
+/// webrtcsink's 8192000 unless given); otherwise it stays at --bitrate.
+fn follows_audience(args: &Args) -> Option<(u32, u32)> {
+    let gcc = matches!(args.congestion_control.as_deref(), None | Some("gcc"));
+    gcc.then(|| {
+        (
+            args.min_bitrate.unwrap_or(300_000),
+            args.max_bitrate.unwrap_or(8_192_000),
+        )
+    })
+}
+
+/// Every second, the shared encoder's bitrate follows the estimates of the consumers'
+/// congestion control (each consumer's webrtcbin, kept from webrtcsink's signals).
+fn follow_audience(sink: &gst::Element, shared: Arc<encoding::Stats>) {
+    let webrtcbins = Arc::new(Mutex::new(
+        HashMap::<String, glib::WeakRef<gst::Element>>::new(),
+    ));
+    let added = webrtcbins.clone();
+    sink.connect("consumer-added", false, move |values| {
+        if let (Ok(peer), Ok(webrtcbin)) =
+            (values[1].get::<String>(), values[2].get::<gst::Element>())
+        {
+            added.lock().unwrap().insert(peer, webrtcbin.downgrade());
+        }
+        None
+    });
+    let removed = webrtcbins.clone();
+    sink.connect("consumer-removed", false, move |values| {
+        if let Ok(peer) = values[1].get::<String>() {
+            removed.lock().unwrap().remove(&peer);
+        }
+        None
+    });
+    glib::timeout_add_seconds_local(1, move || {
+        let live: Vec<gst::Element> = webrtcbins
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        shared.follow_audience(&live);
+        glib::ControlFlow::Continue
+    });
 }
 
 fn check_bitrates(args: &Args) -> Result<(), BadSource> {

@@ -70,6 +70,8 @@ pub struct SharedEncoder {
     pub keyframes_forced: u64,
     /// Keyframes sent, forced or not.
     pub keyframes: u64,
+    /// The consumers' bandwidth estimates the bitrate follows (empty if it does not).
+    pub estimates_bps: Vec<u64>,
 }
 
 /// Turns successive webrtcsink `stats` readings into snapshots.
@@ -185,6 +187,7 @@ impl Collector {
                 keyframe_requests: e.keyframe_requests.load(Ordering::Relaxed),
                 keyframes_forced: e.keyframes_forced.load(Ordering::Relaxed),
                 keyframes: e.keyframes.load(Ordering::Relaxed),
+                estimates_bps: e.estimates.lock().unwrap().clone(),
             }),
         }
     }
