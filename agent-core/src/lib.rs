@@ -50,10 +50,22 @@ pub fn init_gstreamer() -> anyhow::Result<()> {
 /// signalling has found a peer: a consumer that finds its producer at once still waits for
 /// the rest (measured 125 ms of the 160).
 fn warm_up_dtls() {
-    std::thread::spawn(|| {
+    let handle = std::thread::spawn(|| {
         let started = std::time::Instant::now();
         if gst::ElementFactory::make("dtlsdec").build().is_ok() {
             tracing::debug!(took = ?started.elapsed(), "DTLS certificate ready");
         }
     });
+    *WARM_UP.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+}
+
+static WARM_UP: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> = std::sync::Mutex::new(None);
+
+/// Call before the process exits: a process that exits while the certificate is being made
+/// (an agent stopped by a bad argument within milliseconds) crashes in OpenSSL's clean-up.
+pub fn settle() {
+    let handle = WARM_UP.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(handle) = handle {
+        let _ = handle.join();
+    }
 }

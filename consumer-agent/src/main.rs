@@ -111,7 +111,9 @@ fn main() -> ExitCode {
         eprintln!("consumer-agent: one of --producer-name, --producer-id or --first is required");
         return ExitCode::from(exit::USAGE);
     };
-    match run(&args, target) {
+    let result = run(&args, target);
+    agent_core::settle();
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             error!("{e:#}");

@@ -146,7 +146,9 @@ fn audio_codec(s: &str) -> Result<&'static str, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.output.init_logging("producer_agent", "PRODUCER_LOG");
-    match run(&args) {
+    let result = run(&args);
+    agent_core::settle();
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             error!("{e:#}");

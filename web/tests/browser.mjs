@@ -8,6 +8,9 @@
 //     playing again.
 //   node browser.mjs publish URL NAME SECONDS
 //     publishes the fake camera as NAME for SECONDS.
+//   node browser.mjs first-frame URL NAME ours|demo
+//     clicks producer NAME in our app, or in upstream's gstwebrtc-api demo page, and reports
+//     the time from the click to the first video frame presented.
 import { chromium } from "playwright-core";
 
 const [mode, url, name, arg4, arg5] = process.argv.slice(2);
@@ -31,8 +34,10 @@ page.on("pageerror", (e) => console.error(`[page] error: ${e.message}`));
 
 try {
   await page.goto(url);
-  await page.waitForFunction(() => document.querySelector("#status").dataset.state === "connected", null, { timeout: 20000 });
-  say({ event: "connected", node: await page.textContent("#node") });
+  if (!(mode === "first-frame" && arg4 === "demo")) {
+    await page.waitForFunction(() => document.querySelector("#status").dataset.state === "connected", null, { timeout: 20000 });
+    say({ event: "connected", node: await page.textContent("#node") });
+  }
 
   if (mode === "watch") {
     const button = page.locator("#producers button", { hasText: name });
@@ -99,6 +104,19 @@ try {
       const f2 = await frames();
       say({ event: "resumed", producerId: await tile.getAttribute("data-producer-id"), framesBefore: f1, frames: f2 });
     }
+  } else if (mode === "first-frame") {
+    const demo = arg4 === "demo";
+    const button = demo
+      ? page.locator("#remote-streams li div.button", { hasText: name })
+      : page.locator("#producers button", { hasText: name });
+    await button.first().waitFor({ timeout: 60000 });
+    const clicked = Date.now();
+    await button.first().click();
+    await page.waitForFunction((demo) => {
+      const v = document.querySelector(demo ? "#remote-streams li video" : ".tile video");
+      return v && v.getVideoPlaybackQuality().totalVideoFrames > 0;
+    }, demo, { timeout: 60000, polling: "raf" });
+    say({ event: "first-frame", ms: Date.now() - clicked });
   } else if (mode === "publish") {
     await page.fill("#publish-name", name);
     await page.click("#publish button[value=camera]");
