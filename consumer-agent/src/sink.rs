@@ -215,15 +215,7 @@ impl Linker {
         let bin = gst::parse::bin_from_description(&desc, true)
             .with_context(|| format!("sink for {}", pad.name()))?;
         if counted {
-            let counter = self.frames.clone();
-            let count_pad = bin
-                .by_name("count")
-                .and_then(|e| e.static_pad("sink"))
-                .context("no counting element")?;
-            count_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                gst::PadProbeReturn::Ok
-            });
+            count_frames(&bin, self.frames.clone())?;
         }
         pipeline.add(&bin)?;
         bin.sync_state_with_parent()?;
@@ -343,6 +335,27 @@ impl Linker {
     }
 }
 
+/// Counts the buffers reaching the element named `count` in `bin`: one per frame.
+fn count_frames(bin: &gst::Bin, counter: Arc<AtomicU64>) -> anyhow::Result<()> {
+    let count_pad = bin
+        .by_name("count")
+        .and_then(|e| e.static_pad("sink"))
+        .context("no counting element")?;
+    count_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
+/// The media type (`video/x-h264`, …) a pad gives.
+fn caps_name(pad: &gst::Pad) -> String {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    caps.structure(0)
+        .map(|s| s.name().to_string())
+        .unwrap_or_default()
+}
+
 /// Video caps webrtcsrc can hand out without decoding.
 const ENCODED_VIDEO: &str = "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1";
 
@@ -352,27 +365,14 @@ fn count_encoded(
     parsed: &gst::Pad,
     counter: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let caps = parsed
-        .current_caps()
-        .unwrap_or_else(|| parsed.query_caps(None));
-    let name = caps
-        .structure(0)
-        .map(|s| s.name().to_string())
-        .unwrap_or_default();
+    let name = caps_name(parsed);
     let desc = match name.as_str() {
         "video/x-h264" => "h264parse ! video/x-h264,alignment=au ! fakesink name=count sync=false",
         "video/x-h265" => "h265parse ! video/x-h265,alignment=au ! fakesink name=count sync=false",
         _ => "fakesink name=count sync=false",
     };
     let bin = gst::parse::bin_from_description(desc, true)?;
-    let count_pad = bin
-        .by_name("count")
-        .and_then(|e| e.static_pad("sink"))
-        .context("no counting element")?;
-    count_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-        counter.fetch_add(1, Ordering::Relaxed);
-        gst::PadProbeReturn::Ok
-    });
+    count_frames(&bin, counter)?;
     pipeline.add(&bin)?;
     bin.sync_state_with_parent()?;
     parsed
@@ -388,13 +388,7 @@ fn link_to_mux(
     mux_pad: &gst::Pad,
     counter: Option<Arc<AtomicU64>>,
 ) -> anyhow::Result<()> {
-    let caps = parsed
-        .current_caps()
-        .unwrap_or_else(|| parsed.query_caps(None));
-    let name = caps
-        .structure(0)
-        .map(|s| s.name().to_string())
-        .unwrap_or_default();
+    let name = caps_name(parsed);
     // Containers want H.264/H.265 as length-prefixed AUs; the parser converts.
     let desc = match name.as_str() {
         "video/x-h264" => "h264parse ! queue",
