@@ -10,10 +10,12 @@
 //! * [`reporting`]: stats JSON lines and [`metrics`], a tiny Prometheus text endpoint;
 //!   [`stats`]: reading webrtcbin statistics.
 //! * [`shutdown`]: SIGINT/SIGTERM as a flag the GLib main loop polls.
+//! * [`keyframes`]: keyframe requests of many consumers of one encoded stream, coalesced.
 
 pub mod cli;
 pub mod client;
 pub mod events;
+pub mod keyframes;
 pub mod metrics;
 pub mod reporting;
 pub mod shutdown;

@@ -5,18 +5,18 @@
 //!
 //! Keyframes: a consumer that joins needs one at once (webrtcsink asks on its behalf, and
 //! keeps asking on every frame until it gets one), and consumers send PLI/FIR on loss. All of
-//! those requests reach the one shared encoder, coalesced by [`Keyframes`]: a request is served
+//! those requests reach the one shared encoder, coalesced (`agent_core::keyframes`): a request is served
 //! at once if no keyframe was forced in the last `--min-keyframe-interval`; otherwise at the end
 //! of that interval, unless a keyframe went out meanwhile (which satisfies every consumer
 //! waiting then). So at most one forced keyframe per interval, and no request waits longer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use gst::prelude::*;
-use tracing::{debug, info};
+use tracing::info;
 
 /// `--encoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,12 +55,8 @@ pub struct Stats {
     /// The video codec, once the chain exists.
     pub codec: Mutex<Option<String>>,
     pub bitrate: AtomicU64,
-    /// Keyframe requests that reached the shared video encoder's output.
-    pub keyframe_requests: AtomicU64,
-    /// Keyframes forced on the encoder for them (after coalescing).
-    pub keyframes_forced: AtomicU64,
-    /// Keyframes that went out, forced or not.
-    pub keyframes: AtomicU64,
+    /// Keyframe requests that reached the shared video encoder, those forced, keyframes sent.
+    pub keyframes: Arc<agent_core::keyframes::KeyframeCounts>,
     /// The consumers' latest bandwidth estimates (bits/s), when the bitrate follows them.
     pub estimates: Mutex<Vec<u64>>,
     /// The shared video encoder and the bounds of its bitrate, when it follows the audience.
@@ -121,12 +117,16 @@ fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result
     stats
         .bitrate
         .store(settings.bitrate as u64, Ordering::Relaxed);
-    Keyframes::attach(
-        &encoder,
-        &out,
+    let encoder_src = encoder.static_pad("src").context("encoder src")?;
+    agent_core::keyframes::coalesce(
+        &out.static_pad("src").context("encoder output src")?,
         settings.min_keyframe_interval,
-        stats.clone(),
-    )?;
+        stats.keyframes.clone(),
+        // (sent to the encoder's own pad: past the probe on the output)
+        move |event| {
+            encoder_src.send_event(event);
+        },
+    );
     if let Some(bounds) = settings.follow {
         *stats.encoder.lock().unwrap() = Some((encoder.downgrade(), bounds));
     }
@@ -168,106 +168,6 @@ fn configure(encoder: &gst::Element, bitrate: u32) {
             encoder.set_property("threads", 2u32);
         }
         _ => {}
-    }
-}
-
-/// Coalesces keyframe requests for one shared encoder (see the module documentation).
-struct Keyframes {
-    interval: Duration,
-    stats: Arc<Stats>,
-    /// Where a deferred request is sent: the encoder's src pad (past the probe).
-    encoder_src: gst::Pad,
-    state: Mutex<KeyframeState>,
-}
-
-#[derive(Default)]
-struct KeyframeState {
-    last_forced: Option<Instant>,
-    /// A request is waiting for the end of the interval.
-    deferred: bool,
-}
-
-impl Keyframes {
-    fn attach(
-        encoder: &gst::Element,
-        out: &gst::Element,
-        interval: Duration,
-        stats: Arc<Stats>,
-    ) -> anyhow::Result<()> {
-        let keyframes = Arc::new(Keyframes {
-            interval,
-            stats,
-            encoder_src: encoder.static_pad("src").context("encoder src")?,
-            state: Mutex::default(),
-        });
-        let out_src = out.static_pad("src").context("encoder output src")?;
-        let k = keyframes.clone();
-        out_src.add_probe(
-            gst::PadProbeType::EVENT_UPSTREAM,
-            move |_, info| match info.event() {
-                Some(ev) if gst_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok() => k.request(),
-                _ => gst::PadProbeReturn::Ok,
-            },
-        );
-        out_src.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buffer) = info.buffer() {
-                if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                    keyframes.went_out();
-                }
-            }
-            gst::PadProbeReturn::Ok
-        });
-        Ok(())
-    }
-
-    /// A keyframe request from downstream: let it through, defer it, or drop it.
-    fn request(self: &Arc<Self>) -> gst::PadProbeReturn {
-        self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.state.lock().unwrap();
-        let now = Instant::now();
-        let wait = state
-            .last_forced
-            .map(|t| self.interval.saturating_sub(now - t))
-            .unwrap_or_default();
-        if wait.is_zero() {
-            state.last_forced = Some(now);
-            self.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
-            debug!("forcing a keyframe");
-            return gst::PadProbeReturn::Ok;
-        }
-        if !state.deferred {
-            state.deferred = true;
-            let k = self.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(wait);
-                k.deferred_due();
-            });
-        }
-        gst::PadProbeReturn::Drop
-    }
-
-    /// The end of the interval a request was deferred to.
-    fn deferred_due(&self) {
-        {
-            let mut state = self.state.lock().unwrap();
-            if !state.deferred {
-                return; // a keyframe went out meanwhile
-            }
-            state.deferred = false;
-            state.last_forced = Some(Instant::now());
-        }
-        self.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
-        debug!("forcing a deferred keyframe");
-        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
-            .all_headers(true)
-            .build();
-        self.encoder_src.send_event(event);
-    }
-
-    /// A keyframe passed: whoever was waiting has it.
-    fn went_out(&self) {
-        self.stats.keyframes.fetch_add(1, Ordering::Relaxed);
-        self.state.lock().unwrap().deferred = false;
     }
 }
 

@@ -184,9 +184,9 @@ impl Collector {
             shared_encoder: self.shared.as_ref().map(|e| SharedEncoder {
                 codec: e.codec.lock().unwrap().clone(),
                 bitrate_bps: e.bitrate.load(Ordering::Relaxed),
-                keyframe_requests: e.keyframe_requests.load(Ordering::Relaxed),
-                keyframes_forced: e.keyframes_forced.load(Ordering::Relaxed),
-                keyframes: e.keyframes.load(Ordering::Relaxed),
+                keyframe_requests: e.keyframes.requests.load(Ordering::Relaxed),
+                keyframes_forced: e.keyframes.forced.load(Ordering::Relaxed),
+                keyframes: e.keyframes.sent.load(Ordering::Relaxed),
                 estimates_bps: e.estimates.lock().unwrap().clone(),
             }),
         }
