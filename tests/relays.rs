@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
-use cluster_tests::{media, Node, Redis};
+use cluster_tests::{media, Node, Peer, Redis, Topo};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -87,5 +87,74 @@ async fn a_relay_on_another_node_serves_four_viewers_from_one_origin_session() -
         "the origin serves the relay only: {served}"
     );
     assert_eq!(stats["origin_id"], served["peer_id"], "{stats} {served}");
+    Ok(())
+}
+
+/// A relay of a relay (depth 2) delivers frames, and says in its meta what it relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_of_a_relay_delivers_frames_and_names_its_depth() -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let _origin = Agent::producer(&["--server", &a.url(), "--name", "tree"])?;
+    let relay = |node: &Node, source: &str, name: &str| {
+        Agent::spawn(
+            "relay-agent",
+            &[
+                "--server",
+                &node.url(),
+                "--source-name",
+                source,
+                "--name",
+                name,
+                "--max-consumers",
+                "10",
+            ],
+        )
+    };
+    let first = relay(&b, "tree", "tree-1")?;
+    let second = relay(&a, "tree-1", "tree-2")?;
+    let viewer = Agent::consumer(&[
+        "--server",
+        &b.url(),
+        "--producer-name",
+        "tree-2",
+        "--sink",
+        "encoded",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    viewer
+        .wait(LONG, "30 frames two relays down", |v| frames_now(v) >= 30)
+        .await?;
+    // What a stock client listing producers sees.
+    let mut lister = Peer::connect(&a.url()).await?;
+    let list = Topo::list_until(&mut lister, false, |l| {
+        l["producers"].as_array().map(Vec::len) == Some(3)
+    })
+    .await?;
+    let meta_of = |name: &str| {
+        list["producers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["meta"]["name"] == name)
+            .map(|p| (p["id"].clone(), p["meta"].clone()))
+            .with_context(|| format!("{name} not listed: {list}"))
+    };
+    let (origin_id, _) = meta_of("tree")?;
+    let (first_id, first_meta) = meta_of("tree-1")?;
+    let (_, second_meta) = meta_of("tree-2")?;
+    assert_eq!(first_meta["relay-of"], origin_id, "{list}");
+    assert_eq!(first_meta["depth"], "1", "{list}");
+    assert_eq!(second_meta["relay-of"], first_id, "{list}");
+    assert_eq!(second_meta["depth"], "2", "{list}");
+    assert_eq!(
+        second_meta["stream"], "tree",
+        "the stream is the origin's: {list}"
+    );
+    assert_eq!(second_meta["capacity"], "10", "{list}");
+    drop((first, second));
     Ok(())
 }

@@ -73,7 +73,7 @@ pub trait EventHandler {
         ControlFlow::Continue
     }
     /// Consumer: its producer was found.
-    fn producer_chosen(&mut self, _producer_id: String) {}
+    fn producer_chosen(&mut self, _producer_id: String, _meta: Option<serde_json::Value>) {}
     /// Producer: a consumer was turned away (`--max-consumers`).
     fn consumer_refused(&mut self, _peer_id: String, _limit: u32) {}
     /// After each poll's events: the agent's own clocks (timeouts, progress).
@@ -148,7 +148,9 @@ pub fn dispatch(handler: &mut impl EventHandler, event: AgentEvent) -> ControlFl
             handler.stop(Stop::GaveUp(error));
             return ControlFlow::Break;
         }
-        AgentEvent::ProducerChosen { producer_id } => handler.producer_chosen(producer_id),
+        AgentEvent::ProducerChosen { producer_id, meta } => {
+            handler.producer_chosen(producer_id, meta)
+        }
         AgentEvent::SessionStarted {
             session_id,
             peer_id,

@@ -425,7 +425,7 @@ impl EventHandler for Follower {
         }
     }
 
-    fn producer_chosen(&mut self, producer_id: String) {
+    fn producer_chosen(&mut self, producer_id: String, _meta: Option<serde_json::Value>) {
         info!(producer = %producer_id, "found producer {producer_id}");
         *self.shared.producer_id.lock().unwrap() = Some(producer_id);
     }

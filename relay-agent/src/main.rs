@@ -166,6 +166,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
     let failure = Arc::new(Mutex::new(None::<anyhow::Error>));
     let up = Upstream {
         main_loop: main_loop.clone(),
+        sink: sink.downgrade(),
         failure: failure.clone(),
         shared: shared.clone(),
         timeout: Duration::from_secs(args.timeout),
@@ -230,8 +231,7 @@ fn make_sink(
         .unwrap_or_else(|| format!("{} relay", args.stream()));
     let mut meta = gst::Structure::builder("meta")
         .field("name", name)
-        .field("stream", args.stream())
-        .field("depth", "1");
+        .field("stream", args.stream());
     if let Some(n) = args.max_consumers {
         meta = meta.field("capacity", n.to_string());
     }
@@ -345,6 +345,8 @@ impl Republish {
 /// The relay's side as a consumer of the origin.
 struct Upstream {
     main_loop: glib::MainLoop,
+    /// The serving side, whose meta learns what it relays.
+    sink: glib::WeakRef<gst::Element>,
     failure: Arc<Mutex<Option<anyhow::Error>>>,
     shared: Arc<Shared>,
     timeout: Duration,
@@ -382,8 +384,29 @@ impl EventHandler for Upstream {
         info!(peer = %r.peer_id, "upstream: registered on {}", r.at());
     }
 
-    fn producer_chosen(&mut self, producer_id: String) {
-        info!(origin = %producer_id, "relaying producer {producer_id}");
+    fn producer_chosen(&mut self, producer_id: String, meta: Option<serde_json::Value>) {
+        // A relay of a relay is one deeper than its source (an origin has no depth: 0).
+        let depth = meta
+            .as_ref()
+            .and_then(|m| m.get("depth"))
+            .and_then(|d| {
+                d.as_str()
+                    .and_then(|d| d.parse::<u32>().ok())
+                    .or(d.as_u64().map(|d| d as u32))
+            })
+            .unwrap_or(0)
+            + 1;
+        info!(origin = %producer_id, depth, "relaying producer {producer_id}");
+        if let Some(sink) = self.sink.upgrade() {
+            let mut m = sink.property::<gst::Structure>("meta");
+            m.set("relay-of", producer_id.as_str());
+            m.set("depth", depth.to_string());
+            // The stream a relay of a relay serves is its source's stream.
+            if let Some(stream) = meta.as_ref().and_then(|m| m.get("stream")?.as_str()) {
+                m.set("stream", stream);
+            }
+            sink.set_property("meta", m);
+        }
         *self.shared.origin.lock().unwrap() = Some(producer_id);
     }
 

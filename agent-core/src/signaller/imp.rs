@@ -156,7 +156,7 @@ impl ClusterSignaller {
                             meta,
                             peer_id: Some(peer_id),
                         }));
-                        self.start_session(id.clone());
+                        self.start_session(id.clone(), None);
                     }
                     Target::Name(_) | Target::First => {
                         // Listen, then list: a producer registering in between is seen either
@@ -173,12 +173,13 @@ impl ClusterSignaller {
         }
     }
 
-    fn start_session(&self, producer_id: String) {
+    fn start_session(&self, producer_id: String, meta: Option<serde_json::Value>) {
         self.state.lock().unwrap().producer_id = Some(producer_id.clone());
         self.obj().notify("producer-peer-id");
         info!(producer = %producer_id, "requesting a session");
         self.event(AgentEvent::ProducerChosen {
             producer_id: producer_id.clone(),
+            meta,
         });
         self.send(ClientMessage::StartSession {
             peer_id: producer_id,
@@ -200,7 +201,7 @@ impl ClusterSignaller {
                 return;
             }
         }
-        self.start_session(id.to_string());
+        self.start_session(id.to_string(), meta.cloned());
     }
 
     fn on_message(&self, msg: ServerMessage) {

@@ -68,6 +68,8 @@ pub enum AgentEvent {
     /// Consumer: the producer was found and a session requested.
     ProducerChosen {
         producer_id: String,
+        /// Its `meta`, when it was chosen from the list (not by id).
+        meta: Option<serde_json::Value>,
     },
     SessionStarted {
         session_id: String,
