@@ -932,7 +932,8 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
             "-f",
             values.to_str().unwrap(),
             "--set",
-            "consumers[0].name=viewer,consumers[0].producerName=cam-1",
+            "consumers[0].name=viewer,consumers[0].producerName=cam-1-relay,\
+             relays[0].name=cam-1-relay,relays[0].source=cam-1,relays[0].maxConsumers=5",
         ],
     )?)?;
     let service = find(&docs, "Service", "signalling").context("no signalling Service")?;
@@ -947,7 +948,10 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
         let mut cmd = Command::new(bin(bin_name));
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         for (k, _) in std::env::vars() {
-            if k.starts_with("GWC_") || k.starts_with("PRODUCER_") || k.starts_with("CONSUMER_") {
+            if ["GWC_", "PRODUCER_", "CONSUMER_", "RELAY_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+            {
                 cmd.env_remove(k);
             }
         }
@@ -979,8 +983,20 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
         matches!(http_get(metrics_port, "/metrics").await, Ok((200, body)) if body.contains("producer_"))
     })
     .await?;
+    // the relay of cam-1 registers under its rendered name
+    let relay_env: Vec<_> = agent_env(&docs, "relay-cam-1-relay")?
+        .into_iter()
+        .filter(|(k, _)| k != "GWC_METRICS_ADDR")
+        .collect();
+    assert!(relay_env.contains(&("RELAY_SOURCE_NAME".into(), "cam-1".into())));
+    assert!(relay_env.contains(&("RELAY_MAX_CONSUMERS".into(), "5".into())));
+    let _relay = start("relay-agent", relay_env)?;
+    cluster_tests::eventually(Duration::from_secs(60), "the relay registered", || async {
+        matches!(node.get("/api/v1/producers").await, Ok((200, body)) if body.contains("\"cam-1-relay\""))
+    })
+    .await?;
     let consumer_env = agent_env(&docs, "consumer-viewer")?;
-    assert!(consumer_env.contains(&("CONSUMER_PRODUCER_NAME".into(), "cam-1".into())));
+    assert!(consumer_env.contains(&("CONSUMER_PRODUCER_NAME".into(), "cam-1-relay".into())));
     assert!(consumer_env.contains(&("CONSUMER_SINK".into(), "null".into())));
     let mut consumer_env: Vec<_> = consumer_env
         .into_iter()
