@@ -1268,3 +1268,90 @@ async fn nodes_join_over_tls_to_redis() -> Result<()> {
     );
     Ok(())
 }
+
+/// A v2 consumer asking for a stream by name is placed on the least-loaded relay with room,
+/// cluster-wide; the origin only once every relay is full; a stream nobody serves is an error.
+#[tokio::test]
+async fn a_consumer_asking_for_a_stream_is_placed_on_a_relay_with_room_before_the_origin(
+) -> Result<()> {
+    let redis = Redis::start().await?;
+    let nodes = cluster(&redis, &[]).await?;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut origin = Peer::connect(&a.url()).await?;
+    origin
+        .set_status(&["producer"], json!({"name": "s"}))
+        .await?;
+    let mut relays = Vec::new();
+    for name in ["r1", "r2"] {
+        let mut r = Peer::connect(&a.url()).await?;
+        let meta = json!({"name": name, "stream": "s", "relay-of": origin.id,
+                          "depth": "1", "capacity": "2"});
+        r.set_status(&["producer"], meta).await?;
+        relays.push(r);
+    }
+    let mut lister = Peer::connect(&b.url()).await?;
+    Topo::list_until(&mut lister, false, |l| {
+        l["producers"].as_array().map(Vec::len) == Some(3)
+    })
+    .await?;
+
+    let mut placed = Vec::new();
+    let mut viewers = Vec::new();
+    for _ in 0..5 {
+        let mut c = Peer::connect_with(&b.url(), Some("gstwebrtc-cluster.v2")).await?;
+        c.send(json!({"type": "startSession", "stream": "s"}))
+            .await?;
+        let started = c.expect("sessionStarted").await?;
+        placed.push(started["peerId"].as_str().unwrap_or_default().to_string());
+        viewers.push(c);
+    }
+    let (r1, r2) = (relays[0].id.clone(), relays[1].id.clone());
+    let on = |id: &str| placed.iter().filter(|p| *p == id).count();
+    assert_eq!(
+        (on(&r1), on(&r2)),
+        (2, 2),
+        "spread over the relays: {placed:?}"
+    );
+    assert_eq!(
+        placed[4], origin.id,
+        "the origin once the relays are full: {placed:?}"
+    );
+    assert!(!placed[..4].contains(&origin.id), "{placed:?}");
+    for r in &mut relays {
+        r.expect("startSession").await?;
+        r.expect("startSession").await?;
+    }
+    origin.expect("startSession").await?;
+
+    // A third node holds none of those sessions: it learns the relays' load from their node's
+    // announcements, and places its consumer on the origin too (a relay it picks before the
+    // news arrived is left again, and the request retried).
+    let c_node = &nodes[2];
+    let mut third = Peer::connect_with(&c_node.url(), Some("gstwebrtc-cluster.v2")).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        third
+            .send(json!({"type": "startSession", "stream": "s"}))
+            .await?;
+        let started = third.expect("sessionStarted").await?;
+        if started["peerId"] == origin.id.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never placed on the origin: {started}"
+        );
+        third
+            .send(json!({"type": "endSession", "sessionId": started["sessionId"]}))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut nobody = Peer::connect_with(&b.url(), Some("gstwebrtc-cluster.v2")).await?;
+    nobody
+        .send(json!({"type": "startSession", "stream": "none"}))
+        .await?;
+    let err = nobody.expect("error").await?;
+    assert_eq!(err["code"], "unknown-peer", "{err}");
+    Ok(())
+}

@@ -16,6 +16,13 @@ pub enum ClientMessage {
         peer_id: PeerId,
         offer: Option<String>,
     },
+    /// v2: a session with whichever member of stream `stream` (its origin, the producer whose
+    /// `meta.name` it is, and its relays, whose `meta.stream` it is) the node places the
+    /// consumer on. Written `startSession` with `stream` instead of `peerId`.
+    PlaceSession {
+        stream: String,
+        offer: Option<String>,
+    },
     /// End a session the sender is a member of.
     EndSession { session_id: SessionId },
     /// SDP or ICE for the other member of a session.
@@ -258,9 +265,15 @@ impl ClientMessage {
                 meta: f.meta.take().flatten(),
                 peer_id: f.peer_id.take(),
             }),
-            "startSession" => ClientMessage::StartSession {
-                peer_id: required(f.peer_id.take(), "peerId", &kind)?,
-                offer: f.offer.take(),
+            "startSession" => match (f.peer_id.take(), f.stream.take()) {
+                (None, Some(stream)) => ClientMessage::PlaceSession {
+                    stream,
+                    offer: f.offer.take(),
+                },
+                (peer_id, _) => ClientMessage::StartSession {
+                    peer_id: required(peer_id, "peerId", &kind)?,
+                    offer: f.offer.take(),
+                },
             },
             "endSession" => ClientMessage::EndSession {
                 session_id: required(f.session_id.take(), "sessionId", &kind)?,
@@ -295,6 +308,11 @@ impl Serialize for ClientSer<'_> {
                 peer_id: &'a str,
                 offer: &'a Option<String>,
             },
+            #[serde(rename = "startSession")]
+            PlaceSession {
+                stream: &'a str,
+                offer: &'a Option<String>,
+            },
             #[serde(rename_all = "camelCase")]
             EndSession {
                 session_id: &'a str,
@@ -307,6 +325,9 @@ impl Serialize for ClientSer<'_> {
             ClientMessage::StartSession { peer_id, offer } => {
                 Out::StartSession { peer_id, offer }.serialize(s)
             }
+            ClientMessage::PlaceSession { stream, offer } => {
+                Out::PlaceSession { stream, offer }.serialize(s)
+            }
             ClientMessage::EndSession { session_id } => Out::EndSession { session_id }.serialize(s),
             ClientMessage::List => Out::List.serialize(s),
             ClientMessage::ListConsumers => Out::ListConsumers.serialize(s),
@@ -318,6 +339,37 @@ impl Serialize for ClientSer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_session_naming_a_stream_asks_for_placement() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"startSession","stream":"stage"}"#).unwrap(),
+            ClientMessage::PlaceSession {
+                stream: "stage".into(),
+                offer: None
+            }
+        );
+        // with a peerId it is upstream's request, whatever else it carries
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"startSession","peerId":"p","stream":"s"}"#),
+            Ok(ClientMessage::StartSession { .. })
+        ));
+        // neither: the missing field is upstream's
+        let err = ClientMessage::parse(r#"{"type":"startSession"}"#).unwrap_err();
+        assert!(err.to_string().contains("peerId"), "{err}");
+        let text = ClientMessage::PlaceSession {
+            stream: "stage".into(),
+            offer: None,
+        }
+        .to_json();
+        assert_eq!(
+            ClientMessage::parse(&text).unwrap(),
+            ClientMessage::PlaceSession {
+                stream: "stage".into(),
+                offer: None
+            }
+        );
+    }
 
     #[test]
     fn relay_payload_is_kept_verbatim() {

@@ -143,6 +143,16 @@ node_messages! {
     AdoptAck(AdoptAckBody) = "adoptAck",
     /// A suspended peer was not resumed in time: it leaves (sessions end, listeners told).
     SuspendExpired(SuspendExpiredBody) = "suspendExpired",
+    /// How many sessions a producer of the sending node serves, when it changed (for
+    /// placement; older nodes ignore it).
+    ProducerLoad(ProducerLoadBody) = "producerLoad",
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducerLoadBody {
+    pub peer_id: PeerId,
+    pub sessions: usize,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,7 @@
 
 mod cross_node;
 mod moving;
+mod placement;
 mod replica;
 mod suspension;
 
@@ -76,6 +77,8 @@ struct Peer {
     consumer_sessions: HashSet<SessionId>,
     /// A peer of a dead node waiting to be adopted elsewhere (replica entries only).
     suspended: Option<Suspension>,
+    /// Another node's producer: the sessions its node last said it serves (`placement.rs`).
+    load: usize,
 }
 
 impl Peer {
@@ -87,6 +90,7 @@ impl Peer {
             producer_sessions: HashSet::new(),
             consumer_sessions: HashSet::new(),
             suspended: None,
+            load: 0,
         }
     }
 
@@ -224,6 +228,9 @@ impl Router {
             ClientMessage::StartSession { peer_id, offer } => {
                 self.start_session(from, &peer_id, offer, out)
             }
+            ClientMessage::PlaceSession { stream, offer } => self
+                .place(from, &stream)
+                .and_then(|peer_id| self.start_session(from, &peer_id, offer, out)),
             ClientMessage::EndSession { session_id } => self.end_session(from, &session_id, out),
             ClientMessage::Peer(msg) => self.relay(from, msg, out),
             ClientMessage::List => {
@@ -272,6 +279,9 @@ impl Router {
             ClientMessage::StartSession { peer_id, .. } => {
                 self.peers.get(peer_id).is_some_and(|p| p.node.is_some())
             }
+            ClientMessage::PlaceSession { stream, .. } => self
+                .place(from, stream)
+                .is_ok_and(|id| self.peers.get(&id).is_some_and(|p| p.node.is_some())),
             ClientMessage::Peer(m) => self
                 .sessions
                 .get(&m.session_id)

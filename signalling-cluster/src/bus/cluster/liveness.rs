@@ -77,6 +77,8 @@ pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
     let mut replace = false;
     // No reaping before then (see the module documentation: "Back").
     let mut reap_from = Instant::now();
+    // What each local producer's load was last announced as (`load.rs`).
+    let mut loads = HashMap::new();
     // When the last refresh that went through was sent: our score expires a TTL after.
     let mut last_refresh = Instant::now();
     // Fenced once our score has expired for everyone, and a tick more for the reaper.
@@ -161,6 +163,7 @@ pub(super) async fn liveness(shared: Arc<Shared>, mut con: ConnectionManager) {
                 .collect(),
         );
         *shared.live_nodes.lock() = members;
+        shared.announce_loads(&mut loads);
         forget_unlisted(&shared, &mut listed, shared.settings.node_ttl * 2);
         let reaping = Instant::now() >= reap_from;
         for node in dead.into_iter().filter(|n| *n != me && reaping) {

@@ -14,6 +14,7 @@
 //! | `subscriber.rs` | reading from Redis: the subscription, gap and lateness checks, resync, the one handler per node-message kind |
 //! | `liveness.rs` | a node's death: liveness scores, reaping, `nodeDown`, suspension and expiry of its peers; Redis that stops answering |
 //! | `handover.rs` | resume across nodes: claims and grants with a live node, adoption of a dead node's peer |
+//! | `load.rs` | announcing how many sessions each local producer serves, for placement |
 //! | `fencing.rs` | a node cut off from Redis longer than the node TTL: its peers sent away, its rejoining as a new incarnation |
 
 mod endpoint;
@@ -21,6 +22,7 @@ mod fencing;
 mod handover;
 mod keys;
 mod liveness;
+mod load;
 mod publisher;
 mod subscriber;
 

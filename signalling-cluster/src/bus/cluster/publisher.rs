@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::envelope::{
-    BarrierBody, Batch, NodeDownBody, NodeMessage, PeerStatusBody, StatusChange, SuspendExpiredBody,
+    BarrierBody, Batch, NodeDownBody, NodeMessage, PeerStatusBody, ProducerLoadBody, StatusChange,
+    SuspendExpiredBody,
 };
 use proto::PeerId;
 use tokio::sync::mpsc;
@@ -37,6 +38,8 @@ pub(super) enum Outgoing {
     NodeDown(NodeDownBody),
     /// A suspended peer expired: remove its entry, tell every node.
     Expired(SuspendExpiredBody),
+    /// A local producer's session count changed (`load.rs`).
+    Load(ProducerLoadBody),
 }
 
 /// Numbers envelopes per channel, as the receivers' gap detection expects, and stamps them
@@ -351,6 +354,7 @@ impl Publisher {
             }
             Outgoing::Barrier(id) => (keys.node(me), NodeMessage::Barrier(BarrierBody { id })),
             Outgoing::NodeDown(body) => (keys.presence.clone(), NodeMessage::NodeDown(body)),
+            Outgoing::Load(body) => (keys.presence.clone(), NodeMessage::ProducerLoad(body)),
         };
         let text = self.seq.seal(&channel, &msg);
         self.pipe.publish(&channel, &text);

@@ -269,6 +269,10 @@ impl Shared {
             // presence and sessions: the router (routing/replica.rs, routing/cross_node.rs)
             NodeMessage::PeerStatus(body) => router.remote_status(from, body, out),
             NodeMessage::SessionStart(body) => router.remote_session_start(from, body, out),
+            // how loaded another node's producers are, for placement (routing/placement.rs)
+            NodeMessage::ProducerLoad(body) => {
+                router.remote_load(from, &body.peer_id, body.sessions)
+            }
             NodeMessage::SessionEnd(body) => router.remote_session_end(from, body, out),
             NodeMessage::Relay(body) => router.remote_relay(from, body, out),
             // a node's death and its suspended peers (liveness.rs, routing/suspension.rs)

@@ -1,0 +1,98 @@
+//! Placement: a v2 consumer asks for a *stream* (`startSession` with `stream`), and the node
+//! picks the member of that stream's group to serve it: the origin (the producer whose
+//! `meta.name` is the stream) or one of its relays (producers whose `meta.stream` is the stream
+//! and whose `meta.relay-of` names their source), cluster-wide.
+//!
+//! The rule: among the members with room (`meta.capacity` not reached; no capacity: always
+//! room), relays before the origin (the origin is kept for relays, which find it by name), then
+//! the shallowest (`meta.depth`), then the least loaded (sessions ÷ capacity, a member without
+//! one counting as 1,000), then the smallest peer id. A member's load is the number of
+//! sessions it serves: exact for this node's peers; for another node's, the larger of what its
+//! node last announced (`producerLoad`, at most every liveness tick) and the sessions this node
+//! itself holds with it, so that a burst of requests on one node spreads at once.
+
+use std::collections::HashMap;
+
+use proto::{ErrorCode, PeerId};
+
+use super::{NodeId, Router};
+
+/// What a member without `meta.capacity` is taken to hold, to weigh its load.
+const ASSUMED_CAPACITY: f64 = 1000.0;
+
+/// A member's meta field as a number (written as a string or a number).
+fn number(meta: Option<&serde_json::Value>, key: &str) -> Option<u64> {
+    let v = meta?.get(key)?;
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+}
+
+impl Router {
+    /// The member of `stream` that `from` should be served by, or why none can.
+    pub(super) fn place(&self, from: &str, stream: &str) -> Result<PeerId, (ErrorCode, String)> {
+        let mut held: HashMap<&str, usize> = HashMap::new();
+        for s in self.sessions.values() {
+            *held.entry(s.producer.as_str()).or_default() += 1;
+        }
+        let mut best: Option<((bool, u64, f64), &PeerId)> = None;
+        for (id, p) in &self.peers {
+            if id == from || !p.status.producing() || p.suspended.is_some() {
+                continue;
+            }
+            let meta = p.status.meta.as_ref();
+            let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(|v| v.as_str());
+            let relay = text("relay-of").is_some();
+            let member = match relay {
+                true => text("stream") == Some(stream),
+                false => text("name") == Some(stream),
+            };
+            if !member {
+                continue;
+            }
+            let here = held.get(id.as_str()).copied().unwrap_or(0);
+            let load = match p.node {
+                None => here,
+                Some(_) => p.load.max(here),
+            };
+            let capacity = number(meta, "capacity");
+            if capacity.is_some_and(|c| load as u64 >= c) {
+                continue; // full
+            }
+            let share = load as f64 / capacity.map_or(ASSUMED_CAPACITY, |c| c as f64);
+            let key = (!relay, number(meta, "depth").unwrap_or(0), share);
+            let better = match &best {
+                None => true,
+                Some((k, b)) => {
+                    key.partial_cmp(k) == Some(std::cmp::Ordering::Less) || (key == *k && id < *b)
+                }
+            };
+            if better {
+                best = Some((key, id));
+            }
+        }
+        best.map(|(_, id)| id.clone()).ok_or_else(|| {
+            (
+                ErrorCode::UnknownPeer,
+                format!("no producer of stream '{stream}' has room"),
+            )
+        })
+    }
+
+    /// This node's producers and how many sessions each serves (announced as `producerLoad`).
+    pub fn local_loads(&self) -> Vec<(PeerId, usize)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.node.is_none() && p.status.producing())
+            .map(|(id, p)| (id.clone(), p.producer_sessions.len()))
+            .collect()
+    }
+
+    /// `node` says its producer `peer_id` serves `sessions` sessions.
+    pub fn remote_load(&mut self, node: &NodeId, peer_id: &str, sessions: usize) {
+        if let Some(p) = self.peers.get_mut(peer_id) {
+            if p.node.as_ref() == Some(node) {
+                p.load = sessions;
+            }
+        }
+    }
+}
