@@ -158,3 +158,85 @@ async fn a_relay_of_a_relay_delivers_frames_and_names_its_depth() -> Result<()> 
     drop((first, second));
     Ok(())
 }
+
+/// Viewers asking for a stream by name (`consumer-agent --stream`) are spread over two relays
+/// of capacity 2 on other nodes; the origin serves the relays only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_asking_for_a_stream_are_spread_over_its_relays_not_the_origin() -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let c = Node::join(&redis, "node-c", &[]).await?;
+    let origin = Agent::producer(&[
+        "--server",
+        &a.url(),
+        "--name",
+        "show",
+        "--encoding",
+        "shared",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    let relays: Vec<Agent> = [("show-1", &b), ("show-2", &c)]
+        .iter()
+        .map(|(name, node)| {
+            Agent::spawn(
+                "relay-agent",
+                &[
+                    "--server",
+                    &node.url(),
+                    "--source-name",
+                    "show",
+                    "--name",
+                    name,
+                    "--max-consumers",
+                    "2",
+                    "--stats-interval",
+                    "0.2",
+                ],
+            )
+        })
+        .collect::<Result<_>>()?;
+    let mut lister = Peer::connect(&c.url()).await?;
+    Topo::list_until(&mut lister, false, |l| {
+        l["producers"].as_array().map(Vec::len) == Some(3)
+    })
+    .await?;
+    let viewers: Vec<Agent> = (0..4)
+        .map(|_| {
+            Agent::consumer(&[
+                "--server",
+                &c.url(),
+                "--stream",
+                "show",
+                "--sink",
+                "encoded",
+                "--stats-interval",
+                "0.2",
+            ])
+        })
+        .collect::<Result<_>>()?;
+    for v in &viewers {
+        v.wait(LONG, "30 frames of the stream", |v| frames_now(v) >= 30)
+            .await?;
+    }
+    for r in &relays {
+        r.wait(LONG, "two viewers on each relay", |r| {
+            r.json_lines("relay-stats")
+                .last()
+                .is_some_and(|s| s["consumers"].as_u64() == Some(2))
+        })
+        .await?;
+    }
+    let served = origin
+        .json_lines("producer-stats")
+        .pop()
+        .context("no origin stats")?;
+    assert_eq!(
+        served["consumers"].as_array().map(Vec::len),
+        Some(2),
+        "the origin serves the two relays only: {served}"
+    );
+    Ok(())
+}

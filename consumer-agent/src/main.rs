@@ -45,6 +45,11 @@ pub struct Args {
     /// Receive the first producer listed (and the first one after it goes away).
     #[arg(long, group = "producer")]
     pub first: bool,
+    /// Receive stream NAME from whichever of its members (the origin, or a relay) the node
+    /// places this consumer on; placed again when that member goes away. Needs a cluster node
+    /// (protocol v2).
+    #[arg(long, env = "CONSUMER_STREAM", group = "producer")]
+    pub stream: Option<String>,
     /// Where the streams go: `null` (decode and count), `encoded` (count the encoded frames,
     /// decoding nothing: what load tests use), `display`, `file:PATH` (.mkv or .mp4, recorded
     /// without re-encoding, finalized on SIGINT/SIGTERM) or `pipeline:'FRAGMENT'` (gets the
@@ -71,6 +76,9 @@ pub struct Args {
 
 impl Args {
     fn target(&self) -> Option<Target> {
+        if let Some(stream) = &self.stream {
+            return Some(Target::Stream(stream.clone()));
+        }
         match (&self.producer_id, &self.producer_name, self.first) {
             (Some(id), _, _) => Some(Target::Id(id.clone())),
             (_, Some(name), _) => Some(Target::Name(name.clone())),
@@ -108,7 +116,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     args.output.init_logging("consumer_agent", "CONSUMER_LOG");
     let Some(target) = args.target() else {
-        eprintln!("consumer-agent: one of --producer-name, --producer-id or --first is required");
+        eprintln!(
+            "consumer-agent: one of --producer-name, --producer-id, --first or --stream is required"
+        );
         return ExitCode::from(exit::USAGE);
     };
     let result = run(&args, target);
@@ -216,6 +226,7 @@ fn describe(target: &Target) -> String {
         Target::Id(id) => format!("producer {id}"),
         Target::Name(name) => format!("producer named '{name}'"),
         Target::First => "producer".to_string(),
+        Target::Stream(stream) => format!("stream '{stream}'"),
     }
 }
 

@@ -158,6 +158,18 @@ impl ClusterSignaller {
                         }));
                         self.start_session(id.clone(), None);
                     }
+                    Target::Stream(stream) => {
+                        self.send(ClientMessage::SetPeerStatus(PeerStatus {
+                            roles: vec![],
+                            meta,
+                            peer_id: Some(peer_id),
+                        }));
+                        info!(stream, "asking to be placed on a member of the stream");
+                        self.send(ClientMessage::PlaceSession {
+                            stream: stream.clone(),
+                            offer: None,
+                        });
+                    }
                     Target::Name(_) | Target::First => {
                         // Listen, then list: a producer registering in between is seen either
                         // way.
@@ -226,11 +238,29 @@ impl ClusterSignaller {
                 session_id,
             } => {
                 info!(session = %session_id, producer = %peer_id, "session started");
-                self.state
-                    .lock()
-                    .unwrap()
-                    .sessions
-                    .insert(session_id.clone());
+                let placed = {
+                    let mut state = self.state.lock().unwrap();
+                    state.sessions.insert(session_id.clone());
+                    // Placed by the node: the session names the producer.
+                    let placed = state.producer_id.is_none()
+                        && matches!(
+                            &self.config().role,
+                            Role::Consumer {
+                                target: Target::Stream(_)
+                            }
+                        );
+                    if placed {
+                        state.producer_id = Some(peer_id.clone());
+                    }
+                    placed
+                };
+                if placed {
+                    self.obj().notify("producer-peer-id");
+                    self.event(AgentEvent::ProducerChosen {
+                        producer_id: peer_id.clone(),
+                        meta: None,
+                    });
+                }
                 self.obj()
                     .emit_by_name::<()>("session-started", &[&session_id, &peer_id]);
                 self.event(AgentEvent::SessionStarted {

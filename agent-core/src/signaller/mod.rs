@@ -35,6 +35,9 @@ pub enum Target {
     Name(String),
     /// The first producer listed.
     First,
+    /// Whichever member of this stream (its origin or a relay) the node places us on (a v2
+    /// `startSession` naming the stream; see docs/relays.md).
+    Stream(String),
 }
 
 impl Target {
@@ -45,6 +48,7 @@ impl Target {
                 meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()) == Some(name.as_str())
             }
             Target::First => true,
+            Target::Stream(_) => false,
         }
     }
 }
