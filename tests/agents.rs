@@ -657,7 +657,7 @@ async fn bad_arguments_unreachable_servers_and_missing_producers_give_documented
             "consumer-agent",
             vec!["--server", &url],
             2,
-            "--producer-name, --producer-id or --first",
+            "--producer-name, --producer-id, --first or --stream",
         ),
         (
             "consumer-agent",

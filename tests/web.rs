@@ -14,7 +14,7 @@ use serde_json::Value;
 const LONG: Duration = Duration::from_secs(90);
 
 fn web_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web")
+    cluster_tests::manifest_dir().join("../web")
 }
 
 /// `node web/tests/browser.mjs ARGS`: a headless Chromium session reporting JSON lines.

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// The repository root (the tests crate lives in `tests/`).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(&crate::manifest_dir())
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()

@@ -25,6 +25,15 @@ pub mod k8s;
 pub mod media;
 pub mod netns;
 
+/// The tests crate's directory, as cargo says when it runs the test (read at run time: a test
+/// binary built in another checkout sharing the target directory must not read that one's
+/// files).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// How long a test waits for a message that should come.
 pub const STEP: Duration = Duration::from_secs(10);
 
