@@ -143,8 +143,7 @@ node_messages! {
     AdoptAck(AdoptAckBody) = "adoptAck",
     /// A suspended peer was not resumed in time: it leaves (sessions end, listeners told).
     SuspendExpired(SuspendExpiredBody) = "suspendExpired",
-    /// How many sessions a producer of the sending node serves, when it changed (for
-    /// placement; older nodes ignore it).
+    /// The sessions a producer of the sender serves, on change (placement; old nodes ignore it).
     ProducerLoad(ProducerLoadBody) = "producerLoad",
 }
 
