@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
 use cluster_tests::{media, Node, Peer, Redis, Topo};
+use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -16,71 +17,83 @@ fn frames_now(c: &Agent) -> u64 {
         .unwrap_or(0)
 }
 
+/// Three nodes on `redis`.
+async fn three_nodes(redis: &Redis) -> Result<(Node, Node, Node)> {
+    Ok((
+        Node::join(redis, "node-a", &[]).await?,
+        Node::join(redis, "node-b", &[]).await?,
+        Node::join(redis, "node-c", &[]).await?,
+    ))
+}
+
+/// A producer-agent on `node` named `name` (and `extra`), stats every 0.2 s.
+fn origin(node: &Node, name: &str, extra: &[&str]) -> Result<Agent> {
+    let url = node.url();
+    let mut args = vec!["--server", &url, "--name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--stats-interval", "0.2"]);
+    Agent::producer(&args)
+}
+
+/// A relay-agent on `node` relaying `source` as `name` (and `extra`), stats every 0.2 s.
+fn relay(node: &Node, source: &str, name: &str, extra: &[&str]) -> Result<Agent> {
+    let url = node.url();
+    let mut args = vec!["--server", &url, "--source-name", source, "--name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--stats-interval", "0.2"]);
+    Agent::spawn("relay-agent", &args)
+}
+
+/// A consumer-agent on `node` finding its producer by `target` (`--producer-name X`,
+/// `--stream X`), counting encoded frames, stats every 0.2 s.
+fn viewer(node: &Node, target: &[&str]) -> Result<Agent> {
+    let url = node.url();
+    let mut args = vec!["--server", url.as_str()];
+    args.extend_from_slice(target);
+    args.extend_from_slice(&["--sink", "encoded", "--stats-interval", "0.2"]);
+    Agent::consumer(&args)
+}
+
+/// The latest stats line of `kind` (`relay-stats`, `producer-stats`).
+fn latest(agent: &Agent, kind: &str) -> Result<Value> {
+    agent
+        .json_lines(kind)
+        .pop()
+        .with_context(|| format!("no {kind}"))
+}
+
+/// Waits until the relay's stats say it serves `n` consumers.
+async fn serving(relay: &Agent, n: u64) -> Result<()> {
+    relay
+        .wait(LONG, &format!("{n} consumers of the relay"), |r| {
+            r.json_lines("relay-stats")
+                .last()
+                .is_some_and(|s| s["consumers"].as_u64() == Some(n))
+        })
+        .await
+}
+
 /// The origin on node A, a relay on node B, four viewers of the relay on node C: every viewer
 /// gets frames, the origin serves one session (the relay's), the relay decodes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_on_another_node_serves_four_viewers_from_one_origin_session() -> Result<()> {
     let _one = media::exclusive().await;
     let redis = Redis::start().await?;
-    let a = Node::join(&redis, "node-a", &[]).await?;
-    let b = Node::join(&redis, "node-b", &[]).await?;
-    let c = Node::join(&redis, "node-c", &[]).await?;
-    let origin = Agent::producer(&[
-        "--server",
-        &a.url(),
-        "--name",
-        "stage",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    let relay = Agent::spawn(
-        "relay-agent",
-        &[
-            "--server",
-            &b.url(),
-            "--source-name",
-            "stage",
-            "--name",
-            "stage-relay",
-            "--stats-interval",
-            "0.2",
-        ],
-    )?;
+    let (a, b, c) = three_nodes(&redis).await?;
+    let origin = origin(&a, "stage", &[])?;
+    let relay = relay(&b, "stage", "stage-relay", &[])?;
     let viewers: Vec<Agent> = (0..4)
-        .map(|_| {
-            Agent::consumer(&[
-                "--server",
-                &c.url(),
-                "--producer-name",
-                "stage-relay",
-                "--sink",
-                "encoded",
-                "--stats-interval",
-                "0.2",
-            ])
-        })
+        .map(|_| viewer(&c, &["--producer-name", "stage-relay"]))
         .collect::<Result<_>>()?;
     for v in &viewers {
         v.wait(LONG, "30 frames through the relay", |v| frames_now(v) >= 30)
             .await?;
     }
-    relay
-        .wait(LONG, "four consumers of the relay", |r| {
-            r.json_lines("relay-stats")
-                .last()
-                .is_some_and(|s| s["consumers"].as_u64() == Some(4))
-        })
-        .await?;
-    let stats = relay
-        .json_lines("relay-stats")
-        .pop()
-        .context("no relay stats")?;
+    serving(&relay, 4).await?;
+    let stats = latest(&relay, "relay-stats")?;
     assert!(stats["frames_in"].as_u64() > Some(30), "{stats}");
     assert!(stats["keyframe_requests"].as_u64() >= Some(1), "{stats}");
-    let served = origin
-        .json_lines("producer-stats")
-        .pop()
-        .context("no origin stats")?;
+    let served = latest(&origin, "producer-stats")?;
     assert_eq!(
         served["consumers"].as_array().map(Vec::len),
         Some(1),
@@ -97,34 +110,10 @@ async fn a_relay_of_a_relay_delivers_frames_and_names_its_depth() -> Result<()> 
     let redis = Redis::start().await?;
     let a = Node::join(&redis, "node-a", &[]).await?;
     let b = Node::join(&redis, "node-b", &[]).await?;
-    let _origin = Agent::producer(&["--server", &a.url(), "--name", "tree"])?;
-    let relay = |node: &Node, source: &str, name: &str| {
-        Agent::spawn(
-            "relay-agent",
-            &[
-                "--server",
-                &node.url(),
-                "--source-name",
-                source,
-                "--name",
-                name,
-                "--max-consumers",
-                "10",
-            ],
-        )
-    };
-    let first = relay(&b, "tree", "tree-1")?;
-    let second = relay(&a, "tree-1", "tree-2")?;
-    let viewer = Agent::consumer(&[
-        "--server",
-        &b.url(),
-        "--producer-name",
-        "tree-2",
-        "--sink",
-        "encoded",
-        "--stats-interval",
-        "0.2",
-    ])?;
+    let _origin = origin(&a, "tree", &[])?;
+    let _first = relay(&b, "tree", "tree-1", &["--max-consumers", "10"])?;
+    let _second = relay(&a, "tree-1", "tree-2", &["--max-consumers", "10"])?;
+    let viewer = viewer(&b, &["--producer-name", "tree-2"])?;
     viewer
         .wait(LONG, "30 frames two relays down", |v| frames_now(v) >= 30)
         .await?;
@@ -155,7 +144,6 @@ async fn a_relay_of_a_relay_delivers_frames_and_names_its_depth() -> Result<()> 
         "the stream is the origin's: {list}"
     );
     assert_eq!(second_meta["capacity"], "10", "{list}");
-    drop((first, second));
     Ok(())
 }
 
@@ -165,74 +153,28 @@ async fn a_relay_of_a_relay_delivers_frames_and_names_its_depth() -> Result<()> 
 async fn viewers_asking_for_a_stream_are_spread_over_its_relays_not_the_origin() -> Result<()> {
     let _one = media::exclusive().await;
     let redis = Redis::start().await?;
-    let a = Node::join(&redis, "node-a", &[]).await?;
-    let b = Node::join(&redis, "node-b", &[]).await?;
-    let c = Node::join(&redis, "node-c", &[]).await?;
-    let origin = Agent::producer(&[
-        "--server",
-        &a.url(),
-        "--name",
-        "show",
-        "--encoding",
-        "shared",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    let relays: Vec<Agent> = [("show-1", &b), ("show-2", &c)]
-        .iter()
-        .map(|(name, node)| {
-            Agent::spawn(
-                "relay-agent",
-                &[
-                    "--server",
-                    &node.url(),
-                    "--source-name",
-                    "show",
-                    "--name",
-                    name,
-                    "--max-consumers",
-                    "2",
-                    "--stats-interval",
-                    "0.2",
-                ],
-            )
-        })
-        .collect::<Result<_>>()?;
+    let (a, b, c) = three_nodes(&redis).await?;
+    let origin = origin(&a, "show", &["--encoding", "shared"])?;
+    let relays = [
+        relay(&b, "show", "show-1", &["--max-consumers", "2"])?,
+        relay(&c, "show", "show-2", &["--max-consumers", "2"])?,
+    ];
     let mut lister = Peer::connect(&c.url()).await?;
     Topo::list_until(&mut lister, false, |l| {
         l["producers"].as_array().map(Vec::len) == Some(3)
     })
     .await?;
     let viewers: Vec<Agent> = (0..4)
-        .map(|_| {
-            Agent::consumer(&[
-                "--server",
-                &c.url(),
-                "--stream",
-                "show",
-                "--sink",
-                "encoded",
-                "--stats-interval",
-                "0.2",
-            ])
-        })
+        .map(|_| viewer(&c, &["--stream", "show"]))
         .collect::<Result<_>>()?;
     for v in &viewers {
         v.wait(LONG, "30 frames of the stream", |v| frames_now(v) >= 30)
             .await?;
     }
     for r in &relays {
-        r.wait(LONG, "two viewers on each relay", |r| {
-            r.json_lines("relay-stats")
-                .last()
-                .is_some_and(|s| s["consumers"].as_u64() == Some(2))
-        })
-        .await?;
+        serving(r, 2).await?;
     }
-    let served = origin
-        .json_lines("producer-stats")
-        .pop()
-        .context("no origin stats")?;
+    let served = latest(&origin, "producer-stats")?;
     assert_eq!(
         served["consumers"].as_array().map(Vec::len),
         Some(2),

@@ -17,7 +17,7 @@ use agent_core::cli::{parse_key_value, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig};
+use agent_core::signaller::{producer_sink, AgentEvent};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -164,18 +164,7 @@ fn make_sink(
     args: &Args,
     events: std::sync::mpsc::Sender<AgentEvent>,
 ) -> anyhow::Result<gst::Element> {
-    let signaller = ClusterSignaller::new(SignallerConfig {
-        client: args.signalling.client_config(),
-        role: Role::Producer {
-            max_sessions: args.max_consumers,
-        },
-        events,
-    });
-    let sink = gst::ElementFactory::make("webrtcsink")
-        .name("ws")
-        .property("signaller", &signaller)
-        .build()
-        .context("webrtcsink is not available")?;
+    let sink = producer_sink(args.signalling.client_config(), args.max_consumers, events)?;
     let mut meta = gst::Structure::builder("meta").field("name", &args.name);
     for (k, v) in &args.meta {
         meta = meta.field(k.as_str(), v);

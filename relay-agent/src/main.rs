@@ -22,7 +22,9 @@ use agent_core::exit;
 use agent_core::keyframes::{self, KeyframeCounts};
 use agent_core::metrics::write_metric;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig, Target};
+use agent_core::signaller::{
+    producer_sink, AgentEvent, ClusterSignaller, Role, SignallerConfig, Target,
+};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -213,18 +215,7 @@ fn make_sink(
     args: &Args,
     events: std::sync::mpsc::Sender<AgentEvent>,
 ) -> anyhow::Result<gst::Element> {
-    let signaller = ClusterSignaller::new(SignallerConfig {
-        client: args.signalling.client_config(),
-        role: Role::Producer {
-            max_sessions: args.max_consumers,
-        },
-        events,
-    });
-    let sink = gst::ElementFactory::make("webrtcsink")
-        .name("ws")
-        .property("signaller", &signaller)
-        .build()
-        .context("webrtcsink is not available")?;
+    let sink = producer_sink(args.signalling.client_config(), args.max_consumers, events)?;
     let name = args
         .name
         .clone()
