@@ -23,7 +23,9 @@ async fn both_readyz(a: &Node, b: &Node, status: u16, within: Duration, what: &s
     .await
 }
 
-/// A producer on `pn` named `name` in a session with a consumer on `cn` (speaking
+const V2: Option<&str> = Some("gstwebrtc-cluster.v2");
+
+/// A v1 producer on `pn` named `name` in a session with a consumer on `cn` (speaking
 /// `subprotocol`: v1 if none).
 async fn session(
     pn: &Node,
@@ -31,9 +33,21 @@ async fn session(
     name: &str,
     subprotocol: Option<&str>,
 ) -> Result<(Peer, Peer, String)> {
-    let mut p = Peer::connect(&pn.url()).await?;
+    session_as(pn, cn, name, None, subprotocol).await
+}
+
+/// A producer on `pn` named `name` in a session with a consumer on `cn`, each speaking its
+/// subprotocol (v1 if none).
+async fn session_as(
+    pn: &Node,
+    cn: &Node,
+    name: &str,
+    producer: Option<&str>,
+    consumer: Option<&str>,
+) -> Result<(Peer, Peer, String)> {
+    let mut p = Peer::connect_with(&pn.url(), producer).await?;
     p.set_status(&["producer"], json!({ "name": name })).await?;
-    let mut c = Peer::connect_with(&cn.url(), subprotocol).await?;
+    let mut c = Peer::connect_with(&cn.url(), consumer).await?;
     let sid = start_session(&mut p, &mut c).await?;
     Ok((p, c, sid))
 }
@@ -62,7 +76,7 @@ async fn a_paused_redis_makes_nodes_unready_refuses_what_crosses_and_delivers_no
     let b = Node::join(&redis, "node-b", &opts).await?;
     let (mut p1, mut c1, s1) = session(&a, &b, "one", None).await?;
     // (v2, to read the error's code)
-    let (mut p2, mut c2, s2) = session(&a, &b, "two", Some("gstwebrtc-cluster.v2")).await?;
+    let (mut p2, mut c2, s2) = session(&a, &b, "two", V2).await?;
     p1.send(ice(&s1, "before")).await?;
     assert_eq!(c1.expect("peer").await?["ice"]["candidate"], "before");
 
@@ -144,22 +158,11 @@ async fn a_slow_redis_trips_nothing() -> Result<()> {
     Ok(())
 }
 
-/// Two v2 (or v1, if `v2` is false) peers, producer on `pn` and consumer on `cn`, in a
-/// session.
-async fn pair(pn: &Node, cn: &Node, name: &str, v2: bool) -> Result<(Peer, Peer, String)> {
-    let protocol = v2.then_some("gstwebrtc-cluster.v2");
-    let mut p = Peer::connect_with(&pn.url(), protocol).await?;
-    p.set_status(&["producer"], json!({ "name": name })).await?;
-    let mut c = Peer::connect_with(&cn.url(), protocol).await?;
-    let sid = start_session(&mut p, &mut c).await?;
-    Ok((p, c, sid))
-}
-
 /// `peer`'s resume on `node` with its token: the same peer, resumed.
 async fn resume_on(node: &Node, peer: &Peer) -> Result<Peer> {
     let token = peer.welcome["resumeToken"].as_str().unwrap_or_default();
     let url = format!("{}/?resume={token}&last={}", node.url(), peer.frames);
-    let resumed = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    let resumed = Peer::connect_with(&url, V2).await?;
     assert_eq!(resumed.id, peer.id, "{}", resumed.welcome);
     assert_eq!(resumed.welcome["resumed"], true, "{}", resumed.welcome);
     Ok(resumed)
@@ -190,9 +193,9 @@ async fn a_node_partitioned_from_redis_fences_itself_its_peers_move_and_it_rejoi
     let b = Node::join(&redis, "node-b", &opts).await?;
     // On node A (the one to be cut off): a v2 producer and a v1 producer, each with a consumer
     // on node B, and a v2 consumer of a producer on node B.
-    let (mut p_v2, mut c_v2, s_v2) = pair(&a, &b, "a-v2", true).await?;
-    let (mut p_v1, mut c_v1, _) = pair(&a, &b, "a-v1", false).await?;
-    let (mut p_b, mut c_a, s_b) = pair(&b, &a, "b-v2", true).await?;
+    let (mut p_v2, mut c_v2, s_v2) = session_as(&a, &b, "a-v2", V2, V2).await?;
+    let (mut p_v1, mut c_v1, _) = session_as(&a, &b, "a-v1", None, None).await?;
+    let (mut p_b, mut c_a, s_b) = session_as(&b, &a, "b-v2", V2, V2).await?;
     relays(&mut p_v2, &mut c_v2, &s_v2, "before").await?;
     relays(&mut p_b, &mut c_a, &s_b, "before").await?;
 
@@ -251,7 +254,7 @@ async fn a_node_partitioned_from_redis_fences_itself_its_peers_move_and_it_rejoi
     }
     // It serves the cluster again: a new peer there sees the producers where they are now
     // (the v1 one is gone) and starts a session with the moved one.
-    let mut c_new = Peer::connect_with(&a.url(), Some("gstwebrtc-cluster.v2")).await?;
+    let mut c_new = Peer::connect_with(&a.url(), V2).await?;
     let s_new = start_session(&mut p_v2, &mut c_new).await?;
     relays(&mut p_v2, &mut c_new, &s_new, "rejoined").await?;
     relays(&mut c_new, &mut p_v2, &s_new, "rejoined back").await?;
