@@ -182,3 +182,62 @@ async fn viewers_asking_for_a_stream_are_spread_over_its_relays_not_the_origin()
     );
     Ok(())
 }
+
+/// A relay killed with SIGKILL: its node keeps it for a resume but passes it over, so its
+/// viewer, whose media stopped, is placed on the other relay and gets frames again; the
+/// report names both sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_relays_viewers_are_placed_again_and_get_frames() -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let (a, b, c) = three_nodes(&redis).await?;
+    let _origin = origin(&a, "live", &["--encoding", "shared"])?;
+    let relays = [
+        relay(&b, "live", "live-1", &["--max-consumers", "4"])?,
+        relay(&c, "live", "live-2", &["--max-consumers", "4"])?,
+    ];
+    let mut lister = Peer::connect(&c.url()).await?;
+    Topo::list_until(&mut lister, false, |l| {
+        l["producers"].as_array().map(Vec::len) == Some(3)
+    })
+    .await?;
+    let viewers: Vec<Agent> = (0..2)
+        .map(|_| viewer(&c, &["--stream", "live"]))
+        .collect::<Result<_>>()?;
+    for v in &viewers {
+        v.wait(LONG, "30 frames of the stream", |v| frames_now(v) >= 30)
+            .await?;
+    }
+    // One viewer each (the least loaded relay first).
+    for r in &relays {
+        serving(r, 1).await?;
+    }
+    let killed = std::time::Instant::now();
+    relays[0].signal(libc::SIGKILL);
+    let before: Vec<u64> = viewers.iter().map(frames_now).collect();
+    for (v, n) in viewers.iter().zip(before) {
+        v.wait(LONG, "30 more frames after the relay's death", |v| {
+            frames_now(v) >= n + 30
+        })
+        .await?;
+        eprintln!(
+            "a viewer had 30 more frames {} ms after the SIGKILL",
+            killed.elapsed().as_millis()
+        );
+    }
+    serving(&relays[1], 2).await?;
+    let mut sessions = Vec::new();
+    for mut v in viewers {
+        v.signal(libc::SIGINT);
+        assert_eq!(v.exit_within(LONG).await?, Some(0), "{}", v.stderr());
+        let report = v.report()?;
+        sessions.push(report["session_ids"].as_array().map(Vec::len));
+    }
+    sessions.sort();
+    assert_eq!(
+        sessions,
+        [Some(1), Some(2)],
+        "the moved viewer's report has its old and new session"
+    );
+    Ok(())
+}

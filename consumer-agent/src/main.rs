@@ -66,6 +66,12 @@ pub struct Args {
     /// frame of a session.
     #[arg(long, env = "CONSUMER_TIMEOUT", default_value_t = 30)]
     pub timeout: u64,
+    /// With --stream: when the media of a session that had frames stops for this many
+    /// seconds, end the session and be placed again (the member may have died: its node
+    /// keeps it for a resume and passes it over). Longer rides out an origin's restart behind
+    /// a relay in the same session; shorter moves sooner off a dead relay.
+    #[arg(long, env = "CONSUMER_STALL_TIMEOUT", default_value_t = 3.0)]
+    pub stall_timeout: f64,
     #[command(flatten)]
     pub ice: IceArgs,
     #[command(flatten)]
@@ -146,6 +152,8 @@ enum Outcome {
     Stopped,
     /// The producer (or our identity) went away: look again.
     SessionGone,
+    /// The session's media stopped for --stall-timeout (--stream): be placed again.
+    Stalled,
     /// The session ended before any frame: the producer refused us (e.g. --max-consumers).
     Refused,
     Failed(anyhow::Error),
@@ -195,6 +203,11 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_secs(1));
                 segment += 1;
                 continue;
+            }
+            Outcome::Stalled => {
+                refusals = 0;
+                info!("the stream stalled; asking to be placed again");
+                segment += 1;
             }
             Outcome::SessionGone => {
                 refusals = 0;
@@ -382,6 +395,10 @@ struct Follower {
     /// The sessions of this attempt, in order.
     sessions: Rc<RefCell<Vec<String>>>,
     last_progress: Instant,
+    /// With --stream: how long a session's media may stop before being placed again.
+    stall: Option<Duration>,
+    /// The frame count when it last grew, and when.
+    last_frames: (u64, Instant),
 }
 
 impl Follower {
@@ -402,6 +419,9 @@ impl Follower {
             frames_at_session: 0,
             sessions: Default::default(),
             last_progress: Instant::now(),
+            stall: matches!(target, Target::Stream(_))
+                .then(|| Duration::from_secs_f64(args.stall_timeout.max(0.1))),
+            last_frames: (0, Instant::now()),
         }
     }
 
@@ -503,6 +523,23 @@ impl EventHandler for Follower {
                 )));
             }
             _ => {}
+        }
+        if n != self.last_frames.0 {
+            self.last_frames = (n, Instant::now());
+        }
+        let had_media = n > self.frames_at_session;
+        if let Some(stall) = self
+            .stall
+            .filter(|_| had_media && self.session_since.is_some())
+        {
+            let quiet = self.last_frames.1.elapsed();
+            if quiet > stall {
+                warn!(
+                    "no frame for {} ms: the member serving us may be gone",
+                    quiet.as_millis()
+                );
+                return self.finish(Outcome::Stalled);
+            }
         }
         if n > 0 && self.shared.first_frame_ms.lock().unwrap().is_none() {
             let ms = self.started.elapsed().as_millis() as u64;

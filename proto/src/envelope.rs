@@ -152,6 +152,9 @@ node_messages! {
 pub struct ProducerLoadBody {
     pub peer_id: PeerId,
     pub sessions: usize,
+    /// Its connection dropped (kept for a resume): not to be placed on. Absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub away: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -101,9 +101,12 @@ impl PeerConnection {
         T: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let span = peer_span(node_id, &attach.id);
-        if !attach.resumed {
+        {
             let _entered = span.enter();
-            bus.join(&attach.id, attach.mailbox.clone());
+            match attach.resumed {
+                false => bus.join(&attach.id, attach.mailbox.clone()),
+                true => bus.away(&attach.id, false),
+            }
         }
         let (stop, stopped) = oneshot::channel();
         let (read_half, write_half) = tokio::io::split(io);

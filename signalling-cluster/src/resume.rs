@@ -218,6 +218,7 @@ impl ResumeRegistry {
             );
         }
         self.changed.notify_waiters();
+        bus.away(&peer_id, true);
         let registry = self.clone();
         actix_rt::spawn(async move {
             tokio::select! {

@@ -68,6 +68,10 @@ impl Bus for MemoryBus {
         inner.flush(out);
     }
 
+    fn away(&self, peer_id: &str, away: bool) {
+        self.inner.lock().router.set_away(peer_id, away);
+    }
+
     fn notify_local(&self, msg: &ServerMessage) {
         let inner = self.inner.lock();
         for mailbox in inner.mailboxes.values() {

@@ -31,6 +31,9 @@ pub trait Bus: Send + Sync + 'static {
     fn handle(&self, from: &str, msg: ClientMessage) -> Option<Pending>;
     /// The peer disconnected (or was disconnected).
     fn leave(&self, peer_id: &str);
+    /// The peer's connection dropped and it is kept for a resume (`away`), or it resumed:
+    /// placement passes over a producer that is away (`routing/placement.rs`).
+    fn away(&self, peer_id: &str, away: bool);
     /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
     /// message such as `goAway` reaches v2 peers only).
     fn notify_local(&self, msg: &ServerMessage);

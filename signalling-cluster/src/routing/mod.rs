@@ -21,6 +21,7 @@
 mod cross_node;
 mod moving;
 mod placement;
+pub use placement::Load;
 mod replica;
 mod suspension;
 
@@ -79,6 +80,9 @@ struct Peer {
     suspended: Option<Suspension>,
     /// Another node's producer: the sessions its node last said it serves (`placement.rs`).
     load: usize,
+    /// Its connection dropped and it is kept for a resume: placement passes it over, since a
+    /// member whose process died serves no media (`placement.rs`).
+    away: bool,
 }
 
 impl Peer {
@@ -91,6 +95,7 @@ impl Peer {
             consumer_sessions: HashSet::new(),
             suspended: None,
             load: 0,
+            away: false,
         }
     }
 

@@ -9,13 +9,23 @@
 //! one counting as 1,000), then the smallest peer id. A member's load is the number of
 //! sessions it serves: exact for this node's peers; for another node's, the larger of what its
 //! node last announced (`producerLoad`, at most every liveness tick) and the sessions this node
-//! itself holds with it, so that a burst of requests on one node spreads at once.
+//! itself holds with it, so that a burst of requests on one node spreads at once. A member
+//! whose connection dropped (kept for a resume, maybe a dead process) is *away* and passed
+//! over until it is back: its viewers, whose media stopped, are placed elsewhere at once.
 
 use std::collections::HashMap;
 
 use proto::{ErrorCode, PeerId};
 
 use super::{NodeId, Router};
+
+/// How loaded a producer is, as its node announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    pub sessions: usize,
+    /// Its connection dropped; kept for a resume, passed over by placement.
+    pub away: bool,
+}
 
 /// What a member without `meta.capacity` is taken to hold, to weigh its load.
 const ASSUMED_CAPACITY: f64 = 1000.0;
@@ -36,7 +46,7 @@ impl Router {
         }
         let mut best: Option<((bool, u64, f64), &PeerId)> = None;
         for (id, p) in &self.peers {
-            if id == from || !p.status.producing() || p.suspended.is_some() {
+            if id == from || !p.status.producing() || p.suspended.is_some() || p.away {
                 continue;
             }
             let meta = p.status.meta.as_ref();
@@ -78,21 +88,74 @@ impl Router {
         })
     }
 
-    /// This node's producers and how many sessions each serves (announced as `producerLoad`).
-    pub fn local_loads(&self) -> Vec<(PeerId, usize)> {
+    /// This node's producers: how many sessions each serves, and whether it is away
+    /// (announced as `producerLoad`).
+    pub fn local_loads(&self) -> Vec<(PeerId, Load)> {
         self.peers
             .iter()
             .filter(|(_, p)| p.node.is_none() && p.status.producing())
-            .map(|(id, p)| (id.clone(), p.producer_sessions.len()))
+            .map(|(id, p)| {
+                let load = Load {
+                    sessions: p.producer_sessions.len(),
+                    away: p.away,
+                };
+                (id.clone(), load)
+            })
             .collect()
     }
 
-    /// `node` says its producer `peer_id` serves `sessions` sessions.
-    pub fn remote_load(&mut self, node: &NodeId, peer_id: &str, sessions: usize) {
+    /// `node` says how loaded its producer `peer_id` is.
+    pub fn remote_load(&mut self, node: &NodeId, peer_id: &str, load: Load) {
         if let Some(p) = self.peers.get_mut(peer_id) {
             if p.node.as_ref() == Some(node) {
-                p.load = sessions;
+                p.load = load.sessions;
+                p.away = load.away;
             }
         }
+    }
+
+    /// Local peer `peer_id` lost its connection and is kept for a resume (`away`), or is back.
+    pub fn set_away(&mut self, peer_id: &str, away: bool) {
+        if let Some(p) = self.peers.get_mut(peer_id) {
+            if p.node.is_none() {
+                p.away = away;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Outbox;
+    use super::*;
+    use proto::{ClientMessage, PeerRole, PeerStatus, ProtocolVersion};
+
+    fn producer(r: &mut Router, id: &str, meta: serde_json::Value) {
+        let mut out = Outbox::new();
+        r.join(id, ProtocolVersion::V2, &mut out);
+        let status = PeerStatus {
+            roles: vec![PeerRole::Producer],
+            meta: Some(meta),
+            peer_id: None,
+        };
+        r.handle(id, ClientMessage::SetPeerStatus(status), &mut out);
+    }
+
+    #[test]
+    fn a_relay_that_is_away_is_passed_over_until_it_is_back() {
+        let mut r = Router::new();
+        producer(&mut r, "origin", serde_json::json!({"name": "cam"}));
+        for relay in ["r1", "r2"] {
+            let meta = serde_json::json!({"name": "cam relay", "stream": "cam", "relay-of": "origin", "depth": "1"});
+            producer(&mut r, relay, meta);
+        }
+        r.join("viewer", ProtocolVersion::V2, &mut Outbox::new());
+        assert_eq!(r.place("viewer", "cam").unwrap(), "r1");
+        r.set_away("r1", true);
+        assert_eq!(r.place("viewer", "cam").unwrap(), "r2");
+        r.set_away("r2", true);
+        assert_eq!(r.place("viewer", "cam").unwrap(), "origin");
+        r.set_away("r1", false);
+        assert_eq!(r.place("viewer", "cam").unwrap(), "r1");
     }
 }

@@ -282,6 +282,11 @@ impl Bus for RedisBus {
         self.shared.flush(&state, out);
     }
 
+    fn away(&self, peer_id: &str, away: bool) {
+        // (other nodes learn it with the loads, every liveness tick: bus/cluster/load.rs)
+        self.shared.state.lock().router.set_away(peer_id, away);
+    }
+
     fn notify_local(&self, msg: &ServerMessage) {
         let state = self.shared.state.lock();
         for mailbox in state.mailboxes.values() {

@@ -271,7 +271,11 @@ impl Shared {
             NodeMessage::SessionStart(body) => router.remote_session_start(from, body, out),
             // how loaded another node's producers are, for placement (routing/placement.rs)
             NodeMessage::ProducerLoad(body) => {
-                router.remote_load(from, &body.peer_id, body.sessions)
+                let load = crate::routing::Load {
+                    sessions: body.sessions,
+                    away: body.away,
+                };
+                router.remote_load(from, &body.peer_id, load)
             }
             NodeMessage::SessionEnd(body) => router.remote_session_end(from, body, out),
             NodeMessage::Relay(body) => router.remote_relay(from, body, out),
