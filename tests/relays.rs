@@ -241,3 +241,60 @@ async fn a_killed_relays_viewers_are_placed_again_and_get_frames() -> Result<()>
     );
     Ok(())
 }
+
+/// The origin stops and a producer of the same name comes back: the relay keeps its
+/// registration and its viewer, reattaches, and the viewer's one session gets frames again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_reattaches_to_a_returning_origin_and_its_viewer_keeps_its_session() -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let mut first = origin(&a, "back", &[])?;
+    let relay = relay(&b, "back", "back-relay", &[])?;
+    let mut viewer = viewer(&b, &["--producer-name", "back-relay"])?;
+    viewer
+        .wait(LONG, "30 frames through the relay", |v| frames_now(v) >= 30)
+        .await?;
+    let first_id = latest(&relay, "relay-stats")?["origin_id"].clone();
+    first.signal(libc::SIGTERM);
+    assert_eq!(
+        first.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        first.stderr()
+    );
+    relay
+        .wait(LONG, "the relay without an upstream session", |r| {
+            r.json_lines("relay-stats")
+                .last()
+                .is_some_and(|s| s["upstream_session"].is_null())
+        })
+        .await?;
+    let _second = origin(&a, "back", &[])?;
+    let before = frames_now(&viewer);
+    viewer
+        .wait(LONG, "30 frames from the returned origin", |v| {
+            frames_now(v) >= before + 30
+        })
+        .await?;
+    let stats = latest(&relay, "relay-stats")?;
+    assert_eq!(stats["reattachments"], 1, "{stats}");
+    assert_ne!(stats["origin_id"], first_id, "a new origin: {stats}");
+    assert!(stats["bitrate_in_bps"].as_f64() > Some(0.0), "{stats}");
+    assert!(stats["bitrate_out_bps"].as_f64() > Some(0.0), "{stats}");
+    viewer.signal(libc::SIGINT);
+    assert_eq!(
+        viewer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        viewer.stderr()
+    );
+    let report = viewer.report()?;
+    assert_eq!(
+        report["session_ids"].as_array().map(Vec::len),
+        Some(1),
+        "one session throughout: {report}"
+    );
+    Ok(())
+}

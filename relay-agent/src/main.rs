@@ -8,10 +8,22 @@
 //! ```
 //!
 //! The relay registers as a producer once the origin's streams have arrived, with meta naming
-//! what it relays (`stream`, `relay-of`, `depth`, `capacity`). Placement of viewers, relays
-//! of relays and reattaching to a returning origin are not done yet (docs/relays.md).
+//! what it relays (`stream`, `relay-of`, `depth`, `capacity`); viewers asking for the stream
+//! are placed on it by the cluster (docs/relays.md).
+//!
+//! | behaviour | file |
+//! |---|---|
+//! | the source side: finding the origin, reattaching when it returns | `upstream.rs` |
+//! | the origin's streams into webrtcsink, held until all are there; the codec guard | `republish.rs` |
+//! | the serving side (webrtcsink, meta) and its consumers | `main.rs` |
+//! | `relay-stats` and metrics | `report.rs` |
+
+mod report;
+mod republish;
+mod upstream;
 
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,23 +31,26 @@ use std::time::Duration;
 use agent_core::cli::{IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit;
-use agent_core::keyframes::{self, KeyframeCounts};
-use agent_core::metrics::write_metric;
+use agent_core::keyframes::KeyframeCounts;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{
-    producer_sink, AgentEvent, ClusterSignaller, Role, SignallerConfig, Target,
-};
+use agent_core::signaller::{producer_sink, AgentEvent, Target};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
 use gst::prelude::*;
-use serde::Serialize;
 use tracing::{error, info, warn};
+
+use republish::Republish;
+use upstream::Source;
 
 /// Relay a stream of the cluster without re-encoding it.
 ///
+/// With --source-name, a relay whose origin goes away keeps its registration and consumers and
+/// reattaches to the next producer of that name (same codec: the consumers' sessions go on).
+///
 /// Exit codes: 0 stopped by SIGINT/SIGTERM; 1 runtime failure (signalling unreachable for
-/// --retry-for, the origin not found or gone, a pipeline error); 2 bad arguments.
+/// --retry-for, the origin not found or not back within --timeout, a --source-id origin gone,
+/// a returning origin with another codec, a pipeline error); 2 bad arguments.
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {
@@ -59,7 +74,7 @@ pub struct Args {
         default_value_t = 250
     )]
     pub min_keyframe_interval_ms: u64,
-    /// Seconds to wait for the origin (from registration) and for its streams.
+    /// Seconds to wait for the origin (from registration, and after it went away).
     #[arg(long, env = "RELAY_TIMEOUT", default_value_t = 30)]
     pub timeout: u64,
     #[command(flatten)]
@@ -108,11 +123,14 @@ fn main() -> ExitCode {
 
 /// What the relay's two sides share with the stats thread.
 #[derive(Default)]
-struct Shared {
+pub struct Shared {
     origin: Mutex<Option<String>>,
     upstream_session: Mutex<Option<String>>,
-    /// Encoded video frames received from the origin.
+    /// Sessions with a source after the first.
+    reattachments: AtomicU64,
+    /// Encoded video frames, and media bytes, received from the source.
     frames_in: AtomicU64,
+    bytes_in: AtomicU64,
     keyframes: Arc<KeyframeCounts>,
     reconnects_up: AtomicU64,
     reconnects_down: AtomicU64,
@@ -124,57 +142,48 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
     let shutdown = Shutdown::install()?;
     let shared = Arc::new(Shared::default());
     let pipeline = gst::Pipeline::new();
-
-    let (up_tx, up_events) = std::sync::mpsc::channel();
-    let upstream = ClusterSignaller::new(SignallerConfig {
-        client: args.signalling.client_config(),
-        role: Role::Consumer { target },
-        events: up_tx,
-    });
-    let src = gst::ElementFactory::make("webrtcsrc")
-        .property("signaller", &upstream)
-        .build()
-        .context("webrtcsrc is not available")?;
-    args.ice.apply(&src);
-    pipeline.add(&src)?;
+    let main_loop = glib::MainLoop::new(None, false);
+    let failure = Arc::new(Mutex::new(None::<anyhow::Error>));
 
     let (down_tx, down_events) = std::sync::mpsc::channel();
     let sink = make_sink(args, down_tx)?;
-    let republish = Republish::new(
+    let codec_changed: republish::CodecChanged = {
+        let (failure, main_loop) = (failure.clone(), main_loop.clone());
+        Arc::new(move |change| {
+            // Its consumers negotiated the old codec: they end and are placed again.
+            *failure.lock().unwrap() = Some(anyhow!(
+                "the returning origin's codec changed ({change}): the relay's consumers cannot take it"
+            ));
+            main_loop.quit();
+        })
+    };
+    let republish = Arc::new(Republish::new(
         &pipeline,
         sink.clone(),
         Duration::from_millis(args.min_keyframe_interval_ms),
         shared.clone(),
-        {
-            let upstream = upstream.clone();
-            Arc::new(move || upstream.remote_streams())
-        },
-    );
-    src.connect_pad_added(move |_, pad| {
-        if let Err(e) = republish.add(pad) {
-            warn!("cannot relay {}: {e:#}", pad.name());
-        }
+        codec_changed,
+    ));
+    let source = Rc::new(Source {
+        pipeline: pipeline.downgrade(),
+        args: args.clone(),
+        target,
+        republish,
+        shared: shared.clone(),
+        sink: sink.downgrade(),
+        main_loop: main_loop.clone(),
+        failure: failure.clone(),
+        shutdown: shutdown.clone(),
+        current: Default::default(),
     });
 
-    let weak_sink = sink.downgrade();
-    let stats = shared.clone();
+    let mut collector = report::Collector::new(shared.clone(), &sink);
     agent_core::reporting::start(
         &args.output,
-        move || Some(snapshot(&stats, weak_sink.upgrade().as_ref())),
-        render,
+        move || Some(collector.collect()),
+        report::render,
     )?;
 
-    let main_loop = glib::MainLoop::new(None, false);
-    let failure = Arc::new(Mutex::new(None::<anyhow::Error>));
-    let up = Upstream {
-        main_loop: main_loop.clone(),
-        sink: sink.downgrade(),
-        failure: failure.clone(),
-        shared: shared.clone(),
-        timeout: Duration::from_secs(args.timeout),
-        since: None,
-    };
-    events::poll(Duration::from_millis(20), up_events, shutdown.clone(), up);
     let down = Downstream {
         main_loop: main_loop.clone(),
         failure: failure.clone(),
@@ -200,6 +209,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| anyhow!("cannot start the pipeline: {e}"))?;
+    source.attach()?;
     main_loop.run();
     let _ = pipeline.set_state(gst::State::Null);
     let failed = failure.lock().unwrap().take();
@@ -229,200 +239,6 @@ fn make_sink(
     sink.set_property("meta", meta.build());
     args.ice.apply(&sink);
     Ok(sink)
-}
-
-/// Links the origin's streams, as webrtcsrc adds them, into webrtcsink: each stopped at its
-/// encoded caps and held until every stream of the origin is there, since webrtcsink
-/// negotiates its consumers' streams from the inputs it has when it starts.
-struct Republish {
-    pipeline: glib::WeakRef<gst::Pipeline>,
-    sink: gst::Element,
-    interval: Duration,
-    shared: Arc<Shared>,
-    expected: Arc<dyn Fn() -> Option<usize> + Send + Sync>,
-    /// (kind, the held chain's src pad, its blocking probe) of the streams so far.
-    held: Mutex<Vec<(&'static str, gst::Pad, gst::PadProbeId)>>,
-}
-
-impl Republish {
-    fn new(
-        pipeline: &gst::Pipeline,
-        sink: gst::Element,
-        interval: Duration,
-        shared: Arc<Shared>,
-        expected: Arc<dyn Fn() -> Option<usize> + Send + Sync>,
-    ) -> Self {
-        Republish {
-            pipeline: pipeline.downgrade(),
-            sink,
-            interval,
-            shared,
-            expected,
-            held: Mutex::default(),
-        }
-    }
-
-    /// A stream of the origin: `pad ! capsfilter(encoded) ! queue`, held.
-    fn add(&self, pad: &gst::Pad) -> anyhow::Result<()> {
-        let pipeline = self.pipeline.upgrade().context("no pipeline")?;
-        let video = pad.name().starts_with("video");
-        let caps = if video {
-            "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1"
-        } else {
-            "audio/x-opus"
-        };
-        let chain = gst::parse::bin_from_description(
-            &format!("capsfilter caps=\"{caps}\" name=entry ! queue"),
-            true,
-        )?;
-        pipeline.add(&chain)?;
-        chain.sync_state_with_parent()?;
-        let out = chain.static_pad("src").context("chain src")?;
-        let block =
-            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
-        let probe = out
-            .add_probe(block, |_, _| gst::PadProbeReturn::Ok)
-            .context("cannot hold the stream")?;
-        if video {
-            let frames = self.shared.clone();
-            out.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                frames.frames_in.fetch_add(1, Ordering::Relaxed);
-                gst::PadProbeReturn::Ok
-            });
-            // One request upstream (a PLI to the origin) per interval, however many ask.
-            let entry = chain.static_pad("sink").context("chain sink")?;
-            keyframes::coalesce(
-                &out,
-                self.interval,
-                self.shared.keyframes.clone(),
-                move |event| {
-                    entry.push_event(event);
-                },
-            );
-        }
-        pad.link(&chain.static_pad("sink").context("chain sink")?)
-            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
-        let mut held = self.held.lock().unwrap();
-        held.push((if video { "video" } else { "audio" }, out, probe));
-        let expected = (self.expected)().unwrap_or(1);
-        if held.len() >= expected {
-            self.start(&pipeline, &mut held)?;
-        }
-        Ok(())
-    }
-
-    /// Every stream is there: webrtcsink joins the pipeline with one input per stream.
-    fn start(
-        &self,
-        pipeline: &gst::Pipeline,
-        held: &mut Vec<(&'static str, gst::Pad, gst::PadProbeId)>,
-    ) -> anyhow::Result<()> {
-        pipeline.add(&self.sink)?;
-        for (kind, out, probe) in held.drain(..) {
-            let input = self
-                .sink
-                .request_pad_simple(&format!("{kind}_%u"))
-                .ok_or_else(|| anyhow!("webrtcsink gave no {kind} pad"))?;
-            out.link(&input)
-                .map_err(|e| anyhow!("cannot link to webrtcsink: {e:?}"))?;
-            out.remove_probe(probe);
-        }
-        self.sink.sync_state_with_parent()?;
-        info!("the origin's streams are here: serving them");
-        Ok(())
-    }
-}
-
-/// The relay's side as a consumer of the origin.
-struct Upstream {
-    main_loop: glib::MainLoop,
-    /// The serving side, whose meta learns what it relays.
-    sink: glib::WeakRef<gst::Element>,
-    failure: Arc<Mutex<Option<anyhow::Error>>>,
-    shared: Arc<Shared>,
-    timeout: Duration,
-    /// Registered, searching for the origin since.
-    since: Option<std::time::Instant>,
-}
-
-impl Upstream {
-    fn fail(&self, e: anyhow::Error) -> glib::ControlFlow {
-        *self.failure.lock().unwrap() = Some(e);
-        self.main_loop.quit();
-        glib::ControlFlow::Break
-    }
-}
-
-impl EventHandler for Upstream {
-    fn reconnects(&self) -> &AtomicU64 {
-        &self.shared.reconnects_up
-    }
-
-    fn stop(&mut self, why: Stop) {
-        match why {
-            Stop::Signal => {
-                info!("signal received, stopping");
-                self.main_loop.quit();
-            }
-            Stop::GaveUp(e) => {
-                self.fail(anyhow!(e));
-            }
-        }
-    }
-
-    fn registered(&mut self, r: Registration) {
-        self.since.get_or_insert_with(std::time::Instant::now);
-        info!(peer = %r.peer_id, "upstream: registered on {}", r.at());
-    }
-
-    fn producer_chosen(&mut self, producer_id: String, meta: Option<serde_json::Value>) {
-        // A relay of a relay is one deeper than its source (an origin has no depth: 0).
-        let depth = meta
-            .as_ref()
-            .and_then(|m| m.get("depth"))
-            .and_then(|d| {
-                d.as_str()
-                    .and_then(|d| d.parse::<u32>().ok())
-                    .or(d.as_u64().map(|d| d as u32))
-            })
-            .unwrap_or(0)
-            + 1;
-        info!(origin = %producer_id, depth, "relaying producer {producer_id}");
-        if let Some(sink) = self.sink.upgrade() {
-            let mut m = sink.property::<gst::Structure>("meta");
-            m.set("relay-of", producer_id.as_str());
-            m.set("depth", depth.to_string());
-            // The stream a relay of a relay serves is its source's stream.
-            if let Some(stream) = meta.as_ref().and_then(|m| m.get("stream")?.as_str()) {
-                m.set("stream", stream);
-            }
-            sink.set_property("meta", m);
-        }
-        *self.shared.origin.lock().unwrap() = Some(producer_id);
-    }
-
-    fn session_started(&mut self, session_id: String, _producer: String) {
-        info!(session = %session_id, "upstream session {session_id} started");
-        *self.shared.upstream_session.lock().unwrap() = Some(session_id);
-    }
-
-    fn session_ended(&mut self, session_id: String, _by_peer: bool) -> glib::ControlFlow {
-        // (reattaching to a returning origin is not done yet)
-        self.fail(anyhow!(
-            "the origin's session {session_id} ended: its producer went away"
-        ))
-    }
-
-    fn tick(&mut self) -> glib::ControlFlow {
-        let waiting = self.shared.upstream_session.lock().unwrap().is_none();
-        if waiting && self.since.is_some_and(|s| s.elapsed() > self.timeout) {
-            return self.fail(anyhow!(
-                "no origin appeared within {} s",
-                self.timeout.as_secs()
-            ));
-        }
-        glib::ControlFlow::Continue
-    }
 }
 
 /// The relay's side as a producer for its consumers.
@@ -464,79 +280,4 @@ impl EventHandler for Downstream {
     fn consumer_refused(&mut self, consumer: String, limit: u32) {
         warn!("refused consumer {consumer}: already serving --max-consumers {limit}");
     }
-}
-
-/// One stats line (`relay-stats`).
-#[derive(Serialize, Clone, Debug)]
-struct Snapshot {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    origin_id: Option<String>,
-    upstream_session: Option<String>,
-    /// Encoded video frames received from the origin.
-    frames_in: u64,
-    consumers: usize,
-    sessions_started: u64,
-    /// Keyframe requests of the relay's consumers, and those passed on to the origin.
-    keyframe_requests: u64,
-    keyframes_requested_upstream: u64,
-    reconnects: u64,
-}
-
-fn snapshot(shared: &Shared, sink: Option<&gst::Element>) -> Snapshot {
-    let consumers = sink
-        .map(|s| s.property::<gst::Structure>("stats").n_fields())
-        .unwrap_or(0);
-    Snapshot {
-        kind: "relay-stats",
-        origin_id: shared.origin.lock().unwrap().clone(),
-        upstream_session: shared.upstream_session.lock().unwrap().clone(),
-        frames_in: shared.frames_in.load(Ordering::Relaxed),
-        consumers,
-        sessions_started: shared.sessions.load(Ordering::Relaxed),
-        keyframe_requests: shared.keyframes.requests.load(Ordering::Relaxed),
-        keyframes_requested_upstream: shared.keyframes.forced.load(Ordering::Relaxed),
-        reconnects: shared.reconnects_up.load(Ordering::Relaxed)
-            + shared.reconnects_down.load(Ordering::Relaxed),
-    }
-}
-
-fn render(s: &Snapshot) -> String {
-    let mut out = String::new();
-    let labels: Vec<(&str, String)> = vec![("origin", s.origin_id.clone().unwrap_or_default())];
-    for (name, kind, help, v) in [
-        (
-            "relay_consumers",
-            "gauge",
-            "Consumers the relay serves.",
-            s.consumers as f64,
-        ),
-        (
-            "relay_frames_in_total",
-            "counter",
-            "Encoded video frames received from the origin.",
-            s.frames_in as f64,
-        ),
-        (
-            "relay_keyframe_requests_total",
-            "counter",
-            "Keyframe requests of the relay's consumers.",
-            s.keyframe_requests as f64,
-        ),
-        (
-            "relay_keyframes_requested_upstream_total",
-            "counter",
-            "Keyframe requests passed on to the origin.",
-            s.keyframes_requested_upstream as f64,
-        ),
-        (
-            "relay_upstream_connected",
-            "gauge",
-            "1 while a session with the origin is up.",
-            s.upstream_session.is_some() as u8 as f64,
-        ),
-    ] {
-        write_metric(&mut out, name, kind, help, &[(labels.clone(), v)]);
-    }
-    out
 }
