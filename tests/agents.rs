@@ -654,6 +654,31 @@ async fn bad_arguments_unreachable_servers_and_missing_producers_give_documented
             "cannot connect to",
         ),
         (
+            "relay-agent",
+            vec!["--server", &url],
+            2,
+            "--source-name or --source-id",
+        ),
+        (
+            "relay-agent",
+            vec!["--server", &dead, "--source-name", "x", "--retry-for", "1"],
+            1,
+            "cannot connect to",
+        ),
+        (
+            "relay-agent",
+            vec![
+                "--server",
+                &url,
+                "--source-name",
+                "nobody",
+                "--timeout",
+                "2",
+            ],
+            1,
+            "no origin appeared within 2 s",
+        ),
+        (
             "consumer-agent",
             vec!["--server", &url],
             2,

@@ -298,3 +298,66 @@ async fn a_relay_reattaches_to_a_returning_origin_and_its_viewer_keeps_its_sessi
     );
     Ok(())
 }
+
+/// The origin comes back with another codec: the relay's viewers negotiated the old one, so
+/// the relay exits 1; its viewer's session ends and it is placed again (on the origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_origin_with_another_codec_ends_the_relay_and_its_viewer_is_placed_again(
+) -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let mut first = origin(&a, "switch", &["--video-codec", "vp8"])?;
+    let mut relay = relay(&b, "switch", "switch-relay", &[])?;
+    let mut lister = Peer::connect(&b.url()).await?;
+    Topo::list_until(&mut lister, false, |l| {
+        l["producers"].as_array().map(Vec::len) == Some(2)
+    })
+    .await?;
+    // (a long stall timeout: the viewer moves because its session ends, not because it stalls)
+    let mut viewer = viewer(&b, &["--stream", "switch", "--stall-timeout", "60"])?;
+    viewer
+        .wait(LONG, "30 frames through the relay", |v| frames_now(v) >= 30)
+        .await?;
+    serving(&relay, 1).await?;
+    first.signal(libc::SIGTERM);
+    assert_eq!(
+        first.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        first.stderr()
+    );
+    let _second = origin(&a, "switch", &["--video-codec", "h264"])?;
+    assert_eq!(
+        relay.exit_within(LONG).await?,
+        Some(1),
+        "{}",
+        relay.stderr()
+    );
+    assert!(
+        relay.stderr().contains("codec changed"),
+        "{}",
+        relay.stderr()
+    );
+    let before = frames_now(&viewer);
+    viewer
+        .wait(LONG, "30 frames from the new origin", |v| {
+            frames_now(v) >= before + 30
+        })
+        .await?;
+    viewer.signal(libc::SIGINT);
+    assert_eq!(
+        viewer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        viewer.stderr()
+    );
+    let report = viewer.report()?;
+    assert_eq!(
+        report["session_ids"].as_array().map(Vec::len),
+        Some(2),
+        "placed again: {report}"
+    );
+    Ok(())
+}
