@@ -232,6 +232,84 @@ async fn across_two_nodes_the_page_watches_a_producer_of_the_other_node_and_sees
     Ok(())
 }
 
+/// The page lists a stream once (not its relay), plays it through the relay the node places
+/// it on, and, when that relay is killed, is placed again (on the origin) and plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_a_stream_through_a_relay_and_is_placed_again_when_the_relay_dies(
+) -> Result<()> {
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    let origin = Agent::producer(&[
+        "--server",
+        &a.url(),
+        "--name",
+        "hall",
+        "--encoding",
+        "shared",
+        "--stats-interval",
+        "0.5",
+    ])?;
+    let relay = Agent::spawn(
+        "relay-agent",
+        &[
+            "--server",
+            &b.url(),
+            "--source-name",
+            "hall",
+            "--name",
+            "hall relay",
+            "--max-consumers",
+            "4",
+            "--stats-interval",
+            "0.5",
+        ],
+    )?;
+    relay.wait_stderr("serving as", LONG).await?;
+    let url = format!("http://127.0.0.1:{}/", b.port);
+    let page = browser(&["stream", &url, "hall"])?;
+    let playing = event(&page, "playing").await?;
+    assert_eq!(playing["member"], "relay", "{playing}");
+    assert_eq!(
+        playing["listed"],
+        serde_json::json!(["hall · 1 relay"]),
+        "one entry for the stream: {playing}"
+    );
+    assert!(
+        playing["frames"].as_u64() > playing["framesBefore"].as_u64(),
+        "{playing}"
+    );
+    relay
+        .wait(LONG, "the page as the relay's consumer", |r| {
+            r.json_lines("relay-stats")
+                .last()
+                .is_some_and(|s| s["consumers"].as_u64() == Some(1))
+        })
+        .await?;
+    let killed = std::time::Instant::now();
+    relay.signal(libc::SIGKILL);
+    let again = event(&page, "placed-again").await?;
+    assert_eq!(again["member"], "origin", "{again}");
+    assert!(
+        again["frames"].as_u64() > again["framesBefore"].as_u64(),
+        "{again}"
+    );
+    eprintln!(
+        "browser placed again and playing {} ms after the relay's SIGKILL ({} ms from noticing)",
+        killed.elapsed().as_millis(),
+        again["replacedToPlayingMs"]
+    );
+    origin
+        .wait(LONG, "the page as the origin's second consumer", |p| {
+            p.json_lines("producer-stats")
+                .last()
+                .is_some_and(|s| s["consumers"].as_array().map(Vec::len) == Some(1))
+        })
+        .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn browsers_get_the_app_and_stock_clients_the_websocket_on_the_same_port() -> Result<()> {
     let node = Node::start(&[]).await?;

@@ -37,6 +37,7 @@ macro_rules! http_service {
             .route("/readyz", web::get().to(readyz))
             .route("/api/v1/nodes", web::get().to(api_nodes))
             .route("/api/v1/producers", web::get().to(api_producers))
+            .route("/place", web::get().to(place))
             .default_service(web::to(web_app))
             .into_factory()
             .map_err(|e: actix_web::Error| e.error_response());
@@ -319,6 +320,28 @@ async fn web_app(req: HttpRequest, state: web::Data<NodeState>) -> HttpResponse 
         None => HttpResponse::NotFound()
             .content_type("text/plain")
             .body("not found\n"),
+    }
+}
+
+/// `GET /place?stream=NAME`: the member of the stream (origin or relay) a new viewer should
+/// start its session with, for clients that name producers by id (the web app, on the stock
+/// gstwebrtc-api). v2 clients ask in `startSession` itself, which also counts the session at
+/// once; between this answer and the session, a burst of viewers may all get one member.
+async fn place(
+    state: web::Data<NodeState>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> HttpResponse {
+    let Some(stream) = query.get("stream").filter(|s| !s.is_empty()) else {
+        return HttpResponse::BadRequest()
+            .json(serde_json::json!({"error": "?stream=NAME is required"}));
+    };
+    match state.bus.place(stream) {
+        Ok(peer_id) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({"stream": stream, "peerId": peer_id})),
+        Err(why) => {
+            HttpResponse::NotFound().json(serde_json::json!({"stream": stream, "error": why}))
+        }
     }
 }
 

@@ -1,6 +1,10 @@
-// The gst-webrtc-cluster web app: a live list of producers, a grid of watched streams with
+// The gst-webrtc-cluster web app: a live list of streams, a grid of watched streams with
 // stats, remote control, and publishing the camera, microphone or screen. Built on the stock
 // gstwebrtc-api, unchanged; it talks to the node that served the page.
+//
+// Relays (producers whose meta has `relay-of`) are not listed: a stream is one entry, and
+// the node places each tile on the stream's origin or one of its relays (`GET /place`). A
+// tile on a relay that goes away, or whose video stops, is placed again.
 import GstWebRTCAPI from "./gstwebrtc-api.js";
 
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
@@ -27,6 +31,40 @@ function nameOf(peer) {
   return (peer.meta && typeof peer.meta.name === "string" && peer.meta.name) || peer.id;
 }
 
+const isRelay = (peer) => Boolean(peer.meta && peer.meta["relay-of"]);
+
+/** The stream an origin or a relay serves. */
+function streamOf(peer) {
+  return isRelay(peer) && typeof peer.meta.stream === "string" ? peer.meta.stream : nameOf(peer);
+}
+
+/** Whether the origin of `stream` is listed. */
+function originListed(stream) {
+  return [...producers.values()].some((p) => !isRelay(p) && nameOf(p) === stream);
+}
+
+/** Relays of `stream`, shown beside its entry. */
+function showRelays(stream) {
+  const n = [...producers.values()].filter((p) => isRelay(p) && streamOf(p) === stream).length;
+  for (const p of producers.values()) {
+    if (!isRelay(p) && nameOf(p) === stream && p.item) {
+      p.item.querySelector(".relays").textContent = n ? ` · ${n} relay${n > 1 ? "s" : ""}` : "";
+    }
+  }
+}
+
+/** The member of `stream` the node places a new viewer on, or null (older node, no room). */
+async function place(stream) {
+  try {
+    const r = await fetch(`/place?stream=${encodeURIComponent(stream)}`, { cache: "no-store" });
+    if (!r.ok) return null;
+    const { peerId } = await r.json();
+    return producers.get(peerId) || { id: peerId, meta: {} };
+  } catch {
+    return null;
+  }
+}
+
 fetch("/healthz")
   .then((r) => r.json())
   .then((h) => { $("#node").textContent = h.nodeId; })
@@ -46,23 +84,32 @@ api.registerConnectionListener({
 
 api.registerPeerListener({
   producerAdded(producer) {
+    if (isRelay(producer)) {
+      producers.set(producer.id, { ...producer });
+      showRelays(streamOf(producer));
+      return;
+    }
     const item = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = nameOf(producer);
     button.dataset.producerId = producer.id;
     button.addEventListener("click", () => watch(producer));
-    item.append(button);
+    const relays = document.createElement("span");
+    relays.className = "relays";
+    item.append(button, relays);
     $("#producers").append(item);
     producers.set(producer.id, { ...producer, item });
+    showRelays(nameOf(producer));
     $("#no-producers").hidden = true;
     for (const tile of tiles.values()) tile.producerAppeared(producer);
   },
   producerRemoved(producer) {
     const known = producers.get(producer.id);
-    if (known) known.item.remove();
+    known?.item?.remove();
     producers.delete(producer.id);
-    $("#no-producers").hidden = producers.size > 0;
+    if (known) showRelays(streamOf(known));
+    $("#no-producers").hidden = [...producers.values()].some((p) => !isRelay(p));
     for (const tile of tiles.values()) tile.producerLeft(producer.id);
   },
 });
@@ -112,13 +159,25 @@ class Tile {
     this.el.dataset.state = text || "playing";
   }
 
-  start(producer) {
+  /** A session with the member of the stream the node picks (the origin if it cannot). */
+  async start(origin) {
     this.setState("connecting…");
-    this.producerId = producer.id;
     this.returned = null;
     this.el.querySelector(".resume").hidden = true;
+    const member = (await place(this.name)) || origin;
+    this.connect(member);
+  }
+
+  connect(producer) {
+    this.producerId = producer.id;
+    this.onRelay = isRelay(producer);
     this.el.dataset.producerId = producer.id;
+    this.el.dataset.member = this.onRelay ? "relay" : "origin";
     this.lastBytes = null;
+    this.stalled = 0;
+    // Frames of this session are counted from here (the video element's count goes on).
+    this.playedFrames = this.frames;
+    this.playing = false;
     const session = api.createConsumerSession(producer.id);
     if (!session) return this.setState("cannot start a session (not connected)");
     this.session = session;
@@ -134,6 +193,8 @@ class Tile {
     session.addEventListener("closed", () => {
       if (this.session === session) {
         this.session = null;
+        // A relay ended the session (it stopped, or could not serve a new codec): elsewhere.
+        if (this.onRelay && !this.closing) return this.placeAgain("the relay ended the session");
         if (this.el.dataset.state !== "producer left") this.setState("session closed");
       }
     });
@@ -143,8 +204,27 @@ class Tile {
 
   producerLeft(id) {
     if (id !== this.producerId) return;
+    if (this.onRelay && originListed(this.name)) return this.placeAgain("the relay left");
     this.setState("producer left");
     this.session?.close();
+  }
+
+  /** Off a relay that is gone or stalled, onto whichever member the node picks now. */
+  placeAgain(why) {
+    if (this.closing || this.placing) return;
+    this.placing = true;
+    this.placements = (this.placements || 0) + 1;
+    this.el.dataset.placements = String(this.placements);
+    this.setState(`${why}: placing again…`);
+    const old = this.session;
+    this.session = null;
+    old?.close();
+    setTimeout(async () => {
+      this.placing = false;
+      const member = await place(this.name);
+      if (member) this.connect(member);
+      else this.setState("no member of the stream has room");
+    }, 300);
   }
 
   producerAppeared(producer) {
@@ -161,6 +241,18 @@ class Tile {
     const q = this.video.getVideoPlaybackQuality?.();
     this.frames = q ? q.totalVideoFrames : 0;
     this.el.dataset.frames = String(this.frames);
+    // Video stopped on a relay for 3 s while the origin is still there: the relay may have
+    // died (its node keeps it for a resume, and passes it over when placing).
+    if (this.onRelay && this.session) {
+      if (this.frames > this.playedFrames) {
+        this.playing = true;
+        this.stalled = 0;
+        this.playedFrames = this.frames;
+      } else if (this.playing) {
+        this.stalled += 1;
+      }
+      if (this.stalled >= 3 && originListed(this.name)) return this.placeAgain("the video stopped");
+    }
     const pc = this.session?.rtcPeerConnection;
     if (!pc) return;
     const report = await pc.getStats();
@@ -190,6 +282,7 @@ class Tile {
   }
 
   close() {
+    this.closing = true;
     clearInterval(this.timer);
     this.session?.close();
     this.el.remove();

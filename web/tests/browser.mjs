@@ -6,6 +6,10 @@
 //     clicks CLICKS times in the tile, then reports when NAME leaves the list; with `resume`,
 //     waits for a producer of that name to return, clicks the tile's Resume and reports it
 //     playing again.
+//   node browser.mjs stream URL NAME
+//     clicks stream NAME (one entry, whatever its relays), reports the tile playing and the
+//     member it was placed on (origin or relay), then waits until the tile has been placed
+//     again (e.g. its relay was killed) and plays, and reports that.
 //   node browser.mjs publish URL NAME SECONDS
 //     publishes the fake camera as NAME for SECONDS.
 //   node browser.mjs first-frame URL NAME ours|demo
@@ -104,6 +108,33 @@ try {
       const f2 = await frames();
       say({ event: "resumed", producerId: await tile.getAttribute("data-producer-id"), framesBefore: f1, frames: f2 });
     }
+  } else if (mode === "stream") {
+    const button = page.locator("#producers button", { hasText: name });
+    await button.first().waitFor({ timeout: 60000 });
+    const listed = await page.evaluate(() => [...document.querySelectorAll("#producers li")].map((li) => li.textContent));
+    await button.first().click();
+    const tile = page.locator(".tile").first();
+    const playingOn = async (placements) => {
+      await page.waitForFunction((n) => {
+        const t = document.querySelector(".tile");
+        return t && Number(t.dataset.placements || 0) >= n && t.dataset.state === "playing";
+      }, placements, { timeout: 60000 });
+      const frames = () => page.evaluate(() => document.querySelector(".tile video").getVideoPlaybackQuality().totalVideoFrames);
+      const f1 = await frames();
+      await page.waitForTimeout(1000);
+      const f2 = await frames();
+      return { member: await tile.getAttribute("data-member"), producerId: await tile.getAttribute("data-producer-id"), framesBefore: f1, frames: f2 };
+    };
+    say({ event: "playing", listed, ...(await playingOn(0)) });
+    // Placed again: from the moment the tile saw its member go to frames flowing again.
+    await page.waitForFunction(() => Number(document.querySelector(".tile")?.dataset.placements || 0) >= 1, null, { timeout: 120000, polling: 50 });
+    const movedAt = Date.now();
+    await page.waitForFunction(() => {
+      const t = document.querySelector(".tile");
+      return t.dataset.state === "playing" && Number(t.dataset.frames || 0) > 0;
+    }, null, { timeout: 60000 });
+    const back = await playingOn(1);
+    say({ event: "placed-again", ...back, replacedToPlayingMs: Date.now() - movedAt });
   } else if (mode === "first-frame") {
     const demo = arg4 === "demo";
     const button = demo

@@ -68,6 +68,11 @@ impl Bus for MemoryBus {
         inner.flush(out);
     }
 
+    fn place(&self, stream: &str) -> Result<PeerId, String> {
+        let inner = self.inner.lock();
+        inner.router.place("", stream).map_err(|(_, why)| why)
+    }
+
     fn away(&self, peer_id: &str, away: bool) {
         self.inner.lock().router.set_away(peer_id, away);
     }

@@ -66,6 +66,9 @@ pub trait Bus: Send + Sync + 'static {
     fn fenced(&self) -> bool {
         false
     }
+    /// The member of `stream` a new viewer should be served by, cluster-wide
+    /// (`routing/placement.rs`), for clients that start sessions by peer id (`GET /place`).
+    fn place(&self, stream: &str) -> Result<PeerId, String>;
     /// The producers of the whole cluster (`GET /api/v1/producers`).
     fn producers(&self) -> Vec<PeerInfo>;
     /// The live nodes and their peers (`GET /api/v1/nodes`); `id: None` is this node.

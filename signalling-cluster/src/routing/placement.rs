@@ -39,7 +39,7 @@ fn number(meta: Option<&serde_json::Value>, key: &str) -> Option<u64> {
 
 impl Router {
     /// The member of `stream` that `from` should be served by, or why none can.
-    pub(super) fn place(&self, from: &str, stream: &str) -> Result<PeerId, (ErrorCode, String)> {
+    pub fn place(&self, from: &str, stream: &str) -> Result<PeerId, (ErrorCode, String)> {
         let mut held: HashMap<&str, usize> = HashMap::new();
         for s in self.sessions.values() {
             *held.entry(s.producer.as_str()).or_default() += 1;

@@ -282,6 +282,11 @@ impl Bus for RedisBus {
         self.shared.flush(&state, out);
     }
 
+    fn place(&self, stream: &str) -> Result<PeerId, String> {
+        let state = self.shared.state.lock();
+        state.router.place("", stream).map_err(|(_, why)| why)
+    }
+
     fn away(&self, peer_id: &str, away: bool) {
         // (other nodes learn it with the loads, every liveness tick: bus/cluster/load.rs)
         self.shared.state.lock().router.set_away(peer_id, away);
