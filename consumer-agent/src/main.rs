@@ -72,6 +72,10 @@ pub struct Args {
     /// a relay in the same session; shorter moves sooner off a dead relay.
     #[arg(long, env = "CONSUMER_STALL_TIMEOUT", default_value_t = 3.0)]
     pub stall_timeout: f64,
+    /// With `--sink encoded`: write `HASH UNIX_MICROS` per video frame to PATH (the relay
+    /// benchmark matches two consumers' frames by hash to measure a hop's latency).
+    #[arg(long, env = "CONSUMER_FRAME_LOG")]
+    pub frame_log: Option<PathBuf>,
     #[command(flatten)]
     pub ice: IceArgs,
     #[command(flatten)]
@@ -167,6 +171,7 @@ struct Run {
     session_ids: Vec<String>,
     recordings: Vec<PathBuf>,
     decoders: std::collections::BTreeSet<String>,
+    frame_log: Option<Arc<sink::FrameLog>>,
 }
 
 fn run(args: &Args, target: Target) -> anyhow::Result<()> {
@@ -179,6 +184,11 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         session_ids: Vec::new(),
         recordings: Vec::new(),
         decoders: Default::default(),
+        frame_log: args
+            .frame_log
+            .as_deref()
+            .map(sink::FrameLog::create)
+            .transpose()?,
     };
     let mut collector = report::Collector::new(run.started, run.frames.clone(), run.shared.clone());
     agent_core::reporting::start(
@@ -264,6 +274,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         segment,
         run.frames.clone(),
         Arc::new(move || remote.remote_streams()),
+        run.frame_log.clone(),
     )?;
     run.recordings.extend(recording);
     let entries = linker.entries.clone();

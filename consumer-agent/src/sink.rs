@@ -109,6 +109,39 @@ pub struct Linker {
     sink: Sink,
     expected: ExpectedStreams,
     gate: Arc<Mutex<Gate>>,
+    frame_log: Option<Arc<FrameLog>>,
+}
+
+/// `--frame-log`: one line per encoded video frame, `HASH UNIX_MICROS`, the hash of the
+/// frame's bytes and when it arrived. Two consumers of one stream on one machine (one direct,
+/// one through a relay) match their frames by hash: the difference is what the hop adds.
+pub struct FrameLog(Mutex<std::io::BufWriter<std::fs::File>>);
+
+impl FrameLog {
+    pub fn create(path: &Path) -> anyhow::Result<Arc<FrameLog>> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Arc::new(FrameLog(Mutex::new(std::io::BufWriter::new(
+            file,
+        )))))
+    }
+
+    fn record(&self, frame: &gst::BufferRef) {
+        use std::hash::{Hash, Hasher};
+        use std::io::Write;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let Ok(map) = frame.map_readable() else {
+            return;
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        map.as_slice().hash(&mut hasher);
+        let mut out = self.0.lock().unwrap();
+        let _ = writeln!(out, "{:016x} {at}", hasher.finish());
+        let _ = out.flush();
+    }
 }
 
 /// Muxers take no new stream, nor its caps, once they have written their header, and
@@ -147,6 +180,7 @@ impl Linker {
         segment: u32,
         frames: Arc<AtomicU64>,
         expected: ExpectedStreams,
+        frame_log: Option<Arc<FrameLog>>,
     ) -> anyhow::Result<(Linker, Option<PathBuf>)> {
         let mut recording = None;
         let mux = match sink {
@@ -177,6 +211,7 @@ impl Linker {
                 sink: sink.clone(),
                 expected,
                 gate: Default::default(),
+                frame_log,
             },
             recording,
         ))
@@ -215,7 +250,7 @@ impl Linker {
         let bin = gst::parse::bin_from_description(&desc, true)
             .with_context(|| format!("sink for {}", pad.name()))?;
         if counted {
-            count_frames(&bin, self.frames.clone())?;
+            count_frames(&bin, self.frames.clone(), None)?;
         }
         pipeline.add(&bin)?;
         bin.sync_state_with_parent()?;
@@ -237,11 +272,12 @@ impl Linker {
         pipeline.add_many([&filter, &parse])?;
         filter.link(&parse)?;
         let (weak, counter) = (pipeline.downgrade(), self.frames.clone());
+        let log = self.frame_log.clone();
         parse.connect_pad_added(move |_, parsed| {
             let Some(pipeline) = weak.upgrade() else {
                 return;
             };
-            if let Err(e) = count_encoded(&pipeline, parsed, counter.clone()) {
+            if let Err(e) = count_encoded(&pipeline, parsed, counter.clone(), log.clone()) {
                 warn!("cannot count {}: {e:#}", parsed.name());
             }
         });
@@ -336,13 +372,20 @@ impl Linker {
 }
 
 /// Counts the buffers reaching the element named `count` in `bin`: one per frame.
-fn count_frames(bin: &gst::Bin, counter: Arc<AtomicU64>) -> anyhow::Result<()> {
+fn count_frames(
+    bin: &gst::Bin,
+    counter: Arc<AtomicU64>,
+    log: Option<Arc<FrameLog>>,
+) -> anyhow::Result<()> {
     let count_pad = bin
         .by_name("count")
         .and_then(|e| e.static_pad("sink"))
         .context("no counting element")?;
-    count_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+    count_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         counter.fetch_add(1, Ordering::Relaxed);
+        if let (Some(log), Some(frame)) = (&log, info.buffer()) {
+            log.record(frame);
+        }
         gst::PadProbeReturn::Ok
     });
     Ok(())
@@ -364,6 +407,7 @@ fn count_encoded(
     pipeline: &gst::Pipeline,
     parsed: &gst::Pad,
     counter: Arc<AtomicU64>,
+    log: Option<Arc<FrameLog>>,
 ) -> anyhow::Result<()> {
     let name = caps_name(parsed);
     let desc = match name.as_str() {
@@ -372,7 +416,7 @@ fn count_encoded(
         _ => "fakesink name=count sync=false",
     };
     let bin = gst::parse::bin_from_description(desc, true)?;
-    count_frames(&bin, counter)?;
+    count_frames(&bin, counter, log)?;
     pipeline.add(&bin)?;
     bin.sync_state_with_parent()?;
     parsed

@@ -122,7 +122,8 @@ fn summary(runs: Vec<Value>) -> Value {
     })
 }
 
-fn slope(points: &[(f64, f64)]) -> Option<f64> {
+/// Least-squares slope of `points`.
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     if points.len() < 2 {
         return None;
     }
@@ -135,15 +136,15 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (var > 0.0).then(|| points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / var)
 }
 
-/// A child whose stdout lines are kept.
-struct Piped {
-    // (kept for its drop, which kills the consumer)
-    _proc: Proc,
+/// A child whose stdout lines are kept (an agent printing stats lines).
+pub struct Piped {
+    // (kept for its drop, which kills the agent)
+    proc: Proc,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Piped {
-    fn spawn(mut cmd: Command) -> Result<Piped> {
+    pub fn spawn(mut cmd: Command) -> Result<Piped> {
         cmd.stdout(Stdio::piped());
         let mut proc = Proc::spawn_piped(cmd)?;
         let stdout = proc.0.stdout.take().context("no stdout")?;
@@ -154,20 +155,29 @@ impl Piped {
                 keep.lock().unwrap().push(line);
             }
         });
-        Ok(Piped { _proc: proc, lines })
+        Ok(Piped { proc, lines })
     }
 
-    /// The latest stats line (`consumer-stats`).
-    fn stats(&self) -> Option<Value> {
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The latest stats line of `kind` (`relay-stats`, …).
+    pub fn latest(&self, kind: &str) -> Option<Value> {
         let lines = self.lines.lock().unwrap();
         lines
             .iter()
             .rev()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["type"] == "consumer-stats")
+            .find(|v| v["type"] == kind)
     }
 
-    fn frames(&self) -> u64 {
+    /// The latest `consumer-stats`.
+    pub fn stats(&self) -> Option<Value> {
+        self.latest("consumer-stats")
+    }
+
+    pub fn frames(&self) -> u64 {
         self.stats().and_then(|s| s["frames"].as_u64()).unwrap_or(0)
     }
 }
