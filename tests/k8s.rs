@@ -932,7 +932,7 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
             "-f",
             values.to_str().unwrap(),
             "--set",
-            "consumers[0].name=viewer,consumers[0].producerName=cam-1-relay,\
+            "consumers[0].name=viewer,consumers[0].stream=cam-1,\
              relays[0].name=cam-1-relay,relays[0].source=cam-1,relays[0].maxConsumers=5",
         ],
     )?)?;
@@ -996,7 +996,8 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
     })
     .await?;
     let consumer_env = agent_env(&docs, "consumer-viewer")?;
-    assert!(consumer_env.contains(&("CONSUMER_PRODUCER_NAME".into(), "cam-1-relay".into())));
+    // asked by stream: the node places it (where: tests/relays.rs)
+    assert!(consumer_env.contains(&("CONSUMER_STREAM".into(), "cam-1".into())));
     assert!(consumer_env.contains(&("CONSUMER_SINK".into(), "null".into())));
     let mut consumer_env: Vec<_> = consumer_env
         .into_iter()

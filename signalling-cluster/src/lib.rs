@@ -18,7 +18,7 @@
 //! | lost messages between nodes (sequence gaps), late ones (`at`) | `bus/cluster/subscriber.rs` |
 //! | Redis that stops answering: deadlines, unreadiness, replaced connections | `bus/cluster/liveness.rs` |
 //! | fencing: cut off from Redis longer than the node TTL, peers sent away, rejoining | `bus/cluster/fencing.rs` |
-//! | placement: a consumer asking for a stream, given its origin or a relay with room | `routing/placement.rs`, `bus/cluster/load.rs` |
+//! | placement: a consumer asking for a stream, given its origin or a relay with room, not away (`startSession` with `stream`, or `GET /place`) | `routing/placement.rs`, `bus/cluster/load.rs`, `server.rs` |
 //! | Redis Sentinel: finding the master, following a failover | `bus/cluster/endpoint.rs` |
 //! | resume on the same node (parked connections, replay; a claim waits for a parking) | `resume.rs`, `upgrade.rs` (`resume_peer`) |
 //! | resume on another node (claims, grants, adoption) | `bus/cluster/handover.rs`, `routing/moving.rs` |

@@ -46,7 +46,7 @@ struct Args {
     #[arg(long)]
     fanout: Option<String>,
     /// Relay-tree runs (relay-agent; needs --agents-dir): viewers per relay, per relay count,
-    /// `1:0,4,8;2:0,8` (the default unless --smoke), then first frame, hop latency and a
+    /// `1:0,4,8;2:0,4,8` (the default unless --smoke), then first frame, hop latency and a
     /// killed relay. With --render: measured now and put into the earlier report.
     #[arg(long)]
     relay_tree: Option<String>,
@@ -296,7 +296,7 @@ async fn run(args: Args) -> Result<()> {
 
     let tree_spec = match (&args.relay_tree, args.smoke) {
         (Some(spec), _) => Some(spec.clone()),
-        (None, false) => Some("1:0,4,8;2:0,8".to_string()),
+        (None, false) => Some("1:0,4,8;2:0,4,8".to_string()),
         (None, true) => None,
     };
     let relay_tree = match (&tree_spec, &args.agents_dir) {
@@ -888,8 +888,8 @@ fn relay_tree_markdown(report: &Value) -> String {
          encoded`) spread over the nodes, placed by the cluster. CPU: each process from `/proc` \
          over an 8 s window once every viewer has frames; everything runs on this machine's \
          cores. Measured {}.\n\n\
-         | relays | viewers per relay | origin CPU % | relay CPU % | relay consumers | relay out kbit/s | min viewer fps |\n\
-         |---:|---:|---:|---|---|---|---:|\n",
+         | relays | viewers per relay | origin CPU % | origin keyframes forced | relay CPU % | relay consumers | relay out kbit/s | min viewer fps | machine busy % |\n\
+         |---:|---:|---:|---:|---|---|---|---:|---:|\n",
         8,
         report["relay_tree_date"].as_str().unwrap_or(report["date"].as_str().unwrap_or("")),
     );
@@ -897,7 +897,7 @@ fn relay_tree_markdown(report: &Value) -> String {
     for r in &runs {
         if let Some(e) = r.get("error") {
             s += &format!(
-                "| {} | {} | failed: {} | | | | |\n",
+                "| {} | {} | failed: {} | | | | | | |\n",
                 r["relays"], r["viewers_per_relay"], e
             );
             continue;
@@ -913,16 +913,18 @@ fn relay_tree_markdown(report: &Value) -> String {
                 .unwrap_or_default()
         };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["relays"],
             r["viewers_per_relay"],
             r["origin_cpu_pct"],
+            r["origin_keyframes_forced_in_window"],
             list("relay_cpu_pct"),
             list("relay_consumers"),
             list("relay_out_kbps"),
             r["min_fps"]
                 .as_f64()
                 .map_or("–".to_string(), |f| f.to_string()),
+            r["machine_busy_pct"],
         );
     }
     let find = |relays: u64, v: u64| {

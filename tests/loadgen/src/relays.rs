@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::fanout::{Piped, HELD_FPS};
-use crate::procs::{cpu_us, Binaries, Proc, Target, Topo};
+use crate::procs::{cpu_us, Binaries, Target, Topo};
 
 const WINDOW: Duration = Duration::from_secs(8);
 const STREAM: &str = "tree";
@@ -122,10 +122,35 @@ async fn until(limit: Duration, what: &str, pred: impl Fn() -> bool) -> Result<(
     Ok(())
 }
 
+/// Busy and total jiffies of the whole machine (`/proc/stat`).
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    // idle and iowait
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The origin's shared encoder: keyframes it was asked for and encoded, so far.
+fn origin_keyframes(origin: &Piped) -> u64 {
+    origin
+        .latest("producer-stats")
+        .and_then(|s| s["shared_encoder"]["keyframes_forced"].as_u64())
+        .unwrap_or(0)
+}
+
 /// A cluster with the origin and `n` relays serving it.
-async fn tree(bins: &Binaries, agents: &Path, n: usize) -> Result<(Topo, Proc, Vec<Piped>)> {
+async fn tree(bins: &Binaries, agents: &Path, n: usize) -> Result<(Topo, Piped, Vec<Piped>)> {
     let topo = Topo::start(Target::Cluster(3), bins).await?;
-    let origin = Proc::spawn(origin(agents, topo.port(0)), bins.log.as_ref())?;
+    let origin = Piped::spawn(origin(agents, topo.port(0)))?;
     let relays: Vec<Piped> = (0..n)
         .map(|i| Piped::spawn(relay(agents, topo.port(1 + i % 2), i)))
         .collect::<Result<_>>()?;
@@ -157,15 +182,22 @@ async fn one(bins: &Binaries, agents: &Path, relays: usize, v: usize) -> Result<
         viewers.iter().all(|c| c.frames() > 0)
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Sixteen agents starting saturate two cores for a few seconds, and everyone catches up
+    // after (viewers then count 40 fps): the window starts once that is over.
+    let settle = if viewers.is_empty() { 1 } else { 8 };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let pids: Vec<u32> = std::iter::once(origin.pid())
         .chain(relay_procs.iter().map(Piped::pid))
         .collect();
     let cpu0: Vec<u64> = pids.iter().map(|&p| cpu_us(p)).collect();
     let frames0: Vec<u64> = viewers.iter().map(Piped::frames).collect();
+    let (keyframes0, machine0) = (origin_keyframes(&origin), machine_jiffies());
     let t0 = Instant::now();
     tokio::time::sleep(WINDOW).await;
     let dt = t0.elapsed().as_secs_f64();
+    let machine1 = machine_jiffies();
+    let machine_busy = (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64;
+    let keyframes = origin_keyframes(&origin).saturating_sub(keyframes0);
     let pct: Vec<f64> = pids
         .iter()
         .zip(&cpu0)
@@ -201,6 +233,8 @@ async fn one(bins: &Binaries, agents: &Path, relays: usize, v: usize) -> Result<
         "relays": relays,
         "viewers_per_relay": v,
         "origin_cpu_pct": pct[0],
+        "origin_keyframes_forced_in_window": keyframes,
+        "machine_busy_pct": (machine_busy * 1000.0).round() / 10.0,
         "relay_cpu_pct": &pct[1..],
         "relay_consumers": served,
         "relay_out_kbps": out_kbps,
