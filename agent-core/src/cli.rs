@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::client::{ClientConfig, ProtocolChoice};
+use crate::client::{ClientConfig, ProtocolChoice, Token};
 
 /// How to reach the signalling servers.
 #[derive(clap::Args, Debug, Clone)]
@@ -27,8 +27,17 @@ pub struct SignallingArgs {
     #[arg(long = "header", value_parser = parse_key_value)]
     pub headers: Vec<(String, String)>,
     /// Bearer token, sent as `Authorization: Bearer TOKEN`.
-    #[arg(long, env = "GWC_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GWC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub token: Option<String>,
+    /// File holding the bearer token, read again at every (re)connection: a rotated
+    /// Kubernetes Secret is picked up without a restart.
+    #[arg(long, env = "GWC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// PEM file of the CA that signed the server's certificate (wss://).
     #[arg(long, env = "GWC_CAFILE")]
     pub cafile: Option<PathBuf>,
@@ -52,7 +61,11 @@ impl SignallingArgs {
         ClientConfig {
             servers: self.servers.clone(),
             headers: self.headers.clone(),
-            token: self.token.clone(),
+            token: match (&self.token, &self.token_file) {
+                (Some(t), _) => Some(Token::Value(t.clone())),
+                (_, Some(f)) => Some(Token::File(f.clone())),
+                _ => None,
+            },
             cafile: self.cafile.clone(),
             insecure_tls: self.insecure_tls,
             protocol: self.protocol,

@@ -43,6 +43,29 @@ pub enum ProtocolChoice {
     V1,
 }
 
+/// The bearer token: given, or read from a file at every connection (Secret rotation).
+#[derive(Debug, Clone)]
+pub enum Token {
+    Value(String),
+    File(std::path::PathBuf),
+}
+
+impl Token {
+    /// The token to send now (`None`: the file cannot be read; the node will refuse).
+    pub fn current(&self) -> Option<String> {
+        match self {
+            Token::Value(t) => Some(t.clone()),
+            Token::File(path) => match std::fs::read_to_string(path) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => {
+                    warn!("cannot read the token file {}: {e}", path.display());
+                    None
+                }
+            },
+        }
+    }
+}
+
 /// Everything needed to reach the signalling servers.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -51,7 +74,7 @@ pub struct ClientConfig {
     /// Extra HTTP headers of the WebSocket upgrade (sticky-session cookies, …).
     pub headers: Vec<(String, String)>,
     /// Sent as `Authorization: Bearer …`.
-    pub token: Option<String>,
+    pub token: Option<Token>,
     pub cafile: Option<std::path::PathBuf>,
     pub insecure_tls: bool,
     pub protocol: ProtocolChoice,
@@ -269,7 +292,7 @@ impl Task {
                 headers.append(k, v);
             }
         }
-        if let Some(token) = &self.config.token {
+        if let Some(token) = self.config.token.as_ref().and_then(Token::current) {
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
                 headers.insert("authorization", v);
             }
@@ -360,6 +383,13 @@ impl Task {
                                 // for the resume on the next server.
                                 info!(server = %url, %reason, "server asked us to move");
                                 return End::Lost(format!("goAway: {reason}"));
+                            }
+                            Ok(ServerMessage::TokenExpiring { .. })
+                                if matches!(self.config.token, Some(Token::File(_))) =>
+                            {
+                                // The file may hold a fresh token by now: resume with it.
+                                info!(server = %url, "token expiring; resuming with the token file's");
+                                return End::Lost("token expiring".into());
                             }
                             Ok(msg) => (self.on_event)(ClientEvent::Message(msg)),
                             Err(e) => warn!(error = %e, "unreadable message from server, ignored"),

@@ -284,6 +284,10 @@ pub struct PeerStatusBody {
     /// `startSession` to it fails as on one server), but listeners are not told.
     #[serde(default)]
     joined: bool,
+    /// The peer's tenant (auth on, its token names one): peers of other tenants never see
+    /// or reach it. Absent: the default tenant (older nodes send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// What a [`PeerStatusBody`] announces. On the wire it is three flags, at most one of them
@@ -308,7 +312,14 @@ impl PeerStatusBody {
             left: change == StatusChange::Left,
             moved: change == StatusChange::Moved,
             joined: change == StatusChange::Joined,
+            tenant: None,
         }
+    }
+
+    /// The same, for a peer of `tenant` (the default tenant is not written).
+    pub fn of_tenant(mut self, tenant: &str) -> Self {
+        self.tenant = (!tenant.is_empty()).then(|| tenant.to_string());
+        self
     }
 
     /// The announced change. Should a writer set several flags, `moved` wins over `joined`,

@@ -54,6 +54,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The cluster bus is unreachable; cross-node operations are unavailable for now.
     ClusterUnavailable,
+    /// The peer's token does not grant it (a role, a producer name, a stream).
+    Forbidden,
     /// Anything else: a bug, or a code this client does not know yet.
     #[serde(other)]
     Internal,
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::OfferNotAllowed => "offer-not-allowed",
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::ClusterUnavailable => "cluster-unavailable",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
         }
     }

@@ -104,6 +104,7 @@ struct WireFields<'a> {
     resumed: Option<bool>,
     reason: Option<String>,
     reconnect_in_ms: Option<u64>,
+    expires_at: Option<u64>,
     stream: Option<String>,
 }
 

@@ -72,6 +72,9 @@ pub enum ServerMessage {
         reason: String,
         reconnect_in_ms: Option<u64>,
     },
+    /// v2 only: the connection's token expires at `expires_at` (UNIX seconds), when the node
+    /// closes it; resume with a fresh one (`?resume=…&token=…`) to keep the peer and sessions.
+    TokenExpiring { expires_at: u64 },
 }
 
 impl ServerMessage {
@@ -95,6 +98,7 @@ impl ServerMessage {
             ServerMessage::ListConsumers { .. } => "listConsumers",
             ServerMessage::Error { .. } => "error",
             ServerMessage::GoAway { .. } => "goAway",
+            ServerMessage::TokenExpiring { .. } => "tokenExpiring",
         }
     }
 
@@ -104,7 +108,9 @@ impl ServerMessage {
         let v2 = version >= ProtocolVersion::V2;
         let out = match self {
             ServerMessage::Peer(p) => return Some(p.to_json()),
-            ServerMessage::GoAway { .. } if !v2 => return None,
+            ServerMessage::GoAway { .. } | ServerMessage::TokenExpiring { .. } if !v2 => {
+                return None
+            }
             ServerMessage::Welcome { peer_id, v2: extra } => Out::Welcome {
                 peer_id,
                 extra: if v2 { extra.as_ref() } else { None },
@@ -139,6 +145,9 @@ impl ServerMessage {
             } => Out::GoAway {
                 reason,
                 reconnect_in_ms,
+            },
+            ServerMessage::TokenExpiring { expires_at } => Out::TokenExpiring {
+                expires_at: *expires_at,
             },
         };
         Some(serde_json::to_string(&out).expect("plain data serializes"))
@@ -197,6 +206,9 @@ impl ServerMessage {
                 reason: f.reason.take().unwrap_or_default(),
                 reconnect_in_ms: f.reconnect_in_ms,
             },
+            "tokenExpiring" => ServerMessage::TokenExpiring {
+                expires_at: required(f.expires_at, "expiresAt", k)?,
+            },
             other => return Err(ParseError::UnknownType(other.to_string())),
         })
     }
@@ -244,6 +256,10 @@ enum Out<'a> {
         reason: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         reconnect_in_ms: &'a Option<u64>,
+    },
+    #[serde(rename_all = "camelCase")]
+    TokenExpiring {
+        expires_at: u64,
     },
 }
 

@@ -156,6 +156,43 @@ pub struct Config {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// HS256 secret (a file holding it): auth on, every connection needs a token signed with
+    /// it (docs/security.md). Re-read when the file changes.
+    #[arg(long, env = "SIGNALLING_AUTH_JWT_SECRET_FILE")]
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    /// Public key (PEM: RSA for RS256, P-256 for ES256, Ed25519 for EdDSA): auth on, tokens
+    /// signed with its private key are accepted. Re-read when the file changes.
+    #[arg(long, env = "SIGNALLING_AUTH_JWT_PUBLIC_KEY_FILE")]
+    pub auth_jwt_public_key_file: Option<PathBuf>,
+    /// Tokens must have this `iss`.
+    #[arg(long, env = "SIGNALLING_AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+    /// Tokens must have this `aud`.
+    #[arg(long, env = "SIGNALLING_AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
+    /// Seconds a connection has to complete its request (and upgrade) before it is closed.
+    #[arg(
+        long = "handshake-timeout",
+        env = "SIGNALLING_HANDSHAKE_TIMEOUT",
+        default_value_t = 5.0
+    )]
+    pub handshake_timeout_secs: f64,
+    /// WebSocket connections this node holds at most (0: no limit); above, upgrades get 503.
+    #[arg(long, env = "SIGNALLING_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// WebSocket connections one client address holds at most (0: no limit); above, its
+    /// upgrades get 429.
+    #[arg(long, env = "SIGNALLING_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does instead of running a node.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print a signed token (HS256) for operators, demos and agents.
+    Token(crate::token::TokenArgs),
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +202,16 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The auth flags.
+    pub fn auth(&self) -> crate::auth::AuthSettings {
+        crate::auth::AuthSettings {
+            secret_file: self.auth_jwt_secret_file.clone(),
+            public_key_file: self.auth_jwt_public_key_file.clone(),
+            issuer: self.auth_jwt_issuer.clone(),
+            audience: self.auth_jwt_audience.clone(),
+        }
+    }
+
     /// The node id to use: the flag, else the pod name, else the hostname.
     pub fn resolved_node_id(&self) -> String {
         self.node_id

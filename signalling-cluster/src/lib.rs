@@ -31,10 +31,17 @@
 //! | HTTP: health, readiness, operations API, drain on SIGTERM | `server.rs` |
 //! | what connections and handlers share | `node.rs` |
 //! | flags and environment | `config.rs` |
+//! | **grants**: what a token allows (roles, stream names, tenant); enforced by the router | `grants.rs`; checks in `routing/mod.rs`, `routing/placement.rs` |
+//! | tokens: verifying (keys re-read on change), extracting from the upgrade | `auth.rs`, `upgrade.rs` (`grants_of`) |
+//! | connection guards: limits per node and address, refusals counted and logged | `guards.rs` |
+//! | `signalling-cluster token`: minting a token | `token.rs` |
 //! | the browser app every node serves | `web.rs` (built from `web/`) |
 
+pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod grants;
+pub mod guards;
 pub mod mailbox;
 pub mod node;
 pub mod peer;
@@ -42,6 +49,7 @@ pub mod resume;
 pub mod routing;
 pub mod server;
 mod tls;
+pub mod token;
 pub mod upgrade;
 pub mod web;
 pub mod websocket;

@@ -11,6 +11,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(signalling_cluster::config::Command::Token(args)) = &config.command {
+        println!("{}", signalling_cluster::token::mint(args)?);
+        return Ok(());
+    }
     let filter = EnvFilter::try_new(&config.log)?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {

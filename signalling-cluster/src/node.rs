@@ -3,8 +3,10 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::auth::Verifier;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::guards::Guards;
 use crate::resume::ResumeRegistry;
 
 /// What every HTTP worker and every upgrade shares.
@@ -16,4 +18,8 @@ pub struct NodeState {
     pub draining: AtomicBool,
     /// v2 peers whose connection dropped, waiting to resume.
     pub registry: Arc<ResumeRegistry>,
+    /// Token verification; `None`: auth off (the drop-in upstream server).
+    pub verifier: Option<Verifier>,
+    /// Connection limits and refusal counts.
+    pub guards: Arc<Guards>,
 }

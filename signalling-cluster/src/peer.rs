@@ -19,6 +19,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::bus::Bus;
+use crate::grants::Grants;
+use crate::guards::Slot;
 use crate::mailbox::{Mailbox, MailboxReceiver, Outbound};
 use crate::resume::{Handover, Parked, ResumeRegistry, Sent};
 use crate::websocket::{FrameStream, FrameWriter, Incoming, ReadError};
@@ -62,6 +64,9 @@ pub struct PeerConnection {
     handed_over: bool,
     writer: Option<Writer>,
     span: tracing::Span,
+    /// When the connection's token expires (UNIX seconds): the connection closes then.
+    expires_at: Option<u64>,
+    _slot: Option<Slot>,
 }
 
 /// How to stop the writer and get the mailbox back from it.
@@ -83,6 +88,10 @@ pub struct Attach {
     pub sent: Option<Sent>,
     pub resumed: bool,
     pub resume_token: Option<String>,
+    /// What the connection's token grants (everything without auth).
+    pub grants: Arc<Grants>,
+    /// Its place under the connection limits, given back when it ends.
+    pub slot: Option<Slot>,
 }
 
 impl PeerConnection {
@@ -104,7 +113,7 @@ impl PeerConnection {
         {
             let _entered = span.enter();
             match attach.resumed {
-                false => bus.join(&attach.id, attach.mailbox.clone()),
+                false => bus.join(&attach.id, attach.mailbox.clone(), attach.grants.clone()),
                 true => bus.away(&attach.id, false),
             }
         }
@@ -126,6 +135,8 @@ impl PeerConnection {
             handed_over: false,
             writer: None,
             span: span.clone(),
+            expires_at: attach.grants.expires_at,
+            _slot: attach.slot,
         };
         PeerConnection::create(|ctx| {
             ctx.add_stream(stream);
@@ -146,6 +157,31 @@ impl PeerConnection {
                 ..actor
             }
         })
+    }
+
+    /// A v2 peer is told its token expires (a tenth of its life before, 30 s at most), and the
+    /// connection closes when it does (1008): resuming with a fresh token keeps the peer.
+    fn expire_at(&mut self, at: u64, ctx: &mut Context<Self>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let left = Duration::from_secs(at.saturating_sub(now));
+        let warn_before = (left / 10).min(Duration::from_secs(30));
+        ctx.run_later(left - warn_before, move |act, _| {
+            let _ = act
+                .mailbox
+                .deliver(&ServerMessage::TokenExpiring { expires_at: at });
+        });
+        ctx.run_later(left, |act, ctx| {
+            info!(peer_id = %act.id, "token expired, disconnecting");
+            // (not `close`: a v2 peer may resume with a fresh token)
+            let _ = act.mailbox.send(Outbound::Close(
+                CloseCode::Policy.into(),
+                "token expired".into(),
+            ));
+            ctx.stop();
+        });
     }
 
     fn reply_error(&self, code: ErrorCode, details: String) {
@@ -193,6 +229,9 @@ impl Actor for PeerConnection {
         info!(peer_id = %self.id, version = self.mailbox.version().number(), "peer connected");
         if let Some(token) = &self.resume_token {
             self.registry.connected(token, ctx.address().recipient());
+        }
+        if let Some(at) = self.expires_at {
+            self.expire_at(at, ctx);
         }
         // A peer silent for three ping intervals (no pong either) is gone.
         let interval = self.limits.ping_interval;

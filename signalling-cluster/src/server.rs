@@ -18,8 +18,10 @@ use anyhow::Context as _;
 use proto::ServerMessage;
 use tracing::{info, warn};
 
+use crate::auth::{token_of, AuthError};
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::grants::Grants;
 use crate::node::NodeState;
 use crate::resume::ResumeRegistry;
 
@@ -43,7 +45,11 @@ macro_rules! http_service {
             .map_err(|e: actix_web::Error| e.error_response());
         HttpService::build()
             .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
-            .client_request_timeout(Duration::from_secs(5))
+            // (a connection that has not sent its whole request, upgrade included, by then is
+            // closed: half-open and slow clients hold nothing for long)
+            .client_request_timeout(Duration::from_secs_f64(
+                state.config.handshake_timeout_secs.max(0.1),
+            ))
             .client_disconnect_timeout(Duration::from_secs(1))
             // Signalling is small frames each waiting for an answer: without TCP_NODELAY,
             // Nagle holds a frame behind the previous one's ACK, which the client delays up
@@ -65,12 +71,21 @@ pub async fn run(
     registry: Arc<ResumeRegistry>,
 ) -> anyhow::Result<()> {
     let node_id = config.resolved_node_id();
+    let verifier = crate::auth::Verifier::new(config.auth()).map_err(|e| anyhow::anyhow!(e))?;
+    if verifier.is_some() {
+        info!(
+            node_id,
+            "auth on: every connection needs a token (docs/security.md)"
+        );
+    }
     let state = web::Data::new(NodeState {
         node_id: node_id.clone(),
         bus,
         config: config.clone(),
         draining: AtomicBool::new(false),
         registry,
+        verifier,
+        guards: crate::guards::Guards::new(config.max_connections, config.max_connections_per_ip),
     });
     let tls = match (&config.cert, &config.key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
@@ -296,12 +311,48 @@ async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
 
 async fn healthz(state: web::Data<NodeState>) -> HttpResponse {
     let stats = state.bus.stats();
+    let guards = &state.guards;
     HttpResponse::Ok().json(serde_json::json!({
         "status": "ok",
         "nodeId": state.node_id,
         "peers": stats.peers,
         "sessions": stats.sessions,
+        "connections": guards.connections(),
+        "refused": {
+            "auth": guards.refused_auth.load(Ordering::Relaxed),
+            "limits": guards.refused_full.load(Ordering::Relaxed),
+        },
     }))
+}
+
+/// With auth on, what the HTTP request's token grants (`Authorization: Bearer` or
+/// `?token=`); without, everything.
+fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, HttpResponse> {
+    let Some(verifier) = &state.verifier else {
+        return Ok(Grants::everything());
+    };
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let verified = token_of(authorization, req.uri().query())
+        .ok_or(AuthError::Missing)
+        .and_then(|t| verifier.verify(t));
+    verified.map_err(|e| {
+        state
+            .guards
+            .refused(req.peer_addr().map(|a| a.ip()), true, &e);
+        HttpResponse::Unauthorized().json(serde_json::json!({ "error": e.to_string() }))
+    })
+}
+
+/// The operations API needs an `admin` grant once auth is on.
+fn admin(state: &NodeState, req: &HttpRequest) -> Result<(), HttpResponse> {
+    match http_grants(state, req)?.is_admin() {
+        true => Ok(()),
+        false => Err(HttpResponse::Forbidden()
+            .json(serde_json::json!({ "error": "the operations API needs an admin grant" }))),
+    }
 }
 
 /// Browsers get the web app; stock elements connect the WebSocket on the same paths (upgrades
@@ -329,13 +380,18 @@ async fn web_app(req: HttpRequest, state: web::Data<NodeState>) -> HttpResponse 
 /// once; between this answer and the session, a burst of viewers may all get one member.
 async fn place(
     state: web::Data<NodeState>,
+    req: HttpRequest,
     query: web::Query<std::collections::HashMap<String, String>>,
 ) -> HttpResponse {
+    let grants = match http_grants(&state, &req) {
+        Ok(g) => g,
+        Err(refused) => return refused,
+    };
     let Some(stream) = query.get("stream").filter(|s| !s.is_empty()) else {
         return HttpResponse::BadRequest()
             .json(serde_json::json!({"error": "?stream=NAME is required"}));
     };
-    match state.bus.place(stream) {
+    match state.bus.place(stream, &grants) {
         Ok(peer_id) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .json(serde_json::json!({"stream": stream, "peerId": peer_id})),
@@ -345,7 +401,10 @@ async fn place(
     }
 }
 
-async fn api_nodes(state: web::Data<NodeState>) -> HttpResponse {
+async fn api_nodes(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
+    if let Err(refused) = admin(&state, &req) {
+        return refused;
+    }
     let nodes: Vec<_> = state
         .bus
         .nodes()
@@ -362,6 +421,9 @@ async fn api_nodes(state: web::Data<NodeState>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "nodes": nodes }))
 }
 
-async fn api_producers(state: web::Data<NodeState>) -> HttpResponse {
+async fn api_producers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
+    if let Err(refused) = admin(&state, &req) {
+        return refused;
+    }
     HttpResponse::Ok().json(serde_json::json!({ "producers": state.bus.producers() }))
 }

@@ -18,7 +18,12 @@ use futures::SinkExt as _;
 use proto::{ProtocolVersion, ServerMessage, WelcomeV2};
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use crate::auth::{token_of, AuthError};
 use crate::bus::new_peer_id;
+use crate::grants::Grants;
+use crate::guards::Full;
 use crate::mailbox::Mailbox;
 use crate::node::NodeState;
 use crate::peer::{Attach, Limits, PeerConnection};
@@ -55,6 +60,27 @@ where
         let body = "this node is cut off from its cluster; connect to another node\n";
         return refuse(&mut framed, StatusCode::SERVICE_UNAVAILABLE, body.into()).await;
     }
+    let ip = req.peer_addr().map(|a| a.ip());
+    // Who it is (auth on), before anything is created or announced.
+    let grants = match grants_of(&state, &req) {
+        Ok(g) => g,
+        Err(e) => {
+            state.guards.refused(ip, true, &e);
+            let body = format!("unauthorized: {e}\n");
+            return refuse(&mut framed, StatusCode::UNAUTHORIZED, body).await;
+        }
+    };
+    let slot = match state.guards.admit(ip) {
+        Ok(slot) => slot,
+        Err(full) => {
+            state.guards.refused(ip, false, &full);
+            let status = match full {
+                Full::Node => StatusCode::SERVICE_UNAVAILABLE,
+                Full::Address => StatusCode::TOO_MANY_REQUESTS,
+            };
+            return refuse(&mut framed, status, format!("{full}\n")).await;
+        }
+    };
 
     let offers = req
         .head()
@@ -69,7 +95,18 @@ where
     }
     add_affinity(&mut res, &state);
 
-    let attach = attach(&state, &req, version).await;
+    let mut attach = attach(&state, &req, version, grants.clone()).await;
+    if attach.resumed && !state.bus.regrant(&attach.id, grants) {
+        // A resume is this peer's own: another tenant's token cannot take it.
+        warn!(
+            peer_id = attach.id,
+            "resume with a token of another tenant: refused"
+        );
+        state.bus.leave(&attach.id);
+        let body = "unauthorized: the token's tenant is not the peer's\n";
+        return refuse(&mut framed, StatusCode::UNAUTHORIZED, body.into()).await;
+    }
+    attach.slot = Some(slot);
     if let Err(e) = framed.send(h1::Message::Item((res, BodySize::None))).await {
         // The peer starts all the same and ends as any dropped connection does: a peer that
         // was claimed for this connection is parked again, or leaves.
@@ -118,15 +155,35 @@ where
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // (one write: a client that reads the head may not wait for a second packet)
     framed
-        .send(h1::Message::Item((res, BodySize::Sized(body.len() as u64))))
+        .feed(h1::Message::Item((res, BodySize::Sized(body.len() as u64))))
         .await?;
     framed.send(h1::Message::Chunk(Some(body))).await?;
     Ok(())
 }
 
+/// What the request's token grants (everything when auth is off), or why it is refused.
+pub fn grants_of(state: &NodeState, req: &Request) -> Result<Arc<Grants>, AuthError> {
+    let Some(verifier) = &state.verifier else {
+        return Ok(Arc::new(Grants::everything()));
+    };
+    let authorization = req
+        .head()
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = token_of(authorization, req.uri().query()).ok_or(AuthError::Missing)?;
+    verifier.verify(token).map(Arc::new)
+}
+
 /// The peer this connection is for: the one its resume token names, or a new one.
-async fn attach(state: &NodeState, req: &Request, version: ProtocolVersion) -> Attach {
+async fn attach(
+    state: &NodeState,
+    req: &Request,
+    version: ProtocolVersion,
+    grants: Arc<Grants>,
+) -> Attach {
     let query = |key: &str| {
         req.uri()
             .query()?
@@ -152,7 +209,11 @@ async fn attach(state: &NodeState, req: &Request, version: ProtocolVersion) -> A
     let resumed = match resume {
         Some(token) => resume_peer(state, token, last, version, &welcome).await,
         None => None,
-    };
+    }
+    .map(|a| Attach {
+        grants: grants.clone(),
+        ..a
+    });
     let attach = resumed.unwrap_or_else(|| {
         // A v1 peer, a v2 peer without a token, or one whose token is unknown (expired, or
         // its node is gone): a new peer.
@@ -168,8 +229,11 @@ async fn attach(state: &NodeState, req: &Request, version: ProtocolVersion) -> A
             .encode(version)
             .unwrap_or_default(),
         };
-        info!(peer_id, remote = ?req.peer_addr(), version = version.number(), "new WebSocket connection");
+        let sub = grants.sub.as_deref().unwrap_or("");
+        info!(peer_id, remote = ?req.peer_addr(), version = version.number(), sub, tenant = grants.tenant, "new WebSocket connection");
         Attach {
+            grants: grants.clone(),
+            slot: None,
             id: peer_id,
             mailbox,
             receiver,
@@ -228,6 +292,8 @@ async fn resume_peer(
             sent: Some(Sent::starting_at(written)),
             resumed: true,
             resume_token: Some(new),
+            grants: Arc::new(Grants::everything()),
+            slot: None,
         });
     }
     let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
@@ -248,6 +314,8 @@ async fn resume_peer(
         sent: Some(Sent::starting_at(written)),
         resumed: true,
         resume_token: Some(new),
+        grants: Arc::new(Grants::everything()),
+        slot: None,
     })
 }
 

@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod agent;
 pub mod delay;
+pub mod jwt;
 pub mod k8s;
 pub mod media;
 pub mod netns;

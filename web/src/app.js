@@ -7,7 +7,11 @@
 // tile on a relay that goes away, or whose video stops, is placed again.
 import GstWebRTCAPI from "./gstwebrtc-api.js";
 
-const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
+// A token in the page's own URL (?token=…) goes on to the WebSocket and the HTTP calls: a
+// node with auth on needs one (browsers cannot set WebSocket headers).
+const token = new URLSearchParams(location.search).get("token");
+const withToken = (url) => (token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url);
+const wsUrl = withToken(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`);
 // Host candidates only unless the page is told otherwise (?ice=stun:host:port).
 const ice = new URLSearchParams(location.search).getAll("ice").map((urls) => ({ urls }));
 const $ = (selector) => document.querySelector(selector);
@@ -56,7 +60,7 @@ function showRelays(stream) {
 /** The member of `stream` the node places a new viewer on, or null (older node, no room). */
 async function place(stream) {
   try {
-    const r = await fetch(`/place?stream=${encodeURIComponent(stream)}`, { cache: "no-store" });
+    const r = await fetch(withToken(`/place?stream=${encodeURIComponent(stream)}`), { cache: "no-store" });
     if (!r.ok) return null;
     const { peerId } = await r.json();
     return producers.get(peerId) || { id: peerId, meta: {} };

@@ -289,7 +289,8 @@ impl ClusterSignaller {
             }
             ServerMessage::Welcome { .. }
             | ServerMessage::ListConsumers { .. }
-            | ServerMessage::GoAway { .. } => {}
+            | ServerMessage::GoAway { .. }
+            | ServerMessage::TokenExpiring { .. } => {}
         }
     }
 

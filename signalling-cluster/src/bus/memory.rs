@@ -1,11 +1,13 @@
 //! The embedded, single-process bus: the node alone is a drop-in upstream server.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 
 use super::{deliver, deliver_many, Bus, BusStats, NodeSummary, Pending};
+use crate::grants::Grants;
 use crate::mailbox::Mailbox;
 use crate::routing::{Effect, Outbox, Router};
 
@@ -44,12 +46,21 @@ impl Inner {
 }
 
 impl Bus for MemoryBus {
-    fn join(&self, peer_id: &str, mailbox: Mailbox) {
+    fn join(&self, peer_id: &str, mailbox: Mailbox, grants: Arc<Grants>) {
         let mut inner = self.inner.lock();
         inner
             .router
-            .join(peer_id, mailbox.version(), &mut Outbox::new());
+            .join_as(peer_id, mailbox.version(), grants, &mut Outbox::new());
         inner.mailboxes.insert(peer_id.to_string(), mailbox);
+    }
+
+    fn regrant(&self, peer_id: &str, grants: Arc<Grants>) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.router.tenant_of(peer_id) != Some(grants.tenant.as_str()) {
+            return false;
+        }
+        inner.router.regrant(peer_id, grants);
+        true
     }
 
     fn handle(&self, from: &str, msg: ClientMessage) -> Option<Pending> {
@@ -68,9 +79,12 @@ impl Bus for MemoryBus {
         inner.flush(out);
     }
 
-    fn place(&self, stream: &str) -> Result<PeerId, String> {
+    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String> {
         let inner = self.inner.lock();
-        inner.router.place("", stream).map_err(|(_, why)| why)
+        inner
+            .router
+            .place_for(viewer, stream)
+            .map_err(|(_, why)| why)
     }
 
     fn away(&self, peer_id: &str, away: bool) {

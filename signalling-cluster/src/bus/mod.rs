@@ -16,14 +16,21 @@ pub use memory::MemoryBus;
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
+
+use crate::grants::Grants;
 use tracing::warn;
 
 use crate::mailbox::{Mailbox, Outbound};
 
 pub trait Bus: Send + Sync + 'static {
-    /// A peer connected; messages for it go to `mailbox`.
-    fn join(&self, peer_id: &str, mailbox: Mailbox);
+    /// A peer connected, with what its token grants; messages for it go to `mailbox`.
+    fn join(&self, peer_id: &str, mailbox: Mailbox, grants: Arc<Grants>);
+    /// A resumed peer's new token: what it grants from now on. `false` (nothing changed) if
+    /// it names another tenant than the peer's.
+    fn regrant(&self, peer_id: &str, grants: Arc<Grants>) -> bool;
     /// One message from a connected peer, in the order the peer sent them. If the answer
     /// has to wait (a `list` in a cluster waits for the cluster to catch up), the returned
     /// future delivers it; the connection handles nothing else from the peer until then, so
@@ -68,7 +75,7 @@ pub trait Bus: Send + Sync + 'static {
     }
     /// The member of `stream` a new viewer should be served by, cluster-wide
     /// (`routing/placement.rs`), for clients that start sessions by peer id (`GET /place`).
-    fn place(&self, stream: &str) -> Result<PeerId, String>;
+    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String>;
     /// The producers of the whole cluster (`GET /api/v1/producers`).
     fn producers(&self) -> Vec<PeerInfo>;
     /// The live nodes and their peers (`GET /api/v1/nodes`); `id: None` is this node.

@@ -26,6 +26,7 @@ mod replica;
 mod suspension;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use proto::envelope::{
     NodeMessage, PeerStatusBody, RelayBody, SessionEndBody, SessionStartBody, StatusChange,
@@ -37,6 +38,8 @@ use proto::{
 use tracing::{debug, info, warn};
 
 use suspension::Suspension;
+
+use crate::grants::Grants;
 
 /// Node identifier.
 pub type NodeId = String;
@@ -57,6 +60,19 @@ pub enum Effect {
 
 /// Effects to carry out, in order.
 pub type Outbox = Vec<Effect>;
+
+/// Everything, in the default tenant: a peer of a node without auth.
+fn unrestricted() -> Arc<Grants> {
+    thread_local! {
+        static EVERYTHING: Arc<Grants> = Arc::new(Grants::everything());
+    }
+    EVERYTHING.with(Arc::clone)
+}
+
+/// A producer's `meta.name`.
+fn name_of(status: &PeerStatus) -> Option<&str> {
+    status.meta.as_ref()?.get("name")?.as_str()
+}
 
 /// Messages held for one suspended peer unless the router is given another limit.
 const DEFAULT_HOLD_LIMIT: usize = 1024;
@@ -83,6 +99,9 @@ struct Peer {
     /// Its connection dropped and it is kept for a resume: placement passes it over, since a
     /// member whose process died serves no media (`placement.rs`).
     away: bool,
+    /// What it may do (a local peer's token; everything without auth), and its tenant (all
+    /// that is known of another node's peer, whose node enforces the rest).
+    grants: Arc<Grants>,
 }
 
 impl Peer {
@@ -96,6 +115,7 @@ impl Peer {
             suspended: None,
             load: 0,
             away: false,
+            grants: unrestricted(),
         }
     }
 
@@ -219,11 +239,40 @@ impl Router {
 
     /// A peer connected here (upstream: `NewPeer`). Its `welcome` is sent by the connection.
     pub fn join(&mut self, peer_id: &str, version: ProtocolVersion, out: &mut Outbox) {
-        self.peers.insert(
-            peer_id.to_string(),
-            Peer::new(None, version, PeerStatus::default()),
+        self.join_as(peer_id, version, unrestricted(), out)
+    }
+
+    /// A peer connected here with what its token grants (`grants.rs`).
+    pub fn join_as(
+        &mut self,
+        peer_id: &str,
+        version: ProtocolVersion,
+        grants: Arc<Grants>,
+        out: &mut Outbox,
+    ) {
+        let tenant = grants.tenant.clone();
+        let mut peer = Peer::new(None, version, PeerStatus::default());
+        peer.grants = grants;
+        self.peers.insert(peer_id.to_string(), peer);
+        announce(
+            out,
+            peer_id,
+            &tenant,
+            PeerStatus::default(),
+            StatusChange::Joined,
         );
-        announce(out, peer_id, PeerStatus::default(), StatusChange::Joined);
+    }
+
+    /// A local peer resumed with a new token: what it grants from now on.
+    pub fn regrant(&mut self, peer_id: &str, grants: Arc<Grants>) {
+        if let Some(p) = self.peers.get_mut(peer_id).filter(|p| p.node.is_none()) {
+            p.grants = grants;
+        }
+    }
+
+    /// The tenant of a known peer.
+    pub fn tenant_of(&self, peer_id: &str) -> Option<&str> {
+        self.peers.get(peer_id).map(|p| p.grants.tenant.as_str())
     }
 
     /// One message from a local peer.
@@ -239,12 +288,12 @@ impl Router {
             ClientMessage::EndSession { session_id } => self.end_session(from, &session_id, out),
             ClientMessage::Peer(msg) => self.relay(from, msg, out),
             ClientMessage::List => {
-                let producers = self.filter_peers(PeerStatus::producing);
+                let producers = self.visible_peers(from, PeerStatus::producing);
                 deliver(out, from, ServerMessage::List { producers });
                 Ok(())
             }
             ClientMessage::ListConsumers => {
-                let consumers = self.filter_peers(PeerStatus::consuming);
+                let consumers = self.visible_peers(from, PeerStatus::consuming);
                 deliver(out, from, ServerMessage::ListConsumers { consumers });
                 Ok(())
             }
@@ -274,8 +323,8 @@ impl Router {
         }
         // Upstream tells listeners about every departure, registered or not.
         let gone = gone(peer_id, peer.status.meta);
-        self.broadcast(&gone, out);
-        announce(out, peer_id, gone, StatusChange::Left);
+        self.broadcast(&peer.grants.tenant, &gone, out);
+        announce(out, peer_id, &peer.grants.tenant, gone, StatusChange::Left);
     }
 
     /// Whether handling `msg` needs another node (and so fails while the cluster is down).
@@ -372,6 +421,21 @@ impl Router {
                 format!("Cannot register peer {peer_id} as both producer and passive consumer"),
             ));
         }
+        let grants = &peer.grants;
+        if status.producing() && !grants.may_produce(name_of(&status)) {
+            let name = name_of(&status).unwrap_or("(no name)");
+            return Err((
+                ErrorCode::Forbidden,
+                format!("Not allowed to produce '{name}'"),
+            ));
+        }
+        if status.consuming() && !grants.may_consume_any() {
+            return Err((ErrorCode::Forbidden, "Not allowed to consume".into()));
+        }
+        if status.listening() && !grants.may_listen() {
+            return Err((ErrorCode::Forbidden, "Not allowed to listen".into()));
+        }
+        let tenant = grants.tenant.clone();
         let (was_producing, was_consuming) = (peer.status.producing(), peer.status.consuming());
         if was_producing && !status.producing() {
             self.stop_sessions(peer_id, Side::Producer, out);
@@ -389,8 +453,8 @@ impl Router {
             self.listeners.remove(peer_id);
         }
         info!(peer_id, roles = ?status.roles, "registered");
-        self.broadcast(&status, out);
-        announce(out, peer_id, status.clone(), StatusChange::Changed);
+        self.broadcast(&tenant, &status, out);
+        announce(out, peer_id, &tenant, status.clone(), StatusChange::Changed);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.status = status;
         }
@@ -417,6 +481,17 @@ impl Router {
     ) -> Res {
         let from_peer = self.peers.get(from).ok_or_else(|| not_found(from))?;
         let to_peer = self.peers.get(to).ok_or_else(|| not_found(to))?;
+        // Another tenant's peers do not exist for this one.
+        if to_peer.grants.tenant != from_peer.grants.tenant {
+            return Err(not_found(to));
+        }
+        if to_peer.status.producing() && !from_peer.grants.may_consume(name_of(&to_peer.status)) {
+            let name = name_of(&to_peer.status).unwrap_or("(no name)");
+            return Err((
+                ErrorCode::Forbidden,
+                format!("Not allowed to watch '{name}'"),
+            ));
+        }
         let ((producer, producer_node), (consumer, consumer_node)) = if to_peer.status.producing() {
             ((to, to_peer.node.clone()), (from, from_peer.node.clone()))
         } else if to_peer.status.consuming() {
@@ -584,20 +659,49 @@ impl Router {
     }
 
     /// Status change for this node's listeners.
-    fn broadcast(&self, status: &PeerStatus, out: &mut Outbox) {
+    /// Tells the local listeners that may see it (same tenant; a producer only to those who
+    /// may watch it) of the status of a peer of `tenant`.
+    fn broadcast(&self, tenant: &str, status: &PeerStatus, out: &mut Outbox) {
         if self.listeners.is_empty() {
             return;
         }
-        out.push(Effect::Broadcast(
-            self.listeners.iter().cloned().collect(),
-            ServerMessage::PeerStatusChanged(status.clone()),
-        ));
+        let to: Vec<PeerId> = self
+            .listeners
+            .iter()
+            .filter(|l| {
+                self.peers
+                    .get(l.as_str())
+                    .is_some_and(|p| p.grants.sees(tenant, status))
+            })
+            .cloned()
+            .collect();
+        if !to.is_empty() {
+            out.push(Effect::Broadcast(
+                to,
+                ServerMessage::PeerStatusChanged(status.clone()),
+            ));
+        }
     }
 
     fn filter_peers(&self, filter: fn(&PeerStatus) -> bool) -> Vec<PeerInfo> {
         self.peers
             .iter()
             .filter(|(_, p)| filter(&p.status))
+            .map(|(id, p)| PeerInfo {
+                id: id.clone(),
+                meta: p.status.meta.clone(),
+            })
+            .collect()
+    }
+
+    /// The peers passing `filter` that `viewer` may see (`Grants::sees`).
+    fn visible_peers(&self, viewer: &str, filter: fn(&PeerStatus) -> bool) -> Vec<PeerInfo> {
+        let Some(grants) = self.peers.get(viewer).map(|p| p.grants.clone()) else {
+            return Vec::new();
+        };
+        self.peers
+            .iter()
+            .filter(|(_, p)| filter(&p.status) && grants.sees(&p.grants.tenant, &p.status))
             .map(|(id, p)| PeerInfo {
                 id: id.clone(),
                 meta: p.status.meta.clone(),
@@ -619,12 +723,15 @@ fn deliver(out: &mut Outbox, to: &str, msg: ServerMessage) {
 }
 
 /// Tells the other nodes of a local peer's `change`.
-fn announce(out: &mut Outbox, peer_id: &str, status: PeerStatus, change: StatusChange) {
-    out.push(Effect::Announce(PeerStatusBody::new(
-        peer_id.to_string(),
-        status,
-        change,
-    )));
+fn announce(
+    out: &mut Outbox,
+    peer_id: &str,
+    tenant: &str,
+    status: PeerStatus,
+    change: StatusChange,
+) {
+    let body = PeerStatusBody::new(peer_id.to_string(), status, change).of_tenant(tenant);
+    out.push(Effect::Announce(body));
 }
 
 /// What listeners hear of a peer that is gone: no roles, its last meta.

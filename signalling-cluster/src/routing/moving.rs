@@ -88,6 +88,11 @@ impl Router {
         out: &mut Outbox,
     ) {
         let mut peer = Peer::new(None, version, status.clone());
+        // (its tenant, known from its old node's announcements; its connection's token
+        // grants the rest: `Router::regrant`)
+        if let Some(known) = self.peers.get(peer_id) {
+            peer.grants = known.grants.clone();
+        }
         if status.listening() {
             self.listeners.insert(peer_id.to_string());
         }
@@ -153,8 +158,9 @@ impl Router {
             }
             self.sessions.insert(r.session_id, session);
         }
+        let tenant = peer.grants.tenant.clone();
         self.peers.insert(peer_id.to_string(), peer);
-        announce(out, peer_id, status, StatusChange::Moved);
+        announce(out, peer_id, &tenant, status, StatusChange::Moved);
     }
 
     /// A member of one of our sessions moved to `body.node`: switch, then confirm through its

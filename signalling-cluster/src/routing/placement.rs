@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use proto::{ErrorCode, PeerId};
 
 use super::{NodeId, Router};
+use crate::grants::Grants;
 
 /// How loaded a producer is, as its node announces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,8 +39,23 @@ fn number(meta: Option<&serde_json::Value>, key: &str) -> Option<u64> {
 }
 
 impl Router {
-    /// The member of `stream` that `from` should be served by, or why none can.
+    /// The member of `stream` that local peer `from` should be served by, or why none can.
     pub fn place(&self, from: &str, stream: &str) -> Result<PeerId, (ErrorCode, String)> {
+        let viewer = self.peers.get(from).map(|p| p.grants.clone());
+        self.choose(from, viewer.as_deref(), stream)
+    }
+
+    /// The same for a viewer that is not a peer yet (`GET /place`), with these grants.
+    pub fn place_for(&self, viewer: &Grants, stream: &str) -> Result<PeerId, (ErrorCode, String)> {
+        self.choose("", Some(viewer), stream)
+    }
+
+    fn choose(
+        &self,
+        from: &str,
+        viewer: Option<&Grants>,
+        stream: &str,
+    ) -> Result<PeerId, (ErrorCode, String)> {
         let mut held: HashMap<&str, usize> = HashMap::new();
         for s in self.sessions.values() {
             *held.entry(s.producer.as_str()).or_default() += 1;
@@ -47,6 +63,9 @@ impl Router {
         let mut best: Option<((bool, u64, f64), &PeerId)> = None;
         for (id, p) in &self.peers {
             if id == from || !p.status.producing() || p.suspended.is_some() || p.away {
+                continue;
+            }
+            if viewer.is_some_and(|v| !v.sees(&p.grants.tenant, &p.status)) {
                 continue;
             }
             let meta = p.status.meta.as_ref();

@@ -8,6 +8,7 @@ use proto::envelope::{PeerStatusBody, StatusChange};
 use proto::{PeerStatus, ProtocolVersion};
 
 use super::{NodeId, Outbox, Peer, Router};
+use crate::grants::Grants;
 
 impl Router {
     /// The local peers, to announce again after the cluster store was lost (or after this
@@ -23,6 +24,7 @@ impl Router {
                     Some(_) => StatusChange::Changed,
                 };
                 PeerStatusBody::new(id.clone(), p.status.clone(), change)
+                    .of_tenant(&p.grants.tenant)
             })
             .collect()
     }
@@ -32,18 +34,19 @@ impl Router {
         if self.is_local(&body.peer_id) {
             return; // an echo of our own, or a stale announcement: local state wins
         }
+        let tenant = body.tenant.clone().unwrap_or_default();
         match body.change() {
             StatusChange::Moved => {
                 // A peer resumed on another node: same peer, new home; listeners hear nothing.
                 // (A forwarding entry stays: senders that have not switched yet still send
                 // here.)
-                let entry = self.remote_entry(&body.peer_id, node);
+                let entry = self.remote_entry(&body.peer_id, node, &tenant);
                 entry.node = Some(node.to_string());
                 entry.status = body.status;
             }
             // listeners hear of registrations, not connections
             StatusChange::Joined => {
-                self.remote_entry(&body.peer_id, node);
+                self.remote_entry(&body.peer_id, node, &tenant);
             }
             StatusChange::Left if self.is_suspended(&body.peer_id) => {
                 // Gone before we heard of its adoption: end what we hold with it.
@@ -53,29 +56,33 @@ impl Router {
             StatusChange::Left => {
                 self.peers.remove(&body.peer_id);
                 self.moved_out.remove(&body.peer_id);
-                self.broadcast(&body.status, out);
+                self.broadcast(&tenant, &body.status, out);
             }
             StatusChange::Changed => {
                 // Its node may speak for a peer we suspended (the node was presumed dead
                 // after a pause): the peer lives on there.
                 self.release_hold(&body.peer_id, node, out);
-                let entry = self.remote_entry(&body.peer_id, node);
+                let entry = self.remote_entry(&body.peer_id, node, &tenant);
                 entry.node = Some(node.to_string());
                 entry.status = body.status.clone();
-                self.broadcast(&body.status, out);
+                self.broadcast(&tenant, &body.status, out);
             }
         }
     }
 
-    /// The replica entry of a peer of another node, created if new.
-    fn remote_entry(&mut self, peer_id: &str, node: &str) -> &mut Peer {
-        self.peers.entry(peer_id.to_string()).or_insert_with(|| {
+    /// The replica entry of a peer of another node (in `tenant`), created if new.
+    fn remote_entry(&mut self, peer_id: &str, node: &str, tenant: &str) -> &mut Peer {
+        let entry = self.peers.entry(peer_id.to_string()).or_insert_with(|| {
             Peer::new(
                 Some(node.to_string()),
                 ProtocolVersion::V1,
                 PeerStatus::default(),
             )
-        })
+        });
+        if entry.grants.tenant != tenant {
+            entry.grants = std::sync::Arc::new(Grants::of_tenant(Some(tenant)));
+        }
+        entry
     }
 
     /// Nodes that have peers in the replica or members in sessions here (suspended peers,

@@ -52,7 +52,7 @@ impl Router {
         info!(node, peers = leaving.len(), "node down");
         for peer_id in leaving {
             if let Some(peer) = self.peers.remove(&peer_id) {
-                self.broadcast(&gone(&peer_id, peer.status.meta), out);
+                self.broadcast(&peer.grants.tenant, &gone(&peer_id, peer.status.meta), out);
             }
         }
     }
@@ -167,12 +167,16 @@ impl Router {
         status: PeerStatus,
         out: &mut Outbox,
     ) {
-        let suspension = self
-            .peers
-            .remove(peer_id)
-            .and_then(|p| p.suspended)
-            .unwrap_or_default();
+        let (suspension, grants) = match self.peers.remove(peer_id) {
+            Some(p) => (p.suspended.unwrap_or_default(), Some(p.grants)),
+            None => (Suspension::default(), None),
+        };
         let mut peer = Peer::new(None, version, status.clone());
+        // (its tenant; its connection's token grants the rest: `Router::regrant`)
+        if let Some(grants) = grants {
+            peer.grants = grants;
+        }
+        let tenant = peer.grants.tenant.clone();
         if status.listening() {
             self.listeners.insert(peer_id.to_string());
         }
@@ -192,7 +196,7 @@ impl Router {
         for msg in suspension.held {
             self.deliver_held(peer_id, msg, out);
         }
-        announce(out, peer_id, status, StatusChange::Moved);
+        announce(out, peer_id, &tenant, status, StatusChange::Moved);
     }
 
     /// Delivers to adopted local peer `peer_id` a message held for it as for its old node.
@@ -307,7 +311,7 @@ impl Router {
             // ended "by" the expired peer: the local member is told
             self.close_session(peer_id, &session_id, out);
         }
-        self.broadcast(&gone(peer_id, peer.status.meta), out);
+        self.broadcast(&peer.grants.tenant, &gone(peer_id, peer.status.meta), out);
         true
     }
 }

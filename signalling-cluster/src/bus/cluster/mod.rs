@@ -39,6 +39,7 @@ use tracing::{info, Instrument};
 
 use super::resp;
 use super::{deliver, deliver_many, Bus, BusStats, Claim, NodeSummary, Pending};
+use crate::grants::Grants;
 use crate::mailbox::Mailbox;
 use crate::resume::ResumeRegistry;
 use crate::routing::{Effect, NodeId, Outbox, Router};
@@ -226,10 +227,12 @@ impl Shared {
 }
 
 impl Bus for RedisBus {
-    fn join(&self, peer_id: &str, mailbox: Mailbox) {
+    fn join(&self, peer_id: &str, mailbox: Mailbox, grants: Arc<Grants>) {
         let mut out = Outbox::new();
         let mut state = self.shared.state.lock();
-        state.router.join(peer_id, mailbox.version(), &mut out);
+        state
+            .router
+            .join_as(peer_id, mailbox.version(), grants, &mut out);
         state.mailboxes.insert(peer_id.to_string(), mailbox);
         self.shared.flush(&state, out);
     }
@@ -282,9 +285,21 @@ impl Bus for RedisBus {
         self.shared.flush(&state, out);
     }
 
-    fn place(&self, stream: &str) -> Result<PeerId, String> {
+    fn regrant(&self, peer_id: &str, grants: Arc<Grants>) -> bool {
+        let mut state = self.shared.state.lock();
+        if state.router.tenant_of(peer_id) != Some(grants.tenant.as_str()) {
+            return false;
+        }
+        state.router.regrant(peer_id, grants);
+        true
+    }
+
+    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String> {
         let state = self.shared.state.lock();
-        state.router.place("", stream).map_err(|(_, why)| why)
+        state
+            .router
+            .place_for(viewer, stream)
+            .map_err(|(_, why)| why)
     }
 
     fn away(&self, peer_id: &str, away: bool) {

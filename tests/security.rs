@@ -1,0 +1,494 @@
+//! Who may do what: tokens (made by PyJWT) at the upgrade, grants per role and stream name,
+//! tenants across nodes, the operations API, expiry, connection guards. Real nodes, real Redis.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cluster_tests::jwt::{now, Keys};
+use cluster_tests::{Node, Peer, Redis, Topo};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const V2: &str = "gstwebrtc-cluster.v2";
+
+/// A node with auth on (HS256 secret of `keys`, and `extra`).
+async fn auth_node(keys: &Keys, extra: &[&str]) -> Result<Node> {
+    let secret = keys.path("secret");
+    let mut args = vec!["--auth-jwt-secret-file", secret.as_str()];
+    args.extend_from_slice(extra);
+    Node::start(&args).await
+}
+
+/// `url` with `?token=` (what browsers do).
+fn with_token(url: &str, token: &str) -> String {
+    format!("{url}/?token={token}")
+}
+
+/// A v2 peer with `token` in the URL.
+async fn peer(node_url: &str, token: &str) -> Result<Peer> {
+    Peer::connect_with(&with_token(node_url, token), Some(V2)).await
+}
+
+/// An upgrade with `bearer` in the Authorization header: `None` if accepted, else the HTTP
+/// status and body of the refusal.
+async fn upgrade(url: &str, bearer: Option<&str>) -> Result<Option<(u16, String)>> {
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", V2.parse()?);
+    if let Some(t) = bearer {
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse()?);
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => Ok(None),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            Ok(Some((
+                resp.status().as_u16(),
+                String::from_utf8_lossy(body).into(),
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The next `error` the peer gets: (code, details).
+async fn error_of(p: &mut Peer) -> Result<(String, String)> {
+    let e = p.wait_for("error").await?;
+    Ok((
+        e["code"].as_str().unwrap_or_default().to_string(),
+        e["details"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Names in a `list` answer.
+fn names(list: &Value) -> Vec<String> {
+    let mut names: Vec<String> = list["producers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["meta"]["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn without_a_valid_token_the_upgrade_is_refused_with_401_and_nothing_is_announced(
+) -> Result<()> {
+    let keys = Keys::new("refused")?;
+    let node = auth_node(&keys, &["--auth-jwt-issuer", "gwc-tests"]).await?;
+    let url = node.url();
+    let all = json!({"listen": true, "consume": true});
+    let good = |exp: u64| json!({"sub": "s", "iss": "gwc-tests", "exp": exp, "gwc": all});
+    let mut listener = peer(
+        &url,
+        &keys.sign_with("HS256", "secret", &good(now() + 600))?,
+    )
+    .await?;
+    listener.set_status(&["listener"], json!({})).await?;
+    listener.sync().await?;
+    let cases = [
+        ("no token", None, "no token"),
+        ("garbage", Some("not.a.jwt".to_string()), "malformed"),
+        (
+            "another secret",
+            Some(keys.sign_with("HS256", "other-secret", &good(now() + 600))?),
+            "bad signature",
+        ),
+        (
+            "expired",
+            Some(keys.sign_with("HS256", "secret", &good(now() - 60))?),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(keys.sign_with(
+                "HS256",
+                "secret",
+                &json!({"iss": "gwc-tests", "exp": now() + 600, "nbf": now() + 300, "gwc": all}),
+            )?),
+            "not valid yet",
+        ),
+        (
+            "wrong issuer",
+            Some(keys.sign_with(
+                "HS256",
+                "secret",
+                &json!({"iss": "someone", "exp": now() + 600, "gwc": all}),
+            )?),
+            "issuer",
+        ),
+        (
+            "no exp",
+            Some(keys.sign_with("HS256", "secret", &json!({"iss": "gwc-tests", "gwc": all}))?),
+            "exp",
+        ),
+    ];
+    for (what, token, reason) in &cases {
+        let refused = upgrade(&url, token.as_deref()).await?;
+        let (status, body) = refused.with_context(|| format!("{what}: accepted"))?;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body.contains(reason), "{what}: {body}");
+    }
+    // The same through ?token= (browsers).
+    let expired = keys.sign_with("HS256", "secret", &good(now() - 60))?;
+    let refused = upgrade(&with_token(&url, &expired), None).await?;
+    assert_eq!(refused.map(|r| r.0), Some(401));
+    // Nothing was created or announced for them; they were counted.
+    listener.assert_silent(Duration::from_millis(300)).await?;
+    let (_, health) = node.get("/healthz").await?;
+    let health: Value = serde_json::from_str(&health)?;
+    assert_eq!(health["refused"]["auth"], cases.len() + 1, "{health}");
+    assert_eq!(health["peers"], 1, "{health}");
+    // A good token in the header is accepted.
+    let ok = keys.sign_with("HS256", "secret", &good(now() + 600))?;
+    assert_eq!(upgrade(&url, Some(&ok)).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rs256_es256_and_eddsa_tokens_made_by_pyjwt_are_accepted_with_their_public_key(
+) -> Result<()> {
+    let keys = Keys::new("public")?;
+    for (alg, key) in [("RS256", "rsa"), ("ES256", "ec"), ("EdDSA", "ed")] {
+        let public = keys.path(&format!("{key}.pub"));
+        let node = Node::start(&["--auth-jwt-public-key-file", &public]).await?;
+        let claims = json!({"sub": alg, "exp": now() + 600, "gwc": {"consume": true}});
+        let token = keys.sign_with(alg, &format!("{key}.key"), &claims)?;
+        assert_eq!(upgrade(&node.url(), Some(&token)).await?, None, "{alg}");
+        // An HS256 token means nothing to a node with only a public key.
+        let hs = keys.token("x", json!({"consume": true}))?;
+        let refused = upgrade(&node.url(), Some(&hs)).await?;
+        assert_eq!(refused.map(|r| r.0), Some(401), "{alg}: HS256 accepted");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn grants_decide_roles_producer_names_sessions_and_what_a_peer_sees() -> Result<()> {
+    let keys = Keys::new("grants")?;
+    let node = auth_node(&keys, &[]).await?;
+    let url = node.url();
+    let cams = keys.token("cams", json!({"produce": ["cam-*"]}))?;
+    let any = keys.token("studio", json!({"produce": true}))?;
+    let mut cam = peer(&url, &cams).await?;
+    cam.set_status(&["producer"], json!({"name": "cam-1"}))
+        .await?;
+    // A name its grant does not cover: refused, not applied.
+    let mut wrong = peer(&url, &cams).await?;
+    wrong
+        .set_status(&["producer"], json!({"name": "lab-1"}))
+        .await?;
+    let (code, details) = error_of(&mut wrong).await?;
+    assert_eq!(code, "forbidden", "{details}");
+    let mut lab = peer(&url, &any).await?;
+    lab.set_status(&["producer"], json!({"name": "lab-1"}))
+        .await?;
+    // No produce grant at all: cannot be a producer, nameless or not.
+    let viewer_token = keys.token("viewer", json!({"consume": ["cam-*"]}))?;
+    let mut nameless = peer(&url, &viewer_token).await?;
+    nameless.set_status(&["producer"], json!({})).await?;
+    assert_eq!(error_of(&mut nameless).await?.0, "forbidden");
+
+    // A consumer of cam-* lists cam-1 only; lab-1 is invisible, and asking for it forbidden.
+    let mut viewer = peer(&url, &viewer_token).await?;
+    viewer.set_status(&["consumer"], json!({})).await?;
+    let list = Topo::list_until(&mut viewer, false, |l| !names(l).is_empty()).await?;
+    assert_eq!(names(&list), ["cam-1"], "{list}");
+    viewer
+        .send(json!({"type": "startSession", "peerId": lab.id}))
+        .await?;
+    assert_eq!(error_of(&mut viewer).await?.0, "forbidden");
+    viewer
+        .send(json!({"type": "startSession", "peerId": cam.id}))
+        .await?;
+    viewer.wait_for("sessionStarted").await?;
+    cam.wait_for("startSession").await?;
+
+    // Listening needs `listen`; a listener hears only what it may watch.
+    let mut deaf = peer(&url, &viewer_token).await?;
+    deaf.set_status(&["listener"], json!({})).await?;
+    assert_eq!(error_of(&mut deaf).await?.0, "forbidden");
+    let listen = keys.token("l", json!({"listen": true, "consume": ["cam-*"]}))?;
+    let mut listener = peer(&url, &listen).await?;
+    listener.set_status(&["listener"], json!({})).await?;
+    listener.sync().await?;
+    let mut lab2 = peer(&url, &any).await?;
+    lab2.set_status(&["producer"], json!({"name": "lab-2"}))
+        .await?;
+    let mut cam2 = peer(&url, &cams).await?;
+    cam2.set_status(&["producer"], json!({"name": "cam-2"}))
+        .await?;
+    let heard = listener.wait_for("peerStatusChanged").await?;
+    assert_eq!(
+        heard["meta"]["name"], "cam-2",
+        "lab-2 is not announced: {heard}"
+    );
+    lab2.close().await;
+    cam2.close().await;
+    let gone = listener.wait_for("peerStatusChanged").await?;
+    assert_eq!(
+        gone["meta"]["name"], "cam-2",
+        "lab-2's departure is not either: {gone}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()> {
+    let keys = Keys::new("tenants")?;
+    let redis = Redis::start().await?;
+    let secret = keys.path("secret");
+    let auth = ["--auth-jwt-secret-file", secret.as_str()];
+    let a = Node::join(&redis, "node-a", &auth).await?;
+    let b = Node::join(&redis, "node-b", &auth).await?;
+    let c = Node::join(&redis, "node-c", &auth).await?;
+    let produce = |t: &str| keys.token("p", json!({"produce": true, "tenant": t}));
+    let consume = |t: &str| keys.token("c", json!({"consume": true, "listen": true, "tenant": t}));
+    let mut y_cam = peer(&b.url(), &produce("y")?).await?;
+    y_cam
+        .set_status(&["producer"], json!({"name": "cam-1"}))
+        .await?;
+    let mut x_cam = peer(&c.url(), &produce("x")?).await?;
+    x_cam
+        .set_status(&["producer"], json!({"name": "cam-x"}))
+        .await?;
+    // A peer of tenant X on node A sees X's producer on node C, not Y's on node B.
+    let mut x = peer(&a.url(), &consume("x")?).await?;
+    x.set_status(&["consumer"], json!({})).await?;
+    let list = Topo::list_until(&mut x, false, |l| !names(l).is_empty()).await?;
+    assert_eq!(names(&list), ["cam-x"], "{list}");
+    x.send(json!({"type": "startSession", "peerId": y_cam.id}))
+        .await?;
+    assert_eq!(error_of(&mut x).await?.0, "unknown-peer");
+    // Tenant Y on node C reaches Y's producer on node B.
+    let mut y = peer(&c.url(), &consume("y")?).await?;
+    y.set_status(&["consumer"], json!({})).await?;
+    let list = Topo::list_until(&mut y, false, |l| !names(l).is_empty()).await?;
+    assert_eq!(names(&list), ["cam-1"], "{list}");
+    y.send(json!({"type": "startSession", "peerId": y_cam.id}))
+        .await?;
+    y.wait_for("sessionStarted").await?;
+    y_cam.wait_for("startSession").await?;
+    // X's listener on node B hears X's new producer on node A, not Y's.
+    let mut x_listen = peer(&b.url(), &consume("x")?).await?;
+    x_listen.set_status(&["listener"], json!({})).await?;
+    x_listen.sync().await?;
+    let mut y_more = peer(&a.url(), &produce("y")?).await?;
+    y_more
+        .set_status(&["producer"], json!({"name": "y-2"}))
+        .await?;
+    let mut x_more = peer(&a.url(), &produce("x")?).await?;
+    x_more
+        .set_status(&["producer"], json!({"name": "x-2"}))
+        .await?;
+    let heard = x_listen.wait_for("peerStatusChanged").await?;
+    assert_eq!(heard["meta"]["name"], "x-2", "{heard}");
+    // Placement by stream keeps to the tenant too.
+    y.send(json!({"type": "startSession", "stream": "cam-x"}))
+        .await?;
+    assert_eq!(error_of(&mut y).await?.0, "unknown-peer");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_operations_api_needs_an_admin_grant_and_the_probes_stay_open() -> Result<()> {
+    let keys = Keys::new("api")?;
+    let node = auth_node(&keys, &[]).await?;
+    let admin = keys.token("ops", json!({"admin": true}))?;
+    let viewer = keys.token("v", json!({"consume": true}))?;
+    for path in ["/api/v1/producers", "/api/v1/nodes"] {
+        assert_eq!(node.get(path).await?.0, 401, "{path} without a token");
+        let (status, _) = node.get(&format!("{path}?token={viewer}")).await?;
+        assert_eq!(status, 403, "{path} without admin");
+        let (status, body) = node.get(&format!("{path}?token={admin}")).await?;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    assert_eq!(node.get("/healthz").await?.0, 200);
+    assert_eq!(node.get("/readyz").await?.0, 200);
+    // Placement for browsers needs a token too, and sees what it grants.
+    let mut cam = peer(&node.url(), &keys.token("p", json!({"produce": true}))?).await?;
+    cam.set_status(&["producer"], json!({"name": "cam-1"}))
+        .await?;
+    cam.sync().await?;
+    assert_eq!(node.get("/place?stream=cam-1").await?.0, 401);
+    let (status, body) = node
+        .get(&format!("/place?stream=cam-1&token={viewer}"))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&cam.id), "{body}");
+    let lab_only = keys.token("l", json!({"consume": ["lab-*"]}))?;
+    let (status, _) = node
+        .get(&format!("/place?stream=cam-1&token={lab_only}"))
+        .await?;
+    assert_eq!(status, 404, "a stream it may not watch is not there");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_announced_the_connection_closes_and_a_fresh_token_resumes_the_peer(
+) -> Result<()> {
+    let keys = Keys::new("expiry")?;
+    let node = auth_node(&keys, &[]).await?;
+    let exp = now() + 4;
+    let short = keys.sign_with(
+        "HS256",
+        "secret",
+        &json!({"sub": "short", "exp": exp, "gwc": {"produce": true}}),
+    )?;
+    let mut p = peer(&node.url(), &short).await?;
+    p.set_status(&["producer"], json!({"name": "cam-1"}))
+        .await?;
+    let warned = p.wait_for("tokenExpiring").await?;
+    assert!(warned["expiresAt"].as_u64() >= Some(now()), "{warned}");
+    let started = Instant::now();
+    let code = p.closed().await?;
+    assert_eq!(code, Some(1008), "closed with policy violation");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // Resuming with the expired token is refused (past the nodes' 5 s leeway for clock
+    // skew); with a fresh one the peer comes back.
+    while now() <= exp + 5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resume = p.welcome["resumeToken"]
+        .as_str()
+        .context("no resume token")?
+        .to_string();
+    let url = node.url();
+    let again = format!("{url}/?resume={resume}&token={short}");
+    let refused = upgrade(&again, None).await?;
+    assert_eq!(refused.map(|r| r.0), Some(401));
+    let fresh = keys.token("short", json!({"produce": true}))?;
+    let resumed =
+        Peer::connect_with(&format!("{url}/?resume={resume}&token={fresh}"), Some(V2)).await?;
+    assert_eq!(resumed.id, p.id, "{}", resumed.welcome);
+    assert_eq!(resumed.welcome["resumed"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connection_limits_refuse_new_upgrades_and_existing_peers_keep_relaying() -> Result<()> {
+    let node = Node::start(&["--max-connections-per-ip", "3"]).await?;
+    let url = node.url();
+    let mut producer = Peer::connect(&url).await?;
+    producer
+        .set_status(&["producer"], json!({"name": "cam"}))
+        .await?;
+    let mut consumer = Peer::connect(&url).await?;
+    let session = cluster_tests::start_session(&mut producer, &mut consumer).await?;
+    let _third = Peer::connect(&url).await?;
+    let refused = upgrade(&url, None).await?;
+    assert_eq!(refused.map(|r| r.0), Some(429));
+    let ice = json!({"type": "peer", "sessionId": session, "ice": {"candidate": "c", "sdpMLineIndex": 0}});
+    producer.send(ice).await?;
+    consumer.wait_for("peer").await?;
+
+    let full = Node::start(&["--max-connections", "2"]).await?;
+    let _a = Peer::connect(&full.url()).await?;
+    let _b = Peer::connect(&full.url()).await?;
+    assert_eq!(upgrade(&full.url(), None).await?.map(|r| r.0), Some(503));
+    let (_, health) = full.get("/healthz").await?;
+    assert!(health.contains("\"limits\":1"), "{health}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_of_half_open_connections_and_bad_upgrades_does_not_stop_relaying() -> Result<()> {
+    let node = Node::start(&["--handshake-timeout", "1"]).await?;
+    let url = node.url();
+    let mut producer = Peer::connect(&url).await?;
+    producer
+        .set_status(&["producer"], json!({"name": "cam"}))
+        .await?;
+    let mut consumer = Peer::connect(&url).await?;
+    let session = cluster_tests::start_session(&mut producer, &mut consumer).await?;
+    // 300 TCP connections that never send a byte, and 100 upgrades with no key.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await?);
+    }
+    let flood = tokio::spawn({
+        let port = node.port;
+        async move {
+            for _ in 0..100 {
+                let r = cluster_tests::http_get(port, "/").await;
+                let _ = r;
+            }
+        }
+    });
+    let started = Instant::now();
+    for i in 0..50 {
+        let ice = json!({"type": "peer", "sessionId": session, "ice": {"candidate": format!("c{i}"), "sdpMLineIndex": 0}});
+        producer.send(ice).await?;
+        let got = consumer.wait_for("peer").await?;
+        assert_eq!(got["ice"]["candidate"], format!("c{i}"));
+    }
+    eprintln!(
+        "50 relayed round trips under the flood in {} ms",
+        started.elapsed().as_millis()
+    );
+    flood.await?;
+    // The half-open connections are closed after the handshake timeout.
+    let mut closed = 0;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for s in &mut idle {
+        let mut buf = [0u8; 64];
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => closed += 1, // EOF, a 408, or reset
+            Err(_) => {}
+        }
+    }
+    eprintln!(
+        "{closed} of {} half-open connections closed after 2.5 s",
+        idle.len()
+    );
+    assert_eq!(closed, idle.len(), "every half-open connection was closed");
+    assert_eq!(node.get("/healthz").await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_token_command_prints_a_token_that_pyjwt_verifies_and_a_node_accepts() -> Result<()> {
+    let keys = Keys::new("command")?;
+    let out = std::process::Command::new(cluster_tests::bin("signalling-cluster"))
+        .args([
+            "token",
+            "--secret-file",
+            &keys.path("secret"),
+            "--sub",
+            "cam-1",
+        ])
+        .args([
+            "--produce",
+            "cam-*",
+            "--consume",
+            "*",
+            "--ttl",
+            "1h",
+            "--tenant",
+            "acme",
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+    let claims = keys.decode(&token)?;
+    assert_eq!(claims["sub"], "cam-1");
+    assert_eq!(claims["gwc"]["produce"], json!(["cam-*"]));
+    assert_eq!(claims["gwc"]["consume"], true);
+    assert_eq!(claims["gwc"]["tenant"], "acme");
+    let ttl = claims["exp"].as_u64().unwrap_or(0) - claims["iat"].as_u64().unwrap_or(0);
+    assert_eq!(ttl, 3600);
+    let node = auth_node(&keys, &[]).await?;
+    let mut p = peer(&node.url(), &token).await?;
+    p.set_status(&["producer"], json!({"name": "cam-1"}))
+        .await?;
+    p.sync().await?;
+    Ok(())
+}
