@@ -492,3 +492,65 @@ async fn the_token_command_prints_a_token_that_pyjwt_verifies_and_a_node_accepts
     p.sync().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rotated_secret_takes_effect_without_dropping_anyone() -> Result<()> {
+    let keys = Keys::new("rotation")?;
+    let file = keys.dir.join("node.secret");
+    std::fs::copy(keys.dir.join("secret"), &file)?;
+    let node = Node::start(&["--auth-jwt-secret-file", file.to_str().context("path")?]).await?;
+    let old = keys.token("before", json!({"produce": true, "consume": true}))?;
+    let mut before = peer(&node.url(), &old).await?;
+    before.set_status(&["producer"], json!({"name": "cam-1"})).await?;
+    before.sync().await?;
+    // The Secret is rotated: the file now holds another secret.
+    std::fs::write(keys.dir.join("new"), "the rotated secret\n")?;
+    std::fs::copy(keys.dir.join("new"), &file)?;
+    let claims = json!({"sub": "after", "exp": now() + 600, "gwc": {"consume": true}});
+    let new = keys.sign_with("HS256", "new", &claims)?;
+    cluster_tests::eventually(Duration::from_secs(5), "the new secret in use", || async {
+        matches!(upgrade(&node.url(), Some(&new)).await, Ok(None))
+    })
+    .await?;
+    assert_eq!(upgrade(&node.url(), Some(&old)).await?.map(|r| r.0), Some(401));
+    // The connection made with the old secret is still served.
+    before.send(json!({"type": "list"})).await?;
+    let list = before.wait_for("list").await?;
+    assert_eq!(names(&list), ["cam-1"], "{list}");
+    // A file that no longer parses keeps the key in use.
+    std::fs::write(&file, "")?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(upgrade(&node.url(), Some(&new)).await?, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_with_tokens_publish_and_watch_on_a_node_with_auth() -> Result<()> {
+    let _one = cluster_tests::media::exclusive().await;
+    let keys = Keys::new("agents")?;
+    let node = auth_node(&keys, &[]).await?;
+    let url = node.url();
+    let producer_token = keys.dir.join("producer.token");
+    std::fs::write(
+        &producer_token,
+        keys.token("cam-1", json!({"produce": ["cam-*"]}))? + "\n",
+    )?;
+    let token_file = producer_token.to_str().context("path")?;
+    let _producer = cluster_tests::agent::Agent::producer(&[
+        "--server", &url, "--name", "cam-1", "--token-file", token_file,
+    ])?;
+    // (finding a producer by name, the agent listens to presence: `listen` too)
+    let viewer_token = keys.token("viewer", json!({"consume": ["cam-*"], "listen": true}))?;
+    let mut viewer = cluster_tests::agent::Agent::consumer(&[
+        "--server", &url, "--producer-name", "cam-1", "--token", &viewer_token,
+        "--sink", "encoded", "--frames", "10",
+    ])?;
+    assert_eq!(viewer.exit_within(Duration::from_secs(90)).await?, Some(0), "{}", viewer.stderr());
+    // Without a token the agent is turned away at every attempt and gives up.
+    let mut stranger = cluster_tests::agent::Agent::consumer(&[
+        "--server", &url, "--producer-name", "cam-1", "--retry-for", "2",
+    ])?;
+    assert_eq!(stranger.exit_within(Duration::from_secs(60)).await?, Some(1));
+    assert!(stranger.stderr().contains("401"), "{}", stranger.stderr());
+    Ok(())
+}
