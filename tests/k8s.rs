@@ -1013,6 +1013,71 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
 }
 
 #[tokio::test]
+async fn a_node_started_with_the_rendered_auth_args_verifies_tokens_and_agents_find_theirs(
+) -> Result<()> {
+    let values = k8s::chart().join("ci/auth-values.yaml");
+    let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;
+    let (pod, container) = signalling_container(&docs)?;
+    let args: Vec<String> = serde_json::from_value(container["args"].clone())?;
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "jwt"))
+        .context("no jwt mount")?["mountPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "jwt"))
+        .context("no jwt volume")?;
+    assert_eq!(volume["secret"]["secretName"], "gwc-jwt");
+    assert_eq!(
+        arg(&args, "--auth-jwt-secret-file"),
+        Some(format!("{mount}/jwt-secret").as_str())
+    );
+    assert_eq!(arg(&args, "--auth-jwt-issuer"), Some("gwc"));
+    assert_eq!(arg(&args, "--max-connections-per-ip"), Some("50"));
+    // The agents read their token from the Secret mounted where GWC_TOKEN_FILE points.
+    let viewer = agent_env(&docs, "consumer-viewer")?;
+    assert!(viewer.contains(&("GWC_TOKEN_FILE".into(), "/etc/gwc/token/jwt".into())));
+    let producer = agent_env(&docs, "producer-cam-1")?;
+    assert!(producer.contains(&("GWC_TOKEN_FILE".into(), "/etc/gwc/token/token".into())));
+
+    // The node started with those args (the Secret's file in a local directory) verifies.
+    let keys = cluster_tests::jwt::Keys::new("k8s")?;
+    let dir = keys.dir.join("mounted");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(keys.dir.join("secret"), dir.join("jwt-secret"))?;
+    let redis = Redis::start().await?;
+    let redis_service = find(&docs, "Service", "redis").unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_port();
+    let local = dir.to_string_lossy().to_string();
+    let _node = start_rendered_node(
+        &container,
+        "gwc-auth-pod",
+        port,
+        &redis,
+        &redis_service,
+        &[(mount.as_str(), local.as_str())],
+    )?;
+    let claims = |iss: &str| {
+        serde_json::json!({"sub": "t", "iss": iss, "exp": cluster_tests::jwt::now() + 600, "gwc": {"admin": true}})
+    };
+    let good = keys.sign_with("HS256", "secret", &claims("gwc"))?;
+    let wrong = keys.sign_with("HS256", "secret", &claims("other"))?;
+    cluster_tests::eventually(Duration::from_secs(30), "the node with auth", || async {
+        matches!(http_get(port, &format!("/api/v1/nodes?token={good}")).await, Ok((200, _)))
+    })
+    .await?;
+    assert_eq!(http_get(port, &format!("/api/v1/nodes?token={wrong}")).await?.0, 401);
+    assert_eq!(http_get(port, "/readyz").await?.0, 200, "probes stay open");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_node_started_with_the_rendered_tls_args_answers_the_https_probes() -> Result<()> {
     let values = k8s::chart().join("ci/node-tls-values.yaml");
     let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;
