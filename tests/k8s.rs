@@ -1063,16 +1063,22 @@ async fn a_node_started_with_the_rendered_auth_args_verifies_tokens_and_agents_f
         &redis_service,
         &[(mount.as_str(), local.as_str())],
     )?;
-    let claims = |iss: &str| {
-        serde_json::json!({"sub": "t", "iss": iss, "exp": cluster_tests::jwt::now() + 600, "gwc": {"admin": true}})
-    };
+    let claims = |iss: &str| serde_json::json!({"sub": "t", "iss": iss, "exp": cluster_tests::jwt::now() + 600, "gwc": {"admin": true}});
     let good = keys.sign_with("HS256", "secret", &claims("gwc"))?;
     let wrong = keys.sign_with("HS256", "secret", &claims("other"))?;
     cluster_tests::eventually(Duration::from_secs(30), "the node with auth", || async {
-        matches!(http_get(port, &format!("/api/v1/nodes?token={good}")).await, Ok((200, _)))
+        matches!(
+            http_get(port, &format!("/api/v1/nodes?token={good}")).await,
+            Ok((200, _))
+        )
     })
     .await?;
-    assert_eq!(http_get(port, &format!("/api/v1/nodes?token={wrong}")).await?.0, 401);
+    assert_eq!(
+        http_get(port, &format!("/api/v1/nodes?token={wrong}"))
+            .await?
+            .0,
+        401
+    );
     assert_eq!(http_get(port, "/readyz").await?.0, 200, "probes stay open");
     Ok(())
 }

@@ -501,7 +501,9 @@ async fn a_rotated_secret_takes_effect_without_dropping_anyone() -> Result<()> {
     let node = Node::start(&["--auth-jwt-secret-file", file.to_str().context("path")?]).await?;
     let old = keys.token("before", json!({"produce": true, "consume": true}))?;
     let mut before = peer(&node.url(), &old).await?;
-    before.set_status(&["producer"], json!({"name": "cam-1"})).await?;
+    before
+        .set_status(&["producer"], json!({"name": "cam-1"}))
+        .await?;
     before.sync().await?;
     // The Secret is rotated: the file now holds another secret.
     std::fs::write(keys.dir.join("new"), "the rotated secret\n")?;
@@ -512,7 +514,10 @@ async fn a_rotated_secret_takes_effect_without_dropping_anyone() -> Result<()> {
         matches!(upgrade(&node.url(), Some(&new)).await, Ok(None))
     })
     .await?;
-    assert_eq!(upgrade(&node.url(), Some(&old)).await?.map(|r| r.0), Some(401));
+    assert_eq!(
+        upgrade(&node.url(), Some(&old)).await?.map(|r| r.0),
+        Some(401)
+    );
     // The connection made with the old secret is still served.
     before.send(json!({"type": "list"})).await?;
     let list = before.wait_for("list").await?;
@@ -537,20 +542,120 @@ async fn agents_with_tokens_publish_and_watch_on_a_node_with_auth() -> Result<()
     )?;
     let token_file = producer_token.to_str().context("path")?;
     let _producer = cluster_tests::agent::Agent::producer(&[
-        "--server", &url, "--name", "cam-1", "--token-file", token_file,
+        "--server",
+        &url,
+        "--name",
+        "cam-1",
+        "--token-file",
+        token_file,
     ])?;
     // (finding a producer by name, the agent listens to presence: `listen` too)
     let viewer_token = keys.token("viewer", json!({"consume": ["cam-*"], "listen": true}))?;
     let mut viewer = cluster_tests::agent::Agent::consumer(&[
-        "--server", &url, "--producer-name", "cam-1", "--token", &viewer_token,
-        "--sink", "encoded", "--frames", "10",
+        "--server",
+        &url,
+        "--producer-name",
+        "cam-1",
+        "--token",
+        &viewer_token,
+        "--sink",
+        "encoded",
+        "--frames",
+        "10",
     ])?;
-    assert_eq!(viewer.exit_within(Duration::from_secs(90)).await?, Some(0), "{}", viewer.stderr());
+    assert_eq!(
+        viewer.exit_within(Duration::from_secs(90)).await?,
+        Some(0),
+        "{}",
+        viewer.stderr()
+    );
     // Without a token the agent is turned away at every attempt and gives up.
     let mut stranger = cluster_tests::agent::Agent::consumer(&[
-        "--server", &url, "--producer-name", "cam-1", "--retry-for", "2",
+        "--server",
+        &url,
+        "--producer-name",
+        "cam-1",
+        "--retry-for",
+        "2",
     ])?;
-    assert_eq!(stranger.exit_within(Duration::from_secs(60)).await?, Some(1));
+    assert_eq!(
+        stranger.exit_within(Duration::from_secs(60)).await?,
+        Some(1)
+    );
     assert!(stranger.stderr().contains("401"), "{}", stranger.stderr());
+    Ok(())
+}
+
+/// The upgrade path fed 200 random and mutated requests over real TCP (seeded from a real
+/// upgrade): each gets an answer or a closed connection; the node keeps serving.
+#[tokio::test]
+async fn mutated_upgrade_requests_get_an_answer_and_the_node_keeps_serving() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start(&["--handshake-timeout", "1"]).await?;
+    let seed = format!(
+        "GET /?resume=abc&token=x HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {V2}\r\n\r\n",
+        node.port
+    );
+    // A small deterministic generator (the cases must be the same on every run).
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut cases = Vec::new();
+    for case in 0..200 {
+        let mut bytes = seed.clone().into_bytes();
+        for _ in 0..(1 + next() % 6) {
+            if bytes.len() < 2 {
+                break;
+            }
+            let at = (next() as usize) % bytes.len();
+            match next() % 4 {
+                0 => bytes[at] = next() as u8,
+                1 => bytes.insert(at, next() as u8),
+                2 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at.max(1)),
+            }
+        }
+        if case % 10 == 0 {
+            bytes = (0..1 + next() % 2048).map(|_| next() as u8).collect();
+        }
+        cases.push(bytes);
+    }
+    // All at once (each may wait out the 1 s handshake timeout).
+    let port = node.port;
+    let runs: Vec<_> = cases
+        .into_iter()
+        .map(|bytes| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                let _ = s.write_all(&bytes).await;
+                let mut buf = [0u8; 256];
+                match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => Ok(true),
+                    Ok(_) => Ok(false),
+                    Err(_) => anyhow::bail!("no answer and not closed within 5 s: {bytes:?}"),
+                }
+            })
+        })
+        .collect();
+    let (mut answered, mut closed) = (0, 0);
+    for run in runs {
+        match run.await?? {
+            true => answered += 1,
+            false => closed += 1,
+        }
+    }
+    eprintln!("200 mutated upgrades: {answered} answered, {closed} closed");
+    assert_eq!(node.get("/healthz").await?.0, 200);
+    let mut p = Peer::connect(&node.url()).await?;
+    p.send(json!({"type": "list"})).await?;
+    p.wait_for("list").await?;
     Ok(())
 }

@@ -371,4 +371,61 @@ mod tests {
             .unwrap();
         assert_eq!(got, [0x81, 1, b'a', 0x89, 0]);
     }
+
+    /// Bytes mutated from `seed`: flips, insertions, deletions, a truncation.
+    fn mutate(seed: &[u8], edits: &[(u16, u8, u8)]) -> Vec<u8> {
+        let mut bytes = seed.to_vec();
+        for &(at, byte, op) in edits {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = at as usize % bytes.len();
+            match op % 4 {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at),
+            }
+        }
+        bytes
+    }
+
+    /// Every message the reader finds in `bytes` (already read), until it wants more or
+    /// refuses: never a panic, never a message over the limit.
+    fn drain(bytes: Vec<u8>, max: usize) {
+        let mut s = FrameStream::new(
+            tokio::io::empty(),
+            BytesMut::from(&bytes[..]),
+            max,
+            oneshot::channel().0,
+        );
+        for _ in 0..1000 {
+            match s.next_message() {
+                Ok(Some(Incoming::Text(t))) => assert!(t.len() <= max),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_frame_reader_takes_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            drain(bytes, 256);
+        }
+
+        #[test]
+        fn the_frame_reader_takes_mutated_real_frames(
+            edits in proptest::collection::vec(proptest::prelude::any::<(u16, u8, u8)>(), 0..8),
+        ) {
+            let mut seed = frame(0x1, false, b"{\"type\":\"li");
+            seed.extend(frame(0x9, true, b"p"));
+            seed.extend(frame(0x0, true, b"st\"}"));
+            seed.extend(frame(0x1, true, &[b'x'; 300]));
+            seed.extend(frame(0x8, true, &[3, 232]));
+            drain(mutate(&seed, &edits), 256);
+        }
+    }
 }

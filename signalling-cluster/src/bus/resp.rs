@@ -130,10 +130,12 @@ fn line(buf: &[u8], at: usize) -> Result<Option<Line<'_>>, RespError> {
     let Some(&kind) = buf.get(at) else {
         return Ok(None);
     };
-    let Some(cr) = buf[at..].iter().position(|&b| b == b'\r') else {
+    // (after the type byte: a line that starts with CR is not RESP, and must not make the
+    // rest of the line end before it starts; found by the property test below)
+    let Some(cr) = buf[at + 1..].iter().position(|&b| b == b'\r') else {
         return Ok(None);
     };
-    let cr = at + cr;
+    let cr = at + 1 + cr;
     match buf.get(cr + 1) {
         None => Ok(None),
         Some(b'\n') => Ok(Some((kind, &buf[at + 1..cr], cr + 2))),
@@ -528,6 +530,7 @@ mod tests {
         assert!(parse(b"+OK\rX").is_err());
         assert!(parse(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n").is_err());
         assert!(parse(b"$999999999999\r\n").is_err());
+        assert!(parse(b"\r\n:1\r\n").is_err(), "a line starting with CR");
     }
 
     #[test]
@@ -574,5 +577,43 @@ mod tests {
             ]))
         );
         assert!(parse(&pipe.buf[used..]).unwrap().is_some());
+    }
+
+    proptest::proptest! {
+        /// Whatever Redis (or something posing as it) sends: a value, "need more", or an
+        /// error; never a panic, never more bytes taken than given.
+        #[test]
+        fn the_resp_reader_takes_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            if let Ok(Some((_, used))) = parse(&bytes) {
+                proptest::prop_assert!(used <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn the_resp_reader_takes_mutated_real_replies(
+            edits in proptest::collection::vec(proptest::prelude::any::<(u16, u8, u8)>(), 0..8),
+        ) {
+            let seed = b"*3\r\n$7\r\nmessage\r\n$5\r\nchan1\r\n$11\r\n{\"a\":\"b c\"}\r\n:1\r\n+OK\r\n-ERR x\r\n$-1\r\n*2\r\n:1\r\n:2\r\n";
+            let mut bytes = seed.to_vec();
+            for (at, byte, op) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = at as usize % bytes.len();
+                match op % 4 {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(at),
+                }
+            }
+            let mut rest = &bytes[..];
+            while let Ok(Some((_, used))) = parse(rest) {
+                proptest::prop_assert!(used > 0 && used <= rest.len());
+                rest = &rest[used..];
+            }
+        }
     }
 }
