@@ -310,6 +310,32 @@ async fn the_page_plays_a_stream_through_a_relay_and_is_placed_again_when_the_re
     Ok(())
 }
 
+/// On a node with auth on, the page passes the `?token=` of its own URL to the WebSocket (and
+/// to `/place`), and plays what the token lets it watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_a_producer_on_a_node_with_auth_using_the_token_in_its_url() -> Result<()> {
+    let _one = media::exclusive().await;
+    let keys = cluster_tests::jwt::Keys::new("web")?;
+    let secret = keys.path("secret");
+    let node = Node::start(&["--auth-jwt-secret-file", &secret]).await?;
+    let producer_token = keys.token("cam", serde_json::json!({"produce": ["cam-*"]}))?;
+    let _producer = Agent::producer(&[
+        "--server", &node.url(), "--name", "cam-1", "--token", &producer_token,
+    ])?;
+    let viewer = keys.token(
+        "browser",
+        serde_json::json!({"consume": ["cam-*"], "listen": true}),
+    )?;
+    let url = format!("http://127.0.0.1:{}/?token={viewer}", node.port);
+    let page = browser(&["watch", &url, "cam-1", "", "0"])?;
+    let playing = event(&page, "playing").await?;
+    assert!(
+        playing["frames"].as_u64() > playing["framesBefore"].as_u64(),
+        "{playing}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn browsers_get_the_app_and_stock_clients_the_websocket_on_the_same_port() -> Result<()> {
     let node = Node::start(&[]).await?;
