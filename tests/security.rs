@@ -246,7 +246,12 @@ async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()
     let b = Node::join(&redis, "node-b", &auth).await?;
     let c = Node::join(&redis, "node-c", &auth).await?;
     let produce = |t: &str| keys.token("p", json!({"produce": true, "tenant": t}));
-    let consume = |t: &str| keys.token("c", json!({"consume": true, "listen": true, "tenant": t}));
+    let consume = |t: &str| {
+        keys.token(
+            "c",
+            json!({"consume": ["cam-*"], "listen": true, "tenant": t}),
+        )
+    };
     let mut y_cam = peer(&b.url(), &produce("y")?).await?;
     y_cam
         .set_status(&["producer"], json!({"name": "cam-1"}))
@@ -254,6 +259,11 @@ async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()
     let mut x_cam = peer(&c.url(), &produce("x")?).await?;
     x_cam
         .set_status(&["producer"], json!({"name": "cam-x"}))
+        .await?;
+    // (X's, on node C too, but not covered by X's consumers' `cam-*`)
+    let mut x_lab = peer(&c.url(), &produce("x")?).await?;
+    x_lab
+        .set_status(&["producer"], json!({"name": "lab-x"}))
         .await?;
     // A peer of tenant X on node A sees X's producer on node C, not Y's on node B.
     let mut x = peer(&a.url(), &consume("x")?).await?;
@@ -280,12 +290,16 @@ async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()
     y_more
         .set_status(&["producer"], json!({"name": "y-2"}))
         .await?;
+    let mut x_lab2 = peer(&a.url(), &produce("x")?).await?;
+    x_lab2
+        .set_status(&["producer"], json!({"name": "lab-2"}))
+        .await?;
     let mut x_more = peer(&a.url(), &produce("x")?).await?;
     x_more
-        .set_status(&["producer"], json!({"name": "x-2"}))
+        .set_status(&["producer"], json!({"name": "cam-2"}))
         .await?;
     let heard = x_listen.wait_for("peerStatusChanged").await?;
-    assert_eq!(heard["meta"]["name"], "x-2", "{heard}");
+    assert_eq!(heard["meta"]["name"], "cam-2", "{heard}");
     // Placement by stream keeps to the tenant too.
     y.send(json!({"type": "startSession", "stream": "cam-x"}))
         .await?;
@@ -430,6 +444,20 @@ async fn a_flood_of_half_open_connections_and_bad_upgrades_does_not_stop_relayin
         started.elapsed().as_millis()
     );
     flood.await?;
+    // A request head beyond the parser's buffer is refused, not buffered.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await?;
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(200_000)
+        );
+        let _ = s.write_all(big.as_bytes()).await;
+        let mut head = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head)).await??;
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    }
     // The half-open connections are closed after the handshake timeout.
     let mut closed = 0;
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -320,7 +320,12 @@ async fn the_page_plays_a_producer_on_a_node_with_auth_using_the_token_in_its_ur
     let node = Node::start(&["--auth-jwt-secret-file", &secret]).await?;
     let producer_token = keys.token("cam", serde_json::json!({"produce": ["cam-*"]}))?;
     let _producer = Agent::producer(&[
-        "--server", &node.url(), "--name", "cam-1", "--token", &producer_token,
+        "--server",
+        &node.url(),
+        "--name",
+        "cam-1",
+        "--token",
+        &producer_token,
     ])?;
     let viewer = keys.token(
         "browser",
