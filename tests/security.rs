@@ -125,6 +125,11 @@ async fn without_a_valid_token_the_upgrade_is_refused_with_401_and_nothing_is_an
             Some(keys.sign_with("HS256", "secret", &json!({"iss": "gwc-tests", "gwc": all}))?),
             "exp",
         ),
+        (
+            "alg none",
+            Some(keys.sign_with("none", "secret", &good(now() + 600))?),
+            "malformed",
+        ),
     ];
     for (what, token, reason) in &cases {
         let refused = upgrade(&url, token.as_deref()).await?;
@@ -355,6 +360,12 @@ async fn an_expiring_token_is_announced_the_connection_closes_and_a_fresh_token_
     let mut p = peer(&node.url(), &short).await?;
     p.set_status(&["producer"], json!({"name": "cam-1"}))
         .await?;
+    let viewer = keys.token("viewer", json!({"consume": true}))?;
+    let mut c = peer(&node.url(), &viewer).await?;
+    c.send(json!({"type": "startSession", "peerId": p.id}))
+        .await?;
+    let session = c.wait_for("sessionStarted").await?["sessionId"].clone();
+    p.wait_for("startSession").await?;
     let warned = p.wait_for("tokenExpiring").await?;
     assert!(warned["expiresAt"].as_u64() >= Some(now()), "{warned}");
     let started = Instant::now();
@@ -379,6 +390,12 @@ async fn an_expiring_token_is_announced_the_connection_closes_and_a_fresh_token_
         Peer::connect_with(&format!("{url}/?resume={resume}&token={fresh}"), Some(V2)).await?;
     assert_eq!(resumed.id, p.id, "{}", resumed.welcome);
     assert_eq!(resumed.welcome["resumed"], true);
+    // The session went on: the consumer's messages reach the resumed producer.
+    let mut resumed = resumed;
+    let ice = json!({"type": "peer", "sessionId": session, "ice": {"candidate": "after", "sdpMLineIndex": 0}});
+    c.send(ice).await?;
+    let got = resumed.wait_for("peer").await?;
+    assert_eq!(got["ice"]["candidate"], "after", "{got}");
     Ok(())
 }
 
@@ -558,11 +575,15 @@ async fn a_rotated_secret_takes_effect_without_dropping_anyone() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_with_tokens_publish_and_watch_on_a_node_with_auth() -> Result<()> {
+async fn agents_with_tokens_publish_and_watch_across_an_auth_cluster() -> Result<()> {
     let _one = cluster_tests::media::exclusive().await;
     let keys = Keys::new("agents")?;
-    let node = auth_node(&keys, &[]).await?;
-    let url = node.url();
+    let redis = Redis::start().await?;
+    let secret = keys.path("secret");
+    let auth = ["--auth-jwt-secret-file", secret.as_str()];
+    let a = Node::join(&redis, "node-a", &auth).await?;
+    let b = Node::join(&redis, "node-b", &auth).await?;
+    let (url, far) = (a.url(), b.url());
     let producer_token = keys.dir.join("producer.token");
     std::fs::write(
         &producer_token,
@@ -581,7 +602,7 @@ async fn agents_with_tokens_publish_and_watch_on_a_node_with_auth() -> Result<()
     let viewer_token = keys.token("viewer", json!({"consume": ["cam-*"], "listen": true}))?;
     let mut viewer = cluster_tests::agent::Agent::consumer(&[
         "--server",
-        &url,
+        &far,
         "--producer-name",
         "cam-1",
         "--token",
@@ -685,5 +706,40 @@ async fn mutated_upgrade_requests_get_an_answer_and_the_node_keeps_serving() -> 
     let mut p = Peer::connect(&node.url()).await?;
     p.send(json!({"type": "list"})).await?;
     p.wait_for("list").await?;
+    Ok(())
+}
+
+/// Stock webrtcsink and webrtcsrc, the token in their signaller's `headers`, stream through a
+/// two-node cluster with auth on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_elements_with_tokens_in_their_headers_stream_through_an_auth_cluster() -> Result<()>
+{
+    let _one = cluster_tests::media::exclusive().await;
+    let keys = Keys::new("stock")?;
+    let redis = Redis::start().await?;
+    let secret = keys.path("secret");
+    let auth = ["--auth-jwt-secret-file", secret.as_str()];
+    let a = Node::join(&redis, "node-a", &auth).await?;
+    let b = Node::join(&redis, "node-b", &auth).await?;
+    // (webrtcsrc with a producer id does not list or listen: `consume` is enough)
+    let viewer = keys.token("viewer", json!({"consume": ["cam-*"], "listen": true}))?;
+    let mut listener = peer(&b.url(), &viewer).await?;
+    listener.set_status(&["listener"], json!({})).await?;
+    listener.sync().await?;
+    let producer_token = keys.token("cam", json!({"produce": ["cam-*"]}))?;
+    let producer =
+        cluster_tests::media::stock_producer_with(&a.url(), "cam-1", Some(&producer_token))?;
+    let announced = listener.wait_for("peerStatusChanged").await?;
+    let producer_id = announced["peerId"].as_str().context("peerId")?.to_string();
+    let (consumer, frames) =
+        cluster_tests::media::stock_consumer_with(&b.url(), &producer_id, Some(&viewer))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while frames.count() < 30 {
+        if let Some(e) = producer.error().or_else(|| consumer.error()) {
+            anyhow::bail!("pipeline error: {e}");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {} frames", frames.count());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }

@@ -90,8 +90,23 @@ impl Drop for Running {
     }
 }
 
+/// The stock signaller's `headers`: `Authorization: Bearer TOKEN` on its upgrade.
+fn bearer(signaller: &gst::glib::Object, token: Option<&str>) {
+    if let Some(token) = token {
+        let headers = gst::Structure::builder("headers")
+            .field("Authorization", format!("Bearer {token}"))
+            .build();
+        signaller.set_property("headers", headers);
+    }
+}
+
 /// `videotestsrc ! webrtcsink` publishing to `url` with `meta.name = name`, default signaller.
 pub fn stock_producer(url: &str, name: &str) -> anyhow::Result<Running> {
+    stock_producer_with(url, name, None)
+}
+
+/// The same, sending `token` in the signaller's `headers`.
+pub fn stock_producer_with(url: &str, name: &str, token: Option<&str>) -> anyhow::Result<Running> {
     init();
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 \
@@ -104,6 +119,7 @@ pub fn stock_producer(url: &str, name: &str) -> anyhow::Result<Running> {
     ws.set_property("stun-server", None::<String>);
     let signaller = ws.property::<gst::glib::Object>("signaller");
     signaller.set_property("uri", url);
+    bearer(&signaller, token);
     Running::start(pipeline)
 }
 
@@ -123,6 +139,15 @@ impl Frames {
 /// `webrtcsrc` (default signaller) consuming `producer_id` from `url`, counting decoded video
 /// frames into the returned counter.
 pub fn stock_consumer(url: &str, producer_id: &str) -> anyhow::Result<(Running, Arc<Frames>)> {
+    stock_consumer_with(url, producer_id, None)
+}
+
+/// The same, sending `token` in the signaller's `headers`.
+pub fn stock_consumer_with(
+    url: &str,
+    producer_id: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(Running, Arc<Frames>)> {
     init();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("webrtcsrc")
@@ -131,6 +156,7 @@ pub fn stock_consumer(url: &str, producer_id: &str) -> anyhow::Result<(Running, 
     let signaller = src.property::<gst::glib::Object>("signaller");
     signaller.set_property("uri", url);
     signaller.set_property("producer-peer-id", producer_id);
+    bearer(&signaller, token);
     pipeline.add(&src)?;
     let frames = Arc::new(Frames::default());
     let counter = frames.clone();
