@@ -18,7 +18,7 @@
 //! | `server.rs` | [`ServerMessage`], [`PeerInfo`], [`WelcomeV2`], encoding per version |
 //! | `version.rs` | [`ProtocolVersion`] and its negotiation |
 //! | `error.rs` | [`ErrorCode`] (v2 error codes), [`ParseError`] |
-//! | `envelope.rs` | node-to-node envelopes, batches, the one-pass reader |
+//! | `envelope/mod.rs`, `envelope/read.rs` | node-to-node envelopes, batches; the one-pass reader |
 //!
 //! The protocol is documented with examples in `docs/protocol.md`.
 

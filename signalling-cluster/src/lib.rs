@@ -23,7 +23,7 @@
 //! | resume on the same node (parked connections, replay; a claim waits for a parking) | `resume.rs`, `upgrade.rs` (`resume_peer`) |
 //! | resume on another node (claims, grants, adoption) | `bus/cluster/handover.rs`, `routing/moving.rs` |
 //! | the Redis schema (keys, channels, stored values) | `bus/cluster/keys.rs` |
-//! | the node-to-node envelope and its kinds | `proto/src/envelope.rs` |
+//! | the node-to-node envelope and its kinds | `proto/src/envelope/` |
 //! | one process, no Redis | `bus/memory.rs` |
 //! | a peer's connection: reading, rate limit, pings, writing | `peer.rs`, `websocket.rs` |
 //! | slow readers (bounded queue) | `mailbox.rs` |
@@ -31,7 +31,7 @@
 //! | HTTP: health, readiness, operations API, drain on SIGTERM | `server.rs` |
 //! | what connections and handlers share | `node.rs` |
 //! | flags and environment | `config.rs` |
-//! | **grants**: what a token allows (roles, stream names, tenant); enforced by the router | `grants.rs`; checks in `routing/mod.rs`, `routing/placement.rs` |
+//! | **grants**: what a token allows (roles, stream names, tenant); enforced by the router | `grants.rs`; applied in `routing/access.rs`, `routing/placement.rs` |
 //! | tokens: verifying (keys re-read on change), extracting from the upgrade | `auth.rs`, `upgrade.rs` (`grants_of`) |
 //! | connection guards: limits per node and address, refusals counted and logged | `guards.rs` |
 //! | `signalling-cluster token`: minting a token | `token.rs` |
@@ -40,6 +40,8 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+#[cfg(test)]
+mod fuzzing;
 pub mod grants;
 pub mod guards;
 pub mod mailbox;

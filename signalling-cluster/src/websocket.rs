@@ -372,26 +372,6 @@ mod tests {
         assert_eq!(got, [0x81, 1, b'a', 0x89, 0]);
     }
 
-    /// Bytes mutated from `seed`: flips, insertions, deletions, a truncation.
-    fn mutate(seed: &[u8], edits: &[(u16, u8, u8)]) -> Vec<u8> {
-        let mut bytes = seed.to_vec();
-        for &(at, byte, op) in edits {
-            if bytes.is_empty() {
-                break;
-            }
-            let at = at as usize % bytes.len();
-            match op % 4 {
-                0 => bytes[at] = byte,
-                1 => bytes.insert(at, byte),
-                2 => {
-                    bytes.remove(at);
-                }
-                _ => bytes.truncate(at),
-            }
-        }
-        bytes
-    }
-
     /// Every message the reader finds in `bytes` (already read), until it wants more or
     /// refuses: never a panic, never a message over the limit.
     fn drain(bytes: Vec<u8>, max: usize) {
@@ -425,7 +405,7 @@ mod tests {
             seed.extend(frame(0x0, true, b"st\"}"));
             seed.extend(frame(0x1, true, &[b'x'; 300]));
             seed.extend(frame(0x8, true, &[3, 232]));
-            drain(mutate(&seed, &edits), 256);
+            drain(crate::fuzzing::mutate(&seed, &edits), 256);
         }
     }
 }

@@ -594,21 +594,7 @@ mod tests {
             edits in proptest::collection::vec(proptest::prelude::any::<(u16, u8, u8)>(), 0..8),
         ) {
             let seed = b"*3\r\n$7\r\nmessage\r\n$5\r\nchan1\r\n$11\r\n{\"a\":\"b c\"}\r\n:1\r\n+OK\r\n-ERR x\r\n$-1\r\n*2\r\n:1\r\n:2\r\n";
-            let mut bytes = seed.to_vec();
-            for (at, byte, op) in edits {
-                if bytes.is_empty() {
-                    break;
-                }
-                let at = at as usize % bytes.len();
-                match op % 4 {
-                    0 => bytes[at] = byte,
-                    1 => bytes.insert(at, byte),
-                    2 => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.truncate(at),
-                }
-            }
+            let bytes = crate::fuzzing::mutate(seed, &edits);
             let mut rest = &bytes[..];
             while let Ok(Some((_, used))) = parse(rest) {
                 proptest::prop_assert!(used > 0 && used <= rest.len());

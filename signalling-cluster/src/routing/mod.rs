@@ -17,7 +17,9 @@
 //! | `cross_node.rs` | sessions with a member on another node: its start, relays and end arriving |
 //! | `suspension.rs` | a dead node's peers: ended, or suspended (messages held) until adopted or expired |
 //! | `moving.rs` | a live peer moving to another node (resume there), with the fences that keep order |
+//! | `access.rs` | what a peer's grants let it do: roles, sessions, what lists and presence show, tenants |
 
+mod access;
 mod cross_node;
 mod moving;
 mod placement;
@@ -40,6 +42,7 @@ use tracing::{debug, info, warn};
 use suspension::Suspension;
 
 use crate::grants::Grants;
+use access::unrestricted;
 
 /// Node identifier.
 pub type NodeId = String;
@@ -60,19 +63,6 @@ pub enum Effect {
 
 /// Effects to carry out, in order.
 pub type Outbox = Vec<Effect>;
-
-/// Everything, in the default tenant: a peer of a node without auth.
-fn unrestricted() -> Arc<Grants> {
-    thread_local! {
-        static EVERYTHING: Arc<Grants> = Arc::new(Grants::everything());
-    }
-    EVERYTHING.with(Arc::clone)
-}
-
-/// A producer's `meta.name`.
-fn name_of(status: &PeerStatus) -> Option<&str> {
-    status.meta.as_ref()?.get("name")?.as_str()
-}
 
 /// Messages held for one suspended peer unless the router is given another limit.
 const DEFAULT_HOLD_LIMIT: usize = 1024;
@@ -242,39 +232,6 @@ impl Router {
         self.join_as(peer_id, version, unrestricted(), out)
     }
 
-    /// A peer connected here with what its token grants (`grants.rs`).
-    pub fn join_as(
-        &mut self,
-        peer_id: &str,
-        version: ProtocolVersion,
-        grants: Arc<Grants>,
-        out: &mut Outbox,
-    ) {
-        let tenant = grants.tenant.clone();
-        let mut peer = Peer::new(None, version, PeerStatus::default());
-        peer.grants = grants;
-        self.peers.insert(peer_id.to_string(), peer);
-        announce(
-            out,
-            peer_id,
-            &tenant,
-            PeerStatus::default(),
-            StatusChange::Joined,
-        );
-    }
-
-    /// A local peer resumed with a new token: what it grants from now on.
-    pub fn regrant(&mut self, peer_id: &str, grants: Arc<Grants>) {
-        if let Some(p) = self.peers.get_mut(peer_id).filter(|p| p.node.is_none()) {
-            p.grants = grants;
-        }
-    }
-
-    /// The tenant of a known peer.
-    pub fn tenant_of(&self, peer_id: &str) -> Option<&str> {
-        self.peers.get(peer_id).map(|p| p.grants.tenant.as_str())
-    }
-
     /// One message from a local peer.
     pub fn handle(&mut self, from: &str, msg: ClientMessage, out: &mut Outbox) {
         let result = match msg {
@@ -421,21 +378,8 @@ impl Router {
                 format!("Cannot register peer {peer_id} as both producer and passive consumer"),
             ));
         }
-        let grants = &peer.grants;
-        if status.producing() && !grants.may_produce(name_of(&status)) {
-            let name = name_of(&status).unwrap_or("(no name)");
-            return Err((
-                ErrorCode::Forbidden,
-                format!("Not allowed to produce '{name}'"),
-            ));
-        }
-        if status.consuming() && !grants.may_consume_any() {
-            return Err((ErrorCode::Forbidden, "Not allowed to consume".into()));
-        }
-        if status.listening() && !grants.may_listen() {
-            return Err((ErrorCode::Forbidden, "Not allowed to listen".into()));
-        }
-        let tenant = grants.tenant.clone();
+        access::may_register(&peer.grants, &status)?;
+        let tenant = peer.grants.tenant.clone();
         let (was_producing, was_consuming) = (peer.status.producing(), peer.status.consuming());
         if was_producing && !status.producing() {
             self.stop_sessions(peer_id, Side::Producer, out);
@@ -481,17 +425,7 @@ impl Router {
     ) -> Res {
         let from_peer = self.peers.get(from).ok_or_else(|| not_found(from))?;
         let to_peer = self.peers.get(to).ok_or_else(|| not_found(to))?;
-        // Another tenant's peers do not exist for this one.
-        if to_peer.grants.tenant != from_peer.grants.tenant {
-            return Err(not_found(to));
-        }
-        if to_peer.status.producing() && !from_peer.grants.may_consume(name_of(&to_peer.status)) {
-            let name = name_of(&to_peer.status).unwrap_or("(no name)");
-            return Err((
-                ErrorCode::Forbidden,
-                format!("Not allowed to watch '{name}'"),
-            ));
-        }
+        access::may_start(from_peer, to_peer, to)?;
         let ((producer, producer_node), (consumer, consumer_node)) = if to_peer.status.producing() {
             ((to, to_peer.node.clone()), (from, from_peer.node.clone()))
         } else if to_peer.status.consuming() {
@@ -658,50 +592,10 @@ impl Router {
         }
     }
 
-    /// Status change for this node's listeners.
-    /// Tells the local listeners that may see it (same tenant; a producer only to those who
-    /// may watch it) of the status of a peer of `tenant`.
-    fn broadcast(&self, tenant: &str, status: &PeerStatus, out: &mut Outbox) {
-        if self.listeners.is_empty() {
-            return;
-        }
-        let to: Vec<PeerId> = self
-            .listeners
-            .iter()
-            .filter(|l| {
-                self.peers
-                    .get(l.as_str())
-                    .is_some_and(|p| p.grants.sees(tenant, status))
-            })
-            .cloned()
-            .collect();
-        if !to.is_empty() {
-            out.push(Effect::Broadcast(
-                to,
-                ServerMessage::PeerStatusChanged(status.clone()),
-            ));
-        }
-    }
-
     fn filter_peers(&self, filter: fn(&PeerStatus) -> bool) -> Vec<PeerInfo> {
         self.peers
             .iter()
             .filter(|(_, p)| filter(&p.status))
-            .map(|(id, p)| PeerInfo {
-                id: id.clone(),
-                meta: p.status.meta.clone(),
-            })
-            .collect()
-    }
-
-    /// The peers passing `filter` that `viewer` may see (`Grants::sees`).
-    fn visible_peers(&self, viewer: &str, filter: fn(&PeerStatus) -> bool) -> Vec<PeerInfo> {
-        let Some(grants) = self.peers.get(viewer).map(|p| p.grants.clone()) else {
-            return Vec::new();
-        };
-        self.peers
-            .iter()
-            .filter(|(_, p)| filter(&p.status) && grants.sees(&p.grants.tenant, &p.status))
             .map(|(id, p)| PeerInfo {
                 id: id.clone(),
                 meta: p.status.meta.clone(),

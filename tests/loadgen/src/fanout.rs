@@ -191,6 +191,23 @@ fn consumer(agents: &Path, port: u16, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `cmd` (a consumer with `--frames 1`): its session-to-first-frame time.
+pub async fn first_frame(mut cmd: Command) -> Result<u64> {
+    let res = tokio::task::spawn_blocking(move || {
+        cmd.stdin(Stdio::null()).stderr(Stdio::null()).output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let report: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("a joiner printed no report ({})", res.status))?;
+    report["session_to_first_frame_ms"]
+        .as_u64()
+        .with_context(|| format!("no session_to_first_frame_ms in {report}"))
+}
+
 /// One run: a node, a producer in `mode`, `k` consumers measured over the window, then
 /// `joiners` more consumers one after the other.
 async fn one(
@@ -258,22 +275,8 @@ async fn one(
     let min_fps = fps.iter().copied().fold(f64::INFINITY, f64::min);
     let mut joined = Vec::new();
     for _ in 0..joiners {
-        let mut cmd = consumer(agents, port, &["--frames", "1", "--timeout", "30"]);
-        let res = tokio::task::spawn_blocking(move || {
-            cmd.stdin(Stdio::null()).stderr(Stdio::null()).output()
-        })
-        .await??;
-        let stdout = String::from_utf8_lossy(&res.stdout);
-        let report: Value = stdout
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .with_context(|| format!("a joiner printed no report ({})", res.status))?;
-        joined.push(
-            report["session_to_first_frame_ms"]
-                .as_u64()
-                .with_context(|| format!("no session_to_first_frame_ms in {report}"))?,
-        );
+        let cmd = consumer(agents, port, &["--frames", "1", "--timeout", "30"]);
+        joined.push(first_frame(cmd).await?);
     }
     drop(consumers);
     drop(producer);

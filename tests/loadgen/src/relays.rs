@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::fanout::{Piped, HELD_FPS};
+use crate::fanout::{first_frame, Piped, HELD_FPS};
 use crate::procs::{cpu_us, Binaries, Target, Topo};
 
 const WINDOW: Duration = Duration::from_secs(8);
@@ -244,23 +244,6 @@ async fn one(bins: &Binaries, agents: &Path, relays: usize, v: usize) -> Result<
     }))
 }
 
-/// Runs `cmd` (a viewer with `--frames 1`) and returns its session-to-first-frame time.
-async fn join(mut cmd: Command) -> Result<u64> {
-    let res = tokio::task::spawn_blocking(move || {
-        cmd.stdin(Stdio::null()).stderr(Stdio::null()).output()
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    let report: Value = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("a joiner printed no report ({})", res.status))?;
-    report["session_to_first_frame_ms"]
-        .as_u64()
-        .with_context(|| format!("no session_to_first_frame_ms in {report}"))
-}
-
 /// `HASH MICROS` lines of a frame log.
 fn frame_log(path: &Path) -> HashMap<String, u64> {
     std::fs::read_to_string(path)
@@ -293,14 +276,14 @@ async fn hop(bins: &Binaries, agents: &Path) -> Result<Value> {
             &["--stream", STREAM],
             &["--frames", "1", "--timeout", "30"],
         );
-        through_relay.push(join(by_stream).await?);
+        through_relay.push(first_frame(by_stream).await?);
         let direct = viewer(
             agents,
             topo.port(2),
             &["--producer-name", STREAM],
             &["--frames", "1", "--timeout", "30"],
         );
-        from_origin.push(join(direct).await?);
+        from_origin.push(first_frame(direct).await?);
     }
     through_relay.sort_unstable();
     from_origin.sort_unstable();
