@@ -325,9 +325,27 @@ async fn healthz(state: web::Data<NodeState>) -> HttpResponse {
     }))
 }
 
+/// Why an HTTP request is refused.
+enum Refused {
+    Auth(AuthError),
+    NotAdmin,
+}
+
+impl Refused {
+    fn response(&self) -> HttpResponse {
+        match self {
+            Refused::Auth(e) => {
+                HttpResponse::Unauthorized().json(serde_json::json!({ "error": e.to_string() }))
+            }
+            Refused::NotAdmin => HttpResponse::Forbidden()
+                .json(serde_json::json!({ "error": "the operations API needs an admin grant" })),
+        }
+    }
+}
+
 /// With auth on, what the HTTP request's token grants (`Authorization: Bearer` or
 /// `?token=`); without, everything.
-fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, HttpResponse> {
+fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, Refused> {
     let Some(verifier) = &state.verifier else {
         return Ok(Grants::everything());
     };
@@ -339,19 +357,16 @@ fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, HttpRespo
         .ok_or(AuthError::Missing)
         .and_then(|t| verifier.verify(t));
     verified.map_err(|e| {
-        state
-            .guards
-            .refused(req.peer_addr().map(|a| a.ip()), true, &e);
-        HttpResponse::Unauthorized().json(serde_json::json!({ "error": e.to_string() }))
+        state.guards.refused(req.peer_addr().map(|a| a.ip()), true, &e);
+        Refused::Auth(e)
     })
 }
 
 /// The operations API needs an `admin` grant once auth is on.
-fn admin(state: &NodeState, req: &HttpRequest) -> Result<(), HttpResponse> {
+fn admin(state: &NodeState, req: &HttpRequest) -> Result<(), Refused> {
     match http_grants(state, req)?.is_admin() {
         true => Ok(()),
-        false => Err(HttpResponse::Forbidden()
-            .json(serde_json::json!({ "error": "the operations API needs an admin grant" }))),
+        false => Err(Refused::NotAdmin),
     }
 }
 
@@ -385,7 +400,7 @@ async fn place(
 ) -> HttpResponse {
     let grants = match http_grants(&state, &req) {
         Ok(g) => g,
-        Err(refused) => return refused,
+        Err(refused) => return refused.response(),
     };
     let Some(stream) = query.get("stream").filter(|s| !s.is_empty()) else {
         return HttpResponse::BadRequest()
@@ -403,7 +418,7 @@ async fn place(
 
 async fn api_nodes(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
     if let Err(refused) = admin(&state, &req) {
-        return refused;
+        return refused.response();
     }
     let nodes: Vec<_> = state
         .bus
@@ -423,7 +438,7 @@ async fn api_nodes(state: web::Data<NodeState>, req: HttpRequest) -> HttpRespons
 
 async fn api_producers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
     if let Err(refused) = admin(&state, &req) {
-        return refused;
+        return refused.response();
     }
     HttpResponse::Ok().json(serde_json::json!({ "producers": state.bus.producers() }))
 }
