@@ -357,7 +357,9 @@ fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, Refused> 
         .ok_or(AuthError::Missing)
         .and_then(|t| verifier.verify(t));
     verified.map_err(|e| {
-        state.guards.refused(req.peer_addr().map(|a| a.ip()), true, &e);
+        state
+            .guards
+            .refused(req.peer_addr().map(|a| a.ip()), true, &e);
         Refused::Auth(e)
     })
 }
