@@ -33,6 +33,22 @@ pub enum ClientMessage {
     ListConsumers,
 }
 
+impl ClientMessage {
+    /// The `type` of this message on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::SetPeerStatus(_) => "setPeerStatus",
+            ClientMessage::StartSession { .. } | ClientMessage::PlaceSession { .. } => {
+                "startSession"
+            }
+            ClientMessage::EndSession { .. } => "endSession",
+            ClientMessage::Peer(_) => "peer",
+            ClientMessage::List => "list",
+            ClientMessage::ListConsumers => "listConsumers",
+        }
+    }
+}
+
 /// The `peer` message: a session id and its raw `sdp` or `ice` payload.
 #[derive(Debug, Clone)]
 pub struct PeerMessage {

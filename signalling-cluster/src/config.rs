@@ -184,6 +184,9 @@ pub struct Config {
     /// upgrades get 429.
     #[arg(long, env = "SIGNALLING_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+    /// Serve `GET /metrics` on this address (`HOST:PORT`) instead of the main port.
+    #[arg(long, env = "SIGNALLING_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -107,6 +107,14 @@ impl Guards {
             true => &self.refused_auth,
             false => &self.refused_full,
         };
+        let label = match auth {
+            true => "auth",
+            false => "limit",
+        };
+        let families = &crate::metrics::metrics().refused;
+        families
+            .get_or_create(&crate::metrics::ReasonLabel { reason: label })
+            .inc();
         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

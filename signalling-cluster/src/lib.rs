@@ -35,6 +35,7 @@
 //! | tokens: verifying (keys re-read on change), extracting from the upgrade | `auth.rs`, `upgrade.rs` (`grants_of`) |
 //! | connection guards: limits per node and address, refusals counted and logged | `guards.rs` |
 //! | `signalling-cluster token`: minting a token | `token.rs` |
+//! | metrics (`GET /metrics`): counters where things happen, state read at scrape | `metrics.rs` |
 //! | the browser app every node serves | `web.rs` (built from `web/`) |
 
 pub mod auth;
@@ -45,6 +46,7 @@ mod fuzzing;
 pub mod grants;
 pub mod guards;
 pub mod mailbox;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod resume;

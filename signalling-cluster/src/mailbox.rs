@@ -59,6 +59,13 @@ impl Mailbox {
 
     /// Encodes `msg` for this peer's protocol version and queues it without waiting.
     pub fn deliver(&self, msg: &ServerMessage) -> Result<(), Undeliverable> {
+        if let ServerMessage::Error { code, .. } = msg {
+            let code = code.as_ref().map_or("internal", |c| c.as_str());
+            let errors = &crate::metrics::metrics().errors_sent;
+            errors
+                .get_or_create(&crate::metrics::CodeLabel { code })
+                .inc();
+        }
         match msg.encode(self.version) {
             Some(text) => self.send(Outbound::Text(text)),
             None => Ok(()), // nothing to say to a peer of this version

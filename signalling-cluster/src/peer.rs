@@ -175,6 +175,7 @@ impl PeerConnection {
         });
         ctx.run_later(left, |act, ctx| {
             info!(peer_id = %act.id, "token expired, disconnecting");
+            crate::metrics::closed("token_expired");
             // (not `close`: a v2 peer may resume with a fresh token)
             let _ = act.mailbox.send(Outbound::Close(
                 CloseCode::Policy.into(),
@@ -189,8 +190,16 @@ impl PeerConnection {
         let _ = self.mailbox.deliver(&ServerMessage::error(code, details));
     }
 
-    /// Queues a close frame for the writer and stops reading from this peer.
-    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+    /// Queues a close frame for the writer and stops reading from this peer; `label` is the
+    /// reason in `gwc_connection_closes_total`.
+    fn close(
+        &mut self,
+        ctx: &mut Context<Self>,
+        code: CloseCode,
+        reason: &str,
+        label: &'static str,
+    ) {
+        crate::metrics::closed(label);
         self.ended_cleanly = true;
         let _ = self
             .mailbox
@@ -208,10 +217,13 @@ impl PeerConnection {
                     self.limits.max_messages_per_sec
                 ),
             );
-            self.close(ctx, CloseCode::Policy, "rate limit");
+            self.close(ctx, CloseCode::Policy, "rate limit", "rate_limited");
             return;
         }
-        match ClientMessage::parse(text) {
+        let parsed = ClientMessage::parse(text);
+        let kind = parsed.as_ref().map_or("invalid", ClientMessage::kind);
+        crate::metrics::client_message(kind);
+        match parsed {
             Ok(msg) => {
                 if let Some(pending) = self.bus.handle(&self.id, msg) {
                     ctx.wait(actix::fut::wrap_future(pending));
@@ -238,7 +250,7 @@ impl Actor for PeerConnection {
         ctx.run_interval(interval, move |act, ctx| {
             if act.last_seen.elapsed() > interval * 3 {
                 warn!(peer_id = %act.id, "peer silent for too long, disconnecting");
-                act.close(ctx, CloseCode::Away, "timeout");
+                act.close(ctx, CloseCode::Away, "timeout", "ping_timeout");
             }
         });
     }
@@ -304,7 +316,7 @@ impl StreamHandler<Result<Incoming, ReadError>> for PeerConnection {
                 Ok(text) => self.on_text(text, ctx),
                 Err(_) => {
                     info!(peer_id = %self.id, "text message that is not UTF-8, closing");
-                    self.close(ctx, CloseCode::Invalid, "text is not UTF-8");
+                    self.close(ctx, CloseCode::Invalid, "text is not UTF-8", "invalid_utf8");
                 }
             },
             Ok(Incoming::Binary) => self.reply_error(
@@ -317,17 +329,18 @@ impl StreamHandler<Result<Incoming, ReadError>> for PeerConnection {
             Ok(Incoming::Pong) => {}
             Ok(Incoming::Close(reason)) => {
                 debug!(peer_id = %self.id, ?reason, "peer closed the connection");
-                self.close(ctx, CloseCode::Normal, "");
+                self.close(ctx, CloseCode::Normal, "", "client");
             }
             Err(ReadError::TooBig) => self.too_big(ctx),
             Err(ReadError::Io(e)) => {
                 // The socket died without a close: a v2 peer may come back and resume.
                 info!(peer_id = %self.id, "connection dropped: {e}");
+                crate::metrics::closed("dropped");
                 ctx.stop();
             }
             Err(err @ ReadError::Protocol(_)) => {
                 info!(peer_id = %self.id, "{err}");
-                self.close(ctx, CloseCode::Protocol, "protocol error");
+                self.close(ctx, CloseCode::Protocol, "protocol error", "protocol_error");
             }
         }
     }
@@ -340,7 +353,7 @@ impl StreamHandler<Result<Incoming, ReadError>> for PeerConnection {
 impl PeerConnection {
     fn too_big(&mut self, ctx: &mut Context<Self>) {
         warn!(peer_id = %self.id, "message above the size limit, closing with 1009");
-        self.close(ctx, CloseCode::Size, "message too big");
+        self.close(ctx, CloseCode::Size, "message too big", "too_large");
     }
 }
 

@@ -40,6 +40,7 @@ macro_rules! http_service {
             .route("/api/v1/nodes", web::get().to(api_nodes))
             .route("/api/v1/producers", web::get().to(api_producers))
             .route("/place", web::get().to(place))
+            .route("/metrics", web::get().to(metrics_here))
             .default_service(web::to(web_app))
             .into_factory()
             .map_err(|e: actix_web::Error| e.error_response());
@@ -87,6 +88,9 @@ pub async fn run(
         verifier,
         guards: crate::guards::Guards::new(config.max_connections, config.max_connections_per_ip),
     });
+    if let Some(addr) = config.metrics_addr {
+        serve_metrics(state.clone(), addr)?;
+    }
     let tls = match (&config.cert, &config.key) {
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
         _ => None,
@@ -323,6 +327,40 @@ async fn healthz(state: web::Data<NodeState>) -> HttpResponse {
             "limits": guards.refused_full.load(Ordering::Relaxed),
         },
     }))
+}
+
+/// The OpenMetrics text of a scrape.
+fn scrape(state: &NodeState) -> HttpResponse {
+    let text = crate::metrics::render(state.bus.as_ref(), state.guards.connections());
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(text)
+}
+
+/// `GET /metrics` on the main port, unless `--metrics-addr` moved it.
+async fn metrics_here(state: web::Data<NodeState>) -> HttpResponse {
+    match state.config.metrics_addr {
+        Some(_) => HttpResponse::NotFound().body("metrics are on --metrics-addr\n"),
+        None => scrape(&state),
+    }
+}
+
+/// `--metrics-addr`: a listener of its own that serves `GET /metrics` only.
+fn serve_metrics(state: web::Data<NodeState>, addr: SocketAddr) -> anyhow::Result<()> {
+    let server = actix_web::HttpServer::new(move || {
+        App::new().app_data(state.clone()).route(
+            "/metrics",
+            web::get().to(|state: web::Data<NodeState>| async move { scrape(&state) }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)
+    .with_context(|| format!("cannot listen on {addr} for metrics"))?
+    .run();
+    info!("metrics on http://{addr}/metrics");
+    actix_web::rt::spawn(server);
+    Ok(())
 }
 
 /// Why an HTTP request is refused.

@@ -275,6 +275,7 @@ async fn resume_peer(
                 ?last,
                 "cannot replay what the client lost; the peer leaves"
             );
+            crate::metrics::resumed("refused");
             state.bus.leave(&parked.peer_id);
             return None;
         };
@@ -283,6 +284,7 @@ async fn resume_peer(
             replayed = replay.len(),
             "peer resumed"
         );
+        crate::metrics::resumed("resumed");
         return Some(Attach {
             welcome: welcome(&parked.peer_id, &new, true),
             id: parked.peer_id,
@@ -299,7 +301,11 @@ async fn resume_peer(
     let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
     // (the bus bounds how long a claim takes)
     let claim = state.bus.claim(token, last, mailbox.clone())?;
-    let (peer_id, written) = claim.await?;
+    let Some((peer_id, written)) = claim.await else {
+        crate::metrics::resumed("refused");
+        return None;
+    };
+    crate::metrics::resumed("resumed_from_other_node");
     info!(
         peer_id,
         from = token_node(token),

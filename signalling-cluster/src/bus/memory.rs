@@ -79,6 +79,10 @@ impl Bus for MemoryBus {
         inner.flush(out);
     }
 
+    fn census(&self) -> crate::routing::Census {
+        self.inner.lock().router.census()
+    }
+
     fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String> {
         let inner = self.inner.lock();
         inner

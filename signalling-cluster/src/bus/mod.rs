@@ -21,6 +21,7 @@ use std::sync::Arc;
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 
 use crate::grants::Grants;
+use crate::routing::Census;
 use tracing::warn;
 
 use crate::mailbox::{Mailbox, Outbound};
@@ -80,6 +81,8 @@ pub trait Bus: Send + Sync + 'static {
     fn producers(&self) -> Vec<PeerInfo>;
     /// The live nodes and their peers (`GET /api/v1/nodes`); `id: None` is this node.
     fn nodes(&self) -> Vec<NodeSummary>;
+    /// What the metrics read (`crate::metrics`), now.
+    fn census(&self) -> Census;
     /// Figures for `/healthz` and the operations API.
     fn stats(&self) -> BusStats;
 }

@@ -168,6 +168,20 @@ impl Session {
     }
 }
 
+/// The router's state for the metrics, read when scraped.
+#[derive(Debug, Default, Clone)]
+pub struct Census {
+    /// Local peers by (protocol, role).
+    pub peers: Vec<((&'static str, &'static str), usize)>,
+    /// Sessions with both members here, and with one on another node.
+    pub local_sessions: usize,
+    pub cross_node_sessions: usize,
+    /// `peer` messages relayed and their bytes: [local, cross-node].
+    pub relayed: [(u64, u64); 2],
+    /// Live nodes, this one included (the bus fills it in).
+    pub nodes: usize,
+}
+
 /// All peers known to this node and the sessions it takes part in.
 #[derive(Debug)]
 pub struct Router {
@@ -184,6 +198,8 @@ pub struct Router {
     fences: HashMap<SessionId, Vec<(PeerId, ServerMessage)>>,
     /// Most messages held for one suspended peer.
     hold_limit: usize,
+    /// `peer` messages relayed and their payload bytes: [to a local member, to another node].
+    relayed: [(u64, u64); 2],
 }
 
 impl Default for Router {
@@ -196,6 +212,7 @@ impl Default for Router {
             moved_in: HashMap::new(),
             fences: HashMap::new(),
             hold_limit: DEFAULT_HOLD_LIMIT,
+            relayed: [(0, 0); 2],
         }
     }
 }
@@ -216,6 +233,40 @@ impl Router {
     /// Peers connected to this node.
     pub fn local_peer_count(&self) -> usize {
         self.peers.values().filter(|p| p.node.is_none()).count()
+    }
+
+    /// What the metrics read of the router (`crate::metrics`; `nodes` is the bus's).
+    pub fn census(&self) -> Census {
+        let mut peers: HashMap<(&'static str, &'static str), usize> = HashMap::new();
+        for p in self.peers.values().filter(|p| p.node.is_none()) {
+            let protocol = match p.version >= ProtocolVersion::V2 {
+                true => "v2",
+                false => "v1",
+            };
+            let role = match (
+                p.status.producing(),
+                p.status.consuming(),
+                p.status.listening(),
+            ) {
+                (true, _, _) => "producer",
+                (_, true, _) => "consumer",
+                (_, _, true) => "listener",
+                _ => "none",
+            };
+            *peers.entry((protocol, role)).or_default() += 1;
+        }
+        let local = self
+            .sessions
+            .values()
+            .filter(|s| s.producer_node.is_none() && s.consumer_node.is_none())
+            .count();
+        Census {
+            peers: peers.into_iter().collect(),
+            local_sessions: local,
+            cross_node_sessions: self.sessions.len() - local,
+            relayed: self.relayed,
+            nodes: 1,
+        }
     }
 
     pub fn session_count(&self) -> usize {
@@ -519,6 +570,9 @@ impl Router {
             ));
         }
         let (to, to_node) = (to.clone(), to_node.clone());
+        let counts = &mut self.relayed[to_node.is_some() as usize];
+        counts.0 += 1;
+        counts.1 += msg.payload.len() as u64;
         match to_node {
             None => {
                 let session_id = msg.session_id.clone();

@@ -219,6 +219,7 @@ async fn reap(
     if won.is_none() {
         return Ok(()); // another node does it
     }
+    crate::metrics::metrics().nodes_reaped.inc();
     let stored: HashMap<String, String> = within(
         timeout,
         redis::cmd("HGETALL")

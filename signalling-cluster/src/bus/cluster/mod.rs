@@ -285,6 +285,12 @@ impl Bus for RedisBus {
         self.shared.flush(&state, out);
     }
 
+    fn census(&self) -> crate::routing::Census {
+        let mut census = self.shared.state.lock().router.census();
+        census.nodes = self.nodes().len();
+        census
+    }
+
     fn regrant(&self, peer_id: &str, grants: Arc<Grants>) -> bool {
         let mut state = self.shared.state.lock();
         if state.router.tenant_of(peer_id) != Some(grants.tenant.as_str()) {

@@ -128,6 +128,7 @@ pub(super) async fn subscriber(shared: Arc<Shared>, ready: tokio::sync::oneshot:
             }
         };
         warn!("lost the Redis subscription ({lost}); reconnecting");
+        crate::metrics::metrics().redis_reconnects.inc();
         shared.connected.store(false, Ordering::SeqCst);
     }
 }
@@ -219,6 +220,14 @@ impl Shared {
         }
         // Every envelope counts for gap detection, whatever it carries.
         let gap = sequences.gap(&env.from, channel, env.boot, env.seq);
+        let m = crate::metrics::metrics();
+        if let Some((_, last)) = gap {
+            m.envelope_gaps
+                .inc_by(env.seq.saturating_sub(last + 1).max(1));
+        }
+        if env.at != 0 {
+            m.cross_node_latency.observe(age as f64 / 1000.0);
+        }
         let directed = channel != self.keys.presence;
         // Held up on the way (a stalled Redis, a partition): delivered now it would be taken
         // for new. Presence is state, not news: a late one is still true, and applied.
