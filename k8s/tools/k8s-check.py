@@ -4,7 +4,7 @@
   k8s-check.py validate VERSION[,VERSION...] FILE...
       Validates every document of every FILE strictly (unknown fields rejected) against the
       Kubernetes JSON schemas of each VERSION, offline (the schemas ship in the package).
-      Kinds served by CRDs (ServiceMonitor, HTTPRoute) have no schema there: they are listed
+      Kinds served by CRDs (ServiceMonitor, PrometheusRule, HTTPRoute) have no schema there: they are listed
       under "crd" instead. Prints one JSON object; exit 1 if any document failed.
   k8s-check.py json FILE...
       Prints the documents of the FILEs as one JSON array (for tests without a YAML crate).
@@ -17,6 +17,7 @@ import yaml
 
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 }
 
