@@ -164,7 +164,7 @@ fn scraped_names(text: &str) -> BTreeSet<String> {
     let mut names: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.split(|c| c == '{' || c == ' ').next())
+        .filter_map(|l| l.split(['{', ' ']).next())
         .map(String::from)
         .collect();
     for l in text.lines() {

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::bus::Bus;
+use crate::routing::Census;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
@@ -180,8 +180,9 @@ fn process(registry: &mut Registry) {
     );
 }
 
-/// The text of one scrape: the counters, then the state read from `bus` now.
-pub fn render(bus: &dyn Bus, connections: usize) -> String {
+/// The text of one scrape: the counters, then the node's state read now (`census`, whether
+/// Redis answers, the connections held).
+pub fn render(census: &Census, redis_up: bool, connections: usize) -> String {
     let m = metrics();
     let mut registry = Registry::with_prefix("gwc");
     let client_messages = Family::<TypeLabel, Counter>::default();
@@ -236,7 +237,7 @@ pub fn render(bus: &dyn Bus, connections: usize) -> String {
         prometheus_client::registry::Unit::Seconds,
         m.cross_node_latency.clone(),
     );
-    let census = bus.census();
+
     // (kept by the router, which relays them; read as counters)
     let relayed = Family::<PathLabel, Counter>::default();
     let relayed_bytes = Family::<PathLabel, Counter>::default();
@@ -257,7 +258,7 @@ pub fn render(bus: &dyn Bus, connections: usize) -> String {
         relayed_bytes,
     );
     let peers = Family::<PeerLabels, Gauge>::default();
-    for ((protocol, role), n) in census.peers {
+    for &((protocol, role), n) in &census.peers {
         peers
             .get_or_create(&PeerLabels { protocol, role })
             .set(n as i64);
@@ -299,7 +300,7 @@ pub fn render(bus: &dyn Bus, connections: usize) -> String {
     registry.register(
         "redis_up",
         "1 while the cluster's Redis answers (always 1 alone)",
-        gauge(bus.ready() as usize),
+        gauge(redis_up as usize),
     );
     let mut process_registry = Registry::default();
     process(&mut process_registry);

@@ -331,7 +331,8 @@ async fn healthz(state: web::Data<NodeState>) -> HttpResponse {
 
 /// The OpenMetrics text of a scrape.
 fn scrape(state: &NodeState) -> HttpResponse {
-    let text = crate::metrics::render(state.bus.as_ref(), state.guards.connections());
+    let census = state.bus.census();
+    let text = crate::metrics::render(&census, state.bus.ready(), state.guards.connections());
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(text)
