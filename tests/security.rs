@@ -336,6 +336,20 @@ async fn the_operations_api_needs_an_admin_grant_and_the_probes_stay_open() -> R
     }
     assert_eq!(node.get("/healthz").await?.0, 200);
     assert_eq!(node.get("/readyz").await?.0, 200);
+    // The actions too, through `signalling-cluster admin`: a viewer's token is refused, an
+    // admin's kicks (no --admin-api needed with auth on).
+    let mut target = peer(&node.url(), &viewer).await?;
+    let cli = |token: &str| {
+        std::process::Command::new(cluster_tests::bin("signalling-cluster"))
+            .args(["admin", "--url", &format!("http://127.0.0.1:{}", node.port)])
+            .args(["--token", token, "kick", &target.id])
+            .output()
+    };
+    let refused = cli(&viewer)?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
+    assert!(cli(&admin)?.status.success());
+    assert_eq!(target.wait_for("error").await?["code"], "kicked");
     // Placement for browsers needs a token too, and sees what it grants.
     let mut cam = peer(&node.url(), &keys.token("p", json!({"produce": true}))?).await?;
     cam.set_status(&["producer"], json!({"name": "cam-1"}))

@@ -56,6 +56,8 @@ pub enum ErrorCode {
     ClusterUnavailable,
     /// The peer's token does not grant it (a role, a producer name, a stream).
     Forbidden,
+    /// An operator disconnected the peer (the operations API); the connection closes next.
+    Kicked,
     /// Anything else: a bug, or a code this client does not know yet.
     #[serde(other)]
     Internal,
@@ -77,6 +79,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::ClusterUnavailable => "cluster-unavailable",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Kicked => "kicked",
             ErrorCode::Internal => "internal",
         }
     }

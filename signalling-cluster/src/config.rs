@@ -184,6 +184,10 @@ pub struct Config {
     /// upgrades get 429.
     #[arg(long, env = "SIGNALLING_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+    /// Without auth: also serve the operations API's actions (end a session, kick a peer,
+    /// drain a node). With auth they need an `admin` grant instead.
+    #[arg(long, env = "SIGNALLING_ADMIN_API")]
+    pub admin_api: bool,
     /// Serve `GET /metrics` on this address (`HOST:PORT`) instead of the main port.
     #[arg(long, env = "SIGNALLING_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -196,6 +200,9 @@ pub struct Config {
 pub enum Command {
     /// Print a signed token (HS256) for operators, demos and agents.
     Token(crate::token::TokenArgs),
+    /// Ask a node's operations API: list nodes, peers, sessions, producers; end a session,
+    /// kick a peer, drain a node (any node of the cluster).
+    Admin(crate::admin_cli::AdminArgs),
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

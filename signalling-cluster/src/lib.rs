@@ -35,9 +35,13 @@
 //! | tokens: verifying (keys re-read on change), extracting from the upgrade | `auth.rs`, `upgrade.rs` (`grants_of`) |
 //! | connection guards: limits per node and address, refusals counted and logged | `guards.rs` |
 //! | `signalling-cluster token`: minting a token | `token.rs` |
+//! | `signalling-cluster admin`: the operations API's client | `admin_cli.rs` |
 //! | metrics (`GET /metrics`): counters where things happen, state read at scrape | `metrics.rs` |
+//! | the operations API that acts: end a session, kick a peer, drain a node, from any node | `admin.rs`; HTTP in `server.rs`; across nodes `bus/cluster/subscriber.rs` (`admin`) |
 //! | the browser app every node serves | `web.rs` (built from `web/`) |
 
+pub mod admin;
+pub mod admin_cli;
 pub mod auth;
 pub mod bus;
 pub mod config;

@@ -4,6 +4,7 @@
 //! peer does not read its socket and its queue fills, the peer is marked stuck and its
 //! connection is dropped, so one slow reader never slows anyone else down.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use proto::{ProtocolVersion, ServerMessage};
@@ -25,6 +26,8 @@ pub struct Mailbox {
     tx: mpsc::Sender<Outbound>,
     version: ProtocolVersion,
     stuck: Arc<Notify>,
+    /// An operator disconnected the peer (`kick`): its connection is not kept for a resume.
+    kicked: Arc<AtomicBool>,
 }
 
 /// The receiving side, owned by the connection's writer.
@@ -48,6 +51,7 @@ impl Mailbox {
                 tx,
                 version,
                 stuck: stuck.clone(),
+                kicked: Arc::default(),
             },
             MailboxReceiver { rx, stuck },
         )
@@ -55,6 +59,21 @@ impl Mailbox {
 
     pub fn version(&self) -> ProtocolVersion {
         self.version
+    }
+
+    /// Disconnects the peer for an operator: a v2 peer is told why (`error`, code `kicked`),
+    /// then the connection closes (4000) and is not kept for a resume.
+    pub fn kick(&self, reason: &str) {
+        self.kicked.store(true, Ordering::SeqCst);
+        let why = format!("disconnected by an operator: {reason}");
+        if self.version >= ProtocolVersion::V2 {
+            let _ = self.deliver(&ServerMessage::error(proto::ErrorCode::Kicked, why));
+        }
+        let _ = self.send(Outbound::Close(4000, reason.chars().take(100).collect()));
+    }
+
+    pub fn kicked(&self) -> bool {
+        self.kicked.load(Ordering::SeqCst)
     }
 
     /// Encodes `msg` for this peer's protocol version and queues it without waiting.

@@ -11,9 +11,16 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(signalling_cluster::config::Command::Token(args)) = &config.command {
-        println!("{}", signalling_cluster::token::mint(args)?);
-        return Ok(());
+    match &config.command {
+        Some(signalling_cluster::config::Command::Token(args)) => {
+            println!("{}", signalling_cluster::token::mint(args)?);
+            return Ok(());
+        }
+        Some(signalling_cluster::config::Command::Admin(args)) => {
+            println!("{}", signalling_cluster::admin_cli::run(args)?);
+            return Ok(());
+        }
+        None => {}
     }
     let filter = EnvFilter::try_new(&config.log)?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

@@ -261,7 +261,10 @@ impl Actor for PeerConnection {
         if self.handed_over {
             return; // the peer lives on in another connection
         }
-        let resumable = !self.ended_cleanly && self.registry.enabled();
+        let resumable = !self.ended_cleanly && !self.mailbox.kicked() && self.registry.enabled();
+        if self.mailbox.kicked() {
+            crate::metrics::closed("kicked");
+        }
         let (token, writer) = (self.resume_token.take(), self.writer.take());
         if let Some(token) = &token {
             // Until it is parked, a reconnection with the token waits for it.

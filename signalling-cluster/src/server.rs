@@ -39,6 +39,11 @@ macro_rules! http_service {
             .route("/readyz", web::get().to(readyz))
             .route("/api/v1/nodes", web::get().to(api_nodes))
             .route("/api/v1/producers", web::get().to(api_producers))
+            .route("/api/v1/peers", web::get().to(api_peers))
+            .route("/api/v1/sessions", web::get().to(api_sessions))
+            .route("/api/v1/sessions/{id}/end", web::post().to(api_end_session))
+            .route("/api/v1/peers/{id}/kick", web::post().to(api_kick))
+            .route("/api/v1/nodes/{id}/drain", web::post().to(api_drain))
             .route("/place", web::get().to(place))
             .route("/metrics", web::get().to(metrics_here))
             .default_service(web::to(web_app))
@@ -268,7 +273,12 @@ async fn drain(state: web::Data<NodeState>, server: Serving) {
         warn!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+        // an operator asked, on any node (`admin.rs`)
+        _ = crate::admin::drain_requested().notified() => {},
+    }
     let timeout = Duration::from_secs(state.config.drain_timeout_secs);
     info!(
         node_id = state.node_id,
@@ -455,6 +465,80 @@ async fn place(
             HttpResponse::NotFound().json(serde_json::json!({"stream": stream, "error": why}))
         }
     }
+}
+
+/// Every peer of the cluster: id, node, roles, name, protocol and token subject (this node's
+/// peers), age.
+async fn api_peers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
+    if let Err(refused) = admin(&state, &req) {
+        return refused.response();
+    }
+    let peers = state.bus.peer_rows(&state.node_id);
+    HttpResponse::Ok().json(serde_json::json!({ "peers": peers }))
+}
+
+/// Every session of the cluster (each node asked, a second at most).
+async fn api_sessions(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
+    if let Err(refused) = admin(&state, &req) {
+        return refused.response();
+    }
+    let sessions = state.bus.session_rows(&state.node_id).await;
+    HttpResponse::Ok().json(serde_json::json!({ "sessions": sessions }))
+}
+
+/// An action of the operations API: needs `admin` with auth on, `--admin-api` without.
+fn act(state: &NodeState, req: &HttpRequest, op: proto::envelope::AdminBody) -> HttpResponse {
+    if state.verifier.is_none() && !state.config.admin_api {
+        return HttpResponse::Forbidden().json(serde_json::json!({
+            "error": "actions need --admin-api (or auth on and an admin grant)"
+        }));
+    }
+    if let Err(refused) = admin(state, req) {
+        return refused.response();
+    }
+    info!(?op, "operator action");
+    state.bus.act(&state.node_id, op);
+    HttpResponse::Accepted().json(serde_json::json!({ "accepted": true }))
+}
+
+async fn api_end_session(
+    state: web::Data<NodeState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let session_id = id.into_inner();
+    act(
+        &state,
+        &req,
+        proto::envelope::AdminBody::EndSession { session_id },
+    )
+}
+
+async fn api_kick(
+    state: web::Data<NodeState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> HttpResponse {
+    let reason = query
+        .get("reason")
+        .cloned()
+        .unwrap_or_else(|| "kicked".into());
+    let peer_id = id.into_inner();
+    act(
+        &state,
+        &req,
+        proto::envelope::AdminBody::Kick { peer_id, reason },
+    )
+}
+
+async fn api_drain(
+    state: web::Data<NodeState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let node = id.into_inner();
+    act(&state, &req, proto::envelope::AdminBody::Drain { node })
 }
 
 async fn api_nodes(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {

@@ -147,6 +147,44 @@ node_messages! {
     SuspendExpired(SuspendExpiredBody) = "suspendExpired",
     /// The sessions a producer of the sender serves, on change (placement; old nodes ignore it).
     ProducerLoad(ProducerLoadBody) = "producerLoad",
+    /// An operator's action or question, from the node whose operations API was asked.
+    Admin(AdminBody) = "admin",
+    /// A node's answer to an `admin` question: the sessions it takes part in.
+    AdminReply(AdminReplyBody) = "adminReply",
+}
+
+/// What an operator asks of every node (each does its part; old nodes ignore it).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "op")]
+pub enum AdminBody {
+    /// End this session (the node of a member does).
+    #[serde(rename_all = "camelCase")]
+    EndSession { session_id: SessionId },
+    /// Disconnect this peer (its node does), telling a v2 peer `reason`.
+    #[serde(rename_all = "camelCase")]
+    Kick { peer_id: PeerId, reason: String },
+    /// Drain, as on SIGTERM (the node named does).
+    Drain { node: String },
+    /// Answer with the sessions you take part in (`adminReply`, `request` echoed).
+    Sessions { request: u64 },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminReplyBody {
+    pub request: u64,
+    pub sessions: Vec<SessionRow>,
+}
+
+/// One session as the operations API lists it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRow {
+    pub session_id: SessionId,
+    pub producer: PeerId,
+    pub consumer: PeerId,
+    pub producer_node: String,
+    pub consumer_node: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

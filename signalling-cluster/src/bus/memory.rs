@@ -83,6 +83,26 @@ impl Bus for MemoryBus {
         self.inner.lock().router.census()
     }
 
+    fn peer_rows(&self, me: &str) -> Vec<crate::routing::PeerRow> {
+        self.inner.lock().router.peer_rows(me)
+    }
+
+    fn session_rows(
+        &self,
+        me: &str,
+    ) -> futures::future::BoxFuture<'static, Vec<proto::envelope::SessionRow>> {
+        let rows = self.inner.lock().router.session_rows(me);
+        Box::pin(futures::future::ready(rows))
+    }
+
+    fn act(&self, me: &str, op: proto::envelope::AdminBody) {
+        let mut out = Outbox::new();
+        let mut inner = self.inner.lock();
+        let Inner { router, mailboxes } = &mut *inner;
+        crate::admin::apply(router, mailboxes, me, &op, &mut out);
+        inner.flush(out);
+    }
+
     fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String> {
         let inner = self.inner.lock();
         inner

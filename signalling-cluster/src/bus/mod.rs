@@ -21,7 +21,8 @@ use std::sync::Arc;
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 
 use crate::grants::Grants;
-use crate::routing::Census;
+use crate::routing::{Census, PeerRow};
+use proto::envelope::{AdminBody, SessionRow};
 use tracing::warn;
 
 use crate::mailbox::{Mailbox, Outbound};
@@ -83,6 +84,13 @@ pub trait Bus: Send + Sync + 'static {
     fn nodes(&self) -> Vec<NodeSummary>;
     /// What the metrics read (`crate::metrics`), now.
     fn census(&self) -> Census;
+    /// Every peer of the cluster (`me`: this node's id), for the operations API.
+    fn peer_rows(&self, me: &str) -> Vec<PeerRow>;
+    /// The sessions of the whole cluster: this node's, and every other live node's answer
+    /// within a second.
+    fn session_rows(&self, me: &str) -> futures::future::BoxFuture<'static, Vec<SessionRow>>;
+    /// An operator's action (`crate::admin`): this node's part now, then every other node's.
+    fn act(&self, me: &str, op: AdminBody);
     /// Figures for `/healthz` and the operations API.
     fn stats(&self) -> BusStats;
 }

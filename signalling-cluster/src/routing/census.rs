@@ -1,9 +1,12 @@
-//! The router's state as the metrics read it (`crate::metrics`), when scraped: local peers by
-//! protocol and role, sessions by scope, and the relays counted as they happened.
+//! The router's state as the metrics (`crate::metrics`) and the operations API
+//! (`crate::admin`) read it: local peers by protocol and role, sessions by scope, the relays
+//! counted as they happened; every peer and session as rows.
 
 use std::collections::HashMap;
 
-use proto::ProtocolVersion;
+use proto::envelope::SessionRow;
+use proto::{PeerRole, ProtocolVersion};
+use serde::Serialize;
 
 use super::Router;
 
@@ -21,7 +24,64 @@ pub struct Census {
     pub nodes: usize,
 }
 
+/// One peer as the operations API lists it (any node's: the replica knows them all).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerRow {
+    pub id: String,
+    pub node: String,
+    pub roles: Vec<PeerRole>,
+    pub name: Option<String>,
+    /// `v1`/`v2` for this node's peers.
+    pub protocol: Option<&'static str>,
+    /// Its token's subject, for this node's peers with auth on.
+    pub sub: Option<String>,
+    /// Since this node learned of it.
+    pub age_secs: u64,
+}
+
 impl Router {
+    /// Every peer of the cluster (`me`: this node's id).
+    pub fn peer_rows(&self, me: &str) -> Vec<PeerRow> {
+        self.peers
+            .iter()
+            .map(|(id, p)| PeerRow {
+                id: id.clone(),
+                node: p.node.clone().unwrap_or_else(|| me.to_string()),
+                roles: p.status.roles.clone(),
+                name: p
+                    .status
+                    .meta
+                    .as_ref()
+                    .and_then(|m| m.get("name")?.as_str().map(String::from)),
+                protocol: p
+                    .node
+                    .is_none()
+                    .then_some(match p.version >= ProtocolVersion::V2 {
+                        true => "v2",
+                        false => "v1",
+                    }),
+                sub: p.grants.sub.clone().filter(|_| p.node.is_none()),
+                age_secs: p.since.elapsed().as_secs(),
+            })
+            .collect()
+    }
+
+    /// The sessions this node takes part in.
+    pub fn session_rows(&self, me: &str) -> Vec<SessionRow> {
+        let node = |n: &Option<String>| n.clone().unwrap_or_else(|| me.to_string());
+        self.sessions
+            .iter()
+            .map(|(id, s)| SessionRow {
+                session_id: id.clone(),
+                producer: s.producer.clone(),
+                consumer: s.consumer.clone(),
+                producer_node: node(&s.producer_node),
+                consumer_node: node(&s.consumer_node),
+            })
+            .collect()
+    }
+
     /// What the metrics read of the router (`crate::metrics`; `nodes` is the bus's).
     pub fn census(&self) -> Census {
         let mut peers: HashMap<(&'static str, &'static str), usize> = HashMap::new();

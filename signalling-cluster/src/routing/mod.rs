@@ -25,7 +25,7 @@ mod census;
 mod cross_node;
 mod moving;
 mod placement;
-pub use census::Census;
+pub use census::{Census, PeerRow};
 pub use placement::Load;
 mod replica;
 mod suspension;
@@ -95,6 +95,8 @@ struct Peer {
     /// What it may do (a local peer's token; everything without auth), and its tenant (all
     /// that is known of another node's peer, whose node enforces the rest).
     grants: Arc<Grants>,
+    /// When this node learned of it (the operations API's age).
+    since: std::time::Instant,
 }
 
 impl Peer {
@@ -109,6 +111,7 @@ impl Peer {
             load: 0,
             away: false,
             grants: unrestricted(),
+            since: std::time::Instant::now(),
         }
     }
 

@@ -11,12 +11,14 @@
 //! | `endpoint.rs` | where Redis is: a URL, or the master Sentinels name (followed through failovers) |
 //! | `keys.rs` | every key and channel name in Redis, and what the stored values hold |
 //! | `publisher.rs` | writing to Redis: pipelines, batch envelopes, sequence numbers |
+//! | `admin.rs` | the operations API across nodes: actions sent to every node, listings gathered |
 //! | `subscriber.rs` | reading from Redis: the subscription, gap and lateness checks, resync, the one handler per node-message kind |
 //! | `liveness.rs` | a node's death: liveness scores, reaping, `nodeDown`, suspension and expiry of its peers; Redis that stops answering |
 //! | `handover.rs` | resume across nodes: claims and grants with a live node, adoption of a dead node's peer |
 //! | `load.rs` | announcing how many sessions each local producer serves, for placement |
 //! | `fencing.rs` | a node cut off from Redis longer than the node TTL: its peers sent away, its rejoining as a new incarnation |
 
+mod admin;
 mod endpoint;
 mod fencing;
 mod handover;
@@ -118,6 +120,8 @@ struct Shared {
     boot: AtomicU64,
     /// The publisher drops anything queued before this time (ms): a fence's leftovers.
     fresh_from: AtomicU64,
+    /// Operations API listings waiting for other nodes (`admin.rs`).
+    admin: admin::AdminRequests,
 }
 
 /// Barriers in flight, by id: each fires when our marker comes back from Redis, that is when
@@ -187,6 +191,7 @@ impl RedisBus {
             fenced: AtomicBool::new(false),
             boot: AtomicU64::new(now_ms()),
             fresh_from: AtomicU64::new(0),
+            admin: Default::default(),
         });
         // Subscribe before loading, so nothing announced in between is missed.
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -283,6 +288,22 @@ impl Bus for RedisBus {
         state.tokens.remove(peer_id);
         state.router.leave(peer_id, &mut out);
         self.shared.flush(&state, out);
+    }
+
+    fn peer_rows(&self, _me: &str) -> Vec<crate::routing::PeerRow> {
+        let me = &self.shared.settings.node_id;
+        self.shared.state.lock().router.peer_rows(me)
+    }
+
+    fn session_rows(
+        &self,
+        _me: &str,
+    ) -> futures::future::BoxFuture<'static, Vec<proto::envelope::SessionRow>> {
+        Box::pin(self.shared.clone().sessions())
+    }
+
+    fn act(&self, _me: &str, op: proto::envelope::AdminBody) {
+        self.shared.act(op);
     }
 
     fn census(&self) -> crate::routing::Census {

@@ -273,8 +273,15 @@ impl Shared {
         msg: NodeMessage,
         out: &mut Outbox,
     ) {
+        // the operations API (admin.rs)
+        let msg = match msg {
+            NodeMessage::Admin(op) => return self.admin_here(state, from, op, out),
+            NodeMessage::AdminReply(body) => return self.admin_reply(body),
+            other => other,
+        };
         let router = &mut state.router;
         match msg {
+            NodeMessage::Admin(_) | NodeMessage::AdminReply(_) => {}
             // presence and sessions: the router (routing/replica.rs, routing/cross_node.rs)
             NodeMessage::PeerStatus(body) => router.remote_status(from, body, out),
             NodeMessage::SessionStart(body) => router.remote_session_start(from, body, out),
