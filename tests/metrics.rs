@@ -200,3 +200,38 @@ async fn a_redis_restart_moves_redis_up_and_metrics_addr_moves_the_endpoint() ->
     .await?;
     Ok(())
 }
+
+/// The agents' metrics are encoded as the nodes' are, and parse the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_metrics_parse_as_openmetrics_and_keep_their_names() -> Result<()> {
+    let _one = cluster_tests::media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let port = cluster_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _producer = cluster_tests::agent::Agent::producer(&[
+        "--server",
+        &node.url(),
+        "--name",
+        "cam",
+        "--metrics-addr",
+        &addr,
+    ])?;
+    cluster_tests::eventually(
+        Duration::from_secs(30),
+        "the producer's metrics",
+        || async {
+            scrape(port)
+                .await
+                .is_ok_and(|s| s.iter().any(|(n, _, _)| n == "producer_info"))
+        },
+    )
+    .await?;
+    let samples = scrape(port).await?;
+    assert_eq!(sum(&samples, "producer_consumers", &[]), 0.0, "{samples:?}");
+    assert_eq!(
+        sum(&samples, "producer_info", &[("name", "cam")]),
+        1.0,
+        "{samples:?}"
+    );
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! `--metrics-addr`: Prometheus text exposition on `GET /metrics` (any path, in fact), served
-//! from one thread. The agent renders the text; this only serves it.
+//! `--metrics-addr`: OpenMetrics text on `GET /metrics` (any path, in fact), served from one
+//! thread. Each agent renders its figures with [`write_metric`], encoded by
+//! `prometheus-client` as the nodes' metrics are.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -24,10 +25,10 @@ pub fn serve(addr: SocketAddr, render: Render) -> anyhow::Result<SocketAddr> {
                 // reset before it reads the answer.
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf);
-                let body = render();
+                let body = render() + "# EOF\n";
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
                     body.len(),
                     body
                 );
@@ -36,7 +37,8 @@ pub fn serve(addr: SocketAddr, render: Render) -> anyhow::Result<SocketAddr> {
     Ok(local)
 }
 
-/// Appends one metric (HELP, TYPE and samples) in text format.
+/// Appends one metric family (`kind` `counter` or `gauge`; a counter's `_total` is added by the
+/// encoding) with its samples.
 pub fn write_metric(
     out: &mut String,
     name: &str,
@@ -44,18 +46,41 @@ pub fn write_metric(
     help: &str,
     samples: &[(Vec<(&str, String)>, f64)],
 ) {
-    use std::fmt::Write as _;
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-            .collect();
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use std::sync::atomic::AtomicU64;
+    type Labels = Vec<(String, String)>;
+    let labels = |l: &[(&str, String)]| -> Labels {
+        l.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    // (counts stay integers on the wire, as they were: `… 1`, not `… 1.0`)
+    let integral = samples
+        .iter()
+        .all(|(_, v)| v.fract() == 0.0 && v.abs() < 9e15);
+    match (kind, integral) {
+        ("counter", _) => {
+            let family = Family::<Labels, Counter>::default();
+            for (l, v) in samples {
+                family.get_or_create(&labels(l)).inc_by(v.max(0.0) as u64);
+            }
+            registry.register(name.trim_end_matches("_total"), help, family);
+        }
+        (_, true) => {
+            let family = Family::<Labels, Gauge>::default();
+            for (l, v) in samples {
+                family.get_or_create(&labels(l)).set(*v as i64);
+            }
+            registry.register(name, help, family);
+        }
+        _ => {
+            let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+            for (l, v) in samples {
+                family.get_or_create(&labels(l)).set(*v);
+            }
+            registry.register(name, help, family);
         }
     }
+    let _ = prometheus_client::encoding::text::encode_registry(out, &registry);
 }

@@ -243,6 +243,7 @@ impl ResumeRegistry {
                     peer_id = p.peer_id,
                     "not resumed in time; removing the peer"
                 );
+                crate::metrics::resumed("expired");
                 bus.leave(&p.peer_id);
             }
         });
