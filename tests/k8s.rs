@@ -231,7 +231,13 @@ async fn monitoring_renders_and_the_dashboard_and_alerts_query_only_metrics_that
         })
         .context("no ServiceMonitor for the nodes")?;
     assert_eq!(nodes["spec"]["endpoints"][0]["path"], "/metrics");
-    assert_eq!(nodes["spec"]["endpoints"][0]["port"], "signalling");
+    assert_eq!(
+        nodes["spec"]["endpoints"][0]["port"], "metrics",
+        "the nodes' own port"
+    );
+    let (_, node) = signalling_container(&docs)?;
+    let args: Vec<String> = serde_json::from_value(node["args"].clone())?;
+    assert_eq!(arg(&args, "--metrics-addr"), Some("0.0.0.0:9090"));
     let hpa = docs
         .iter()
         .find(|d| d["kind"] == "HorizontalPodAutoscaler")
@@ -643,6 +649,8 @@ fn start_rendered_node(
     for a in &mut args {
         if a.starts_with("--port=") {
             *a = format!("--port={port}");
+        } else if a.starts_with("--metrics-addr=") {
+            *a = format!("--metrics-addr=127.0.0.1:{}", free_port());
         } else if a.starts_with("--host=") {
             *a = "--host=127.0.0.1".into();
         }

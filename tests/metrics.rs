@@ -198,6 +198,8 @@ async fn a_redis_restart_moves_redis_up_and_metrics_addr_moves_the_endpoint() ->
         scrape(metrics_port).await.is_ok_and(|s| up(&s) == 1.0)
     })
     .await?;
+    let s = scrape(metrics_port).await?;
+    assert!(sum(&s, "gwc_redis_reconnects_total", &[]) >= 1.0, "{s:?}");
     Ok(())
 }
 
