@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 /// The tenant of a token that names none (and of every peer when auth is off).
 pub const DEFAULT_TENANT: &str = "";
 
+/// A producer's `meta.name`, which name grants are matched against.
+pub fn producer_name(status: &proto::PeerStatus) -> Option<&str> {
+    status.meta.as_ref()?.get("name")?.as_str()
+}
+
 /// `true` (every name), `false` (none) or a list of globs, as written in the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -156,19 +161,22 @@ impl Grants {
         self.admin
     }
 
+    /// Every grant, in the default tenant: what a peer holds without auth.
+    pub fn is_unrestricted(&self) -> bool {
+        matches!((&self.produce, &self.consume), (Names::Every, Names::Every))
+            && self.listen
+            && self.admin
+            && self.tenant == DEFAULT_TENANT
+    }
+
     /// Whether this peer may see a peer of `tenant` whose status is `status`: same tenant,
     /// and a producer (or one that left: its roles are gone) only if it may watch it.
     pub fn sees(&self, tenant: &str, status: &proto::PeerStatus) -> bool {
         if tenant != self.tenant {
             return false;
         }
-        let name = status
-            .meta
-            .as_ref()
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str());
         match status.producing() || status.roles.is_empty() {
-            true => self.may_consume(name),
+            true => self.may_consume(producer_name(status)),
             false => true,
         }
     }

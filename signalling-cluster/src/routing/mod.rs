@@ -192,6 +192,9 @@ pub struct Router {
     hold_limit: usize,
     /// `peer` messages relayed and their payload bytes: [to a local member, to another node].
     relayed: [(u64, u64); 2],
+    /// Some peer known here holds less than every grant, or another tenant: lists and presence
+    /// are filtered per peer (`access.rs`). Never set without auth, where they are not.
+    grants_apply: bool,
 }
 
 impl Default for Router {
@@ -205,6 +208,7 @@ impl Default for Router {
             fences: HashMap::new(),
             hold_limit: DEFAULT_HOLD_LIMIT,
             relayed: [(0, 0); 2],
+            grants_apply: false,
         }
     }
 }

@@ -72,6 +72,7 @@ impl Router {
 
     /// The replica entry of a peer of another node (in `tenant`), created if new.
     fn remote_entry(&mut self, peer_id: &str, node: &str, tenant: &str) -> &mut Peer {
+        self.grants_apply |= !tenant.is_empty();
         let entry = self.peers.entry(peer_id.to_string()).or_insert_with(|| {
             Peer::new(
                 Some(node.to_string()),
