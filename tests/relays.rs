@@ -62,6 +62,21 @@ fn latest(agent: &Agent, kind: &str) -> Result<Value> {
         .with_context(|| format!("no {kind}"))
 }
 
+/// Two relays of `stream` of capacity `cap`, on nodes `b` and `c`, once a lister on `c` sees
+/// the origin and both.
+async fn two_relays(b: &Node, c: &Node, stream: &str, cap: &str) -> Result<[Agent; 2]> {
+    let relays = [
+        relay(b, stream, &format!("{stream}-1"), &["--max-consumers", cap])?,
+        relay(c, stream, &format!("{stream}-2"), &["--max-consumers", cap])?,
+    ];
+    let mut lister = Peer::connect(&c.url()).await?;
+    Topo::list_until(&mut lister, false, |l| {
+        l["producers"].as_array().map(Vec::len) == Some(3)
+    })
+    .await?;
+    Ok(relays)
+}
+
 /// Waits until the relay's stats say it serves `n` consumers.
 async fn serving(relay: &Agent, n: u64) -> Result<()> {
     relay
@@ -155,15 +170,7 @@ async fn viewers_asking_for_a_stream_are_spread_over_its_relays_not_the_origin()
     let redis = Redis::start().await?;
     let (a, b, c) = three_nodes(&redis).await?;
     let origin = origin(&a, "show", &["--encoding", "shared"])?;
-    let relays = [
-        relay(&b, "show", "show-1", &["--max-consumers", "2"])?,
-        relay(&c, "show", "show-2", &["--max-consumers", "2"])?,
-    ];
-    let mut lister = Peer::connect(&c.url()).await?;
-    Topo::list_until(&mut lister, false, |l| {
-        l["producers"].as_array().map(Vec::len) == Some(3)
-    })
-    .await?;
+    let relays = two_relays(&b, &c, "show", "2").await?;
     let viewers: Vec<Agent> = (0..4)
         .map(|_| viewer(&c, &["--stream", "show"]))
         .collect::<Result<_>>()?;
@@ -192,15 +199,7 @@ async fn a_killed_relays_viewers_are_placed_again_and_get_frames() -> Result<()>
     let redis = Redis::start().await?;
     let (a, b, c) = three_nodes(&redis).await?;
     let _origin = origin(&a, "live", &["--encoding", "shared"])?;
-    let relays = [
-        relay(&b, "live", "live-1", &["--max-consumers", "4"])?,
-        relay(&c, "live", "live-2", &["--max-consumers", "4"])?,
-    ];
-    let mut lister = Peer::connect(&c.url()).await?;
-    Topo::list_until(&mut lister, false, |l| {
-        l["producers"].as_array().map(Vec::len) == Some(3)
-    })
-    .await?;
+    let relays = two_relays(&b, &c, "live", "4").await?;
     let viewers: Vec<Agent> = (0..2)
         .map(|_| viewer(&c, &["--stream", "live"]))
         .collect::<Result<_>>()?;

@@ -63,6 +63,17 @@ async fn upgrade(url: &str, bearer: Option<&str>) -> Result<Option<(u16, String)
     }
 }
 
+/// A v1 producer and consumer on `url` in a session.
+async fn a_session(url: &str) -> Result<(Peer, Peer, String)> {
+    let mut producer = Peer::connect(url).await?;
+    producer
+        .set_status(&["producer"], json!({"name": "cam"}))
+        .await?;
+    let mut consumer = Peer::connect(url).await?;
+    let session = cluster_tests::start_session(&mut producer, &mut consumer).await?;
+    Ok((producer, consumer, session))
+}
+
 /// The next `error` the peer gets: (code, details).
 async fn error_of(p: &mut Peer) -> Result<(String, String)> {
     let e = p.wait_for("error").await?;
@@ -424,12 +435,7 @@ async fn an_expiring_token_is_announced_the_connection_closes_and_a_fresh_token_
 async fn connection_limits_refuse_new_upgrades_and_existing_peers_keep_relaying() -> Result<()> {
     let node = Node::start(&["--max-connections-per-ip", "3"]).await?;
     let url = node.url();
-    let mut producer = Peer::connect(&url).await?;
-    producer
-        .set_status(&["producer"], json!({"name": "cam"}))
-        .await?;
-    let mut consumer = Peer::connect(&url).await?;
-    let session = cluster_tests::start_session(&mut producer, &mut consumer).await?;
+    let (mut producer, mut consumer, session) = a_session(&url).await?;
     let _third = Peer::connect(&url).await?;
     let refused = upgrade(&url, None).await?;
     assert_eq!(refused.map(|r| r.0), Some(429));
@@ -450,12 +456,7 @@ async fn connection_limits_refuse_new_upgrades_and_existing_peers_keep_relaying(
 async fn a_flood_of_half_open_connections_and_bad_upgrades_does_not_stop_relaying() -> Result<()> {
     let node = Node::start(&["--handshake-timeout", "1"]).await?;
     let url = node.url();
-    let mut producer = Peer::connect(&url).await?;
-    producer
-        .set_status(&["producer"], json!({"name": "cam"}))
-        .await?;
-    let mut consumer = Peer::connect(&url).await?;
-    let session = cluster_tests::start_session(&mut producer, &mut consumer).await?;
+    let (mut producer, mut consumer, session) = a_session(&url).await?;
     // 300 TCP connections that never send a byte, and 100 upgrades with no key.
     let mut idle = Vec::new();
     for _ in 0..300 {
