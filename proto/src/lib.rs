@@ -30,7 +30,7 @@ mod version;
 
 pub use client::{ClientMessage, PeerMessage, RelayPayload, SdpType};
 pub use error::{ErrorCode, ParseError};
-pub use server::{PeerInfo, ServerMessage, WelcomeV2};
+pub use server::{EndReason, PeerInfo, ServerMessage, WelcomeV2};
 pub use version::{ProtocolVersion, SUBPROTOCOL_V1, SUBPROTOCOL_V2};
 
 use serde::{Deserialize, Serialize};

@@ -30,6 +30,27 @@ pub struct WelcomeV2 {
     pub resumed: bool,
 }
 
+/// Why a session ended, when it was not the other member's doing (v2 `endSession.reason`).
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    /// An operator ended it (`POST /api/v1/sessions/{id}/end`, `signalling-cluster admin
+    /// end-session`): a client should not start it again by itself.
+    Operator,
+    /// A reason this client does not know yet.
+    #[serde(other)]
+    Other,
+}
+
+impl EndReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndReason::Operator => "operator",
+            EndReason::Other => "other",
+        }
+    }
+}
+
 /// A message from the server to a peer.
 ///
 /// One type for both versions: [`ServerMessage::encode`] writes it for the peer's version,
@@ -54,8 +75,12 @@ pub enum ServerMessage {
         peer_id: PeerId,
         session_id: SessionId,
     },
-    /// The other member ended the session, or left.
-    EndSession { session_id: SessionId },
+    /// The other member ended the session, or left. v2 adds why, when the reason is not the
+    /// other member (`reason: "operator"`: ended through the operations API).
+    EndSession {
+        session_id: SessionId,
+        reason: Option<EndReason>,
+    },
     /// SDP/ICE relayed from the other member of a session.
     Peer(PeerMessage),
     /// Answer to `list`.
@@ -132,7 +157,10 @@ impl ServerMessage {
                 peer_id,
                 session_id,
             },
-            ServerMessage::EndSession { session_id } => Out::EndSession { session_id },
+            ServerMessage::EndSession { session_id, reason } => Out::EndSession {
+                session_id,
+                reason: if v2 { reason.as_ref() } else { None },
+            },
             ServerMessage::List { producers } => Out::List { producers },
             ServerMessage::ListConsumers { consumers } => Out::ListConsumers { consumers },
             ServerMessage::Error { details, code } => Out::Error {
@@ -190,6 +218,9 @@ impl ServerMessage {
             },
             "endSession" => ServerMessage::EndSession {
                 session_id: required(f.session_id.take(), "sessionId", k)?,
+                reason: f.reason.take().map(|r| {
+                    serde_json::from_value(serde_json::Value::String(r)).unwrap_or(EndReason::Other)
+                }),
             },
             "peer" => ServerMessage::Peer(PeerMessage::from_fields(&mut f)?),
             "list" => ServerMessage::List {
@@ -239,6 +270,8 @@ enum Out<'a> {
     #[serde(rename_all = "camelCase")]
     EndSession {
         session_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a EndReason>,
     },
     List {
         producers: &'a [PeerInfo],
@@ -300,6 +333,18 @@ mod tests {
             reconnect_in_ms: None,
         };
         assert_eq!(go_away.encode(ProtocolVersion::V1), None);
+        let end = ServerMessage::EndSession {
+            session_id: "s".into(),
+            reason: Some(EndReason::Operator),
+        };
+        assert_eq!(
+            end.encode(ProtocolVersion::V1).unwrap(),
+            r#"{"type":"endSession","sessionId":"s"}"#
+        );
+        assert_eq!(
+            end.encode(ProtocolVersion::V2).unwrap(),
+            r#"{"type":"endSession","sessionId":"s","reason":"operator"}"#
+        );
         assert_eq!(
             go_away.encode(ProtocolVersion::V2).unwrap(),
             r#"{"type":"goAway","reason":"draining"}"#
@@ -322,6 +367,10 @@ mod tests {
             ServerMessage::GoAway {
                 reason: "r".into(),
                 reconnect_in_ms: Some(5),
+            },
+            ServerMessage::EndSession {
+                session_id: "s".into(),
+                reason: Some(EndReason::Operator),
             },
         ] {
             let text = msg.encode(ProtocolVersion::V2).unwrap();

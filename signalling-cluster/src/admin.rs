@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use proto::envelope::{AdminBody, SessionRow};
-use proto::PeerId;
+use proto::{EndReason, PeerId};
 use tokio::sync::Notify;
 use tracing::info;
 
@@ -37,7 +37,7 @@ pub fn apply(
                 .any(|s| &s.session_id == session_id)
             {
                 info!(session_id, "session ended by an operator");
-                router.abort_session(session_id, true, out);
+                router.abort_session_for(session_id, true, Some(EndReason::Operator), out);
             }
             None
         }

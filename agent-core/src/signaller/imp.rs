@@ -268,7 +268,7 @@ impl ClusterSignaller {
                     peer_id,
                 });
             }
-            ServerMessage::EndSession { session_id } => {
+            ServerMessage::EndSession { session_id, .. } => {
                 if self.state.lock().unwrap().sessions.remove(&session_id) {
                     info!(session = %session_id, "session ended by the other side");
                     self.obj()

@@ -389,6 +389,9 @@ pub struct SessionEndBody {
     pub session_id: SessionId,
     /// The member to notify.
     pub to: PeerId,
+    /// Why, when it was not the other member's doing (told to a v2 member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::EndReason>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -598,6 +601,7 @@ mod tests {
             NodeMessage::SessionEnd(SessionEndBody {
                 session_id: "s".into(),
                 to: "c".into(),
+                reason: None,
             }),
             NodeMessage::Relay(RelayBody {
                 session_id: "s".into(),

@@ -42,6 +42,7 @@ impl Router {
                 NodeMessage::SessionEnd(SessionEndBody {
                     session_id: body.session_id,
                     to: to.clone(),
+                    reason: None,
                 }),
             ));
             return;
@@ -116,6 +117,6 @@ impl Router {
             return;
         }
         let other = other.clone();
-        self.close_session(&other, &body.session_id, out);
+        self.close_session(&other, &body.session_id, body.reason, out);
     }
 }

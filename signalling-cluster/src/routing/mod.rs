@@ -37,8 +37,8 @@ use proto::envelope::{
     NodeMessage, PeerStatusBody, RelayBody, SessionEndBody, SessionStartBody, StatusChange,
 };
 use proto::{
-    ClientMessage, ErrorCode, PeerId, PeerInfo, PeerMessage, PeerStatus, ProtocolVersion,
-    ServerMessage, SessionId,
+    ClientMessage, EndReason, ErrorCode, PeerId, PeerInfo, PeerMessage, PeerStatus,
+    ProtocolVersion, ServerMessage, SessionId,
 };
 use tracing::{debug, info, warn};
 
@@ -289,7 +289,7 @@ impl Router {
         self.listeners.remove(peer_id);
         self.moved_in.remove(peer_id);
         for session_id in peer.producer_sessions.iter().chain(&peer.consumer_sessions) {
-            self.close_session(peer_id, session_id, out);
+            self.close_session(peer_id, session_id, None, out);
         }
         // Upstream tells listeners about every departure, registered or not.
         let gone = gone(peer_id, peer.status.meta);
@@ -318,6 +318,17 @@ impl Router {
     /// Ends a session for both members: a local member gets `endSession`; a remote member's
     /// node is told if `tell_node`.
     pub fn abort_session(&mut self, session_id: &str, tell_node: bool, out: &mut Outbox) {
+        self.abort_session_for(session_id, tell_node, None, out)
+    }
+
+    /// [`Router::abort_session`], telling v2 members why (`reason`).
+    pub fn abort_session_for(
+        &mut self,
+        session_id: &str,
+        tell_node: bool,
+        reason: Option<EndReason>,
+        out: &mut Outbox,
+    ) {
         let Some(session) = self.sessions.get(session_id) else {
             return;
         };
@@ -339,16 +350,18 @@ impl Router {
                 &by,
                 ServerMessage::EndSession {
                     session_id: session_id.to_string(),
+                    reason,
                 },
             );
         }
-        self.close_session(&by, session_id, out);
+        self.close_session(&by, session_id, reason, out);
         if let (true, Some((node, to))) = (tell_node, remote) {
             self.send_node(
                 node,
                 NodeMessage::SessionEnd(SessionEndBody {
                     session_id: session_id.to_string(),
                     to,
+                    reason,
                 }),
                 out,
             );
@@ -425,7 +438,7 @@ impl Router {
         };
         let sessions = std::mem::take(peer.sessions(side));
         for session_id in &sessions {
-            self.close_session(peer_id, session_id, out);
+            self.close_session(peer_id, session_id, None, out);
         }
     }
 
@@ -565,12 +578,19 @@ impl Router {
         if !session.is_local(from) {
             return Err(not_member(from, session_id));
         }
-        self.close_session(from, session_id, out);
+        self.close_session(from, session_id, None, out);
         Ok(())
     }
 
-    /// Removes a session ended by member `by` and tells the other member (here or remote).
-    fn close_session(&mut self, by: &str, session_id: &str, out: &mut Outbox) {
+    /// Removes a session ended by member `by` and tells the other member (here or remote), and
+    /// why if `reason`.
+    fn close_session(
+        &mut self,
+        by: &str,
+        session_id: &str,
+        reason: Option<EndReason>,
+        out: &mut Outbox,
+    ) {
         let Some(session) = self.sessions.remove(session_id) else {
             return;
         };
@@ -588,6 +608,7 @@ impl Router {
         };
         let end = ServerMessage::EndSession {
             session_id: session_id.to_string(),
+            reason,
         };
         match other_node {
             None => {
@@ -601,6 +622,7 @@ impl Router {
                     NodeMessage::SessionEnd(SessionEndBody {
                         session_id: session_id.to_string(),
                         to: other.clone(),
+                        reason,
                     }),
                     out,
                 );
@@ -978,7 +1000,16 @@ mod tests {
         b.node_down("a", &["p".to_string()], &mut out);
         assert!(b.expire("p", &mut out));
         let d = delivered(&out);
-        assert_eq!(d[0], ("c", &ServerMessage::EndSession { session_id: sid }));
+        assert_eq!(
+            d[0],
+            (
+                "c",
+                &ServerMessage::EndSession {
+                    session_id: sid,
+                    reason: None
+                }
+            )
+        );
         assert!(matches!(d[1], ("l", ServerMessage::PeerStatusChanged(s)) if s.roles.is_empty()));
         assert!(!out.iter().any(|e| matches!(e, Effect::ToNode(..))));
         assert_eq!((b.session_count(), b.producers().len()), (0, 0));

@@ -218,6 +218,7 @@ impl Router {
                 peer_id,
                 ServerMessage::EndSession {
                     session_id: body.session_id,
+                    reason: body.reason,
                 },
             ),
             other => debug!(kind = other.kind(), "nothing to deliver of a held message"),
@@ -309,7 +310,7 @@ impl Router {
             .collect();
         for session_id in sessions {
             // ended "by" the expired peer: the local member is told
-            self.close_session(peer_id, &session_id, out);
+            self.close_session(peer_id, &session_id, None, out);
         }
         self.broadcast(&peer.grants.tenant, &gone(peer_id, peer.status.meta), out);
         true
