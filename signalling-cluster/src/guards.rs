@@ -22,6 +22,11 @@ pub enum Full {
     Address,
 }
 
+/// A client address for the logs (`unknown` when the transport has none).
+pub fn remote(addr: Option<impl std::fmt::Display>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
 /// Refusals logged per second at most (the rest are counted only).
 const LOGS_PER_SEC: u64 = 5;
 
@@ -131,7 +136,7 @@ impl Guards {
             } else {
                 "connection limit"
             };
-            warn!(remote = ?ip, total = n, "upgrade refused ({what}): {reason}");
+            warn!(remote = %remote(ip), total = n, "upgrade refused ({what}): {reason}");
         }
     }
 }

@@ -331,7 +331,9 @@ impl StreamHandler<Result<Incoming, ReadError>> for PeerConnection {
             }
             Ok(Incoming::Pong) => {}
             Ok(Incoming::Close(reason)) => {
-                debug!(peer_id = %self.id, ?reason, "peer closed the connection");
+                let (code, why) =
+                    reason.map_or((None, None), |r| (Some(u16::from(r.code)), r.description));
+                debug!(peer_id = %self.id, code, why, "peer closed the connection");
                 self.close(ctx, CloseCode::Normal, "", "client");
             }
             Err(ReadError::TooBig) => self.too_big(ctx),

@@ -208,7 +208,11 @@ impl ResumeRegistry {
                 // Forgotten meanwhile (`forget_all`): the peer is not this node's any more.
                 return debug!(peer_id, "not parking a forgotten peer");
             }
-            info!(peer_id, grace = ?self.grace, "connection lost; keeping the peer for resume");
+            info!(
+                peer_id,
+                grace_secs = self.grace.as_secs(),
+                "connection lost; keeping the peer for resume"
+            );
             entries.insert(
                 token.clone(),
                 Entry::Parked {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::auth::{token_of, AuthError};
 use crate::bus::new_peer_id;
 use crate::grants::Grants;
-use crate::guards::Full;
+use crate::guards::{remote, Full};
 use crate::mailbox::Mailbox;
 use crate::node::NodeState;
 use crate::peer::{Attach, Limits, PeerConnection};
@@ -51,7 +51,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     if let Err(e) = ws::verify_handshake(req.head()) {
-        warn!(remote = ?req.peer_addr(), "WebSocket handshake failed: {e}");
+        warn!(remote = %remote(req.peer_addr()), "WebSocket handshake failed: {e}");
         let body = format!("bad WebSocket upgrade: {e}\n");
         return refuse(&mut framed, StatusCode::BAD_REQUEST, body).await;
     }
@@ -230,7 +230,7 @@ async fn attach(
             .unwrap_or_default(),
         };
         let sub = grants.sub.as_deref().unwrap_or("");
-        info!(peer_id, remote = ?req.peer_addr(), version = version.number(), sub, tenant = grants.tenant, "new WebSocket connection");
+        info!(peer_id, remote = %remote(req.peer_addr()), version = version.number(), sub, tenant = grants.tenant, "new WebSocket connection");
         Attach {
             grants: grants.clone(),
             slot: None,

@@ -40,6 +40,22 @@ pub struct PeerRow {
     pub age_secs: u64,
 }
 
+/// Roles as the logs show them: `producer,listener` (`none` for none).
+pub fn roles_text(roles: &[PeerRole]) -> String {
+    let names: Vec<&str> = roles
+        .iter()
+        .map(|r| match r {
+            PeerRole::Producer => "producer",
+            PeerRole::Listener => "listener",
+            PeerRole::Consumer => "consumer",
+        })
+        .collect();
+    match names.is_empty() {
+        true => "none".into(),
+        false => names.join(","),
+    }
+}
+
 impl Router {
     /// Every peer of the cluster (`me`: this node's id).
     pub fn peer_rows(&self, me: &str) -> Vec<PeerRow> {

@@ -422,7 +422,7 @@ impl Router {
         } else {
             self.listeners.remove(peer_id);
         }
-        info!(peer_id, roles = ?status.roles, "registered");
+        info!(peer_id, roles = %census::roles_text(&status.roles), "registered");
         self.broadcast(&tenant, &status, out);
         announce(out, peer_id, &tenant, status.clone(), StatusChange::Changed);
         if let Some(peer) = self.peers.get_mut(peer_id) {

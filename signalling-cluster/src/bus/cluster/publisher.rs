@@ -283,7 +283,10 @@ impl Publisher {
                 self.shared.publishing.store(true, Ordering::SeqCst);
             }
             Err(e) => {
-                warn!(retry = ?self.retry, "cannot connect the publisher to Redis: {e}");
+                warn!(
+                    retry_in_ms = self.retry.as_millis() as u64,
+                    "cannot connect the publisher to Redis: {e}"
+                );
                 self.retry =
                     (self.retry * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
             }

@@ -89,7 +89,10 @@ pub(super) async fn subscriber(shared: Arc<Shared>, ready: tokio::sync::oneshot:
         let mut sub = match subscribed {
             Ok(sub) => sub,
             Err(e) => {
-                warn!(?backoff, "cannot subscribe to Redis: {e}");
+                warn!(
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "cannot subscribe to Redis: {e}"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -249,7 +252,7 @@ impl Shared {
             // A directed message was lost: the sessions with that node may be broken.
             warn!(
                 from = env.from,
-                last = ?Some(last),
+                last_seq = last.1,
                 seq = env.seq,
                 "message gap: ending sessions with node"
             );
