@@ -237,3 +237,69 @@ async fn an_agents_metrics_parse_as_openmetrics_and_keep_their_names() -> Result
     );
     Ok(())
 }
+
+/// With nobody connected every label set of `gwc_connected_peers` reads 0 (not "no data"),
+/// and the process' CPU time is the counter `process_cpu_seconds_total` dashboards `rate()`.
+#[tokio::test]
+async fn connected_peers_read_zero_when_nobody_is_connected_and_cpu_time_is_a_counter() -> Result<()>
+{
+    let node = Node::start(&[]).await?;
+    let every = |s: &[(String, Value, f64)]| {
+        let mut sets = Vec::new();
+        for protocol in ["v1", "v2"] {
+            for role in ["producer", "consumer", "listener", "none"] {
+                let n = s
+                    .iter()
+                    .filter(|(n, l, _)| {
+                        n == "gwc_connected_peers" && l["protocol"] == protocol && l["role"] == role
+                    })
+                    .map(|(_, _, v)| *v)
+                    .collect::<Vec<_>>();
+                sets.push(((protocol, role), n));
+            }
+        }
+        sets
+    };
+    let samples = scrape(node.port).await?;
+    for (set, values) in every(&samples) {
+        assert_eq!(values, vec![0.0], "{set:?}: {samples:?}");
+    }
+    let mut producer = Peer::connect_with(&node.url(), Some(V2)).await?;
+    producer
+        .set_status(&["producer"], json!({"name": "cam"}))
+        .await?;
+    producer.sync().await?;
+    let samples = scrape(node.port).await?;
+    for ((protocol, role), values) in every(&samples) {
+        let want = if (protocol, role) == ("v2", "producer") {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(values, vec![want], "{protocol} {role}: {samples:?}");
+    }
+    producer.close().await;
+    cluster_tests::eventually(Duration::from_secs(10), "back to zero", || async {
+        scrape(node.port)
+            .await
+            .is_ok_and(|s| every(&s).iter().all(|(_, v)| v == &vec![0.0]))
+    })
+    .await?;
+
+    let (_, text) = http_get(node.port, "/metrics").await?;
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter"),
+        "{text}"
+    );
+    let samples = scrape(node.port).await?;
+    let cpu: Vec<&f64> = samples
+        .iter()
+        .filter(|(n, _, _)| n.starts_with("process_cpu_seconds"))
+        .map(|(n, _, v)| {
+            assert_eq!(n, "process_cpu_seconds_total");
+            v
+        })
+        .collect();
+    assert!(cpu.len() == 1 && *cpu[0] >= 0.0, "{samples:?}");
+    Ok(())
+}

@@ -99,6 +99,10 @@ const CLIENT_TYPES: [&str; 7] = [
     "invalid",
 ];
 
+/// The label values of `gwc_connected_peers` (`routing/census.rs` counts by them).
+const PEER_PROTOCOLS: [&str; 2] = ["v1", "v2"];
+const PEER_ROLES: [&str; 4] = ["producer", "consumer", "listener", "none"];
+
 /// Counts a message of `kind` (a wire `type`, or `invalid`) received from a client.
 pub fn client_message(kind: &str) {
     let i = CLIENT_TYPES.iter().position(|t| *t == kind).unwrap_or(6);
@@ -149,9 +153,9 @@ fn process(registry: &mut Registry) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let cpu =
-        prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-    cpu.set((ticks(11) + ticks(12)) / hz);
+    // A counter (`process_cpu_seconds_total`), as every Prometheus client exports it, so that
+    // `rate()` over it is what dashboards expect.
+    let cpu = prometheus_client::metrics::counter::ConstCounter::new((ticks(11) + ticks(12)) / hz);
     registry.register(
         "process_cpu_seconds",
         "User and system CPU time of the node process",
@@ -258,6 +262,13 @@ pub fn render(census: &Census, redis_up: bool, connections: usize) -> String {
         relayed_bytes,
     );
     let peers = Family::<PeerLabels, Gauge>::default();
+    // Every known label set, 0 when nobody is connected: a series that vanishes reads as
+    // "no data" rather than 0 (sums, alerts, autoscaling).
+    for protocol in PEER_PROTOCOLS {
+        for role in PEER_ROLES {
+            peers.get_or_create(&PeerLabels { protocol, role }).set(0);
+        }
+    }
     for &((protocol, role), n) in &census.peers {
         peers
             .get_or_create(&PeerLabels { protocol, role })
