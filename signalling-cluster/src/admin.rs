@@ -21,6 +21,16 @@ pub fn drain_requested() -> &'static Notify {
     DRAIN.get_or_init(Notify::new)
 }
 
+/// `op` for the audit log: the action, what it names, and the reason given (a kick).
+pub fn describe(op: &AdminBody) -> (&'static str, &str, Option<&str>) {
+    match op {
+        AdminBody::EndSession { session_id } => ("end-session", session_id, None),
+        AdminBody::Kick { peer_id, reason } => ("kick", peer_id, Some(reason)),
+        AdminBody::Drain { node } => ("drain", node, None),
+        AdminBody::Sessions { .. } => ("sessions", "", None),
+    }
+}
+
 /// This node's part of `op` (`me`: its id); for a listing, its sessions.
 pub fn apply(
     router: &mut Router,

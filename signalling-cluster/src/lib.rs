@@ -28,7 +28,8 @@
 //! | a peer's connection: reading, rate limit, pings, writing | `peer.rs`, `websocket.rs` |
 //! | slow readers (bounded queue) | `mailbox.rs` |
 //! | the handshake: v1/v2, resume token, affinity headers | `upgrade.rs` |
-//! | HTTP: health, readiness, operations API, drain on SIGTERM | `server.rs` |
+//! | HTTP: health, readiness, drain on SIGTERM (a standalone node closes at once) | `server.rs` |
+//! | HTTP: the operations API (404 for what no node knows, the audit line) and `GET /place` | `http_api.rs` |
 //! | what connections and handlers share | `node.rs` |
 //! | flags and environment | `config.rs` |
 //! | **grants**: what a token allows (roles, stream names, tenant); enforced by the router | `grants.rs`; applied in `routing/access.rs`, `routing/placement.rs` |
@@ -37,7 +38,7 @@
 //! | `signalling-cluster token`: minting a token | `token.rs` |
 //! | `signalling-cluster admin`: the operations API's client | `admin_cli.rs` |
 //! | metrics (`GET /metrics`): counters where things happen, state read at scrape | `metrics.rs` |
-//! | the operations API that acts: end a session, kick a peer, drain a node, from any node | `admin.rs`; HTTP in `server.rs`; across nodes `bus/cluster/subscriber.rs` (`admin`) |
+//! | the operations API that acts: end a session, kick a peer, drain a node, from any node | `admin.rs`; HTTP in `http_api.rs`; across nodes `bus/cluster/subscriber.rs` (`admin`) |
 //! | the browser app every node serves | `web.rs` (built from `web/`) |
 
 pub mod admin;
@@ -49,6 +50,7 @@ pub mod config;
 mod fuzzing;
 pub mod grants;
 pub mod guards;
+pub mod http_api;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;

@@ -18,10 +18,8 @@ use anyhow::Context as _;
 use proto::ServerMessage;
 use tracing::{info, warn};
 
-use crate::auth::{token_of, AuthError};
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::grants::Grants;
 use crate::node::NodeState;
 use crate::resume::ResumeRegistry;
 
@@ -37,14 +35,14 @@ macro_rules! http_service {
             .app_data(state.clone())
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
-            .route("/api/v1/nodes", web::get().to(api_nodes))
-            .route("/api/v1/producers", web::get().to(api_producers))
-            .route("/api/v1/peers", web::get().to(api_peers))
-            .route("/api/v1/sessions", web::get().to(api_sessions))
-            .route("/api/v1/sessions/{id}/end", web::post().to(api_end_session))
-            .route("/api/v1/peers/{id}/kick", web::post().to(api_kick))
-            .route("/api/v1/nodes/{id}/drain", web::post().to(api_drain))
-            .route("/place", web::get().to(place))
+            .route("/api/v1/nodes", web::get().to(crate::http_api::api_nodes))
+            .route("/api/v1/producers", web::get().to(crate::http_api::api_producers))
+            .route("/api/v1/peers", web::get().to(crate::http_api::api_peers))
+            .route("/api/v1/sessions", web::get().to(crate::http_api::api_sessions))
+            .route("/api/v1/sessions/{id}/end", web::post().to(crate::http_api::api_end_session))
+            .route("/api/v1/peers/{id}/kick", web::post().to(crate::http_api::api_kick))
+            .route("/api/v1/nodes/{id}/drain", web::post().to(crate::http_api::api_drain))
+            .route("/place", web::get().to(crate::http_api::place))
             .route("/metrics", web::get().to(metrics_here))
             .default_service(web::to(web_app))
             .into_factory()
@@ -374,53 +372,6 @@ fn serve_metrics(state: web::Data<NodeState>, addr: SocketAddr) -> anyhow::Resul
     Ok(())
 }
 
-/// Why an HTTP request is refused.
-enum Refused {
-    Auth(AuthError),
-    NotAdmin,
-}
-
-impl Refused {
-    fn response(&self) -> HttpResponse {
-        match self {
-            Refused::Auth(e) => {
-                HttpResponse::Unauthorized().json(serde_json::json!({ "error": e.to_string() }))
-            }
-            Refused::NotAdmin => HttpResponse::Forbidden()
-                .json(serde_json::json!({ "error": "the operations API needs an admin grant" })),
-        }
-    }
-}
-
-/// With auth on, what the HTTP request's token grants (`Authorization: Bearer` or
-/// `?token=`); without, everything.
-fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, Refused> {
-    let Some(verifier) = &state.verifier else {
-        return Ok(Grants::everything());
-    };
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let verified = token_of(authorization, req.uri().query())
-        .ok_or(AuthError::Missing)
-        .and_then(|t| verifier.verify(t));
-    verified.map_err(|e| {
-        state
-            .guards
-            .refused(req.peer_addr().map(|a| a.ip()), true, &e);
-        Refused::Auth(e)
-    })
-}
-
-/// The operations API needs an `admin` grant once auth is on.
-fn admin(state: &NodeState, req: &HttpRequest) -> Result<(), Refused> {
-    match http_grants(state, req)?.is_admin() {
-        true => Ok(()),
-        false => Err(Refused::NotAdmin),
-    }
-}
-
 /// Browsers get the web app; stock elements connect the WebSocket on the same paths (upgrades
 /// never get here, see [`crate::upgrade`]).
 async fn web_app(req: HttpRequest, state: web::Data<NodeState>) -> HttpResponse {
@@ -438,132 +389,4 @@ async fn web_app(req: HttpRequest, state: web::Data<NodeState>) -> HttpResponse 
             .content_type("text/plain")
             .body("not found\n"),
     }
-}
-
-/// `GET /place?stream=NAME`: the member of the stream (origin or relay) a new viewer should
-/// start its session with, for clients that name producers by id (the web app, on the stock
-/// gstwebrtc-api). v2 clients ask in `startSession` itself, which also counts the session at
-/// once; between this answer and the session, a burst of viewers may all get one member.
-async fn place(
-    state: web::Data<NodeState>,
-    req: HttpRequest,
-    query: web::Query<std::collections::HashMap<String, String>>,
-) -> HttpResponse {
-    let grants = match http_grants(&state, &req) {
-        Ok(g) => g,
-        Err(refused) => return refused.response(),
-    };
-    let Some(stream) = query.get("stream").filter(|s| !s.is_empty()) else {
-        return HttpResponse::BadRequest()
-            .json(serde_json::json!({"error": "?stream=NAME is required"}));
-    };
-    match state.bus.place(stream, &grants) {
-        Ok(peer_id) => HttpResponse::Ok()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .json(serde_json::json!({"stream": stream, "peerId": peer_id})),
-        Err(why) => {
-            HttpResponse::NotFound().json(serde_json::json!({"stream": stream, "error": why}))
-        }
-    }
-}
-
-/// Every peer of the cluster: id, node, roles, name, protocol and token subject (this node's
-/// peers), age.
-async fn api_peers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
-    if let Err(refused) = admin(&state, &req) {
-        return refused.response();
-    }
-    let peers = state.bus.peer_rows(&state.node_id);
-    HttpResponse::Ok().json(serde_json::json!({ "peers": peers }))
-}
-
-/// Every session of the cluster (each node asked, a second at most).
-async fn api_sessions(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
-    if let Err(refused) = admin(&state, &req) {
-        return refused.response();
-    }
-    let sessions = state.bus.session_rows(&state.node_id).await;
-    HttpResponse::Ok().json(serde_json::json!({ "sessions": sessions }))
-}
-
-/// An action of the operations API: needs `admin` with auth on, `--admin-api` without.
-fn act(state: &NodeState, req: &HttpRequest, op: proto::envelope::AdminBody) -> HttpResponse {
-    if state.verifier.is_none() && !state.config.admin_api {
-        return HttpResponse::Forbidden().json(serde_json::json!({
-            "error": "actions need --admin-api (or auth on and an admin grant)"
-        }));
-    }
-    if let Err(refused) = admin(state, req) {
-        return refused.response();
-    }
-    info!(?op, "operator action");
-    state.bus.act(&state.node_id, op);
-    HttpResponse::Accepted().json(serde_json::json!({ "accepted": true }))
-}
-
-async fn api_end_session(
-    state: web::Data<NodeState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> HttpResponse {
-    let session_id = id.into_inner();
-    act(
-        &state,
-        &req,
-        proto::envelope::AdminBody::EndSession { session_id },
-    )
-}
-
-async fn api_kick(
-    state: web::Data<NodeState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-    query: web::Query<std::collections::HashMap<String, String>>,
-) -> HttpResponse {
-    let reason = query
-        .get("reason")
-        .cloned()
-        .unwrap_or_else(|| "kicked".into());
-    let peer_id = id.into_inner();
-    act(
-        &state,
-        &req,
-        proto::envelope::AdminBody::Kick { peer_id, reason },
-    )
-}
-
-async fn api_drain(
-    state: web::Data<NodeState>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> HttpResponse {
-    let node = id.into_inner();
-    act(&state, &req, proto::envelope::AdminBody::Drain { node })
-}
-
-async fn api_nodes(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
-    if let Err(refused) = admin(&state, &req) {
-        return refused.response();
-    }
-    let nodes: Vec<_> = state
-        .bus
-        .nodes()
-        .into_iter()
-        .map(|n| {
-            let this = n.id.is_none();
-            serde_json::json!({
-                "id": n.id.unwrap_or_else(|| state.node_id.clone()),
-                "peers": n.peers,
-                "self": this,
-            })
-        })
-        .collect();
-    HttpResponse::Ok().json(serde_json::json!({ "nodes": nodes }))
-}
-
-async fn api_producers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
-    if let Err(refused) = admin(&state, &req) {
-        return refused.response();
-    }
-    HttpResponse::Ok().json(serde_json::json!({ "producers": state.bus.producers() }))
 }

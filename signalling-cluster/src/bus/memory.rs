@@ -103,12 +103,9 @@ impl Bus for MemoryBus {
         inner.flush(out);
     }
 
-    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String> {
+    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, crate::routing::Unplaced> {
         let inner = self.inner.lock();
-        inner
-            .router
-            .place_for(viewer, stream)
-            .map_err(|(_, why)| why)
+        inner.router.place_for(viewer, stream)
     }
 
     fn away(&self, peer_id: &str, away: bool) {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use proto::{ClientMessage, PeerId, PeerInfo, ServerMessage};
 
 use crate::grants::Grants;
-use crate::routing::{Census, PeerRow};
+use crate::routing::{Census, PeerRow, Unplaced};
 use proto::envelope::{AdminBody, SessionRow};
 use tracing::warn;
 
@@ -70,6 +70,11 @@ pub trait Bus: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+    /// Whether the node is still waiting to join its cluster (Redis unreachable since the
+    /// start, `bus/joining.rs`): it takes no connections and answers nothing cluster-wide yet.
+    fn joining(&self) -> bool {
+        false
+    }
     /// Whether the node was cut off from its cluster for so long that the others count it
     /// dead: it takes no connections until it has rejoined.
     fn fenced(&self) -> bool {
@@ -77,7 +82,7 @@ pub trait Bus: Send + Sync + 'static {
     }
     /// The member of `stream` a new viewer should be served by, cluster-wide
     /// (`routing/placement.rs`), for clients that start sessions by peer id (`GET /place`).
-    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String>;
+    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, Unplaced>;
     /// The producers of the whole cluster (`GET /api/v1/producers`).
     fn producers(&self) -> Vec<PeerInfo>;
     /// The live nodes and their peers (`GET /api/v1/nodes`); `id: None` is this node.

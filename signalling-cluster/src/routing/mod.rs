@@ -26,7 +26,7 @@ mod cross_node;
 mod moving;
 mod placement;
 pub use census::{Census, PeerRow};
-pub use placement::Load;
+pub use placement::{Load, Unplaced};
 mod replica;
 mod suspension;
 

@@ -28,6 +28,17 @@ pub struct Load {
     pub away: bool,
 }
 
+/// Why no member of a stream can take a viewer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaced {
+    /// No producer (origin or relay) of that stream that the viewer may see is connected.
+    #[error("unknown stream '{0}': no producer of it is connected")]
+    UnknownStream(String),
+    /// It has members, but every one is full (`meta.capacity`), away or suspended.
+    #[error("no producer of stream '{0}' has room")]
+    NoRoom(String),
+}
+
 /// What a member without `meta.capacity` is taken to hold, to weigh its load.
 const ASSUMED_CAPACITY: f64 = 1000.0;
 
@@ -40,13 +51,15 @@ fn number(meta: Option<&serde_json::Value>, key: &str) -> Option<u64> {
 
 impl Router {
     /// The member of `stream` that local peer `from` should be served by, or why none can.
+    /// (Either way the v2 error code is `unknown-peer`; the details say which.)
     pub fn place(&self, from: &str, stream: &str) -> Result<PeerId, (ErrorCode, String)> {
         let viewer = self.peers.get(from).map(|p| p.grants.clone());
         self.choose(from, viewer.as_deref(), stream)
+            .map_err(|why| (ErrorCode::UnknownPeer, why.to_string()))
     }
 
     /// The same for a viewer that is not a peer yet (`GET /place`), with these grants.
-    pub fn place_for(&self, viewer: &Grants, stream: &str) -> Result<PeerId, (ErrorCode, String)> {
+    pub fn place_for(&self, viewer: &Grants, stream: &str) -> Result<PeerId, Unplaced> {
         self.choose("", Some(viewer), stream)
     }
 
@@ -55,14 +68,16 @@ impl Router {
         from: &str,
         viewer: Option<&Grants>,
         stream: &str,
-    ) -> Result<PeerId, (ErrorCode, String)> {
+    ) -> Result<PeerId, Unplaced> {
         let mut held: HashMap<&str, usize> = HashMap::new();
         for s in self.sessions.values() {
             *held.entry(s.producer.as_str()).or_default() += 1;
         }
         let mut best: Option<((bool, u64, f64), &PeerId)> = None;
+        // (a member seen at all, with room or not: the stream is known)
+        let mut known = false;
         for (id, p) in &self.peers {
-            if id == from || !p.status.producing() || p.suspended.is_some() || p.away {
+            if id == from || !p.status.producing() {
                 continue;
             }
             if viewer.is_some_and(|v| !v.sees(&p.grants.tenant, &p.status)) {
@@ -76,6 +91,10 @@ impl Router {
                 false => text("name") == Some(stream),
             };
             if !member {
+                continue;
+            }
+            known = true;
+            if p.suspended.is_some() || p.away {
                 continue;
             }
             let here = held.get(id.as_str()).copied().unwrap_or(0);
@@ -99,12 +118,11 @@ impl Router {
                 best = Some((key, id));
             }
         }
-        best.map(|(_, id)| id.clone()).ok_or_else(|| {
-            (
-                ErrorCode::UnknownPeer,
-                format!("no producer of stream '{stream}' has room"),
-            )
-        })
+        match (best, known) {
+            (Some((_, id)), _) => Ok(id.clone()),
+            (None, true) => Err(Unplaced::NoRoom(stream.to_string())),
+            (None, false) => Err(Unplaced::UnknownStream(stream.to_string())),
+        }
     }
 
     /// This node's producers: how many sessions each serves, and whether it is away
@@ -176,5 +194,29 @@ mod tests {
         assert_eq!(r.place("viewer", "cam").unwrap(), "origin");
         r.set_away("r1", false);
         assert_eq!(r.place("viewer", "cam").unwrap(), "r1");
+    }
+
+    #[test]
+    fn an_unknown_stream_is_told_apart_from_one_without_room() {
+        let mut r = Router::new();
+        producer(
+            &mut r,
+            "origin",
+            serde_json::json!({"name": "cam", "capacity": 0}),
+        );
+        let all = Grants::everything();
+        assert_eq!(
+            r.place_for(&all, "nope"),
+            Err(Unplaced::UnknownStream("nope".into()))
+        );
+        assert_eq!(
+            r.place_for(&all, "cam"),
+            Err(Unplaced::NoRoom("cam".into()))
+        );
+        r.set_away("origin", true);
+        assert_eq!(
+            r.place_for(&all, "cam"),
+            Err(Unplaced::NoRoom("cam".into()))
+        );
     }
 }

@@ -321,12 +321,9 @@ impl Bus for RedisBus {
         true
     }
 
-    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, String> {
+    fn place(&self, stream: &str, viewer: &Grants) -> Result<PeerId, crate::routing::Unplaced> {
         let state = self.shared.state.lock();
-        state
-            .router
-            .place_for(viewer, stream)
-            .map_err(|(_, why)| why)
+        state.router.place_for(viewer, stream)
     }
 
     fn away(&self, peer_id: &str, away: bool) {
