@@ -203,11 +203,17 @@ async fn health_endpoints_answer() -> Result<()> {
     Ok(())
 }
 
+/// A cluster node on SIGTERM: `goAway` to v2 peers (they move to other nodes), no new
+/// connections, and the peers that stay (v1) are closed with 1001 at the end of the drain
+/// timeout, not before; then it exits 0.
 #[tokio::test]
 async fn sigterm_sends_go_away_to_v2_peers_and_exits_after_the_drain_timeout() -> Result<()> {
-    let mut node = Node::start(&["--drain-timeout", "2"]).await?;
+    let drain = Duration::from_secs(2);
+    let redis = cluster_tests::Redis::start().await?;
+    let mut node = Node::join(&redis, "draining", &["--drain-timeout", "2"]).await?;
     let mut v1 = Peer::connect(&node.url()).await?;
     let mut v2 = Peer::connect_with(&node.url(), Some("gstwebrtc-cluster.v2")).await?;
+    let signalled = std::time::Instant::now();
     node.proc.signal(15);
     let go_away = v2.expect("goAway").await?;
     assert_eq!(go_away["reason"], "node shutting down");
@@ -215,19 +221,45 @@ async fn sigterm_sends_go_away_to_v2_peers_and_exits_after_the_drain_timeout() -
     // a draining node takes no new connections (load balancers move on)
     assert!(Peer::connect(&node.url()).await.is_err());
     // the v1 peer hears nothing (goAway is not v1) and stays connected while the node drains,
-    // until the drain timeout closes its connection
+    // until the drain timeout closes its connection: with 1001, and not before
     v1.assert_silent(QUIET).await?;
-    let _ = v1.closed().await;
-    let status = tokio::task::spawn_blocking(move || node.proc.child.wait()).await??;
+    assert_eq!(
+        v1.closed().await?,
+        Some(1001),
+        "closed as the node goes away"
+    );
+    let closed_after = signalled.elapsed();
+    assert!(
+        closed_after >= drain,
+        "closed {closed_after:?} after SIGTERM, before the drain timeout"
+    );
+    let status = exited_within(&mut node, Duration::from_secs(30)).await?;
     assert!(status.success(), "{status}");
     Ok(())
 }
 
+/// Waits for the node to exit, `within` being a deadline (not a timing figure).
+async fn exited_within(node: &mut Node, within: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = node.proc.child.try_wait()? {
+            return Ok(status);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the node still runs {within:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// With worker threads (`--workers 2`) instead of the node's one event loop: sessions relay
-/// both ways between peers served by different threads, and SIGTERM drains and exits the same.
+/// both ways between peers served by different threads. SIGTERM to this standalone node (no
+/// other node to move to) does not wait out its drain timeout: v2 peers get `goAway`, every
+/// connection is closed with 1001 at once, and the node exits 0.
 #[tokio::test]
 async fn with_worker_threads_sessions_relay_and_sigterm_drains() -> Result<()> {
-    let mut node = Node::start(&["--workers", "2", "--drain-timeout", "2"]).await?;
+    let mut node = Node::start(&["--workers", "2", "--drain-timeout", "120"]).await?;
     // connections go to the workers in turn: four pairs span both
     let mut pairs = Vec::new();
     for _ in 0..4 {
@@ -240,9 +272,13 @@ async fn with_worker_threads_sessions_relay_and_sigterm_drains() -> Result<()> {
     let mut v2 = Peer::connect_with(&node.url(), Some("gstwebrtc-cluster.v2")).await?;
     node.proc.signal(15);
     assert_eq!(v2.expect("goAway").await?["reason"], "node shutting down");
-    v2.close().await;
-    drop(pairs); // (v1 peers: the node waits for them until its drain timeout)
-    let status = tokio::task::spawn_blocking(move || node.proc.child.wait()).await??;
+    assert_eq!(v2.closed().await?, Some(1001), "the v2 peer is not kept");
+    for (p, c, _) in &mut pairs {
+        assert_eq!(p.closed().await?, Some(1001));
+        assert_eq!(c.closed().await?, Some(1001));
+    }
+    // (a deadline far below the 120 s drain timeout: it did not wait that out)
+    let status = exited_within(&mut node, Duration::from_secs(30)).await?;
     assert!(status.success(), "{status}");
     Ok(())
 }

@@ -123,9 +123,10 @@ pub struct Config {
     )]
     pub resume_grace_secs: u64,
 
-    /// On SIGTERM/SIGINT: seconds to wait for peers to leave after `goAway` (v2 peers
-    /// reconnect elsewhere) before the remaining connections are closed. A second signal stops
-    /// at once.
+    /// On SIGTERM/SIGINT, a cluster node: seconds to wait for peers to leave after `goAway`
+    /// (v2 peers move to other nodes) before the remaining connections are closed (1001). A
+    /// standalone node (no Redis) has nowhere to move peers and does not wait: `goAway`, then
+    /// every connection closed at once. A second signal stops at once.
     #[arg(
         long = "drain-timeout",
         env = "SIGNALLING_DRAIN_TIMEOUT",
@@ -212,6 +213,11 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Alone, on the in-memory bus (no `--redis-url`, no Sentinels).
+    pub fn standalone(&self) -> bool {
+        self.redis_url.is_none() && self.redis_sentinel.is_empty()
+    }
+
     /// The auth flags.
     pub fn auth(&self) -> crate::auth::AuthSettings {
         crate::auth::AuthSettings {

@@ -11,7 +11,7 @@
 //! Tokens are `<256 random bits, hex>.<node id>`, so any node knows whom to ask.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +109,9 @@ pub struct ResumeRegistry {
     /// Told of every change of an entry, for reconnections waiting on a parking.
     changed: Notify,
     generation: AtomicU64,
+    /// The node is stopping with nowhere to resume (a standalone node's SIGTERM): nothing is
+    /// parked any more.
+    closed: AtomicBool,
 }
 
 enum Entry {
@@ -167,12 +170,20 @@ impl ResumeRegistry {
             entries: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             generation: Default::default(),
+            closed: AtomicBool::new(false),
         })
     }
 
-    /// Whether dropped connections are kept at all (`--resume-grace 0` turns it off).
+    /// Whether dropped connections are kept at all (`--resume-grace 0` turns it off, and so
+    /// does [`ResumeRegistry::close`]).
     pub fn enabled(&self) -> bool {
-        !self.grace.is_zero()
+        !self.grace.is_zero() && !self.closed.load(Ordering::SeqCst)
+    }
+
+    /// From now on, connections that end are not kept for a resume: the node stops and no
+    /// other node could take them (a standalone node).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// A v2 connection is up under `token`.

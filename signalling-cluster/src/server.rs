@@ -259,9 +259,18 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// On the first SIGTERM/SIGINT: fail readiness, stop accepting, send `goAway` to v2 peers and
-/// wait up to the drain timeout for peers to leave; then close what is left and stop. A second
-/// signal stops at once.
+/// Why the node closes the connections it still has when it stops (close code 1001).
+const SHUTTING_DOWN: &str = "node shutting down";
+
+/// Longest the node waits for its clients to answer its close frames (they linger 2 s at
+/// most, `peer.rs`) before it stops.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// On the first SIGTERM/SIGINT (or an operator's drain): fail readiness, stop accepting, send
+/// `goAway` to v2 peers. A cluster node then waits up to the drain timeout for its peers to
+/// leave (v2 peers resume on other nodes); a standalone node has nowhere to send them, so it
+/// waits for nothing. Then every remaining connection is closed with 1001 (a standalone node
+/// keeps none for a resume) and the node stops. A second signal stops at once.
 async fn drain(state: web::Data<NodeState>, server: Serving) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -277,23 +286,30 @@ async fn drain(state: web::Data<NodeState>, server: Serving) {
         // an operator asked, on any node (`admin.rs`)
         _ = crate::admin::drain_requested().notified() => {},
     }
-    let timeout = Duration::from_secs(state.config.drain_timeout_secs);
+    let standalone = state.config.standalone();
+    // (alone there is no other node to move to: nothing to wait for)
+    let timeout = match standalone {
+        true => Duration::ZERO,
+        false => Duration::from_secs(state.config.drain_timeout_secs),
+    };
     info!(
         node_id = state.node_id,
         peers = state.bus.stats().peers,
-        ?timeout,
+        timeout_secs = timeout.as_secs(),
+        standalone,
         "draining"
     );
     state.draining.store(true, Ordering::SeqCst);
     server.pause().await;
     state.bus.notify_local(&ServerMessage::GoAway {
-        reason: "node shutting down".into(),
+        reason: SHUTTING_DOWN.into(),
         reconnect_in_ms: Some(0),
     });
+    let mut signalled = false;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let peers = state.bus.stats().peers;
-        if peers == 0 {
+        if peers == 0 || standalone {
             break;
         }
         tokio::select! {
@@ -301,9 +317,22 @@ async fn drain(state: web::Data<NodeState>, server: Serving) {
                 info!(peers, "drain timeout: closing the remaining connections");
                 break;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => { signalled = true; break }
+            _ = int.recv() => { signalled = true; break }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    if standalone {
+        state.registry.close();
+    }
+    state.bus.close_local(1001, SHUTTING_DOWN);
+    // (the close frames go out, and the clients answer, before the node stops)
+    let closed = tokio::time::Instant::now() + CLOSE_WAIT;
+    while !signalled && state.guards.connections() > 0 && tokio::time::Instant::now() < closed {
+        tokio::select! {
+            _ = term.recv() => signalled = true,
+            _ = int.recv() => signalled = true,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
     state.bus.shutdown().await;

@@ -119,6 +119,13 @@ impl Bus for MemoryBus {
         }
     }
 
+    fn close_local(&self, code: u16, reason: &str) {
+        let inner = self.inner.lock();
+        for mailbox in inner.mailboxes.values() {
+            let _ = mailbox.send(crate::mailbox::Outbound::Close(code, reason.into()));
+        }
+    }
+
     fn producers(&self) -> Vec<PeerInfo> {
         self.inner.lock().router.producers()
     }

@@ -46,6 +46,8 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `msg` to every peer connected to this node (encoded per peer version, so a v2-only
     /// message such as `goAway` reaches v2 peers only).
     fn notify_local(&self, msg: &ServerMessage);
+    /// Closes every connection to this node with `code` and `reason` (the node stops).
+    fn close_local(&self, code: u16, reason: &str);
     /// A client reconnected here with a resume token issued by another node, having received
     /// `last` frames (if it says): ask that node for the peer. The future yields its id and
     /// the number of the last frame accounted for, once the peer is registered here with

@@ -338,6 +338,13 @@ impl Bus for RedisBus {
         }
     }
 
+    fn close_local(&self, code: u16, reason: &str) {
+        let state = self.shared.state.lock();
+        for mailbox in state.mailboxes.values() {
+            let _ = mailbox.send(crate::mailbox::Outbound::Close(code, reason.into()));
+        }
+    }
+
     fn producers(&self) -> Vec<PeerInfo> {
         self.shared.state.lock().router.producers()
     }
