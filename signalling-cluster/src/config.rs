@@ -134,7 +134,8 @@ pub struct Config {
     )]
     pub drain_timeout_secs: u64,
 
-    /// Serve the web app from this directory instead of the copy built into the binary.
+    /// Serve the web app from this directory (it must hold `index.html`) instead of the copy
+    /// built into the binary.
     #[arg(long, env = "SIGNALLING_WEB_ROOT")]
     pub web_root: Option<std::path::PathBuf>,
 
@@ -212,7 +213,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why the configuration cannot work (the node exits 2 before it starts).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--web-root {path}: {why}")]
+    WebRoot { path: PathBuf, why: String },
+}
+
 impl Config {
+    /// Checks what clap cannot: that the files named exist.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(root) = &self.web_root {
+            let index = root.join("index.html");
+            if !index.is_file() {
+                let why = match root.is_dir() {
+                    true => "no index.html in this directory".to_string(),
+                    false => "not a directory".to_string(),
+                };
+                return Err(ConfigError::WebRoot {
+                    path: root.clone(),
+                    why,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Alone, on the in-memory bus (no `--redis-url`, no Sentinels).
     pub fn standalone(&self) -> bool {
         self.redis_url.is_none() && self.redis_sentinel.is_empty()

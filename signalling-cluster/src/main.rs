@@ -1,28 +1,66 @@
+use std::process::ExitCode;
 use std::sync::Arc;
-
-use clap::Parser;
 use std::time::Duration;
 
-use anyhow::Context;
+use clap::Parser;
+
 use signalling_cluster::bus::{Bus, Endpoint, MemoryBus, RedisBus, RedisSettings};
+use signalling_cluster::config::{Command, LogFormat};
 use signalling_cluster::resume::ResumeRegistry;
-use signalling_cluster::{config::LogFormat, Config};
+use signalling_cluster::Config;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+/// Why the process ends with an error: one line on stderr (no backtrace, whatever
+/// `RUST_BACKTRACE` says), and the exit code.
+enum Exit {
+    /// Bad arguments or configuration: 2, as clap's own refusals.
+    Usage(anyhow::Error),
+    /// A failure while running: 1.
+    Failed(anyhow::Error),
+}
+
+fn main() -> ExitCode {
     let config = Config::parse();
-    match &config.command {
-        Some(signalling_cluster::config::Command::Token(args)) => {
-            println!("{}", signalling_cluster::token::mint(args)?);
-            return Ok(());
+    let result = match &config.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Admin(args)) => match signalling_cluster::admin_cli::run(args) {
+            Ok(text) => {
+                println!("{text}");
+                Ok(())
+            }
+            Err(e) if e.is_usage() => Err(Exit::Usage(e.into())),
+            Err(e) => Err(Exit::Failed(e.into())),
+        },
+        None => node(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit::Usage(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
-        Some(signalling_cluster::config::Command::Admin(args)) => {
-            println!("{}", signalling_cluster::admin_cli::run(args)?);
-            return Ok(());
+        Err(Exit::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
-        None => {}
     }
-    let filter = EnvFilter::try_new(&config.log)?;
+}
+
+/// `signalling-cluster token`: the token on stdout, warnings on stderr.
+fn token(args: &signalling_cluster::token::TokenArgs) -> Result<(), Exit> {
+    for warning in signalling_cluster::token::warnings(args) {
+        eprintln!("warning: {warning}");
+    }
+    let token = signalling_cluster::token::mint(args).map_err(|e| Exit::Usage(e.into()))?;
+    println!("{token}");
+    Ok(())
+}
+
+/// Runs the node until it is stopped.
+fn node(config: Config) -> Result<(), Exit> {
+    config.check().map_err(|e| Exit::Usage(e.into()))?;
+    let filter = EnvFilter::try_new(&config.log)
+        .map_err(|e| Exit::Usage(anyhow::anyhow!("--log '{}': {e}", config.log)))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
         LogFormat::Text => builder.init(),
@@ -44,23 +82,26 @@ fn main() -> anyhow::Result<()> {
             (_, Some(url)) => Some(Endpoint::Url(url.clone())),
             _ => None,
         };
-        let bus: Arc<dyn Bus> = match endpoint {
-            Some(endpoint) => RedisBus::connect(
-                RedisSettings {
-                    endpoint,
-                    prefix: config.redis_prefix.clone(),
-                    node_id: config.resolved_node_id(),
-                    node_ttl: Duration::from_secs_f64(config.node_ttl_secs.max(0.5)),
-                    redis_timeout: Duration::from_secs_f64(config.redis_timeout_secs.max(0.05)),
-                    resume_grace: Duration::from_secs(config.resume_grace_secs),
-                    hold_limit: config.peer_queue,
-                },
-                registry.clone(),
-            )
-            .await
-            .context("cannot join the cluster")?,
-            None => Arc::new(MemoryBus::new()),
+        let Some(endpoint) = endpoint else {
+            let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+            return signalling_cluster::server::run(config, bus, registry)
+                .await
+                .map_err(Exit::Failed);
         };
-        signalling_cluster::server::run(config, bus, registry).await
+        let settings = RedisSettings {
+            endpoint,
+            prefix: config.redis_prefix.clone(),
+            node_id: config.resolved_node_id(),
+            node_ttl: Duration::from_secs_f64(config.node_ttl_secs.max(0.5)),
+            redis_timeout: Duration::from_secs_f64(config.redis_timeout_secs.max(0.05)),
+            resume_grace: Duration::from_secs(config.resume_grace_secs),
+            hold_limit: config.peer_queue,
+        };
+        let bus: Arc<dyn Bus> = RedisBus::connect(settings, registry.clone())
+            .await
+            .map_err(|e| Exit::Failed(anyhow::anyhow!("cannot join the cluster: {e}")))?;
+        signalling_cluster::server::run(config, bus, registry)
+            .await
+            .map_err(Exit::Failed)
     })
 }

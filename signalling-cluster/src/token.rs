@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use jsonwebtoken::{EncodingKey, Header};
 use serde::Serialize;
 
@@ -22,11 +21,12 @@ pub struct TokenArgs {
     /// Who the token is for (logs, the operations API).
     #[arg(long)]
     pub sub: String,
-    /// May publish producers with these names (globs; `*` for any, including nameless).
-    #[arg(long)]
+    /// May publish producers with these names (globs, comma-separated or repeated; `*` for
+    /// any, including nameless).
+    #[arg(long, value_delimiter = ',')]
     pub produce: Vec<String>,
-    /// May watch producers with these names (globs; `*` for any).
-    #[arg(long)]
+    /// May watch producers with these names (globs, comma-separated or repeated; `*` for any).
+    #[arg(long, value_delimiter = ',')]
     pub consume: Vec<String>,
     /// May register as a listener (presence).
     #[arg(long)]
@@ -37,16 +37,30 @@ pub struct TokenArgs {
     /// The tenant (default: the default tenant).
     #[arg(long)]
     pub tenant: Option<String>,
-    /// Lifetime: `90s`, `15m`, `1h`, `7d`.
+    /// Lifetime: `90s`, `15m`, `1h`, `7d` (above 0).
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     pub ttl: Duration,
+    /// The token's `iss`: needed when the nodes run with --auth-jwt-issuer (the same value).
     #[arg(long)]
     pub issuer: Option<String>,
+    /// The token's `aud`: needed when the nodes run with --auth-jwt-audience (the same value).
     #[arg(long)]
     pub audience: Option<String>,
 }
 
-/// `90s`, `15m`, `1h`, `7d`, or plain seconds.
+/// Why no token was made.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    // (the cause is in the message, not a `source`: printed once, on one line)
+    #[error("cannot read the secret file {path}: {why}")]
+    Secret { path: PathBuf, why: std::io::Error },
+    #[error("the secret file {0} is empty")]
+    EmptySecret(PathBuf),
+    #[error("cannot sign the token: {0}")]
+    Sign(jsonwebtoken::errors::Error),
+}
+
+/// `90s`, `15m`, `1h`, `7d`, or plain seconds; not 0 (a token already expired).
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = n.parse().map_err(|_| format!("bad duration '{s}'"))?;
@@ -57,6 +71,9 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
         "d" => n * 86400,
         _ => return Err(format!("bad duration unit in '{s}' (s, m, h, d)")),
     };
+    if secs == 0 {
+        return Err("a token living 0 s is expired when printed: give a lifetime above 0".into());
+    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -81,13 +98,36 @@ struct Claims<'a> {
     gwc: GrantClaim,
 }
 
+/// What is legal but probably not meant: a token that grants nothing, one for nobody.
+pub fn warnings(args: &TokenArgs) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if args.sub.trim().is_empty() {
+        warnings.push(
+            "--sub is empty: logs and the operations API will not say whose token this is".into(),
+        );
+    }
+    if args.produce.is_empty() && args.consume.is_empty() && !args.listen && !args.admin {
+        warnings
+            .push("the token grants nothing: no --produce, --consume, --listen or --admin".into());
+    }
+    warnings
+}
+
 /// The token `args` describe.
-pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
-    let secret = std::fs::read(&args.secret_file)
-        .with_context(|| format!("cannot read {}", args.secret_file.display()))?;
+pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
+    let secret = std::fs::read(&args.secret_file).map_err(|why| TokenError::Secret {
+        path: args.secret_file.clone(),
+        why,
+    })?;
     let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
-    anyhow::ensure!(!secret.is_empty(), "the secret file is empty");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    if secret.is_empty() {
+        return Err(TokenError::EmptySecret(args.secret_file.clone()));
+    }
+    // (a clock before 1970 is taken as 1970)
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let claims = Claims {
         sub: &args.sub,
         iat: now,
@@ -102,11 +142,12 @@ pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
             tenant: args.tenant.clone(),
         },
     };
-    Ok(jsonwebtoken::encode(
+    jsonwebtoken::encode(
         &Header::default(),
         &claims,
         &EncodingKey::from_secret(secret),
-    )?)
+    )
+    .map_err(TokenError::Sign)
 }
 
 #[cfg(test)]
@@ -119,6 +160,7 @@ mod tests {
         assert_eq!(parse_ttl("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_ttl("30"), Ok(Duration::from_secs(30)));
         assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("0").is_err() && parse_ttl("0h").is_err());
         assert_eq!(names(&["*".into()]), Some(NameGrant::Every(true)));
         assert_eq!(names(&[]), None);
     }
