@@ -50,6 +50,16 @@ pub struct Config {
     #[arg(long, env = "SIGNALLING_REDIS_SENTINEL_MASTER")]
     pub redis_sentinel_master: Option<String>,
 
+    /// Seconds a node whose Redis is unreachable at start keeps trying to join before it exits
+    /// (1). Meanwhile (from its first failed attempt) it listens, answers `/readyz` with 503
+    /// and refuses WebSocket upgrades (503). Default: no bound, it waits as long as it takes.
+    #[arg(
+        long = "redis-join-timeout",
+        env = "SIGNALLING_REDIS_JOIN_TIMEOUT",
+        value_parser = positive_secs
+    )]
+    pub redis_join_timeout_secs: Option<f64>,
+
     /// Prefix of every Redis key and channel of this cluster.
     #[arg(long, env = "SIGNALLING_REDIS_PREFIX", default_value = "gwc")]
     pub redis_prefix: String,
@@ -218,6 +228,15 @@ pub enum LogFormat {
 pub enum ConfigError {
     #[error("--web-root {path}: {why}")]
     WebRoot { path: PathBuf, why: String },
+}
+
+/// A number of seconds above 0.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        Ok(_) => Err(format!("'{s}' is not a number of seconds above 0")),
+        Err(_) => Err(format!("'{s}' is not a number of seconds")),
+    }
 }
 
 impl Config {

@@ -25,6 +25,7 @@
 //! | the Redis schema (keys, channels, stored values) | `bus/cluster/keys.rs` |
 //! | the node-to-node envelope and its kinds | `proto/src/envelope/` |
 //! | one process, no Redis | `bus/memory.rs` |
+//! | a Redis down at start: listening after a first failed attempt, unready, joining with backoff | `bus/joining.rs` |
 //! | a peer's connection: reading, rate limit, pings, writing | `peer.rs`, `websocket.rs` |
 //! | slow readers (bounded queue) | `mailbox.rs` |
 //! | the handshake: v1/v2, resume token, affinity headers | `upgrade.rs` |

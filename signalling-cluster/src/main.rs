@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use signalling_cluster::bus::{Bus, Endpoint, MemoryBus, RedisBus, RedisSettings};
+use signalling_cluster::bus::{Bus, Endpoint, JoiningBus, MemoryBus, RedisSettings};
 use signalling_cluster::config::{Command, LogFormat};
 use signalling_cluster::resume::ResumeRegistry;
 use signalling_cluster::Config;
@@ -88,6 +88,8 @@ fn node(config: Config) -> Result<(), Exit> {
                 .await
                 .map_err(Exit::Failed);
         };
+        // A first attempt, then the node serves (unready) while it joins: Redis may come up
+        // after it.
         let settings = RedisSettings {
             endpoint,
             prefix: config.redis_prefix.clone(),
@@ -97,11 +99,29 @@ fn node(config: Config) -> Result<(), Exit> {
             resume_grace: Duration::from_secs(config.resume_grace_secs),
             hold_limit: config.peer_queue,
         };
-        let bus: Arc<dyn Bus> = RedisBus::connect(settings, registry.clone())
-            .await
-            .map_err(|e| Exit::Failed(anyhow::anyhow!("cannot join the cluster: {e}")))?;
-        signalling_cluster::server::run(config, bus, registry)
-            .await
-            .map_err(Exit::Failed)
+        let bound = config.redis_join_timeout_secs.map(Duration::from_secs_f64);
+        let (bus, joined, first_failed) = JoiningBus::start(settings, registry.clone(), bound);
+        tokio::pin!(joined);
+        let mut joining = true;
+        tokio::select! {
+            result = &mut joined => match result {
+                Ok(()) => joining = false,
+                Err(e) if e.is_usage() => return Err(Exit::Usage(e.into())),
+                Err(e) => return Err(Exit::Failed(e.into())),
+            },
+            _ = first_failed => {}
+        }
+        let serving = signalling_cluster::server::run(config, bus, registry);
+        tokio::pin!(serving);
+        loop {
+            tokio::select! {
+                served = &mut serving => return served.map_err(Exit::Failed),
+                result = &mut joined, if joining => match result {
+                    Ok(()) => joining = false,
+                    Err(e) if e.is_usage() => return Err(Exit::Usage(e.into())),
+                    Err(e) => return Err(Exit::Failed(e.into())),
+                },
+            }
+        }
     })
 }

@@ -342,6 +342,9 @@ async fn drain(state: web::Data<NodeState>, server: Serving) {
 async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
     if state.draining.load(Ordering::SeqCst) {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
+    } else if state.bus.joining() {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "joining the cluster: waiting for Redis"}))
     } else if !state.bus.ready() {
         HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "cluster unavailable"}))

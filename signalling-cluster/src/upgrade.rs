@@ -55,6 +55,12 @@ where
         let body = format!("bad WebSocket upgrade: {e}\n");
         return refuse(&mut framed, StatusCode::BAD_REQUEST, body).await;
     }
+    if state.bus.joining() {
+        // Its peers would be invisible to the cluster until it has joined.
+        let body = "this node has not joined its cluster yet (waiting for Redis); try again \
+                    shortly or connect to another node\n";
+        return refuse(&mut framed, StatusCode::SERVICE_UNAVAILABLE, body.into()).await;
+    }
     if state.bus.fenced() {
         // Its peers would be invisible to the cluster: better another node.
         let body = "this node is cut off from its cluster; connect to another node\n";

@@ -2,16 +2,19 @@
 //!
 //! Peer actors only ever talk to a [`Bus`]. [`MemoryBus`] routes inside one process (a single
 //! node, upstream's model); the cluster implementation routes across nodes over Redis with the
-//! same trait, so a peer actor cannot tell which one it is connected to.
+//! same trait, so a peer actor cannot tell which one it is connected to. [`JoiningBus`] stands
+//! for it while Redis is not there yet at start (`joining.rs`).
 //!
 //! Every call is fire-and-forget: answers and errors come back through the peer's
 //! [`Mailbox`], as they do on the wire.
 
 mod cluster;
+mod joining;
 mod memory;
 pub mod resp;
 
 pub use cluster::{ClusterError, Endpoint, RedisBus, RedisSettings};
+pub use joining::{JoinError, JoiningBus};
 pub use memory::MemoryBus;
 
 use std::collections::HashMap;

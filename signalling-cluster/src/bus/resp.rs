@@ -47,6 +47,24 @@ pub enum RespError {
     Protocol(&'static str),
     #[error("unsupported Redis address: {0}")]
     Unsupported(&'static str),
+    #[error("no trusted root certificates found ({0})")]
+    NoTrustedRoots(String),
+}
+
+impl RespError {
+    /// Redis' certificate was rejected, or there is nothing to check it against: what this
+    /// process trusts does not change by waiting.
+    pub fn is_untrusted(&self) -> bool {
+        match self {
+            RespError::NoTrustedRoots(_) => true,
+            RespError::Io(e) => matches!(
+                e.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+                Some(rustls::Error::InvalidCertificate(_))
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// One RESP2 value, borrowing from the read buffer.
@@ -441,10 +459,14 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, RespError> {
     let found = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err(RespError::Io(io::Error::other(format!(
-            "no trusted root certificates found: {:?}",
-            found.errors
-        ))));
+        return Err(RespError::NoTrustedRoots(
+            found
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
     }
     Ok(Arc::new(
         rustls::ClientConfig::builder()

@@ -70,15 +70,31 @@ pub struct RedisSettings {
     pub hold_limit: usize,
 }
 
-/// Errors setting up the cluster bus.
+/// Errors setting up the cluster bus (each says its cause: no `source`, printed once).
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cannot locate Redis (a bad URL, or no Sentinel named the master): {0}")]
-    Locate(#[source] redis::RedisError),
+    Locate(redis::RedisError),
     #[error("cannot reach Redis: {0}")]
-    Connect(#[source] redis::RedisError),
+    Connect(redis::RedisError),
+    #[error("cannot reach Redis: {0}")]
+    Reach(resp::RespError),
     #[error("cannot use this Redis URL: {0}")]
-    Unsupported(#[source] resp::RespError),
+    Unsupported(resp::RespError),
+}
+
+impl ClusterError {
+    /// Whether trying again may work (Redis not up yet, unreachable for now); not for a URL
+    /// or settings that cannot work.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClusterError::Locate(e) => e.kind() != redis::ErrorKind::InvalidClientConfig,
+            // (a certificate Redis shows that we do not trust stays untrusted)
+            ClusterError::Reach(e) => !e.is_untrusted(),
+            ClusterError::Connect(_) => true,
+            ClusterError::Unsupported(_) => false,
+        }
+    }
 }
 
 /// The Redis-backed bus; see the module documentation.
@@ -165,9 +181,21 @@ impl RedisBus {
             .await
             .map_err(ClusterError::Locate)?;
         resp::supported(client.get_connection_info().addr()).map_err(ClusterError::Unsupported)?;
-        let con = manager(&client, settings.redis_timeout)
+        // A connection of the bus' own first: it says at once why Redis cannot be reached
+        // (refused, TLS, a password), where redis-rs' manager retries quietly until the timeout.
+        let name = format!("gwc-{}-probe", settings.node_id);
+        let probe = resp::Connection::connect(client.get_connection_info(), &name);
+        tokio::time::timeout(settings.redis_timeout, probe)
             .await
-            .map_err(ClusterError::Connect)?;
+            .map_err(|_| ClusterError::Reach(resp::RespError::Timeout(settings.redis_timeout)))?
+            .map_err(ClusterError::Reach)?;
+        // (bounded: redis-rs' own retries would keep a first connection silent for seconds)
+        let con = within(
+            settings.redis_timeout,
+            manager(&client, settings.redis_timeout),
+        )
+        .await
+        .map_err(ClusterError::Connect)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let state = State {
             router: Router::with_hold_limit(settings.hold_limit),
