@@ -344,9 +344,10 @@ async fn a_token_file_and_a_private_ca_work_and_the_audit_line_names_the_subject
     Ok(())
 }
 
-/// Arguments that cannot work: exit 2 and one line saying which and why.
+/// Arguments that cannot work: exit 2 and one line saying which and why; a node that cannot
+/// be reached: exit 1, one line.
 #[tokio::test]
-async fn a_ws_url_or_an_unreadable_token_file_is_refused_with_exit_2() -> Result<()> {
+async fn bad_arguments_exit_2_and_an_unreachable_node_exits_1_each_with_one_line() -> Result<()> {
     let run = |args: &[&str]| -> Result<(Option<i32>, String)> {
         let out = Command::new(bin("signalling-cluster"))
             .arg("admin")
@@ -367,10 +368,12 @@ async fn a_ws_url_or_an_unreadable_token_file_is_refused_with_exit_2() -> Result
     let (code, err) = run(&["peers", "--token-file", "/nonexistent/admin.token"])?;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("/nonexistent/admin.token"), "{err}");
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "one line, no backtrace: {err}"
-    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let url = format!("http://127.0.0.1:{}", cluster_tests::free_port());
+    let (code, err) = run(&["peers", "--url", &url])?;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert_eq!(err.matches(&url).count(), 1, "the URL once: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     Ok(())
 }

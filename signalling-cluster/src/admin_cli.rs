@@ -93,7 +93,7 @@ pub enum AdminError {
     Unreachable {
         method: &'static str,
         url: String,
-        why: Box<ureq::Error>,
+        why: String,
     },
     #[error("{method} {url}: the answer is not the API's JSON: {why}")]
     BadAnswer {
@@ -224,11 +224,16 @@ fn request(args: &AdminArgs, method: &'static str, path: &str) -> Result<Value, 
                 message: format!("{reason}: {said}"),
             })
         }
-        Err(e) => Err(AdminError::Unreachable {
-            method,
-            url,
-            why: Box::new(e),
-        }),
+        Err(e) => {
+            // (ureq names the URL itself: once is enough)
+            let text = e.to_string();
+            let why = text.strip_prefix(&format!("{url}: ")).unwrap_or(&text);
+            Err(AdminError::Unreachable {
+                method,
+                why: why.to_string(),
+                url,
+            })
+        }
     }
 }
 
