@@ -35,6 +35,7 @@ impl FromStr for Sink {
                 if let Some(path) = s.strip_prefix("file:") {
                     let path = PathBuf::from(path);
                     Container::of(&path)?;
+                    writable_place(&path)?;
                     Ok(Sink::File(path))
                 } else if let Some(fragment) = s.strip_prefix("pipeline:") {
                     if fragment.trim().is_empty() {
@@ -49,6 +50,29 @@ impl FromStr for Sink {
             }
         }
     }
+}
+
+/// A recording can be made at `path`: its directory exists (the muxer's filesink would only
+/// say "Element failed to change its state"), and it is not a directory itself.
+fn writable_place(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot record to '{}': no directory {}",
+            path.display(),
+            dir.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "cannot record to '{}': a directory",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +332,7 @@ impl Linker {
                         // A refinement (the parser adds a profile after the first keyframe):
                         // once the header is out the muxer would fail on it; the first caps
                         // already say what the container needs.
-                        return gst::PadProbeReturn::Drop;
+                        return agent_core::DISCARD;
                     }
                     gate.with_caps.insert(pad.name().to_string());
                     gate.maybe_open(expected().unwrap_or(1));
@@ -452,7 +476,7 @@ fn link_to_mux(
         // mp4mux rejects as an error; they are not decodable on their own anyway.
         if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
             if buffer.pts().is_none() {
-                return gst::PadProbeReturn::Drop;
+                return agent_core::DISCARD;
             }
         }
         if let Some(counter) = &counter {
@@ -485,6 +509,11 @@ mod tests {
             .contains("container"));
         assert!("pipeline:".parse::<Sink>().is_err());
         assert!("speaker".parse::<Sink>().is_err());
+        let no_dir = "file:/nonexistent-dir/x.mkv".parse::<Sink>().unwrap_err();
+        assert!(no_dir.contains("no directory /nonexistent-dir"), "{no_dir}");
+        assert!("file:/tmp.mkv".parse::<Sink>().is_ok(), "a file in /");
+        std::fs::create_dir_all("/tmp/gwc-sink-dir.mkv").unwrap();
+        assert!("file:/tmp/gwc-sink-dir.mkv".parse::<Sink>().is_err());
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl Republish {
                 (None, Some(name)) => *first = Some(name),
                 (Some(was), Some(now)) if *was != now => {
                     changed(format!("{was} → {now}"));
-                    return gst::PadProbeReturn::Drop;
+                    return agent_core::DISCARD;
                 }
                 _ => {}
             }
@@ -209,7 +209,7 @@ fn seal(pad: &gst::Pad) {
     pad.add_probe(events, |_, info| match info.event().map(|e| e.view()) {
         Some(
             gst::EventView::Eos(_) | gst::EventView::FlushStart(_) | gst::EventView::FlushStop(_),
-        ) => gst::PadProbeReturn::Drop,
+        ) => agent_core::DISCARD,
         _ => gst::PadProbeReturn::Ok,
     });
 }
