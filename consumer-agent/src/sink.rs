@@ -282,7 +282,7 @@ impl Linker {
             .static_pad("sink")
             .context("sink bin without sink pad")?;
         pad.link(&sinkpad)
-            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
+            .map_err(|e| anyhow!("cannot link {}: {e}", pad.name()))?;
         Ok(())
     }
 
@@ -308,7 +308,7 @@ impl Linker {
         filter.sync_state_with_parent()?;
         parse.sync_state_with_parent()?;
         pad.link(&filter.static_pad("sink").context("capsfilter sink")?)
-            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
+            .map_err(|e| anyhow!("cannot link {}: {e}", pad.name()))?;
         Ok(())
     }
 
@@ -388,7 +388,7 @@ impl Linker {
         parse.sync_state_with_parent()?;
         let entry = filter.static_pad("sink").context("capsfilter sink")?;
         pad.link(&entry)
-            .map_err(|e| anyhow!("cannot link {} to the recording: {e:?}", pad.name()))?;
+            .map_err(|e| anyhow!("cannot link {} to the recording: {e}", pad.name()))?;
         self.entries.lock().unwrap().push(entry.clone());
 
         Ok(())
@@ -445,7 +445,7 @@ fn count_encoded(
     bin.sync_state_with_parent()?;
     parsed
         .link(&bin.static_pad("sink").context("counting bin sink")?)
-        .map_err(|e| anyhow!("cannot link {name}: {e:?}"))?;
+        .map_err(|e| anyhow!("cannot link {name}: {e}"))?;
     info!("counting {name} frames without decoding");
     Ok(())
 }
@@ -469,7 +469,7 @@ fn link_to_mux(
         .static_pad("src")
         .context("chain src")?
         .link(mux_pad)
-        .map_err(|e| anyhow!("the muxer refuses {name}: {e:?}"))?;
+        .map_err(|e| anyhow!("the muxer refuses {name}: {e}"))?;
     chain.sync_state_with_parent()?;
     mux_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         // The first parsed H.264 units after joining a stream may carry no timestamp, which
@@ -486,7 +486,7 @@ fn link_to_mux(
     });
     parsed
         .link(&chain.static_pad("sink").context("chain sink")?)
-        .map_err(|e| anyhow!("cannot link {name}: {e:?}"))?;
+        .map_err(|e| anyhow!("cannot link {name}: {e}"))?;
     info!("recording {name}");
     Ok(())
 }

@@ -309,7 +309,7 @@ impl ClusterSignaller {
             }
             ServerMessage::Error { details, code } => {
                 let shown = code.as_ref().map_or("-", ErrorCode::as_str);
-                warn!(%details, code = shown, "error from the signalling server");
+                warn!(%details, code = %shown, "error from the signalling server");
                 self.event(AgentEvent::ServerError { details, code });
             }
             ServerMessage::Welcome { .. }
@@ -536,7 +536,10 @@ impl SignallableImpl for ClusterSignaller {
         let sdp_type = match sdp.type_() {
             gst_webrtc::WebRTCSDPType::Offer => SdpType::Offer,
             gst_webrtc::WebRTCSDPType::Answer => SdpType::Answer,
-            other => return warn!(session = %session_id, "not sending a {other:?} description"),
+            other => {
+                let kind = other.to_str();
+                return warn!(session = %session_id, "not sending a {kind} description");
+            }
         };
         let Ok(text) = sdp.sdp().as_text() else {
             return warn!(session = %session_id, "cannot serialize our SDP");
