@@ -146,6 +146,26 @@ async fn a_consumer_without_listen_or_consume_exits_4_naming_the_grant_and_an_in
     .await?;
     assert_eq!(code, Some(4), "{stderr}");
     assert!(stderr.contains("Not allowed to watch 'cam-1'"), "{stderr}");
+    // A server error that is no refusal: logged with its code in plain words (not
+    // `code=Some(UnknownPeer)`).
+    let (code, stderr) = run_to_exit(
+        "consumer-agent",
+        &[
+            "--server",
+            &url,
+            "--producer-id",
+            "no-such-peer",
+            "--token",
+            &other,
+        ],
+        LONG,
+    )
+    .await?;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("code=unknown-peer") && !stderr.contains("Some("),
+        "{stderr}"
+    );
 
     // By name with `listen` but no `consume` for it: invisible, not found (3), and said so.
     let listen_other = keys.token("viewer", json!({"consume": ["other-*"], "listen": true}))?;

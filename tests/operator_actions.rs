@@ -164,6 +164,11 @@ async fn a_session_ended_by_an_operator_ends_the_consumer_with_5_and_no_new_sess
     .await?;
     let stderr = consumer.stderr();
     assert!(!stderr.contains("looking for it again"), "{stderr}");
+    // Plain words, no Rust debug formatting (`Some(434) ms`).
+    assert!(
+        stderr.contains(" ms after the session started)") && !stderr.contains("Some("),
+        "{stderr}"
+    );
     assert_eq!(
         stderr.matches("requesting a session").count(),
         1,
