@@ -512,8 +512,11 @@ mod tests {
         let no_dir = "file:/nonexistent-dir/x.mkv".parse::<Sink>().unwrap_err();
         assert!(no_dir.contains("no directory /nonexistent-dir"), "{no_dir}");
         assert!("file:/tmp.mkv".parse::<Sink>().is_ok(), "a file in /");
-        std::fs::create_dir_all("/tmp/gwc-sink-dir.mkv").unwrap();
-        assert!("file:/tmp/gwc-sink-dir.mkv".parse::<Sink>().is_err());
+        let dir = std::env::temp_dir().join(format!("gwc-sink-{}.mkv", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a_directory = format!("file:{}", dir.display()).parse::<Sink>();
+        let _ = std::fs::remove_dir(&dir);
+        assert!(a_directory.unwrap_err().contains("a directory"));
     }
 
     #[test]
