@@ -26,7 +26,7 @@ pub struct SignallingArgs {
     /// cookies (`Cookie=gwc-node=…`) or headers a load balancer hashes on.
     #[arg(long = "header", value_parser = parse_key_value)]
     pub headers: Vec<(String, String)>,
-    /// Bearer token, sent as `Authorization: Bearer TOKEN`.
+    /// Bearer token, sent as `Authorization: Bearer TOKEN`. Refused by the server (401): exit 4.
     #[arg(
         long,
         env = "GWC_TOKEN",
@@ -35,11 +35,13 @@ pub struct SignallingArgs {
     )]
     pub token: Option<String>,
     /// File holding the bearer token, read again at every (re)connection: a rotated
-    /// Kubernetes Secret is picked up without a restart.
-    #[arg(long, env = "GWC_TOKEN_FILE")]
+    /// Kubernetes Secret is picked up without a restart. It must be readable at start (exit
+    /// 2); a token of it refused (401) is tried again, the file read again each time.
+    #[arg(long, env = "GWC_TOKEN_FILE", value_parser = parse_token_file)]
     pub token_file: Option<PathBuf>,
-    /// PEM file of the CA that signed the server's certificate (wss://).
-    #[arg(long, env = "GWC_CAFILE")]
+    /// PEM file of the CA that signed the server's certificate (wss://). A certificate it
+    /// does not vouch for is final: exit 4.
+    #[arg(long, env = "GWC_CAFILE", value_parser = parse_cafile)]
     pub cafile: Option<PathBuf>,
     /// Accept any server certificate (self-signed test setups only).
     #[arg(long, env = "GWC_INSECURE_TLS")]
@@ -47,13 +49,29 @@ pub struct SignallingArgs {
     /// Protocol: `auto` speaks v2 (resume, node ids) when the server offers it, `v1` never.
     #[arg(long, value_enum, env = "GWC_PROTOCOL", default_value = "auto")]
     pub protocol: ProtocolChoice,
-    /// Give up (exit 1) when no server could be reached for this many seconds.
-    #[arg(long, env = "GWC_RETRY_FOR", default_value_t = 60)]
+    /// Give up (exit 1) when no server could be reached for this many seconds (0: after the
+    /// first round of failed attempts).
+    #[arg(
+        long,
+        env = "GWC_RETRY_FOR",
+        default_value_t = 60,
+        allow_negative_numbers = true,
+        value_parser = whole::<u64>(0, u64::MAX)
+    )]
     pub retry_for: u64,
     /// Longest wait between two connection attempts, in seconds (the wait doubles from 250 ms,
     /// with jitter).
-    #[arg(long, env = "GWC_BACKOFF_MAX", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "GWC_BACKOFF_MAX",
+        default_value_t = 10,
+        allow_negative_numbers = true,
+        value_parser = whole::<u64>(1, 3600)
+    )]
     pub backoff_max: u64,
+    /// Kicked by an operator, register again as a new peer instead of exiting 5.
+    #[arg(long, env = "GWC_RECONNECT_AFTER_KICK")]
+    pub reconnect_after_kick: bool,
 }
 
 impl SignallingArgs {
@@ -70,8 +88,14 @@ impl SignallingArgs {
             insecure_tls: self.insecure_tls,
             protocol: self.protocol,
             retry_for: Duration::from_secs(self.retry_for),
-            backoff_max: Duration::from_secs(self.backoff_max.max(1)),
+            backoff_max: Duration::from_secs(self.backoff_max),
+            reconnect_after_kick: self.reconnect_after_kick,
         }
+    }
+
+    /// Whether a token is given (`--token` or `--token-file`).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
     }
 
     /// The servers, for messages.
@@ -111,7 +135,7 @@ pub struct OutputArgs {
     #[arg(long, value_enum, env = "GWC_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
     /// Print one JSON stats line on stdout every this many seconds.
-    #[arg(long, env = "GWC_STATS_INTERVAL", value_parser = parse_interval)]
+    #[arg(long, env = "GWC_STATS_INTERVAL", allow_negative_numbers = true, value_parser = parse_interval)]
     pub stats_interval: Option<Duration>,
     /// Serve Prometheus text metrics on this address (`HOST:PORT`).
     #[arg(long, env = "GWC_METRICS_ADDR")]
@@ -159,10 +183,51 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    seconds(s).map(Duration::from_secs_f64)
+}
+
+/// A positive, finite number of seconds (clap value parser; the argument needs
+/// `allow_negative_numbers` for "-1" to get this message rather than clap's "unexpected
+/// argument").
+pub fn seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() && secs < 1e9 => Ok(secs),
+        _ => Err("must be a positive number of seconds".into()),
     }
+}
+
+/// A clap value parser for a whole number from `min` to `max` (`u64::MAX`: no upper bound).
+/// The argument needs `allow_negative_numbers` for "-1" to get this message rather than
+/// clap's "unexpected argument '-1'".
+pub fn whole<T>(min: u64, max: u64) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync
+where
+    T: TryFrom<u64>,
+{
+    move |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| match max {
+                u64::MAX => format!("must be a whole number, at least {min}"),
+                _ => format!("must be a whole number from {min} to {max}"),
+            })
+    }
+}
+
+/// `--token-file`: readable and not empty at start, or exit 2 naming it.
+fn parse_token_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    crate::client::read_token_file(&path)?;
+    Ok(path)
+}
+
+/// `--cafile`: a readable PEM file with at least one certificate, or exit 2 naming it.
+fn parse_cafile(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    crate::tls::read_ca(&path).map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -175,6 +240,29 @@ mod tests {
         assert!(parse_server("wss://a/x").is_ok());
         assert!(parse_server("http://a").unwrap_err().contains("scheme"));
         assert!(parse_server("nope").is_err());
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_the_range() {
+        let width = whole::<u32>(1, 8192);
+        assert_eq!(width("640"), Ok(640));
+        assert_eq!(
+            width("0").unwrap_err(),
+            "must be a whole number from 1 to 8192"
+        );
+        assert!(width("-1").is_err() && width("8193").is_err() && width("x").is_err());
+        assert!(
+            whole::<u32>(0, u64::MAX)("99999999999").is_err(),
+            "beyond u32"
+        );
+        assert_eq!(
+            whole::<u64>(1, u64::MAX)("0").unwrap_err(),
+            "must be a whole number, at least 1"
+        );
+        assert_eq!(seconds("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "NaN", "inf", "x"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use proto::{ServerMessage, SUBPROTOCOL_V1, SUBPROTOCOL_V2};
+use proto::{ErrorCode, ServerMessage, SUBPROTOCOL_V1, SUBPROTOCOL_V2};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -55,14 +55,25 @@ impl Token {
     pub fn current(&self) -> Option<String> {
         match self {
             Token::Value(t) => Some(t.clone()),
-            Token::File(path) => match std::fs::read_to_string(path) {
-                Ok(t) => Some(t.trim().to_string()),
+            Token::File(path) => match read_token_file(path) {
+                Ok(t) => Some(t),
                 Err(e) => {
-                    warn!("cannot read the token file {}: {e}", path.display());
+                    warn!("{e}; connecting without a token");
                     None
                 }
             },
         }
+    }
+}
+
+/// The token in `path` (trimmed): an error names the file. The agents check it at start
+/// (exit 2), and read it again at every connection.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let shown = path.display();
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => Err(format!("the token file {shown} is empty")),
+        Ok(t) => Ok(t.trim().to_string()),
+        Err(e) => Err(format!("cannot read the token file {shown}: {e}")),
     }
 }
 
@@ -82,6 +93,8 @@ pub struct ClientConfig {
     pub retry_for: Duration,
     /// Upper bound of the exponential backoff between attempts.
     pub backoff_max: Duration,
+    /// Kicked by an operator: register anew instead of stopping.
+    pub reconnect_after_kick: bool,
 }
 
 /// What the connection tells its owner, in order.
@@ -101,6 +114,13 @@ pub enum ClientEvent {
     Lost { url: Url, reason: String },
     /// No server could be reached for `retry_for`: the client stopped.
     GaveUp { error: String },
+    /// Refused for good at the door (a fixed token, or none, refused with 401; the server's
+    /// certificate rejected; a token file refused for `retry_for`): the client stopped.
+    Refused { error: String },
+    /// An operator disconnected us (v2 `error` code `kicked`, or close code 4000). The client
+    /// stopped, unless `reconnect_after_kick`: then it registers anew (no resume: the server
+    /// keeps nothing of a kicked peer).
+    Kicked { reason: String },
 }
 
 /// Errors the first connection can end with.
@@ -199,6 +219,8 @@ enum End {
     Lost(String),
     /// The server did not resume our peer; we closed at once, to try again.
     ResumeRefused,
+    /// Kicked by an operator, and not to reconnect.
+    Kicked,
 }
 
 impl Task {
@@ -216,7 +238,7 @@ impl Task {
                 Ok((ws, v2_offered)) => {
                     failures = 0;
                     match self.serve(ws, &url, v2_offered).await {
-                        End::Closed => return,
+                        End::Closed | End::Kicked => return,
                         End::Lost(reason) => {
                             warn!(server = %url, %reason, "signalling connection lost, reconnecting");
                             (self.on_event)(ClientEvent::Lost {
@@ -237,6 +259,12 @@ impl Task {
                     continue; // the first retry goes out at once, to the next server
                 }
                 Err(AttemptError::Stopped) => return,
+                Err(AttemptError::Final(reason)) => {
+                    (self.on_event)(ClientEvent::Refused {
+                        error: format!("cannot connect to {url}: {reason}"),
+                    });
+                    return;
+                }
                 Err(e) => {
                     if matches!(e, AttemptError::RefusedV2) {
                         // A stock server: same server again at once, v1 this time.
@@ -250,12 +278,15 @@ impl Task {
                     if unreachable_since.elapsed() >= self.config.retry_for {
                         let tried: Vec<String> =
                             self.config.servers.iter().map(Url::to_string).collect();
-                        (self.on_event)(ClientEvent::GaveUp {
-                            error: format!(
-                                "cannot connect to {} (for {} s; last error: {e})",
-                                tried.join(", "),
-                                self.config.retry_for.as_secs()
-                            ),
+                        let error = format!(
+                            "cannot connect to {} (for {} s; last error: {e})",
+                            tried.join(", "),
+                            self.config.retry_for.as_secs()
+                        );
+                        // Refused to the end: the token file never held a token the server took.
+                        (self.on_event)(match e {
+                            AttemptError::Unauthorized(_) => ClientEvent::Refused { error },
+                            _ => ClientEvent::GaveUp { error },
                         });
                         return;
                     }
@@ -320,7 +351,13 @@ impl Task {
             Ok(Err(WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(_)))) => {
                 Err(AttemptError::RefusedV2)
             }
-            Ok(Err(e)) => Err(AttemptError::Other(e.to_string())),
+            Ok(Err(WsError::Http(response))) => Err(self.refusal(&response)),
+            Ok(Err(e)) => Err(match rejected_certificate(&e) {
+                Some(why) => AttemptError::Final(format!(
+                    "the server's certificate was rejected ({why}); not retrying: give --cafile the CA that signed it"
+                )),
+                None => AttemptError::Other(e.to_string()),
+            }),
             Ok(Ok((ws, response))) => {
                 let v2 = response
                     .headers()
@@ -330,6 +367,48 @@ impl Task {
                 Ok((ws, v2))
             }
         }
+    }
+
+    /// What an HTTP answer to the upgrade means: the node's reason (its body) is shown. A 401
+    /// is final unless the token comes from a file, which may hold a valid one by the next
+    /// attempt (a rotated Secret).
+    fn refusal(
+        &self,
+        response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+    ) -> AttemptError {
+        let status = response.status();
+        let body = response
+            .body()
+            .as_deref()
+            .map(|b| String::from_utf8_lossy(b).trim().to_string())
+            .filter(|b| !b.is_empty());
+        let what = match body {
+            Some(body) => format!("HTTP {}: {body}", status.as_u16()),
+            None => format!("HTTP {status}"),
+        };
+        if status != tokio_tungstenite::tungstenite::http::StatusCode::UNAUTHORIZED {
+            return AttemptError::Other(what);
+        }
+        match &self.config.token {
+            Some(Token::File(path)) => AttemptError::Unauthorized(format!(
+                "{what} (the token of {}: the file is read again at every attempt)",
+                path.display()
+            )),
+            Some(Token::Value(_)) => {
+                AttemptError::Final(format!("the server refused the --token given: {what}"))
+            }
+            None => AttemptError::Final(format!(
+                "the server wants a token (--token or --token-file): {what}"
+            )),
+        }
+    }
+
+    /// An operator disconnected us: the owner hears why; we stop, or (told to) register anew.
+    fn kicked(&mut self, reason: String) -> Option<End> {
+        (self.on_event)(ClientEvent::Kicked { reason });
+        // A kicked peer is not kept for a resume.
+        self.token = None;
+        (!self.config.reconnect_after_kick).then_some(End::Kicked)
     }
 
     /// Runs one connection: welcome, then messages both ways until it ends.
@@ -371,6 +450,7 @@ impl Task {
             resumed,
         });
 
+        let mut kicked = false;
         loop {
             tokio::select! {
                 frame = ws.next() => match frame {
@@ -391,12 +471,25 @@ impl Task {
                                 info!(server = %url, "token expiring; resuming with the token file's");
                                 return End::Lost("token expiring".into());
                             }
+                            Ok(ServerMessage::Error { code: Some(ErrorCode::Kicked), details }) => {
+                                kicked = true;
+                                if let Some(end) = self.kicked(details) {
+                                    return end;
+                                }
+                            }
                             Ok(msg) => (self.on_event)(ClientEvent::Message(msg)),
                             Err(e) => warn!(error = %e, "unreadable message from server, ignored"),
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        return End::Lost(format!("closed by server: {}", frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default()));
+                        let (code, reason) = frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or_default();
+                        // 4000: kicked (what a v1 peer hears of it; a v2 one was told first).
+                        if code == KICKED && !kicked {
+                            if let Some(end) = self.kicked(format!("disconnected by an operator: {reason}")) {
+                                return end;
+                            }
+                        }
+                        return End::Lost(format!("closed by server: {code} {reason}"));
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return End::Lost(e.to_string()),
@@ -428,14 +521,35 @@ impl Task {
     }
 }
 
+/// The close code of a kicked peer (docs/protocol.md).
+const KICKED: u16 = 4000;
+
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
     #[error("server refused the v2 subprotocol")]
     RefusedV2,
     #[error("stopped")]
     Stopped,
+    /// Trying again cannot help.
+    #[error("{0}")]
+    Final(String),
+    /// Our token file's token refused (401): retried, the file read again.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     Other(String),
+}
+
+/// rustls' reason when the server's certificate was not accepted (unknown issuer, expired,
+/// wrong name, …): a setup to fix, not a failure to retry.
+fn rejected_certificate(e: &WsError) -> Option<String> {
+    let WsError::Io(io) = e else {
+        return None;
+    };
+    match io.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(_) => Some(io.to_string()),
+        _ => None,
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> Option<String> {

@@ -3,9 +3,10 @@
 //!
 //! [`poll`] reads the signaller's channel every interval on the main thread (so the agent's
 //! pipeline work stays there), checks SIGINT/SIGTERM first, and does what is the same for
-//! every agent: a lost connection is counted and logged, a signaller that gave up ends the
-//! run. Everything else goes to the agent's [`EventHandler`], which only implements the kinds
-//! it cares about.
+//! every agent: a lost connection is counted and logged; a signaller that gave up, that the
+//! server refused for good, or that an operator kicked ends the run ([`Stop`], with the exit
+//! code of [`crate::exit`]). Everything else goes to the agent's [`EventHandler`], which only
+//! implements the kinds it cares about.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -14,8 +15,9 @@ use std::time::Duration;
 use gst::glib::{self, ControlFlow};
 use tracing::warn;
 
+use crate::exit::Ending;
 use crate::shutdown::Shutdown;
-use crate::signaller::AgentEvent;
+use crate::signaller::{AgentEvent, EndedBy};
 
 /// The signaller registered (or resumed) with a server.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +56,22 @@ pub enum Stop {
     Signal,
     /// No server could be reached for `--retry-for`: a failure.
     GaveUp(String),
+    /// The server refused us for good (exit 4).
+    Refused(String),
+    /// An operator stopped us: kicked, or a session ended by one (exit 5).
+    Operator(String),
+}
+
+impl Stop {
+    /// The error the run ends with (`None`: a clean stop).
+    pub fn into_error(self) -> Option<anyhow::Error> {
+        match self {
+            Stop::Signal => None,
+            Stop::GaveUp(e) => Some(anyhow::anyhow!(e)),
+            Stop::Refused(e) => Some(Ending::Refused(e).into()),
+            Stop::Operator(e) => Some(Ending::Operator(e).into()),
+        }
+    }
 }
 
 /// An agent's side of [`poll`]. Methods returning [`ControlFlow::Break`] end the poll (the
@@ -61,11 +79,11 @@ pub enum Stop {
 pub trait EventHandler {
     /// Bumped on every lost connection (`reconnects` in the stats and metrics).
     fn reconnects(&self) -> &AtomicU64;
-    /// End the run (quit the main loop), with a failure for [`Stop::GaveUp`].
+    /// End the run (quit the main loop), with [`Stop::into_error`]'s failure.
     fn stop(&mut self, why: Stop);
     fn registered(&mut self, registration: Registration);
     fn session_started(&mut self, session_id: String, peer_id: String);
-    fn session_ended(&mut self, session_id: String, by_peer: bool) -> ControlFlow;
+    fn session_ended(&mut self, session_id: String, by: EndedBy) -> ControlFlow;
     /// An `error` from the server; by default only logged.
     fn server_error(&mut self, details: String, code: Option<proto::ErrorCode>) -> ControlFlow {
         let _ = code;
@@ -148,6 +166,21 @@ pub fn dispatch(handler: &mut impl EventHandler, event: AgentEvent) -> ControlFl
             handler.stop(Stop::GaveUp(error));
             return ControlFlow::Break;
         }
+        AgentEvent::Refused { reason } => {
+            handler.stop(Stop::Refused(reason));
+            return ControlFlow::Break;
+        }
+        AgentEvent::Kicked {
+            reason,
+            reconnecting: false,
+        } => {
+            handler.stop(Stop::Operator(reason));
+            return ControlFlow::Break;
+        }
+        AgentEvent::Kicked {
+            reason,
+            reconnecting: true,
+        } => warn!("{reason}; registering again (--reconnect-after-kick)"),
         AgentEvent::ProducerChosen { producer_id, meta } => {
             handler.producer_chosen(producer_id, meta)
         }
@@ -155,10 +188,9 @@ pub fn dispatch(handler: &mut impl EventHandler, event: AgentEvent) -> ControlFl
             session_id,
             peer_id,
         } => handler.session_started(session_id, peer_id),
-        AgentEvent::SessionEnded {
-            session_id,
-            by_peer,
-        } => return handler.session_ended(session_id, by_peer),
+        AgentEvent::SessionEnded { session_id, by } => {
+            return handler.session_ended(session_id, by)
+        }
         AgentEvent::ConsumerRefused { peer_id, limit } => handler.consumer_refused(peer_id, limit),
         AgentEvent::ServerError { details, code } => return handler.server_error(details, code),
     }
@@ -196,8 +228,8 @@ mod tests {
         fn session_started(&mut self, session_id: String, peer_id: String) {
             self.calls.push(format!("started {session_id} {peer_id}"));
         }
-        fn session_ended(&mut self, session_id: String, by_peer: bool) -> ControlFlow {
-            self.calls.push(format!("ended {session_id} {by_peer}"));
+        fn session_ended(&mut self, session_id: String, by: EndedBy) -> ControlFlow {
+            self.calls.push(format!("ended {session_id} {by:?}"));
             if self.end_on_session_end {
                 ControlFlow::Break
             } else {
@@ -279,11 +311,39 @@ mod tests {
         };
         let ended = || AgentEvent::SessionEnded {
             session_id: "s1".into(),
-            by_peer: true,
+            by: EndedBy::Other,
         };
         let events = channel(vec![ended(), ended()]);
         assert!(pump(&mut h, &events, &Shutdown::new()).is_break());
-        assert_eq!(h.calls, ["ended s1 true"]);
+        assert_eq!(h.calls, ["ended s1 Other"]);
+    }
+
+    #[test]
+    fn a_refusal_or_a_kick_stops_and_a_kick_with_reconnect_goes_on() {
+        let mut h = Recorder::default();
+        let kicked = |reconnecting| AgentEvent::Kicked {
+            reason: "policy".into(),
+            reconnecting,
+        };
+        let events = channel(vec![kicked(true), lost(), kicked(false), lost()]);
+        assert!(pump(&mut h, &events, &Shutdown::new()).is_break());
+        assert_eq!(h.calls, [r#"stop Operator("policy")"#]);
+        assert_eq!(h.reconnects.load(Ordering::Relaxed), 1);
+
+        let mut h = Recorder::default();
+        let refused = AgentEvent::Refused {
+            reason: "forbidden".into(),
+        };
+        assert!(pump(&mut h, &channel(vec![refused]), &Shutdown::new()).is_break());
+        assert_eq!(h.calls, [r#"stop Refused("forbidden")"#]);
+        let code = |stop: Stop| stop.into_error().map(|e| crate::exit::code_of(&e));
+        assert_eq!(code(Stop::Refused("x".into())), Some(crate::exit::REFUSED));
+        assert_eq!(
+            code(Stop::Operator("x".into())),
+            Some(crate::exit::OPERATOR)
+        );
+        assert_eq!(code(Stop::GaveUp("x".into())), Some(crate::exit::FAILURE));
+        assert_eq!(code(Stop::Signal), None);
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Keyframes {
                 k.deferred_due();
             });
         }
-        gst::PadProbeReturn::Drop
+        crate::DISCARD
     }
 
     /// The end of the interval a request was deferred to.

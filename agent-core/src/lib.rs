@@ -11,10 +11,12 @@
 //!   [`stats`]: reading webrtcbin statistics.
 //! * [`shutdown`]: SIGINT/SIGTERM as a flag the GLib main loop polls.
 //! * [`keyframes`]: keyframe requests of many consumers of one encoded stream, coalesced.
+//! * [`exit`]: the exit codes every agent documents, and the errors that carry them.
 
 pub mod cli;
 pub mod client;
 pub mod events;
+pub mod exit;
 pub mod keyframes;
 pub mod metrics;
 pub mod reporting;
@@ -25,18 +27,6 @@ pub mod tls;
 
 use anyhow::Context;
 
-/// Exit codes both agents document (see their `--help`).
-pub mod exit {
-    /// Done (frames/duration reached, or stopped by a signal).
-    pub const OK: u8 = 0;
-    /// A runtime failure (signalling unreachable, pipeline error, …).
-    pub const FAILURE: u8 = 1;
-    /// Bad arguments (also what clap exits with on a usage error).
-    pub const USAGE: u8 = 2;
-    /// consumer-agent: the producer was not found.
-    pub const NOT_FOUND: u8 = 3;
-}
-
 /// GStreamer, with the webrtc elements and `rtpgccbwe` registered from this binary.
 pub fn init_gstreamer() -> anyhow::Result<()> {
     gst::init().context("cannot initialize GStreamer")?;
@@ -45,6 +35,14 @@ pub fn init_gstreamer() -> anyhow::Result<()> {
     warm_up_dtls();
     Ok(())
 }
+
+/// What a pad probe returns to keep an event (or buffer) from going on: `Handled`, not
+/// `Drop`. gstreamer-rs takes the object out of the probe info before calling the closure and
+/// disposes of it itself; after `Drop`, GStreamer 1.22's `gst_pad_push_event` then unrefs the
+/// NULL left in its place (`gst_mini_object_unref: assertion 'mini_object != NULL' failed`,
+/// once per keyframe request the relay coalesced away). `Handled` means "the probe disposed
+/// of it", which is what happened.
+pub const DISCARD: gst::PadProbeReturn = gst::PadProbeReturn::Handled;
 
 /// Every webrtcbin of a process shares one DTLS certificate, made (an RSA key generated) when
 /// the first DTLS element is: 160 ms measured here, inside a fresh agent's first

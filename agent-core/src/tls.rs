@@ -32,19 +32,11 @@ pub fn connector(cafile: Option<&Path>, insecure: bool) -> Result<Option<Connect
         let mut roots = RootCertStore::empty();
         match cafile {
             Some(path) => {
-                let err = |reason: String| TlsError::CaFile {
-                    path: path.display().to_string(),
-                    reason,
-                };
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| err(e.to_string()))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| err(e.to_string()))?;
-                if certs.is_empty() {
-                    return Err(err("no certificate in it".into()));
-                }
-                for cert in certs {
-                    roots.add(cert).map_err(|e| err(e.to_string()))?;
+                for cert in read_ca(path)? {
+                    roots.add(cert).map_err(|e| TlsError::CaFile {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 }
             }
             None => {
@@ -57,6 +49,24 @@ pub fn connector(cafile: Option<&Path>, insecure: bool) -> Result<Option<Connect
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(Some(Connector::Rustls(Arc::new(config))))
+}
+
+/// The certificates of a CA file (PEM), at least one.
+pub fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    // (pem_file_iter's own error for a missing file names no file and says little)
+    std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// `--insecure-tls`: for self-signed test setups only; the signature is still checked.

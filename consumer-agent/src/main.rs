@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_core::cli::{IceArgs, OutputArgs, SignallingArgs};
+use agent_core::cli::{seconds, whole, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
-use agent_core::exit;
+use agent_core::exit::{self, Ending};
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{ClusterSignaller, Role, SignallerConfig, Target};
+use agent_core::signaller::{ClusterSignaller, EndedBy, Role, SignallerConfig, Target};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -32,7 +32,10 @@ use sink::{Container, Linker, Sink};
 ///
 /// Exit codes: 0 done (--frames/--duration reached, or stopped by SIGINT/SIGTERM), 1 runtime
 /// failure (signalling unreachable for --retry-for, no frame, pipeline error), 2 bad
-/// arguments, 3 producer not found within --timeout.
+/// arguments, 3 producer not found within --timeout, 4 refused by the server (the token
+/// lacks `consume` for the producer, or `listen` to find it by name or first; a --token
+/// refused; the server's certificate rejected), 5 stopped by an operator (kicked, unless
+/// --reconnect-after-kick, or the session ended by one: not started again).
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {
@@ -57,20 +60,20 @@ pub struct Args {
     #[arg(long, env = "CONSUMER_SINK", default_value = "null")]
     pub sink: Sink,
     /// Exit 0 after this many video frames.
-    #[arg(long, env = "CONSUMER_FRAMES")]
+    #[arg(long, env = "CONSUMER_FRAMES", allow_negative_numbers = true, value_parser = whole::<u64>(1, u64::MAX))]
     pub frames: Option<u64>,
     /// Exit 0 after this many seconds.
-    #[arg(long, env = "CONSUMER_DURATION")]
+    #[arg(long, env = "CONSUMER_DURATION", allow_negative_numbers = true, value_parser = seconds)]
     pub duration: Option<f64>,
     /// Seconds to wait for the producer (at start and after it went away), and for the first
-    /// frame of a session.
-    #[arg(long, env = "CONSUMER_TIMEOUT", default_value_t = 30)]
+    /// frame of a session: at least 1 (a session needs a moment to give its first frame).
+    #[arg(long, env = "CONSUMER_TIMEOUT", default_value_t = 30, allow_negative_numbers = true, value_parser = whole::<u64>(1, 86_400))]
     pub timeout: u64,
     /// With --stream: when the media of a session that had frames stops for this many
     /// seconds, end the session and be placed again (the member may have died: its node
     /// keeps it for a resume and passes it over). Longer rides out an origin's restart behind
     /// a relay in the same session; shorter moves sooner off a dead relay.
-    #[arg(long, env = "CONSUMER_STALL_TIMEOUT", default_value_t = 3.0)]
+    #[arg(long, env = "CONSUMER_STALL_TIMEOUT", default_value_t = 3.0, allow_negative_numbers = true, value_parser = seconds)]
     pub stall_timeout: f64,
     /// With `--sink encoded`: write `HASH UNIX_MICROS` per video frame to PATH (the relay
     /// benchmark matches two consumers' frames by hash to measure a hop's latency).
@@ -97,11 +100,6 @@ impl Args {
         }
     }
 }
-
-/// The producer was not found: exit 3.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct NotFound(String);
 
 /// The last line on stdout.
 #[derive(serde::Serialize)]
@@ -138,12 +136,7 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             eprintln!("consumer-agent: {e:#}");
-            let not_found = e.downcast_ref::<NotFound>().is_some();
-            ExitCode::from(if not_found {
-                exit::NOT_FOUND
-            } else {
-                exit::FAILURE
-            })
+            ExitCode::from(exit::code_of(&e))
         }
     }
 }
@@ -188,7 +181,8 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
             .frame_log
             .as_deref()
             .map(sink::FrameLog::create)
-            .transpose()?,
+            .transpose()
+            .map_err(|e| Ending::Usage(format!("--frame-log: {e:#}")))?,
     };
     let mut collector = report::Collector::new(run.started, run.frames.clone(), run.shared.clone());
     agent_core::reporting::start(
@@ -397,6 +391,8 @@ struct Follower {
     timeout: Duration,
     /// `producer named 'x'`, for messages.
     what: String,
+    /// With a token: a producer it may not watch is invisible, which looks like no producer.
+    invisible_hint: &'static str,
     servers: String,
     by_id: bool,
     /// The search clock starts once registered: an unreachable server is --retry-for's.
@@ -423,6 +419,10 @@ impl Follower {
             duration: args.duration.map(Duration::from_secs_f64),
             timeout: Duration::from_secs(args.timeout),
             what: describe(target),
+            invisible_hint: match args.signalling.has_token() {
+                true => " (or none the token's `consume` covers)",
+                false => "",
+            },
             servers: args.signalling.describe(),
             by_id: matches!(target, Target::Id(_)),
             searching_since: None,
@@ -448,13 +448,13 @@ impl EventHandler for Follower {
     }
 
     fn stop(&mut self, why: Stop) {
-        match why {
-            Stop::Signal => {
-                info!("signal received, stopping");
-                self.end.finish(Outcome::Stopped);
-            }
-            Stop::GaveUp(error) => self.end.finish(Outcome::Failed(anyhow!(error))),
+        if why == Stop::Signal {
+            info!("signal received, stopping");
         }
+        self.end.finish(match why.into_error() {
+            None => Outcome::Stopped,
+            Some(e) => Outcome::Failed(e),
+        });
     }
 
     fn registered(&mut self, r: Registration) {
@@ -481,11 +481,16 @@ impl EventHandler for Follower {
         self.frames_at_session = self.frames.load(Ordering::Relaxed);
     }
 
-    fn session_ended(&mut self, session_id: String, by_peer: bool) -> glib::ControlFlow {
-        let how = if by_peer {
-            " by the producer or the server"
-        } else {
-            ""
+    fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
+        let how = match by {
+            EndedBy::Other => " by the producer or the server",
+            EndedBy::Us => "",
+            EndedBy::Operator => {
+                // An operator's decision: not undone by starting a new session.
+                *self.shared.session_id.lock().unwrap() = None;
+                let why = format!("session {session_id} was ended by an operator");
+                return self.finish(Outcome::Failed(Ending::Operator(why).into()));
+            }
         };
         info!(session = %session_id, "session {session_id} ended{how}");
         *self.shared.session_id.lock().unwrap() = None;
@@ -505,7 +510,8 @@ impl EventHandler for Follower {
             if gone {
                 let (what, servers) = (&self.what, &self.servers);
                 return self.finish(if self.by_id {
-                    Outcome::Failed(NotFound(format!("no {what} on {servers}: {details}")).into())
+                    let why = format!("no {what} on {servers}: {details}");
+                    Outcome::Failed(Ending::NotFound(why).into())
                 } else {
                     Outcome::SessionGone
                 });
@@ -522,10 +528,11 @@ impl EventHandler for Follower {
             None if self.searching_since.is_some_and(|s| s.elapsed() > timeout) => {
                 let (what, servers) = (&self.what, &self.servers);
                 let msg = format!(
-                    "no {what} appeared on {servers} within {} s",
-                    timeout.as_secs()
+                    "no {what} appeared on {servers} within {} s{}",
+                    timeout.as_secs(),
+                    self.invisible_hint
                 );
-                return self.finish(Outcome::Failed(NotFound(msg).into()));
+                return self.finish(Outcome::Failed(Ending::NotFound(msg).into()));
             }
             Some(since) if n == self.frames_at_session && since.elapsed() > timeout => {
                 return self.finish(Outcome::Failed(anyhow!(
@@ -557,7 +564,10 @@ impl EventHandler for Follower {
             *self.shared.first_frame_ms.lock().unwrap() = Some(ms);
             let since_session = self.session_since.map(|s| s.elapsed().as_millis() as u64);
             *self.shared.session_to_first_frame_ms.lock().unwrap() = since_session;
-            info!("first frame after {ms} ms ({since_session:?} ms after the session started)");
+            match since_session {
+                Some(s) => info!("first frame after {ms} ms ({s} ms after the session started)"),
+                None => info!("first frame after {ms} ms"),
+            }
         }
         if self.last_progress.elapsed() >= Duration::from_secs(5) && n > 0 {
             self.last_progress = Instant::now();
@@ -584,7 +594,7 @@ fn finalize_recording(bus: &gst::Bus, entries: &[gst::Pad]) {
     for entry in entries {
         if let Some(peer) = entry.peer() {
             peer.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, |_, _| {
-                gst::PadProbeReturn::Drop
+                agent_core::DISCARD
             });
         }
         entry.send_event(gst::event::Eos::new());
@@ -594,9 +604,10 @@ fn finalize_recording(bus: &gst::Bus, entries: &[gst::Pad]) {
         &[gst::MessageType::Eos, gst::MessageType::Error],
     ) {
         Some(m) if m.type_() == gst::MessageType::Eos => info!("recording finalized"),
-        other => warn!(
-            "recording may be incomplete: {:?}",
-            other.map(|m| m.type_())
-        ),
+        Some(m) => match m.view() {
+            gst::MessageView::Error(e) => warn!("recording may be incomplete: {}", e.error()),
+            _ => warn!("recording may be incomplete"),
+        },
+        None => warn!("recording may be incomplete: no end of stream within 5 s"),
     }
 }

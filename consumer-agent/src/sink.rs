@@ -35,6 +35,7 @@ impl FromStr for Sink {
                 if let Some(path) = s.strip_prefix("file:") {
                     let path = PathBuf::from(path);
                     Container::of(&path)?;
+                    writable_place(&path)?;
                     Ok(Sink::File(path))
                 } else if let Some(fragment) = s.strip_prefix("pipeline:") {
                     if fragment.trim().is_empty() {
@@ -49,6 +50,29 @@ impl FromStr for Sink {
             }
         }
     }
+}
+
+/// A recording can be made at `path`: its directory exists (the muxer's filesink would only
+/// say "Element failed to change its state"), and it is not a directory itself.
+fn writable_place(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot record to '{}': no directory {}",
+            path.display(),
+            dir.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "cannot record to '{}': a directory",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,7 +282,7 @@ impl Linker {
             .static_pad("sink")
             .context("sink bin without sink pad")?;
         pad.link(&sinkpad)
-            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
+            .map_err(|e| anyhow!("cannot link {}: {e}", pad.name()))?;
         Ok(())
     }
 
@@ -284,7 +308,7 @@ impl Linker {
         filter.sync_state_with_parent()?;
         parse.sync_state_with_parent()?;
         pad.link(&filter.static_pad("sink").context("capsfilter sink")?)
-            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
+            .map_err(|e| anyhow!("cannot link {}: {e}", pad.name()))?;
         Ok(())
     }
 
@@ -308,7 +332,7 @@ impl Linker {
                         // A refinement (the parser adds a profile after the first keyframe):
                         // once the header is out the muxer would fail on it; the first caps
                         // already say what the container needs.
-                        return gst::PadProbeReturn::Drop;
+                        return agent_core::DISCARD;
                     }
                     gate.with_caps.insert(pad.name().to_string());
                     gate.maybe_open(expected().unwrap_or(1));
@@ -364,7 +388,7 @@ impl Linker {
         parse.sync_state_with_parent()?;
         let entry = filter.static_pad("sink").context("capsfilter sink")?;
         pad.link(&entry)
-            .map_err(|e| anyhow!("cannot link {} to the recording: {e:?}", pad.name()))?;
+            .map_err(|e| anyhow!("cannot link {} to the recording: {e}", pad.name()))?;
         self.entries.lock().unwrap().push(entry.clone());
 
         Ok(())
@@ -421,7 +445,7 @@ fn count_encoded(
     bin.sync_state_with_parent()?;
     parsed
         .link(&bin.static_pad("sink").context("counting bin sink")?)
-        .map_err(|e| anyhow!("cannot link {name}: {e:?}"))?;
+        .map_err(|e| anyhow!("cannot link {name}: {e}"))?;
     info!("counting {name} frames without decoding");
     Ok(())
 }
@@ -445,14 +469,14 @@ fn link_to_mux(
         .static_pad("src")
         .context("chain src")?
         .link(mux_pad)
-        .map_err(|e| anyhow!("the muxer refuses {name}: {e:?}"))?;
+        .map_err(|e| anyhow!("the muxer refuses {name}: {e}"))?;
     chain.sync_state_with_parent()?;
     mux_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         // The first parsed H.264 units after joining a stream may carry no timestamp, which
         // mp4mux rejects as an error; they are not decodable on their own anyway.
         if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
             if buffer.pts().is_none() {
-                return gst::PadProbeReturn::Drop;
+                return agent_core::DISCARD;
             }
         }
         if let Some(counter) = &counter {
@@ -462,7 +486,7 @@ fn link_to_mux(
     });
     parsed
         .link(&chain.static_pad("sink").context("chain sink")?)
-        .map_err(|e| anyhow!("cannot link {name}: {e:?}"))?;
+        .map_err(|e| anyhow!("cannot link {name}: {e}"))?;
     info!("recording {name}");
     Ok(())
 }
@@ -485,6 +509,14 @@ mod tests {
             .contains("container"));
         assert!("pipeline:".parse::<Sink>().is_err());
         assert!("speaker".parse::<Sink>().is_err());
+        let no_dir = "file:/nonexistent-dir/x.mkv".parse::<Sink>().unwrap_err();
+        assert!(no_dir.contains("no directory /nonexistent-dir"), "{no_dir}");
+        assert!("file:/tmp.mkv".parse::<Sink>().is_ok(), "a file in /");
+        let dir = std::env::temp_dir().join(format!("gwc-sink-{}.mkv", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a_directory = format!("file:{}", dir.display()).parse::<Sink>();
+        let _ = std::fs::remove_dir(&dir);
+        assert!(a_directory.unwrap_err().contains("a directory"));
     }
 
     #[test]

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::cli::{parse_key_value, IceArgs, OutputArgs, SignallingArgs};
+use agent_core::cli::{parse_key_value, whole, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{producer_sink, AgentEvent};
+use agent_core::signaller::{producer_sink, AgentEvent, EndedBy};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -32,7 +32,9 @@ use source::{BadSource, Source, TestParams};
 ///
 /// Exit codes: 0 stopped by SIGINT/SIGTERM (or the source ended), 1 runtime failure
 /// (signalling unreachable for --retry-for, pipeline error), 2 bad arguments (including a
-/// fragment that does not parse or a URI that cannot be opened).
+/// fragment that does not parse or a URI that cannot be opened), 4 refused by the server
+/// (the token does not cover --name, a --token refused, the server's certificate
+/// rejected), 5 kicked by an operator (unless --reconnect-after-kick).
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {
@@ -46,11 +48,14 @@ pub struct Args {
     /// With `--source test`: also publish a test tone.
     #[arg(long, env = "PRODUCER_AUDIO")]
     pub audio: bool,
-    #[arg(long, env = "PRODUCER_WIDTH", default_value_t = 640)]
+    /// With `--source test`: picture width, 16 to 7680.
+    #[arg(long, env = "PRODUCER_WIDTH", default_value_t = 640, allow_negative_numbers = true, value_parser = whole::<u32>(16, 7680))]
     pub width: u32,
-    #[arg(long, env = "PRODUCER_HEIGHT", default_value_t = 480)]
+    /// With `--source test`: picture height, 16 to 4320.
+    #[arg(long, env = "PRODUCER_HEIGHT", default_value_t = 480, allow_negative_numbers = true, value_parser = whole::<u32>(16, 4320))]
     pub height: u32,
-    #[arg(long, env = "PRODUCER_FPS", default_value_t = 30)]
+    /// With `--source test`: frames per second, 1 to 120.
+    #[arg(long, env = "PRODUCER_FPS", default_value_t = 30, allow_negative_numbers = true, value_parser = whole::<u32>(1, 120))]
     pub fps: u32,
     /// With `--source uri:file://…`: stop at the end of the file instead of looping.
     #[arg(long, env = "PRODUCER_NO_LOOP")]
@@ -73,7 +78,7 @@ pub struct Args {
     /// With gcc congestion control (webrtcsink's default) it is the start: the bitrate then
     /// follows the consumers' estimates (their 20th percentile) within --min-bitrate and
     /// --max-bitrate.
-    #[arg(long, env = "PRODUCER_BITRATE")]
+    #[arg(long, env = "PRODUCER_BITRATE", allow_negative_numbers = true, value_parser = bitrate())]
     pub bitrate: Option<u32>,
     /// With `--encoding shared`: at most one keyframe is forced per this many milliseconds,
     /// however many consumers ask for one (joining, or on loss); a request in between is
@@ -81,20 +86,22 @@ pub struct Args {
     #[arg(
         long = "min-keyframe-interval",
         env = "PRODUCER_MIN_KEYFRAME_INTERVAL",
-        default_value_t = 250
+        default_value_t = 250,
+        allow_negative_numbers = true,
+        value_parser = whole::<u64>(0, 60_000)
     )]
     pub min_keyframe_interval_ms: u64,
     /// Congestion control: gcc (rtpgccbwe), homegrown, or disabled. Default: webrtcsink's (gcc).
     #[arg(long, env = "PRODUCER_CONGESTION_CONTROL", value_parser = ["gcc", "homegrown", "disabled"])]
     pub congestion_control: Option<String>,
     /// Lowest video bitrate congestion control may choose, bits/s (webrtcsink default 1000).
-    #[arg(long, env = "PRODUCER_MIN_BITRATE")]
+    #[arg(long, env = "PRODUCER_MIN_BITRATE", allow_negative_numbers = true, value_parser = bitrate())]
     pub min_bitrate: Option<u32>,
     /// Highest video bitrate, bits/s (webrtcsink default 8192000).
-    #[arg(long, env = "PRODUCER_MAX_BITRATE")]
+    #[arg(long, env = "PRODUCER_MAX_BITRATE", allow_negative_numbers = true, value_parser = bitrate())]
     pub max_bitrate: Option<u32>,
     /// Starting video bitrate, bits/s (webrtcsink default 2048000).
-    #[arg(long, env = "PRODUCER_START_BITRATE")]
+    #[arg(long, env = "PRODUCER_START_BITRATE", allow_negative_numbers = true, value_parser = bitrate())]
     pub start_bitrate: Option<u32>,
     /// Forward error correction (webrtcsink default true).
     #[arg(long, env = "PRODUCER_FEC")]
@@ -104,7 +111,7 @@ pub struct Args {
     pub rtx: Option<bool>,
     /// Serve at most this many consumers; more are refused (their session ends at once)
     /// rather than degrading everyone's stream.
-    #[arg(long, env = "PRODUCER_MAX_CONSUMERS", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PRODUCER_MAX_CONSUMERS", allow_negative_numbers = true, value_parser = whole::<u32>(1, u32::MAX as u64))]
     pub max_consumers: Option<u32>,
     /// Extra metadata `KEY=VALUE` published with the producer (repeatable).
     #[arg(long = "meta", value_parser = parse_key_value)]
@@ -136,6 +143,12 @@ fn video_codec(s: &str) -> Result<&'static str, String> {
     })
 }
 
+/// Bits/s every encoder takes (x264enc's kbit/s from 1, vp8enc's `i32`), as webrtcsink's 1000
+/// default minimum.
+fn bitrate() -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync {
+    whole::<u32>(1000, 2_000_000_000)
+}
+
 fn audio_codec(s: &str) -> Result<&'static str, String> {
     match s.to_ascii_lowercase().as_str() {
         "opus" => Ok("audio/x-opus"),
@@ -154,7 +167,11 @@ fn main() -> ExitCode {
             error!("{e:#}");
             eprintln!("producer-agent: {e:#}");
             let usage = e.downcast_ref::<BadSource>().is_some();
-            ExitCode::from(if usage { exit::USAGE } else { exit::FAILURE })
+            ExitCode::from(if usage {
+                exit::USAGE
+            } else {
+                exit::code_of(&e)
+            })
         }
     }
 }
@@ -490,12 +507,12 @@ impl EventHandler for Publisher {
     }
 
     fn stop(&mut self, why: Stop) {
-        match why {
-            Stop::Signal => {
-                info!("signal received, ending sessions");
-                self.end.quit();
-            }
-            Stop::GaveUp(error) => self.end.fail(anyhow!(error)),
+        if why == Stop::Signal {
+            info!("signal received, ending sessions");
+        }
+        match why.into_error() {
+            None => self.end.quit(),
+            Some(e) => self.end.fail(e),
         }
     }
 
@@ -520,14 +537,18 @@ impl EventHandler for Publisher {
         self.consumers.lock().unwrap().insert(session_id, consumer);
     }
 
-    fn session_ended(&mut self, session_id: String, by_peer: bool) -> glib::ControlFlow {
+    fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
         let who = self
             .consumers
             .lock()
             .unwrap()
             .remove(&session_id)
             .unwrap_or_default();
-        let how = if by_peer { "" } else { ", ended by us" };
+        let how = match by {
+            EndedBy::Other => "",
+            EndedBy::Us => ", ended by us",
+            EndedBy::Operator => ", ended by an operator",
+        };
         info!(session = %session_id, "consumer {who} left (session {session_id}{how})");
         glib::ControlFlow::Continue
     }

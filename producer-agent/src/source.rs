@@ -208,10 +208,10 @@ fn link_pad(
     let chain_src = chain.static_pad("src").context("chain src")?;
     chain_src
         .link(&sink_pad)
-        .map_err(|e| anyhow!("cannot link to webrtcsink: {e:?}"))?;
+        .map_err(|e| anyhow!("cannot link to webrtcsink: {e}"))?;
     let chain_sink = chain.static_pad("sink").context("chain sink")?;
     pad.link(&chain_sink)
-        .map_err(|e| anyhow!("cannot link the {kind} source: {e:?}"))?;
+        .map_err(|e| anyhow!("cannot link the {kind} source: {e}"))?;
     chain.sync_state_with_parent()?;
     on_stream(&chain_src);
     Ok(())

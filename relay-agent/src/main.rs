@@ -28,12 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::cli::{IceArgs, OutputArgs, SignallingArgs};
+use agent_core::cli::{whole, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit;
 use agent_core::keyframes::KeyframeCounts;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{producer_sink, AgentEvent, Target};
+use agent_core::signaller::{producer_sink, AgentEvent, EndedBy, Target};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -50,7 +50,10 @@ use upstream::Source;
 ///
 /// Exit codes: 0 stopped by SIGINT/SIGTERM; 1 runtime failure (signalling unreachable for
 /// --retry-for, the origin not found or not back within --timeout, a --source-id origin gone,
-/// a returning origin with another codec, a pipeline error); 2 bad arguments.
+/// a returning origin with another codec, a pipeline error); 2 bad arguments; 4 refused by
+/// the server (the token lacks `produce` for the relay's name, or `consume`/`listen` for its
+/// source; a --token refused; the server's certificate rejected); 5 stopped by an operator
+/// (kicked, unless --reconnect-after-kick, or its source session ended by one).
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {
@@ -64,14 +67,16 @@ pub struct Args {
     #[arg(long, env = "RELAY_NAME")]
     pub name: Option<String>,
     /// Serve at most this many consumers (announced as the relay's `capacity`).
-    #[arg(long, env = "RELAY_MAX_CONSUMERS", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "RELAY_MAX_CONSUMERS", allow_negative_numbers = true, value_parser = whole::<u32>(1, u32::MAX as u64))]
     pub max_consumers: Option<u32>,
     /// Keyframe requests of the relay's consumers reach the origin at most once per this many
     /// milliseconds (a request in between waits for the end of it).
     #[arg(
         long = "min-keyframe-interval",
         env = "RELAY_MIN_KEYFRAME_INTERVAL",
-        default_value_t = 250
+        default_value_t = 250,
+        allow_negative_numbers = true,
+        value_parser = whole::<u64>(0, 60_000)
     )]
     pub min_keyframe_interval_ms: u64,
     /// Add forward error correction (ULPFEC, 50 %) to what the relay sends. Off by default:
@@ -79,8 +84,8 @@ pub struct Args {
     /// viewer.
     #[arg(long, env = "RELAY_FEC")]
     pub fec: bool,
-    /// Seconds to wait for the origin (from registration, and after it went away).
-    #[arg(long, env = "RELAY_TIMEOUT", default_value_t = 30)]
+    /// Seconds to wait for the origin (from registration, and after it went away): at least 1.
+    #[arg(long, env = "RELAY_TIMEOUT", default_value_t = 30, allow_negative_numbers = true, value_parser = whole::<u64>(1, 86_400))]
     pub timeout: u64,
     #[command(flatten)]
     pub ice: IceArgs,
@@ -121,7 +126,7 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             eprintln!("relay-agent: {e:#}");
-            ExitCode::from(exit::FAILURE)
+            ExitCode::from(exit::code_of(&e))
         }
     }
 }
@@ -264,13 +269,10 @@ impl EventHandler for Downstream {
     }
 
     fn stop(&mut self, why: Stop) {
-        match why {
-            Stop::Signal => self.main_loop.quit(),
-            Stop::GaveUp(e) => {
-                *self.failure.lock().unwrap() = Some(anyhow!(e));
-                self.main_loop.quit();
-            }
+        if let Some(e) = why.into_error() {
+            self.failure.lock().unwrap().get_or_insert(e);
         }
+        self.main_loop.quit();
     }
 
     fn registered(&mut self, r: Registration) {
@@ -282,8 +284,12 @@ impl EventHandler for Downstream {
         info!(session = %session_id, "consumer {consumer} connected");
     }
 
-    fn session_ended(&mut self, session_id: String, _by_peer: bool) -> glib::ControlFlow {
-        info!(session = %session_id, "consumer left (session {session_id})");
+    fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
+        let how = match by {
+            EndedBy::Operator => ", ended by an operator",
+            EndedBy::Us | EndedBy::Other => "",
+        };
+        info!(session = %session_id, "consumer left (session {session_id}{how})");
         glib::ControlFlow::Continue
     }
 

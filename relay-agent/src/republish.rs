@@ -80,7 +80,7 @@ impl Republish {
             return pad
                 .link(&chain.entry)
                 .map(|_| ())
-                .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()));
+                .map_err(|e| anyhow!("cannot link {}: {e}", pad.name()));
         }
         if *self.started.lock().unwrap() {
             // webrtcsink cannot take a new input once serving.
@@ -91,11 +91,11 @@ impl Republish {
             pipeline.add(&drop)?;
             drop.sync_state_with_parent()?;
             let sink = drop.static_pad("sink").context("fakesink pad")?;
-            return pad.link(&sink).map(|_| ()).map_err(|e| anyhow!("{e:?}"));
+            return pad.link(&sink).map(|_| ()).map_err(|e| anyhow!("{e}"));
         }
         let chain = self.chain(&pipeline, kind)?;
         pad.link(&chain.entry)
-            .map_err(|e| anyhow!("cannot link {}: {e:?}", pad.name()))?;
+            .map_err(|e| anyhow!("cannot link {}: {e}", pad.name()))?;
         chains.insert(kind, chain);
         if chains.len() >= expected.unwrap_or(1) {
             self.start(&mut chains)?;
@@ -168,7 +168,7 @@ impl Republish {
                 (None, Some(name)) => *first = Some(name),
                 (Some(was), Some(now)) if *was != now => {
                     changed(format!("{was} → {now}"));
-                    return gst::PadProbeReturn::Drop;
+                    return agent_core::DISCARD;
                 }
                 _ => {}
             }
@@ -188,7 +188,7 @@ impl Republish {
             chain
                 .out
                 .link(&input)
-                .map_err(|e| anyhow!("cannot link to webrtcsink: {e:?}"))?;
+                .map_err(|e| anyhow!("cannot link to webrtcsink: {e}"))?;
             if let Some(hold) = chain.hold.take() {
                 chain.out.remove_probe(hold);
             }
@@ -209,7 +209,7 @@ fn seal(pad: &gst::Pad) {
     pad.add_probe(events, |_, info| match info.event().map(|e| e.view()) {
         Some(
             gst::EventView::Eos(_) | gst::EventView::FlushStart(_) | gst::EventView::FlushStop(_),
-        ) => gst::PadProbeReturn::Drop,
+        ) => agent_core::DISCARD,
         _ => gst::PadProbeReturn::Ok,
     });
 }

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_core::events::{self, EventHandler, Registration, Stop};
+use agent_core::exit::Ending;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{ClusterSignaller, Role, SignallerConfig, Target};
+use agent_core::signaller::{ClusterSignaller, EndedBy, Role, SignallerConfig, Target};
 use anyhow::{anyhow, Context};
 use gst::glib;
 use gst::prelude::*;
@@ -125,14 +126,16 @@ impl EventHandler for Upstream {
     }
 
     fn stop(&mut self, why: Stop) {
-        match why {
-            Stop::Signal => {
-                info!("signal received, stopping");
+        if why == Stop::Signal {
+            info!("signal received, stopping");
+        }
+        match why.into_error() {
+            None => {
                 self.done = true;
                 self.source.main_loop.quit();
             }
-            Stop::GaveUp(e) => {
-                self.fail(anyhow!(e));
+            Some(e) => {
+                self.fail(e);
             }
         }
     }
@@ -173,7 +176,12 @@ impl EventHandler for Upstream {
         *self.source.shared.upstream_session.lock().unwrap() = Some(session_id);
     }
 
-    fn session_ended(&mut self, session_id: String, _by_peer: bool) -> glib::ControlFlow {
+    fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
+        if by == EndedBy::Operator {
+            // An operator's decision: the relay does not take its source again by itself.
+            let why = format!("the source session {session_id} was ended by an operator");
+            return self.fail(Ending::Operator(why).into());
+        }
         if matches!(self.source.target, Target::Id(_)) {
             return self.fail(anyhow!(
                 "the origin's session {session_id} ended: its producer went away"

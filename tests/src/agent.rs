@@ -89,6 +89,22 @@ impl Agent {
         serde_json::from_str(last).with_context(|| format!("not JSON: {last}"))
     }
 
+    /// The word after the first `marker` on stderr: a peer id, from `registered 'x' as ID`,
+    /// `registered as ID`, `serving as ID`.
+    pub fn word_after(&self, marker: &str) -> Option<String> {
+        let stderr = self.stderr();
+        let rest = stderr.split(marker).nth(1)?;
+        rest.split_whitespace().next().map(String::from)
+    }
+
+    /// Waits for `marker` on stderr and returns the word after it (see [`Agent::word_after`]).
+    pub async fn wait_word_after(&self, marker: &str, limit: Duration) -> anyhow::Result<String> {
+        self.wait_stderr(marker, limit).await?;
+        self.wait(limit, marker, |a| a.word_after(marker).is_some())
+            .await?;
+        self.word_after(marker).context("no word after the marker")
+    }
+
     pub fn signal(&self, sig: i32) {
         self.proc.signal(sig);
     }
@@ -143,6 +159,18 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Runs agent `name` with `args` to its end: its exit code (None: killed by a signal) and
+/// stderr.
+pub async fn run_to_exit(
+    name: &str,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<(Option<i32>, String)> {
+    let mut agent = Agent::spawn(name, args)?;
+    let code = agent.exit_within(limit).await?;
+    Ok((code, agent.stderr()))
 }
 
 /// The test harness shows this only when the test fails: both sides' story.

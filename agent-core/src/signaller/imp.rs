@@ -9,11 +9,12 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gstrswebrtc::signaller::{Signallable, SignallableImpl};
 use proto::{
-    ClientMessage, PeerMessage, PeerRole, PeerStatus, RelayPayload, SdpType, ServerMessage,
+    ClientMessage, EndReason, ErrorCode, PeerMessage, PeerRole, PeerStatus, RelayPayload, SdpType,
+    ServerMessage,
 };
 use tracing::{debug, info, info_span, warn};
 
-use super::{AgentEvent, Role, SignallerConfig, Target};
+use super::{AgentEvent, EndedBy, Role, SignallerConfig, Target};
 use crate::client::{Client, ClientEvent};
 
 #[derive(Default)]
@@ -38,6 +39,8 @@ struct State {
     producer_id: Option<String>,
     /// Audio and video streams the other side's last description sends.
     remote_streams: Option<usize>,
+    /// The server refused us for good: we act on nothing more (the agent is stopping).
+    refused: bool,
 }
 
 impl ClusterSignaller {
@@ -99,6 +102,11 @@ impl ClusterSignaller {
                 reason,
             }),
             ClientEvent::GaveUp { error } => self.event(AgentEvent::GaveUp { error }),
+            ClientEvent::Refused { error } => self.event(AgentEvent::Refused { reason: error }),
+            ClientEvent::Kicked { reason } => self.event(AgentEvent::Kicked {
+                reason,
+                reconnecting: self.config().client.reconnect_after_kick,
+            }),
         }
     }
 
@@ -138,7 +146,7 @@ impl ClusterSignaller {
                 .emit_by_name::<bool>("session-ended", &[&session_id]);
             self.event(AgentEvent::SessionEnded {
                 session_id,
-                by_peer: true,
+                by: EndedBy::Other,
             });
         }
         let meta = self.meta();
@@ -217,6 +225,9 @@ impl ClusterSignaller {
     }
 
     fn on_message(&self, msg: ServerMessage) {
+        if self.state.lock().unwrap().refused {
+            return;
+        }
         match msg {
             ServerMessage::PeerStatusChanged(status) => {
                 if let (true, Some(id)) = (status.producing(), status.peer_id.as_deref()) {
@@ -268,23 +279,37 @@ impl ClusterSignaller {
                     peer_id,
                 });
             }
-            ServerMessage::EndSession { session_id, .. } => {
+            ServerMessage::EndSession { session_id, reason } => {
                 if self.state.lock().unwrap().sessions.remove(&session_id) {
-                    info!(session = %session_id, "session ended by the other side");
+                    let by = match reason {
+                        Some(EndReason::Operator) => EndedBy::Operator,
+                        _ => EndedBy::Other,
+                    };
+                    match by {
+                        EndedBy::Operator => {
+                            info!(session = %session_id, "session ended by an operator")
+                        }
+                        _ => info!(session = %session_id, "session ended by the other side"),
+                    }
                     self.obj()
                         .emit_by_name::<bool>("session-ended", &[&session_id]);
-                    self.event(AgentEvent::SessionEnded {
-                        session_id,
-                        by_peer: true,
-                    });
+                    self.event(AgentEvent::SessionEnded { session_id, by });
                 }
             }
             ServerMessage::Peer(PeerMessage {
                 session_id,
                 payload,
             }) => self.on_peer_message(&session_id, &payload),
+            ServerMessage::Error { details, code } if refuses_us(&code, &details) => {
+                warn!("the signalling server refused us: {details}");
+                self.state.lock().unwrap().refused = true;
+                self.event(AgentEvent::Refused {
+                    reason: self.refusal(&details),
+                });
+            }
             ServerMessage::Error { details, code } => {
-                warn!(%details, ?code, "error from the signalling server");
+                let shown = code.as_ref().map_or("-", ErrorCode::as_str);
+                warn!(%details, code = %shown, "error from the signalling server");
                 self.event(AgentEvent::ServerError { details, code });
             }
             ServerMessage::Welcome { .. }
@@ -292,6 +317,20 @@ impl ClusterSignaller {
             | ServerMessage::GoAway { .. }
             | ServerMessage::TokenExpiring { .. } => {}
         }
+    }
+
+    /// What the agent prints when the server refused a grant: its reason, and what to do.
+    fn refusal(&self, details: &str) -> String {
+        let hint = match &self.config().role {
+            Role::Producer { .. } => "the token's `produce` must cover the name",
+            Role::Consumer {
+                target: Target::Name(_) | Target::First,
+            } if details.contains("listen") => {
+                "finding a producer by name or the first one follows presence: the token needs `listen` (or use --producer-id)"
+            }
+            Role::Consumer { .. } => "the token's `consume` must cover the producer",
+        };
+        format!("refused by the signalling server: {details} ({hint})")
     }
 
     fn on_start_session(&self, peer_id: String, session_id: String, offer: Option<String>) {
@@ -383,6 +422,15 @@ impl ClusterSignaller {
                 );
             }
         }
+    }
+}
+
+/// Whether the server's error refuses what we registered as or asked for, for good: a grant
+/// the token lacks (v2 code `forbidden`; a v1 peer of our nodes only has the text).
+fn refuses_us(code: &Option<ErrorCode>, details: &str) -> bool {
+    match code {
+        Some(code) => *code == ErrorCode::Forbidden,
+        None => details.starts_with("Not allowed to "),
     }
 }
 
@@ -488,7 +536,10 @@ impl SignallableImpl for ClusterSignaller {
         let sdp_type = match sdp.type_() {
             gst_webrtc::WebRTCSDPType::Offer => SdpType::Offer,
             gst_webrtc::WebRTCSDPType::Answer => SdpType::Answer,
-            other => return warn!(session = %session_id, "not sending a {other:?} description"),
+            other => {
+                let kind = other.to_str();
+                return warn!(session = %session_id, "not sending a {kind} description");
+            }
         };
         let Ok(text) = sdp.sdp().as_text() else {
             return warn!(session = %session_id, "cannot serialize our SDP");
@@ -522,7 +573,7 @@ impl SignallableImpl for ClusterSignaller {
             });
             self.event(AgentEvent::SessionEnded {
                 session_id: session_id.to_string(),
-                by_peer: false,
+                by: EndedBy::Us,
             });
         }
     }

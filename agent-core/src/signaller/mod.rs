@@ -79,10 +79,9 @@ pub enum AgentEvent {
         session_id: String,
         peer_id: String,
     },
-    /// `by_peer`: the other side (or the server) ended it, not our element.
     SessionEnded {
         session_id: String,
-        by_peer: bool,
+        by: EndedBy,
     },
     /// Producer: a consumer was turned away because of `max_sessions`.
     ConsumerRefused {
@@ -98,6 +97,29 @@ pub enum AgentEvent {
     GaveUp {
         error: String,
     },
+    /// The server refused us for good (the token's grants, a token or certificate refused
+    /// at the door): the signaller stopped.
+    Refused {
+        reason: String,
+    },
+    /// An operator disconnected us. `reconnecting`: `--reconnect-after-kick` was given and
+    /// the signaller registers anew; otherwise it stopped.
+    Kicked {
+        reason: String,
+        reconnecting: bool,
+    },
+}
+
+/// Who ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    /// Our element.
+    Us,
+    /// The other member, or the server (its peer left, our identity was lost).
+    Other,
+    /// An operator, through the operations API (v2 `endSession` with reason `operator`): not
+    /// to be started again by ourselves.
+    Operator,
 }
 
 /// Everything a signaller needs; set once, before the element starts.
