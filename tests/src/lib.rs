@@ -105,12 +105,15 @@ impl Proc {
         })
     }
 
-    /// Sends a signal (e.g. libc SIGTERM = 15) to the process.
+    /// Sends a signal (e.g. libc SIGTERM = 15) to the process. A signal that cannot be sent
+    /// fails the test here: what follows would judge a process that was never told.
     pub fn signal(&self, sig: i32) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status();
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            let e = std::io::Error::last_os_error();
+            panic!("cannot send signal {sig} to {} (pid {pid}): {e}", self.name);
+        }
     }
 }
 
@@ -127,6 +130,35 @@ pub struct Node {
     pub host: String,
     pub port: u16,
     pub proc: Proc,
+    /// What it logs, for a node started with [`Node::start_logged`].
+    pub log: Option<Log>,
+}
+
+/// The lines a node logged so far (on its stdout, as upstream's server; echoed to the test's
+/// stderr as they come).
+#[derive(Clone, Default)]
+pub struct Log(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    /// Collects `pipe` line by line on a thread of its own.
+    fn collect(pipe: impl std::io::Read + Send + 'static) -> Log {
+        let log = Log::default();
+        let lines = log.0.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("{line}");
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        log
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().any(|l| l.contains(needle))
+    }
 }
 
 impl Node {
@@ -167,6 +199,13 @@ impl Node {
         Self::start_cmd(free_port(), extra, &[], true).await
     }
 
+    /// Starts a node whose log the test reads ([`Node::log`]).
+    pub async fn start_logged(extra: &[&str]) -> anyhow::Result<Node> {
+        let mut cmd = Command::new(bin("signalling-cluster"));
+        cmd.stdout(Stdio::piped());
+        Self::spawn(cmd, "127.0.0.1", free_port(), extra, &[], false).await
+    }
+
     /// Starts a node with extra environment variables.
     pub async fn start_env(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Node> {
         Self::start_cmd(free_port(), extra, env, false).await
@@ -183,7 +222,8 @@ impl Node {
     }
 
     /// Starts the node with `cmd` (the binary, or a wrapper such as `ip netns exec NS` that
-    /// runs it) listening on `host`:`port`.
+    /// runs it) listening on `host`:`port`; a `cmd` whose stdout is piped has its log
+    /// collected ([`Node::log`]).
     pub async fn spawn(
         mut cmd: Command,
         host: &str,
@@ -199,11 +239,13 @@ impl Node {
                 "SIGNALLING_LOG",
                 std::env::var("TEST_NODE_LOG").unwrap_or("warn".into()),
             );
-        let proc = Proc::spawn(cmd, "signalling-cluster")?;
+        let mut proc = Proc::spawn(cmd, "signalling-cluster")?;
+        let log = proc.child.stdout.take().map(Log::collect);
         let mut node = Node {
             host: host.to_string(),
             port,
             proc,
+            log,
         };
         node.wait_healthy(tls).await?;
         Ok(node)
@@ -216,6 +258,29 @@ impl Node {
     /// `GET path` on the node; returns (status, body).
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         http_get_from(&self.host, self.port, path).await
+    }
+
+    /// The WebSocket connections the node holds (`/healthz`).
+    pub async fn connections(&self) -> anyhow::Result<u64> {
+        let (status, body) = self.get("/healthz").await?;
+        anyhow::ensure!(status == 200, "/healthz answered {status}");
+        let health: Value = serde_json::from_str(&body)?;
+        health["connections"]
+            .as_u64()
+            .with_context(|| format!("/healthz without connections: {health}"))
+    }
+
+    /// Drops `peer`'s connection without a WebSocket close (as a network failure does) and
+    /// waits until the node noticed: the connection is gone from its count.
+    pub async fn cut(&self, peer: Peer) -> anyhow::Result<()> {
+        let before = self.connections().await?;
+        drop(peer);
+        eventually(
+            STEP,
+            "the node to notice the dropped connection",
+            || async { self.connections().await.is_ok_and(|n| n < before) },
+        )
+        .await
     }
 
     async fn wait_healthy(&mut self, tls: bool) -> anyhow::Result<()> {
@@ -448,6 +513,8 @@ pub struct Peer {
     pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
     /// Text frames received after the `welcome` (what a v2 client reports as `last`).
     pub frames: u64,
+    /// Ping frames received from the node (answered by the WebSocket library).
+    pub pings: u64,
 }
 
 impl Peer {
@@ -491,6 +558,7 @@ impl Peer {
             subprotocol,
             headers: resp.headers().clone(),
             frames: 0,
+            pings: 0,
         };
         let welcome = peer.expect("welcome").await?;
         peer.id = welcome["peerId"]
@@ -522,6 +590,16 @@ impl Peer {
     }
 
     pub async fn recv_within(&mut self, within: Duration) -> anyhow::Result<Value> {
+        let text = self.recv_text_within(within).await?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Next text message exactly as the node wrote it.
+    pub async fn recv_text(&mut self) -> anyhow::Result<String> {
+        self.recv_text_within(STEP).await
+    }
+
+    async fn recv_text_within(&mut self, within: Duration) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.ws.next())
@@ -530,9 +608,10 @@ impl Peer {
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     self.frames += 1;
-                    return Ok(serde_json::from_str(&t)?);
+                    return Ok(t.as_str().to_string());
                 }
                 Some(Ok(Message::Close(c))) => bail!("connection closed: {c:?}"),
+                Some(Ok(Message::Ping(_))) => self.pings += 1,
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("connection error: {e}"),
                 None => bail!("connection ended"),
