@@ -9,11 +9,14 @@ use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Three nodes on one Redis.
+/// Three nodes on one Redis, each knowing the others.
 async fn cluster(redis: &Redis, extra: &[&str]) -> Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
         nodes.push(Node::join(redis, name, extra).await?);
+    }
+    for node in &nodes {
+        node.wait_cluster(3).await?;
     }
     Ok(nodes)
 }
@@ -476,8 +479,7 @@ async fn a_v2_peer_resumes_on_its_node_while_in_a_cross_node_session() -> Result
         p.id.clone(),
         p.welcome["resumeToken"].as_str().unwrap().to_string(),
     );
-    drop(p);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    nodes[0].cut(p).await?;
     for i in 0..5 {
         c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("away-{i}"), "sdpMLineIndex": 0}}))
             .await?;
@@ -566,8 +568,7 @@ async fn a_v2_peer_resumes_on_another_node_and_its_session_goes_on() -> Result<(
         p.welcome["resumeToken"].as_str().unwrap().to_string(),
     );
 
-    drop(p); // connection cut on node A
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    nodes[0].cut(p).await?; // connection cut on node A
     for i in 0..5 {
         c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("away-{i}"), "sdpMLineIndex": 0}}))
             .await?;
@@ -678,8 +679,7 @@ async fn frames_lost_in_flight_are_sent_again_on_another_node() -> Result<()> {
     }
     let last = p.frames - 2; // the client lost the last two
     let token = p.welcome["resumeToken"].as_str().unwrap().to_string();
-    drop(p);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    nodes[0].cut(p).await?;
     c.send(
         json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "a4", "sdpMLineIndex": 0}}),
     )
@@ -701,8 +701,7 @@ async fn frames_lost_in_flight_are_sent_again_on_another_node() -> Result<()> {
     p.expect("peer").await?;
     let last = received;
     let token = p.welcome["resumeToken"].as_str().unwrap().to_string();
-    drop(p);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    nodes[2].cut(p).await?;
     let url = format!("{}/?resume={token}&last={last}", nodes[1].url());
     let mut p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
     assert_eq!(p.expect("peer").await?["ice"]["candidate"], "a5");
@@ -718,8 +717,7 @@ async fn a_resume_claim_does_not_disturb_other_sessions_between_the_nodes() -> R
     // a v2 peer of node A resumes on node B: B sends its claim on A's channel
     let (p, _c, _sid) = v2_producer_in_session(&nodes[0], &nodes[2]).await?;
     let token = p.welcome["resumeToken"].as_str().unwrap().to_string();
-    drop(p);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    nodes[0].cut(p).await?;
     let url = format!("{}/?resume={token}", nodes[1].url());
     let _p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
     // the next messages from B to A must not look like a gap that ends B's sessions with A
@@ -857,7 +855,8 @@ async fn a_v2_peer_of_a_killed_node_resumes_elsewhere_and_its_session_goes_on() 
 #[tokio::test]
 async fn a_suspended_peer_not_resumed_in_time_leaves_after_the_grace() -> Result<()> {
     let redis = Redis::start().await?;
-    let nodes = cluster(&redis, &["--node-ttl", "1", "--resume-grace", "2"]).await?;
+    const GRACE: Duration = Duration::from_secs(3);
+    let nodes = cluster(&redis, &["--node-ttl", "1", "--resume-grace", "3"]).await?;
     let mut l = Peer::connect(&nodes[1].url()).await?;
     l.set_status(&["listener"], Value::Null).await?;
     l.expect("peerStatusChanged").await?;
@@ -865,12 +864,20 @@ async fn a_suspended_peer_not_resumed_in_time_leaves_after_the_grace() -> Result
     let (pid, token) = (p.id.clone(), token_of(&p));
     l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
 
+    let killed = Instant::now();
     nodes[0].proc.signal(9);
     drop(p);
-    // nobody comes back: after TTL + grace, the session ends and the producer leaves
+    // nobody comes back: after TTL + grace, the session ends and the producer leaves; not
+    // before the grace is over (it starts when the node is found dead, after the kill)
     assert_eq!(c.expect("endSession").await?["sessionId"], sid.as_str());
+    let ended = killed.elapsed();
     let gone = l.wait_until(|v| v["peerId"] == pid.as_str()).await?;
+    let left = killed.elapsed();
     assert_eq!(gone["roles"], json!([]));
+    assert!(
+        ended >= GRACE && left >= GRACE,
+        "ended {ended:?} and left {left:?} after the kill, within the {GRACE:?} grace"
+    );
     for node in &nodes[1..] {
         let mut q = Peer::connect(&node.url()).await?;
         Topo::list_until(&mut q, false, |l| l["producers"] == json!([])).await?;

@@ -270,6 +270,20 @@ impl Node {
             .with_context(|| format!("/healthz without connections: {health}"))
     }
 
+    /// Waits until the node counts `n` live nodes in its cluster (`gwc_cluster_nodes`, read
+    /// at each liveness tick): a node that joined a moment ago is not yet known to the others,
+    /// which would take a resume claim for it as one for a dead node.
+    pub async fn wait_cluster(&self, n: usize) -> anyhow::Result<()> {
+        let line = format!("gwc_cluster_nodes {n}");
+        let what = format!("node on port {} to count {n} nodes", self.port);
+        eventually(STEP, &what, || async {
+            self.get("/metrics")
+                .await
+                .is_ok_and(|(_, text)| text.lines().any(|l| l == line))
+        })
+        .await
+    }
+
     /// Drops `peer`'s connection without a WebSocket close (as a network failure does) and
     /// waits until the node noticed: the connection is gone from its count.
     pub async fn cut(&self, peer: Peer) -> anyhow::Result<()> {
@@ -428,6 +442,9 @@ impl Topo {
         let mut nodes = Vec::new();
         for i in 0..n {
             nodes.push(Node::join(&redis, &format!("node-{i}"), extra).await?);
+        }
+        for node in &nodes {
+            node.wait_cluster(n).await?;
         }
         Ok(Topo {
             nodes,
