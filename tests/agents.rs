@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cluster_tests::agent::{decoded_frames, Agent};
-use cluster_tests::{bin, free_port, media, Node, Proc, Redis};
-use serde_json::Value;
+use cluster_tests::{bin, free_port, media, Node, Peer, Proc, Redis};
+use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -183,7 +183,18 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
         assert!(stderr.contains(step), "no '{step}' in:\n{stderr}");
     }
 
-    // SIGTERM: the producer ends its sessions, closes the connection and exits 0.
+    // SIGTERM: the producer ends its sessions, closes the connection and exits 0. A session
+    // open then (a plain peer's, offered to by webrtcsink) ends at the other side, ended by
+    // the producer itself: the node counts its endSession (closing alone would end it too).
+    let mut watcher = Peer::connect(&node.url()).await?;
+    let producer_id = pstats["peer_id"].as_str().context("producer id")?;
+    watcher
+        .send(json!({"type": "startSession", "peerId": producer_id}))
+        .await?;
+    let session = watcher.expect("sessionStarted").await?["sessionId"].clone();
+    let offer = watcher.wait_for("peer").await?;
+    assert_eq!(offer["sdp"]["type"], "offer", "{offer}");
+    let ended_before = ends_received(&node).await?;
     let mut producer = producer;
     producer.signal(libc::SIGTERM);
     assert_eq!(
@@ -192,11 +203,23 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
         "{}",
         producer.stderr()
     );
+    let end = watcher.wait_for("endSession").await?;
+    assert_eq!(end["sessionId"], session, "{end}");
     assert!(
-        producer.stderr().contains("consumer")
-            && producer.stderr().contains("registered 'stats-e2e'")
+        ends_received(&node).await? > ended_before,
+        "the producer closed without ending its session"
     );
     Ok(())
+}
+
+/// `endSession` messages the node received from its clients (`gwc_client_messages_total`).
+async fn ends_received(node: &Node) -> Result<u64> {
+    let (_, text) = node.get("/metrics").await?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(r#"gwc_client_messages_total{type="endSession"}"#))
+        .with_context(|| format!("no endSession count in:\n{text}"))?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +254,7 @@ async fn producer_on_one_node_consumer_on_another() -> Result<()> {
 
 /// Kills (SIGKILL) the node the producer is connected to while a consumer on the other node
 /// receives. Returns the consumer (stopped, with its report) and the producer.
-async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent, Duration)> {
+async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent)> {
     let redis = Redis::start().await?;
     let opts = ["--node-ttl", "1", "--resume-grace", "20"];
     let a = Node::join(&redis, "node-a", &opts).await?;
@@ -281,13 +304,13 @@ async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent, Durati
     );
     stop_cleanly(&mut consumer).await?;
     drop(b);
-    Ok((consumer, producer, stall))
+    Ok((consumer, producer))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_producers_node_keeps_the_session_when_the_producer_resumes() -> Result<()> {
     let _one = media::exclusive().await;
-    let (consumer, producer, stall) = kill_the_producers_node("auto").await?;
+    let (consumer, producer) = kill_the_producers_node("auto").await?;
     let report = consumer.report()?;
     // Same session all along: the producer resumed its identity on node B.
     assert_eq!(sessions_of(&report), Some(1), "{report}");
@@ -296,15 +319,16 @@ async fn killing_the_producers_node_keeps_the_session_when_the_producer_resumes(
         "{}",
         producer.stderr()
     );
-    // Media is peer to peer: replacing the signalling connection must not stop it.
-    assert!(stall < Duration::from_secs(3), "frames stalled {stall:?}");
+    // (Media is peer to peer: how long it stood still, if at all, is the benchmark's figure,
+    // `tests/loadgen` relay tree, "a killed signalling node"; here the session is kept and the
+    // frames go on.)
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_resume_the_consumer_finds_the_reregistered_producer() -> Result<()> {
     let _one = media::exclusive().await;
-    let (consumer, producer, _) = kill_the_producers_node("v1").await?;
+    let (consumer, producer) = kill_the_producers_node("v1").await?;
     let report = consumer.report()?;
     // A new producer identity, so a second session, found again by name.
     assert_eq!(sessions_of(&report), Some(2), "{report}");
@@ -989,16 +1013,18 @@ async fn json_logs_are_one_object_per_line() -> Result<()> {
         ],
     )?;
     assert_eq!(a.exit_within(Duration::from_secs(30)).await?, Some(1));
-    let logs: Vec<String> = a
-        .stderr()
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(String::from)
-        .collect();
-    assert!(!logs.is_empty(), "{}", a.stderr());
+    // Every line, the last (the error it exits with) included.
+    let stderr = a.stderr();
+    let logs: Vec<&str> = stderr.lines().collect();
+    assert!(logs.len() > 1, "{stderr}");
     for line in &logs {
         let v: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
         assert!(v["level"].is_string() && v["fields"].is_object(), "{v}");
     }
+    assert!(
+        logs.last()
+            .is_some_and(|l| l.contains(r#""level":"ERROR""#)),
+        "{stderr}"
+    );
     Ok(())
 }

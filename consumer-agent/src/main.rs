@@ -137,7 +137,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             error!("{e:#}");
-            eprintln!("consumer-agent: {e:#}");
+            // (with JSON logs that error is the line: stderr stays one object per line)
+            if args.output.log_format == agent_core::cli::LogFormat::Text {
+                eprintln!("consumer-agent: {e:#}");
+            }
             let not_found = e.downcast_ref::<NotFound>().is_some();
             ExitCode::from(if not_found {
                 exit::NOT_FOUND
