@@ -46,8 +46,8 @@ struct Args {
     #[arg(long)]
     fanout: Option<String>,
     /// Relay-tree runs (relay-agent; needs --agents-dir): viewers per relay, per relay count,
-    /// `1:0,4,8;2:0,4,8` (the default unless --smoke), then first frame, hop latency and a
-    /// killed relay. With --render: measured now and put into the earlier report.
+    /// `1:0,4,8;2:0,4,8` (the default unless --smoke), then first frame, hop latency, a
+    /// killed relay and a killed node. With --render: measured now and put into the report.
     #[arg(long)]
     relay_tree: Option<String>,
     /// Comma-separated: upstream, single, cluster2, cluster3, ...

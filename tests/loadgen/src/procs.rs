@@ -239,6 +239,11 @@ impl Topo {
         self.ports[i % self.ports.len()]
     }
 
+    /// The process id of server `i` (a node to kill).
+    pub fn server_pid(&self, i: usize) -> u32 {
+        self.servers[i % self.servers.len()].pid()
+    }
+
     pub fn nodes(&self) -> usize {
         self.ports.len()
     }
