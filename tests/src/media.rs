@@ -258,3 +258,105 @@ pub fn stock_consumer_with(
     });
     Ok((Running::start(pipeline)?, frames))
 }
+
+/// Encoded video frames a consumer received, and whether the first was a keyframe.
+#[derive(Default)]
+pub struct EncodedFrames {
+    pub frames: AtomicU64,
+    /// Whether the first frame was a keyframe (a buffer not flagged as a delta unit).
+    pub first_is_keyframe: Mutex<Option<bool>>,
+}
+
+impl EncodedFrames {
+    pub fn count(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    pub fn first_is_keyframe(&self) -> Option<bool> {
+        *self.first_is_keyframe.lock().unwrap()
+    }
+}
+
+/// Video caps webrtcsrc hands out without decoding.
+const ENCODED_VIDEO: &str = "video/x-vp8;video/x-vp9;video/x-h264;video/x-h265;video/x-av1";
+
+/// `webrtcsrc` (default signaller) consuming `producer_id` from `url` without decoding
+/// (`capsfilter(encoded) ! parsebin`, H.264 as access units): each video frame counted, the
+/// first one's keyframe flag kept.
+pub fn encoded_consumer(
+    url: &str,
+    producer_id: &str,
+) -> anyhow::Result<(Running, Arc<EncodedFrames>)> {
+    init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("webrtcsrc")
+        .property("stun-server", None::<String>)
+        .build()?;
+    let signaller = src.property::<gst::glib::Object>("signaller");
+    signaller.set_property("uri", url);
+    signaller.set_property("producer-peer-id", producer_id);
+    pipeline.add(&src)?;
+    let frames = Arc::new(EncodedFrames::default());
+    let (weak, counter) = (pipeline.downgrade(), frames.clone());
+    src.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        if !pad.name().starts_with("video") {
+            let sink = gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .build()
+                .expect("fakesink");
+            pipeline.add(&sink).expect("add fakesink");
+            sink.sync_state_with_parent().expect("fakesink state");
+            let _ = pad.link(&sink.static_pad("sink").expect("fakesink pad"));
+            return;
+        }
+        // (separate elements of the pipeline: parsebin's pads link to what is added next)
+        let filter = gst::ElementFactory::make("capsfilter")
+            .property("caps", ENCODED_VIDEO.parse::<gst::Caps>().expect("caps"))
+            .build()
+            .expect("capsfilter");
+        let parse = gst::ElementFactory::make("parsebin")
+            .build()
+            .expect("parsebin");
+        pipeline.add_many([&filter, &parse]).expect("add parsing");
+        filter.link(&parse).expect("link parsing");
+        let (weak, counter) = (pipeline.downgrade(), counter.clone());
+        parse.connect_pad_added(move |_, parsed| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let h264 = parsed
+                .current_caps()
+                .and_then(|c| c.structure(0).map(|s| s.name() == "video/x-h264"))
+                .unwrap_or(false);
+            let desc = match h264 {
+                true => "h264parse ! video/x-h264,alignment=au ! fakesink name=count sync=false",
+                false => "fakesink name=count sync=false",
+            };
+            let sink = gst::parse::bin_from_description(desc, true).expect("counting bin");
+            let counter = counter.clone();
+            sink.by_name("count")
+                .and_then(|s| s.static_pad("sink"))
+                .expect("fakesink pad")
+                .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                    if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
+                        if counter.frames.fetch_add(1, Ordering::Relaxed) == 0 {
+                            let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                            *counter.first_is_keyframe.lock().unwrap() = Some(key);
+                        }
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+            pipeline.add(&sink).expect("add counting bin");
+            sink.sync_state_with_parent().expect("counting state");
+            let _ = parsed.link(&sink.static_pad("sink").expect("counting pad"));
+        });
+        filter.sync_state_with_parent().expect("capsfilter state");
+        parse.sync_state_with_parent().expect("parsebin state");
+        pad.link(&filter.static_pad("sink").expect("capsfilter pad"))
+            .expect("link encoded pad");
+    });
+    Ok((Running::start(pipeline)?, frames))
+}
