@@ -6,7 +6,7 @@
 //!
 //! Here: processes, nodes, Redis, topologies. `peer.rs`: WebSocket peers and upgrade attempts;
 //! `cluster.rs`: three named nodes and sessions across them;
-//! `agent.rs`: agent processes and their output; `media.rs`: stock webrtcsink/webrtcsrc
+//! `agent.rs`: agent processes and their output; `consumer.rs`: what a consumer-agent's stats say; `media.rs`: stock webrtcsink/webrtcsrc
 //! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `delay.rs`: a slow
 //! link to Redis; `jwt.rs`: tokens made by PyJWT; `k8s.rs`: the Kubernetes tools.
 
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 pub mod agent;
 pub mod cluster;
+pub mod consumer;
 pub mod delay;
 pub mod jwt;
 pub mod k8s;
