@@ -1,78 +1,19 @@
 //! producer-agent and consumer-agent end to end: real nodes, real Redis, real webrtcsink and
-//! webrtcsrc in the agent processes, the stock upstream server for the v1 fallback.
+//! webrtcsrc in the agent processes. (Signalling failures: `agents_failover.rs`; exit codes
+//! and logs: `agents_cli.rs`.)
 //!
 //! Media tests take one core each for encoding and decoding; they run one at a time
 //! (`media::exclusive`) so that a loaded machine does not starve them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cluster_tests::agent::{decoded_frames, Agent};
-use cluster_tests::{bin, free_port, media, Node, Proc, Redis};
-use serde_json::Value;
+use cluster_tests::agent::{decoded_frames, quick, Agent};
+use cluster_tests::consumer::{frames_now, frames_of, stop_cleanly, watching};
+use cluster_tests::{free_port, media, Node, Peer, Redis};
+use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(90);
-
-/// How many sessions a consumer report lists.
-fn sessions_of(report: &Value) -> Option<usize> {
-    report["session_ids"].as_array().map(Vec::len)
-}
-
-fn frames_of(v: &Value) -> u64 {
-    v["frames"].as_u64().unwrap_or(0)
-}
-
-/// Latest frame count a consumer printed in its stats lines.
-fn frames_now(c: &Agent) -> u64 {
-    c.json_lines("consumer-stats")
-        .last()
-        .map(frames_of)
-        .unwrap_or(0)
-}
-
-/// A consumer-agent finding producer `name` through `servers`, with stats every 0.2 s.
-fn watching(servers: &str, name: &str) -> Result<Agent> {
-    Agent::consumer(&[
-        "--server",
-        servers,
-        "--producer-name",
-        name,
-        "--stats-interval",
-        "0.2",
-    ])
-}
-
-/// Stops a consumer with SIGINT; it must exit 0 (with its report last on stdout).
-async fn stop_cleanly(consumer: &mut Agent) -> Result<()> {
-    consumer.signal(libc::SIGINT);
-    assert_eq!(
-        consumer.exit_within(Duration::from_secs(30)).await?,
-        Some(0),
-        "{}",
-        consumer.stderr()
-    );
-    Ok(())
-}
-
-/// Longest time (ms) the consumer's frame counter stood still after `from_ms` (from its
-/// stats lines, `elapsed_ms` since the consumer started).
-fn longest_stall_ms(c: &Agent, from_ms: u64) -> u64 {
-    let lines = c.json_lines("consumer-stats");
-    let mut longest = 0;
-    let mut last_change: Option<(u64, u64)> = None; // (elapsed_ms, frames)
-    for l in lines {
-        let (t, f) = (l["elapsed_ms"].as_u64().unwrap_or(0), frames_of(&l));
-        match last_change {
-            Some((t0, f0)) if f == f0 => {
-                if t >= from_ms {
-                    longest = longest.max(t - t0.max(from_ms));
-                }
-            }
-            _ => last_change = Some((t, f)),
-        }
-    }
-    longest
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Result<()> {
@@ -183,7 +124,18 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
         assert!(stderr.contains(step), "no '{step}' in:\n{stderr}");
     }
 
-    // SIGTERM: the producer ends its sessions, closes the connection and exits 0.
+    // SIGTERM: the producer ends its sessions, closes the connection and exits 0. A session
+    // open then (a plain peer's, offered to by webrtcsink) ends at the other side, ended by
+    // the producer itself: the node counts its endSession (closing alone would end it too).
+    let mut watcher = Peer::connect(&node.url()).await?;
+    let producer_id = pstats["peer_id"].as_str().context("producer id")?;
+    watcher
+        .send(json!({"type": "startSession", "peerId": producer_id}))
+        .await?;
+    let session = watcher.expect("sessionStarted").await?["sessionId"].clone();
+    let offer = watcher.wait_for("peer").await?;
+    assert_eq!(offer["sdp"]["type"], "offer", "{offer}");
+    let ended_before = ends_received(&node).await?;
     let mut producer = producer;
     producer.signal(libc::SIGTERM);
     assert_eq!(
@@ -192,11 +144,23 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
         "{}",
         producer.stderr()
     );
+    let end = watcher.wait_for("endSession").await?;
+    assert_eq!(end["sessionId"], session, "{end}");
     assert!(
-        producer.stderr().contains("consumer")
-            && producer.stderr().contains("registered 'stats-e2e'")
+        ends_received(&node).await? > ended_before,
+        "the producer closed without ending its session"
     );
     Ok(())
+}
+
+/// `endSession` messages the node received from its clients (`gwc_client_messages_total`).
+async fn ends_received(node: &Node) -> Result<u64> {
+    let (_, text) = node.get("/metrics").await?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(r#"gwc_client_messages_total{type="endSession"}"#))
+        .with_context(|| format!("no endSession count in:\n{text}"))?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,254 +190,6 @@ async fn producer_on_one_node_consumer_on_another() -> Result<()> {
         "{}",
         consumer.stderr()
     );
-    Ok(())
-}
-
-/// Kills (SIGKILL) the node the producer is connected to while a consumer on the other node
-/// receives. Returns the consumer (stopped, with its report) and the producer.
-async fn kill_the_producers_node(protocol: &str) -> Result<(Agent, Agent, Duration)> {
-    let redis = Redis::start().await?;
-    let opts = ["--node-ttl", "1", "--resume-grace", "20"];
-    let a = Node::join(&redis, "node-a", &opts).await?;
-    let b = Node::join(&redis, "node-b", &opts).await?;
-    let servers = format!("{},{}", a.url(), b.url());
-    let producer = Agent::producer(&[
-        "--server",
-        &servers,
-        "--name",
-        "survivor",
-        "--protocol",
-        protocol,
-    ])?;
-    producer.wait_stderr("on ws://127.0.0.1", LONG).await?;
-    let mut consumer = watching(&b.url(), "survivor")?;
-    consumer
-        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
-        .await?;
-    let before = frames_now(&consumer);
-    let killed_at_ms = consumer
-        .json_lines("consumer-stats")
-        .last()
-        .map(|l| l["elapsed_ms"].as_u64().unwrap_or(0))
-        .unwrap_or(0);
-    let killed = Instant::now();
-    a.proc.signal(libc::SIGKILL);
-    // The producer gets back through its list (a second registration without resume);
-    // frames keep (or start again) rising.
-    let back = if protocol == "auto" {
-        "resumed as"
-    } else {
-        "registered 'survivor'"
-    };
-    let times = if protocol == "auto" { 1 } else { 2 };
-    producer
-        .wait(LONG, back, |p| p.stderr().matches(back).count() >= times)
-        .await?;
-    let back_after = killed.elapsed();
-    consumer
-        .wait(LONG, "60 more frames", |c| frames_now(c) >= before + 60)
-        .await?;
-    let stall = Duration::from_millis(longest_stall_ms(&consumer, killed_at_ms));
-    eprintln!(
-        "protocol {protocol}: producer back on node B {back_after:?} after the kill; \
-         consumer frames stood still at most {stall:?}; 60 more frames after {:?}",
-        killed.elapsed()
-    );
-    stop_cleanly(&mut consumer).await?;
-    drop(b);
-    Ok((consumer, producer, stall))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_producers_node_keeps_the_session_when_the_producer_resumes() -> Result<()> {
-    let _one = media::exclusive().await;
-    let (consumer, producer, stall) = kill_the_producers_node("auto").await?;
-    let report = consumer.report()?;
-    // Same session all along: the producer resumed its identity on node B.
-    assert_eq!(sessions_of(&report), Some(1), "{report}");
-    assert!(
-        producer.stderr().contains("lost ws://"),
-        "{}",
-        producer.stderr()
-    );
-    // Media is peer to peer: replacing the signalling connection must not stop it.
-    assert!(stall < Duration::from_secs(3), "frames stalled {stall:?}");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_resume_the_consumer_finds_the_reregistered_producer() -> Result<()> {
-    let _one = media::exclusive().await;
-    let (consumer, producer, _) = kill_the_producers_node("v1").await?;
-    let report = consumer.report()?;
-    // A new producer identity, so a second session, found again by name.
-    assert_eq!(sessions_of(&report), Some(2), "{report}");
-    assert!(
-        consumer.stderr().contains("looking for it again"),
-        "{}",
-        consumer.stderr()
-    );
-    assert!(
-        producer.stderr().contains("protocol v1"),
-        "{}",
-        producer.stderr()
-    );
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_node_moves_the_producer_without_a_new_session() -> Result<()> {
-    let _one = media::exclusive().await;
-    let redis = Redis::start().await?;
-    let a = Node::join(&redis, "node-a", &[]).await?;
-    let b = Node::join(&redis, "node-b", &[]).await?;
-    let servers = format!("{},{}", a.url(), b.url());
-    let producer = Agent::producer(&["--server", &servers, "--name", "mover"])?;
-    let mut consumer = watching(&b.url(), "mover")?;
-    consumer
-        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
-        .await?;
-    let before = frames_now(&consumer);
-    a.proc.signal(libc::SIGTERM); // drain: goAway to v2 peers
-    producer.wait_stderr("resumed as", LONG).await?;
-    consumer
-        .wait(LONG, "60 more frames", |c| frames_now(c) >= before + 60)
-        .await?;
-    consumer.signal(libc::SIGINT);
-    assert_eq!(
-        consumer.exit_within(Duration::from_secs(30)).await?,
-        Some(0)
-    );
-    let report = consumer.report()?;
-    assert_eq!(sessions_of(&report), Some(1), "{report}");
-    assert!(
-        producer.stderr().contains("goAway"),
-        "{}",
-        producer.stderr()
-    );
-    Ok(())
-}
-
-/// A rolling restart (what `helm upgrade` does) of a 3-node cluster under a live stream: each
-/// node in turn is drained (SIGTERM) and started again on its port, with the producer
-/// (servers a,b,c) and the consumer (c,a,b) moving at every drain. The stream must never be
-/// cut: one producer identity, one session, frames rising after every restart.
-/// `ROLLING_ROUNDS=N` repeats the whole rolling restart N times and prints the figures.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_of_three_nodes_keeps_the_stream() -> Result<()> {
-    let _one = media::exclusive().await;
-    let rounds: usize = std::env::var("ROLLING_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
-    let redis = Redis::start().await?;
-    let opts = ["--drain-timeout", "5"];
-    let ids = ["node-a", "node-b", "node-c"];
-    let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(Node::join(&redis, id, &opts).await?);
-    }
-    let url = |n: &Node| n.url();
-    let producers = format!("{},{},{}", url(&nodes[0]), url(&nodes[1]), url(&nodes[2]));
-    let consumers = format!("{},{},{}", url(&nodes[2]), url(&nodes[0]), url(&nodes[1]));
-    let producer = Agent::producer(&["--server", &producers, "--name", "rolling"])?;
-    let mut consumer = watching(&consumers, "rolling")?;
-    consumer
-        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
-        .await?;
-    let started_ms = consumer
-        .json_lines("consumer-stats")
-        .last()
-        .map(|l| l["elapsed_ms"].as_u64().unwrap_or(0))
-        .unwrap_or(0);
-    for round in 0..rounds {
-        for (i, id) in ids.iter().enumerate() {
-            let port = nodes[i].port;
-            nodes[i].proc.signal(libc::SIGTERM);
-            let stopped = Instant::now();
-            while nodes[i].proc.child.try_wait()?.is_none() {
-                anyhow::ensure!(
-                    stopped.elapsed() < Duration::from_secs(20),
-                    "{id} did not stop after its drain"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            nodes[i] = Node::join_on(&redis, id, port, &opts).await?;
-            let before = frames_now(&consumer);
-            consumer
-                .wait(LONG, "30 more frames", |c| frames_now(c) >= before + 30)
-                .await
-                .with_context(|| format!("round {round}, after restarting {id}"))?;
-        }
-    }
-    let stall = longest_stall_ms(&consumer, started_ms);
-    stop_cleanly(&mut consumer).await?;
-    let report = consumer.report()?;
-    let registrations = producer.stderr().matches("registered 'rolling'").count();
-    eprintln!(
-        "rolling restarts: {rounds} round(s) of 3 drains; producer registrations {registrations}; \
-         consumer sessions {:?}; longest frame stall {stall} ms",
-        sessions_of(&report)
-    );
-    // Same producer identity all along: registered once, resumed at every drain.
-    assert_eq!(registrations, 1, "{}", producer.stderr());
-    assert!(
-        producer.stderr().matches("resumed as").count() >= 3 * rounds,
-        "{}",
-        producer.stderr()
-    );
-    // One session for the whole run.
-    assert_eq!(sessions_of(&report), Some(1), "{report}");
-    Ok(())
-}
-
-/// The stock gst-webrtc-signalling-server, on `port`.
-fn upstream_server(port: u16) -> Result<Proc> {
-    let mut cmd = std::process::Command::new(bin("upstream-signalling-server"));
-    cmd.arg(port.to_string())
-        .stderr(std::process::Stdio::null());
-    Proc::spawn(cmd, "upstream-signalling-server")
-}
-
-async fn until_accepting(port: u16) -> Result<()> {
-    cluster_tests::eventually(Duration::from_secs(10), "server accepting", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_work_with_the_stock_server_and_survive_its_restart() -> Result<()> {
-    let _one = media::exclusive().await;
-    let port = free_port();
-    let url = format!("ws://127.0.0.1:{port}");
-    let server = upstream_server(port)?;
-    until_accepting(port).await?;
-    let producer = Agent::producer(&["--server", &url, "--name", "stock"])?;
-    let mut consumer = watching(&url, "stock")?;
-    consumer
-        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
-        .await?;
-    assert!(
-        producer.stderr().contains("protocol v1"),
-        "{}",
-        producer.stderr()
-    );
-
-    // The stock server has no resume: both re-register and find each other again.
-    drop(server);
-    let before = frames_now(&consumer);
-    let _server = upstream_server(port)?;
-    consumer
-        .wait(LONG, "frames after the restart", |c| {
-            frames_now(c) >= before + 60
-        })
-        .await?;
-    stop_cleanly(&mut consumer).await?;
-    let report = consumer.report()?;
-    assert_eq!(sessions_of(&report), Some(2), "{report}");
     Ok(())
 }
 
@@ -592,145 +308,6 @@ async fn max_consumers_refuses_the_extra_consumer_not_the_first() -> Result<()> 
             frames_now(c) >= now + 30
         })
         .await?;
-    Ok(())
-}
-
-/// Runs an agent that must exit quickly; returns its code and stderr.
-async fn quick(name: &str, args: &[&str]) -> Result<(Option<i32>, String)> {
-    let mut a = Agent::spawn(name, args)?;
-    let code = a.exit_within(Duration::from_secs(40)).await?;
-    Ok((code, a.stderr()))
-}
-
-#[tokio::test]
-async fn bad_arguments_unreachable_servers_and_missing_producers_give_documented_exit_codes(
-) -> Result<()> {
-    let node = Node::start(&[]).await?;
-    let url = node.url();
-    let dead = format!("ws://127.0.0.1:{}", free_port());
-    let cases: Vec<(&str, Vec<&str>, i32, &str)> = vec![
-        (
-            "producer-agent",
-            vec![
-                "--server",
-                &url,
-                "--name",
-                "x",
-                "--source",
-                "pipeline:nosuchelement ! videoconvert",
-            ],
-            2,
-            "cannot parse the pipeline fragment",
-        ),
-        (
-            "producer-agent",
-            vec![
-                "--server",
-                &url,
-                "--name",
-                "x",
-                "--source",
-                "uri:file:///nonexistent/clip.mp4",
-            ],
-            2,
-            "cannot open",
-        ),
-        (
-            "producer-agent",
-            vec!["--server", &url, "--name", "x", "--source", "camera"],
-            2,
-            "unknown source",
-        ),
-        (
-            "producer-agent",
-            vec!["--server", "http://127.0.0.1:1", "--name", "x"],
-            2,
-            "scheme must be ws or wss",
-        ),
-        (
-            "producer-agent",
-            vec!["--server", &dead, "--name", "x", "--retry-for", "1"],
-            1,
-            "cannot connect to",
-        ),
-        (
-            "relay-agent",
-            vec!["--server", &url],
-            2,
-            "--source-name or --source-id",
-        ),
-        (
-            "relay-agent",
-            vec!["--server", &dead, "--source-name", "x", "--retry-for", "1"],
-            1,
-            "cannot connect to",
-        ),
-        (
-            "relay-agent",
-            vec![
-                "--server",
-                &url,
-                "--source-name",
-                "nobody",
-                "--timeout",
-                "2",
-            ],
-            1,
-            "no origin appeared within 2 s",
-        ),
-        (
-            "consumer-agent",
-            vec!["--server", &url],
-            2,
-            "--producer-name, --producer-id, --first or --stream",
-        ),
-        (
-            "consumer-agent",
-            vec!["--server", &url, "--first", "--sink", "file:/tmp/x.avi"],
-            2,
-            "container",
-        ),
-        (
-            "consumer-agent",
-            vec!["--server", &dead, "--first", "--retry-for", "1"],
-            1,
-            "cannot connect to",
-        ),
-        (
-            "consumer-agent",
-            vec![
-                "--server",
-                &url,
-                "--producer-name",
-                "nobody",
-                "--timeout",
-                "2",
-            ],
-            3,
-            "no producer named 'nobody' appeared",
-        ),
-        (
-            "consumer-agent",
-            vec![
-                "--server",
-                &url,
-                "--producer-id",
-                "no-such-id",
-                "--timeout",
-                "5",
-            ],
-            3,
-            "no producer no-such-id",
-        ),
-    ];
-    for (name, args, code, message) in cases {
-        let (got, stderr) = quick(name, &args).await?;
-        assert_eq!(got, Some(code), "{name} {args:?}:\n{stderr}");
-        assert!(
-            stderr.contains(message),
-            "{name} {args:?}: no '{message}' in:\n{stderr}"
-        );
-    }
     Ok(())
 }
 
@@ -963,42 +540,12 @@ async fn wss_with_a_ca_file_or_insecure_tls() -> Result<()> {
         assert_eq!(code, Some(3), "{args:?}: {stderr}");
         assert!(stderr.contains("registered as"), "{stderr}");
     }
-    // Not trusted: the connection fails (1).
+    // Not trusted: the certificate is refused for good (4), not retried.
     let mut args = vec!["--server", url.as_str()];
     args.extend(wait);
     let (code, stderr) = quick("consumer-agent", &args).await?;
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(4), "{stderr}");
     assert!(stderr.contains("cannot connect to"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
-}
-
-#[tokio::test]
-async fn json_logs_are_one_object_per_line() -> Result<()> {
-    let dead = format!("ws://127.0.0.1:{}", free_port());
-    let mut a = Agent::spawn(
-        "consumer-agent",
-        &[
-            "--server",
-            &dead,
-            "--first",
-            "--retry-for",
-            "1",
-            "--log-format",
-            "json",
-        ],
-    )?;
-    assert_eq!(a.exit_within(Duration::from_secs(30)).await?, Some(1));
-    let logs: Vec<String> = a
-        .stderr()
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(String::from)
-        .collect();
-    assert!(!logs.is_empty(), "{}", a.stderr());
-    for line in &logs {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
-        assert!(v["level"].is_string() && v["fields"].is_object(), "{v}");
-    }
     Ok(())
 }

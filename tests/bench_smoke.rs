@@ -48,7 +48,13 @@ fn loadgen_smoke_produces_every_figure() {
             assert!(r[key].get("error").is_none(), "{target} {key}: {}", r[key]);
         }
         let relay = &r["relay_4x10"];
-        assert_eq!(relay["messages"], 80);
+        // What the nodes counted relaying (the stock server counts nothing): every message
+        // loadgen sent in the measured rounds, once.
+        match target {
+            "upstream" => assert!(relay["server_relayed"].is_null(), "{relay}"),
+            _ => assert_eq!(relay["server_relayed"], relay["messages"], "{relay}"),
+        }
+        assert!(relay["messages"].as_u64() > Some(0), "{relay}");
         // two rounds: the figures are medians, the runs are kept
         assert_eq!(relay["runs"].as_array().map(Vec::len), Some(2), "{relay}");
         assert!(relay["msgs_per_sec"].as_f64().unwrap() > 0.0, "{relay}");
@@ -67,7 +73,7 @@ fn loadgen_smoke_produces_every_figure() {
             "{idle}"
         );
         let presence = &r["presence_8x4"];
-        assert_eq!(presence["deliveries"], 32);
+        // (each listener read every producer's registration, or the scenario failed above)
         assert!(
             presence["deliveries_per_sec"].as_f64().unwrap() > 0.0,
             "{presence}"

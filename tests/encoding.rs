@@ -1,12 +1,14 @@
-//! Shared encoding (`producer-agent --encoding shared`): one encoder for every consumer,
-//! keyframe requests coalesced, and `consumer-agent --sink encoded`, which counts frames
-//! without decoding. Real agents (webrtcsink, webrtcsrc) on a real node.
+//! Shared encoding (`producer-agent --encoding shared`): one encoder for every consumer, its
+//! bitrate following the consumers' estimates (one of them behind a narrow link in a network
+//! namespace), keyframe requests coalesced, and `consumer-agent --sink encoded`, which counts
+//! frames without decoding. Real agents (webrtcsink, webrtcsrc) on a real node.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
-use cluster_tests::{media, Node};
+use cluster_tests::netns::Namespace;
+use cluster_tests::{bin, free_port, media, Node};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
@@ -61,7 +63,7 @@ async fn report(c: &mut Agent) -> Result<Value> {
 
 /// Three consumers of one shared encoder, the third joining a running stream: all get
 /// frames, the producer's pipeline holds one video encoder and webrtcsink none per consumer,
-/// and the encoder's bitrate follows the consumers' estimates within the bounds.
+/// and the late one's first frame is a keyframe forced for it.
 async fn three_consumers_share_one_encoder(
     codec: &str,
     encoder: &str,
@@ -93,20 +95,21 @@ async fn three_consumers_share_one_encoder(
     let mut decoding = consumer(&node, &name, "null")?;
     frames(&first, 30).await?;
     frames(&decoding, 30).await?;
-    let mut late = consumer(&node, &name, "encoded")?;
-    frames(&late, 30).await?;
+    let before = serving(&producer, 2).await?;
+    // The late one: a stock webrtcsrc keeping what it receives encoded, which sees whether
+    // its first frame is a keyframe (no delta frame before it: nothing it could decode).
+    let producer_id = before["peer_id"].as_str().context("producer id")?;
+    let (_late, late) = media::encoded_consumer(&node.url(), producer_id)?;
+    cluster_tests::eventually(LONG, "30 frames at the late consumer", || async {
+        late.count() >= 30
+    })
+    .await?;
+    assert_eq!(
+        late.first_is_keyframe(),
+        Some(true),
+        "the late consumer's first frame is not a keyframe"
+    );
 
-    serving(&producer, 3).await?;
-    // The bitrate follows the consumers' estimates (gcc, loopback: up to the bound).
-    producer
-        .wait(LONG, "the shared bitrate at the estimates' bound", |p| {
-            p.json_lines("producer-stats").last().is_some_and(|s| {
-                let e = &s["shared_encoder"];
-                e["estimates_bps"].as_array().map(Vec::len) == Some(3)
-                    && e["bitrate_bps"].as_u64() == Some(800_000)
-            })
-        })
-        .await?;
     let stats = serving(&producer, 3).await?;
     assert_eq!(stats["encoding"], "shared", "{stats}");
     assert_eq!(
@@ -124,16 +127,19 @@ async fn three_consumers_share_one_encoder(
     }
     let shared = &stats["shared_encoder"];
     assert_eq!(shared["codec"], format!("video/x-{codec}"), "{stats}");
+    let forced = |s: &Value| {
+        s["shared_encoder"]["keyframes_forced"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     assert!(
-        shared["keyframes_forced"].as_u64() >= Some(1),
-        "the late one asked: {stats}"
+        forced(&stats) > forced(&before),
+        "none forced for the late one: {stats}"
     );
 
-    for c in [&mut first, &mut late] {
-        let r = report(c).await?;
-        assert_eq!(r["decoders"], serde_json::json!([]), "nothing decoded: {r}");
-        assert!(r["frames"].as_u64() >= Some(30), "{r}");
-    }
+    let r = report(&mut first).await?;
+    assert_eq!(r["decoders"], serde_json::json!([]), "nothing decoded: {r}");
+    assert!(r["frames"].as_u64() >= Some(30), "{r}");
     let r = report(&mut decoding).await?;
     let decoders: Vec<&str> = r["decoders"]
         .as_array()
@@ -153,6 +159,78 @@ async fn vp8_consumers_share_one_encoder_and_a_late_one_gets_a_keyframe() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_consumers_share_one_encoder_and_a_late_one_gets_a_keyframe() -> Result<()> {
     three_consumers_share_one_encoder("h264", "x264enc", "avdec_h264").await
+}
+
+/// The shared encoder's bitrate follows its consumers' congestion-control estimates: at the
+/// --max-bitrate bound while both links are fast, then down with the estimate of the consumer
+/// whose link narrows. That one runs in a network namespace of its own (libnice leaves
+/// loopback out, so its media crosses the namespace's veth link), and a token bucket on the
+/// link caps what reaches it; the source is noise, which the encoder cannot make smaller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_bitrate_follows_a_consumer_whose_link_narrows() -> Result<()> {
+    let _one = media::exclusive().await;
+    let ns = Namespace::create()?;
+    let cmd = std::process::Command::new(bin("signalling-cluster"));
+    let node = Node::spawn(cmd, &ns.host_address(), free_port(), &[], &[], false).await?;
+    let producer = Agent::producer(&[
+        "--server",
+        &node.url(),
+        "--name",
+        "narrow",
+        "--source",
+        "pipeline:videotestsrc is-live=true pattern=snow ! video/x-raw,width=320,height=240,framerate=30/1",
+        "--encoding",
+        "shared",
+        "--bitrate",
+        "500000",
+        "--min-bitrate",
+        "100000",
+        "--max-bitrate",
+        "800000",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    let near = consumer(&node, "narrow", "encoded")?;
+    let mut far = ns.command(&bin("consumer-agent"));
+    far.args(["--server", &node.url(), "--producer-name", "narrow"])
+        .args(["--sink", "encoded", "--stats-interval", "0.2"]);
+    let far = Agent::spawn_command(far, "consumer-agent (in the namespace)")?;
+    frames(&near, 30).await?;
+    frames(&far, 30).await?;
+    let shared = |p: &Agent| {
+        let last = p.json_lines("producer-stats").pop();
+        let e = last
+            .map(|s| s["shared_encoder"].clone())
+            .unwrap_or_default();
+        let bitrate = e["bitrate_bps"].as_u64().unwrap_or(0);
+        let estimates: Vec<u64> = e["estimates_bps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        (bitrate, estimates)
+    };
+    producer
+        .wait(
+            LONG,
+            "the shared bitrate at the bound, two estimates",
+            |p| matches!(shared(p), (800_000, e) if e.len() == 2),
+        )
+        .await?;
+    // 300 kbit/s into the namespace: the far consumer's estimate falls, and the bitrate (the
+    // weakest of two sets the pace) with it.
+    ns.limit_inbound(300)?;
+    producer
+        .wait(
+            LONG,
+            "the shared bitrate down with the narrowed estimate",
+            |p| matches!(shared(p), (b, e) if b <= 500_000 && e.iter().any(|e| *e <= 500_000)),
+        )
+        .await?;
+    let (bitrate, estimates) = shared(&producer);
+    eprintln!("narrowed to 300 kbit/s: shared bitrate {bitrate}, estimates {estimates:?}");
+    Ok(())
 }
 
 /// Consumers joining together ask for many keyframes (webrtcsink asks on every frame until

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
 use cluster_tests::{media, Node, Peer, Redis, Topo};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -107,6 +107,9 @@ async fn a_relay_on_another_node_serves_four_viewers_from_one_origin_session() -
     serving(&relay, 4).await?;
     let stats = latest(&relay, "relay-stats")?;
     assert!(stats["frames_in"].as_u64() > Some(30), "{stats}");
+    // Served to four without decoding or re-encoding: no codec element anywhere in the relay.
+    assert_eq!(stats["decoders"], json!([]), "the relay decodes: {stats}");
+    assert_eq!(stats["encoders"], json!([]), "the relay encodes: {stats}");
     assert!(stats["keyframe_requests"].as_u64() >= Some(1), "{stats}");
     let served = latest(&origin, "producer-stats")?;
     assert_eq!(

@@ -1,14 +1,13 @@
 //! Who may do what: tokens (made by PyJWT) at the upgrade, grants per role and stream name,
-//! tenants across nodes, the operations API, expiry, connection guards. Real nodes, real Redis.
+//! tenants across nodes, the operations API, expiry. Real nodes, real Redis. (Connection
+//! guards and hostile upgrades: `guards.rs`.)
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cluster_tests::jwt::{now, Keys};
-use cluster_tests::{Node, Peer, Redis, Topo};
+use cluster_tests::{upgrade, Node, Peer, Redis, Topo};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const V2: &str = "gstwebrtc-cluster.v2";
 
@@ -38,40 +37,6 @@ fn with_token(url: &str, token: &str) -> String {
 /// A v2 peer with `token` in the URL.
 async fn peer(node_url: &str, token: &str) -> Result<Peer> {
     Peer::connect_with(&with_token(node_url, token), Some(V2)).await
-}
-
-/// An upgrade with `bearer` in the Authorization header: `None` if accepted, else the HTTP
-/// status and body of the refusal.
-async fn upgrade(url: &str, bearer: Option<&str>) -> Result<Option<(u16, String)>> {
-    let mut req = url.into_client_request()?;
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", V2.parse()?);
-    if let Some(t) = bearer {
-        req.headers_mut()
-            .insert("Authorization", format!("Bearer {t}").parse()?);
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok(_) => Ok(None),
-        Err(tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_deref().unwrap_or_default();
-            Ok(Some((
-                resp.status().as_u16(),
-                String::from_utf8_lossy(body).into(),
-            )))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// A v1 producer and consumer on `url` in a session.
-async fn a_session(url: &str) -> Result<(Peer, Peer, String)> {
-    let mut producer = Peer::connect(url).await?;
-    producer
-        .set_status(&["producer"], json!({"name": "cam"}))
-        .await?;
-    let mut consumer = Peer::connect(url).await?;
-    let session = cluster_tests::start_session(&mut producer, &mut consumer).await?;
-    Ok((producer, consumer, session))
 }
 
 /// The next `error` the peer gets: (code, details).
@@ -262,6 +227,18 @@ async fn grants_decide_roles_producer_names_sessions_and_what_a_peer_sees() -> R
     Ok(())
 }
 
+/// A producer's registration as a listener hears it (skipping any other status change).
+async fn next_producer(listener: &mut Peer) -> Result<Value> {
+    listener
+        .wait_until(|v| {
+            v["type"] == "peerStatusChanged"
+                && v["roles"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r == "producer"))
+        })
+        .await
+}
+
 #[tokio::test]
 async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()> {
     let keys = Keys::new("tenants")?;
@@ -271,12 +248,8 @@ async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()
         .try_into()
         .map_err(|_| anyhow::anyhow!("nodes"))?;
     let produce = |t: &str| keys.token("p", json!({"produce": true, "tenant": t}));
-    let consume = |t: &str| {
-        keys.token(
-            "c",
-            json!({"consume": ["cam-*"], "listen": true, "tenant": t}),
-        )
-    };
+    // Grants that cover every name: only the tenant can keep the other's peers out of sight.
+    let watch = |t: &str| keys.token("c", json!({"consume": true, "listen": true, "tenant": t}));
     let mut y_cam = peer(&b.url(), &produce("y")?).await?;
     y_cam
         .set_status(&["producer"], json!({"name": "cam-1"}))
@@ -285,21 +258,21 @@ async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()
     x_cam
         .set_status(&["producer"], json!({"name": "cam-x"}))
         .await?;
-    // (X's, on node C too, but not covered by X's consumers' `cam-*`)
-    let mut x_lab = peer(&c.url(), &produce("x")?).await?;
-    x_lab
-        .set_status(&["producer"], json!({"name": "lab-x"}))
-        .await?;
-    // A peer of tenant X on node A sees X's producer on node C, not Y's on node B.
-    let mut x = peer(&a.url(), &consume("x")?).await?;
+    // Y's producer on node B has reached node A: a peer of Y there lists it.
+    let mut y_on_a = peer(&a.url(), &watch("y")?).await?;
+    Topo::visible(&mut y_on_a, &y_cam.id, false).await?;
+    // A peer of tenant X on node A sees X's producer on node C, not Y's.
+    let mut x = peer(&a.url(), &watch("x")?).await?;
     x.set_status(&["consumer"], json!({})).await?;
     let list = Topo::list_until(&mut x, false, |l| !names(l).is_empty()).await?;
     assert_eq!(names(&list), ["cam-x"], "{list}");
+    // Node A knows Y's producer, and says it does not exist.
     x.send(json!({"type": "startSession", "peerId": y_cam.id}))
         .await?;
-    assert_eq!(error_of(&mut x).await?.0, "unknown-peer");
+    let err = x.expect("error").await?;
+    assert_eq!(err["code"], "unknown-peer", "{err}");
     // Tenant Y on node C reaches Y's producer on node B.
-    let mut y = peer(&c.url(), &consume("y")?).await?;
+    let mut y = peer(&c.url(), &watch("y")?).await?;
     y.set_status(&["consumer"], json!({})).await?;
     let list = Topo::list_until(&mut y, false, |l| !names(l).is_empty()).await?;
     assert_eq!(names(&list), ["cam-1"], "{list}");
@@ -307,28 +280,31 @@ async fn tenants_never_see_or_reach_each_other_across_three_nodes() -> Result<()
         .await?;
     y.wait_for("sessionStarted").await?;
     y_cam.wait_for("startSession").await?;
-    // X's listener on node B hears X's new producer on node A, not Y's.
-    let mut x_listen = peer(&b.url(), &consume("x")?).await?;
+    // X's listener on node B hears X's new producer on node A, not Y's, which node B knew
+    // first (Y's listener there heard it).
+    let mut x_listen = peer(&b.url(), &watch("x")?).await?;
     x_listen.set_status(&["listener"], json!({})).await?;
     x_listen.sync().await?;
+    let mut y_listen = peer(&b.url(), &watch("y")?).await?;
+    y_listen.set_status(&["listener"], json!({})).await?;
+    y_listen.sync().await?;
     let mut y_more = peer(&a.url(), &produce("y")?).await?;
     y_more
-        .set_status(&["producer"], json!({"name": "y-2"}))
+        .set_status(&["producer"], json!({"name": "cam-y2"}))
         .await?;
-    let mut x_lab2 = peer(&a.url(), &produce("x")?).await?;
-    x_lab2
-        .set_status(&["producer"], json!({"name": "lab-2"}))
-        .await?;
+    let heard = next_producer(&mut y_listen).await?;
+    assert_eq!(heard["meta"]["name"], "cam-y2", "{heard}");
     let mut x_more = peer(&a.url(), &produce("x")?).await?;
     x_more
         .set_status(&["producer"], json!({"name": "cam-2"}))
         .await?;
-    let heard = x_listen.wait_for("peerStatusChanged").await?;
+    let heard = next_producer(&mut x_listen).await?;
     assert_eq!(heard["meta"]["name"], "cam-2", "{heard}");
-    // Placement by stream keeps to the tenant too.
+    // Placement by stream keeps to the tenant too (X's cam-x is on Y's node C).
     y.send(json!({"type": "startSession", "stream": "cam-x"}))
         .await?;
-    assert_eq!(error_of(&mut y).await?.0, "unknown-peer");
+    let err = y.expect("error").await?;
+    assert_eq!(err["code"], "unknown-peer", "{err}");
     Ok(())
 }
 
@@ -432,92 +408,6 @@ async fn an_expiring_token_is_announced_the_connection_closes_and_a_fresh_token_
 }
 
 #[tokio::test]
-async fn connection_limits_refuse_new_upgrades_and_existing_peers_keep_relaying() -> Result<()> {
-    let node = Node::start(&["--max-connections-per-ip", "3"]).await?;
-    let url = node.url();
-    let (mut producer, mut consumer, session) = a_session(&url).await?;
-    let _third = Peer::connect(&url).await?;
-    let refused = upgrade(&url, None).await?;
-    assert_eq!(refused.map(|r| r.0), Some(429));
-    let ice = json!({"type": "peer", "sessionId": session, "ice": {"candidate": "c", "sdpMLineIndex": 0}});
-    producer.send(ice).await?;
-    consumer.wait_for("peer").await?;
-
-    let full = Node::start(&["--max-connections", "2"]).await?;
-    let _a = Peer::connect(&full.url()).await?;
-    let _b = Peer::connect(&full.url()).await?;
-    assert_eq!(upgrade(&full.url(), None).await?.map(|r| r.0), Some(503));
-    let (_, health) = full.get("/healthz").await?;
-    assert!(health.contains("\"limits\":1"), "{health}");
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_flood_of_half_open_connections_and_bad_upgrades_does_not_stop_relaying() -> Result<()> {
-    let node = Node::start(&["--handshake-timeout", "1"]).await?;
-    let url = node.url();
-    let (mut producer, mut consumer, session) = a_session(&url).await?;
-    // 300 TCP connections that never send a byte, and 100 upgrades with no key.
-    let mut idle = Vec::new();
-    for _ in 0..300 {
-        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await?);
-    }
-    let flood = tokio::spawn({
-        let port = node.port;
-        async move {
-            for _ in 0..100 {
-                let r = cluster_tests::http_get(port, "/").await;
-                let _ = r;
-            }
-        }
-    });
-    let started = Instant::now();
-    for i in 0..50 {
-        let ice = json!({"type": "peer", "sessionId": session, "ice": {"candidate": format!("c{i}"), "sdpMLineIndex": 0}});
-        producer.send(ice).await?;
-        let got = consumer.wait_for("peer").await?;
-        assert_eq!(got["ice"]["candidate"], format!("c{i}"));
-    }
-    eprintln!(
-        "50 relayed round trips under the flood in {} ms",
-        started.elapsed().as_millis()
-    );
-    flood.await?;
-    // A request head beyond the parser's buffer is refused, not buffered.
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await?;
-        let big = format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-            "a".repeat(200_000)
-        );
-        let _ = s.write_all(big.as_bytes()).await;
-        let mut head = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head)).await??;
-        let head = String::from_utf8_lossy(&head[..n]).to_string();
-        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
-    }
-    // The half-open connections are closed after the handshake timeout.
-    let mut closed = 0;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    for s in &mut idle {
-        let mut buf = [0u8; 64];
-        use tokio::io::AsyncReadExt;
-        match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
-            Ok(Ok(_)) | Ok(Err(_)) => closed += 1, // EOF, a 408, or reset
-            Err(_) => {}
-        }
-    }
-    eprintln!(
-        "{closed} of {} half-open connections closed after 2.5 s",
-        idle.len()
-    );
-    assert_eq!(closed, idle.len(), "every half-open connection was closed");
-    assert_eq!(node.get("/healthz").await?.0, 200);
-    Ok(())
-}
-
-#[tokio::test]
 async fn the_token_command_prints_a_token_that_pyjwt_verifies_and_a_node_accepts() -> Result<()> {
     let keys = Keys::new("command")?;
     let out = std::process::Command::new(cluster_tests::bin("signalling-cluster"))
@@ -556,7 +446,17 @@ async fn the_token_command_prints_a_token_that_pyjwt_verifies_and_a_node_accepts
     let mut p = peer(&node.url(), &token).await?;
     p.set_status(&["producer"], json!({"name": "cam-1"}))
         .await?;
-    p.sync().await?;
+    // Registered: no `forbidden`, and the node lists it (to a peer of its tenant).
+    p.send(json!({"type": "list"})).await?;
+    let answer = p.recv().await?;
+    assert_eq!(
+        answer["type"], "list",
+        "the registration was refused: {answer}"
+    );
+    let viewer = keys.token("v", json!({"consume": true, "tenant": "acme"}))?;
+    let mut v = peer(&node.url(), &viewer).await?;
+    let list = Topo::list_until(&mut v, false, |l| !names(l).is_empty()).await?;
+    assert_eq!(names(&list), ["cam-1"], "{list}");
     Ok(())
 }
 
@@ -565,7 +465,8 @@ async fn a_rotated_secret_takes_effect_without_dropping_anyone() -> Result<()> {
     let keys = Keys::new("rotation")?;
     let file = keys.dir.join("node.secret");
     std::fs::copy(keys.dir.join("secret"), &file)?;
-    let node = Node::start(&["--auth-jwt-secret-file", file.to_str().context("path")?]).await?;
+    let args = ["--auth-jwt-secret-file", file.to_str().context("path")?];
+    let node = Node::start_logged(&args).await?;
     let old = keys.token("before", json!({"produce": true, "consume": true}))?;
     let mut before = peer(&node.url(), &old).await?;
     before
@@ -589,9 +490,16 @@ async fn a_rotated_secret_takes_effect_without_dropping_anyone() -> Result<()> {
     before.send(json!({"type": "list"})).await?;
     let list = before.wait_for("list").await?;
     assert_eq!(names(&list), ["cam-1"], "{list}");
-    // A file that no longer parses keeps the key in use.
+    // A file that no longer parses keeps the key in use: once the node has read it (and said
+    // so), the new secret still verifies.
     std::fs::write(&file, "")?;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let log = node.log.as_ref().context("the node's log")?;
+    cluster_tests::eventually(Duration::from_secs(10), "the empty file read", || async {
+        // (upgrades are what make the node look at the file again)
+        let _ = upgrade(&node.url(), Some(&new)).await;
+        log.contains("keeping the previous verification key: the secret file is empty")
+    })
+    .await?;
     assert_eq!(upgrade(&node.url(), Some(&new)).await?, None);
     Ok(())
 }
@@ -651,83 +559,10 @@ async fn agents_with_tokens_publish_and_watch_across_an_auth_cluster() -> Result
     ])?;
     assert_eq!(
         stranger.exit_within(Duration::from_secs(60)).await?,
-        Some(1)
+        Some(4),
+        "without a token the 401 is final"
     );
     assert!(stranger.stderr().contains("401"), "{}", stranger.stderr());
-    Ok(())
-}
-
-/// The upgrade path fed 200 random and mutated requests over real TCP (seeded from a real
-/// upgrade): each gets an answer or a closed connection; the node keeps serving.
-#[tokio::test]
-async fn mutated_upgrade_requests_get_an_answer_and_the_node_keeps_serving() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let node = Node::start(&["--handshake-timeout", "1"]).await?;
-    let seed = format!(
-        "GET /?resume=abc&token=x HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {V2}\r\n\r\n",
-        node.port
-    );
-    // A small deterministic generator (the cases must be the same on every run).
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut cases = Vec::new();
-    for case in 0..200 {
-        let mut bytes = seed.clone().into_bytes();
-        for _ in 0..(1 + next() % 6) {
-            if bytes.len() < 2 {
-                break;
-            }
-            let at = (next() as usize) % bytes.len();
-            match next() % 4 {
-                0 => bytes[at] = next() as u8,
-                1 => bytes.insert(at, next() as u8),
-                2 => {
-                    bytes.remove(at);
-                }
-                _ => bytes.truncate(at.max(1)),
-            }
-        }
-        if case % 10 == 0 {
-            bytes = (0..1 + next() % 2048).map(|_| next() as u8).collect();
-        }
-        cases.push(bytes);
-    }
-    // All at once (each may wait out the 1 s handshake timeout).
-    let port = node.port;
-    let runs: Vec<_> = cases
-        .into_iter()
-        .map(|bytes| {
-            tokio::spawn(async move {
-                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                let _ = s.write_all(&bytes).await;
-                let mut buf = [0u8; 256];
-                match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => Ok(true),
-                    Ok(_) => Ok(false),
-                    Err(_) => anyhow::bail!("no answer and not closed within 5 s: {bytes:?}"),
-                }
-            })
-        })
-        .collect();
-    let (mut answered, mut closed) = (0, 0);
-    for run in runs {
-        match run.await?? {
-            true => answered += 1,
-            false => closed += 1,
-        }
-    }
-    eprintln!("200 mutated upgrades: {answered} answered, {closed} closed");
-    assert_eq!(node.get("/healthz").await?.0, 200);
-    let mut p = Peer::connect(&node.url()).await?;
-    p.send(json!({"type": "list"})).await?;
-    p.wait_for("list").await?;
     Ok(())
 }
 

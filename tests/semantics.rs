@@ -175,11 +175,17 @@ async fn sdp_and_ice_are_forwarded_in_order_and_verbatim(t: &Topo) -> Result<()>
     let (mut p, mut c, sid) = session(t).await?;
     p.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "offer", "sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"}}))
         .await?;
-    for i in 0..50 {
-        // odd spacing and an extra field: forwarded exactly as sent
-        p.send_text(format!(
-            r#"{{"type":"peer","sessionId":"{sid}","ice":{{ "candidate": "candidate:{i} 1 UDP 1 127.0.0.1 {} typ host", "sdpMLineIndex": 0, "sdpMid": "video0" }}}}"#,
+    // odd spacing, an escape and an extra field: forwarded exactly as sent, byte for byte
+    let ice = |i: usize| {
+        format!(
+            r#"{{ "candidate": "candidate:{i} 1 UDP 1 127.0.0.1 {} typ host",  "sdpMLineIndex": 0, "sdpMid": "video\u0030" }}"#,
             5000 + i
+        )
+    };
+    for i in 0..50 {
+        p.send_text(format!(
+            r#"{{"type":"peer","sessionId":"{sid}","ice":{}}}"#,
+            ice(i)
         ))
         .await?;
     }
@@ -187,10 +193,15 @@ async fn sdp_and_ice_are_forwarded_in_order_and_verbatim(t: &Topo) -> Result<()>
     assert_eq!(offer["sdp"]["type"], "offer");
     assert_eq!(offer["sessionId"], sid.as_str());
     for i in 0..50 {
-        let ice = c.expect("peer").await?;
+        let text = c.recv_text().await?;
+        let got: Value = serde_json::from_str(&text)?;
         assert_eq!(
-            ice["ice"],
-            json!({"candidate": format!("candidate:{i} 1 UDP 1 127.0.0.1 {} typ host", 5000 + i), "sdpMLineIndex": 0, "sdpMid": "video0"})
+            (&got["type"], &got["sessionId"]),
+            (&json!("peer"), &json!(sid))
+        );
+        assert!(
+            text.contains(&format!(r#""ice":{}"#, ice(i))),
+            "not the bytes sent: {text}"
         );
     }
     c.send(json!({"type": "peer", "sessionId": sid, "sdp": {"type": "answer", "sdp": "v=0\r\n"}}))

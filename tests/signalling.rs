@@ -342,8 +342,7 @@ async fn a_v2_peer_resumes_after_its_connection_drops() -> Result<()> {
         p.welcome["resumeToken"].as_str().unwrap().to_string(),
     );
 
-    drop(p); // the TCP connection goes away without a WebSocket close
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.cut(p).await?; // the TCP connection goes away without a WebSocket close
     for i in 0..5 {
         c.send(json!({"type": "peer", "sessionId": sid, "ice": {"candidate": format!("while-away-{i}"), "sdpMLineIndex": 0}}))
             .await?;
@@ -421,8 +420,7 @@ async fn frames_lost_in_flight_are_sent_again_on_resume() -> Result<()> {
     // the last two reached the socket, but the client never got them: it reports one less two
     let last = p.frames - 2;
     let token = p.welcome["resumeToken"].as_str().unwrap().to_string();
-    drop(p);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.cut(p).await?;
     c.send(
         json!({"type": "peer", "sessionId": sid, "ice": {"candidate": "a4", "sdpMLineIndex": 0}}),
     )
@@ -624,7 +622,12 @@ async fn a_listener_kept_busy_is_pinged_and_stays_connected() -> Result<()> {
         n += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // (the listener sent nothing itself all along but its pongs)
+    // The node pinged it (pings are not text: they are counted apart), and it is still
+    // connected though it sent nothing itself all along but its pongs.
+    assert!(
+        listener.pings > 0,
+        "never pinged in 4.5 s at --ping-interval 1"
+    );
     listener.sync().await?;
     Ok(())
 }

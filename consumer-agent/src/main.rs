@@ -135,7 +135,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             error!("{e:#}");
-            eprintln!("consumer-agent: {e:#}");
+            // (with JSON logs that error is the line: stderr stays one object per line)
+            if args.output.log_format == agent_core::cli::LogFormat::Text {
+                eprintln!("consumer-agent: {e:#}");
+            }
             ExitCode::from(exit::code_of(&e))
         }
     }

@@ -165,7 +165,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             error!("{e:#}");
-            eprintln!("producer-agent: {e:#}");
+            // (with JSON logs that error is the line: stderr stays one object per line)
+            if args.output.log_format == agent_core::cli::LogFormat::Text {
+                eprintln!("producer-agent: {e:#}");
+            }
             let usage = e.downcast_ref::<BadSource>().is_some();
             ExitCode::from(if usage {
                 exit::USAGE

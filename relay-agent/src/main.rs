@@ -125,7 +125,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             error!("{e:#}");
-            eprintln!("relay-agent: {e:#}");
+            // (with JSON logs that error is the line: stderr stays one object per line)
+            if args.output.log_format == agent_core::cli::LogFormat::Text {
+                eprintln!("relay-agent: {e:#}");
+            }
             ExitCode::from(exit::code_of(&e))
         }
     }

@@ -1,5 +1,6 @@
 //! The relay's stats line (`relay-stats`) and metrics: upstream state, consumers, bitrate in
-//! (from the source) and out (to all consumers), keyframes requested upstream.
+//! (from the source) and out (to all consumers), keyframes requested upstream, and the
+//! encoders and decoders it runs (none: it forwards what it receives as it is).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -35,6 +36,10 @@ pub struct Snapshot {
     keyframe_requests: u64,
     keyframes_requested_upstream: u64,
     reconnects: u64,
+    /// Encoders (factories in the relay's pipeline; codecs of webrtcsink's per-consumer
+    /// encoders) and decoders (webrtcsrc's included): both empty while nothing is re-encoded.
+    encoders: Vec<String>,
+    decoders: Vec<String>,
 }
 
 /// Turns counters into a line, rates against the previous one.
@@ -71,10 +76,17 @@ impl Collector {
             .map(|s| s.property::<gst::Structure>("stats"));
         let mut bitrate_out_bps = 0.0;
         let mut bytes_out = HashMap::new();
+        let pipeline = self.sink.upgrade().and_then(|s| top_bin(&s));
+        let class = |c: &str| {
+            let of = |p: &gst::Bin| agent_core::stats::elements_of_class(p, c);
+            pipeline.as_ref().map(of).unwrap_or_default()
+        };
+        let (mut encoders, decoders) = (class("Codec/Encoder"), class("Codec/Decoder"));
         for (session, value) in stats.iter().flat_map(|s| s.iter()) {
             let Ok(session_stats) = value.get::<gst::Structure>() else {
                 continue;
             };
+            encoders.extend(consumer_encoders(&session_stats));
             let sent: u64 = entries(&session_stats)
                 .iter()
                 .filter(|e| e.kind == WebRTCStatsType::OutboundRtp)
@@ -99,8 +111,35 @@ impl Collector {
             keyframes_requested_upstream: shared.keyframes.forced.load(Ordering::Relaxed),
             reconnects: shared.reconnects_up.load(Ordering::Relaxed)
                 + shared.reconnects_down.load(Ordering::Relaxed),
+            encoders,
+            decoders,
         }
     }
+}
+
+/// The outermost bin holding `element` (the relay's pipeline).
+fn top_bin(element: &gst::Element) -> Option<gst::Bin> {
+    let mut top = element.parent()?;
+    while let Some(up) = top.parent() {
+        top = up;
+    }
+    top.downcast::<gst::Bin>().ok()
+}
+
+/// The encoders webrtcsink runs for one consumer, in pipelines of its own (its stats'
+/// `consumer-stats.video-encoders`, as the producer reports them).
+fn consumer_encoders(session: &gst::StructureRef) -> Vec<String> {
+    let list = session
+        .get::<gst::Structure>("consumer-stats")
+        .ok()
+        .and_then(|s| s.get::<gst::Array>("video-encoders").ok());
+    let Some(list) = list else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|v| v.get::<gst::Structure>().ok())
+        .filter_map(|e| e.get::<String>("codec-name").ok())
+        .collect()
 }
 
 pub fn render(s: &Snapshot) -> String {

@@ -231,3 +231,10 @@ pub fn decoded_frames(path: &std::path::Path) -> anyhow::Result<u64> {
         _ => bail!("{} did not finish decoding within 60 s", path.display()),
     }
 }
+
+/// Runs an agent that must exit quickly; returns its code and stderr.
+pub async fn quick(name: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let mut a = Agent::spawn(name, args)?;
+    let code = a.exit_within(Duration::from_secs(40)).await?;
+    Ok((code, a.stderr()))
+}

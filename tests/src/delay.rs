@@ -11,24 +11,36 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Listens on a free loopback port and forwards to `127.0.0.1:target`, `delay` late each way.
-/// Runs until the test's runtime ends.
+/// Runs on a thread and runtime of its own (a test busy on its runtime must not make the
+/// delay longer than said) until the test process ends.
 pub async fn start(target: u16, delay: Duration) -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
-                    return;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, delay));
-                tokio::spawn(pump(sr, cw, delay));
-            });
-        }
-    });
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("delay-proxy-{port}"))
+        .spawn(move || runtime.block_on(serve(listener, target, delay)))?;
     Ok(port)
+}
+
+async fn serve(listener: std::net::TcpListener, target: u16, delay: Duration) {
+    let Ok(listener) = TcpListener::from_std(listener) else {
+        return;
+    };
+    while let Ok((client, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                return;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, delay));
+            tokio::spawn(pump(sr, cw, delay));
+        });
+    }
 }
 
 /// Copies `from` to `to`, each chunk written `delay` after it was read.

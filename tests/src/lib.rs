@@ -3,6 +3,12 @@
 //!
 //! The binaries are the workspace's own build products (`cargo build --workspace` runs before
 //! the tests; see `dev`), found next to the test executable.
+//!
+//! Here: processes, nodes, Redis, topologies. `peer.rs`: WebSocket peers and upgrade attempts;
+//! `cluster.rs`: three named nodes and sessions across them;
+//! `agent.rs`: agent processes and their output; `consumer.rs`: what a consumer-agent's stats say; `media.rs`: stock webrtcsink/webrtcsrc
+//! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `delay.rs`: a slow
+//! link to Redis; `jwt.rs`: tokens made by PyJWT; `k8s.rs`: the Kubernetes tools.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -12,19 +18,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod agent;
+pub mod cluster;
+pub mod consumer;
 pub mod delay;
 pub mod jwt;
 pub mod k8s;
 pub mod media;
 pub mod netns;
+pub mod peer;
+
+pub use peer::{upgrade, Peer};
 
 /// The tests crate's directory, as cargo says when it runs the test (read at run time: a test
 /// binary built in another checkout sharing the target directory must not read that one's
@@ -105,12 +112,15 @@ impl Proc {
         })
     }
 
-    /// Sends a signal (e.g. libc SIGTERM = 15) to the process.
+    /// Sends a signal (e.g. libc SIGTERM = 15) to the process. A signal that cannot be sent
+    /// fails the test here: what follows would judge a process that was never told.
     pub fn signal(&self, sig: i32) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status();
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            let e = std::io::Error::last_os_error();
+            panic!("cannot send signal {sig} to {} (pid {pid}): {e}", self.name);
+        }
     }
 }
 
@@ -127,6 +137,35 @@ pub struct Node {
     pub host: String,
     pub port: u16,
     pub proc: Proc,
+    /// What it logs, for a node started with [`Node::start_logged`].
+    pub log: Option<Log>,
+}
+
+/// The lines a node logged so far (on its stdout, as upstream's server; echoed to the test's
+/// stderr as they come).
+#[derive(Clone, Default)]
+pub struct Log(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Log {
+    /// Collects `pipe` line by line on a thread of its own.
+    fn collect(pipe: impl std::io::Read + Send + 'static) -> Log {
+        let log = Log::default();
+        let lines = log.0.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("{line}");
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        log
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().any(|l| l.contains(needle))
+    }
 }
 
 impl Node {
@@ -167,6 +206,13 @@ impl Node {
         Self::start_cmd(free_port(), extra, &[], true).await
     }
 
+    /// Starts a node whose log the test reads ([`Node::log`]).
+    pub async fn start_logged(extra: &[&str]) -> anyhow::Result<Node> {
+        let mut cmd = Command::new(bin("signalling-cluster"));
+        cmd.stdout(Stdio::piped());
+        Self::spawn(cmd, "127.0.0.1", free_port(), extra, &[], false).await
+    }
+
     /// Starts a node with extra environment variables.
     pub async fn start_env(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Node> {
         Self::start_cmd(free_port(), extra, env, false).await
@@ -183,7 +229,8 @@ impl Node {
     }
 
     /// Starts the node with `cmd` (the binary, or a wrapper such as `ip netns exec NS` that
-    /// runs it) listening on `host`:`port`.
+    /// runs it) listening on `host`:`port`; a `cmd` whose stdout is piped has its log
+    /// collected ([`Node::log`]).
     pub async fn spawn(
         mut cmd: Command,
         host: &str,
@@ -199,11 +246,13 @@ impl Node {
                 "SIGNALLING_LOG",
                 std::env::var("TEST_NODE_LOG").unwrap_or("warn".into()),
             );
-        let proc = Proc::spawn(cmd, "signalling-cluster")?;
+        let mut proc = Proc::spawn(cmd, "signalling-cluster")?;
+        let log = proc.child.stdout.take().map(Log::collect);
         let mut node = Node {
             host: host.to_string(),
             port,
             proc,
+            log,
         };
         node.wait_healthy(tls).await?;
         Ok(node)
@@ -216,6 +265,43 @@ impl Node {
     /// `GET path` on the node; returns (status, body).
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         http_get_from(&self.host, self.port, path).await
+    }
+
+    /// The WebSocket connections the node holds (`/healthz`).
+    pub async fn connections(&self) -> anyhow::Result<u64> {
+        let (status, body) = self.get("/healthz").await?;
+        anyhow::ensure!(status == 200, "/healthz answered {status}");
+        let health: Value = serde_json::from_str(&body)?;
+        health["connections"]
+            .as_u64()
+            .with_context(|| format!("/healthz without connections: {health}"))
+    }
+
+    /// Waits until the node counts `n` live nodes in its cluster (`gwc_cluster_nodes`, read
+    /// at each liveness tick): a node that joined a moment ago is not yet known to the others,
+    /// which would take a resume claim for it as one for a dead node.
+    pub async fn wait_cluster(&self, n: usize) -> anyhow::Result<()> {
+        let line = format!("gwc_cluster_nodes {n}");
+        let what = format!("node on port {} to count {n} nodes", self.port);
+        eventually(STEP, &what, || async {
+            self.get("/metrics")
+                .await
+                .is_ok_and(|(_, text)| text.lines().any(|l| l == line))
+        })
+        .await
+    }
+
+    /// Drops `peer`'s connection without a WebSocket close (as a network failure does) and
+    /// waits until the node noticed: the connection is gone from its count.
+    pub async fn cut(&self, peer: Peer) -> anyhow::Result<()> {
+        let before = self.connections().await?;
+        drop(peer);
+        eventually(
+            STEP,
+            "the node to notice the dropped connection",
+            || async { self.connections().await.is_ok_and(|n| n < before) },
+        )
+        .await
     }
 
     async fn wait_healthy(&mut self, tls: bool) -> anyhow::Result<()> {
@@ -364,6 +450,9 @@ impl Topo {
         for i in 0..n {
             nodes.push(Node::join(&redis, &format!("node-{i}"), extra).await?);
         }
+        for node in &nodes {
+            node.wait_cluster(n).await?;
+        }
         Ok(Topo {
             nodes,
             redis: Some(redis),
@@ -436,188 +525,6 @@ pub async fn http_get_from(host: &str, port: u16, path: &str) -> anyhow::Result<
     Ok((status, body))
 }
 
-/// A WebSocket peer speaking JSON to a node.
-pub struct Peer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub id: String,
-    /// The `welcome` as received.
-    pub welcome: Value,
-    /// The subprotocol the server chose, if any.
-    pub subprotocol: Option<String>,
-    /// Headers of the upgrade response.
-    pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
-    /// Text frames received after the `welcome` (what a v2 client reports as `last`).
-    pub frames: u64,
-}
-
-impl Peer {
-    /// Connects as a v1 client (no subprotocol) and reads the `welcome`.
-    pub async fn connect(url: &str) -> anyhow::Result<Peer> {
-        Self::connect_with(url, None).await
-    }
-
-    /// Connects offering `subprotocol` and reads the `welcome`.
-    pub async fn connect_with(url: &str, subprotocol: Option<&str>) -> anyhow::Result<Peer> {
-        Self::connect_full(url, subprotocol, None).await
-    }
-
-    /// Connects over `wss://` trusting `tls` and reads the `welcome`.
-    pub async fn connect_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Peer> {
-        Self::connect_full(url, None, Some(tls)).await
-    }
-
-    async fn connect_full(
-        url: &str,
-        subprotocol: Option<&str>,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> anyhow::Result<Peer> {
-        let mut req = url.into_client_request()?;
-        if let Some(p) = subprotocol {
-            req.headers_mut()
-                .insert("Sec-WebSocket-Protocol", p.parse()?);
-        }
-        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
-        let (ws, resp) =
-            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector).await?;
-        let subprotocol = resp
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
-        let mut peer = Peer {
-            ws,
-            id: String::new(),
-            welcome: Value::Null,
-            subprotocol,
-            headers: resp.headers().clone(),
-            frames: 0,
-        };
-        let welcome = peer.expect("welcome").await?;
-        peer.id = welcome["peerId"]
-            .as_str()
-            .context("welcome without peerId")?
-            .to_string();
-        peer.welcome = welcome;
-        peer.frames = 0;
-        Ok(peer)
-    }
-
-    pub async fn send(&mut self, v: Value) -> anyhow::Result<()> {
-        self.send_text(v.to_string()).await
-    }
-
-    pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
-        self.ws.send(Message::text(text)).await?;
-        Ok(())
-    }
-
-    pub async fn send_raw(&mut self, msg: Message) -> anyhow::Result<()> {
-        self.ws.send(msg).await?;
-        Ok(())
-    }
-
-    /// Next text message as JSON, or an error on timeout/close.
-    pub async fn recv(&mut self) -> anyhow::Result<Value> {
-        self.recv_within(STEP).await
-    }
-
-    pub async fn recv_within(&mut self, within: Duration) -> anyhow::Result<Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .context("timed out waiting for a message")?;
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    self.frames += 1;
-                    return Ok(serde_json::from_str(&t)?);
-                }
-                Some(Ok(Message::Close(c))) => bail!("connection closed: {c:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => bail!("connection error: {e}"),
-                None => bail!("connection ended"),
-            }
-        }
-    }
-
-    /// Next message, which must be of `kind`.
-    pub async fn expect(&mut self, kind: &str) -> anyhow::Result<Value> {
-        let v = self.recv().await?;
-        if v["type"] != kind {
-            bail!("expected '{kind}', got {v}");
-        }
-        Ok(v)
-    }
-
-    /// Skips messages until one of `kind` arrives.
-    pub async fn wait_for(&mut self, kind: &str) -> anyhow::Result<Value> {
-        loop {
-            let v = self.recv().await?;
-            if v["type"] == kind {
-                return Ok(v);
-            }
-        }
-    }
-
-    /// Skips messages until one matches `pred`.
-    pub async fn wait_until(&mut self, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        loop {
-            let v = self.recv().await?;
-            if pred(&v) {
-                return Ok(v);
-            }
-        }
-    }
-
-    /// Asserts nothing arrives for `d`.
-    pub async fn assert_silent(&mut self, d: Duration) -> anyhow::Result<()> {
-        match self.recv_within(d).await {
-            Err(e) if e.to_string().contains("timed out") => Ok(()),
-            Ok(v) => bail!("expected silence, got {v}"),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Waits for the server to close the connection; returns the close code.
-    pub async fn closed(&mut self) -> anyhow::Result<Option<u16>> {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .context("connection not closed in time")?
-            {
-                Some(Ok(Message::Close(c))) => return Ok(c.map(|c| c.code.into())),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Ok(None),
-            }
-        }
-    }
-
-    /// Registers with roles and meta, as upstream clients do.
-    pub async fn set_status(&mut self, roles: &[&str], meta: Value) -> anyhow::Result<()> {
-        self.send(json!({"type": "setPeerStatus", "roles": roles, "meta": meta}))
-            .await
-    }
-
-    /// Waits until the node has processed everything this peer sent so far: a peer's
-    /// messages are handled in order, so the answer to a `list` sent now proves it. Messages
-    /// arriving before that answer are discarded.
-    pub async fn sync(&mut self) -> anyhow::Result<()> {
-        self.send(json!({"type": "list"})).await?;
-        self.wait_for("list").await.map(drop)
-    }
-
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-    }
-
-    /// The raw socket, for tests that misbehave on purpose.
-    pub fn socket(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
-        &mut self.ws
-    }
-}
-
-/// Waits until `f` returns true, polling; fails after `within`.
 /// Consumer `c` starts a session with producer `p` once its node lists `p` (as
 /// `startSession` from a consumer does): both sides told; returns the session id.
 pub async fn start_session(p: &mut Peer, c: &mut Peer) -> anyhow::Result<String> {
@@ -632,6 +539,7 @@ pub async fn start_session(p: &mut Peer, c: &mut Peer) -> anyhow::Result<String>
     Ok(sid)
 }
 
+/// Waits until `f` returns true, polling; fails after `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,

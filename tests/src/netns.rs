@@ -2,7 +2,8 @@
 //! one carries the node's peers, the other its Redis traffic. Taking the Redis pair's host end
 //! down partitions the node from Redis while its peers stay connected: the veth drops what is
 //! sent to it, silently, as a network partition or a firewall's DROP does (this machine's
-//! kernel has neither netem nor iptables). Needs root, as CI has; a machine that cannot make
+//! kernel has neither netem nor iptables). A token bucket (`tc tbf`) on the host ends gives
+//! what runs inside (an agent, whose media cannot use loopback) a narrow downlink. Needs root, as CI has; a machine that cannot make
 //! namespaces fails the test with a message saying so, rather than skipping it.
 
 use std::path::Path;
@@ -62,6 +63,29 @@ impl Namespace {
         format!("10.201.{}.2", self.index)
     }
 
+    /// The host's end of the peers' link: where a node on the host listens to be reached from
+    /// the namespace too.
+    pub fn host_address(&self) -> String {
+        format!("10.201.{}.1", self.index)
+    }
+
+    /// Limits what the host sends into the namespace to `kbit` kbit/s on both links (a token
+    /// bucket, `tc tbf`, on each host end: a narrow downlink for whatever runs inside).
+    pub fn limit_inbound(&self, kbit: u32) -> anyhow::Result<()> {
+        for kind in ["p", "r"] {
+            let dev = self.link(kind).0;
+            let rate = format!("{kbit}kbit");
+            let args = [
+                "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", &rate,
+            ];
+            run(
+                "tc",
+                &[&args[..], &["burst", "16kb", "latency", "100ms"]].concat(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The host's end of the Redis link: where a Redis on the host must listen too, and what
     /// the node in the namespace connects to.
     pub fn redis_address(&self) -> String {
@@ -118,13 +142,18 @@ impl Drop for Namespace {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
+    run("ip", args)
+}
+
+/// Runs an iproute2 `tool` (`ip`, `tc`) with `args`; its failure is an error that says why.
+fn run(tool: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(tool)
         .args(args)
         .output()
-        .context("cannot run `ip` (iproute2)")?;
+        .with_context(|| format!("cannot run `{tool}` (iproute2)"))?;
     if !out.status.success() {
         bail!(
-            "`ip {}` failed: {}",
+            "`{tool} {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );

@@ -46,8 +46,8 @@ struct Args {
     #[arg(long)]
     fanout: Option<String>,
     /// Relay-tree runs (relay-agent; needs --agents-dir): viewers per relay, per relay count,
-    /// `1:0,4,8;2:0,4,8` (the default unless --smoke), then first frame, hop latency and a
-    /// killed relay. With --render: measured now and put into the earlier report.
+    /// `1:0,4,8;2:0,4,8` (the default unless --smoke), then first frame, hop latency, a
+    /// killed relay and a killed node. With --render: measured now and put into the report.
     #[arg(long)]
     relay_tree: Option<String>,
     /// Comma-separated: upstream, single, cluster2, cluster3, ...
@@ -786,7 +786,7 @@ fn markdown(report: &Value, table: &str, notes: &str) -> String {
         s += &fanout_markdown(report);
     }
     if report["relay_tree"].is_object() {
-        s += &relay_tree_markdown(report);
+        s += &relays::markdown(report);
     }
     if !notes.is_empty() {
         s += "\n";
@@ -870,140 +870,6 @@ fn fanout_markdown(report: &Value) -> String {
     }
     if !targets.is_empty() {
         s += "### Fanout targets\n\n| what | value | target | met |\n|---|---:|---|---|\n";
-        s += &targets.join("\n");
-        s += "\n";
-    }
-    s
-}
-
-/// The relay-tree section: origin and relay CPU and the viewers' worst frame rate per run,
-/// first frame, a hop's latency, a killed relay; then the targets.
-fn relay_tree_markdown(report: &Value) -> String {
-    let tree = &report["relay_tree"];
-    let mut s = String::from("\n## Relays: one origin, relays, viewers\n\n");
-    s += &format!(
-        "A 3-node cluster on one Redis; the origin (producer-agent, test pattern 1280x720, 30 fps, \
-         VP8 at 2 Mbit/s, shared encoding, no congestion control or FEC) on node 0; R relay-agents \
-         (`--max-consumers {}`) on nodes 1 and 2; R×V viewers (`consumer-agent --stream --sink \
-         encoded`) spread over the nodes, placed by the cluster. CPU: each process from `/proc` \
-         over an 8 s window once every viewer has frames; everything runs on this machine's \
-         cores. Measured {}.\n\n\
-         | relays | viewers per relay | origin CPU % | origin keyframes forced | relay CPU % | relay consumers | relay out kbit/s | min viewer fps | machine busy % |\n\
-         |---:|---:|---:|---:|---|---|---|---:|---:|\n",
-        8,
-        report["relay_tree_date"].as_str().unwrap_or(report["date"].as_str().unwrap_or("")),
-    );
-    let runs = tree["runs"].as_array().cloned().unwrap_or_default();
-    for r in &runs {
-        if let Some(e) = r.get("error") {
-            s += &format!(
-                "| {} | {} | failed: {} | | | | | | |\n",
-                r["relays"], r["viewers_per_relay"], e
-            );
-            continue;
-        }
-        let list = |k: &str| {
-            r[k].as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default()
-        };
-        s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r["relays"],
-            r["viewers_per_relay"],
-            r["origin_cpu_pct"],
-            r["origin_keyframes_forced_in_window"],
-            list("relay_cpu_pct"),
-            list("relay_consumers"),
-            list("relay_out_kbps"),
-            r["min_fps"]
-                .as_f64()
-                .map_or("–".to_string(), |f| f.to_string()),
-            r["machine_busy_pct"],
-        );
-    }
-    let find = |relays: u64, v: u64| {
-        runs.iter().find(|r| {
-            r["relays"].as_u64() == Some(relays)
-                && r["viewers_per_relay"].as_u64() == Some(v)
-                && r.get("error").is_none()
-        })
-    };
-    // Relay CPU per added viewer: least squares over the one-relay runs.
-    let points: Vec<(f64, f64)> = runs
-        .iter()
-        .filter(|r| r["relays"].as_u64() == Some(1) && r.get("error").is_none())
-        .filter_map(|r| {
-            Some((
-                r["viewers_per_relay"].as_f64()?,
-                r["relay_cpu_pct"][0].as_f64()?,
-            ))
-        })
-        .collect();
-    let per_viewer = fanout::slope(&points);
-    let hop = &tree["hop"];
-    let kill = &tree["killed"];
-    s += &format!(
-        "\n| | |\n|---|---:|\n\
-         | relay CPU % per added viewer (fit over the one-relay runs) | {} |\n\
-         | first frame through a relay, session start → frame, median of {} (ms) | {} |\n\
-         | first frame from the origin, the same way (ms) | {} |\n\
-         | latency a hop adds, median / p95 of {} matched frames (ms) | {} / {} |\n\
-         | killed relay: its viewers' longest time without frames (ms) | {} |\n\n",
-        per_viewer.map_or("–".into(), |v| format!("{:.2}", v)),
-        hop["joiners"],
-        hop["first_frame_through_relay_median_ms"],
-        hop["first_frame_from_origin_median_ms"],
-        hop["frames_matched"],
-        hop["hop_added_ms_median"],
-        hop["hop_added_ms_p95"],
-        kill["gaps_ms"],
-    );
-    s += "Hop latency: a viewer of the origin and a viewer of the relay, side by side on this \
-          machine, log each encoded frame's hash and arrival time (`consumer-agent --frame-log`); \
-          the relay forwards the frames unchanged, so equal hashes are the same frame, and the \
-          difference is what the hop (relay receive, jitter buffer, depayload, payload, \
-          encrypt, send) adds. A killed relay's viewers notice by their media stopping \
-          (`--stall-timeout`, 3 s) and are placed again.\n\n";
-    let mut targets = Vec::new();
-    if let (Some(idle), Some(full)) = (find(2, 0), find(2, 8)) {
-        if let (Some(a), Some(b)) = (
-            idle["origin_cpu_pct"].as_f64(),
-            full["origin_cpu_pct"].as_f64(),
-        ) {
-            let change = (b - a) / a * 100.0;
-            targets.push(format!(
-                "| origin CPU, 2 relays × 8 viewers vs 2 relays and none | {a} % → {b} % ({change:+.1} %) | within ±20 % | {} |",
-                if change.abs() <= 20.0 { "yes" } else { "**no**" }
-            ));
-        }
-        if let Some(f) = full["min_fps"].as_f64() {
-            targets.push(format!(
-                "| every viewer's frame rate, 2 relays × 8 viewers (min fps) | {f} | ≥ {HELD} | {} |",
-                if f >= fanout::HELD_FPS { "yes" } else { "**no**" },
-                HELD = fanout::HELD_FPS
-            ));
-        }
-    }
-    if let Some(ms) = hop["hop_added_ms_median"].as_f64() {
-        targets.push(format!(
-            "| latency one relay hop adds (median ms) | {ms} | ≤ 50 | {} |",
-            if ms <= 50.0 { "yes" } else { "**no**" }
-        ));
-    }
-    if let Some(ms) = kill["worst_gap_ms"].as_f64() {
-        targets.push(format!(
-            "| a killed relay's viewer: frames again after (ms) | {ms} | ≤ 5000 | {} |",
-            if ms <= 5000.0 { "yes" } else { "**no**" }
-        ));
-    }
-    if !targets.is_empty() {
-        s += "### Relay targets\n\n| what | value | target | met |\n|---|---:|---|---|\n";
         s += &targets.join("\n");
         s += "\n";
     }

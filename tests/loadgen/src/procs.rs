@@ -176,6 +176,8 @@ pub struct Topo {
     pub ports: Vec<u16>,
     servers: Vec<Proc>,
     redis: Option<Proc>,
+    /// The stock server (which has no metrics to read).
+    upstream: bool,
 }
 
 impl Topo {
@@ -184,6 +186,7 @@ impl Topo {
             ports: Vec::new(),
             servers: Vec::new(),
             redis: None,
+            upstream: target == Target::Upstream,
         };
         match target {
             Target::Upstream => {
@@ -239,6 +242,11 @@ impl Topo {
         self.ports[i % self.ports.len()]
     }
 
+    /// The process id of server `i` (a node to kill).
+    pub fn server_pid(&self, i: usize) -> u32 {
+        self.servers[i % self.servers.len()].pid()
+    }
+
     pub fn nodes(&self) -> usize {
         self.ports.len()
     }
@@ -260,6 +268,25 @@ impl Topo {
         self.redis.as_ref().map(|p| rss_kb(p.pid()))
     }
 
+    /// `peer` messages our nodes relayed so far, as they count them
+    /// (`gwc_relayed_messages_total`, both paths, summed over the nodes; each message counted
+    /// once, by the node of its sender). `None` for upstream.
+    pub async fn relayed(&self) -> Result<Option<u64>> {
+        if self.upstream {
+            return Ok(None);
+        }
+        let mut total = 0;
+        for &port in &self.ports {
+            let text = metrics(port).await?;
+            total += text
+                .lines()
+                .filter(|l| l.starts_with("gwc_relayed_messages_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok(Some(total))
+    }
+
     /// Fails if a server died (a crash under load is a result too).
     pub fn check_alive(&mut self) -> Result<()> {
         for p in &mut self.servers {
@@ -278,6 +305,21 @@ fn node(bins: &Binaries, port: u16, extra: &[&str]) -> Result<Proc> {
         .args(extra)
         .env("SIGNALLING_LOG", "warn");
     Proc::spawn(cmd, bins.log.as_ref())
+}
+
+/// `GET /metrics` of our node on `port`.
+async fn metrics(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    anyhow::ensure!(
+        text.split_whitespace().nth(1) == Some("200"),
+        "GET /metrics on {port}: {text}"
+    );
+    Ok(text)
 }
 
 async fn wait_tcp(port: u16) -> Result<()> {

@@ -62,12 +62,22 @@ pub async fn run(bins: &Binaries, agents: &Path, spec: &[(usize, Vec<usize>)]) -
         .await
         .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
     eprintln!("loadgen: relays: {kill}");
-    Ok(json!({"runs": runs, "hop": hop, "killed": kill}))
+    eprintln!("loadgen: relays: a signalling node killed ...");
+    let node_kill = node_killed(bins, agents)
+        .await
+        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+    eprintln!("loadgen: relays: {node_kill}");
+    Ok(json!({"runs": runs, "hop": hop, "killed": kill, "node_killed": node_kill}))
 }
 
 fn origin(agents: &Path, port: u16) -> Command {
+    origin_on(agents, &format!("ws://127.0.0.1:{port}"))
+}
+
+/// The origin, on the first of `servers` that answers (a comma-separated list).
+fn origin_on(agents: &Path, servers: &str) -> Command {
     let mut cmd = Command::new(agents.join("producer-agent"));
-    cmd.args(["--server", &format!("ws://127.0.0.1:{port}")])
+    cmd.args(["--server", servers])
         .args(["--name", STREAM, "--source", "test"])
         .args(["--width", "1280", "--height", "720", "--fps", "30"])
         .args([
@@ -336,6 +346,52 @@ async fn hop(bins: &Binaries, agents: &Path) -> Result<Value> {
     }))
 }
 
+/// The origin on node 0 of two (both in its server list), a viewer on node 1; SIGKILL node 0:
+/// the origin resumes its signalling on node 1, and the media, peer to peer, goes on. The
+/// viewer's longest time without a new frame from the kill, over 10 s, polled every 100 ms.
+/// (`tests/agents.rs` checks the session survives; the figure is this benchmark's.)
+async fn node_killed(bins: &Binaries, agents: &Path) -> Result<Value> {
+    let topo = Topo::start(Target::Cluster(2), bins).await?;
+    let servers = format!(
+        "ws://127.0.0.1:{},ws://127.0.0.1:{}",
+        topo.port(0),
+        topo.port(1)
+    );
+    let _origin = Piped::spawn(origin_on(agents, &servers))?;
+    let target = ["--producer-name", STREAM];
+    let watcher = Piped::spawn(viewer(
+        agents,
+        topo.port(1),
+        &target,
+        &["--stats-interval", "0.1"],
+    ))?;
+    until(Duration::from_secs(60), "frames at the viewer", || {
+        watcher.frames() > 30
+    })
+    .await?;
+    let kill_at = Instant::now();
+    // SAFETY: a plain kill(2) of our own child.
+    if unsafe { libc::kill(topo.server_pid(0) as i32, libc::SIGKILL) } != 0 {
+        bail!("cannot kill node 0: {}", std::io::Error::last_os_error());
+    }
+    let (mut last, mut last_at, mut gap) = (watcher.frames(), kill_at, Duration::ZERO);
+    while kill_at.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = watcher.frames();
+        if n > last {
+            gap = gap.max(last_at.elapsed());
+            (last, last_at) = (n, Instant::now());
+        }
+    }
+    gap = gap.max(last_at.elapsed());
+    // (one session all along: the origin resumed, nobody was placed again)
+    let sessions = watcher.stats().and_then(|s| s["sessions"].as_u64());
+    Ok(json!({
+        "stall_ms": gap.as_millis() as u64,
+        "viewer_sessions": sessions,
+    }))
+}
+
 /// Two relays, four viewers by stream; SIGKILL one relay: how long its viewers go without
 /// frames (from the kill to their next frame), polled every 100 ms.
 async fn killed(bins: &Binaries, agents: &Path) -> Result<Value> {
@@ -396,4 +452,149 @@ async fn killed(bins: &Binaries, agents: &Path) -> Result<Value> {
         "worst_gap_ms": affected.last(),
         "stall_timeout_s": 3,
     }))
+}
+
+/// The relay-tree section: origin and relay CPU and the viewers' worst frame rate per run,
+/// first frame, a hop's latency, a killed relay; then the targets.
+pub fn markdown(report: &Value) -> String {
+    let tree = &report["relay_tree"];
+    let mut s = String::from("\n## Relays: one origin, relays, viewers\n\n");
+    s += &format!(
+        "A 3-node cluster on one Redis; the origin (producer-agent, test pattern 1280x720, 30 fps, \
+         VP8 at 2 Mbit/s, shared encoding, no congestion control or FEC) on node 0; R relay-agents \
+         (`--max-consumers {}`) on nodes 1 and 2; R×V viewers (`consumer-agent --stream --sink \
+         encoded`) spread over the nodes, placed by the cluster. CPU: each process from `/proc` \
+         over an 8 s window once every viewer has frames; everything runs on this machine's \
+         cores. Measured {}.\n\n\
+         | relays | viewers per relay | origin CPU % | origin keyframes forced | relay CPU % | relay consumers | relay out kbit/s | min viewer fps | machine busy % |\n\
+         |---:|---:|---:|---:|---|---|---|---:|---:|\n",
+        8,
+        report["relay_tree_date"].as_str().unwrap_or(report["date"].as_str().unwrap_or("")),
+    );
+    let runs = tree["runs"].as_array().cloned().unwrap_or_default();
+    for r in &runs {
+        if let Some(e) = r.get("error") {
+            s += &format!(
+                "| {} | {} | failed: {} | | | | | | |\n",
+                r["relays"], r["viewers_per_relay"], e
+            );
+            continue;
+        }
+        let list = |k: &str| {
+            r[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["relays"],
+            r["viewers_per_relay"],
+            r["origin_cpu_pct"],
+            r["origin_keyframes_forced_in_window"],
+            list("relay_cpu_pct"),
+            list("relay_consumers"),
+            list("relay_out_kbps"),
+            r["min_fps"]
+                .as_f64()
+                .map_or("–".to_string(), |f| f.to_string()),
+            r["machine_busy_pct"],
+        );
+    }
+    let find = |relays: u64, v: u64| {
+        runs.iter().find(|r| {
+            r["relays"].as_u64() == Some(relays)
+                && r["viewers_per_relay"].as_u64() == Some(v)
+                && r.get("error").is_none()
+        })
+    };
+    // Relay CPU per added viewer: least squares over the one-relay runs.
+    let points: Vec<(f64, f64)> = runs
+        .iter()
+        .filter(|r| r["relays"].as_u64() == Some(1) && r.get("error").is_none())
+        .filter_map(|r| {
+            Some((
+                r["viewers_per_relay"].as_f64()?,
+                r["relay_cpu_pct"][0].as_f64()?,
+            ))
+        })
+        .collect();
+    let per_viewer = crate::fanout::slope(&points);
+    let hop = &tree["hop"];
+    let kill = &tree["killed"];
+    s += &format!(
+        "\n| | |\n|---|---:|\n\
+         | relay CPU % per added viewer (fit over the one-relay runs) | {} |\n\
+         | first frame through a relay, session start → frame, median of {} (ms) | {} |\n\
+         | first frame from the origin, the same way (ms) | {} |\n\
+         | latency a hop adds, median / p95 of {} matched frames (ms) | {} / {} |\n\
+         | killed relay: its viewers' longest time without frames (ms) | {} |\n\
+         | killed signalling node (the origin's): its viewer's longest time without frames (ms) | {} |\n\n",
+        per_viewer.map_or("–".into(), |v| format!("{:.2}", v)),
+        hop["joiners"],
+        hop["first_frame_through_relay_median_ms"],
+        hop["first_frame_from_origin_median_ms"],
+        hop["frames_matched"],
+        hop["hop_added_ms_median"],
+        hop["hop_added_ms_p95"],
+        kill["gaps_ms"],
+        tree["node_killed"]["stall_ms"],
+    );
+    s += "Hop latency: a viewer of the origin and a viewer of the relay, side by side on this \
+          machine, log each encoded frame's hash and arrival time (`consumer-agent --frame-log`); \
+          the relay forwards the frames unchanged, so equal hashes are the same frame, and the \
+          difference is what the hop (relay receive, jitter buffer, depayload, payload, \
+          encrypt, send) adds. A killed relay's viewers notice by their media stopping \
+          (`--stall-timeout`, 3 s) and are placed again. A killed signalling node: the origin \
+          (on node 0 of two, both in its `--server` list) resumes on node 1 while its viewer \
+          there keeps its session; the media, peer to peer, should not notice.\n\n";
+    let mut targets = Vec::new();
+    if let (Some(idle), Some(full)) = (find(2, 0), find(2, 8)) {
+        if let (Some(a), Some(b)) = (
+            idle["origin_cpu_pct"].as_f64(),
+            full["origin_cpu_pct"].as_f64(),
+        ) {
+            let change = (b - a) / a * 100.0;
+            targets.push(format!(
+                "| origin CPU, 2 relays × 8 viewers vs 2 relays and none | {a} % → {b} % ({change:+.1} %) | within ±20 % | {} |",
+                if change.abs() <= 20.0 { "yes" } else { "**no**" }
+            ));
+        }
+        if let Some(f) = full["min_fps"].as_f64() {
+            targets.push(format!(
+                "| every viewer's frame rate, 2 relays × 8 viewers (min fps) | {f} | ≥ {HELD} | {} |",
+                if f >= HELD_FPS { "yes" } else { "**no**" },
+                HELD = HELD_FPS
+            ));
+        }
+    }
+    if let Some(ms) = hop["hop_added_ms_median"].as_f64() {
+        targets.push(format!(
+            "| latency one relay hop adds (median ms) | {ms} | ≤ 50 | {} |",
+            if ms <= 50.0 { "yes" } else { "**no**" }
+        ));
+    }
+    if let Some(ms) = kill["worst_gap_ms"].as_f64() {
+        targets.push(format!(
+            "| a killed relay's viewer: frames again after (ms) | {ms} | ≤ 5000 | {} |",
+            if ms <= 5000.0 { "yes" } else { "**no**" }
+        ));
+    }
+    // Media is peer to peer: replacing the signalling connection must not stop it.
+    if let Some(ms) = tree["node_killed"]["stall_ms"].as_f64() {
+        targets.push(format!(
+            "| a killed signalling node's viewer: longest time without frames (ms) | {ms} | < 3000 | {} |",
+            if ms < 3000.0 { "yes" } else { "**no**" }
+        ));
+    }
+    if !targets.is_empty() {
+        s += "### Relay targets\n\n| what | value | target | met |\n|---|---:|---|---|\n";
+        s += &targets.join("\n");
+        s += "\n";
+    }
+    s
 }

@@ -140,10 +140,11 @@ async fn pairs(topo: &Topo, p: usize) -> Result<Vec<(Peer, Peer, String)>> {
 /// Ping-pong of ICE messages between P pairs for R rounds from a common start.
 pub async fn relay(topo: &Topo, p: usize, rounds: usize) -> Result<Value> {
     let pairs = pairs(topo, p).await?;
-    let barrier = Arc::new(Barrier::new(p + 1));
+    // Every pair warm, then (the servers' counters and CPU read) all start together.
+    let (warm, go) = (Arc::new(Barrier::new(p + 1)), Arc::new(Barrier::new(p + 1)));
     let mut tasks = Vec::new();
     for (mut prod, mut cons, sid) in pairs {
-        let barrier = barrier.clone();
+        let (warm, go) = (warm.clone(), go.clone());
         let msg = json!({"type": "peer", "sessionId": sid, "ice": {"candidate": CANDIDATE, "sdpMLineIndex": 0}})
             .to_string();
         tasks.push(tokio::spawn(async move {
@@ -155,7 +156,8 @@ pub async fn relay(topo: &Topo, p: usize, rounds: usize) -> Result<Value> {
                 cons.send_text(msg.clone()).await?;
                 prod.recv_text().await?;
             }
-            barrier.wait().await;
+            warm.wait().await;
+            go.wait().await;
             for _ in 0..rounds {
                 let start = Instant::now();
                 prod.send_text(msg.clone()).await?;
@@ -169,8 +171,10 @@ pub async fn relay(topo: &Topo, p: usize, rounds: usize) -> Result<Value> {
             anyhow::Ok((rtts, prod, cons))
         }));
     }
+    warm.wait().await;
+    let relayed = topo.relayed().await?;
     let cpu = Cpu::now(topo);
-    barrier.wait().await;
+    go.wait().await;
     let t0 = Instant::now();
     let mut rtts = Vec::with_capacity(p * rounds);
     let mut keep = Vec::new();
@@ -182,11 +186,16 @@ pub async fn relay(topo: &Topo, p: usize, rounds: usize) -> Result<Value> {
     let secs = t0.elapsed().as_secs_f64();
     let msgs = (2 * p * rounds) as u64;
     let mut out = cpu.since(topo, msgs, "msg");
+    // What the servers say they relayed meanwhile (ours count; upstream does not).
+    let server_relayed = match (relayed, topo.relayed().await?) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     rtts.sort_unstable();
     merge(
         &mut out,
         json!({
-            "pairs": p, "rounds": rounds, "messages": msgs,
+            "pairs": p, "rounds": rounds, "messages": msgs, "server_relayed": server_relayed,
             "seconds": round2(secs),
             "msgs_per_sec": (msgs as f64 / secs).round(),
             "rtt_us": {"p50": pct(&rtts, 0.5), "p99": pct(&rtts, 0.99), "p999": pct(&rtts, 0.999), "max": pct(&rtts, 1.0)},
