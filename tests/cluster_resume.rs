@@ -487,3 +487,28 @@ async fn what_is_sent_to_a_suspended_peer_is_held_and_delivered_on_another_node(
     );
     Ok(())
 }
+
+/// A node learns which nodes are alive once per liveness tick (250 ms). A token of a node that
+/// joined since then is not a dead node's: it is claimed from that node, not adopted (the
+/// adoption would find no suspended peer and the client would get a new peer id).
+#[tokio::test]
+async fn a_resume_reaches_a_node_that_joined_since_the_last_liveness_tick() -> Result<()> {
+    let redis = Redis::start().await?;
+    let a = Node::join(&redis, "node-a", &[]).await?;
+    let b = Node::join(&redis, "node-b", &[]).await?;
+    a.wait_cluster(2).await?;
+    // at once after node-c joined, well within node-a's next tick
+    let c = Node::join(&redis, "node-c", &[]).await?;
+    let p = Peer::connect_with(&c.url(), Some("gstwebrtc-cluster.v2")).await?;
+    let (pid, token) = (
+        p.id.clone(),
+        p.welcome["resumeToken"].as_str().unwrap().to_string(),
+    );
+    c.cut(p).await?;
+    let url = format!("{}/?resume={token}", a.url());
+    let p = Peer::connect_with(&url, Some("gstwebrtc-cluster.v2")).await?;
+    assert_eq!(p.welcome["resumed"], true, "{}", p.welcome);
+    assert_eq!(p.id, pid);
+    drop(b);
+    Ok(())
+}

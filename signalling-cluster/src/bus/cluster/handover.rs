@@ -70,16 +70,18 @@ impl Shared {
         let node = token_node(token)?.to_string();
         let me = &self.settings.node_id;
         // A token of ours that the registry does not know (we restarted), or of a node that
-        // is dead: the peer may be suspended, waiting for adoption.
-        let dead = {
+        // is dead: the peer may be suspended, waiting for adoption. A node missing from our
+        // list of live nodes may instead have joined since our last liveness tick: Redis is
+        // asked which before anything is decided ([`claim_or_adopt`]).
+        let unlisted = {
             let live = self.live_nodes.lock();
-            node == *me || (!live.is_empty() && !live.contains(&node))
+            !live.is_empty() && !live.contains(&node)
         };
         let (done, answer) = oneshot::channel();
         let mut state = self.state.lock();
         let claim = state.next_claim;
         state.next_claim += 1;
-        let adopting = dead || state.down.contains(&node);
+        let adopting = node == *me || state.down.contains(&node);
         state.claims.insert(
             claim,
             PendingClaim {
@@ -90,20 +92,16 @@ impl Shared {
                 adopting,
             },
         );
+        drop(state);
+        // (in the cluster span: the adoption outlives the connection's request)
+        let span = tracing::info_span!("cluster", node = %self.settings.node_id);
         if adopting {
-            // (in the cluster span: the adoption outlives the connection's request)
-            let span = tracing::info_span!("cluster", node = %self.settings.node_id);
             actix_rt::spawn(adopt(self.clone(), claim, token.to_string()).instrument(span));
+        } else if unlisted {
+            let work = claim_or_adopt(self.clone(), node, claim, token.to_string(), last);
+            actix_rt::spawn(work.instrument(span));
         } else {
-            // If the node turns out dead, its reaping turns this into an adoption.
-            self.publish(Outgoing::ToNode(
-                node,
-                NodeMessage::ResumeClaim(ResumeClaimBody {
-                    claim,
-                    token: token.to_string(),
-                    last,
-                }),
-            ));
+            self.send_claim(node, claim, token, last);
         }
         let shared = self.clone();
         // Long enough for a dead node to be reaped and its peer adopted.
@@ -115,6 +113,19 @@ impl Shared {
             }
             answer.ok().and_then(Result::ok).flatten()
         }))
+    }
+
+    /// Asks live `node` for the peer of `token`. If the node turns out dead, its reaping turns
+    /// this into an adoption ([`Shared::adopt_instead`]).
+    fn send_claim(&self, node: NodeId, claim: u64, token: &str, last: Option<u64>) {
+        self.publish(Outgoing::ToNode(
+            node,
+            NodeMessage::ResumeClaim(ResumeClaimBody {
+                claim,
+                token: token.to_string(),
+                last,
+            }),
+        ));
     }
 
     /// `node` died: our claims of its peers, unanswered, turn into adoptions of its suspended
@@ -259,6 +270,51 @@ impl Shared {
 /// Adopts the suspended peer under `token` for claim `claim`, if this node wins its key:
 /// registers it here, asks every other node for its sessions with it, and answers the claim
 /// once they all answered (or after [`ADOPT_TIMEOUT`]). Refuses if there is no such peer.
+/// A claim for a token of `node`, which is not in our list of live nodes: live after all (it
+/// joined since our last liveness tick: its heartbeat in Redis is fresh), it is asked; dead,
+/// or Redis not answering, the peer is adopted from its suspension.
+async fn claim_or_adopt(
+    shared: Arc<Shared>,
+    node: NodeId,
+    claim: u64,
+    token: String,
+    last: Option<u64>,
+) {
+    let mut con = shared.con.lock().clone();
+    let mut zscore = redis::cmd("ZSCORE");
+    zscore.arg(&shared.keys.nodes).arg(&node);
+    let expires = zscore.query_async::<Option<f64>>(&mut con);
+    let live = match within(shared.settings.redis_timeout, expires).await {
+        Ok(expires) => expires.is_some_and(|at| at > now_ms() as f64),
+        Err(e) => {
+            warn!(
+                node,
+                "cannot tell whether a resume token's node is alive: {e}"
+            );
+            false
+        }
+    };
+    if live {
+        debug!(
+            node,
+            "a resume token's node joined since the last liveness tick"
+        );
+        shared.send_claim(node, claim, &token, last);
+        return;
+    }
+    let adopting_now = match shared.state.lock().claims.get_mut(&claim) {
+        Some(pending) if !pending.adopting => {
+            pending.adopting = true;
+            true
+        }
+        // answered meanwhile (the connection gave up), or already adopting
+        _ => false,
+    };
+    if adopting_now {
+        adopt(shared, claim, token).await
+    }
+}
+
 async fn adopt(shared: Arc<Shared>, claim: u64, token: String) {
     let key = shared.keys.suspended(&token_hash(&token));
     let mut con = shared.con.lock().clone();
