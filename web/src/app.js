@@ -57,15 +57,18 @@ function showRelays(stream) {
   }
 }
 
-/** The member of `stream` the node places a new viewer on, or null (older node, no room). */
+/**
+ * The member of `stream` the node places a new viewer on (`member`), or null and the node's
+ * reason (`why`: an unknown stream is 404, no member with room 503; an older node has no /place).
+ */
 async function place(stream) {
   try {
     const r = await fetch(withToken(`/place?stream=${encodeURIComponent(stream)}`), { cache: "no-store" });
-    if (!r.ok) return null;
+    if (!r.ok) return { member: null, why: (await r.text()).trim() || `HTTP ${r.status}` };
     const { peerId } = await r.json();
-    return producers.get(peerId) || { id: peerId, meta: {} };
-  } catch {
-    return null;
+    return { member: producers.get(peerId) || { id: peerId, meta: {} } };
+  } catch (e) {
+    return { member: null, why: String(e) };
   }
 }
 
@@ -168,7 +171,7 @@ class Tile {
     this.setState("connecting…");
     this.returned = null;
     this.el.querySelector(".resume").hidden = true;
-    const member = (await place(this.name)) || origin;
+    const member = (await place(this.name)).member || origin;
     this.connect(member);
   }
 
@@ -225,9 +228,9 @@ class Tile {
     old?.close();
     setTimeout(async () => {
       this.placing = false;
-      const member = await place(this.name);
+      const { member, why } = await place(this.name);
       if (member) this.connect(member);
-      else this.setState("no member of the stream has room");
+      else this.setState(why);
     }, 300);
   }
 
