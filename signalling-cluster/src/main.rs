@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +62,11 @@ fn node(config: Config) -> Result<(), Exit> {
     config.check().map_err(|e| Exit::Usage(e.into()))?;
     let filter = EnvFilter::try_new(&config.log)
         .map_err(|e| Exit::Usage(anyhow::anyhow!("--log '{}': {e}", config.log)))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal: `kubectl logs` and log shippers read files.
+    let colours = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colours);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
