@@ -1,0 +1,2 @@
+pub mod rtp;
+pub mod vp8;
