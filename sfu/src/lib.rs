@@ -1,2 +1,4 @@
+pub mod codec;
+pub mod rewrite;
 pub mod rtp;
 pub mod vp8;
