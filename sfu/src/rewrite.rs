@@ -152,30 +152,12 @@ impl Munger {
         if position < 0 {
             return Ok(Verdict::Drop(DropReason::BeforeSwitch));
         }
-        let timestamp = header.timestamp.wrapping_add(segment.ts_offset);
-        rtp::rewrite(
-            packet,
-            &rtp::Rewrite {
-                ssrc: self.viewer_ssrc,
-                sequence,
-                timestamp,
-                payload_type: self.payload_type,
-            },
-        )?;
-        let (mut picture_id, mut tl0_pic_idx) = (None, None);
-        if let Some(d) = descriptor {
-            let payload = rtp::payload_mut(packet)?;
-            if let Some(id) = d.picture_id {
-                let v = id.value().wrapping_add(segment.picture_id_offset) & 0x7fff;
-                d.set_picture_id(payload, v);
-                picture_id = Some(v);
-            }
-            if let Some(t) = d.tl0_pic_idx {
-                let v = t.wrapping_add(segment.tl0_offset);
-                d.set_tl0_pic_idx(payload, v);
-                tl0_pic_idx = Some(v);
-            }
-        }
+        let segment = *segment;
+        let (timestamp, picture_id, tl0_pic_idx) =
+            self.apply(&segment, &header, descriptor.as_ref(), packet)?;
+        let Some(segment) = self.segments.front_mut() else {
+            return Ok(Verdict::Drop(DropReason::NotSelected));
+        };
         if position >= i64::from(segment.len) {
             segment.len = u32::try_from(position + 1).unwrap_or(u32::MAX);
         }
@@ -197,6 +179,62 @@ impl Munger {
             timestamp,
             switched,
         })
+    }
+
+    /// Writes the viewer's header (and VP8 picture id / TL0PICIDX) into `packet` by
+    /// `segment`'s offsets; returns the timestamp, picture id and TL0PICIDX written.
+    fn apply(
+        &self,
+        segment: &Segment,
+        header: &rtp::Header,
+        descriptor: Option<&vp8::Descriptor>,
+        packet: &mut [u8],
+    ) -> Result<(u32, Option<u16>, Option<u8>), MungeError> {
+        let timestamp = header.timestamp.wrapping_add(segment.ts_offset);
+        rtp::rewrite(
+            packet,
+            &rtp::Rewrite {
+                ssrc: self.viewer_ssrc,
+                sequence: header.sequence.wrapping_add(segment.seq_offset),
+                timestamp,
+                payload_type: self.payload_type,
+            },
+        )?;
+        let (mut picture_id, mut tl0_pic_idx) = (None, None);
+        if let Some(d) = descriptor {
+            let payload = rtp::payload_mut(packet)?;
+            if let Some(id) = d.picture_id {
+                let v = id.value().wrapping_add(segment.picture_id_offset) & 0x7fff;
+                d.set_picture_id(payload, v);
+                picture_id = Some(v);
+            }
+            if let Some(t) = d.tl0_pic_idx {
+                let v = t.wrapping_add(segment.tl0_offset);
+                d.set_tl0_pic_idx(payload, v);
+                tl0_pic_idx = Some(v);
+            }
+        }
+        Ok((timestamp, picture_id, tl0_pic_idx))
+    }
+
+    /// Rewrites a copy of a source packet that a viewer NACKed (found through
+    /// [`Munger::source_of`] in the packet cache) exactly as the viewer first got it, even from
+    /// a source it has since left; None when it never was one of the viewer's packets. The
+    /// state is not changed: a retransmission is no new packet.
+    pub fn retransmit(&self, packet: &mut [u8]) -> Result<Option<u16>, MungeError> {
+        let header = rtp::parse(packet)?;
+        let Some(segment) = self.segments.iter().find(|s| {
+            let viewer = header.sequence.wrapping_add(s.seq_offset);
+            s.ssrc == header.ssrc && u32::from(viewer.wrapping_sub(s.viewer_start)) < s.len
+        }) else {
+            return Ok(None);
+        };
+        let descriptor = match self.codec {
+            Codec::Vp8 => Some(vp8::parse(header.payload(packet))?),
+            Codec::Opus => None,
+        };
+        self.apply(segment, &header, descriptor.as_ref(), packet)?;
+        Ok(Some(header.sequence.wrapping_add(segment.seq_offset)))
     }
 
     /// The source packet (SSRC, sequence number) a viewer's NACKed sequence number was, for

@@ -223,3 +223,68 @@ fn send_opus(m: &mut Munger, ssrc: u32, seq: u16, t: Instant) -> u16 {
         Verdict::Drop(r) => panic!("dropped: {r:?}"),
     }
 }
+
+/// Loss repair, sans I/O: the source's packets go into the NACK cache and to the viewer; the
+/// viewer NACKs one from before a switch and one never received upstream.
+#[test]
+fn a_nack_is_answered_from_the_cache_as_the_viewer_first_got_it_and_a_miss_goes_upstream_once() {
+    use crate::packet_cache::{Lookup, PacketCache};
+    let t = Instant::now();
+    let mut m = Munger::new(VIEWER, Codec::Vp8, None);
+    let (mut cache_a, mut cache_b) = (
+        PacketCache::new(64, Duration::from_millis(100)),
+        PacketCache::new(64, Duration::from_millis(100)),
+    );
+    let mut first_sent = std::collections::HashMap::new();
+    m.select(A);
+    for (seq, key) in [(100u16, true), (101, false), (102, false)] {
+        let p = vp8(A, seq, u32::from(seq) * 3000, key, seq, 1);
+        cache_a.insert(seq, &p);
+        let mut copy = p.clone();
+        let Verdict::Forward { sequence, .. } = m.forward(&mut copy, t).unwrap() else {
+            panic!()
+        };
+        first_sent.insert(sequence, copy);
+    }
+    m.select(B);
+    for seq in [7u16, 9] {
+        // 8 is lost on the way from the origin.
+        let p = vp8(B, seq, 0, seq == 7, 40, 3);
+        cache_b.insert(seq, &p);
+        let mut copy = p.clone();
+        let Verdict::Forward { sequence, .. } = m.forward(&mut copy, t).unwrap() else {
+            panic!()
+        };
+        first_sent.insert(sequence, copy);
+    }
+    // The viewer got 100..=102 from A, then 103 (B 7) and 105 (B 9): it NACKs 101 and 104.
+    let (ssrc, seq) = m.source_of(101).unwrap();
+    assert_eq!((ssrc, seq), (A, 101));
+    let Lookup::Hit(p) = cache_a.nack(seq, t) else {
+        panic!("101 is cached")
+    };
+    let mut again = p.to_vec();
+    assert_eq!(m.retransmit(&mut again).unwrap(), Some(101));
+    assert_eq!(
+        again, first_sent[&101],
+        "byte for byte what the viewer first got"
+    );
+    // From the source followed now, with its picture id moved on.
+    let Lookup::Hit(p) = cache_b.nack(m.source_of(103).unwrap().1, t) else {
+        panic!("B 7 is cached")
+    };
+    let mut again = p.to_vec();
+    assert_eq!(m.retransmit(&mut again).unwrap(), Some(103));
+    assert_eq!(again, first_sent[&103]);
+    let (ssrc, seq) = m.source_of(104).unwrap();
+    assert_eq!((ssrc, seq), (B, 8));
+    assert_eq!(cache_b.nack(seq, t), Lookup::AskUpstream);
+    assert_eq!(
+        cache_b.nack(seq, t),
+        Lookup::AlreadyAsked,
+        "a second viewer's NACK of it is coalesced"
+    );
+    // A packet that was never the viewer's is not retransmitted to it.
+    let mut stranger = vp8(A, 99, 0, false, 1, 1);
+    assert_eq!(m.retransmit(&mut stranger).unwrap(), None);
+}
