@@ -139,7 +139,7 @@ impl Munger {
         } else if !follows {
             return Ok(Verdict::Drop(DropReason::WaitingForKeyframe));
         }
-        let Some(segment) = self.segments.front_mut() else {
+        let Some(&segment) = self.segments.front() else {
             return Ok(Verdict::Drop(DropReason::NotSelected));
         };
         let sequence = header.sequence.wrapping_add(segment.seq_offset);
@@ -152,14 +152,12 @@ impl Munger {
         if position < 0 {
             return Ok(Verdict::Drop(DropReason::BeforeSwitch));
         }
-        let segment = *segment;
         let (timestamp, picture_id, tl0_pic_idx) =
             self.apply(&segment, &header, descriptor.as_ref(), packet)?;
-        let Some(segment) = self.segments.front_mut() else {
-            return Ok(Verdict::Drop(DropReason::NotSelected));
-        };
-        if position >= i64::from(segment.len) {
-            segment.len = u32::try_from(position + 1).unwrap_or(u32::MAX);
+        if let Some(run) = self.segments.front_mut() {
+            if position >= i64::from(run.len) {
+                run.len = u32::try_from(position + 1).unwrap_or(u32::MAX);
+            }
         }
         let newest = match self.last {
             Some(l) => seq_diff(sequence, l.sequence) > 0,
