@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helpers for tests/k8s.rs, run with the venv's python (kubernetes-validate, PyYAML).
+"""Helpers for tests/k8s_*.rs, run with the venv's python (kubernetes-validate, PyYAML).
 
   k8s-check.py validate VERSION[,VERSION...] FILE...
       Validates every document of every FILE strictly (unknown fields rejected) against the

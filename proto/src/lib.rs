@@ -19,6 +19,8 @@
 //! | `version.rs` | [`ProtocolVersion`] and its negotiation |
 //! | `error.rs` | [`ErrorCode`] (v2 error codes), [`ParseError`] |
 //! | `envelope/mod.rs`, `envelope/read.rs` | node-to-node envelopes, batches; the one-pass reader |
+//! | `envelope/bodies.rs` | the body of each node-message kind |
+//! | `envelope/tests.rs` | the envelope's tests (round trips, both readers, old and new nodes) |
 //!
 //! The protocol is documented with examples in `docs/protocol.md`.
 

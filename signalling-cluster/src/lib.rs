@@ -9,9 +9,10 @@
 //!
 //! | behaviour | file |
 //! |---|---|
-//! | upstream semantics (status, sessions, relay, leave) | `routing/mod.rs` |
+//! | upstream semantics (status, lists, leave) | `routing/mod.rs` |
+//! | sessions driven by local members (start, relay, end; ending for both) | `routing/sessions.rs` |
 //! | presence across nodes (the replica of other nodes' peers) | `routing/replica.rs` |
-//! | relay across nodes: sending | `routing/mod.rs` (`relay`), then `bus/cluster/publisher.rs` |
+//! | relay across nodes: sending | `routing/sessions.rs` (`relay`), then `bus/cluster/publisher.rs` |
 //! | relay across nodes: receiving | `bus/cluster/subscriber.rs`, then `routing/cross_node.rs` |
 //! | node death: detect, reap, announce, expire | `bus/cluster/liveness.rs` |
 //! | node death: what the router ends, holds, adopts | `routing/suspension.rs` |
@@ -41,6 +42,7 @@
 //! | metrics (`GET /metrics`): counters where things happen, state read at scrape | `metrics.rs` |
 //! | the operations API that acts: end a session, kick a peer, drain a node, from any node | `admin.rs`; HTTP in `http_api.rs`; across nodes `bus/cluster/subscriber.rs` (`admin`) |
 //! | the browser app every node serves | `web.rs` (built from `web/`) |
+//! | the router's unit tests | `routing/tests.rs` (and each `routing/` file's own) |
 
 pub mod admin;
 pub mod admin_cli;

@@ -1,12 +1,23 @@
-//! Helpers for `tests/k8s.rs`: the chart, the tools `./dev setup` installs under
+//! Helpers for `tests/k8s_*.rs`: the chart, the tools `./dev setup` installs under
 //! `/var/cache/gst-webrtc-cluster/tools` (helm, kubectl, readme-generator, a venv with
-//! kubernetes-validate), rendering, and YAML → JSON through the venv's PyYAML.
+//! kubernetes-validate), rendering, and YAML → JSON through the venv's PyYAML; what more than
+//! one of those files reads of a render (the signalling container, its flags).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+
+/// Announced to `helm template` so the CRD-backed objects (ServiceMonitor, HTTPRoute) render.
+pub const CRD_APIS: [&str; 6] = [
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "--api-versions",
+    "gateway.networking.k8s.io/v1/HTTPRoute",
+];
 
 /// The repository root (the tests crate lives in `tests/`).
 pub fn repo() -> PathBuf {
@@ -176,4 +187,22 @@ pub fn dockerfile_runtime_packages(dockerfile: &str) -> anyhow::Result<Vec<Strin
         .filter(|w| !w.starts_with('-') && *w != "\\")
         .map(String::from)
         .collect())
+}
+
+/// The signalling container of a render, and its pod spec.
+pub fn signalling_container(docs: &[Value]) -> anyhow::Result<(Value, Value)> {
+    let deploy = find(docs, "Deployment", "signalling").context("no signalling Deployment")?;
+    let pod = deploy["spec"]["template"]["spec"].clone();
+    let container = pod["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "signalling"))
+        .context("no signalling container")?
+        .clone();
+    Ok((pod, container))
+}
+
+/// `--flag=value` from rendered args.
+pub fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
 }

@@ -8,7 +8,8 @@
 //! `cluster.rs`: three named nodes and sessions across them;
 //! `agent.rs`: agent processes and their output; `consumer.rs`: what a consumer-agent's stats say; `media.rs`: stock webrtcsink/webrtcsrc
 //! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `delay.rs`: a slow
-//! link to Redis; `jwt.rs`: tokens made by PyJWT; `k8s.rs`: the Kubernetes tools.
+//! link to Redis; `jwt.rs`: tokens made by PyJWT; `k8s.rs`: the Kubernetes tools and what the
+//! `k8s_*.rs` tests share.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

@@ -1,14 +1,15 @@
 //! Sessions with a member on another node, as the other node's messages reach us: the
 //! session starts (our member is told), relays arrive for our member (sdp/ice, the payload
 //! passed on as the sending client wrote it), and the session ends. The sending side is in
-//! [`super`] (`start_session`, `relay`, `close_session`), which addresses the member's node
+//! `sessions.rs` (`start_session`, `relay`, `close_session`), which addresses the member's node
 //! through [`Router::send_node`].
 
 use proto::envelope::{NodeMessage, RelayBody, SessionEndBody, SessionStartBody};
 use proto::ServerMessage;
 use tracing::{debug, info, warn};
 
-use super::{deliver, session_started, Effect, Outbox, Router, Session, Side};
+use super::sessions::session_started;
+use super::{deliver, Effect, Outbox, Router, Session, Side};
 
 impl Router {
     /// Another node started a session between its peer and ours.

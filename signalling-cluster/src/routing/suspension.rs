@@ -9,9 +9,8 @@ use proto::envelope::{AdoptAckBody, AdoptedSession, NodeMessage, StatusChange};
 use proto::{PeerId, PeerStatus, ProtocolVersion, ServerMessage, SessionId};
 use tracing::{debug, info, warn};
 
-use super::{
-    announce, deliver, gone, session_started, Effect, NodeId, Outbox, Peer, Router, Session, Side,
-};
+use super::sessions::session_started;
+use super::{announce, deliver, gone, Effect, NodeId, Outbox, Peer, Router, Session, Side};
 
 /// What this node keeps for a suspended peer until a node adopts it or it expires.
 #[derive(Debug, Default)]

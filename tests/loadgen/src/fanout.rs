@@ -2,6 +2,7 @@
 //! with `--sink encoded` on one node, once per encoding mode (`per-consumer`, `shared`) and
 //! codec: the producer's CPU (`/proc`), each consumer's frame rate and bitrate over a window,
 //! and the time from session start to first frame of consumers joining the running stream.
+//! Its section of the report is [`markdown`].
 //! Both modes run without congestion control and without FEC at the same fixed bitrate, so
 //! that they send the same stream and only the number of encoders differs (webrtcsink without
 //! congestion control encodes at `--max-bitrate` and adds 50 % FEC, per consumer).
@@ -289,4 +290,85 @@ async fn one(
         "consumer_video_kbps": bitrate_kbps,
         "joiners_first_frame_ms": joined,
     }))
+}
+
+/// The fanout section: per codec, producer CPU and the consumers' worst frame rate per K, for
+/// both modes side by side, then the targets.
+pub fn markdown(report: &Value) -> String {
+    let mut s = String::from("\n## Fanout: encoding per consumer or shared\n\n");
+    s += &format!(
+        "One producer-agent (test pattern, 1280x720, 30 fps, 2 Mbit/s, no congestion control and \
+         no FEC in either mode, so both send the same stream) and K consumer-agents `--sink encoded` on \
+         one node, all on this machine's cores. CPU: the producer process, from `/proc`, over \
+         an 8 s window once every consumer has frames; fps: each consumer's frames over the \
+         same window; a K is held when every consumer gets at least {} fps (the runs stop at \
+         the first K not held). First frame: {} consumers joining the running stream one after \
+         another at the second K, session start to first frame (the agent polls every 20 ms). \
+         Measured {}.\n\n",
+        HELD_FPS,
+        5,
+        report["fanout_date"].as_str().unwrap_or(report["date"].as_str().unwrap_or("")),
+    );
+    let mut targets = Vec::new();
+    for (codec, modes) in report["fanout"].as_object().into_iter().flatten() {
+        s += &format!("### {}\n\n| K | per-consumer CPU % | min fps | shared CPU % | min fps |\n|---:|---:|---:|---:|---:|\n", codec.to_uppercase());
+        let runs = |mode: &str| modes[mode]["runs"].as_array().cloned().unwrap_or_default();
+        let (per, shared) = (runs("per-consumer"), runs("shared"));
+        let mut ks: Vec<u64> = per
+            .iter()
+            .chain(&shared)
+            .filter_map(|r| r["k"].as_u64())
+            .collect();
+        ks.sort_unstable();
+        ks.dedup();
+        let cell = |runs: &[Value], k: u64| -> (String, String) {
+            match runs.iter().find(|r| r["k"].as_u64() == Some(k)) {
+                Some(r) if r.get("error").is_some() => ("failed".into(), "–".into()),
+                Some(r) => (
+                    format!("{}", r["producer_cpu_pct"]),
+                    format!("{}", r["min_fps"]),
+                ),
+                None => ("–".into(), "–".into()),
+            }
+        };
+        for k in ks {
+            let (pc, pf) = cell(&per, k);
+            let (sc, sf) = cell(&shared, k);
+            s += &format!("| {k} | {pc} | {pf} | {sc} | {sf} |\n");
+        }
+        let f = |mode: &str, key: &str| modes[mode][key].clone();
+        s += &format!(
+            "\n| | per-consumer | shared |\n|---|---:|---:|\n\
+             | producer CPU % per added consumer (fit over the Ks held) | {} | {} |\n\
+             | largest K with every consumer at {}+ fps | {} | {} |\n\
+             | joining consumer: session start → first frame, median ms | {} | {} |\n\n",
+            f("per-consumer", "producer_cpu_pct_per_added_consumer"),
+            f("shared", "producer_cpu_pct_per_added_consumer"),
+            HELD_FPS,
+            f("per-consumer", "largest_k_held"),
+            f("shared", "largest_k_held"),
+            f("per-consumer", "joiner_first_frame_ms_median"),
+            f("shared", "joiner_first_frame_ms_median"),
+        );
+        let per_added = |mode: &str| f(mode, "producer_cpu_pct_per_added_consumer").as_f64();
+        if let (Some(p), Some(sh)) = (per_added("per-consumer"), per_added("shared")) {
+            let ratio = sh / p;
+            targets.push(format!(
+                "| {codec}: shared CPU per added consumer ÷ per-consumer's | {ratio:.3} | ≤ 0.1 | {} |",
+                if ratio <= 0.1 { "yes" } else { "**no**" }
+            ));
+        }
+        if let Some(ms) = f("shared", "joiner_first_frame_ms_median").as_f64() {
+            targets.push(format!(
+                "| {codec}: joining a shared stream, first frame (median ms) | {ms} | ≤ 300 | {} |",
+                if ms <= 300.0 { "yes" } else { "**no**" }
+            ));
+        }
+    }
+    if !targets.is_empty() {
+        s += "### Fanout targets\n\n| what | value | target | met |\n|---|---:|---|---|\n";
+        s += &targets.join("\n");
+        s += "\n";
+    }
+    s
 }
