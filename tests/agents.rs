@@ -193,6 +193,32 @@ async fn producer_on_one_node_consumer_on_another() -> Result<()> {
     Ok(())
 }
 
+/// The report lists the decoders that decoded in any session of the run, also one whose
+/// session ended before the agent stopped (webrtcsrc removes a session's decoders with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_names_the_decoders_of_a_session_that_ended() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let mut producer = Agent::producer(&["--server", &node.url(), "--name", "gone"])?;
+    let mut consumer = watching(&node.url(), "gone")?;
+    consumer
+        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
+        .await?;
+    // The producer leaves (ending its session); nothing decodes from then on.
+    producer.signal(libc::SIGTERM);
+    assert_eq!(
+        producer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        producer.stderr()
+    );
+    consumer.wait_stderr("looking for it again", LONG).await?;
+    stop_cleanly(&mut consumer).await?;
+    let report = consumer.report()?;
+    assert_eq!(report["decoders"], json!(["vp8dec"]), "{report}");
+    Ok(())
+}
+
 /// Decodes a recording in a worker thread; at least `min` video frames.
 async fn assert_plays(path: &std::path::Path, min: u64) -> Result<()> {
     let p = path.to_path_buf();
