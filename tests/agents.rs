@@ -36,8 +36,9 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
         &node.url(),
         "--producer-name",
         "stats-e2e",
+        // Long enough to be running still through the checks below (10 s at 30 fps).
         "--frames",
-        "90",
+        "300",
         "--stats-interval",
         "0.5",
         "--metrics-addr",
@@ -48,13 +49,28 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
         .await?;
 
     // Consumer: per-stream figures and Prometheus text while it runs.
+    // webrtcbin lists a stream from its first packet on: audio may come a line or two after
+    // the video's 60th frame.
+    let listed = |l: &Value| l["streams"].as_array().map_or(0, Vec::len);
+    consumer
+        .wait(LONG, "video and audio in the stats", |c| {
+            c.json_lines("consumer-stats").last().map(listed) == Some(2)
+        })
+        .await?;
     let last = consumer
         .json_lines("consumer-stats")
-        .pop()
+        .into_iter()
+        .rfind(|l| listed(l) == 2)
         .context("no stats")?;
     assert!(last["fps"].as_f64().unwrap_or(0.0) > 0.0, "{last}");
     let streams = last["streams"].as_array().context("streams")?;
-    assert_eq!(streams.len(), 2, "video and audio: {last}");
+    let mut codecs: Vec<&str> = streams.iter().filter_map(|s| s["codec"].as_str()).collect();
+    codecs.sort();
+    assert_eq!(
+        codecs,
+        ["audio/OPUS", "video/VP8"],
+        "video and audio: {last}"
+    );
     assert!(
         streams
             .iter()
@@ -112,7 +128,7 @@ async fn producer_and_consumer_report_stats_and_metrics_and_stop_cleanly() -> Re
         consumer.stderr()
     );
     let report = consumer.report()?;
-    assert!(frames_of(&report) >= 90, "{report}");
+    assert!(frames_of(&report) >= 300, "{report}");
     assert!(report["first_frame_ms"].as_u64() > Some(0), "{report}");
     let stderr = consumer.stderr();
     for step in [
@@ -190,6 +206,32 @@ async fn producer_on_one_node_consumer_on_another() -> Result<()> {
         "{}",
         consumer.stderr()
     );
+    Ok(())
+}
+
+/// The report lists the decoders that decoded in any session of the run, also one whose
+/// session ended before the agent stopped (webrtcsrc removes a session's decoders with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_names_the_decoders_of_a_session_that_ended() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let mut producer = Agent::producer(&["--server", &node.url(), "--name", "gone"])?;
+    let mut consumer = watching(&node.url(), "gone")?;
+    consumer
+        .wait(LONG, "30 frames", |c| frames_now(c) >= 30)
+        .await?;
+    // The producer leaves (ending its session); nothing decodes from then on.
+    producer.signal(libc::SIGTERM);
+    assert_eq!(
+        producer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        producer.stderr()
+    );
+    consumer.wait_stderr("looking for it again", LONG).await?;
+    stop_cleanly(&mut consumer).await?;
+    let report = consumer.report()?;
+    assert_eq!(report["decoders"], json!(["vp8dec"]), "{report}");
     Ok(())
 }
 

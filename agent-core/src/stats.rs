@@ -105,3 +105,36 @@ pub fn elements_of_class(bin: &gst::Bin, class: &str) -> Vec<String> {
         .map(|f| f.name().to_string())
         .collect()
 }
+
+/// Factory names of the elements of class `class` (e.g. `Codec/Decoder`) that put out at
+/// least one buffer, kept in a set that outlives the pipeline.
+pub type Worked = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
+/// Records in `worked` every element of class `class` added to `bin` (at any depth, from now
+/// on) once it puts out its first buffer. What ran is known as it happens: reading the bin
+/// at the end would miss what is gone by then (webrtcsrc removes a session's bin, decoders
+/// included, as soon as the session ends).
+pub fn record_working(bin: &gst::Bin, class: &'static str, worked: Worked) {
+    bin.connect_deep_element_added(move |_, _, element| {
+        // A bin added whole brings its children without a signal of their own.
+        let mut added = vec![element.clone()];
+        if let Some(inner) = element.downcast_ref::<gst::Bin>() {
+            added.extend(inner.iterate_recurse().into_iter().flatten());
+        }
+        for e in added {
+            let Some(factory) = e.factory() else { continue };
+            if !factory.metadata("klass").is_some_and(|k| k.contains(class)) {
+                continue;
+            }
+            let name = factory.name().to_string();
+            for pad in e.src_pads() {
+                let (worked, name) = (worked.clone(), name.clone());
+                let data = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+                pad.add_probe(data, move |_, _| {
+                    worked.lock().unwrap().insert(name.clone());
+                    gst::PadProbeReturn::Remove
+                });
+            }
+        }
+    });
+}

@@ -116,7 +116,8 @@ struct Report {
     elapsed_ms: u64,
     reconnects: u64,
     recordings: Vec<PathBuf>,
-    /// Decoders the pipeline ran (none with `--sink encoded` or `file:`).
+    /// Decoders that decoded during the run, in any session (none with `--sink encoded` or
+    /// `file:`).
     decoders: Vec<String>,
 }
 
@@ -166,7 +167,8 @@ struct Run {
     shutdown: Shutdown,
     session_ids: Vec<String>,
     recordings: Vec<PathBuf>,
-    decoders: std::collections::BTreeSet<String>,
+    /// Decoders that put out a frame, recorded as they do (see `stats::record_working`).
+    decoders: agent_core::stats::Worked,
     frame_log: Option<Arc<sink::FrameLog>>,
 }
 
@@ -235,7 +237,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         elapsed_ms: run.started.elapsed().as_millis() as u64,
         reconnects: run.shared.reconnects.load(Ordering::Relaxed),
         recordings: run.recordings,
-        decoders: run.decoders.into_iter().collect(),
+        decoders: run.decoders.lock().unwrap().iter().cloned().collect(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -261,6 +263,8 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         events: events_tx,
     });
     let pipeline = gst::Pipeline::new();
+    let decoders = run.decoders.clone();
+    agent_core::stats::record_working(pipeline.upcast_ref(), "Codec/Decoder", decoders);
     let src = make_src(args, &signaller)?;
     pipeline.add(&src)?;
     *run.shared.src.lock().unwrap() = Some(src.downgrade());
@@ -298,18 +302,12 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
     main_loop.run();
     // The poll stops itself (next time it runs, if the loop ended for another reason).
     run.session_ids.extend(sessions.take());
-    run.decoders.extend(decoders(&pipeline));
     let outcome = end.take().unwrap_or(Outcome::Stopped);
     finalize_recording(&bus, &entries.lock().unwrap());
     // Ends the session (webrtcsrc tells the signaller) and closes the connection.
     let _ = pipeline.set_state(gst::State::Null);
     *run.shared.src.lock().unwrap() = None;
     Ok(outcome)
-}
-
-/// Factory names of the media decoders in `pipeline` (webrtcsrc's bins included).
-fn decoders(pipeline: &gst::Pipeline) -> Vec<String> {
-    agent_core::stats::elements_of_class(pipeline.upcast_ref(), "Codec/Decoder")
 }
 
 /// The webrtcsrc, configured from the arguments, with our signaller.

@@ -89,17 +89,20 @@ impl Collector {
             .unwrap()
             .as_ref()
             .and_then(|w| w.upgrade());
-        let stats = src
+        let webrtcbin = src
             .and_then(|s| s.downcast::<gst::Bin>().ok())
-            .and_then(|bin| find_webrtcbin(&bin))
-            .and_then(|w| webrtcbin_stats(&w));
+            .and_then(|bin| find_webrtcbin(&bin));
+        let stats = webrtcbin.as_ref().and_then(webrtcbin_stats);
         let mut streams = Vec::new();
-        if let Some(stats) = stats {
+        if let (Some(stats), Some(webrtcbin)) = (stats, webrtcbin) {
             let all = entries(&stats);
-            // webrtcbin also lists SSRCs announced but silent so far (RTX/FEC before any loss):
-            // they are not streams being received.
+            let media = media_streams(&webrtcbin);
+            // webrtcbin also lists the repair SSRCs (RTX, FEC), silent until a loss, then
+            // with a few packets: they are not streams being received.
             let receiving = all.iter().filter(|e| {
-                e.kind == WebRTCStatsType::InboundRtp && e.u64("packets-received").unwrap_or(0) > 0
+                e.kind == WebRTCStatsType::InboundRtp
+                    && e.u64("packets-received").unwrap_or(0) > 0
+                    && e.u64("ssrc").is_some_and(|ssrc| media.contains_key(&ssrc))
             });
             for e in receiving {
                 let ssrc = e.u64("ssrc").unwrap_or(0);
@@ -111,7 +114,7 @@ impl Collector {
                 self.last_bytes.insert(ssrc, (now, bytes));
                 streams.push(StreamStats {
                     ssrc,
-                    codec: codec_of(&all, e),
+                    codec: codec_of(&all, e).or_else(|| media.get(&ssrc).cloned().flatten()),
                     bitrate_bps,
                     packets_received: e.u64("packets-received").unwrap_or(0),
                     packets_lost: e.i64("packets-lost").unwrap_or(0),
@@ -133,6 +136,26 @@ impl Collector {
             streams,
         }
     }
+}
+
+/// The media streams webrtcbin hands out, by SSRC, with their codec (`video/VP8`): one src
+/// pad each, from its first packet on (a repair SSRC gets none: its packets leave as the
+/// stream they repair).
+fn media_streams(webrtcbin: &gst::Element) -> HashMap<u64, Option<String>> {
+    webrtcbin
+        .src_pads()
+        .iter()
+        .filter_map(|pad| {
+            let caps = pad.current_caps()?;
+            let s = caps.structure(0)?;
+            let ssrc = s.get::<u32>("ssrc").ok()?;
+            let codec = match (s.get::<&str>("media"), s.get::<&str>("encoding-name")) {
+                (Ok(media), Ok(name)) => Some(format!("{media}/{name}")),
+                _ => None,
+            };
+            Some((u64::from(ssrc), codec))
+        })
+        .collect()
 }
 
 pub fn render(s: &Snapshot) -> String {
