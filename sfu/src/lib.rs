@@ -9,19 +9,19 @@
 //! | VP8 payload descriptor: picture id (7/15-bit), TL0PICIDX, keyframe start; rewritten in place | [`vp8`] |
 //! | per codec: clock rate, which packet starts a keyframe (where a viewer may start or switch) | [`codec`] |
 //! | **per viewer**: own SSRC, continuous sequence/timestamp/picture id across a change of source (switch at a keyframe only), gaps kept, viewer sequence → source packet for NACKs, a cached packet rewritten again for a retransmission | [`rewrite`] (tests in `rewrite_tests.rs`) |
-//! | **per source**: the last packets by sequence number, a viewer's NACK answered, a miss asked upstream once per window | [`packet_cache`] |
+//! | **per source**: the last packets by sequence number, a viewer's NACK answered, a miss asked upstream once per window | [`nack_cache`] |
 //! | **per source**: the last keyframe and what followed, so a joiner starts at once | [`keyframe_cache`] |
 //!
 //! How the I/O loop will use them, per source packet and per viewer NACK:
 //!
 //! ```text
-//!  origin packet ─► rtp::parse ─► codec::starts_keyframe ─┬─► PacketCache::insert
+//!  origin packet ─► rtp::parse ─► codec::starts_keyframe ─┬─► NackCache::insert
 //!                                                         ├─► KeyframeCache::push
 //!                                                         └─► for each viewer: copy ─► Munger::forward
 //!                                                               ├─ Forward: protect (SRTP), send
 //!                                                               └─ Drop(WaitingForKeyframe): ask upstream (coalesced)
 //!  viewer joins   ─► Munger::new + select(source) ─► KeyframeCache::packets ─► Munger::forward each ─► send
-//!  viewer NACK n  ─► Munger::source_of(n) ─► PacketCache::nack ─┬─ Hit: copy ─► Munger::retransmit ─► send (RTX)
+//!  viewer NACK n  ─► Munger::source_of(n) ─► NackCache::nack ─┬─ Hit: copy ─► Munger::retransmit ─► send (RTX)
 //!                                                               ├─ AskUpstream: one NACK to the origin
 //!                                                               └─ AlreadyAsked: nothing
 //!  origin reattached with a new SSRC ─► each viewer's Munger::select(new) (the switch is at its keyframe)
@@ -29,7 +29,7 @@
 
 pub mod codec;
 pub mod keyframe_cache;
-pub mod packet_cache;
+pub mod nack_cache;
 pub mod rewrite;
 pub mod rtp;
 pub mod vp8;

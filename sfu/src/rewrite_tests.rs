@@ -228,12 +228,12 @@ fn send_opus(m: &mut Munger, ssrc: u32, seq: u16, t: Instant) -> u16 {
 /// viewer NACKs one from before a switch and one never received upstream.
 #[test]
 fn a_nack_is_answered_from_the_cache_as_the_viewer_first_got_it_and_a_miss_goes_upstream_once() {
-    use crate::packet_cache::{Lookup, PacketCache};
+    use crate::nack_cache::{Lookup, NackCache};
     let t = Instant::now();
     let mut m = Munger::new(VIEWER, Codec::Vp8, None);
     let (mut cache_a, mut cache_b) = (
-        PacketCache::new(64, Duration::from_millis(100)),
-        PacketCache::new(64, Duration::from_millis(100)),
+        NackCache::new(64, Duration::from_millis(100)),
+        NackCache::new(64, Duration::from_millis(100)),
     );
     let mut first_sent = std::collections::HashMap::new();
     m.select(A);

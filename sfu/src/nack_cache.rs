@@ -33,7 +33,7 @@ pub enum Lookup<'a> {
 
 /// The last `capacity` packets of one source.
 #[derive(Debug)]
-pub struct PacketCache {
+pub struct NackCache {
     slots: Vec<Option<Slot>>,
     /// The highest sequence number seen, and its extended value.
     highest: Option<(u16, i64)>,
@@ -41,13 +41,13 @@ pub struct PacketCache {
     window: Duration,
 }
 
-impl PacketCache {
+impl NackCache {
     /// Room for `capacity` packets (rounded up to a power of two, at most 32768: half the
     /// sequence space, so "older" and "newer" stay unambiguous); a miss asked upstream is
     /// not asked again within `nack_window`.
     pub fn new(capacity: usize, nack_window: Duration) -> Self {
         let capacity = capacity.clamp(1, 1 << 15).next_power_of_two();
-        PacketCache {
+        NackCache {
             slots: (0..capacity).map(|_| None).collect(),
             highest: None,
             asked: Vec::new(),
@@ -129,8 +129,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn cache() -> PacketCache {
-        PacketCache::new(8, Duration::from_millis(100))
+    fn cache() -> NackCache {
+        NackCache::new(8, Duration::from_millis(100))
     }
 
     #[test]
