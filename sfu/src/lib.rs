@@ -28,7 +28,9 @@
 //! ```
 
 pub mod codec;
+pub mod demux;
 pub mod keyframe_cache;
+pub mod keyframe_requests;
 pub mod nack_cache;
 pub mod rewrite;
 pub mod rtp;
