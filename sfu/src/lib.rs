@@ -11,6 +11,7 @@
 //! | **per viewer**: own SSRC, continuous sequence/timestamp/picture id across a change of source (switch at a keyframe only), gaps kept, viewer sequence → source packet for NACKs, a cached packet rewritten again for a retransmission | [`rewrite`] (tests in `rewrite_tests.rs`) |
 //! | **per source**: the last packets by sequence number, a viewer's NACK answered, a miss asked upstream once per window | [`nack_cache`] |
 //! | **per source**: the last keyframe and what followed, so a joiner starts at once | [`keyframe_cache`] |
+//! | the one UDP port: STUN / DTLS / RTP / RTCP told apart (RFC 7983, RFC 5761); a binding request routed by its local ufrag, everything else by the peer's bound address; the rest dropped and counted per reason | [`demux`] |
 //! | **per source**: keyframe requests (viewers' PLI/FIR, joiners and switches waiting) coalesced: at most one upstream per interval, a deferred one sent at its end unless a keyframe came, an unanswered one sent again | [`keyframe_requests`] |
 //!
 //! How the I/O loop will use them, per source packet and per viewer NACK:
