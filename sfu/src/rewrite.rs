@@ -48,7 +48,7 @@ pub enum DropReason {
     /// From a source the viewer neither follows nor switches to.
     NotSelected,
     /// From the source the viewer switches to, before its keyframe: the caller asks upstream
-    /// for one (coalesced, `agent_core::keyframes`).
+    /// for one (coalesced, [`crate::keyframe_requests`]).
     WaitingForKeyframe,
     /// From the followed source but older than the keyframe the viewer started at.
     BeforeSwitch,
