@@ -213,16 +213,8 @@ pub fn stock_consumer_with(
     producer_id: &str,
     token: Option<&str>,
 ) -> anyhow::Result<(Running, Arc<Frames>)> {
-    init();
-    let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("webrtcsrc")
-        .property("stun-server", None::<String>)
-        .build()?;
-    let signaller = src.property::<gst::glib::Object>("signaller");
-    signaller.set_property("uri", url);
-    signaller.set_property("producer-peer-id", producer_id);
+    let (pipeline, src, signaller) = webrtcsrc_of(url, producer_id)?;
     bearer(&signaller, token);
-    pipeline.add(&src)?;
     let frames = Arc::new(Frames::default());
     let counter = frames.clone();
     let weak = pipeline.downgrade();
@@ -259,6 +251,24 @@ pub fn stock_consumer_with(
     Ok((Running::start(pipeline)?, frames))
 }
 
+/// A pipeline holding a stock `webrtcsrc` (no STUN server) whose default signaller is aimed
+/// at producer `producer_id` on `url`: the pipeline, the element, its signaller.
+fn webrtcsrc_of(
+    url: &str,
+    producer_id: &str,
+) -> anyhow::Result<(gst::Pipeline, gst::Element, gst::glib::Object)> {
+    init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("webrtcsrc")
+        .property("stun-server", None::<String>)
+        .build()?;
+    let signaller = src.property::<gst::glib::Object>("signaller");
+    signaller.set_property("uri", url);
+    signaller.set_property("producer-peer-id", producer_id);
+    pipeline.add(&src)?;
+    Ok((pipeline, src, signaller))
+}
+
 /// Encoded video frames a consumer received, and whether the first was a keyframe.
 #[derive(Default)]
 pub struct EncodedFrames {
@@ -287,15 +297,7 @@ pub fn encoded_consumer(
     url: &str,
     producer_id: &str,
 ) -> anyhow::Result<(Running, Arc<EncodedFrames>)> {
-    init();
-    let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("webrtcsrc")
-        .property("stun-server", None::<String>)
-        .build()?;
-    let signaller = src.property::<gst::glib::Object>("signaller");
-    signaller.set_property("uri", url);
-    signaller.set_property("producer-peer-id", producer_id);
-    pipeline.add(&src)?;
+    let (pipeline, src, _) = webrtcsrc_of(url, producer_id)?;
     let frames = Arc::new(EncodedFrames::default());
     let (weak, counter) = (pipeline.downgrade(), frames.clone());
     src.connect_pad_added(move |_, pad| {
