@@ -281,16 +281,11 @@ impl ClusterSignaller {
             }
             ServerMessage::EndSession { session_id, reason } => {
                 if self.state.lock().unwrap().sessions.remove(&session_id) {
-                    let by = match reason {
-                        Some(EndReason::Operator) => EndedBy::Operator,
-                        _ => EndedBy::Other,
+                    let (by, who) = match reason {
+                        Some(EndReason::Operator) => (EndedBy::Operator, "an operator"),
+                        _ => (EndedBy::Other, "the other side"),
                     };
-                    match by {
-                        EndedBy::Operator => {
-                            info!(session = %session_id, "session ended by an operator")
-                        }
-                        _ => info!(session = %session_id, "session ended by the other side"),
-                    }
+                    info!(session = %session_id, "session ended by {who}");
                     self.obj()
                         .emit_by_name::<bool>("session-ended", &[&session_id]);
                     self.event(AgentEvent::SessionEnded { session_id, by });
