@@ -149,6 +149,23 @@ pub enum LogFormat {
 }
 
 impl OutputArgs {
+    /// The exit code of a run's `result` ([`crate::exit::code_of`]); a failure is logged and,
+    /// with text logs, printed once more on stderr after the agent's name (with JSON logs the
+    /// logged error is that line: stderr stays one object per line).
+    pub fn exit_code(&self, agent: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+        let code = match result {
+            Ok(()) => crate::exit::OK,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                if self.log_format == LogFormat::Text {
+                    eprintln!("{agent}: {e:#}");
+                }
+                crate::exit::code_of(&e)
+            }
+        };
+        std::process::ExitCode::from(code)
+    }
+
     /// Installs the tracing subscriber. `crate_name` logs at info, everything else at warn,
     /// unless `log_env` (e.g. `PRODUCER_LOG`) says otherwise.
     pub fn init_logging(&self, crate_name: &str, log_env: &str) {

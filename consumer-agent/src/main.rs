@@ -23,7 +23,7 @@ use clap::Parser;
 use gst::glib;
 use gst::prelude::*;
 use proto::ErrorCode;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use report::Shared;
 use sink::{Container, Linker, Sink};
@@ -132,17 +132,7 @@ fn main() -> ExitCode {
     };
     let result = run(&args, target);
     agent_core::settle();
-    match result {
-        Ok(()) => ExitCode::from(exit::OK),
-        Err(e) => {
-            error!("{e:#}");
-            // (with JSON logs that error is the line: stderr stays one object per line)
-            if args.output.log_format == agent_core::cli::LogFormat::Text {
-                eprintln!("consumer-agent: {e:#}");
-            }
-            ExitCode::from(exit::code_of(&e))
-        }
-    }
+    args.output.exit_code("consumer-agent", result)
 }
 
 /// How one pipeline (one search and session) ended.

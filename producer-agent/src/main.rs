@@ -15,18 +15,18 @@ use std::time::Duration;
 
 use agent_core::cli::{parse_key_value, whole, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
-use agent_core::exit;
+use agent_core::exit::Ending;
 use agent_core::shutdown::Shutdown;
 use agent_core::signaller::{producer_sink, AgentEvent, EndedBy};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
 use gst::prelude::*;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use encoding::{Chain, Encoding};
 use report::{Collector, Counters};
-use source::{BadSource, Source, TestParams};
+use source::{Source, TestParams};
 
 /// Publish a live stream into the cluster with webrtcsink.
 ///
@@ -161,22 +161,7 @@ fn main() -> ExitCode {
     args.output.init_logging("producer_agent", "PRODUCER_LOG");
     let result = run(&args);
     agent_core::settle();
-    match result {
-        Ok(()) => ExitCode::from(exit::OK),
-        Err(e) => {
-            error!("{e:#}");
-            // (with JSON logs that error is the line: stderr stays one object per line)
-            if args.output.log_format == agent_core::cli::LogFormat::Text {
-                eprintln!("producer-agent: {e:#}");
-            }
-            let usage = e.downcast_ref::<BadSource>().is_some();
-            ExitCode::from(if usage {
-                exit::USAGE
-            } else {
-                exit::code_of(&e)
-            })
-        }
-    }
+    args.output.exit_code("producer-agent", result)
 }
 
 /// The webrtcsink, configured from the arguments, with our signaller.
@@ -361,14 +346,14 @@ fn follow_audience(sink: &gst::Element, shared: Arc<encoding::Stats>) {
     });
 }
 
-fn check_bitrates(args: &Args) -> Result<(), BadSource> {
+fn check_bitrates(args: &Args) -> Result<(), Ending> {
     if args.bitrate.is_some() && args.encoding != Encoding::Shared {
-        return Err(BadSource(
+        return Err(Ending::Usage(
             "--bitrate is the shared encoder's: with per-consumer encoding use --start-bitrate, --min-bitrate and --max-bitrate".into(),
         ));
     }
     match (args.min_bitrate, args.max_bitrate) {
-        (Some(min), Some(max)) if min > max => Err(BadSource(format!(
+        (Some(min), Some(max)) if min > max => Err(Ending::Usage(format!(
             "--min-bitrate {min} is above --max-bitrate {max}"
         ))),
         _ => Ok(()),
@@ -443,7 +428,7 @@ fn watch_bus(
                 // Failing before the source gave any stream means the source is unusable.
                 let is_source = from.contains("/source");
                 end.fail(if is_source && !streams_linked {
-                    BadSource(format!("cannot open the source: {}", e.error())).into()
+                    Ending::Usage(format!("cannot open the source: {}", e.error())).into()
                 } else {
                     anyhow!("{from}: {}", e.error())
                 });
@@ -489,7 +474,7 @@ fn start(pipeline: &gst::Pipeline, bus: &gst::Bus) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "cannot start the pipeline".into());
     let _ = pipeline.set_state(gst::State::Null);
-    Err(BadSource(format!("cannot start the source: {reason}")).into())
+    Err(Ending::Usage(format!("cannot start the source: {reason}")).into())
 }
 
 /// What the producer does with its signaller's events: logs them, keeps the counters and the

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use agent_core::exit::Ending;
 use anyhow::{anyhow, Context};
 use gst::prelude::*;
 use tracing::{info, warn};
@@ -44,11 +45,6 @@ impl FromStr for Source {
         }
     }
 }
-
-/// The source is unusable: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadSource(pub String);
 
 /// Parameters of the test source.
 pub struct TestParams {
@@ -110,10 +106,10 @@ pub fn add(
                     gst::parse::bin_from_description(&format!("{fragment} ! identity"), true)
                         .map_err(|_| e)
                 })
-                .map_err(|e| BadSource(format!("cannot parse the pipeline fragment: {e}")))?;
+                .map_err(|e| Ending::Usage(format!("cannot parse the pipeline fragment: {e}")))?;
             let pads: Vec<gst::Pad> = bin.src_pads();
             if pads.is_empty() {
-                return Err(BadSource(
+                return Err(Ending::Usage(
                     "the pipeline fragment has no unlinked source pad (end it with the element that gives raw video or audio)".into(),
                 )
                 .into());
@@ -122,7 +118,7 @@ pub fn add(
             for pad in pads {
                 let caps = pad.query_caps(None);
                 let Some(kind) = media_kind(&caps) else {
-                    return Err(BadSource(format!(
+                    return Err(Ending::Usage(format!(
                         "pad {} of the fragment gives '{caps}', neither audio nor video",
                         pad.name()
                     ))
@@ -137,7 +133,7 @@ pub fn add(
                     .map(|(p, _)| p)
                     .unwrap_or_else(|_| path.into());
                 std::fs::File::open(&path)
-                    .map_err(|e| BadSource(format!("cannot open {}: {e}", path.display())))?;
+                    .map_err(|e| Ending::Usage(format!("cannot open {}: {e}", path.display())))?;
             }
             let decode = gst::ElementFactory::make("uridecodebin")
                 .name("source")

@@ -38,7 +38,7 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
 use gst::prelude::*;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use republish::Republish;
 use upstream::Source;
@@ -121,17 +121,7 @@ fn main() -> ExitCode {
     };
     let result = run(&args, target);
     agent_core::settle();
-    match result {
-        Ok(()) => ExitCode::from(exit::OK),
-        Err(e) => {
-            error!("{e:#}");
-            // (with JSON logs that error is the line: stderr stays one object per line)
-            if args.output.log_format == agent_core::cli::LogFormat::Text {
-                eprintln!("relay-agent: {e:#}");
-            }
-            ExitCode::from(exit::code_of(&e))
-        }
-    }
+    args.output.exit_code("relay-agent", result)
 }
 
 /// What the relay's two sides share with the stats thread.
