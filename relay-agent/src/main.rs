@@ -18,6 +18,8 @@
 //! | the serving side (webrtcsink, meta) and its consumers | `main.rs` |
 //! | `relay-stats` and metrics | `report.rs` |
 
+mod forward;
+mod meta;
 mod report;
 mod republish;
 mod upstream;
@@ -87,6 +89,12 @@ pub struct Args {
     /// Seconds to wait for the origin (from registration, and after it went away): at least 1.
     #[arg(long, env = "RELAY_TIMEOUT", default_value_t = 30, allow_negative_numbers = true, value_parser = whole::<u64>(1, 86_400))]
     pub timeout: u64,
+    /// `pipeline`: webrtcsrc → webrtcsink, a webrtcbin per viewer. `forward`: the packet
+    /// forwarding core (`sfu`): one UDP port, no GStreamer chain per viewer.
+    #[arg(long, value_enum, env = "RELAY_ENGINE", default_value = "pipeline")]
+    pub engine: Engine,
+    #[command(flatten)]
+    pub forward: forward::ForwardArgs,
     #[command(flatten)]
     pub ice: IceArgs,
     #[command(flatten)]
@@ -95,7 +103,38 @@ pub struct Args {
     pub output: OutputArgs,
 }
 
+/// How the relay serves its viewers (docs/relays.md "Two engines").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Pipeline,
+    Forward,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Pipeline => "pipeline",
+            Engine::Forward => "forward",
+        }
+    }
+}
+
 impl Args {
+    /// Flags that mean nothing to the chosen engine: a usage error naming them.
+    fn check_engine(&self) -> Result<(), String> {
+        let given = self.forward.given();
+        match self.engine {
+            Engine::Pipeline if !given.is_empty() => Err(format!(
+                "{} only apply to --engine forward",
+                given.join(", ")
+            )),
+            Engine::Forward if self.fec => {
+                Err("--fec only applies to --engine pipeline (the forward engine sends what it receives)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn target(&self) -> Option<Target> {
         match (&self.source_id, &self.source_name) {
             (Some(id), _) => Some(Target::Id(id.clone())),
@@ -119,7 +158,14 @@ fn main() -> ExitCode {
         eprintln!("relay-agent: one of --source-name or --source-id is required");
         return ExitCode::from(exit::USAGE);
     };
-    let result = run(&args, target);
+    if let Err(e) = args.check_engine() {
+        eprintln!("relay-agent: {e}");
+        return ExitCode::from(exit::USAGE);
+    }
+    let result = match args.engine {
+        Engine::Pipeline => run(&args, target),
+        Engine::Forward => forward::run(&args, target),
+    };
     agent_core::settle();
     args.output.exit_code("relay-agent", result)
 }
@@ -229,17 +275,7 @@ fn make_sink(
     events: std::sync::mpsc::Sender<AgentEvent>,
 ) -> anyhow::Result<gst::Element> {
     let sink = producer_sink(args.signalling.client_config(), args.max_consumers, events)?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{} relay", args.stream()));
-    let mut meta = gst::Structure::builder("meta")
-        .field("name", name)
-        .field("stream", args.stream());
-    if let Some(n) = args.max_consumers {
-        meta = meta.field("capacity", n.to_string());
-    }
-    sink.set_property("meta", meta.build());
+    sink.set_property("meta", meta::initial(args));
     // The relay cannot change the bitrate of what it forwards: congestion control would only
     // add probing padding (measured: 4 Mbit/s out per viewer of a 2 Mbit/s stream with gcc,
     // 2 without), and FEC a constant overhead.

@@ -1,6 +1,7 @@
 //! The relay's stats line (`relay-stats`) and metrics: upstream state, consumers, bitrate in
 //! (from the source) and out (to all consumers), keyframes requested upstream, and the
-//! encoders and decoders it runs (none: it forwards what it receives as it is).
+//! encoders and decoders it runs (none: it forwards what it receives as it is); with the
+//! forward engine, per viewer: packets, NACKs served, keyframe requests, bandwidth estimate.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,30 +17,57 @@ use serde::Serialize;
 
 use crate::Shared;
 
-/// One stats line (`relay-stats`).
+/// One stats line (`relay-stats`), whatever the engine (`forward/stats.rs` fills it for the
+/// forward engine).
 #[derive(Serialize, Clone, Debug)]
 pub struct Snapshot {
     #[serde(rename = "type")]
-    kind: &'static str,
-    origin_id: Option<String>,
-    upstream_session: Option<String>,
+    pub kind: &'static str,
+    /// `pipeline` or `forward`.
+    pub engine: &'static str,
+    pub origin_id: Option<String>,
+    pub upstream_session: Option<String>,
     /// Sessions with a source after the first (a returning origin).
-    reattachments: u64,
-    /// Encoded video frames received from the source.
-    frames_in: u64,
-    /// Media from the source and, summed over the consumers, to them, since the last line.
-    bitrate_in_bps: f64,
-    bitrate_out_bps: f64,
-    consumers: usize,
-    sessions_started: u64,
+    pub reattachments: u64,
+    /// Encoded video frames received from the source (pipeline engine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames_in: Option<u64>,
+    /// RTP packets received from the current origin (forward engine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_packets: Option<u64>,
+    /// Media from the source (pipeline engine) and, summed over the consumers, to them, since
+    /// the last line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate_in_bps: Option<f64>,
+    pub bitrate_out_bps: f64,
+    pub consumers: usize,
+    pub sessions_started: u64,
     /// Keyframe requests of the relay's consumers, and those passed on to the source.
-    keyframe_requests: u64,
-    keyframes_requested_upstream: u64,
-    reconnects: u64,
+    pub keyframe_requests: u64,
+    pub keyframes_requested_upstream: u64,
+    pub reconnects: u64,
     /// Encoders (factories in the relay's pipeline; codecs of webrtcsink's per-consumer
     /// encoders) and decoders (webrtcsrc's included): both empty while nothing is re-encoded.
-    encoders: Vec<String>,
-    decoders: Vec<String>,
+    pub encoders: Vec<String>,
+    pub decoders: Vec<String>,
+    /// Per viewer (forward engine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewers: Option<Vec<ViewerLine>>,
+}
+
+/// One viewer of the forward engine.
+#[derive(Serialize, Clone, Debug)]
+pub struct ViewerLine {
+    pub session: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// NACKs answered from the relay's packet cache, and those that missed it and went
+    /// upstream.
+    pub nacks_served: u64,
+    pub nacks_upstream: u64,
+    pub keyframe_requests: u64,
+    /// The viewer's bandwidth estimate (TWCC), bits per second.
+    pub estimate_bps: Option<u64>,
 }
 
 /// Turns counters into a line, rates against the previous one.
@@ -99,11 +127,13 @@ impl Collector {
         self.bytes_out = bytes_out;
         Snapshot {
             kind: "relay-stats",
+            engine: "pipeline",
             origin_id: shared.origin.lock().unwrap().clone(),
             upstream_session: shared.upstream_session.lock().unwrap().clone(),
             reattachments: shared.reattachments.load(Ordering::Relaxed),
-            frames_in: shared.frames_in.load(Ordering::Relaxed),
-            bitrate_in_bps,
+            frames_in: Some(shared.frames_in.load(Ordering::Relaxed)),
+            origin_packets: None,
+            bitrate_in_bps: Some(bitrate_in_bps),
             bitrate_out_bps,
             consumers: stats.map(|s| s.n_fields()).unwrap_or(0),
             sessions_started: shared.sessions.load(Ordering::Relaxed),
@@ -113,6 +143,7 @@ impl Collector {
                 + shared.reconnects_down.load(Ordering::Relaxed),
             encoders,
             decoders,
+            viewers: None,
         }
     }
 }
@@ -150,13 +181,13 @@ pub fn render(s: &Snapshot) -> String {
             "relay_consumers",
             "gauge",
             "Consumers the relay serves.",
-            s.consumers as f64,
+            Some(s.consumers as f64),
         ),
         (
             "relay_frames_in_total",
             "counter",
             "Encoded video frames received from the origin.",
-            s.frames_in as f64,
+            s.frames_in.map(|n| n as f64),
         ),
         (
             "relay_bitrate_in_bps",
@@ -168,34 +199,91 @@ pub fn render(s: &Snapshot) -> String {
             "relay_bitrate_out_bps",
             "gauge",
             "Media sent to all consumers, bits per second.",
-            s.bitrate_out_bps,
+            Some(s.bitrate_out_bps),
         ),
         (
             "relay_keyframe_requests_total",
             "counter",
             "Keyframe requests of the relay's consumers.",
-            s.keyframe_requests as f64,
+            Some(s.keyframe_requests as f64),
         ),
         (
             "relay_keyframes_requested_upstream_total",
             "counter",
             "Keyframe requests passed on to the origin.",
-            s.keyframes_requested_upstream as f64,
+            Some(s.keyframes_requested_upstream as f64),
+        ),
+        (
+            "relay_origin_packets_total",
+            "counter",
+            "RTP packets received from the current origin (forward engine).",
+            s.origin_packets.map(|n| n as f64),
         ),
         (
             "relay_upstream_connected",
             "gauge",
             "1 while a session with the origin is up.",
-            s.upstream_session.is_some() as u8 as f64,
+            Some(s.upstream_session.is_some() as u8 as f64),
         ),
         (
             "relay_reattachments_total",
             "counter",
             "Sessions with a returning origin after the first.",
-            s.reattachments as f64,
+            Some(s.reattachments as f64),
         ),
     ] {
-        write_metric(&mut out, name, kind, help, &[(labels.clone(), v)]);
+        if let Some(v) = v {
+            write_metric(&mut out, name, kind, help, &[(labels.clone(), v)]);
+        }
+    }
+    if let Some(viewers) = &s.viewers {
+        per_viewer(&mut out, viewers);
     }
     out
+}
+
+/// The forward engine's figures per viewer, labelled by session.
+fn per_viewer(out: &mut String, viewers: &[ViewerLine]) {
+    type Figure = fn(&ViewerLine) -> Option<f64>;
+    let figures: [(&str, &str, &str, Figure); 5] = [
+        (
+            "relay_viewer_packets_total",
+            "counter",
+            "RTP packets sent to the viewer.",
+            |v| Some(v.packets as f64),
+        ),
+        (
+            "relay_viewer_nacks_served_total",
+            "counter",
+            "The viewer's NACKs answered from the relay's packet cache.",
+            |v| Some(v.nacks_served as f64),
+        ),
+        (
+            "relay_viewer_nacks_upstream_total",
+            "counter",
+            "The viewer's NACKs that missed the cache and went upstream.",
+            |v| Some(v.nacks_upstream as f64),
+        ),
+        (
+            "relay_viewer_keyframe_requests_total",
+            "counter",
+            "Keyframe requests (PLI/FIR) the viewer sent.",
+            |v| Some(v.keyframe_requests as f64),
+        ),
+        (
+            "relay_viewer_estimate_bps",
+            "gauge",
+            "The viewer's bandwidth estimate (TWCC), bits per second.",
+            |v| v.estimate_bps.map(|e| e as f64),
+        ),
+    ];
+    for (name, kind, help, figure) in figures {
+        let series: Vec<_> = viewers
+            .iter()
+            .filter_map(|v| Some((vec![("session", v.session.clone())], figure(v)?)))
+            .collect();
+        if !series.is_empty() {
+            write_metric(out, name, kind, help, &series);
+        }
+    }
 }

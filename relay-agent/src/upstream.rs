@@ -146,26 +146,10 @@ impl EventHandler for Upstream {
     }
 
     fn producer_chosen(&mut self, producer_id: String, meta: Option<serde_json::Value>) {
-        // A relay of a relay is one deeper than its source (an origin has no depth: 0).
-        let depth = meta
-            .as_ref()
-            .and_then(|m| m.get("depth"))
-            .and_then(|d| {
-                d.as_str()
-                    .and_then(|d| d.parse::<u32>().ok())
-                    .or(d.as_u64().map(|d| d as u32))
-            })
-            .unwrap_or(0)
-            + 1;
-        info!(origin = %producer_id, depth, "relaying producer {producer_id}");
         if let Some(sink) = self.source.sink.upgrade() {
             let mut m = sink.property::<gst::Structure>("meta");
-            m.set("relay-of", producer_id.as_str());
-            m.set("depth", depth.to_string());
-            // The stream a relay of a relay serves is its source's stream.
-            if let Some(stream) = meta.as_ref().and_then(|m| m.get("stream")?.as_str()) {
-                m.set("stream", stream);
-            }
+            let depth = crate::meta::follow_source(&mut m, &producer_id, meta.as_ref());
+            info!(origin = %producer_id, depth, "relaying producer {producer_id}");
             sink.set_property("meta", m);
         }
         *self.source.shared.origin.lock().unwrap() = Some(producer_id);
