@@ -350,3 +350,123 @@ fn every_pod_meets_the_restricted_pod_security_standard_and_sets_resources() -> 
     assert!(pods > 15, "{pods}");
     Ok(())
 }
+
+/// `relays[].engine: forward` renders the engine's env, one UDP container port and one
+/// Service port per thread from `udpPort`, the Service's type, and `hostNetwork` per relay.
+#[test]
+fn a_forward_relay_renders_its_engine_its_udp_ports_their_service_and_host_network() -> Result<()> {
+    let sets = "relays[0].name=fw,relays[0].source=cam,relays[0].engine=forward,\
+                relays[0].udpPort=30100,relays[0].threads=2,relays[0].serviceType=NodePort,\
+                relays[0].publicIp=203.0.113.7,\
+                relays[1].name=host,relays[1].source=cam,relays[1].engine=forward,\
+                relays[1].hostNetwork=true,relays[2].name=pipe,relays[2].source=cam";
+    let docs = yaml_docs(&k8s::template("gwc", &["--set", sets])?)?;
+    let deployment = |id: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"] == "Deployment"
+                    && d["metadata"]["labels"]["gst-webrtc-cluster/agent"] == id
+            })
+            .with_context(|| format!("no Deployment {id}"))
+    };
+    let env = |id: &str| -> Result<Vec<(String, String)>> {
+        let c = &deployment(id)?["spec"]["template"]["spec"]["containers"][0];
+        Ok(c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_string(),
+                    e["value"].as_str()?.to_string(),
+                ))
+            })
+            .collect())
+    };
+    let fw = env("relay-fw")?;
+    for (k, v) in [
+        ("RELAY_ENGINE", "forward"),
+        ("RELAY_UDP_PORT", "30100"),
+        ("RELAY_THREADS", "2"),
+        ("RELAY_PUBLIC_IP", "203.0.113.7"),
+    ] {
+        assert!(
+            fw.contains(&(k.into(), v.into())),
+            "{k}={v} missing: {fw:?}"
+        );
+    }
+    let ports = &deployment("relay-fw")?["spec"]["template"]["spec"]["containers"][0]["ports"];
+    let udp: Vec<(u64, &str)> = ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["protocol"] == "UDP")
+        .map(|p| {
+            (
+                p["containerPort"].as_u64().unwrap_or(0),
+                p["name"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(udp, [(30100, "media-0"), (30101, "media-1")], "{ports}");
+    let service = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Service"
+                && d["metadata"]["name"] == "gwc-gst-webrtc-cluster-relay-fw-media"
+        })
+        .context("no media Service for the forward relay")?;
+    assert_eq!(service["spec"]["type"], "NodePort", "{service}");
+    assert_eq!(
+        service["spec"]["externalTrafficPolicy"], "Local",
+        "{service}"
+    );
+    assert_eq!(
+        service["spec"]["selector"]["gst-webrtc-cluster/agent"], "relay-fw",
+        "{service}"
+    );
+    let served: Vec<(u64, u64, &str)> = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["port"].as_u64().unwrap_or(0),
+                p["nodePort"].as_u64().unwrap_or(0),
+                p["protocol"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        served,
+        [(30100, 30100, "UDP"), (30101, 30101, "UDP")],
+        "{service}"
+    );
+    // hostNetwork per relay; the pipeline relay keeps the defaults (no engine flags, no Service)
+    assert_eq!(
+        deployment("relay-host")?["spec"]["template"]["spec"]["hostNetwork"],
+        true
+    );
+    assert!(deployment("relay-fw")?["spec"]["template"]["spec"]["hostNetwork"].is_null());
+    let pipe = env("relay-pipe")?;
+    assert!(
+        pipe.iter().all(
+            |(k, _)| !["RELAY_ENGINE", "RELAY_UDP_PORT", "RELAY_THREADS"].contains(&k.as_str())
+        ),
+        "{pipe:?}"
+    );
+    let media_services = docs
+        .iter()
+        .filter(|d| {
+            d["kind"] == "Service"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-media"))
+        })
+        .count();
+    assert_eq!(
+        media_services, 1,
+        "only a relay with udpPort has a media Service"
+    );
+    Ok(())
+}

@@ -125,3 +125,37 @@ fn chart_refuses_a_grace_period_that_does_not_cover_prestop_and_drain() -> Resul
     assert!(err.contains("ingress.stickyCookie must differ"), "{err}");
     Ok(())
 }
+
+/// The forward engine's values (`udpPort`, `threads`, `publicIp`, `serviceType`) mean nothing
+/// to a pipeline relay, a media Service needs its port, a NodePort needs node ports.
+#[test]
+fn forward_only_relay_values_need_the_forward_engine() -> Result<()> {
+    let relay = "relays[0].name=r,relays[0].source=cam";
+    for (extra, says) in [
+        (
+            "relays[0].udpPort=30100",
+            "Must not validate the schema (not)",
+        ),
+        (
+            "relays[0].engine=pipeline,relays[0].publicIp=203.0.113.7",
+            "Must not validate the schema (not)",
+        ),
+        (
+            "relays[0].engine=forward,relays[0].serviceType=LoadBalancer",
+            "Has a dependency on udpPort",
+        ),
+        ("relays[0].engine=sideways", "relays.0.engine"),
+        (
+            "relays[0].engine=forward,relays[0].udpPort=5000,relays[0].serviceType=NodePort",
+            "node port range 30000-32767",
+        ),
+    ] {
+        let err = rejected(&[&format!("{relay},{extra}")])?;
+        assert!(err.contains(says), "{extra}: {err}");
+    }
+    k8s::template(
+        "gwc",
+        &["--set", &format!("{relay},relays[0].engine=forward,relays[0].udpPort=30100,relays[0].serviceType=NodePort")],
+    )?;
+    Ok(())
+}
