@@ -31,6 +31,7 @@
 
 pub mod codec;
 pub mod demux;
+pub mod fanout;
 pub mod forwarder;
 pub mod keyframe_cache;
 pub mod keyframe_requests;
