@@ -1,12 +1,20 @@
 //! The forward engine as relay-agent holds it: one handle, callable from any thread (the
-//! signaller's callbacks), behind which the I/O threads run.
-//!
-//! CONTRACT SKELETON (issue 25, being built): the signatures are what relay-agent codes
-//! against; the engine behind them is not there yet, so every call answers
-//! [`ForwardError::NotBuilt`].
+//! signaller's callbacks), behind which the I/O threads ([`crate::worker`]) run. A call that
+//! needs a session's answer is sent to the worker that holds (or will hold) the session and
+//! waits for its reply; sessions are placed on the least loaded worker.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::addresses::local_addresses;
+use crate::peer::TrackInfo;
+use crate::worker::{self, Link, Msg, SourceMsg, Worker};
+
+/// How long a call waits for its worker's reply before calling the engine stopped.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the engine meets the network (relay-agent's `--udp-port`, `--ice-address`,
 /// `--public-ip`, `--threads`).
@@ -24,6 +32,7 @@ pub struct ForwardConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    /// Kept for callers written against the skeleton; the engine no longer returns it.
     #[error("the forward engine is not built yet")]
     NotBuilt,
     #[error("cannot listen on UDP {addr}: {source}")]
@@ -39,6 +48,10 @@ pub enum ForwardError {
     UnknownSession(String),
     #[error("the forward engine has stopped")]
     Stopped,
+    #[error("no local address to listen on (give --ice-address)")]
+    NoAddress,
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What the engine tells its owner, on the receiver [`Forwarder::start`] returns.
@@ -69,9 +82,11 @@ pub struct ViewerStats {
     pub session: String,
     pub packets: u64,
     pub bytes: u64,
-    /// Viewer NACKs answered from the source's packet cache.
+    /// NACKs the viewer sent; str0m answers them from the viewer's send buffer, which holds
+    /// the source's own payload (shared, not copied), with RTX where negotiated.
     pub nacks_served: u64,
-    /// Viewer NACKs that missed the cache and went upstream.
+    /// Always 0 in this engine: a loss upstream is NACKed by the origin's session itself, once
+    /// for all viewers ([`ForwardStats::nacks_upstream`]), not per viewer NACK.
     pub nacks_upstream: u64,
     /// Keyframe requests (PLI/FIR) the viewer sent.
     pub keyframe_requests: u64,
@@ -85,57 +100,277 @@ pub struct ForwardStats {
     pub origin_packets: u64,
     /// Keyframe requests sent upstream (after coalescing).
     pub keyframe_requests_upstream: u64,
+    /// NACKs sent to the origin (losses on the origin's leg, asked once for all viewers).
+    pub nacks_upstream: u64,
     pub viewers: Vec<ViewerStats>,
 }
 
 /// The handle. Cheap to clone; every method may be called from any thread.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    _private: (),
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    links: Arc<Vec<Link>>,
+    addresses: Vec<SocketAddr>,
+    state: Mutex<State>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Session → the worker holding it.
+    sessions: HashMap<String, usize>,
+    /// Sessions per worker.
+    loads: Vec<usize>,
+    /// The origin's session and its tracks.
+    origin: Option<(String, Vec<TrackInfo>)>,
+    stopped: bool,
 }
 
 impl Forwarder {
     /// Binds the UDP socket(s) and starts the worker threads.
     pub fn start(
-        _config: ForwardConfig,
+        config: ForwardConfig,
     ) -> Result<(Forwarder, mpsc::Receiver<ForwardEvent>), ForwardError> {
-        Err(ForwardError::NotBuilt)
+        let addresses = local_addresses(&config.ice_addresses);
+        if addresses.is_empty() {
+            return Err(ForwardError::NoAddress);
+        }
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let (events_tx, events) = mpsc::channel();
+        let mut polls = Vec::new();
+        let mut links = Vec::new();
+        let mut receivers = Vec::new();
+        let mut sockets = Vec::new();
+        let mut bound = Vec::new();
+        for i in 0..threads {
+            let port = match config.udp_port {
+                0 => 0,
+                p => p.saturating_add(i as u16),
+            };
+            let s = worker::bind(&addresses, port)?;
+            bound.extend(s.iter().filter_map(|s| s.local_addr().ok()));
+            sockets.push(s);
+            let poll = mio::Poll::new().map_err(ForwardError::Thread)?;
+            let (link, rx) = worker::channel(&poll).map_err(ForwardError::Thread)?;
+            polls.push(poll);
+            links.push(link);
+            receivers.push(rx);
+        }
+        let links = Arc::new(links);
+        let mut handles = Vec::new();
+        for (i, ((poll, s), rx)) in polls.into_iter().zip(sockets).zip(receivers).enumerate() {
+            let w = Worker::new(
+                i,
+                poll,
+                s,
+                config.public_ip,
+                rx,
+                Arc::clone(&links),
+                events_tx.clone(),
+            )?;
+            let h = std::thread::Builder::new()
+                .name(format!("sfu-{i}"))
+                .spawn(move || w.run())
+                .map_err(ForwardError::Thread)?;
+            handles.push(h);
+        }
+        let inner = Inner {
+            links,
+            addresses: bound,
+            state: Mutex::new(State {
+                loads: vec![0; threads],
+                ..State::default()
+            }),
+            threads: Mutex::new(handles),
+        };
+        Ok((
+            Forwarder {
+                inner: Arc::new(inner),
+            },
+            events,
+        ))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain bookkeeping: keep using it.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `msg` (built around a reply channel) to `worker` and waits for the reply.
+    fn ask<T>(
+        &self,
+        worker: usize,
+        msg: impl FnOnce(mpsc::SyncSender<Result<T, ForwardError>>) -> Msg,
+    ) -> Result<T, ForwardError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let link = self.inner.links.get(worker).ok_or(ForwardError::Stopped)?;
+        link.send(msg(tx))?;
+        rx.recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| ForwardError::Stopped)?
+    }
+
+    /// The worker for a new session: the least loaded (the same one if the session exists).
+    fn place(&self, session: &str) -> Result<usize, ForwardError> {
+        let mut st = self.state();
+        if st.stopped {
+            return Err(ForwardError::Stopped);
+        }
+        if let Some(w) = st.sessions.get(session) {
+            return Ok(*w);
+        }
+        let w = (0..st.loads.len())
+            .min_by_key(|i| st.loads[*i])
+            .unwrap_or(0);
+        st.loads[w] += 1;
+        st.sessions.insert(session.to_owned(), w);
+        Ok(w)
+    }
+
+    fn unplace(&self, session: &str) -> Option<usize> {
+        let mut st = self.state();
+        let w = st.sessions.remove(session)?;
+        st.loads[w] = st.loads[w].saturating_sub(1);
+        if st.origin.as_ref().is_some_and(|(s, _)| s == session) {
+            st.origin = None;
+        }
+        Some(w)
+    }
+
+    fn worker_of(&self, session: &str) -> Result<usize, ForwardError> {
+        self.state()
+            .sessions
+            .get(session)
+            .copied()
+            .ok_or_else(|| ForwardError::UnknownSession(session.to_owned()))
     }
 
     /// The origin's offer (webrtcsink offers): the engine's answer, with its candidates in it.
     /// A second origin session replaces the first (reattach): viewers' sessions continue and
     /// switch to it at its first keyframe.
-    pub fn origin_offer(&self, _session: &str, _offer_sdp: &str) -> Result<String, ForwardError> {
-        Err(ForwardError::NotBuilt)
+    pub fn origin_offer(&self, session: &str, offer_sdp: &str) -> Result<String, ForwardError> {
+        let w = self.place(session)?;
+        let sdp = offer_sdp.to_owned();
+        let owned = session.to_owned();
+        let result = self.ask(w, |reply| Msg::OriginOffer {
+            session: owned,
+            sdp,
+            reply,
+        });
+        let (answer, tracks) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.unplace(session);
+                return Err(e);
+            }
+        };
+        let previous = {
+            let mut st = self.state();
+            st.origin.replace((session.to_owned(), tracks.clone()))
+        };
+        if let Some((old, _)) = previous.filter(|(s, _)| s != session) {
+            self.end(&old);
+        }
+        let msg = Arc::new(SourceMsg::Tracks { tracks, worker: w });
+        for link in self.inner.links.iter() {
+            link.send(Msg::Source(Arc::clone(&msg)))?;
+        }
+        Ok(answer)
     }
 
     /// A new viewer: the engine's offer mirroring the origin's media, candidates in it.
-    pub fn viewer_offer(&self, _session: &str) -> Result<String, ForwardError> {
-        Err(ForwardError::NotBuilt)
+    pub fn viewer_offer(&self, session: &str) -> Result<String, ForwardError> {
+        let tracks = self
+            .state()
+            .origin
+            .as_ref()
+            .map(|(_, t)| t.clone())
+            .ok_or(ForwardError::NoOrigin)?;
+        let w = self.place(session)?;
+        let owned = session.to_owned();
+        let r = self.ask(w, |reply| Msg::ViewerOffer {
+            session: owned,
+            tracks,
+            reply,
+        });
+        if r.is_err() {
+            self.unplace(session);
+        }
+        r
     }
 
     /// A viewer's answer to [`Forwarder::viewer_offer`].
-    pub fn viewer_answer(&self, _session: &str, _answer_sdp: &str) -> Result<(), ForwardError> {
-        Err(ForwardError::NotBuilt)
+    pub fn viewer_answer(&self, session: &str, answer_sdp: &str) -> Result<(), ForwardError> {
+        let w = self.worker_of(session)?;
+        let (session, sdp) = (session.to_owned(), answer_sdp.to_owned());
+        self.ask(w, |reply| Msg::ViewerAnswer {
+            session,
+            sdp,
+            reply,
+        })
     }
 
     /// A trickled remote candidate (`candidate:…` line, with or without `a=`) of any session.
-    pub fn candidate(&self, _session: &str, _candidate: &str) -> Result<(), ForwardError> {
-        Err(ForwardError::NotBuilt)
+    pub fn candidate(&self, session: &str, candidate: &str) -> Result<(), ForwardError> {
+        let w = self.worker_of(session)?;
+        let (session, line) = (session.to_owned(), candidate.to_owned());
+        self.ask(w, |reply| Msg::Candidate {
+            session,
+            line,
+            reply,
+        })
     }
 
     /// A session (origin or viewer) ended in signalling.
-    pub fn end(&self, _session: &str) {}
+    pub fn end(&self, session: &str) {
+        if let Some(w) = self.unplace(session) {
+            if let Some(link) = self.inner.links.get(w) {
+                let _ = link.send(Msg::End {
+                    session: session.to_owned(),
+                });
+            }
+        }
+    }
 
     pub fn stats(&self) -> ForwardStats {
-        ForwardStats::default()
+        let mut out = ForwardStats::default();
+        for link in self.inner.links.iter() {
+            let (tx, rx) = mpsc::channel();
+            if link.send(Msg::Stats { reply: tx }).is_err() {
+                continue;
+            }
+            if let Ok(s) = rx.recv_timeout(REPLY_TIMEOUT) {
+                out.origin_packets += s.origin_packets;
+                out.keyframe_requests_upstream += s.keyframe_requests_upstream;
+                out.nacks_upstream += s.nacks_upstream;
+                out.viewers.extend(s.viewers);
+            }
+        }
+        out.viewers.sort_by(|a, b| a.session.cmp(&b.session));
+        out
     }
 
     /// The addresses the worker threads listen on.
     pub fn local_addresses(&self) -> Vec<SocketAddr> {
-        Vec::new()
+        self.inner.addresses.clone()
     }
 
     /// Stops the worker threads and closes every session's transport.
-    pub fn stop(&self) {}
+    pub fn stop(&self) {
+        self.state().stopped = true;
+        for link in self.inner.links.iter() {
+            let _ = link.send(Msg::Stop);
+        }
+        let handles =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
 }

@@ -29,12 +29,16 @@
 //!  origin reattached with a new SSRC ─► each viewer's Munger::select(new) (the switch is at its keyframe)
 //! ```
 
+pub mod addresses;
 pub mod codec;
 pub mod demux;
+pub mod fanout;
 pub mod forwarder;
 pub mod keyframe_cache;
 pub mod keyframe_requests;
 pub mod nack_cache;
+pub mod peer;
 pub mod rewrite;
 pub mod rtp;
 pub mod vp8;
+pub mod worker;

@@ -131,7 +131,7 @@ impl Munger {
         let payload = header.payload(packet);
         let descriptor = match self.codec {
             Codec::Vp8 => Some(vp8::parse(payload)?),
-            Codec::Opus => None,
+            Codec::H264 | Codec::Opus => None,
         };
         let switched = switching && self.codec.starts_keyframe(payload)?;
         if switched {
@@ -229,7 +229,7 @@ impl Munger {
         };
         let descriptor = match self.codec {
             Codec::Vp8 => Some(vp8::parse(header.payload(packet))?),
-            Codec::Opus => None,
+            Codec::H264 | Codec::Opus => None,
         };
         self.apply(segment, &header, descriptor.as_ref(), packet)?;
         Ok(Some(header.sequence.wrapping_add(segment.seq_offset)))

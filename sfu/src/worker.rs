@@ -1,0 +1,772 @@
+//! One I/O thread of the forward engine: its UDP socket(s) (one per announced address, same
+//! port), its sessions (str0m peers), the [`Demux`] that routes datagrams to them, their
+//! timeouts, and its own copy of the source's tracks (keyframe caches) so that its viewers are
+//! fed without a lock. The thread that holds the origin's session hands each source packet to
+//! the others as an `Arc` over their channel (the payload is never copied per thread or per
+//! viewer) and wakes them; it also coalesces their keyframe requests upstream.
+//!
+//! Timeouts (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): a
+//! session not connected (ICE + DTLS) within [`CONNECT_TIMEOUT`]; ICE disconnected (str0m's
+//! agent: its checks unanswered); no datagram from a session for [`SILENCE_TIMEOUT`]; an
+//! origin that sent media and then none for [`ORIGIN_MEDIA_TIMEOUT`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use str0m::Candidate;
+
+use crate::demux::{Demux, Route};
+use crate::fanout::{Outcome, Packet, SourceTrack};
+use crate::forwarder::{ForwardError, ForwardEvent, ViewerStats};
+use crate::keyframe_requests::KeyframeRequests;
+use crate::peer::{Happening, Peer, Role, TrackInfo};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const ORIGIN_MEDIA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of the last group of pictures kept per source track for joiners.
+const KEYFRAME_BUDGET: usize = 1 << 20;
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+const WAKER: Token = Token(usize::MAX);
+
+type Reply<T> = SyncSender<Result<T, ForwardError>>;
+
+/// What a worker is asked to do (by the handle, or by the other workers).
+pub enum Msg {
+    OriginOffer {
+        session: String,
+        sdp: String,
+        reply: Reply<(String, Vec<TrackInfo>)>,
+    },
+    ViewerOffer {
+        session: String,
+        tracks: Vec<TrackInfo>,
+        reply: Reply<String>,
+    },
+    ViewerAnswer {
+        session: String,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    Candidate {
+        session: String,
+        line: String,
+        reply: Reply<()>,
+    },
+    End {
+        session: String,
+    },
+    Source(Arc<SourceMsg>),
+    KeyframeNeeded {
+        track: usize,
+    },
+    Stats {
+        reply: Sender<WorkerStats>,
+    },
+    Stop,
+}
+
+/// The source, as every worker hears of it.
+pub enum SourceMsg {
+    /// A (new) origin's tracks, and the worker that holds its session.
+    Tracks {
+        tracks: Vec<TrackInfo>,
+        worker: usize,
+    },
+    Packet {
+        track: usize,
+        packet: Packet,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub origin_packets: u64,
+    pub keyframe_requests_upstream: u64,
+    pub nacks_upstream: u64,
+    pub viewers: Vec<ViewerStats>,
+}
+
+/// How to reach a worker from any thread.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub tx: Sender<Msg>,
+    pub waker: Arc<Waker>,
+}
+
+impl Link {
+    pub fn send(&self, msg: Msg) -> Result<(), ForwardError> {
+        self.tx.send(msg).map_err(|_| ForwardError::Stopped)?;
+        self.waker.wake().map_err(|_| ForwardError::Stopped)
+    }
+}
+
+/// The origin's session state kept by the worker that holds it.
+#[derive(Debug)]
+struct OriginState {
+    id: u64,
+    requests: Vec<KeyframeRequests>,
+    ready: bool,
+    last_media: Option<Instant>,
+    packets: u64,
+    requests_upstream: u64,
+    nacks_upstream: u64,
+}
+
+pub struct Worker {
+    index: usize,
+    poll: Poll,
+    sockets: Vec<(UdpSocket, SocketAddr)>,
+    candidates: Vec<Candidate>,
+    demux: Demux<u64>,
+    peers: HashMap<u64, Peer>,
+    sessions: HashMap<String, u64>,
+    viewer_stats: HashMap<u64, ViewerStats>,
+    next_id: u64,
+    rx: Receiver<Msg>,
+    links: Arc<Vec<Link>>,
+    events: Sender<ForwardEvent>,
+    sources: Vec<SourceTrack>,
+    /// Per source track: a keyframe was asked for since the last one passed (one ask per
+    /// worker, however many of its viewers wait).
+    asked: Vec<bool>,
+    origin_worker: Option<usize>,
+    origin: Option<OriginState>,
+    queue: VecDeque<(u64, Happening)>,
+    viewers_scratch: Vec<u64>,
+}
+
+/// A worker's sockets: one per address, all on `port` when it is fixed (else the first's
+/// port for the others when free, or any).
+pub fn bind(addresses: &[std::net::IpAddr], port: u16) -> Result<Vec<UdpSocket>, ForwardError> {
+    let mut out: Vec<UdpSocket> = Vec::new();
+    let mut port = port;
+    for ip in addresses {
+        let addr = SocketAddr::new(*ip, port);
+        let socket = match UdpSocket::bind(addr) {
+            Ok(s) => s,
+            Err(_) if port != 0 && !out.is_empty() => UdpSocket::bind(SocketAddr::new(*ip, 0))
+                .map_err(|source| ForwardError::Bind { addr, source })?,
+            Err(source) => return Err(ForwardError::Bind { addr, source }),
+        };
+        if port == 0 {
+            port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+        }
+        out.push(socket);
+    }
+    Ok(out)
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: usize,
+        poll: Poll,
+        sockets: Vec<UdpSocket>,
+        public_ip: Option<std::net::IpAddr>,
+        rx: Receiver<Msg>,
+        links: Arc<Vec<Link>>,
+        events: Sender<ForwardEvent>,
+    ) -> Result<Worker, ForwardError> {
+        let mut registered = Vec::new();
+        let mut candidates = Vec::new();
+        for (i, mut s) in sockets.into_iter().enumerate() {
+            let addr = s.local_addr().map_err(|source| ForwardError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            poll.registry()
+                .register(&mut s, Token(i), Interest::READABLE)
+                .map_err(|source| ForwardError::Bind { addr, source })?;
+            if let Ok(c) = Candidate::host(addr, "udp") {
+                candidates.push(c);
+            }
+            registered.push((s, addr));
+        }
+        if let Some(public) = public_ip {
+            let base = registered
+                .iter()
+                .map(|(_, a)| *a)
+                .find(|a| a.is_ipv4() == public.is_ipv4());
+            if let Some(base) = base {
+                let addr = SocketAddr::new(public, base.port());
+                if let Ok(c) = Candidate::server_reflexive(addr, base, "udp") {
+                    candidates.push(c);
+                }
+            }
+        }
+        Ok(Worker {
+            index,
+            poll,
+            sockets: registered,
+            candidates,
+            demux: Demux::new(),
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            viewer_stats: HashMap::new(),
+            next_id: 0,
+            rx,
+            links,
+            events,
+            sources: Vec::new(),
+            asked: Vec::new(),
+            origin_worker: None,
+            origin: None,
+            queue: VecDeque::new(),
+            viewers_scratch: Vec::new(),
+        })
+    }
+
+    /// The thread's loop, until [`Msg::Stop`] or the handle is gone.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut buf = vec![0u8; 2048];
+        let mut housekeeping = Instant::now();
+        loop {
+            let now = Instant::now();
+            let deadline = self.next_deadline(housekeeping + HOUSEKEEPING);
+            let wait = deadline.saturating_duration_since(now);
+            if self.poll.poll(&mut events, Some(wait)).is_err() {
+                // EINTR and the like: go round again (the deadline is recomputed).
+                events.clear();
+            }
+            let mut woken = false;
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    woken = true;
+                } else {
+                    self.read_socket(ev.token().0, &mut buf);
+                }
+            }
+            if woken && !self.messages() {
+                break;
+            }
+            let now = Instant::now();
+            self.timeouts(now);
+            if now >= housekeeping + HOUSEKEEPING {
+                housekeeping = now;
+                self.housekeeping(now);
+            }
+        }
+        for (_, peer) in self.peers.iter_mut() {
+            peer.rtc.disconnect();
+        }
+    }
+
+    fn next_deadline(&self, housekeeping: Instant) -> Instant {
+        let mut t = housekeeping;
+        for p in self.peers.values() {
+            t = t.min(p.next);
+        }
+        if let Some(o) = &self.origin {
+            for r in &o.requests {
+                if let Some(d) = r.next_deadline() {
+                    t = t.min(d);
+                }
+            }
+        }
+        t
+    }
+
+    /// Reads the socket until it would block; each datagram routed and handed to its peer.
+    fn read_socket(&mut self, index: usize, buf: &mut [u8]) {
+        loop {
+            let Some((socket, local)) = self.sockets.get(index) else {
+                return;
+            };
+            let local = *local;
+            let (n, from) = match socket.recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // ICMP errors surface here (port unreachable of a peer gone): keep reading.
+                Err(_) => continue,
+            };
+            let data = &buf[..n];
+            let peer = match self.demux.route(from, data) {
+                Route::Stun { peer, request } => {
+                    if request {
+                        // The stack checks MESSAGE-INTEGRITY; a request failing it changes
+                        // nothing there, and the address bound routes only to this peer.
+                        self.demux.bind(from, peer);
+                    }
+                    peer
+                }
+                Route::Dtls(p) | Route::Rtp(p) | Route::Rtcp(p) => p,
+                Route::Drop(_) => continue,
+            };
+            let now = Instant::now();
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.receive(from, local, data, now);
+                self.drain(peer);
+                self.process();
+            }
+        }
+    }
+
+    /// Drains a peer: its datagrams sent, its happenings queued.
+    fn drain(&mut self, id: u64) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let sockets = &self.sockets;
+        let demux = &mut self.demux;
+        let mut send = |from: SocketAddr, to: SocketAddr, data: &[u8]| {
+            if data.first().is_some_and(|b| *b < 4) {
+                // Our own ICE check to `to`: its response comes from there.
+                demux.bind(to, id);
+            }
+            let socket = sockets
+                .iter()
+                .find(|(_, a)| *a == from)
+                .or_else(|| sockets.iter().find(|(_, a)| a.is_ipv4() == to.is_ipv4()));
+            if let Some((s, _)) = socket {
+                // A full socket buffer drops the datagram: as a loss on the way (NACK, PLI).
+                let _ = s.send_to(data, to);
+            }
+        };
+        let mut out = Vec::new();
+        peer.drain(&mut send, &mut out);
+        self.queue.extend(out.into_iter().map(|h| (id, h)));
+    }
+
+    /// Acts on queued happenings (acting may queue more).
+    fn process(&mut self) {
+        while let Some((id, h)) = self.queue.pop_front() {
+            let now = Instant::now();
+            match h {
+                Happening::Connected => self.connected(id, now),
+                Happening::Media(track, packet) => self.origin_media(id, track, packet, now),
+                Happening::KeyframeRequest(track) => {
+                    if let Some(s) = self.viewer_stats.get_mut(&id) {
+                        s.keyframe_requests += 1;
+                    }
+                    self.need_keyframe(track, now);
+                }
+                Happening::Estimate(bps) => {
+                    if let Some(s) = self.viewer_stats.get_mut(&id) {
+                        s.estimate_bps = Some(bps);
+                    }
+                }
+                Happening::Nacks(n) => {
+                    if let Some(s) = self.viewer_stats.get_mut(&id) {
+                        s.nacks_served = n;
+                    }
+                }
+                Happening::NacksUpstream(n) => {
+                    if let Some(o) = self.origin.as_mut().filter(|o| o.id == id) {
+                        o.nacks_upstream = n;
+                    }
+                }
+                Happening::Lost(reason) => self.lost(id, reason),
+            }
+        }
+    }
+
+    fn connected(&mut self, id: u64, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let session = peer.session.clone();
+        let Role::Viewer(viewer) = &mut peer.role else {
+            return;
+        };
+        let _ = self.events.send(ForwardEvent::ViewerConnected { session });
+        // A joiner starts at once from each track's cached keyframe.
+        let mut writes = Vec::new();
+        let mut need = Vec::new();
+        for (i, (_, _, track)) in viewer.tracks.iter_mut().enumerate() {
+            let (Some(track), Some(source)) = (track.as_mut(), self.sources.get(i)) else {
+                continue;
+            };
+            if track.codec() != source.codec {
+                continue;
+            }
+            for outcome in track.join(source, now) {
+                match outcome {
+                    Outcome::Send(w) => writes.push((i, w)),
+                    Outcome::NeedKeyframe => need.push(i),
+                    Outcome::Skip => {}
+                }
+            }
+        }
+        for (i, w) in &writes {
+            if peer.write(*i, w, now) {
+                if let Some(s) = self.viewer_stats.get_mut(&id) {
+                    s.packets += 1;
+                    s.bytes += w.payload.len() as u64;
+                }
+            }
+        }
+        self.drain(id);
+        for track in need {
+            self.need_keyframe(track, now);
+        }
+    }
+
+    /// A packet from the origin held here: counted, handed to every worker, fed to ours.
+    fn origin_media(&mut self, id: u64, track: usize, packet: Packet, now: Instant) {
+        let Some(origin) = self.origin.as_mut().filter(|o| o.id == id) else {
+            return;
+        };
+        origin.packets += 1;
+        origin.last_media = Some(now);
+        if packet.keyframe {
+            if let Some(r) = origin.requests.get_mut(track) {
+                r.keyframe();
+            }
+        }
+        if !origin.ready {
+            origin.ready = true;
+            if let Some(p) = self.peers.get(&id) {
+                let session = p.session.clone();
+                let _ = self.events.send(ForwardEvent::OriginReady { session });
+            }
+        }
+        let msg = Arc::new(SourceMsg::Packet { track, packet });
+        for (i, link) in self.links.iter().enumerate() {
+            if i != self.index {
+                let _ = link.send(Msg::Source(Arc::clone(&msg)));
+            }
+        }
+        if let SourceMsg::Packet { track, packet } = &*msg {
+            self.source_packet(*track, packet, now);
+        }
+    }
+
+    /// A source packet reaches this worker: into its keyframe cache, out to its viewers.
+    fn source_packet(&mut self, track: usize, packet: &Packet, now: Instant) {
+        let Some(source) = self.sources.get_mut(track) else {
+            return;
+        };
+        source.push(packet);
+        let codec = source.codec;
+        if packet.keyframe {
+            self.asked[track] = false;
+        }
+        let mut ids = std::mem::take(&mut self.viewers_scratch);
+        ids.clear();
+        ids.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.connected && matches!(p.role, Role::Viewer(_)))
+                .map(|(id, _)| *id),
+        );
+        let mut need = false;
+        for id in &ids {
+            let Some(peer) = self.peers.get_mut(id) else {
+                continue;
+            };
+            let Role::Viewer(viewer) = &mut peer.role else {
+                continue;
+            };
+            let Some((_, info, Some(fan))) = viewer.tracks.get_mut(track) else {
+                continue;
+            };
+            if info.codec != codec {
+                continue;
+            }
+            let outcome = fan.forward(packet, now);
+            match outcome {
+                Outcome::Send(w) => {
+                    if peer.write(track, &w, now) {
+                        if let Some(s) = self.viewer_stats.get_mut(id) {
+                            s.packets += 1;
+                            s.bytes += w.payload.len() as u64;
+                        }
+                    }
+                    self.drain(*id);
+                }
+                Outcome::NeedKeyframe => need = true,
+                Outcome::Skip => {}
+            }
+        }
+        self.viewers_scratch = ids;
+        if need {
+            self.need_keyframe(track, now);
+        }
+        self.process();
+    }
+
+    /// Someone here waits for a keyframe of `track`: ask the origin's worker (once per
+    /// worker until one passes), where the asks are coalesced upstream.
+    fn need_keyframe(&mut self, track: usize, now: Instant) {
+        if let Some(o) = self.origin.as_mut() {
+            if let Some(r) = o.requests.get_mut(track) {
+                r.request(now);
+            }
+            return;
+        }
+        if self.asked.get(track).copied().unwrap_or(true) {
+            return;
+        }
+        self.asked[track] = true;
+        if let Some(link) = self.origin_worker.and_then(|w| self.links.get(w)) {
+            let _ = link.send(Msg::KeyframeNeeded { track });
+        }
+    }
+
+    fn lost(&mut self, id: u64, reason: String) {
+        let Some(peer) = self.remove(id) else { return };
+        let session = peer.session;
+        let event = if matches!(peer.role, Role::Origin(_)) {
+            ForwardEvent::OriginLost { session, reason }
+        } else {
+            ForwardEvent::ViewerLost { session, reason }
+        };
+        let _ = self.events.send(event);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Peer> {
+        let mut peer = self.peers.remove(&id)?;
+        peer.rtc.disconnect();
+        self.demux.forget(id);
+        self.sessions.remove(&peer.session);
+        self.viewer_stats.remove(&id);
+        if self.origin.as_ref().is_some_and(|o| o.id == id) {
+            self.origin = None;
+        }
+        Some(peer)
+    }
+
+    /// Due str0m timeouts and keyframe requests.
+    fn timeouts(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.timeout(now);
+                self.drain(id);
+            }
+        }
+        if let Some(o) = self.origin.as_mut() {
+            let id = o.id;
+            let mut send = Vec::new();
+            for (track, r) in o.requests.iter_mut().enumerate() {
+                if r.poll(now).is_some() {
+                    send.push(track);
+                }
+            }
+            o.requests_upstream += send.len() as u64;
+            if let Some(p) = self.peers.get_mut(&id) {
+                for track in send {
+                    p.request_keyframe(track);
+                }
+                self.drain(id);
+            }
+        }
+        self.process();
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let mut lost = Vec::new();
+        for (id, p) in &self.peers {
+            if !p.connected && now.saturating_duration_since(p.created) > CONNECT_TIMEOUT {
+                lost.push((
+                    *id,
+                    format!("not connected (ICE/DTLS) within {CONNECT_TIMEOUT:?}"),
+                ));
+            } else if p.connected && now.saturating_duration_since(p.last_heard) > SILENCE_TIMEOUT {
+                lost.push((*id, format!("nothing received for {SILENCE_TIMEOUT:?}")));
+            }
+        }
+        if let Some(o) = &self.origin {
+            let silent = o
+                .last_media
+                .is_some_and(|t| now.saturating_duration_since(t) > ORIGIN_MEDIA_TIMEOUT);
+            if silent && !lost.iter().any(|(id, _)| *id == o.id) {
+                lost.push((o.id, format!("no media for {ORIGIN_MEDIA_TIMEOUT:?}")));
+            }
+        }
+        for (id, reason) in lost {
+            self.lost(id, reason);
+        }
+    }
+
+    /// Handles every message waiting; false when told to stop (or the handle is gone).
+    fn messages(&mut self) -> bool {
+        loop {
+            let msg = match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            };
+            let now = Instant::now();
+            match msg {
+                Msg::Stop => return false,
+                Msg::OriginOffer {
+                    session,
+                    sdp,
+                    reply,
+                } => {
+                    let r = self.origin_offer(&session, &sdp, now);
+                    let _ = reply.send(r);
+                }
+                Msg::ViewerOffer {
+                    session,
+                    tracks,
+                    reply,
+                } => {
+                    let r = self.viewer_offer(&session, &tracks, now);
+                    let _ = reply.send(r);
+                }
+                Msg::ViewerAnswer {
+                    session,
+                    sdp,
+                    reply,
+                } => {
+                    let r = self.with_peer(&session, |p| p.accept_answer(&sdp));
+                    let _ = reply.send(r);
+                }
+                Msg::Candidate {
+                    session,
+                    line,
+                    reply,
+                } => {
+                    let r = self.with_peer(&session, |p| p.add_candidate(&line));
+                    let _ = reply.send(r);
+                }
+                Msg::End { session } => {
+                    if let Some(id) = self.sessions.get(&session).copied() {
+                        self.remove(id);
+                    }
+                }
+                Msg::Source(s) => match &*s {
+                    SourceMsg::Tracks { tracks, worker } => self.tracks(tracks, *worker),
+                    SourceMsg::Packet { track, packet } => self.source_packet(*track, packet, now),
+                },
+                Msg::KeyframeNeeded { track } => {
+                    if let Some(r) = self.origin.as_mut().and_then(|o| o.requests.get_mut(track)) {
+                        r.request(now);
+                    }
+                }
+                Msg::Stats { reply } => {
+                    let _ = reply.send(self.stats());
+                }
+            }
+        }
+    }
+
+    fn with_peer(
+        &mut self,
+        session: &str,
+        f: impl FnOnce(&mut Peer) -> Result<(), ForwardError>,
+    ) -> Result<(), ForwardError> {
+        let id = *self
+            .sessions
+            .get(session)
+            .ok_or_else(|| ForwardError::UnknownSession(session.to_owned()))?;
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .ok_or_else(|| ForwardError::UnknownSession(session.to_owned()))?;
+        let r = f(peer);
+        self.drain(id);
+        self.process();
+        r
+    }
+
+    fn add(&mut self, peer: Peer) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.demux.register(&peer.ufrag, id);
+        self.sessions.insert(peer.session.clone(), id);
+        self.peers.insert(id, peer);
+        self.drain(id);
+        id
+    }
+
+    fn origin_offer(
+        &mut self,
+        session: &str,
+        sdp: &str,
+        now: Instant,
+    ) -> Result<(String, Vec<TrackInfo>), ForwardError> {
+        if let Some(id) = self.sessions.get(session).copied() {
+            self.remove(id);
+        }
+        let (peer, answer, tracks) = Peer::origin(session, sdp, &self.candidates, now)?;
+        let id = self.add(peer);
+        self.origin = Some(OriginState {
+            id,
+            requests: tracks.iter().map(|_| KeyframeRequests::default()).collect(),
+            ready: false,
+            last_media: None,
+            packets: 0,
+            requests_upstream: 0,
+            nacks_upstream: 0,
+        });
+        self.process();
+        Ok((answer, tracks))
+    }
+
+    fn viewer_offer(
+        &mut self,
+        session: &str,
+        tracks: &[TrackInfo],
+        now: Instant,
+    ) -> Result<String, ForwardError> {
+        if let Some(id) = self.sessions.get(session).copied() {
+            self.remove(id);
+        }
+        let (peer, offer) = Peer::viewer(session, tracks, &self.candidates, now)?;
+        let id = self.add(peer);
+        self.viewer_stats.insert(
+            id,
+            ViewerStats {
+                session: session.to_owned(),
+                ..ViewerStats::default()
+            },
+        );
+        self.process();
+        Ok(offer)
+    }
+
+    /// A (new) origin's tracks: a track in another codec starts a new cache; the same codec
+    /// keeps its cache until the new origin's first keyframe replaces it.
+    fn tracks(&mut self, tracks: &[TrackInfo], worker: usize) {
+        self.origin_worker = Some(worker);
+        if worker != self.index {
+            // The origin moved to another worker: ours (if any) was ended by the handle.
+            self.origin = None;
+        }
+        for (i, t) in tracks.iter().enumerate() {
+            match self.sources.get(i) {
+                Some(s) if s.codec == t.codec => {}
+                _ if i < self.sources.len() => {
+                    self.sources[i] = SourceTrack::new(t.codec, KEYFRAME_BUDGET)
+                }
+                _ => self
+                    .sources
+                    .push(SourceTrack::new(t.codec, KEYFRAME_BUDGET)),
+            }
+        }
+        self.sources.truncate(tracks.len());
+        self.asked = vec![false; tracks.len()];
+    }
+
+    fn stats(&self) -> WorkerStats {
+        let o = self.origin.as_ref();
+        WorkerStats {
+            origin_packets: o.map_or(0, |o| o.packets),
+            keyframe_requests_upstream: o.map_or(0, |o| o.requests_upstream),
+            nacks_upstream: o.map_or(0, |o| o.nacks_upstream),
+            viewers: self.viewer_stats.values().cloned().collect(),
+        }
+    }
+}
+
+/// The worker's channel, its waker (registered on its poll) and the poll itself.
+pub fn channel(poll: &Poll) -> std::io::Result<(Link, Receiver<Msg>)> {
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    Ok((Link { tx, waker }, rx))
+}
