@@ -11,11 +11,16 @@
 //! what it relays (`stream`, `relay-of`, `depth`, `capacity`); viewers asking for the stream
 //! are placed on it by the cluster (docs/relays.md).
 //!
+//! `--engine forward` replaces both sides by the `sfu` crate's packet-forwarding core, driven
+//! by the same cluster signallers (`forward/`).
+//!
 //! | behaviour | file |
 //! |---|---|
-//! | the source side: finding the origin, reattaching when it returns | `upstream.rs` |
-//! | the origin's streams into webrtcsink, held until all are there; the codec guard | `republish.rs` |
-//! | the serving side (webrtcsink, meta) and its consumers | `main.rs` |
+//! | the flags, the engine chosen; pipeline: the serving side (webrtcsink) and its consumers | `main.rs` |
+//! | the meta both engines register with | `meta.rs` |
+//! | pipeline: finding the origin, reattaching when it returns | `upstream.rs` |
+//! | pipeline: the origin's streams into webrtcsink, held until all are there; the codec guard | `republish.rs` |
+//! | forward: the run, reattach, the engine's events; signals → engine; stats | `forward/mod.rs`, `forward/wiring.rs`, `forward/stats.rs` |
 //! | `relay-stats` and metrics | `report.rs` |
 
 mod forward;
