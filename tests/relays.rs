@@ -1,5 +1,10 @@
 //! relay-agent: a stream received once and served again without re-encoding, across nodes of
 //! a real cluster (real Redis, real agents).
+//!
+//! The relays run the engine `RELAY_ENGINE` names (inherited from the test's environment;
+//! `pipeline` when unset): `RELAY_ENGINE=forward cargo test -p cluster-tests --test relays`
+//! runs every test here on the forward engine (tests/forward_relay.rs has its own). Where the
+//! engines' stats differ, [`received_from_origin`] reads each one's figures.
 
 use std::time::Duration;
 
@@ -15,6 +20,18 @@ fn frames_now(c: &Agent) -> u64 {
         .last()
         .and_then(|l| l["frames"].as_u64())
         .unwrap_or(0)
+}
+
+/// Whether a relay-stats line shows media received from the source: the pipeline engine
+/// counts encoded frames and bytes, the forward engine RTP packets (it has no frames).
+fn received_from_origin(stats: &Value, at_least: u64) -> bool {
+    match stats["engine"].as_str() {
+        Some("forward") => stats["origin_packets"].as_u64() > Some(at_least),
+        _ => {
+            stats["frames_in"].as_u64() > Some(at_least)
+                && stats["bitrate_in_bps"].as_f64() > Some(0.0)
+        }
+    }
 }
 
 /// Three nodes on `redis`.
@@ -106,11 +123,15 @@ async fn a_relay_on_another_node_serves_four_viewers_from_one_origin_session() -
     }
     serving(&relay, 4).await?;
     let stats = latest(&relay, "relay-stats")?;
-    assert!(stats["frames_in"].as_u64() > Some(30), "{stats}");
+    assert!(received_from_origin(&stats, 30), "{stats}");
     // Served to four without decoding or re-encoding: no codec element anywhere in the relay.
     assert_eq!(stats["decoders"], json!([]), "the relay decodes: {stats}");
     assert_eq!(stats["encoders"], json!([]), "the relay encodes: {stats}");
-    assert!(stats["keyframe_requests"].as_u64() >= Some(1), "{stats}");
+    if stats["engine"] == "pipeline" {
+        // webrtcsink asks for a keyframe for each joining viewer; the forward engine starts a
+        // joiner from its keyframe cache without asking.
+        assert!(stats["keyframe_requests"].as_u64() >= Some(1), "{stats}");
+    }
     let served = latest(&origin, "producer-stats")?;
     assert_eq!(
         served["consumers"].as_array().map(Vec::len),
@@ -283,7 +304,7 @@ async fn a_relay_reattaches_to_a_returning_origin_and_its_viewer_keeps_its_sessi
     let stats = latest(&relay, "relay-stats")?;
     assert_eq!(stats["reattachments"], 1, "{stats}");
     assert_ne!(stats["origin_id"], first_id, "a new origin: {stats}");
-    assert!(stats["bitrate_in_bps"].as_f64() > Some(0.0), "{stats}");
+    assert!(received_from_origin(&stats, 0), "{stats}");
     assert!(stats["bitrate_out_bps"].as_f64() > Some(0.0), "{stats}");
     viewer.signal(libc::SIGINT);
     assert_eq!(
