@@ -39,11 +39,10 @@ pub struct Node {
     pub keyframe_requests: u64,
     /// NACKs this node received for what it sends (str0m's egress stats).
     pub nacks_received: u64,
-    /// Drop the n-th (0-based) incoming / outgoing RTP datagram, once.
-    pub drop_rtp_in: Option<usize>,
-    pub drop_rtp_out: Option<usize>,
-    rtp_in: usize,
-    rtp_out: usize,
+    /// Drop the n-th (0-based, counted from when it was set) incoming / outgoing RTP
+    /// datagram of this SSRC, once (the SSRC is in the clear in SRTP).
+    drop_in: Option<(u32, usize)>,
+    drop_out: Option<(u32, usize)>,
     pending: Option<SdpPendingOffer>,
     /// Origin: media to send on (mid, kind).
     mids: Vec<(Mid, MediaKind)>,
@@ -59,6 +58,22 @@ pub struct Node {
 
 fn is_rtp(d: &[u8]) -> bool {
     matches!(d.first(), Some(128..=191)) && !matches!(d.get(1), Some(192..=223))
+}
+
+/// Whether `d` is the datagram `drop` counts down to (and counts it).
+fn drops(drop: &mut Option<(u32, usize)>, d: &[u8]) -> bool {
+    let Some((ssrc, left)) = drop else {
+        return false;
+    };
+    if !is_rtp(d) || d.len() < 12 || u32::from_be_bytes([d[8], d[9], d[10], d[11]]) != *ssrc {
+        return false;
+    }
+    if *left == 0 {
+        *drop = None;
+        return true;
+    }
+    *left -= 1;
+    false
 }
 
 impl Node {
@@ -82,10 +97,8 @@ impl Node {
             got: Vec::new(),
             keyframe_requests: 0,
             nacks_received: 0,
-            drop_rtp_in: None,
-            drop_rtp_out: None,
-            rtp_in: 0,
-            rtp_out: 0,
+            drop_in: None,
+            drop_out: None,
             pending: None,
             mids: Vec::new(),
             generation: 0,
@@ -142,12 +155,8 @@ impl Node {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
             let data = &buf[..n];
-            if is_rtp(data) {
-                let i = self.rtp_in;
-                self.rtp_in += 1;
-                if self.drop_rtp_in == Some(i) {
-                    continue;
-                }
+            if drops(&mut self.drop_in, data) {
+                continue;
             }
             if let Ok(r) = Receive::new(Protocol::Udp, from, self.addr, data) {
                 let _ = self.rtc.handle_input(Input::Receive(Instant::now(), r));
@@ -163,12 +172,8 @@ impl Node {
             match out {
                 Output::Timeout(_) => break,
                 Output::Transmit(t) => {
-                    if is_rtp(&t.contents) {
-                        let i = self.rtp_out;
-                        self.rtp_out += 1;
-                        if self.drop_rtp_out == Some(i) {
-                            continue;
-                        }
+                    if drops(&mut self.drop_out, &t.contents) {
+                        continue;
                     }
                     let _ = self.socket.send_to(&t.contents, t.destination);
                 }
@@ -272,6 +277,29 @@ impl Node {
             .nackable(kind == MediaKind::Video);
         tx.write_rtp(w);
         self.sent += 1;
+    }
+
+    /// Origin: drops the `k`-th video datagram sent from now on (0: the next one).
+    pub fn drop_video_out(&mut self, k: usize) {
+        self.drop_out = self.video_tx_ssrc().map(|s| (s, k));
+    }
+
+    /// Viewer: drops the `k`-th video datagram received from now on.
+    pub fn drop_video_in(&mut self, k: usize) {
+        self.drop_in = self.video().first().map(|g| (g.ssrc, k));
+    }
+
+    /// The drop asked for has happened.
+    pub fn dropped(&self) -> bool {
+        self.drop_in.is_none() && self.drop_out.is_none()
+    }
+
+    /// Whether the video sequence numbers received (in any order) are without a hole.
+    pub fn video_complete(&self) -> bool {
+        let mut seqs: Vec<u64> = self.video().iter().map(|g| g.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.windows(2).all(|w| w[1] == w[0] + 1)
     }
 
     /// Origin: the SSRC its stack sends video under.
