@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use sfu::forwarder::{ForwardConfig, ForwardEvent, Forwarder};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -53,6 +54,8 @@ pub struct Node {
     frames: u32,
     last_send: Option<Instant>,
     key_wanted: bool,
+    /// Origin: sends a keyframe when asked, and every 50 frames (else only its first).
+    pub keyframes: bool,
     pub sent: u64,
 }
 
@@ -76,12 +79,54 @@ fn drops(drop: &mut Option<(u32, usize)>, d: &[u8]) -> bool {
     false
 }
 
+/// A self-signed RSA-2048 certificate, as GStreamer 1.22's DTLS presents.
+pub fn rsa_cert() -> DtlsCert {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::{BigNum, MsbOption};
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509Builder, X509NameBuilder};
+    let key = PKey::from_rsa(Rsa::generate(2048).expect("an RSA key")).expect("a key");
+    let mut name = X509NameBuilder::new().expect("a name");
+    name.append_entry_by_text("CN", "gst-webrtc").expect("a CN");
+    let name = name.build();
+    let mut b = X509Builder::new().expect("a builder");
+    b.set_version(2).expect("v3");
+    let mut serial = BigNum::new().expect("a number");
+    serial
+        .rand(64, MsbOption::MAYBE_ZERO, false)
+        .expect("random");
+    b.set_serial_number(&serial.to_asn1_integer().expect("asn1"))
+        .expect("serial");
+    b.set_subject_name(&name).expect("subject");
+    b.set_issuer_name(&name).expect("issuer");
+    b.set_pubkey(&key).expect("pubkey");
+    b.set_not_before(&Asn1Time::days_from_now(0).expect("now"))
+        .expect("not before");
+    b.set_not_after(&Asn1Time::days_from_now(30).expect("later"))
+        .expect("not after");
+    b.sign(&key, MessageDigest::sha256()).expect("signed");
+    DtlsCert {
+        certificate: b.build().to_der().expect("DER"),
+        private_key: key.private_key_to_der().expect("DER key"),
+    }
+}
+
 impl Node {
     fn new(now: Instant) -> Node {
+        Node::with_cert(now, None)
+    }
+
+    fn with_cert(now: Instant, cert: Option<DtlsCert>) -> Node {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a test socket");
         socket.set_nonblocking(true).expect("nonblocking");
         let addr = socket.local_addr().expect("its address");
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder();
+        if let Some(cert) = cert {
+            config = config.set_dtls_cert(cert);
+        }
+        let mut rtc = config
             .set_rtp_mode(true)
             .set_stats_interval(Some(Duration::from_millis(200)))
             .clear_codecs()
@@ -108,6 +153,7 @@ impl Node {
             frames: 0,
             last_send: None,
             key_wanted: true,
+            keyframes: true,
             sent: 0,
         }
     }
@@ -115,7 +161,12 @@ impl Node {
     /// An origin offering VP8 video and Opus audio (as webrtcsink does); `generation` is
     /// written into every payload so a viewer can tell which origin a packet came from.
     pub fn origin(generation: u8) -> (Node, String) {
-        let mut n = Node::new(Instant::now());
+        Node::origin_with(generation, None)
+    }
+
+    /// An origin presenting `cert` (None: str0m's own, ECDSA).
+    pub fn origin_with(generation: u8, cert: Option<DtlsCert>) -> (Node, String) {
+        let mut n = Node::with_cert(Instant::now(), cert);
         n.generation = generation;
         // A different numbering per origin, as a restarted webrtcsink has.
         n.seq = 1000 + u64::from(generation) * 20_000;
@@ -227,7 +278,8 @@ impl Node {
             return;
         }
         self.last_send = Some(now);
-        let key = self.key_wanted || self.frames.is_multiple_of(50);
+        let key = self.frames == 0
+            || (self.keyframes && (self.key_wanted || self.frames.is_multiple_of(50)));
         self.key_wanted = false;
         self.frames += 1;
         self.picture_id = (self.picture_id + 1) & 0x7fff;
@@ -277,6 +329,17 @@ impl Node {
             .nackable(kind == MediaKind::Video);
         tx.write_rtp(w);
         self.sent += 1;
+    }
+
+    /// Viewer: asks for a keyframe of the video it receives (PLI).
+    pub fn request_keyframe(&mut self) {
+        let Some(ssrc) = self.video().first().map(|g| g.ssrc) else {
+            return;
+        };
+        if let Some(rx) = self.rtc.direct_api().stream_rx(&ssrc.into()) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        self.drain();
     }
 
     /// Origin: drops the `k`-th video datagram sent from now on (0: the next one).
