@@ -26,7 +26,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 
 use crate::codec::Codec;
 use crate::fanout::{Packet, ViewerTrack, Write};
-use crate::forwarder::ForwardError;
+use crate::forward_api::ForwardError;
 
 /// One media of the origin, as viewers are offered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

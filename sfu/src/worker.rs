@@ -12,18 +12,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use str0m::Candidate;
 
 use crate::demux::{Demux, Route};
 use crate::fanout::{Outcome, Packet, SourceTrack};
-use crate::forwarder::{ForwardError, ForwardEvent, ViewerStats};
+use crate::forward_api::{ForwardError, ForwardEvent, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
+use crate::mailbox::{Link, Msg, SourceMsg, WorkerStats, WAKER};
 use crate::peer::{Happening, Peer, Role, TrackInfo};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -32,79 +33,6 @@ pub const ORIGIN_MEDIA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of the last group of pictures kept per source track for joiners.
 const KEYFRAME_BUDGET: usize = 1 << 20;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
-const WAKER: Token = Token(usize::MAX);
-
-type Reply<T> = SyncSender<Result<T, ForwardError>>;
-
-/// What a worker is asked to do (by the handle, or by the other workers).
-pub enum Msg {
-    OriginOffer {
-        session: String,
-        sdp: String,
-        reply: Reply<(String, Vec<TrackInfo>)>,
-    },
-    ViewerOffer {
-        session: String,
-        tracks: Vec<TrackInfo>,
-        reply: Reply<String>,
-    },
-    ViewerAnswer {
-        session: String,
-        sdp: String,
-        reply: Reply<()>,
-    },
-    Candidate {
-        session: String,
-        line: String,
-        reply: Reply<()>,
-    },
-    End {
-        session: String,
-    },
-    Source(Arc<SourceMsg>),
-    KeyframeNeeded {
-        track: usize,
-    },
-    Stats {
-        reply: Sender<WorkerStats>,
-    },
-    Stop,
-}
-
-/// The source, as every worker hears of it.
-pub enum SourceMsg {
-    /// A (new) origin's tracks, and the worker that holds its session.
-    Tracks {
-        tracks: Vec<TrackInfo>,
-        worker: usize,
-    },
-    Packet {
-        track: usize,
-        packet: Packet,
-    },
-}
-
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub origin_packets: u64,
-    pub keyframe_requests_upstream: u64,
-    pub nacks_upstream: u64,
-    pub viewers: Vec<ViewerStats>,
-}
-
-/// How to reach a worker from any thread.
-#[derive(Debug, Clone)]
-pub struct Link {
-    pub tx: Sender<Msg>,
-    pub waker: Arc<Waker>,
-}
-
-impl Link {
-    pub fn send(&self, msg: Msg) -> Result<(), ForwardError> {
-        self.tx.send(msg).map_err(|_| ForwardError::Stopped)?;
-        self.waker.wake().map_err(|_| ForwardError::Stopped)
-    }
-}
 
 /// The origin's session state kept by the worker that holds it.
 #[derive(Debug)]
@@ -139,27 +67,6 @@ pub struct Worker {
     origin: Option<OriginState>,
     queue: VecDeque<(u64, Happening)>,
     viewers_scratch: Vec<u64>,
-}
-
-/// A worker's sockets: one per address, all on `port` when it is fixed (else the first's
-/// port for the others when free, or any).
-pub fn bind(addresses: &[std::net::IpAddr], port: u16) -> Result<Vec<UdpSocket>, ForwardError> {
-    let mut out: Vec<UdpSocket> = Vec::new();
-    let mut port = port;
-    for ip in addresses {
-        let addr = SocketAddr::new(*ip, port);
-        let socket = match UdpSocket::bind(addr) {
-            Ok(s) => s,
-            Err(_) if port != 0 && !out.is_empty() => UdpSocket::bind(SocketAddr::new(*ip, 0))
-                .map_err(|source| ForwardError::Bind { addr, source })?,
-            Err(source) => return Err(ForwardError::Bind { addr, source }),
-        };
-        if port == 0 {
-            port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-        }
-        out.push(socket);
-    }
-    Ok(out)
 }
 
 impl Worker {
@@ -762,11 +669,4 @@ impl Worker {
             viewers: self.viewer_stats.values().cloned().collect(),
         }
     }
-}
-
-/// The worker's channel, its waker (registered on its poll) and the poll itself.
-pub fn channel(poll: &Poll) -> std::io::Result<(Link, Receiver<Msg>)> {
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
-    Ok((Link { tx, waker }, rx))
 }
