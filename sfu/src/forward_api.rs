@@ -3,6 +3,7 @@
 //! peers use them without importing the handle (no import loop).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 /// How the engine meets the network (relay-agent's `--udp-port`, `--ice-address`,
 /// `--public-ip`, `--threads`).
@@ -91,4 +92,26 @@ pub struct ForwardStats {
     /// NACKs sent to the origin (losses on the origin's leg, asked once for all viewers).
     pub nacks_upstream: u64,
     pub viewers: Vec<ViewerStats>,
+}
+
+/// When a session counts as lost ([`ForwardEvent::OriginLost`], [`ForwardEvent::ViewerLost`]),
+/// besides ICE disconnecting (str0m's agent: its checks unanswered) or the session closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Not connected (ICE + DTLS) this long after its offer/answer.
+    pub connect: Duration,
+    /// Connected, and no datagram from it for this long.
+    pub silence: Duration,
+    /// The origin sent media, then none for this long.
+    pub origin_media: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(20),
+            silence: Duration::from_secs(15),
+            origin_media: Duration::from_secs(5),
+        }
+    }
 }

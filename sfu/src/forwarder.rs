@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::addresses::{bind, local_addresses};
 pub use crate::forward_api::{
-    ForwardConfig, ForwardError, ForwardEvent, ForwardStats, ViewerStats,
+    ForwardConfig, ForwardError, ForwardEvent, ForwardStats, Timeouts, ViewerStats,
 };
 use crate::mailbox::{self, Link, Msg, SourceMsg};
 use crate::peer::TrackInfo;
@@ -50,6 +50,14 @@ impl Forwarder {
     pub fn start(
         config: ForwardConfig,
     ) -> Result<(Forwarder, mpsc::Receiver<ForwardEvent>), ForwardError> {
+        Forwarder::start_with(config, Timeouts::default())
+    }
+
+    /// [`Forwarder::start`] with other [`Timeouts`] than the defaults.
+    pub fn start_with(
+        config: ForwardConfig,
+        timeouts: Timeouts,
+    ) -> Result<(Forwarder, mpsc::Receiver<ForwardEvent>), ForwardError> {
         let addresses = local_addresses(&config.ice_addresses);
         if addresses.is_empty() {
             return Err(ForwardError::NoAddress);
@@ -86,6 +94,7 @@ impl Forwarder {
                 poll,
                 s,
                 config.public_ip,
+                timeouts,
                 rx,
                 Arc::clone(&links),
                 events_tx.clone(),

@@ -18,7 +18,7 @@
 //! | worker threads: sockets, demux, str0m timeouts, source packets to the other workers, keyframe asks to the origin's worker, sessions lost | [`worker`] |
 //! | how a worker is reached: its messages (handle calls, source packets as `Arc`s, keyframe asks) and its channel + waker | [`mailbox`] |
 //! | the handle relay-agent holds: start, sessions placed on the least loaded worker, stats, stop | [`forwarder`] |
-//! | the engine's config, errors, events and stats (re-exported by [`forwarder`]) | [`forward_api`] |
+//! | the engine's config, timeouts, errors, events and stats (re-exported by [`forwarder`]) | [`forward_api`] |
 //! | the addresses announced as host candidates (configured, else non-loopback interfaces), a worker's sockets bound on them | [`addresses`] |
 //!
 //! Per source packet and per viewer feedback:

@@ -5,10 +5,10 @@
 //! the others as an `Arc` over their channel (the payload is never copied per thread or per
 //! viewer) and wakes them; it also coalesces their keyframe requests upstream.
 //!
-//! Timeouts (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): a
-//! session not connected (ICE + DTLS) within [`CONNECT_TIMEOUT`]; ICE disconnected (str0m's
-//! agent: its checks unanswered); no datagram from a session for [`SILENCE_TIMEOUT`]; an
-//! origin that sent media and then none for [`ORIGIN_MEDIA_TIMEOUT`].
+//! Sessions lost (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): ICE
+//! disconnected (str0m's agent: its checks unanswered), the session closed, or one of the
+//! [`Timeouts`] (not connected in 20 s, 15 s without a datagram, an origin without media for
+//! 5 s, by default).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,14 +22,11 @@ use str0m::Candidate;
 
 use crate::demux::{Demux, Route};
 use crate::fanout::{Outcome, Packet, SourceTrack};
-use crate::forward_api::{ForwardError, ForwardEvent, ViewerStats};
+use crate::forward_api::{ForwardError, ForwardEvent, Timeouts, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
 use crate::mailbox::{Link, Msg, SourceMsg, WorkerStats, WAKER};
 use crate::peer::{Happening, Peer, Role, TrackInfo};
 
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
-pub const ORIGIN_MEDIA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of the last group of pictures kept per source track for joiners.
 const KEYFRAME_BUDGET: usize = 1 << 20;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
@@ -48,6 +45,7 @@ struct OriginState {
 
 pub struct Worker {
     index: usize,
+    timeouts: Timeouts,
     poll: Poll,
     sockets: Vec<(UdpSocket, SocketAddr)>,
     candidates: Vec<Candidate>,
@@ -76,6 +74,7 @@ impl Worker {
         poll: Poll,
         sockets: Vec<UdpSocket>,
         public_ip: Option<std::net::IpAddr>,
+        timeouts: Timeouts,
         rx: Receiver<Msg>,
         links: Arc<Vec<Link>>,
         events: Sender<ForwardEvent>,
@@ -109,6 +108,7 @@ impl Worker {
         }
         Ok(Worker {
             index,
+            timeouts,
             poll,
             sockets: registered,
             candidates,
@@ -283,6 +283,7 @@ impl Worker {
             return;
         };
         let _ = self.events.send(ForwardEvent::ViewerConnected { session });
+        viewer.joined = true;
         // A joiner starts at once from each track's cached keyframe.
         let mut writes = Vec::new();
         let mut need = Vec::new();
@@ -360,7 +361,7 @@ impl Worker {
         ids.extend(
             self.peers
                 .iter()
-                .filter(|(_, p)| p.connected && matches!(p.role, Role::Viewer(_)))
+                .filter(|(_, p)| matches!(&p.role, Role::Viewer(v) if v.joined))
                 .map(|(id, _)| *id),
         );
         let mut need = false;
@@ -474,23 +475,25 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        let Timeouts {
+            connect,
+            silence,
+            origin_media,
+        } = self.timeouts;
         let mut lost = Vec::new();
         for (id, p) in &self.peers {
-            if !p.connected && now.saturating_duration_since(p.created) > CONNECT_TIMEOUT {
-                lost.push((
-                    *id,
-                    format!("not connected (ICE/DTLS) within {CONNECT_TIMEOUT:?}"),
-                ));
-            } else if p.connected && now.saturating_duration_since(p.last_heard) > SILENCE_TIMEOUT {
-                lost.push((*id, format!("nothing received for {SILENCE_TIMEOUT:?}")));
+            if !p.connected && now.saturating_duration_since(p.created) > connect {
+                lost.push((*id, format!("not connected (ICE/DTLS) within {connect:?}")));
+            } else if p.connected && now.saturating_duration_since(p.last_heard) > silence {
+                lost.push((*id, format!("nothing received for {silence:?}")));
             }
         }
         if let Some(o) = &self.origin {
             let silent = o
                 .last_media
-                .is_some_and(|t| now.saturating_duration_since(t) > ORIGIN_MEDIA_TIMEOUT);
+                .is_some_and(|t| now.saturating_duration_since(t) > origin_media);
             if silent && !lost.iter().any(|(id, _)| *id == o.id) {
-                lost.push((o.id, format!("no media for {ORIGIN_MEDIA_TIMEOUT:?}")));
+                lost.push((o.id, format!("no media for {origin_media:?}")));
             }
         }
         for (id, reason) in lost {

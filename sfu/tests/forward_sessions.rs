@@ -8,7 +8,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::{events, forwarder, rsa_cert, until, Node};
-use sfu::forwarder::{ForwardEvent, Forwarder};
+use sfu::forwarder::{ForwardEvent, Forwarder, Timeouts};
 
 fn origin(fwd: &Forwarder, rx: &std::sync::mpsc::Receiver<ForwardEvent>, rsa: bool) -> Node {
     let (mut origin, offer) = Node::origin_with(1, rsa.then(rsa_cert));
@@ -67,6 +67,7 @@ fn viewers_keyframe_requests_reach_the_origin_coalesced() {
     // first is unanswered adds nothing upstream.
     origin.keyframes = false;
     let before = origin.keyframe_requests;
+    let upstream_before = fwd.stats().keyframe_requests_upstream;
     a.request_keyframe();
     until(
         &mut [&mut origin, &mut a, &mut b],
@@ -84,7 +85,7 @@ fn viewers_keyframe_requests_reach_the_origin_coalesced() {
         t.elapsed() > Duration::from_millis(150)
     });
     assert_eq!(origin.keyframe_requests, before + 1, "coalesced into one");
-    assert_eq!(fwd.stats().keyframe_requests_upstream, 1);
+    assert_eq!(fwd.stats().keyframe_requests_upstream, upstream_before + 1);
     fwd.stop();
 }
 
@@ -116,5 +117,50 @@ fn a_silent_origin_is_reported_lost_and_viewers_get_their_bandwidth_estimate() {
         evs.iter()
             .any(|e| matches!(e, ForwardEvent::OriginLost { .. }))
     });
+    fwd.stop();
+}
+
+#[test]
+fn a_viewer_gone_silent_is_reported_lost_and_leaves_the_stats() {
+    let (fwd, rx) = harness::forwarder_with(
+        2,
+        Timeouts {
+            silence: Duration::from_secs(1),
+            ..Timeouts::default()
+        },
+    );
+    let mut origin = origin(&fwd, &rx, false);
+    let mut gone = viewer(&fwd, "gone");
+    let mut stays = viewer(&fwd, "stays");
+    until(
+        &mut [&mut origin, &mut gone, &mut stays],
+        "both receive",
+        |n| n[1].video().len() > 5 && n[2].video().len() > 5,
+    );
+    // "gone" is no longer driven: it neither answers checks nor sends feedback.
+    let mut evs = Vec::new();
+    until(
+        &mut [&mut origin, &mut stays],
+        "ViewerLost for gone",
+        |_| {
+            evs.extend(events(&rx));
+            evs.iter()
+                .any(|e| matches!(e, ForwardEvent::ViewerLost { session, .. } if session == "gone"))
+        },
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, ForwardEvent::ViewerLost { session, .. } if session == "stays")),
+        "{evs:?}"
+    );
+    let stats = fwd.stats();
+    assert_eq!(stats.viewers.len(), 1);
+    assert_eq!(stats.viewers[0].session, "stays");
+    let seen = stays.video().len();
+    until(
+        &mut [&mut origin, &mut stays],
+        "the other keeps receiving",
+        |n| n[1].video().len() > seen + 10,
+    );
     fwd.stop();
 }

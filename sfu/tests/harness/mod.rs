@@ -9,7 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use sfu::forwarder::{ForwardConfig, ForwardEvent, Forwarder};
+use sfu::forwarder::{ForwardConfig, ForwardEvent, Forwarder, Timeouts};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
@@ -398,6 +398,19 @@ pub fn forwarder(threads: usize) -> (Forwarder, Receiver<ForwardEvent>) {
         threads,
         ..ForwardConfig::default()
     })
+    .expect("the engine starts on loopback")
+}
+
+/// The engine on loopback with short timeouts (loss tests).
+pub fn forwarder_with(threads: usize, timeouts: Timeouts) -> (Forwarder, Receiver<ForwardEvent>) {
+    Forwarder::start_with(
+        ForwardConfig {
+            ice_addresses: vec!["127.0.0.1".parse().expect("an address")],
+            threads,
+            ..ForwardConfig::default()
+        },
+        timeouts,
+    )
     .expect("the engine starts on loopback")
 }
 
