@@ -5,7 +5,11 @@
 //! loopback-only candidate would never pair with a webrtcbin peer on the same machine.
 
 use std::ffi::c_int;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use mio::net::UdpSocket;
+
+use crate::forward_api::ForwardError;
 
 /// The addresses to bind and announce: `configured`, or else the interfaces' own.
 pub fn local_addresses(configured: &[IpAddr]) -> Vec<IpAddr> {
@@ -72,6 +76,27 @@ fn interface_addresses() -> Vec<IpAddr> {
         libc::freeifaddrs(list);
     }
     out
+}
+
+/// A worker's sockets: one per address, all on `port` when it is fixed (else the first's
+/// port for the others when free, or any).
+pub fn bind(addresses: &[std::net::IpAddr], port: u16) -> Result<Vec<UdpSocket>, ForwardError> {
+    let mut out: Vec<UdpSocket> = Vec::new();
+    let mut port = port;
+    for ip in addresses {
+        let addr = SocketAddr::new(*ip, port);
+        let socket = match UdpSocket::bind(addr) {
+            Ok(s) => s,
+            Err(_) if port != 0 && !out.is_empty() => UdpSocket::bind(SocketAddr::new(*ip, 0))
+                .map_err(|source| ForwardError::Bind { addr, source })?,
+            Err(source) => return Err(ForwardError::Bind { addr, source }),
+        };
+        if port == 0 {
+            port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+        }
+        out.push(socket);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

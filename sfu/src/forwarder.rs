@@ -4,106 +4,21 @@
 //! waits for its reply; sessions are placed on the least loaded worker.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::addresses::local_addresses;
+use crate::addresses::{bind, local_addresses};
+pub use crate::forward_api::{
+    ForwardConfig, ForwardError, ForwardEvent, ForwardStats, Timeouts, ViewerStats,
+};
+use crate::mailbox::{self, Link, Msg, SourceMsg};
 use crate::peer::TrackInfo;
-use crate::worker::{self, Link, Msg, SourceMsg, Worker};
+use crate::worker::Worker;
 
 /// How long a call waits for its worker's reply before calling the engine stopped.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How the engine meets the network (relay-agent's `--udp-port`, `--ice-address`,
-/// `--public-ip`, `--threads`).
-#[derive(Debug, Clone, Default)]
-pub struct ForwardConfig {
-    /// The first UDP port (0: any). Worker thread `i` listens on `udp_port + i` when fixed.
-    pub udp_port: u16,
-    /// The local addresses announced as host candidates (empty: the host's non-loopback ones).
-    pub ice_addresses: Vec<IpAddr>,
-    /// A NAT 1:1 address announced instead of (as well as) the local ones.
-    pub public_ip: Option<IpAddr>,
-    /// Worker threads the viewers are sharded over (0: the cores).
-    pub threads: usize,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// Kept for callers written against the skeleton; the engine no longer returns it.
-    #[error("the forward engine is not built yet")]
-    NotBuilt,
-    #[error("cannot listen on UDP {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("session {session}: unusable SDP: {reason}")]
-    Sdp { session: String, reason: String },
-    #[error("no origin media yet")]
-    NoOrigin,
-    #[error("unknown session {0}")]
-    UnknownSession(String),
-    #[error("the forward engine has stopped")]
-    Stopped,
-    #[error("no local address to listen on (give --ice-address)")]
-    NoAddress,
-    #[error("cannot start a worker thread: {0}")]
-    Thread(std::io::Error),
-}
-
-/// What the engine tells its owner, on the receiver [`Forwarder::start`] returns.
-#[derive(Debug, Clone)]
-pub enum ForwardEvent {
-    /// The origin's session is connected (ICE + DTLS) and its media is flowing.
-    OriginReady {
-        session: String,
-    },
-    /// The origin's session failed or timed out (ICE/DTLS), or the origin stopped sending.
-    OriginLost {
-        session: String,
-        reason: String,
-    },
-    ViewerConnected {
-        session: String,
-    },
-    /// A viewer's session failed (ICE/DTLS) or went silent: the owner ends it in signalling.
-    ViewerLost {
-        session: String,
-        reason: String,
-    },
-}
-
-/// Per viewer, for `relay-stats` and metrics.
-#[derive(Debug, Clone, Default)]
-pub struct ViewerStats {
-    pub session: String,
-    pub packets: u64,
-    pub bytes: u64,
-    /// NACKs the viewer sent; str0m answers them from the viewer's send buffer, which holds
-    /// the source's own payload (shared, not copied), with RTX where negotiated.
-    pub nacks_served: u64,
-    /// Always 0 in this engine: a loss upstream is NACKed by the origin's session itself, once
-    /// for all viewers ([`ForwardStats::nacks_upstream`]), not per viewer NACK.
-    pub nacks_upstream: u64,
-    /// Keyframe requests (PLI/FIR) the viewer sent.
-    pub keyframe_requests: u64,
-    /// The viewer's bandwidth estimate (TWCC), bits per second.
-    pub estimate_bps: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ForwardStats {
-    /// Packets received from the current origin.
-    pub origin_packets: u64,
-    /// Keyframe requests sent upstream (after coalescing).
-    pub keyframe_requests_upstream: u64,
-    /// NACKs sent to the origin (losses on the origin's leg, asked once for all viewers).
-    pub nacks_upstream: u64,
-    pub viewers: Vec<ViewerStats>,
-}
 
 /// The handle. Cheap to clone; every method may be called from any thread.
 #[derive(Debug, Clone)]
@@ -135,6 +50,14 @@ impl Forwarder {
     pub fn start(
         config: ForwardConfig,
     ) -> Result<(Forwarder, mpsc::Receiver<ForwardEvent>), ForwardError> {
+        Forwarder::start_with(config, Timeouts::default())
+    }
+
+    /// [`Forwarder::start`] with other [`Timeouts`] than the defaults.
+    pub fn start_with(
+        config: ForwardConfig,
+        timeouts: Timeouts,
+    ) -> Result<(Forwarder, mpsc::Receiver<ForwardEvent>), ForwardError> {
         let addresses = local_addresses(&config.ice_addresses);
         if addresses.is_empty() {
             return Err(ForwardError::NoAddress);
@@ -154,11 +77,11 @@ impl Forwarder {
                 0 => 0,
                 p => p.saturating_add(i as u16),
             };
-            let s = worker::bind(&addresses, port)?;
+            let s = bind(&addresses, port)?;
             bound.extend(s.iter().filter_map(|s| s.local_addr().ok()));
             sockets.push(s);
             let poll = mio::Poll::new().map_err(ForwardError::Thread)?;
-            let (link, rx) = worker::channel(&poll).map_err(ForwardError::Thread)?;
+            let (link, rx) = mailbox::channel(&poll).map_err(ForwardError::Thread)?;
             polls.push(poll);
             links.push(link);
             receivers.push(rx);
@@ -171,6 +94,7 @@ impl Forwarder {
                 poll,
                 s,
                 config.public_ip,
+                timeouts,
                 rx,
                 Arc::clone(&links),
                 events_tx.clone(),

@@ -1,41 +1,51 @@
-//! The transport-free core of a forwarding relay (issue 25): the part that decides, per
-//! packet, what each viewer is sent. No I/O, no GStreamer, no WebRTC stack: a sans-IO stack
-//! (str0m in rtp mode is the candidate) will feed it received packets and viewers' feedback,
-//! and send what it returns. Not yet wired into relay-agent.
+//! The forwarding relay (issue 25). Its deciding parts are transport-free: fed received
+//! packets and viewers' feedback, they say what each viewer is sent. Around them the engine
+//! ([`forwarder::Forwarder`]) runs str0m (rtp mode, openssl DTLS) on worker threads. Not yet
+//! wired into relay-agent.
 //!
 //! | behaviour | file |
 //! |---|---|
 //! | RTP header fields read and rewritten in place (SSRC, sequence, timestamp, payload type); wraparound arithmetic | [`rtp`] (on `rtp-types`) |
 //! | VP8 payload descriptor: picture id (7/15-bit), TL0PICIDX, keyframe start; rewritten in place | [`vp8`] |
-//! | per codec: clock rate, which packet starts a keyframe (where a viewer may start or switch) | [`codec`] |
+//! | per codec: clock rate, which packet starts a keyframe (VP8; H.264 IDR/SPS in a single NAL, STAP-A, FU-A start; Opus) | [`codec`] |
 //! | **per viewer**: own SSRC, continuous sequence/timestamp/picture id across a change of source (switch at a keyframe only), gaps kept, viewer sequence → source packet for NACKs, a cached packet rewritten again for a retransmission | [`rewrite`] (tests in `rewrite_tests.rs`) |
-//! | **per source**: the last packets by sequence number, a viewer's NACK answered, a miss asked upstream once per window | [`nack_cache`] |
+//! | **per source**: the last packets by sequence number, a viewer's NACK answered, a miss asked upstream once per window (not on the str0m path: str0m answers NACKs, see [`peer`]) | [`nack_cache`] |
 //! | **per source**: the last keyframe and what followed, so a joiner starts at once | [`keyframe_cache`] |
 //! | the one UDP port: STUN / DTLS / RTP / RTCP told apart (RFC 7983, RFC 5761); a binding request routed by its local ufrag, everything else by the peer's bound address; the rest dropped and counted per reason | [`demux`] |
 //! | **per source**: keyframe requests (viewers' PLI/FIR, joiners and switches waiting) coalesced: at most one upstream per interval, a deferred one sent at its end unless a keyframe came, an unanswered one sent again | [`keyframe_requests`] |
+//! | **fanout**: a source packet (shared `Arc` payload) → per viewer track its header fields, VP8 ids and payload type (a [`rewrite::Munger`] each); joiners from the keyframe cache; a new source SSRC switched to at its keyframe | [`fanout`] (tests in `fanout_tests.rs`) |
+//! | a session's WebRTC peer (str0m `Rtc`): origin answer, viewer offer/answer, candidates, writes with VP8 patch, events; the process's one ECDSA P-256 DTLS certificate | [`peer`] |
+//! | worker threads: sockets, demux, str0m timeouts, source packets to the other workers, keyframe asks to the origin's worker, sessions lost | [`worker`] |
+//! | how a worker is reached: its messages (handle calls, source packets as `Arc`s, keyframe asks) and its channel + waker | [`mailbox`] |
+//! | the handle relay-agent holds: start, sessions placed on the least loaded worker, stats, stop | [`forwarder`] |
+//! | the engine's config, timeouts, errors, events and stats (re-exported by [`forwarder`]) | [`forward_api`] |
+//! | the addresses announced as host candidates (configured, else non-loopback interfaces), a worker's sockets bound on them | [`addresses`] |
 //!
-//! How the I/O loop will use them, per source packet and per viewer NACK:
+//! Per source packet and per viewer feedback:
 //!
 //! ```text
-//!  origin packet ─► rtp::parse ─► codec::starts_keyframe ─┬─► NackCache::insert
-//!                                                         ├─► KeyframeCache::push
-//!                                                         └─► for each viewer: copy ─► Munger::forward
-//!                                                               ├─ Forward: protect (SRTP), send
-//!                                                               └─ Drop(WaitingForKeyframe): ask upstream (coalesced)
-//!  viewer joins   ─► Munger::new + select(source) ─► KeyframeCache::packets ─► Munger::forward each ─► send
-//!  viewer NACK n  ─► Munger::source_of(n) ─► NackCache::nack ─┬─ Hit: copy ─► Munger::retransmit ─► send (RTX)
-//!                                                               ├─ AskUpstream: one NACK to the origin
-//!                                                               └─ AlreadyAsked: nothing
-//!  origin reattached with a new SSRC ─► each viewer's Munger::select(new) (the switch is at its keyframe)
+//!  origin datagram ─► worker: Demux ─► Peer (origin Rtc) ─► Event::RtpPacket
+//!      ─► fanout::Packet { header fields, Arc payload, codec::starts_keyframe }
+//!      ─► to every worker (Arc over a channel) ─► SourceTrack::push (keyframe cache)
+//!                                             └─► each viewer: ViewerTrack::forward (Munger)
+//!                                                   ├─ Send: Peer::write (str0m: SRTP, RTX buffer, SR, TWCC)
+//!                                                   └─ NeedKeyframe: KeyframeRequests on the origin's worker
+//!  viewer connected ─► ViewerTrack::join: the cached keyframe and what followed, at once
+//!  viewer NACK      ─► str0m answers from the viewer's send buffer (the same Arc payload), RTX
+//!  loss upstream    ─► the origin Rtc NACKs once; the repair is forwarded into the viewers' gap
+//!  viewer PLI/FIR   ─► KeyframeRequests (coalesced) ─► one PLI to the origin
+//!  origin reattached with a new SSRC ─► each viewer switches at its first keyframe
 //! ```
 
 pub mod addresses;
 pub mod codec;
 pub mod demux;
 pub mod fanout;
+pub mod forward_api;
 pub mod forwarder;
 pub mod keyframe_cache;
 pub mod keyframe_requests;
+pub mod mailbox;
 pub mod nack_cache;
 pub mod peer;
 pub mod rewrite;

@@ -26,7 +26,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 
 use crate::codec::Codec;
 use crate::fanout::{Packet, ViewerTrack, Write};
-use crate::forwarder::ForwardError;
+use crate::forward_api::ForwardError;
 
 /// One media of the origin, as viewers are offered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +115,10 @@ pub struct Viewer {
     /// Per source track (same index): its mid here, and once answered its fanout state.
     pub tracks: Vec<(Mid, TrackInfo, Option<ViewerTrack>)>,
     pending: Option<SdpPendingOffer>,
+    /// Started from the keyframe cache (live packets are fed only from then on: one fed
+    /// between the stack's connection and the join would look like a viewer waiting for a
+    /// keyframe, and ask upstream for nothing).
+    pub joined: bool,
 }
 
 /// What the worker has to act on, from one drain of the `Rtc`.
@@ -279,6 +283,7 @@ impl Peer {
                 .map(|(m, t)| (m, *t, None))
                 .collect(),
             pending: Some(pending),
+            joined: false,
         };
         let peer = Peer::new(session, rtc, ufrag, Role::Viewer(viewer), now);
         Ok((peer, offer.to_sdp_string()))

@@ -5,106 +5,31 @@
 //! the others as an `Arc` over their channel (the payload is never copied per thread or per
 //! viewer) and wakes them; it also coalesces their keyframe requests upstream.
 //!
-//! Timeouts (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): a
-//! session not connected (ICE + DTLS) within [`CONNECT_TIMEOUT`]; ICE disconnected (str0m's
-//! agent: its checks unanswered); no datagram from a session for [`SILENCE_TIMEOUT`]; an
-//! origin that sent media and then none for [`ORIGIN_MEDIA_TIMEOUT`].
+//! Sessions lost (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): ICE
+//! disconnected (str0m's agent: its checks unanswered), the session closed, or one of the
+//! [`Timeouts`] (not connected in 20 s, 15 s without a datagram, an origin without media for
+//! 5 s, by default).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use str0m::Candidate;
 
 use crate::demux::{Demux, Route};
 use crate::fanout::{Outcome, Packet, SourceTrack};
-use crate::forwarder::{ForwardError, ForwardEvent, ViewerStats};
+use crate::forward_api::{ForwardError, ForwardEvent, Timeouts, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
+use crate::mailbox::{Link, Msg, SourceMsg, WorkerStats, WAKER};
 use crate::peer::{Happening, Peer, Role, TrackInfo};
 
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
-pub const ORIGIN_MEDIA_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of the last group of pictures kept per source track for joiners.
 const KEYFRAME_BUDGET: usize = 1 << 20;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
-const WAKER: Token = Token(usize::MAX);
-
-type Reply<T> = SyncSender<Result<T, ForwardError>>;
-
-/// What a worker is asked to do (by the handle, or by the other workers).
-pub enum Msg {
-    OriginOffer {
-        session: String,
-        sdp: String,
-        reply: Reply<(String, Vec<TrackInfo>)>,
-    },
-    ViewerOffer {
-        session: String,
-        tracks: Vec<TrackInfo>,
-        reply: Reply<String>,
-    },
-    ViewerAnswer {
-        session: String,
-        sdp: String,
-        reply: Reply<()>,
-    },
-    Candidate {
-        session: String,
-        line: String,
-        reply: Reply<()>,
-    },
-    End {
-        session: String,
-    },
-    Source(Arc<SourceMsg>),
-    KeyframeNeeded {
-        track: usize,
-    },
-    Stats {
-        reply: Sender<WorkerStats>,
-    },
-    Stop,
-}
-
-/// The source, as every worker hears of it.
-pub enum SourceMsg {
-    /// A (new) origin's tracks, and the worker that holds its session.
-    Tracks {
-        tracks: Vec<TrackInfo>,
-        worker: usize,
-    },
-    Packet {
-        track: usize,
-        packet: Packet,
-    },
-}
-
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub origin_packets: u64,
-    pub keyframe_requests_upstream: u64,
-    pub nacks_upstream: u64,
-    pub viewers: Vec<ViewerStats>,
-}
-
-/// How to reach a worker from any thread.
-#[derive(Debug, Clone)]
-pub struct Link {
-    pub tx: Sender<Msg>,
-    pub waker: Arc<Waker>,
-}
-
-impl Link {
-    pub fn send(&self, msg: Msg) -> Result<(), ForwardError> {
-        self.tx.send(msg).map_err(|_| ForwardError::Stopped)?;
-        self.waker.wake().map_err(|_| ForwardError::Stopped)
-    }
-}
 
 /// The origin's session state kept by the worker that holds it.
 #[derive(Debug)]
@@ -120,6 +45,7 @@ struct OriginState {
 
 pub struct Worker {
     index: usize,
+    timeouts: Timeouts,
     poll: Poll,
     sockets: Vec<(UdpSocket, SocketAddr)>,
     candidates: Vec<Candidate>,
@@ -141,27 +67,6 @@ pub struct Worker {
     viewers_scratch: Vec<u64>,
 }
 
-/// A worker's sockets: one per address, all on `port` when it is fixed (else the first's
-/// port for the others when free, or any).
-pub fn bind(addresses: &[std::net::IpAddr], port: u16) -> Result<Vec<UdpSocket>, ForwardError> {
-    let mut out: Vec<UdpSocket> = Vec::new();
-    let mut port = port;
-    for ip in addresses {
-        let addr = SocketAddr::new(*ip, port);
-        let socket = match UdpSocket::bind(addr) {
-            Ok(s) => s,
-            Err(_) if port != 0 && !out.is_empty() => UdpSocket::bind(SocketAddr::new(*ip, 0))
-                .map_err(|source| ForwardError::Bind { addr, source })?,
-            Err(source) => return Err(ForwardError::Bind { addr, source }),
-        };
-        if port == 0 {
-            port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-        }
-        out.push(socket);
-    }
-    Ok(out)
-}
-
 impl Worker {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -169,6 +74,7 @@ impl Worker {
         poll: Poll,
         sockets: Vec<UdpSocket>,
         public_ip: Option<std::net::IpAddr>,
+        timeouts: Timeouts,
         rx: Receiver<Msg>,
         links: Arc<Vec<Link>>,
         events: Sender<ForwardEvent>,
@@ -202,6 +108,7 @@ impl Worker {
         }
         Ok(Worker {
             index,
+            timeouts,
             poll,
             sockets: registered,
             candidates,
@@ -376,6 +283,7 @@ impl Worker {
             return;
         };
         let _ = self.events.send(ForwardEvent::ViewerConnected { session });
+        viewer.joined = true;
         // A joiner starts at once from each track's cached keyframe.
         let mut writes = Vec::new();
         let mut need = Vec::new();
@@ -453,7 +361,7 @@ impl Worker {
         ids.extend(
             self.peers
                 .iter()
-                .filter(|(_, p)| p.connected && matches!(p.role, Role::Viewer(_)))
+                .filter(|(_, p)| matches!(&p.role, Role::Viewer(v) if v.joined))
                 .map(|(id, _)| *id),
         );
         let mut need = false;
@@ -567,23 +475,25 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        let Timeouts {
+            connect,
+            silence,
+            origin_media,
+        } = self.timeouts;
         let mut lost = Vec::new();
         for (id, p) in &self.peers {
-            if !p.connected && now.saturating_duration_since(p.created) > CONNECT_TIMEOUT {
-                lost.push((
-                    *id,
-                    format!("not connected (ICE/DTLS) within {CONNECT_TIMEOUT:?}"),
-                ));
-            } else if p.connected && now.saturating_duration_since(p.last_heard) > SILENCE_TIMEOUT {
-                lost.push((*id, format!("nothing received for {SILENCE_TIMEOUT:?}")));
+            if !p.connected && now.saturating_duration_since(p.created) > connect {
+                lost.push((*id, format!("not connected (ICE/DTLS) within {connect:?}")));
+            } else if p.connected && now.saturating_duration_since(p.last_heard) > silence {
+                lost.push((*id, format!("nothing received for {silence:?}")));
             }
         }
         if let Some(o) = &self.origin {
             let silent = o
                 .last_media
-                .is_some_and(|t| now.saturating_duration_since(t) > ORIGIN_MEDIA_TIMEOUT);
+                .is_some_and(|t| now.saturating_duration_since(t) > origin_media);
             if silent && !lost.iter().any(|(id, _)| *id == o.id) {
-                lost.push((o.id, format!("no media for {ORIGIN_MEDIA_TIMEOUT:?}")));
+                lost.push((o.id, format!("no media for {origin_media:?}")));
             }
         }
         for (id, reason) in lost {
@@ -762,11 +672,4 @@ impl Worker {
             viewers: self.viewer_stats.values().cloned().collect(),
         }
     }
-}
-
-/// The worker's channel, its waker (registered on its poll) and the poll itself.
-pub fn channel(poll: &Poll) -> std::io::Result<(Link, Receiver<Msg>)> {
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
-    Ok((Link { tx, waker }, rx))
 }
