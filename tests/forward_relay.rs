@@ -100,12 +100,19 @@ async fn decoding_viewer_through_forward(codec: &str, rtp_codec: &str) -> Result
     let node = Node::start(&[]).await?;
     let stream = format!("fw-{codec}");
     let origin = origin(&node, &stream, &["--audio", "--video-codec", codec])?;
-    let port = free_port();
+    let (port, metrics) = (free_port(), free_port());
     let relay = forward(
         &node,
         &stream,
         &format!("{stream}-relay"),
-        &["--udp-port", &port.to_string(), "--threads", "1"],
+        &[
+            "--udp-port",
+            &port.to_string(),
+            "--threads",
+            "1",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics}"),
+        ],
     )?;
     let list = listed(&node, 2).await?;
     let (_, meta) = member(&list, &format!("{stream}-relay"))?;
@@ -147,6 +154,21 @@ async fn decoding_viewer_through_forward(codec: &str, rtp_codec: &str) -> Result
         std::net::UdpSocket::bind(("0.0.0.0", port)).is_err(),
         "UDP {port} is free: the relay does not listen on --udp-port"
     );
+    // Per viewer in the metrics, labelled by its session.
+    let session = stats["viewers"][0]["session"].as_str().context("session")?;
+    let (_, text) = cluster_tests::http_get(metrics, "/metrics").await?;
+    let sample = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(session))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert!(sample("relay_viewer_packets_total") > Some(0.0), "{text}");
+    for name in [
+        "relay_viewer_nacks_served_total",
+        "relay_viewer_keyframe_requests_total",
+    ] {
+        assert!(sample(name).is_some(), "{name}: {text}");
+    }
     let served = latest(&origin, "producer-stats")?;
     assert_eq!(
         served["consumers"].as_array().map(Vec::len),
@@ -268,6 +290,38 @@ async fn a_forward_relays_viewer_keeps_its_session_across_an_origin_restart() ->
         Some(1),
         "one session throughout: {report}"
     );
+    Ok(())
+}
+
+/// A viewer killed without a word: its node keeps its session for a resume (for long here),
+/// but the engine finds it silent and the relay ends the session in signalling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_viewers_session_is_ended_by_the_forward_relay() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&["--resume-grace", "600"]).await?;
+    let _origin = origin(&node, "fw-gone", &[])?;
+    let relay = forward(&node, "fw-gone", "fw-gone-relay", &[])?;
+    let viewer = viewer(&node, &["--producer-name", "fw-gone-relay"], "encoded")?;
+    viewer
+        .wait(LONG, "30 frames through the relay", |v| frames_now(v) >= 30)
+        .await?;
+    let sessions = || async {
+        let (_, health) = node.get("/healthz").await?;
+        let health: Value = serde_json::from_str(&health)?;
+        anyhow::Ok(health["sessions"].as_u64())
+    };
+    assert_eq!(sessions().await?, Some(2), "origin-relay and relay-viewer");
+    viewer.signal(libc::SIGKILL);
+    let deadline = std::time::Instant::now() + LONG;
+    while sessions().await? != Some(1) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the dead viewer's session is still open: {}",
+            relay.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(relay.stderr().contains("lost viewer"), "{}", relay.stderr());
     Ok(())
 }
 
