@@ -399,6 +399,49 @@ async fn a_forward_relay_under_a_forward_relay_delivers_frames() -> Result<()> {
     Ok(())
 }
 
+/// Mixed trees: a forward relay under a pipeline relay, and a pipeline relay under a forward
+/// relay, each delivering frames to its viewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_and_pipeline_relays_stack_either_way() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let _origin = origin(&node, "fw-mix", &[])?;
+    let url = node.url();
+    let pipeline = |source: &str, name: &str| {
+        let args = [
+            "--engine",
+            "pipeline",
+            "--server",
+            &url,
+            "--source-name",
+            source,
+            "--name",
+            name,
+        ];
+        Agent::spawn("relay-agent", &args)
+    };
+    let _p1 = pipeline("fw-mix", "mix-pipeline-1")?;
+    let _f2 = forward(&node, "mix-pipeline-1", "mix-forward-2", &[])?;
+    let _f1 = forward(&node, "fw-mix", "mix-forward-1", &[])?;
+    let _p2 = pipeline("mix-forward-1", "mix-pipeline-2")?;
+    let viewers = [
+        viewer(&node, &["--producer-name", "mix-forward-2"], "encoded")?,
+        viewer(&node, &["--producer-name", "mix-pipeline-2"], "encoded")?,
+    ];
+    for v in &viewers {
+        v.wait(LONG, "30 frames two relays down", |v| frames_now(v) >= 30)
+            .await?;
+    }
+    let list = listed(&node, 5).await?;
+    for (name, engine) in [("mix-forward-2", "forward"), ("mix-pipeline-2", "pipeline")] {
+        let (_, meta) = member(&list, name)?;
+        assert_eq!(meta["depth"], "2", "{list}");
+        assert_eq!(meta["engine"], engine, "{list}");
+        assert_eq!(meta["stream"], "fw-mix", "{list}");
+    }
+    Ok(())
+}
+
 /// The forward engine's flags mean nothing to the pipeline engine (and `--fec` nothing to the
 /// forward one): exit 2 naming them, from the command line or the environment; bad values are
 /// refused by name.
