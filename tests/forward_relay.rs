@@ -381,7 +381,7 @@ async fn a_forward_relay_under_a_forward_relay_delivers_frames() -> Result<()> {
     let node = Node::start(&[]).await?;
     let _origin = origin(&node, "fw-tree", &[])?;
     let _first = forward(&node, "fw-tree", "fw-tree-1", &["--max-consumers", "10"])?;
-    let _second = forward(&node, "fw-tree-1", "fw-tree-2", &["--max-consumers", "10"])?;
+    let mut second = forward(&node, "fw-tree-1", "fw-tree-2", &["--max-consumers", "10"])?;
     let viewer = viewer(&node, &["--producer-name", "fw-tree-2"], "encoded")?;
     viewer
         .wait(LONG, "30 frames two forward relays down", |v| {
@@ -390,12 +390,20 @@ async fn a_forward_relay_under_a_forward_relay_delivers_frames() -> Result<()> {
         .await?;
     let list = listed(&node, 3).await?;
     let (first_id, first) = member(&list, "fw-tree-1")?;
-    let (_, second) = member(&list, "fw-tree-2")?;
+    let (_, meta) = member(&list, "fw-tree-2")?;
     assert_eq!(first["depth"], "1", "{list}");
-    assert_eq!(second["relay-of"], first_id, "{list}");
-    assert_eq!(second["depth"], "2", "{list}");
-    assert_eq!(second["stream"], "fw-tree", "{list}");
-    assert_eq!(second["engine"], "forward", "{list}");
+    assert_eq!(meta["relay-of"], first_id, "{list}");
+    assert_eq!(meta["depth"], "2", "{list}");
+    assert_eq!(meta["stream"], "fw-tree", "{list}");
+    assert_eq!(meta["engine"], "forward", "{list}");
+    // SIGTERM: a clean stop, exit 0.
+    second.signal(libc::SIGTERM);
+    assert_eq!(
+        second.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        second.stderr()
+    );
     Ok(())
 }
 
@@ -491,6 +499,18 @@ async fn engine_flags_are_checked_against_the_engine() -> Result<()> {
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // A fixed port someone else holds: the engine cannot start, a runtime failure (exit 1).
+    let held = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+    let port = held.local_addr()?.port().to_string();
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--engine", "forward", "--udp-port", &port, "--threads", "1"]);
+    let (code, stderr) = quick("relay-agent", &args).await?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot start the forward engine"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&port), "names the port: {stderr}");
     // The same refusal from the environment (one ConfigMap may carry the flags).
     let mut cmd = std::process::Command::new(cluster_tests::bin("relay-agent"));
     cmd.args(base).env("RELAY_THREADS", "2");
