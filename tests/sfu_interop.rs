@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use cluster_tests::media::{init, Running};
 use gst::prelude::*;
 use gst_webrtc::{
-    WebRTCICEGatheringState, WebRTCRTPTransceiverDirection, WebRTCSDPType,
-    WebRTCSessionDescription,
+    WebRTCICEGatheringState, WebRTCRTPTransceiverDirection, WebRTCSDPType, WebRTCSessionDescription,
 };
 use sfu::forwarder::{ForwardConfig, ForwardEvent, Forwarder};
 
@@ -97,7 +96,9 @@ fn webrtcbin_origin_and_viewer_through_the_forward_engine() {
         t.set_property("direction", WebRTCRTPTransceiverDirection::Sendonly);
     }
     let offer = local_sdp(&ow, true);
-    let answer = fwd.origin_offer("origin", &offer).expect("the engine answers");
+    let answer = fwd
+        .origin_offer("origin", &offer)
+        .expect("the engine answers");
     promise(
         &ow,
         "set-remote-description",
