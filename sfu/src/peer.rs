@@ -28,6 +28,10 @@ use crate::codec::Codec;
 use crate::fanout::{Packet, ViewerTrack, Write};
 use crate::forward_api::ForwardError;
 
+/// The per-viewer retransmission buffer: at most this many packets, this old.
+const RTX_PACKETS: usize = 512;
+const RTX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One media of the origin, as viewers are offered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackInfo {
@@ -321,6 +325,11 @@ impl Peer {
             // delay. The estimate is still computed and reported.
             if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(*mid, None) {
                 tx.set_unpaced(true);
+                // The send buffer NACKs are answered from: an entry is ~430 bytes of header
+                // per viewer (the payload is the shared one), so str0m's default 3 s (~600
+                // entries at 2 Mbit/s, ~280 KB per viewer) is cut to 1 s, longer than any
+                // viewer's jitter buffer waits for a retransmission.
+                tx.set_rtx_cache(RTX_PACKETS, RTX_AGE, Some(0.15));
             }
         }
         Ok(())
