@@ -342,6 +342,15 @@ impl Peer {
         if line.is_empty() {
             return Ok(()); // end of candidates
         }
+        // A browser's mDNS host candidate (`<uuid>.local`) cannot be resolved here; its
+        // checks still reach us and pair as peer-reflexive.
+        if line
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|a| a.ends_with(".local"))
+        {
+            return Ok(());
+        }
         let c = Candidate::from_sdp_string(line).map_err(|e| sdp_error(&self.session, e))?;
         self.rtc.add_remote_candidate(c);
         Ok(())
@@ -524,6 +533,26 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_parse_and_mdns_ones_are_let_go() {
+        let (mut p, _) = Peer::viewer(
+            "v",
+            &[TrackInfo {
+                kind: MediaKind::Audio,
+                codec: Codec::Opus,
+            }],
+            &[],
+            Instant::now(),
+        )
+        .unwrap();
+        p.add_candidate("a=candidate:1 1 UDP 2122252543 192.0.2.7 50000 typ host")
+            .unwrap();
+        p.add_candidate("candidate:2 1 udp 2122252543 0b6a-4e.local 50001 typ host")
+            .unwrap();
+        p.add_candidate("").unwrap();
+        assert!(p.add_candidate("candidate:garbage").is_err());
+    }
 
     #[test]
     fn mids_of_accepted_sections_only() {
