@@ -34,6 +34,16 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The last handle gone: the workers stop too (their channels stay open otherwise: each
+/// worker holds the others' senders).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for link in self.links.iter() {
+            let _ = link.send(Msg::Stop);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Session → the worker holding it.

@@ -28,6 +28,10 @@ use crate::codec::Codec;
 use crate::fanout::{Packet, ViewerTrack, Write};
 use crate::forward_api::ForwardError;
 
+/// The per-viewer retransmission buffer: at most this many packets, this old.
+const RTX_PACKETS: usize = 512;
+const RTX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One media of the origin, as viewers are offered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackInfo {
@@ -321,6 +325,11 @@ impl Peer {
             // delay. The estimate is still computed and reported.
             if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(*mid, None) {
                 tx.set_unpaced(true);
+                // The send buffer NACKs are answered from: an entry is ~430 bytes of header
+                // per viewer (the payload is the shared one), so str0m's default 3 s (~600
+                // entries at 2 Mbit/s, ~280 KB per viewer) is cut to 1 s, longer than any
+                // viewer's jitter buffer waits for a retransmission.
+                tx.set_rtx_cache(RTX_PACKETS, RTX_AGE, Some(0.15));
             }
         }
         Ok(())
@@ -332,6 +341,15 @@ impl Peer {
         let line = line.strip_prefix("a=").unwrap_or(line);
         if line.is_empty() {
             return Ok(()); // end of candidates
+        }
+        // A browser's mDNS host candidate (`<uuid>.local`) cannot be resolved here; its
+        // checks still reach us and pair as peer-reflexive.
+        if line
+            .split_whitespace()
+            .nth(4)
+            .is_some_and(|a| a.ends_with(".local"))
+        {
+            return Ok(());
         }
         let c = Candidate::from_sdp_string(line).map_err(|e| sdp_error(&self.session, e))?;
         self.rtc.add_remote_candidate(c);
@@ -515,6 +533,26 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_parse_and_mdns_ones_are_let_go() {
+        let (mut p, _) = Peer::viewer(
+            "v",
+            &[TrackInfo {
+                kind: MediaKind::Audio,
+                codec: Codec::Opus,
+            }],
+            &[],
+            Instant::now(),
+        )
+        .unwrap();
+        p.add_candidate("a=candidate:1 1 UDP 2122252543 192.0.2.7 50000 typ host")
+            .unwrap();
+        p.add_candidate("candidate:2 1 udp 2122252543 0b6a-4e.local 50001 typ host")
+            .unwrap();
+        p.add_candidate("").unwrap();
+        assert!(p.add_candidate("candidate:garbage").is_err());
+    }
 
     #[test]
     fn mids_of_accepted_sections_only() {

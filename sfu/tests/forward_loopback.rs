@@ -8,6 +8,7 @@ use std::net::UdpSocket;
 
 use harness::{events, forwarder, until, Node};
 use sfu::forwarder::ForwardEvent;
+use str0m::format::Codec;
 
 /// Origin connected, two viewers receiving (on a 2-thread engine, so one viewer is fed
 /// across threads).
@@ -18,8 +19,20 @@ fn setup() -> (
     Node,
     Node,
 ) {
+    setup_with(Codec::Vp8)
+}
+
+fn setup_with(
+    codec: Codec,
+) -> (
+    sfu::forwarder::Forwarder,
+    std::sync::mpsc::Receiver<ForwardEvent>,
+    Node,
+    Node,
+    Node,
+) {
     let (fwd, rx) = forwarder(2);
-    let (mut origin, offer) = Node::origin(1);
+    let (mut origin, offer) = Node::origin_of(1, None, codec);
     let answer = fwd
         .origin_offer("origin-1", &offer)
         .expect("the engine answers");
@@ -90,7 +103,25 @@ fn viewers_receive_the_origins_media_under_their_own_ssrcs() {
 
 #[test]
 fn a_replaced_origin_is_invisible_to_viewers() {
-    let (fwd, rx, mut origin, mut v1, mut v2) = setup();
+    replaced_origin_is_invisible(Codec::Vp8);
+}
+
+#[test]
+fn h264_is_forwarded_and_a_replaced_origin_switches_at_an_idr() {
+    replaced_origin_is_invisible(Codec::H264);
+}
+
+fn replaced_origin_is_invisible(codec: Codec) {
+    let (fwd, rx, mut origin, mut v1, mut v2) = setup_with(codec);
+    if codec == Codec::H264 {
+        for v in [&v1, &v2] {
+            assert_eq!(
+                v.video()[0].payload[0] & 0x1f,
+                5,
+                "a joiner starts at an IDR"
+            );
+        }
+    }
     let before: Vec<(u32, u64)> = [&v1, &v2]
         .iter()
         .map(|v| {
@@ -99,7 +130,7 @@ fn a_replaced_origin_is_invisible_to_viewers() {
         })
         .collect();
     // The origin restarts: a new session, new SSRCs and numbering; the old one goes silent.
-    let (mut origin2, offer) = Node::origin(2);
+    let (mut origin2, offer) = Node::origin_of(2, None, codec);
     let answer = fwd
         .origin_offer("origin-2", &offer)
         .expect("the engine answers");

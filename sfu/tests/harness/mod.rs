@@ -56,6 +56,8 @@ pub struct Node {
     key_wanted: bool,
     /// Origin: sends a keyframe when asked, and every 50 frames (else only its first).
     pub keyframes: bool,
+    /// Origin: its video codec.
+    pub video: Codec,
     pub sent: u64,
 }
 
@@ -114,11 +116,13 @@ pub fn rsa_cert() -> DtlsCert {
 }
 
 impl Node {
+    /// A viewer: takes VP8 or H.264, whichever the engine offers.
     fn new(now: Instant) -> Node {
-        Node::with_cert(now, None)
+        Node::with_cert(now, None, None)
     }
 
-    fn with_cert(now: Instant, cert: Option<DtlsCert>) -> Node {
+    /// `video`: an origin's one video codec (None: a viewer's VP8 and H.264).
+    fn with_cert(now: Instant, cert: Option<DtlsCert>, video: Option<Codec>) -> Node {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a test socket");
         socket.set_nonblocking(true).expect("nonblocking");
         let addr = socket.local_addr().expect("its address");
@@ -130,7 +134,8 @@ impl Node {
             .set_rtp_mode(true)
             .set_stats_interval(Some(Duration::from_millis(200)))
             .clear_codecs()
-            .enable_vp8(true)
+            .enable_vp8(video.is_none_or(|c| c == Codec::Vp8))
+            .enable_h264(video.is_none_or(|c| c == Codec::H264))
             .enable_opus(true, false)
             .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
@@ -154,6 +159,7 @@ impl Node {
             last_send: None,
             key_wanted: true,
             keyframes: true,
+            video: video.unwrap_or(Codec::Vp8),
             sent: 0,
         }
     }
@@ -166,7 +172,12 @@ impl Node {
 
     /// An origin presenting `cert` (None: str0m's own, ECDSA).
     pub fn origin_with(generation: u8, cert: Option<DtlsCert>) -> (Node, String) {
-        let mut n = Node::with_cert(Instant::now(), cert);
+        Node::origin_of(generation, cert, Codec::Vp8)
+    }
+
+    /// An origin sending `video` (VP8 or H.264) and Opus.
+    pub fn origin_of(generation: u8, cert: Option<DtlsCert>, video: Codec) -> (Node, String) {
+        let mut n = Node::with_cert(Instant::now(), cert, Some(video));
         n.generation = generation;
         // A different numbering per origin, as a restarted webrtcsink has.
         n.seq = 1000 + u64::from(generation) * 20_000;
@@ -285,18 +296,32 @@ impl Node {
         self.picture_id = (self.picture_id + 1) & 0x7fff;
         self.seq += 1;
         let pid = self.picture_id;
-        let payload = vec![
-            0x90,
-            0x80,
-            0x80 | (pid >> 8) as u8,
-            pid as u8,
-            if key { 0x10 } else { 0x11 },
-            self.generation,
-            0xaa,
-            0xbb,
-        ];
+        let payload = if self.video == Codec::H264 {
+            // A single NAL unit: an IDR slice or a non-IDR one (RFC 6184).
+            vec![
+                if key { 0x65 } else { 0x41 },
+                0x88,
+                0x84,
+                0,
+                if key { 0 } else { 1 },
+                self.generation,
+                0xaa,
+                0xbb,
+            ]
+        } else {
+            vec![
+                0x90,
+                0x80,
+                0x80 | (pid >> 8) as u8,
+                pid as u8,
+                if key { 0x10 } else { 0x11 },
+                self.generation,
+                0xaa,
+                0xbb,
+            ]
+        };
         let ts = self.frames * 900;
-        self.write(MediaKind::Video, Codec::Vp8, self.seq, ts, payload);
+        self.write(MediaKind::Video, self.video, self.seq, ts, payload);
         if self.frames.is_multiple_of(2) {
             self.audio_seq += 1;
             let ts = self.frames * 480;
