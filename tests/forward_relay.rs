@@ -190,16 +190,16 @@ async fn a_decoding_consumer_gets_h264_and_opus_through_a_forward_relay() -> Res
 }
 
 /// The stock webrtcsrc, placed on the stream as the web app is (`GET /place`), decodes the
-/// relay's frames.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_frames() -> Result<()> {
+/// relay's `codec` frames (its origin also sends Opus).
+async fn stock_webrtcsrc_through_forward(codec: &str) -> Result<()> {
     let _one = media::exclusive().await;
     let node = Node::start(&[]).await?;
-    let _origin = origin(&node, "fw-stock", &[])?;
-    let relay = forward(&node, "fw-stock", "fw-stock-relay", &[])?;
+    let stream = format!("fw-stock-{codec}");
+    let _origin = origin(&node, &stream, &["--audio", "--video-codec", codec])?;
+    let relay = forward(&node, &stream, &format!("{stream}-relay"), &[])?;
     let list = listed(&node, 2).await?;
-    let (relay_id, _) = member(&list, "fw-stock-relay")?;
-    let (status, body) = node.get("/place?stream=fw-stock").await?;
+    let (relay_id, _) = member(&list, &format!("{stream}-relay"))?;
+    let (status, body) = node.get(&format!("/place?stream={stream}")).await?;
     assert_eq!(status, 200, "{body}");
     let placed: Value = serde_json::from_str(&body)?;
     assert_eq!(placed["peerId"], relay_id, "placed on the relay: {body}");
@@ -217,6 +217,16 @@ async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_frames() 
     }
     serving(&relay, 1).await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_vp8() -> Result<()> {
+    stock_webrtcsrc_through_forward("vp8").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_h264() -> Result<()> {
+    stock_webrtcsrc_through_forward("h264").await
 }
 
 /// A user's own gst-launch style origin (stock webrtcsink, its default signaller, an RSA
