@@ -303,6 +303,52 @@ async fn a_forward_relays_viewer_keeps_its_session_across_an_origin_restart() ->
     Ok(())
 }
 
+/// The origin freezes (SIGSTOP): its node keeps it, but the engine sees its media stop, so
+/// the relay ends that session and asks again; when the origin wakes it answers the new
+/// session and the relay's viewer, in its one session, gets frames again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_relay_whose_origin_went_silent_asks_again_and_its_viewer_resumes() -> Result<()>
+{
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let origin = origin(&node, "fw-frozen", &[])?;
+    let relay = forward(&node, "fw-frozen", "fw-frozen-relay", &[])?;
+    let mut viewer = viewer(&node, &["--producer-name", "fw-frozen-relay"], "encoded")?;
+    viewer
+        .wait(LONG, "30 frames through the relay", |v| frames_now(v) >= 30)
+        .await?;
+    origin.signal(libc::SIGSTOP);
+    relay.wait_stderr("lost the origin's media", LONG).await?;
+    relay
+        .wait(LONG, "a second session with the origin", |r| {
+            r.json_lines("relay-stats")
+                .last()
+                .is_some_and(|s| s["reattachments"].as_u64() >= Some(1))
+        })
+        .await?;
+    origin.signal(libc::SIGCONT);
+    let before = frames_now(&viewer);
+    viewer
+        .wait(LONG, "30 frames after the origin woke", |v| {
+            frames_now(v) >= before + 30
+        })
+        .await?;
+    viewer.signal(libc::SIGINT);
+    assert_eq!(
+        viewer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        viewer.stderr()
+    );
+    let report = viewer.report()?;
+    assert_eq!(
+        sessions_of(&report),
+        Some(1),
+        "one session throughout: {report}"
+    );
+    Ok(())
+}
+
 /// A viewer killed without a word: its node keeps its session for a resume (for long here),
 /// but the engine finds it silent and the relay ends the session in signalling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
