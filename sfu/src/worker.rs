@@ -5,10 +5,9 @@
 //! the others as an `Arc` over their channel (the payload is never copied per thread or per
 //! viewer) and wakes them; it also coalesces their keyframe requests upstream.
 //!
-//! Sessions lost (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): ICE
-//! disconnected (str0m's agent: its checks unanswered), the session closed, or one of the
-//! [`Timeouts`] (not connected in 20 s, 15 s without a datagram, an origin without media for
-//! 5 s, by default).
+//! Sessions lost (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): the
+//! session closed, or one of the [`Timeouts`] (by default: not connected in 20 s, 15 s without
+//! a datagram, ICE disconnected for 5 s, an origin without media for 5 s).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -479,6 +478,7 @@ impl Worker {
             connect,
             silence,
             origin_media,
+            ice_disconnected,
         } = self.timeouts;
         let mut lost = Vec::new();
         for (id, p) in &self.peers {
@@ -486,6 +486,11 @@ impl Worker {
                 lost.push((*id, format!("not connected (ICE/DTLS) within {connect:?}")));
             } else if p.connected && now.saturating_duration_since(p.last_heard) > silence {
                 lost.push((*id, format!("nothing received for {silence:?}")));
+            } else if p
+                .disconnected_since
+                .is_some_and(|t| now.saturating_duration_since(t) > ice_disconnected)
+            {
+                lost.push((*id, format!("ICE disconnected for {ice_disconnected:?}")));
             }
         }
         if let Some(o) = &self.origin {
