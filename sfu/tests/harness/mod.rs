@@ -19,7 +19,7 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 /// How long any condition may take on a loaded 2-core machine.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A packet a viewer received.
 #[derive(Debug, Clone)]
