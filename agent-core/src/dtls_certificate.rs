@@ -167,6 +167,39 @@ mod tests {
         );
     }
 
+    /// A real webrtcbin (no peer): its offer's fingerprint is the one predicted for our
+    /// certificate, and once corrected names the certificate itself.
+    #[test]
+    fn a_webrtcbin_offers_our_certificate() {
+        gst::init().expect("GStreamer");
+        let cert = get().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let webrtcbin = gst::ElementFactory::make("webrtcbin").build().unwrap();
+        use_in(&webrtcbin);
+        pipeline.add(&webrtcbin).unwrap();
+        pipeline.set_state(gst::State::Ready).unwrap();
+        let caps = "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000";
+        let caps = caps.parse::<gst::Caps>().unwrap();
+        let direction = gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly;
+        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&direction, &caps],
+        );
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+        promise.wait();
+        let reply = promise.get_reply().expect("an offer");
+        let offer = reply
+            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
+            .unwrap();
+        let sdp = offer.sdp().as_text().unwrap();
+        pipeline.set_state(gst::State::Null).unwrap();
+        let wrong = format!("a=fingerprint:{}", cert.webrtcbin_fingerprint);
+        assert!(sdp.contains(&wrong), "{sdp}");
+        let right = format!("a=fingerprint:{}", cert.fingerprint);
+        assert!(correct_fingerprints(&sdp).contains(&right));
+    }
+
     #[test]
     fn only_webrtcbins_wrong_fingerprint_of_ours_is_replaced() {
         let cert = get().unwrap();
