@@ -1,6 +1,9 @@
 //! Per source: the packets of its last keyframe and all that followed, so a joining viewer
 //! is sent a decodable start at once instead of waiting for a keyframe request's round trip.
-//! A new keyframe replaces it all. A group of pictures larger than the budget is not kept
+//! A new keyframe replaces it all. A keyframe may take several packets that each can start it
+//! (H.264 from webrtcsink: SPS, PPS and the IDR as separate packets of one timestamp): those
+//! continue the group they started, or a joiner would get an IDR without its parameter sets
+//! and never decode (h264parse drops slices it cannot parse). A group of pictures larger than the budget is not kept
 //! (the joiner then asks for a keyframe, as without the cache).
 
 /// The last keyframe of one source and what followed, in arrival order.
@@ -13,6 +16,8 @@ pub struct KeyframeCache {
     max_bytes: usize,
     /// The packets held start at a keyframe and nothing since was left out.
     valid: bool,
+    /// The RTP timestamp of the keyframe the group starts with.
+    keyframe_timestamp: Option<u32>,
 }
 
 impl KeyframeCache {
@@ -24,14 +29,21 @@ impl KeyframeCache {
             bytes: 0,
             max_bytes,
             valid: false,
+            keyframe_timestamp: None,
         }
     }
 
     /// A packet of the source, as received (`keyframe_start`: from [`crate::codec::Codec`]).
     pub fn push(&mut self, packet: &[u8], keyframe_start: bool) {
         if keyframe_start {
-            self.clear();
-            self.valid = true;
+            let timestamp = crate::rtp::parse(packet).ok().map(|h| h.timestamp);
+            let same_keyframe =
+                self.valid && timestamp.is_some() && timestamp == self.keyframe_timestamp;
+            if !same_keyframe {
+                self.clear();
+                self.valid = true;
+                self.keyframe_timestamp = timestamp;
+            }
         }
         if !self.valid {
             return;
@@ -58,6 +70,7 @@ impl KeyframeCache {
         self.spare.append(&mut self.packets);
         self.bytes = 0;
         self.valid = false;
+        self.keyframe_timestamp = None;
     }
 }
 
@@ -101,6 +114,36 @@ mod tests {
             held,
             vec![vp8(5, true), vp8(6, false)],
             "a new keyframe replaced the old group"
+        );
+    }
+
+    #[test]
+    fn an_h264_keyframe_in_several_starting_packets_is_kept_whole() {
+        // webrtcsink's H.264: SPS, PPS, then the IDR's fragments, one timestamp; each of SPS and
+        // the IDR's first fragment can start a keyframe.
+        let nal = |t: u8| [0x60 | t, 0x42, 0x00];
+        let fu_start = [0x7c, 0x85, 0x88];
+        let sps = packet(7, 1, 3000, false, &nal(7));
+        let pps = packet(7, 2, 3000, false, &nal(8));
+        let idr = packet(7, 3, 3000, true, &fu_start);
+        let next = packet(7, 4, 6000, true, &[0x41, 0x9a]);
+        let mut c = KeyframeCache::new(10_000);
+        for p in [&sps, &pps, &idr, &next] {
+            let h = crate::rtp::parse(p).unwrap();
+            c.push(p, Codec::H264.starts_keyframe(h.payload(p)).unwrap());
+        }
+        let held: Vec<_> = c.packets().unwrap().map(<[u8]>::to_vec).collect();
+        assert_eq!(
+            held,
+            vec![sps.clone(), pps, idr, next],
+            "parameter sets kept before the IDR"
+        );
+        let later_idr = packet(7, 5, 9000, false, &nal(5));
+        c.push(&later_idr, true);
+        assert_eq!(
+            c.packets().unwrap().count(),
+            1,
+            "a keyframe of another timestamp starts a new group"
         );
     }
 

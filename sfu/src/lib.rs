@@ -7,7 +7,8 @@
 //! |---|---|
 //! | RTP header fields read and rewritten in place (SSRC, sequence, timestamp, payload type); wraparound arithmetic | [`rtp`] (on `rtp-types`) |
 //! | VP8 payload descriptor: picture id (7/15-bit), TL0PICIDX, keyframe start; rewritten in place | [`vp8`] |
-//! | per codec: clock rate, which packet starts a keyframe (VP8; H.264 IDR/SPS in a single NAL, STAP-A, FU-A start; Opus) | [`codec`] |
+//! | per codec: clock rate, which packet starts a keyframe (VP8; H.264 IDR/SPS in a single NAL, STAP-A, FU-A start; Opus; VP9, H.265, AV1 by their own files) | [`codec`] |
+//! | which packet starts a keyframe: VP9 (RFC 9628 descriptor, spatial layer 0, frame header KEY_FRAME), H.265 (RFC 7798: IRAP/VPS/SPS whole, in an AP or an FU start), AV1 (N bit, or a sequence header OBU); tests on GStreamer-made payloads in `testdata/` | [`vp9`], [`h265`], [`av1`] |
 //! | **per viewer**: own SSRC, continuous sequence/timestamp/picture id across a change of source (switch at a keyframe only), gaps kept, viewer sequence → source packet for NACKs, a cached packet rewritten again for a retransmission | [`rewrite`] (tests in `rewrite_tests.rs`) |
 //! | **per source**: the last packets by sequence number, a viewer's NACK answered, a miss asked upstream once per window (not on the str0m path: str0m answers NACKs, see [`peer`]) | [`nack_cache`] |
 //! | **per source**: the last keyframe and what followed, so a joiner starts at once | [`keyframe_cache`] |
@@ -39,11 +40,13 @@
 //! ```
 
 pub mod addresses;
+pub mod av1;
 pub mod codec;
 pub mod demux;
 pub mod fanout;
 pub mod forward_api;
 pub mod forwarder;
+pub mod h265;
 pub mod keyframe_cache;
 pub mod keyframe_requests;
 pub mod mailbox;
@@ -52,4 +55,5 @@ pub mod peer;
 pub mod rewrite;
 pub mod rtp;
 pub mod vp8;
+pub mod vp9;
 pub mod worker;

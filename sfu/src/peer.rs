@@ -56,10 +56,23 @@ pub fn dtls_cert() -> Result<DtlsCert, ForwardError> {
     })
 }
 
+/// What an origin may send (webrtcsink's codecs), in str0m's order of preference.
+const ORIGIN_CODECS: [Codec; 6] = [
+    Codec::Vp8,
+    Codec::Vp9,
+    Codec::H264,
+    Codec::H265,
+    Codec::Av1,
+    Codec::Opus,
+];
+
 fn stack_codec(c: StackCodec) -> Option<Codec> {
     match c {
         StackCodec::Vp8 => Some(Codec::Vp8),
+        StackCodec::Vp9 => Some(Codec::Vp9),
         StackCodec::H264 => Some(Codec::H264),
+        StackCodec::H265 => Some(Codec::H265),
+        StackCodec::Av1 => Some(Codec::Av1),
         StackCodec::Opus => Some(Codec::Opus),
         _ => None,
     }
@@ -85,7 +98,10 @@ fn build(
     for codec in codecs {
         config = match codec {
             Codec::Vp8 => config.enable_vp8(true),
+            Codec::Vp9 => config.enable_vp9(true),
             Codec::H264 => config.enable_h264(true),
+            Codec::H265 => config.enable_h265(true),
+            Codec::Av1 => config.enable_av1(true),
             Codec::Opus => config.enable_opus(true, false),
         };
     }
@@ -217,12 +233,7 @@ impl Peer {
         now: Instant,
     ) -> Result<(Peer, String, Vec<TrackInfo>), ForwardError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| sdp_error(session, e))?;
-        let (mut rtc, ufrag) = build(
-            &[Codec::Vp8, Codec::H264, Codec::Opus],
-            candidates,
-            false,
-            now,
-        )?;
+        let (mut rtc, ufrag) = build(&ORIGIN_CODECS, candidates, false, now)?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -246,7 +257,10 @@ impl Peer {
             }
         }
         if tracks.is_empty() {
-            return Err(sdp_error(session, "no VP8, H.264 or Opus media"));
+            return Err(sdp_error(
+                session,
+                "no VP8, VP9, H.264, H.265, AV1 or Opus media",
+            ));
         }
         let infos = tracks.iter().map(|(_, t)| *t).collect();
         let role = Role::Origin(Origin {

@@ -27,6 +27,8 @@ pub enum MungeError {
     Rtp(#[from] RtpError),
     #[error(transparent)]
     Vp8(#[from] Vp8Error),
+    #[error(transparent)]
+    Payload(#[from] crate::codec::PayloadError),
 }
 
 /// What to do with a packet for this viewer.
@@ -131,7 +133,8 @@ impl Munger {
         let payload = header.payload(packet);
         let descriptor = match self.codec {
             Codec::Vp8 => Some(vp8::parse(payload)?),
-            Codec::H264 | Codec::Opus => None,
+            // VP9 picture ids are not rewritten yet (a change of source shows as a jump).
+            Codec::Vp9 | Codec::H264 | Codec::H265 | Codec::Av1 | Codec::Opus => None,
         };
         let switched = switching && self.codec.starts_keyframe(payload)?;
         if switched {
@@ -229,7 +232,8 @@ impl Munger {
         };
         let descriptor = match self.codec {
             Codec::Vp8 => Some(vp8::parse(header.payload(packet))?),
-            Codec::H264 | Codec::Opus => None,
+            // VP9 picture ids are not rewritten yet (a change of source shows as a jump).
+            Codec::Vp9 | Codec::H264 | Codec::H265 | Codec::Av1 | Codec::Opus => None,
         };
         self.apply(segment, &header, descriptor.as_ref(), packet)?;
         Ok(Some(header.sequence.wrapping_add(segment.seq_offset)))

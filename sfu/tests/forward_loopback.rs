@@ -111,15 +111,26 @@ fn h264_is_forwarded_and_a_replaced_origin_switches_at_an_idr() {
     replaced_origin_is_invisible(Codec::H264);
 }
 
+#[test]
+fn vp9_is_forwarded_and_a_replaced_origin_switches_at_a_keyframe() {
+    replaced_origin_is_invisible(Codec::Vp9);
+}
+
+#[test]
+fn h265_is_forwarded_and_a_replaced_origin_switches_at_an_irap() {
+    replaced_origin_is_invisible(Codec::H265);
+}
+
 fn replaced_origin_is_invisible(codec: Codec) {
     let (fwd, rx, mut origin, mut v1, mut v2) = setup_with(codec);
-    if codec == Codec::H264 {
-        for v in [&v1, &v2] {
-            assert_eq!(
-                v.video()[0].payload[0] & 0x1f,
-                5,
-                "a joiner starts at an IDR"
-            );
+    for v in [&v1, &v2] {
+        assert_eq!(
+            v.video()[0].payload[4] & 1,
+            0,
+            "a joiner starts at a keyframe"
+        );
+        if codec == Codec::H264 {
+            assert_eq!(v.video()[0].payload[0] & 0x1f, 5, "an IDR");
         }
     }
     let before: Vec<(u32, u64)> = [&v1, &v2]

@@ -119,12 +119,12 @@ pub fn rsa_cert() -> DtlsCert {
 }
 
 impl Node {
-    /// A viewer: takes VP8 or H.264, whichever the engine offers.
+    /// A viewer: takes VP8, VP9, H.264 or H.265, whichever the engine offers.
     fn new(now: Instant) -> Node {
         Node::with_cert(now, None, None)
     }
 
-    /// `video`: an origin's one video codec (None: a viewer's VP8 and H.264).
+    /// `video`: an origin's one video codec (None: a viewer's VP8, VP9, H.264 and H.265).
     fn with_cert(now: Instant, cert: Option<DtlsCert>, video: Option<Codec>) -> Node {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a test socket");
         socket.set_nonblocking(true).expect("nonblocking");
@@ -138,7 +138,9 @@ impl Node {
             .set_stats_interval(Some(Duration::from_millis(200)))
             .clear_codecs()
             .enable_vp8(video.is_none_or(|c| c == Codec::Vp8))
+            .enable_vp9(video.is_none_or(|c| c == Codec::Vp9))
             .enable_h264(video.is_none_or(|c| c == Codec::H264))
+            .enable_h265(video.is_none_or(|c| c == Codec::H265))
             .enable_opus(true, false)
             .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
@@ -180,7 +182,7 @@ impl Node {
         Node::origin_of(generation, cert, Codec::Vp8)
     }
 
-    /// An origin sending `video` (VP8 or H.264) and Opus.
+    /// An origin sending `video` (VP8, VP9, H.264 or H.265) and Opus.
     pub fn origin_of(generation: u8, cert: Option<DtlsCert>, video: Codec) -> (Node, String) {
         let mut n = Node::with_cert(Instant::now(), cert, Some(video));
         n.generation = generation;
@@ -301,31 +303,27 @@ impl Node {
         self.picture_id = (self.picture_id + 1) & 0x7fff;
         self.seq += 1;
         let pid = self.picture_id;
-        let payload = if self.video == Codec::H264 {
+        // Byte 4's low bit says "not a keyframe" and byte 5 is the generation, in every codec.
+        let (pid_hi, pid_lo) = (0x80 | (pid >> 8) as u8, pid as u8);
+        let not_key = if key { 0 } else { 1 };
+        let payload = match self.video {
             // A single NAL unit: an IDR slice or a non-IDR one (RFC 6184).
-            vec![
-                if key { 0x65 } else { 0x41 },
-                0x88,
-                0x84,
-                0,
-                if key { 0 } else { 1 },
-                self.generation,
-                0xaa,
-                0xbb,
-            ]
-        } else {
-            vec![
-                0x90,
-                0x80,
-                0x80 | (pid >> 8) as u8,
-                pid as u8,
-                if key { 0x10 } else { 0x11 },
-                self.generation,
-                0xaa,
-                0xbb,
-            ]
+            Codec::H264 => vec![if key { 0x65 } else { 0x41 }, 0x88, 0x84, 0, not_key],
+            // A single NAL unit: IDR_W_RADL (19) or TRAIL_R (1), layer 0, TID 1 (RFC 7798).
+            Codec::H265 => vec![if key { 0x26 } else { 0x02 }, 0x01, 0xaf, 0, not_key],
+            // RFC 9628 descriptor: I, P (inter frames), B, E; a 15-bit picture id; then the
+            // frame header's first byte (frame marker, profile 0, frame_type).
+            Codec::Vp9 => vec![
+                if key { 0x8c } else { 0xcc },
+                pid_hi,
+                pid_lo,
+                if key { 0x80 } else { 0x84 },
+                not_key,
+            ],
+            _ => vec![0x90, 0x80, pid_hi, pid_lo, 0x10 | not_key],
         };
         let mut payload = payload;
+        payload.extend_from_slice(&[self.generation, 0xaa, 0xbb]);
         payload.resize(payload.len() + self.padding, 0x5a);
         let ts = self.frames * 900;
         self.write(MediaKind::Video, self.video, self.seq, ts, payload);
