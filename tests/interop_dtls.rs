@@ -71,6 +71,8 @@ async fn an_ecdsa_only_client_watches_a_pipeline_relay_of_a_stock_rsa_origin() -
             "rsa-origin",
             "--name",
             "ecdsa-relay",
+            "--engine",
+            "pipeline",
         ],
     )?;
     let mut lister = Peer::connect(&url).await?;

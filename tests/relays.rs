@@ -2,8 +2,9 @@
 //! a real cluster (real Redis, real agents).
 //!
 //! The relays run the engine `RELAY_ENGINE` names (inherited from the test's environment;
-//! `pipeline` when unset): `RELAY_ENGINE=forward cargo test -p cluster-tests --test relays`
-//! runs every test here on the forward engine (tests/forward_relay.rs has its own). Where the
+//! relay-agent's default, `forward`, when unset): `RELAY_ENGINE=pipeline cargo test -p
+//! cluster-tests --test relays` runs every test here on the pipeline engine
+//! (tests/forward_relay.rs has the forward engine's own). Where the
 //! engines' stats differ, [`received_from_origin`] reads each one's figures.
 
 use std::time::Duration;

@@ -96,7 +96,7 @@ pub struct Args {
     pub timeout: u64,
     /// `pipeline`: webrtcsrc → webrtcsink, a webrtcbin per viewer. `forward`: the packet
     /// forwarding core (`sfu`): one UDP port, no GStreamer chain per viewer.
-    #[arg(long, value_enum, env = "RELAY_ENGINE", default_value = "pipeline")]
+    #[arg(long, value_enum, env = "RELAY_ENGINE", default_value = "forward")]
     pub engine: Engine,
     #[command(flatten)]
     pub forward: forward::ForwardArgs,

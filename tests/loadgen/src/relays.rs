@@ -104,6 +104,9 @@ fn relay(agents: &Path, port: u16, i: usize) -> Command {
             &format!("{STREAM}-relay-{i}"),
         ])
         .args(["--max-consumers", &CAPACITY.to_string()])
+        // This scenario's figures (BENCHMARKS.md "Relays") are the pipeline engine's; the
+        // forward engine has its own scenario, `sfu`.
+        .args(["--engine", "pipeline"])
         .args(["--stats-interval", "0.2"])
         .env("RELAY_LOG", "warn");
     cmd
