@@ -139,7 +139,7 @@ async fn run(via: Via, host: IpAddr, stats: &Stats) -> Result<()> {
     rtc.add_local_candidate(cand);
 
     // after the answer, a node may still trickle candidates (Janus put its own in the offer)
-    let mut signal: Option<(Peer, String)> = match via {
+    let mut signal: Option<NodeSignal> = match via {
         Via::Node { port, producer } => {
             let mut peer = Peer::connect(port).await?;
             let id = producer_id(&mut peer, &producer).await?;
@@ -177,7 +177,7 @@ async fn run(via: Via, host: IpAddr, stats: &Stats) -> Result<()> {
             for v in early {
                 remote_candidate(&mut rtc, &v);
             }
-            Some((peer, session))
+            Some(NodeSignal::start(peer, session))
         }
         Via::Janus { port, mountpoint } => {
             stats.lock().unwrap().asked_at = Some(Instant::now());
@@ -190,34 +190,88 @@ async fn run(via: Via, host: IpAddr, stats: &Stats) -> Result<()> {
     };
     let mut buf = vec![0u8; 2000];
     loop {
-        let deadline = drain(&mut rtc, &socket, stats).await?;
+        let deadline = drain(&mut rtc, &socket, stats)?;
         if !rtc.is_alive() {
             bail!("the peer connection closed");
         }
         let wait = tokio::time::Instant::from_std(deadline.max(Instant::now()));
-        match &mut signal {
-            Some((peer, session)) => tokio::select! {
-                r = socket.recv_from(&mut buf) => receive(&mut rtc, r, &buf, local)?,
-                _ = tokio::time::sleep_until(wait) => rtc.handle_input(Input::Timeout(Instant::now()))?,
-                m = peer.ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => {
-                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
-                        match v["type"].as_str() {
-                            Some("peer") if v["sessionId"] == session.as_str() => remote_candidate(&mut rtc, &v),
-                            Some("endSession") if v["sessionId"] == session.as_str() => return Ok(()),
-                            _ => {}
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => bail!("signalling: {e}"),
-                    None => bail!("signalling connection closed"),
-                },
-            },
-            None => tokio::select! {
-                r = socket.recv_from(&mut buf) => receive(&mut rtc, r, &buf, local)?,
-                _ = tokio::time::sleep_until(wait) => rtc.handle_input(Input::Timeout(Instant::now()))?,
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                receive(&mut rtc, r, &buf, local)?;
+                // what else is queued, without going round the select (one wake-up for a burst)
+                while let Ok(more) = socket.try_recv_from(&mut buf) {
+                    drain(&mut rtc, &socket, stats)?;
+                    receive(&mut rtc, Ok(more), &buf, local)?;
+                }
+            }
+            _ = tokio::time::sleep_until(wait) => rtc.handle_input(Input::Timeout(Instant::now()))?,
+            m = next_signal(&mut signal) => match m {
+                Some(FromNode::Candidate(v)) => remote_candidate(&mut rtc, &v),
+                Some(FromNode::Ended(why)) => bail!("{why}"),
+                None => return Ok(()),
             },
         }
+    }
+}
+
+/// What the node says once the answer is sent.
+enum FromNode {
+    Candidate(Value),
+    Ended(String),
+}
+
+/// The session's signalling after the answer, read by its own task: polled only when the
+/// connection has data (polling a WebSocket stream in the media loop's `select!` on every
+/// packet cost a fifth of the generator's CPU, tungstenite readying its read buffer each time).
+struct NodeSignal {
+    rx: tokio::sync::mpsc::UnboundedReceiver<FromNode>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeSignal {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl NodeSignal {
+    fn start(mut peer: Peer, session: String) -> NodeSignal {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            loop {
+                let why = match peer.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                        if v["sessionId"] != session.as_str() {
+                            continue;
+                        }
+                        match v["type"].as_str() {
+                            Some("peer") => {
+                                let _ = tx.send(FromNode::Candidate(v));
+                                continue;
+                            }
+                            // (the channel closing tells the viewer its session ended)
+                            Some("endSession") => return,
+                            _ => continue,
+                        }
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => format!("signalling: {e}"),
+                    None => "signalling connection closed".to_string(),
+                };
+                let _ = tx.send(FromNode::Ended(why));
+                return;
+            }
+        });
+        NodeSignal { rx, reader }
+    }
+}
+
+/// The next message from the node; never, for Janus (its candidates came in the offer).
+async fn next_signal(signal: &mut Option<NodeSignal>) -> Option<FromNode> {
+    match signal {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -272,7 +326,7 @@ fn receive(
 }
 
 /// Everything str0m has to send or tell, until it asks to be woken at the returned time.
-async fn drain(rtc: &mut Rtc, socket: &UdpSocket, stats: &Stats) -> Result<Instant> {
+fn drain(rtc: &mut Rtc, socket: &UdpSocket, stats: &Stats) -> Result<Instant> {
     loop {
         match rtc.poll_output()? {
             Output::Timeout(t) => return Ok(t),

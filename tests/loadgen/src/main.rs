@@ -18,6 +18,7 @@
 //! | `sfu_report.rs` | its report section |
 //! | `light_viewer.rs` | the light viewer: a str0m WebRTC peer per viewer, many in this process |
 //! | `frames.rs` | what a light viewer counts: VP8 frames, keyframes, losses, arrival times, hashes |
+//! | `hmac.rs` | the viewers' HMAC-SHA1 (SRTP tags) on OpenSSL's plain SHA-1 |
 //! | `janus.rs` | Janus (streaming plugin, RTP mountpoint, its feed) and its HTTP API for viewers |
 //! | `watch.rs` | `--watch`: light viewers of one producer, their figures as JSON lines |
 //! | `ratios.rs` | the targets as ratios of the figures, each with its bound |
@@ -26,6 +27,7 @@
 mod client;
 mod fanout;
 mod frames;
+mod hmac;
 mod janus;
 mod jobs;
 mod light_viewer;
@@ -171,6 +173,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    hmac::install();
     procs::raise_fd_limit(200_000);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
