@@ -11,17 +11,34 @@ fn cell(v: &Value) -> String {
     match v {
         Value::Null => "–".into(),
         Value::String(s) => s.clone(),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+            format!("{}", n.as_f64().unwrap_or(0.0) as i64)
+        }
         v => v.to_string(),
     }
 }
 
 /// The columns: each engine asked for, then Janus.
 fn columns(sfu: &Value) -> Vec<(String, Value)> {
-    let mut cols: Vec<(String, Value)> = sfu["engines"]
-        .as_object()
+    // in the order they were asked for (the JSON object sorts its keys)
+    let mut names: Vec<String> = sfu["engine_order"]
+        .as_array()
         .into_iter()
         .flatten()
-        .map(|(e, v)| (format!("relay `--engine {e}`"), v.clone()))
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect();
+    for e in sfu["engines"]
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+    {
+        if !names.contains(e) {
+            names.push(e.clone());
+        }
+    }
+    let mut cols: Vec<(String, Value)> = names
+        .iter()
+        .map(|e| (format!("relay `--engine {e}`"), sfu["engines"][e].clone()))
         .collect();
     if !sfu["janus"].is_null() {
         cols.push(("Janus 1.1.2 streaming".into(), sfu["janus"].clone()));
@@ -42,7 +59,8 @@ pub fn markdown(report: &Value) -> String {
          TWCC feedback, no decoding; all in the load generator's process, on the same cores). \
          K grows (viewers added to those running, 25 at a time) while the machine holds it: \
          every viewer ≥ {HELD_FPS} fps of complete frames and < {HELD_LOSS_PCT} % of its \
-         packets lost over an 8 s window (3 s after every viewer had a frame). CPU and RSS: \
+         packets lost over an 8 s window (3 s after every viewer had a frame; a K not held \
+         gets a second window 3 s later, which counts). CPU and RSS: \
          the relay (or Janus) process from `/proc`; per added viewer = least-squares slope over \
          the Ks held, K = 0 included (the relay receiving the origin, nobody watching). Hop: a \
          light viewer of the origin and one of the relay hash every frame (consumer-agent's \
