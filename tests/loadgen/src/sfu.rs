@@ -181,7 +181,10 @@ async fn relay_run(
     if let Some(status) = relay.0.try_wait()? {
         bail!("the relay exited: {status}");
     }
-    let mut out = ladder(relay.pid(), on(RELAY), host, ks).await?;
+    // a viewer of the origin all along: the source's own frame rate in each window, to tell
+    // a relay that cannot keep up from an origin the machine slowed down
+    let reference = Viewer::spawn(on(STREAM), host, false);
+    let mut out = ladder(relay.pid(), on(RELAY), host, ks, Some(&reference)).await?;
     out["available"] = json!(true);
     out["hop"] = hop;
     drop(topo);
@@ -195,7 +198,7 @@ async fn janus_run(bins: &Binaries, host: IpAddr, ks: &[usize]) -> Result<Value>
         port: j.http_port,
         mountpoint: janus::MOUNTPOINT,
     };
-    let out = ladder(j.janus.pid(), via, host, ks).await?;
+    let out = ladder(j.janus.pid(), via, host, ks, None).await?;
     drop(j);
     Ok(out)
 }
@@ -290,9 +293,15 @@ fn machine_jiffies() -> (u64, u64) {
 
 /// K = 0, then each K of `ks` (viewers added to those running), until one is not held; the
 /// joiners after the first K. The server's (`pid`) CPU and RSS per viewer from the Ks held.
-async fn ladder(pid: u32, via: Via, host: IpAddr, ks: &[usize]) -> Result<Value> {
+async fn ladder(
+    pid: u32,
+    via: Via,
+    host: IpAddr,
+    ks: &[usize],
+    reference: Option<&Viewer>,
+) -> Result<Value> {
     let mut viewers: Vec<Viewer> = Vec::new();
-    let mut runs = vec![window(pid, &viewers, 0).await];
+    let mut runs = vec![window(pid, &viewers, 0, reference).await];
     let mut joiners = Vec::new();
     for (i, &k) in ks.iter().enumerate() {
         eprintln!("loadgen: sfu K={k} ...");
@@ -317,13 +326,13 @@ async fn ladder(pid: u32, via: Via, host: IpAddr, ks: &[usize]) -> Result<Value>
             Ok(()) => {
                 let joined_s = t.elapsed().as_secs_f64();
                 tokio::time::sleep(SETTLE).await;
-                let mut r = window(pid, &viewers, k).await;
+                let mut r = window(pid, &viewers, k, reference).await;
                 // The cores are shared (other work may take them for a while): a K not held
                 // gets a second window, and the second counts; both are kept.
                 if r["held"] != true {
                     tokio::time::sleep(SETTLE).await;
                     let first = r;
-                    r = window(pid, &viewers, k).await;
+                    r = window(pid, &viewers, k, reference).await;
                     r["first_window"] = short(&first);
                 }
                 r["all_joined_s"] = json!((joined_s * 10.0).round() / 10.0);
@@ -367,19 +376,24 @@ async fn joiner(via: Via, host: IpAddr) -> Result<u64> {
     ms.context("a joiner with frames but no first-frame time")
 }
 
-/// The server's CPU and RSS and each viewer's frame rate and loss over the window.
-async fn window(pid: u32, viewers: &[Viewer], k: usize) -> Value {
+/// The server's CPU and RSS and each viewer's frame rate and loss over the window; the
+/// reference viewer's frame rate; what a K not held was limited by.
+async fn window(pid: u32, viewers: &[Viewer], k: usize, reference: Option<&Viewer>) -> Value {
     let snap = |v: &Viewer| {
         let s = v.stats.lock().unwrap();
         (s.tally.frames, s.tally.expected(), s.tally.packets)
     };
     let before: Vec<_> = viewers.iter().map(snap).collect();
+    let ref0 = reference.map(snap);
     let (cpu0, gen0, m0) = (cpu_us(pid), cpu_us(std::process::id()), machine_jiffies());
     let t0 = Instant::now();
     tokio::time::sleep(WINDOW).await;
     let dt = t0.elapsed().as_secs_f64();
     let (cpu1, gen1, m1) = (cpu_us(pid), cpu_us(std::process::id()), machine_jiffies());
     let after: Vec<_> = viewers.iter().map(snap).collect();
+    let source_fps = ref0
+        .zip(reference.map(snap))
+        .map(|(b, a)| ((a.0 - b.0) as f64 / dt * 10.0).round() / 10.0);
     let pct = |a: u64, b: u64| ((b - a) as f64 / 1e6 / dt * 1000.0).round() / 10.0;
     let fps: Vec<f64> = before
         .iter()
@@ -403,17 +417,30 @@ async fn window(pid: u32, viewers: &[Viewer], k: usize) -> Value {
     let max_loss = loss.iter().copied().fold(0.0, f64::max);
     let mut sorted = fps.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
+    let machine = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64 * 100.0;
+    let held = k == 0 || (min_fps >= HELD_FPS && max_loss < HELD_LOSS_PCT && ended == 0);
+    // (a reading, not a measurement: what the figures of a K not held point at)
+    let limited_by = match () {
+        _ if held => Value::Null,
+        _ if source_fps.is_some_and(|f| f < HELD_FPS) => {
+            json!("origin slowed (its own viewer too)")
+        }
+        _ if machine >= 95.0 => json!("machine saturated"),
+        _ => json!("server"),
+    };
     json!({
         "k": k,
         "server_cpu_pct": pct(cpu0, cpu1),
         "server_rss_kb": rss_kb(pid),
         "generator_cpu_pct": pct(gen0, gen1),
-        "machine_busy_pct": ((m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64 * 1000.0).round() / 10.0,
+        "machine_busy_pct": (machine * 10.0).round() / 10.0,
+        "origin_viewer_fps": source_fps,
+        "limited_by": limited_by,
         "min_fps": if k == 0 { Value::Null } else { json!(min_fps) },
         "median_fps": percentile(&sorted, 0.5),
         "max_loss_pct": max_loss,
         "viewers_ended": ended,
-        "held": k == 0 || (min_fps >= HELD_FPS && max_loss < HELD_LOSS_PCT && ended == 0),
+        "held": held,
         "viewer_fps": fps,
         "viewer_loss_pct": loss,
     })

@@ -143,27 +143,32 @@ pub fn markdown(report: &Value) -> String {
         s += "\n";
     }
     // per K: server CPU, worst viewer's fps and loss, the load generator's CPU
-    s += "\n### Per K\n\n| column | K | server CPU % | RSS MB | min fps | max loss % | generator CPU % | machine busy % | held |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    s += "\n### Per K\n\nServer: the relay (or Janus). Origin fps: a light viewer of the origin, in the same window (relays only). Generator: the load generator (all the light viewers).\n\n| column | K | server CPU % | RSS MB | min fps | origin fps | max loss % | generator CPU % | machine busy % | held |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     for (name, v) in &cols {
         for r in v["runs"].as_array().into_iter().flatten() {
             if r.get("error").is_some() {
                 s += &format!(
-                    "| {name} | {} | failed: {} | | | | | | no |\n",
+                    "| {name} | {} | failed: {} | | | | | | | no |\n",
                     r["k"],
                     r["error"].as_str().unwrap_or("")
                 );
                 continue;
             }
             s += &format!(
-                "| {name} | {} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
+                "| {name} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |\n",
                 r["k"],
                 cell(&r["server_cpu_pct"]),
                 r["server_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
                 cell(&r["min_fps"]),
+                cell(&r["origin_viewer_fps"]),
                 cell(&r["max_loss_pct"]),
                 cell(&r["generator_cpu_pct"]),
                 cell(&r["machine_busy_pct"]),
-                if r["held"] == true { "yes" } else { "**no**" },
+                match r["limited_by"].as_str() {
+                    _ if r["held"] == true => "yes".to_string(),
+                    Some(why) => format!("**no**: {why}"),
+                    None => "**no**".to_string(),
+                },
             );
         }
     }
