@@ -60,7 +60,8 @@ pub fn markdown(report: &Value) -> String {
          K grows (viewers added to those running, 25 at a time) while the machine holds it: \
          every viewer ≥ {HELD_FPS} fps of complete frames and < {HELD_LOSS_PCT} % of its \
          packets lost over an 8 s window (3 s after every viewer had a frame; a K not held \
-         gets a second window 3 s later, which counts). CPU and RSS: \
+         gets a second window 3 s later, and a third if the second points outside the server: \
+         the origin's own viewer slowed too, or the machine ≥ 95 % busy; the last counts). CPU and RSS: \
          the relay (or Janus) process from `/proc`; per added viewer = least-squares slope over \
          the Ks held, K = 0 included (the relay receiving the origin, nobody watching). Hop: a \
          light viewer of the origin and one of the relay hash every frame (consumer-agent's \
