@@ -14,18 +14,32 @@
 //! | `procs.rs` | the servers of a target (upstream, single node, cluster on redis-server), CPU and RSS, first frame |
 //! | `fanout.rs` | the fanout benchmark (encoding per consumer or shared) and its report section |
 //! | `relays.rs` | the relay-tree benchmark and its report section |
+//! | `sfu.rs` | the SFU benchmark: relay engines and Janus under K light viewers |
+//! | `sfu_report.rs` | its report section |
+//! | `light_viewer.rs` | the light viewer: a str0m WebRTC peer per viewer, many in this process |
+//! | `frames.rs` | what a light viewer counts: VP8 frames, keyframes, losses, arrival times, hashes |
+//! | `hmac.rs` | the viewers' HMAC-SHA1 (SRTP tags) on OpenSSL's plain SHA-1 |
+//! | `janus.rs` | Janus (streaming plugin, RTP mountpoint, its feed) and its HTTP API for viewers |
+//! | `watch.rs` | `--watch`: light viewers of one producer, their figures as JSON lines |
 //! | `ratios.rs` | the targets as ratios of the figures, each with its bound |
 //! | `report.rs` | the table, the Markdown report, the date and machine it names |
 
 mod client;
 mod fanout;
+mod frames;
+mod hmac;
+mod janus;
 mod jobs;
+mod light_viewer;
 mod plan;
 mod procs;
 mod ratios;
 mod relays;
 mod report;
 mod scenarios;
+mod sfu;
+mod sfu_report;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +85,40 @@ struct Args {
     /// killed relay and a killed node. With --render: measured now and put into the report.
     #[arg(long)]
     relay_tree: Option<String>,
+    /// Only this scenario, its figures put into the report `--json` already holds (which is
+    /// then written again, and `--md` rendered from it): `sfu`.
+    #[arg(long)]
+    only: Option<String>,
+    /// SFU runs (needs --agents-dir): the viewer counts K, tried in turn while every viewer
+    /// holds 28 fps and < 0.5 % loss.
+    #[arg(long, default_value = "10,25,50,100,200,400,800,1600")]
+    sfu: String,
+    /// SFU runs: the relay engines (`relay-agent --engine`), each run if the relay-agent
+    /// accepts it (reported as not available otherwise).
+    #[arg(long, default_value = "pipeline,forward")]
+    sfu_engines: String,
+    /// SFU runs: also Janus' streaming plugin, the anchor (needs `janus`, `gst-launch-1.0`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    sfu_janus: bool,
+    /// SFU runs: a note printed in bold above the figures (e.g. that the machine was busy).
+    #[arg(long)]
+    sfu_note: Option<String>,
+    /// Light viewers of the producer named NAME on the node on 127.0.0.1:PORT (`NAME@PORT`),
+    /// figures printed as JSON lines; nothing else runs.
+    #[arg(long)]
+    watch: Option<String>,
+    /// With --watch: how many viewers.
+    #[arg(long, default_value_t = 1)]
+    watch_viewers: usize,
+    /// With --watch: for how long, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    watch_seconds: f64,
+    /// With --watch: seconds between stats lines.
+    #[arg(long, default_value_t = 0.5)]
+    watch_interval: f64,
+    /// With --watch: write each viewer's frames (`HASH UNIX_MICROS`) to DIR/viewer-I.log.
+    #[arg(long)]
+    frame_log_dir: Option<PathBuf>,
     /// Comma-separated: upstream, single, cluster2, cluster3, ...
     #[arg(long, default_value = "upstream,single,cluster2,cluster3")]
     targets: String,
@@ -125,6 +173,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    hmac::install();
     procs::raise_fd_limit(200_000);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,6 +182,21 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if let Some(target) = &args.watch {
+        return watch::run(watch::WatchArgs {
+            target: target.clone(),
+            viewers: args.watch_viewers,
+            seconds: args.watch_seconds,
+            interval: args.watch_interval,
+            frame_log_dir: args.frame_log_dir.clone(),
+        })
+        .await;
+    }
+    match args.only.as_deref() {
+        None => {}
+        Some("sfu") => return only_sfu(&args).await,
+        Some(other) => anyhow::bail!("--only {other}: unknown scenario (sfu)"),
+    }
     if let Some(json) = &args.render {
         let mut report: Value = serde_json::from_slice(&std::fs::read(json)?)?;
         // ratios again from the figures (their rules may have changed since the run)
@@ -171,6 +235,7 @@ async fn run(args: Args) -> Result<()> {
         } else {
             fanout::resummarize(&mut report["fanout"]);
         }
+        sfu::resummarize(&mut report["sfu"]);
         if let (Some(spec), Some(dir)) = (&args.relay_tree, &args.agents_dir) {
             let bins = binaries(&args)?;
             report["relay_tree"] = relays::run(&bins, dir, &relays::parse(spec)?).await?;
@@ -321,6 +386,21 @@ async fn run(args: Args) -> Result<()> {
         "fanout": fanout,
         "relay_tree": relay_tree,
     });
+    let mut report = report;
+    // The SFU figures are measured by `--only sfu` (`./dev bench sfu`): an earlier run's are
+    // kept, with their own date.
+    if let Some(old) = args
+        .json
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
+        for key in ["sfu", "sfu_date", "sfu_command", "sfu_machine", "sfu_note"] {
+            if let Some(v) = old.get(key) {
+                report[key] = v.clone();
+            }
+        }
+    }
     let table = table(&report);
     println!("{table}");
     if let Some(path) = &args.json {
@@ -328,6 +408,48 @@ async fn run(args: Args) -> Result<()> {
     }
     write_md(&args, &report, &table)
 }
+/// `--only sfu`: the SFU benchmark, put into the report `--json` holds (or a new one).
+async fn only_sfu(args: &Args) -> Result<()> {
+    let dir = args
+        .agents_dir
+        .as_ref()
+        .context("--only sfu needs --agents-dir")?;
+    let spec = sfu::Spec {
+        engines: args
+            .sfu_engines
+            .split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        ks: sfu::parse_ks(&args.sfu)?,
+        janus: args.sfu_janus,
+    };
+    let bins = binaries(args)?;
+    let mut report = match args.json.as_ref().filter(|p| p.exists()) {
+        Some(p) => serde_json::from_slice(&std::fs::read(p)?)
+            .with_context(|| format!("{}", p.display()))?,
+        None => json!({"date": date(), "machine": machine(), "command": args.command}),
+    };
+    report["sfu"] = sfu::run(&bins, dir, &spec).await?;
+    report["sfu_date"] = json!(date());
+    report["sfu_command"] = json!(args.command);
+    report["sfu_machine"] = machine();
+    report["sfu_note"] = json!(args.sfu_note);
+    if let Some(json_out) = &args.json {
+        std::fs::write(json_out, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    println!("{}", sfu_report::markdown(&report));
+    if report.get("results").is_some() {
+        let table = table(&report);
+        write_md(args, &report, &table)
+    } else {
+        if let Some(path) = &args.md {
+            std::fs::write(path, sfu_report::markdown(&report))?;
+        }
+        Ok(())
+    }
+}
+
 /// Our node's binary and flags, the upstream command, from the arguments.
 fn binaries(args: &Args) -> Result<Binaries> {
     let bin_dir = match &args.bin_dir {

@@ -545,7 +545,10 @@ pub fn markdown(report: &Value) -> String {
         hop["hop_added_ms_median"],
         hop["hop_added_ms_p95"],
         kill["gaps_ms"],
-        tree["node_killed"]["stall_ms"],
+        // (not measured by runs older than that figure)
+        tree["node_killed"]["stall_ms"]
+            .as_f64()
+            .map_or("not measured".into(), |v| v.to_string()),
     );
     s += "Hop latency: a viewer of the origin and a viewer of the relay, side by side on this \
           machine, log each encoded frame's hash and arrival time (`consumer-agent --frame-log`); \

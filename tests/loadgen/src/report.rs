@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{fanout, relays};
+use crate::{fanout, relays, sfu_report};
 
 pub fn date() -> String {
     std::process::Command::new("date")
@@ -226,6 +226,9 @@ pub fn markdown(report: &Value, table: &str, notes: &str) -> String {
     }
     if report["relay_tree"].is_object() {
         s += &relays::markdown(report);
+    }
+    if report["sfu"].is_object() {
+        s += &sfu_report::markdown(report);
     }
     if !notes.is_empty() {
         s += "\n";
