@@ -381,8 +381,12 @@ impl Worker {
                             s.packets += 1;
                             s.bytes += w.payload.len() as u64;
                         }
+                        // Not drained here: with a bandwidth estimate str0m paces, so a
+                        // written packet leaves only at a timeout. Marked due, the peer gets
+                        // that timeout and one drain in this loop's `timeouts` pass (a drain
+                        // here would be a second, empty one per packet and viewer).
+                        peer.next = now;
                     }
-                    self.drain(*id);
                 }
                 Outcome::NeedKeyframe => need = true,
                 Outcome::Skip => {}
