@@ -27,6 +27,7 @@ use crate::forward_api::{ForwardError, ForwardEvent, Timeouts, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
 use crate::mailbox::{Link, Msg, SourceMsg, WorkerStats, WAKER};
 use crate::peer::{Happening, Peer, Role, TrackInfo};
+use crate::send_batch::SendBatch;
 
 /// Bytes of the last group of pictures kept per source track for joiners.
 const KEYFRAME_BUDGET: usize = 1 << 20;
@@ -68,6 +69,9 @@ pub struct Worker {
     origin: Option<OriginState>,
     queue: VecDeque<(u64, Happening)>,
     viewers_scratch: Vec<u64>,
+    /// The sockets' descriptors (same order as `sockets`) and what this turn sends on them.
+    fds: Vec<std::os::fd::RawFd>,
+    batch: SendBatch,
 }
 
 impl Worker {
@@ -94,6 +98,10 @@ impl Worker {
             registered.push((s, addr));
         }
         let bound: Vec<SocketAddr> = registered.iter().map(|(_, a)| *a).collect();
+        let fds = registered
+            .iter()
+            .map(|(s, _)| std::os::fd::AsRawFd::as_raw_fd(s))
+            .collect();
         let candidates = candidates(&bound, public_ip);
         Ok(Worker {
             index,
@@ -116,6 +124,8 @@ impl Worker {
             origin: None,
             queue: VecDeque::new(),
             viewers_scratch: Vec::new(),
+            fds,
+            batch: SendBatch::default(),
         })
     }
 
@@ -149,6 +159,7 @@ impl Worker {
                 housekeeping = now;
                 self.housekeeping(now);
             }
+            self.batch.flush(&self.fds);
         }
         for (_, peer) in self.peers.iter_mut() {
             peer.rtc.disconnect();
@@ -212,18 +223,23 @@ impl Worker {
         };
         let sockets = &self.sockets;
         let demux = &mut self.demux;
+        let (fds, batch) = (&self.fds, &mut self.batch);
         let mut send = |from: SocketAddr, to: SocketAddr, data: &[u8]| {
             if data.first().is_some_and(|b| *b < 4) {
                 // Our own ICE check to `to`: its response comes from there.
                 demux.bind(to, id);
             }
-            let socket = sockets
-                .iter()
-                .find(|(_, a)| *a == from)
-                .or_else(|| sockets.iter().find(|(_, a)| a.is_ipv4() == to.is_ipv4()));
-            if let Some((s, _)) = socket {
-                // A full socket buffer drops the datagram: as a loss on the way (NACK, PLI).
-                let _ = s.send_to(data, to);
+            let socket = sockets.iter().position(|(_, a)| *a == from).or_else(|| {
+                sockets
+                    .iter()
+                    .position(|(_, a)| a.is_ipv4() == to.is_ipv4())
+            });
+            if let Some(i) = socket {
+                // Sent at the end of the loop's turn, or now if the batch is full.
+                if batch.is_full() {
+                    batch.flush(fds);
+                }
+                batch.push(i, to, data);
             }
         };
         let mut out = Vec::new();
