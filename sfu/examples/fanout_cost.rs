@@ -46,6 +46,18 @@ const VIEWER_PACKETS: f64 = 260.0;
 /// Threads that drive the viewers (each pumps its share every millisecond).
 const VIEWER_THREADS: usize = 2;
 
+/// This process's resident memory, KB (engine and test viewers together: an upper bound of
+/// the engine's own).
+fn rss_kb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn main() {
     let counts: Vec<usize> = std::env::args()
         .skip(1)
@@ -63,8 +75,9 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10),
     );
-    println!("viewers\tengine CPU %\tpackets sent/s\tµs/packet");
+    println!("viewers\tengine CPU %\tpackets sent/s\tµs/packet\tprocess RSS MB");
     let mut points = Vec::new();
+    let mut rss_points = Vec::new();
     for k in counts {
         let (fwd, rx) = forwarder(1);
         let (mut origin, offer) = Node::origin(1);
@@ -127,16 +140,26 @@ fn main() {
         let cpu = (thread_cpu("sfu-0") - cpu0) / secs * 100.0;
         let sent = fwd.stats().viewers.iter().map(|v| v.packets).sum::<u64>() - sent0;
         let rate = sent as f64 / secs;
+        let rss = rss_kb();
         println!(
-            "{k}\t{cpu:.1}\t{rate:.0}\t{:.1}",
-            cpu / 100.0 / rate.max(1.0) * 1e6
+            "{k}\t{cpu:.1}\t{rate:.0}\t{:.1}\t{:.1}",
+            cpu / 100.0 / rate.max(1.0) * 1e6,
+            rss / 1024.0
         );
+        rss_points.push((k as f64, rss));
         points.push((rate, cpu));
         stop.store(true, Ordering::Relaxed);
         for t in threads {
             let _ = t.join();
         }
         fwd.stop();
+    }
+    if rss_points.len() >= 2 {
+        let ((k0, r0), (k1, r1)) = (rss_points[0], rss_points[rss_points.len() - 1]);
+        println!(
+            "process RSS per added viewer (engine + test viewer, an upper bound): {:.0} KB",
+            (r1 - r0) / (k1 - k0)
+        );
     }
     if points.len() >= 2 {
         // Least squares: CPU % = a + b * packets sent per second (the origin's rate varies
