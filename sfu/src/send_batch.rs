@@ -18,21 +18,29 @@ struct Datagram {
 }
 
 /// Datagrams waiting for the end of the turn (or a full batch).
-#[derive(Default)]
 pub struct SendBatch {
+    /// The sockets' descriptors; a datagram names its socket by index here.
+    fds: Vec<RawFd>,
     queued: Vec<Datagram>,
     /// How many of `queued` hold a datagram (the rest are spare buffers).
     len: usize,
 }
 
 impl SendBatch {
-    /// Whether `BATCH` datagrams wait (the caller flushes).
-    pub fn is_full(&self) -> bool {
-        self.len >= BATCH
+    pub fn new(fds: Vec<RawFd>) -> Self {
+        SendBatch {
+            fds,
+            queued: Vec::new(),
+            len: 0,
+        }
     }
 
-    /// Copies `data` for `to` through socket `socket` (an index into the flushed sockets).
+    /// Copies `data` for `to` through socket `socket` (an index into `fds`); a full batch is
+    /// sent first.
     pub fn push(&mut self, socket: usize, to: SocketAddr, data: &[u8]) {
+        if self.len >= BATCH {
+            self.flush();
+        }
         if self.len == self.queued.len() {
             self.queued.push(Datagram {
                 socket,
@@ -50,10 +58,10 @@ impl SendBatch {
         self.len += 1;
     }
 
-    /// Sends what waits, in order, through the sockets `fds` (runs of one socket per call). A
-    /// datagram the kernel refuses (a full buffer, an unreachable peer) is dropped, as a loss
-    /// on the way (NACK, PLI repair it).
-    pub fn flush(&mut self, fds: &[RawFd]) {
+    /// Sends what waits, in order (runs of one socket per call). A datagram the kernel
+    /// refuses (a full buffer, an unreachable peer) is dropped, as a loss on the way (NACK,
+    /// PLI repair it).
+    pub fn flush(&mut self) {
         let mut at = 0;
         while at < self.len {
             let socket = self.queued[at].socket;
@@ -61,7 +69,7 @@ impl SendBatch {
                 .iter()
                 .position(|d| d.socket != socket)
                 .map_or(self.len, |n| at + n);
-            if let Some(fd) = fds.get(socket) {
+            if let Some(fd) = self.fds.get(socket) {
                 send_run(*fd, &mut self.queued[at..end]);
             }
             at = end;
@@ -171,16 +179,13 @@ mod tests {
             .unwrap();
         let to = receiver.local_addr().unwrap();
         let fds: Vec<RawFd> = senders.iter().map(|s| s.as_raw_fd()).collect();
-        let mut batch = SendBatch::default();
+        let mut batch = SendBatch::new(fds);
         let total = BATCH + 10;
         for i in 0..total {
-            if batch.is_full() {
-                batch.flush(&fds);
-            }
             let payload = vec![i as u8; 100 + i];
             batch.push(i / 40, to, &payload);
         }
-        batch.flush(&fds);
+        batch.flush();
         let mut buf = [0u8; 2048];
         for i in 0..total {
             let (n, from) = receiver.recv_from(&mut buf).unwrap();

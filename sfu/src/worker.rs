@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,8 +70,7 @@ pub struct Worker {
     origin: Option<OriginState>,
     queue: VecDeque<(u64, Happening)>,
     viewers_scratch: Vec<u64>,
-    /// The sockets' descriptors (same order as `sockets`) and what this turn sends on them.
-    fds: Vec<std::os::fd::RawFd>,
+    /// What this turn sends (on `sockets`, same order).
     batch: SendBatch,
 }
 
@@ -98,10 +98,7 @@ impl Worker {
             registered.push((s, addr));
         }
         let bound: Vec<SocketAddr> = registered.iter().map(|(_, a)| *a).collect();
-        let fds = registered
-            .iter()
-            .map(|(s, _)| std::os::fd::AsRawFd::as_raw_fd(s))
-            .collect();
+        let fds = registered.iter().map(|(s, _)| s.as_raw_fd()).collect();
         let candidates = candidates(&bound, public_ip);
         Ok(Worker {
             index,
@@ -124,8 +121,7 @@ impl Worker {
             origin: None,
             queue: VecDeque::new(),
             viewers_scratch: Vec::new(),
-            fds,
-            batch: SendBatch::default(),
+            batch: SendBatch::new(fds),
         })
     }
 
@@ -159,7 +155,7 @@ impl Worker {
                 housekeeping = now;
                 self.housekeeping(now);
             }
-            self.batch.flush(&self.fds);
+            self.batch.flush();
         }
         for (_, peer) in self.peers.iter_mut() {
             peer.rtc.disconnect();
@@ -223,7 +219,7 @@ impl Worker {
         };
         let sockets = &self.sockets;
         let demux = &mut self.demux;
-        let (fds, batch) = (&self.fds, &mut self.batch);
+        let batch = &mut self.batch;
         let mut send = |from: SocketAddr, to: SocketAddr, data: &[u8]| {
             if data.first().is_some_and(|b| *b < 4) {
                 // Our own ICE check to `to`: its response comes from there.
@@ -235,11 +231,7 @@ impl Worker {
                     .position(|(_, a)| a.is_ipv4() == to.is_ipv4())
             });
             if let Some(i) = socket {
-                // Sent at the end of the loop's turn, or now if the batch is full.
-                if batch.is_full() {
-                    batch.flush(fds);
-                }
-                batch.push(i, to, data);
+                batch.push(i, to, data); // sent at the end of the loop's turn
             }
         };
         let mut out = Vec::new();
@@ -397,10 +389,8 @@ impl Worker {
                             s.packets += 1;
                             s.bytes += w.payload.len() as u64;
                         }
-                        // Not drained here: with a bandwidth estimate str0m paces, so a
-                        // written packet leaves only at a timeout. Marked due, the peer gets
-                        // that timeout and one drain in this loop's `timeouts` pass (a drain
-                        // here would be a second, empty one per packet and viewer).
+                        // str0m paces (BWE): the packet leaves at a timeout. Marked due, it
+                        // goes in this turn's `timeouts` pass, one drain (not two) per packet.
                         peer.next = now;
                     }
                 }
