@@ -19,6 +19,8 @@ use crate::vp8;
 
 /// Fixed RTP header, version 2, no CSRC, no extension.
 const RTP_HEADER: usize = 12;
+/// Payload bytes a following viewer's rewrite reads: more than any VP8 descriptor (≤ 6).
+const FOLLOW_HEAD: usize = 16;
 
 /// A packet of the source as the origin's stack received it, shared by every viewer.
 #[derive(Debug, Clone)]
@@ -40,13 +42,20 @@ impl Packet {
     /// A minimal RTP packet of it (fixed header + payload), the form the [`Munger`] and the
     /// [`KeyframeCache`] work on. `buf` is reused.
     pub fn write_raw(&self, buf: &mut Vec<u8>) {
+        self.write_head(buf, usize::MAX);
+    }
+
+    /// Like [`Packet::write_raw`] with at most `payload` bytes of the payload: a viewer that
+    /// follows its source needs only the header and the codec's descriptor rewritten (the
+    /// payload itself goes out shared), so the rest is not copied per viewer.
+    pub fn write_head(&self, buf: &mut Vec<u8>, payload: usize) {
         buf.clear();
         buf.push(0x80);
         buf.push(if self.marker { 0x80 } else { 0 });
         buf.extend_from_slice(&self.sequence.to_be_bytes());
         buf.extend_from_slice(&self.timestamp.to_be_bytes());
         buf.extend_from_slice(&self.ssrc.to_be_bytes());
-        buf.extend_from_slice(&self.payload);
+        buf.extend_from_slice(&self.payload[..payload.min(self.payload.len())]);
     }
 
     /// Back from [`Packet::write_raw`]'s form (a joiner's packets from the keyframe cache).
@@ -179,7 +188,14 @@ impl ViewerTrack {
             self.selected = Some(packet.ssrc);
             self.munger.select(packet.ssrc);
         }
-        packet.write_raw(&mut self.scratch);
+        // Switching reads the whole payload (is it a keyframe start?); following reads at most
+        // the VP8 descriptor (6 bytes).
+        let head = if self.munger.waiting_for_keyframe() {
+            usize::MAX
+        } else {
+            FOLLOW_HEAD
+        };
+        packet.write_head(&mut self.scratch, head);
         let verdict = match self.munger.forward(&mut self.scratch, now) {
             Ok(v) => v,
             // A payload the codec cannot read is dropped for everyone alike.

@@ -17,10 +17,11 @@
 //! | **fanout**: a source packet (shared `Arc` payload) → per viewer track its header fields, VP8 ids and payload type (a [`rewrite::Munger`] each); joiners from the keyframe cache; a new source SSRC switched to at its keyframe | [`fanout`] (tests in `fanout_tests.rs`) |
 //! | a session's WebRTC peer (str0m `Rtc`): origin answer, viewer offer/answer, candidates, writes with VP8 patch, events; the process's one ECDSA P-256 DTLS certificate | [`peer`] |
 //! | worker threads: sockets, demux, str0m timeouts, source packets to the other workers, keyframe asks to the origin's worker, sessions lost | [`worker`] |
+//! | a worker's outgoing datagrams of one loop turn, sent with `sendmmsg` (64 per call) | [`send_batch`] |
 //! | how a worker is reached: its messages (handle calls, source packets as `Arc`s, keyframe asks) and its channel + waker | [`mailbox`] |
 //! | the handle relay-agent holds: start, sessions placed on the least loaded worker, stats, stop | [`forwarder`] |
 //! | the engine's config, timeouts, errors, events and stats (re-exported by [`forwarder`]) | [`forward_api`] |
-//! | a rough CPU-per-viewer measure (str0m origin and viewers in one process) | `examples/fanout_cost.rs` |
+//! | the engine thread's CPU per viewer and per packet sent (str0m origin, str0m viewers on their own threads; fit per packet, RSS upper bound); figures in docs/architecture.md | `examples/fanout_cost.rs` |
 //! | the addresses announced as host candidates (configured, else non-loopback interfaces), a worker's sockets bound on them | [`addresses`] |
 //!
 //! Per source packet and per viewer feedback:
@@ -54,6 +55,7 @@ pub mod nack_cache;
 pub mod peer;
 pub mod rewrite;
 pub mod rtp;
+pub mod send_batch;
 pub mod vp8;
 pub mod vp9;
 pub mod worker;

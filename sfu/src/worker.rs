@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use crate::forward_api::{ForwardError, ForwardEvent, Timeouts, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
 use crate::mailbox::{Link, Msg, SourceMsg, WorkerStats, WAKER};
 use crate::peer::{Happening, Peer, Role, TrackInfo};
+use crate::send_batch::SendBatch;
 
 /// Bytes of the last group of pictures kept per source track for joiners.
 const KEYFRAME_BUDGET: usize = 1 << 20;
@@ -68,6 +70,8 @@ pub struct Worker {
     origin: Option<OriginState>,
     queue: VecDeque<(u64, Happening)>,
     viewers_scratch: Vec<u64>,
+    /// What this turn sends (on `sockets`, same order).
+    batch: SendBatch,
 }
 
 impl Worker {
@@ -94,6 +98,7 @@ impl Worker {
             registered.push((s, addr));
         }
         let bound: Vec<SocketAddr> = registered.iter().map(|(_, a)| *a).collect();
+        let fds = registered.iter().map(|(s, _)| s.as_raw_fd()).collect();
         let candidates = candidates(&bound, public_ip);
         Ok(Worker {
             index,
@@ -116,6 +121,7 @@ impl Worker {
             origin: None,
             queue: VecDeque::new(),
             viewers_scratch: Vec::new(),
+            batch: SendBatch::new(fds),
         })
     }
 
@@ -149,6 +155,7 @@ impl Worker {
                 housekeeping = now;
                 self.housekeeping(now);
             }
+            self.batch.flush();
         }
         for (_, peer) in self.peers.iter_mut() {
             peer.rtc.disconnect();
@@ -212,18 +219,19 @@ impl Worker {
         };
         let sockets = &self.sockets;
         let demux = &mut self.demux;
+        let batch = &mut self.batch;
         let mut send = |from: SocketAddr, to: SocketAddr, data: &[u8]| {
             if data.first().is_some_and(|b| *b < 4) {
                 // Our own ICE check to `to`: its response comes from there.
                 demux.bind(to, id);
             }
-            let socket = sockets
-                .iter()
-                .find(|(_, a)| *a == from)
-                .or_else(|| sockets.iter().find(|(_, a)| a.is_ipv4() == to.is_ipv4()));
-            if let Some((s, _)) = socket {
-                // A full socket buffer drops the datagram: as a loss on the way (NACK, PLI).
-                let _ = s.send_to(data, to);
+            let socket = sockets.iter().position(|(_, a)| *a == from).or_else(|| {
+                sockets
+                    .iter()
+                    .position(|(_, a)| a.is_ipv4() == to.is_ipv4())
+            });
+            if let Some(i) = socket {
+                batch.push(i, to, data); // sent at the end of the loop's turn
             }
         };
         let mut out = Vec::new();
@@ -381,8 +389,10 @@ impl Worker {
                             s.packets += 1;
                             s.bytes += w.payload.len() as u64;
                         }
+                        // str0m paces (BWE): the packet leaves at a timeout. Marked due, it
+                        // goes in this turn's `timeouts` pass, one drain (not two) per packet.
+                        peer.next = now;
                     }
-                    self.drain(*id);
                 }
                 Outcome::NeedKeyframe => need = true,
                 Outcome::Skip => {}
