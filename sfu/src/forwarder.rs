@@ -68,6 +68,7 @@ impl Forwarder {
         config: ForwardConfig,
         timeouts: Timeouts,
     ) -> Result<(Forwarder, mpsc::Receiver<ForwardEvent>), ForwardError> {
+        crate::hmac::install();
         let addresses = local_addresses(&config.ice_addresses);
         if addresses.is_empty() {
             return Err(ForwardError::NoAddress);

@@ -22,6 +22,7 @@
 //! | the handle relay-agent holds: start, sessions placed on the least loaded worker, stats, stop | [`forwarder`] |
 //! | the engine's config, timeouts, errors, events and stats (re-exported by [`forwarder`]) | [`forward_api`] |
 //! | the engine thread's CPU per viewer and per packet sent (str0m origin, str0m viewers on their own threads; fit per packet, RSS upper bound); figures in docs/architecture.md | `examples/fanout_cost.rs` |
+//! | HMAC-SHA1 for str0m on OpenSSL's plain SHA-1 (its backend looked the algorithm up per packet), installed by the engine and the light viewers | [`hmac`] |
 //! | the addresses announced as host candidates (configured, else non-loopback interfaces), a worker's sockets bound on them | [`addresses`] |
 //!
 //! Per source packet and per viewer feedback:
@@ -48,6 +49,7 @@ pub mod fanout;
 pub mod forward_api;
 pub mod forwarder;
 pub mod h265;
+pub mod hmac;
 pub mod keyframe_cache;
 pub mod keyframe_requests;
 pub mod mailbox;

@@ -27,7 +27,6 @@
 mod client;
 mod fanout;
 mod frames;
-mod hmac;
 mod janus;
 mod jobs;
 mod light_viewer;
@@ -173,7 +172,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    hmac::install();
+    ::sfu::hmac::install();
     procs::raise_fd_limit(200_000);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
