@@ -171,6 +171,9 @@ pub struct Peer {
     /// Since when ICE says disconnected (None: not disconnected).
     pub disconnected_since: Option<Instant>,
     pub connected: bool,
+    /// Why the stack cannot go on (a failed DTLS handshake): the session is reported lost and
+    /// its `Rtc` gets no more input.
+    failed: Option<String>,
     /// Per mid, NACKs counted by the stack's stats (they are cumulative per media).
     nacks: Vec<(Mid, u64)>,
 }
@@ -220,6 +223,7 @@ impl Peer {
             last_heard: now,
             disconnected_since: None,
             connected: false,
+            failed: None,
             nacks: Vec::new(),
         }
     }
@@ -375,16 +379,28 @@ impl Peer {
 
     /// Hands a datagram (already routed here) to the stack.
     pub fn receive(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8], now: Instant) {
+        if self.failed.is_some() {
+            return;
+        }
         self.last_heard = now;
         if let Ok(r) = Receive::new(Protocol::Udp, from, to, data) {
-            // An error here is the stack refusing this datagram (bad SRTP, bad DTLS): it
-            // is dropped, the session goes on.
-            let _ = self.rtc.handle_input(Input::Receive(now, r));
+            // An error here is the stack refusing this datagram (bad SRTP, bad DTLS): it is
+            // dropped, the session goes on. Except a DTLS error before the session is up: the
+            // handshake failed, which leaves str0m-openssl 0.6's DTLS state empty, and its
+            // next input panics the worker ("inner_mut on empty dtls state"), every session
+            // on it lost. Such a session is lost alone (tests/forward_clients.rs).
+            if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
+                if !self.connected && matches!(e, str0m::RtcError::Dtls(_)) {
+                    self.failed = Some(format!("DTLS handshake failed: {e}"));
+                }
+            }
         }
     }
 
     pub fn timeout(&mut self, now: Instant) {
-        let _ = self.rtc.handle_input(Input::Timeout(now));
+        if self.failed.is_none() {
+            let _ = self.rtc.handle_input(Input::Timeout(now));
+        }
     }
 
     /// Writes a packet for the viewer's track `track` (the caller drains afterwards).
@@ -447,6 +463,10 @@ impl Peer {
         send: &mut dyn FnMut(SocketAddr, SocketAddr, &[u8]),
         out: &mut Vec<Happening>,
     ) {
+        if let Some(reason) = &self.failed {
+            out.push(Happening::Lost(reason.clone()));
+            return;
+        }
         loop {
             let output = match self.rtc.poll_output() {
                 Ok(o) => o,
