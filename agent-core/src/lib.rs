@@ -11,10 +11,13 @@
 //!   [`stats`]: reading webrtcbin statistics.
 //! * [`shutdown`]: SIGINT/SIGTERM as a flag the GLib main loop polls.
 //! * [`keyframes`]: keyframe requests of many consumers of one encoded stream, coalesced.
+//! * [`dtls_certificate`]: the process's one ECDSA P-256 DTLS certificate, given to every
+//!   webrtcbin the signaller serves (ECDSA-only peers such as aiortc need it).
 //! * [`exit`]: the exit codes every agent documents, and the errors that carry them.
 
 pub mod cli;
 pub mod client;
+pub mod dtls_certificate;
 pub mod events;
 pub mod exit;
 pub mod keyframes;
@@ -44,14 +47,19 @@ pub fn init_gstreamer() -> anyhow::Result<()> {
 /// of it", which is what happened.
 pub const DISCARD: gst::PadProbeReturn = gst::PadProbeReturn::Handled;
 
-/// Every webrtcbin of a process shares one DTLS certificate, made (an RSA key generated) when
-/// the first DTLS element is: 160 ms measured here, inside a fresh agent's first
+/// GStreamer 1.22 makes an RSA certificate for the process when the first DTLS element is
+/// made (each `dtlsdec` asks for the default one in its init, even though
+/// [`dtls_certificate`] then gives it ours): 160 ms measured here, inside a fresh agent's first
 /// offer-to-answer. Made now, in the background, it is ready (or partly done) by the time
 /// signalling has found a peer: a consumer that finds its producer at once still waits for
-/// the rest (measured 125 ms of the 160).
+/// the rest (measured 125 ms of the 160). Our ECDSA certificate is made here too (well under
+/// a millisecond).
 fn warm_up_dtls() {
     let handle = std::thread::spawn(|| {
         let started = std::time::Instant::now();
+        if let Err(e) = dtls_certificate::get() {
+            tracing::warn!("{e}");
+        }
         if gst::ElementFactory::make("dtlsdec").build().is_ok() {
             tracing::debug!(took = ?started.elapsed(), "DTLS certificate ready");
         }

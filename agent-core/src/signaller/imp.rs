@@ -539,6 +539,7 @@ impl SignallableImpl for ClusterSignaller {
         let Ok(text) = sdp.sdp().as_text() else {
             return warn!(session = %session_id, "cannot serialize our SDP");
         };
+        let text = crate::dtls_certificate::correct_fingerprints(&text);
         self.send(ClientMessage::Peer(PeerMessage {
             session_id: session_id.to_string(),
             payload: RelayPayload::from_sdp(sdp_type, &text),

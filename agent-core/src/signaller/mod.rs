@@ -8,6 +8,7 @@
 mod imp;
 
 use gst::glib;
+use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use crate::client::ClientConfig;
@@ -133,6 +134,13 @@ impl ClusterSignaller {
     pub fn new(config: SignallerConfig) -> Self {
         let obj: Self = glib::Object::new();
         obj.imp().configure(config);
+        // webrtcsink/webrtcsrc emit it for each session's webrtcbin, before negotiating.
+        obj.connect("webrtcbin-ready", false, |values| {
+            if let Ok(webrtcbin) = values[2].get::<gst::Element>() {
+                crate::dtls_certificate::use_in(&webrtcbin);
+            }
+            None
+        });
         obj
     }
 
