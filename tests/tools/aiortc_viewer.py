@@ -1,10 +1,11 @@
-"""A third-party WebRTC viewer for the interop tests (tests/interop_dtls.rs): aiortc, whose DTLS
+"""A third-party WebRTC viewer for the interop tests (tests/interop_dtls.rs, tests/forward_clients.rs): aiortc, whose DTLS
 offers ECDSA cipher suites only, watches a producer through a signalling node over the v1
 protocol (the upstream gst-webrtc-signalling-server's JSON), answering the producer's offer.
 
 Runs in the tools venv (./dev setup installs aiortc and websockets there). Prints one JSON
 line per event on stdout ({"event": "session" | "track" | "connection" | "frames" | ...});
-exits 0 with a last {"event": "done", "frames": n} once --frames video frames were decoded,
+once connected, a {"event": "dtls-peer"} line names the certificate key the other end presented
+and the cipher suite agreed; exits 0 with a last {"event": "done", "frames": n} once --frames video frames were decoded,
 1 with {"event": "failed", "reason": ...} when the connection fails (a refused DTLS handshake:
 aiortc's reason is in a {"event": "dtls"} line before) or --timeout passes first.
 """
@@ -47,6 +48,21 @@ def with_loopback():
         return found
 
     aioice.ice.get_host_addresses = addresses
+
+
+def dtls_peer(pc):
+    """The key of the certificate the other end presented ("EC secp256r1", "RSA 2048") and the
+    cipher suite agreed, read from aiortc's DTLS transport (its OpenSSL connection is
+    private: a missing attribute is reported, not raised)."""
+    try:
+        transport = pc.getTransceivers()[0].receiver.transport
+        ssl = transport._ssl
+        key = ssl.get_peer_certificate(as_cryptography=True).public_key()
+        curve = getattr(key, "curve", None)
+        described = f"EC {curve.name}" if curve else f"RSA {key.key_size}"
+        return {"key": described, "cipher": ssl.get_cipher_name()}
+    except Exception as e:  # aiortc's internals moved: say so instead of failing the viewer
+        return {"key": None, "error": repr(e)}
 
 
 async def find_producer(ws, name):
@@ -109,6 +125,8 @@ async def watch(args):
     @pc.on("connectionstatechange")
     def on_state():
         say(event="connection", state=pc.connectionState)
+        if pc.connectionState == "connected":
+            say(event="dtls-peer", **dtls_peer(pc))
         if pc.connectionState == "failed":
             failed.set()
 
