@@ -42,10 +42,16 @@ pub async fn event(b: &Agent, kind: &str) -> Result<Value> {
 
 /// aiortc watching the producer named `name` on `url` until it decoded `frames` video frames.
 pub fn aiortc_viewer(url: &str, name: &str, frames: u32) -> Result<Agent> {
+    aiortc_viewer_with(url, name, frames, &["--timeout", "60"])
+}
+
+/// [`aiortc_viewer`] with more of the tool's options (`--timeout S`, `--dtls-suites rsa`).
+pub fn aiortc_viewer_with(url: &str, name: &str, frames: u32, extra: &[&str]) -> Result<Agent> {
     let mut cmd = Command::new(k8s::tool("venv/bin/python"));
     cmd.arg(manifest_dir().join("tools/aiortc_viewer.py"))
         .args(["--server", url, "--producer-name", name])
-        .args(["--frames", &frames.to_string(), "--timeout", "60"]);
+        .args(["--frames", &frames.to_string()])
+        .args(extra);
     Agent::spawn_command(cmd, "aiortc-viewer")
 }
 
