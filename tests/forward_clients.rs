@@ -6,7 +6,8 @@
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
 use cluster_tests::clients::{
-    aiortc_events, aiortc_viewer, aiortc_watched, browser, certificate_key, event, from_hex, LONG,
+    aiortc_events, aiortc_viewer, aiortc_viewer_with, aiortc_watched, browser, certificate_key,
+    event, from_hex, LONG,
 };
 use cluster_tests::{media, Node, Peer, Topo};
 use serde_json::Value;
@@ -167,7 +168,7 @@ async fn aiortc_watches_a_forward_relay(node: &Node, stream: &str) -> Result<()>
     let relay_name = format!("{stream}-relay");
     let relay = forward(node, stream, &relay_name, &[])?;
     id_once_listed(node, 2, &relay_name).await?;
-    // 2 s of frames at the origin's 30 fps: more than a joiner's start from the cache.
+    // 2 s of frames at the origin's 30 fps.
     let mut viewer = aiortc_viewer(&node.url(), &relay_name, 60)?;
     let done = aiortc_watched(&mut viewer).await?;
     assert!(done["frames"].as_u64() >= Some(60), "{done}");
@@ -206,4 +207,37 @@ async fn an_ecdsa_only_client_decodes_a_forward_relay_of_a_stock_rsa_origin() ->
     let node = Node::start(&[]).await?;
     let _origin = media::stock_producer(&node.url(), "rsa-fw")?;
     aiortc_watches_a_forward_relay(&node, "rsa-fw").await
+}
+
+/// A viewer whose DTLS handshake with the engine fails (aiortc offering RSA suites only, which
+/// the engine's ECDSA certificate cannot serve) is lost, its session ended, and the engine's
+/// worker it shared (`--threads 1`) goes on: the next viewer decodes frames, nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dtls_handshake_ends_that_viewer_only() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let _origin = origin(&node, "dtls-fail", &[])?;
+    let relay = forward(&node, "dtls-fail", "dtls-fail-relay", &["--threads", "1"])?;
+    id_once_listed(&node, 2, "dtls-fail-relay").await?;
+    let mut refused = aiortc_viewer_with(
+        &node.url(),
+        "dtls-fail-relay",
+        1,
+        &["--dtls-suites", "rsa", "--timeout", "30"],
+    )?;
+    let code = refused.exit_within(LONG).await?;
+    assert_eq!(code, Some(1), "{}", refused.stdout().join("\n"));
+    // The engine saw the handshake fail and ended that session (the reason names DTLS).
+    relay.wait_stderr("lost viewer", LONG).await?;
+    let lost = relay.stderr();
+    assert!(
+        lost.lines()
+            .any(|l| l.contains("lost viewer") && l.contains("DTLS")),
+        "{lost}"
+    );
+    let mut viewer = aiortc_viewer(&node.url(), "dtls-fail-relay", 60)?;
+    let done = aiortc_watched(&mut viewer).await?;
+    assert!(done["frames"].as_u64() >= Some(60), "{done}");
+    assert!(!relay.stderr().contains("panicked"), "{}", relay.stderr());
+    Ok(())
 }
