@@ -190,16 +190,16 @@ async fn a_decoding_consumer_gets_h264_and_opus_through_a_forward_relay() -> Res
 }
 
 /// The stock webrtcsrc, placed on the stream as the web app is (`GET /place`), decodes the
-/// relay's frames.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_frames() -> Result<()> {
+/// relay's `codec` frames (its origin also sends Opus).
+async fn stock_webrtcsrc_through_forward(codec: &str) -> Result<()> {
     let _one = media::exclusive().await;
     let node = Node::start(&[]).await?;
-    let _origin = origin(&node, "fw-stock", &[])?;
-    let relay = forward(&node, "fw-stock", "fw-stock-relay", &[])?;
+    let stream = format!("fw-stock-{codec}");
+    let _origin = origin(&node, &stream, &["--audio", "--video-codec", codec])?;
+    let relay = forward(&node, &stream, &format!("{stream}-relay"), &[])?;
     let list = listed(&node, 2).await?;
-    let (relay_id, _) = member(&list, "fw-stock-relay")?;
-    let (status, body) = node.get("/place?stream=fw-stock").await?;
+    let (relay_id, _) = member(&list, &format!("{stream}-relay"))?;
+    let (status, body) = node.get(&format!("/place?stream={stream}")).await?;
     assert_eq!(status, 200, "{body}");
     let placed: Value = serde_json::from_str(&body)?;
     assert_eq!(placed["peerId"], relay_id, "placed on the relay: {body}");
@@ -217,6 +217,16 @@ async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_frames() 
     }
     serving(&relay, 1).await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_vp8() -> Result<()> {
+    stock_webrtcsrc_through_forward("vp8").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_webrtcsrc_placed_by_stream_decodes_a_forward_relays_h264() -> Result<()> {
+    stock_webrtcsrc_through_forward("h264").await
 }
 
 /// A user's own gst-launch style origin (stock webrtcsink, its default signaller, an RSA
@@ -277,6 +287,52 @@ async fn a_forward_relays_viewer_keeps_its_session_across_an_origin_restart() ->
     let stats = latest(&relay, "relay-stats")?;
     assert_eq!(stats["reattachments"], 1, "{stats}");
     assert_ne!(stats["origin_id"], first_id, "a new origin: {stats}");
+    viewer.signal(libc::SIGINT);
+    assert_eq!(
+        viewer.exit_within(LONG).await?,
+        Some(0),
+        "{}",
+        viewer.stderr()
+    );
+    let report = viewer.report()?;
+    assert_eq!(
+        sessions_of(&report),
+        Some(1),
+        "one session throughout: {report}"
+    );
+    Ok(())
+}
+
+/// The origin freezes (SIGSTOP): its node keeps it, but the engine sees its media stop, so
+/// the relay ends that session and asks again; when the origin wakes it answers the new
+/// session and the relay's viewer, in its one session, gets frames again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_relay_whose_origin_went_silent_asks_again_and_its_viewer_resumes() -> Result<()>
+{
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let origin = origin(&node, "fw-frozen", &[])?;
+    let relay = forward(&node, "fw-frozen", "fw-frozen-relay", &[])?;
+    let mut viewer = viewer(&node, &["--producer-name", "fw-frozen-relay"], "encoded")?;
+    viewer
+        .wait(LONG, "30 frames through the relay", |v| frames_now(v) >= 30)
+        .await?;
+    origin.signal(libc::SIGSTOP);
+    relay.wait_stderr("lost the origin's media", LONG).await?;
+    relay
+        .wait(LONG, "a second session with the origin", |r| {
+            r.json_lines("relay-stats")
+                .last()
+                .is_some_and(|s| s["reattachments"].as_u64() >= Some(1))
+        })
+        .await?;
+    origin.signal(libc::SIGCONT);
+    let before = frames_now(&viewer);
+    viewer
+        .wait(LONG, "30 frames after the origin woke", |v| {
+            frames_now(v) >= before + 30
+        })
+        .await?;
     viewer.signal(libc::SIGINT);
     assert_eq!(
         viewer.exit_within(LONG).await?,

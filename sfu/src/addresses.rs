@@ -8,6 +8,7 @@ use std::ffi::c_int;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use mio::net::UdpSocket;
+use str0m::Candidate;
 
 use crate::forward_api::ForwardError;
 
@@ -99,6 +100,24 @@ pub fn bind(addresses: &[std::net::IpAddr], port: u16) -> Result<Vec<UdpSocket>,
     Ok(out)
 }
 
+/// The candidates a worker announces: a host candidate per bound address, and `public_ip`
+/// (NAT 1:1) as a server-reflexive one on the same port, its base the bound address of its
+/// family (a peer's checks to it arrive there).
+pub fn candidates(bound: &[SocketAddr], public_ip: Option<IpAddr>) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = bound
+        .iter()
+        .filter_map(|a| Candidate::host(*a, "udp").ok())
+        .collect();
+    let base = public_ip.and_then(|p| bound.iter().find(|a| a.is_ipv4() == p.is_ipv4()));
+    if let (Some(public), Some(base)) = (public_ip, base) {
+        let addr = SocketAddr::new(public, base.port());
+        if let Ok(c) = Candidate::server_reflexive(addr, *base, "udp") {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +130,19 @@ mod tests {
         assert!(found.iter().all(|ip| !ip.is_loopback()), "{found:?}");
         assert!(!usable("fe80::1".parse().unwrap()));
         assert!(usable("10.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_public_address_is_announced_on_the_same_port() {
+        let bound: Vec<SocketAddr> = vec!["10.0.0.5:40000".parse().unwrap()];
+        let c = candidates(&bound, Some("203.0.113.9".parse().unwrap()));
+        let lines: Vec<String> = c.iter().map(|c| c.to_sdp_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("10.0.0.5 40000 typ host"), "{lines:?}");
+        assert!(
+            lines[1].contains("203.0.113.9 40000 typ srflx"),
+            "{lines:?}"
+        );
+        assert_eq!(candidates(&bound, None).len(), 1);
     }
 }

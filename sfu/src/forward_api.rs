@@ -95,7 +95,7 @@ pub struct ForwardStats {
 }
 
 /// When a session counts as lost ([`ForwardEvent::OriginLost`], [`ForwardEvent::ViewerLost`]),
-/// besides ICE disconnecting (str0m's agent: its checks unanswered) or the session closing.
+/// besides the session closing (DTLS closed, a fatal stack error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// Not connected (ICE + DTLS) this long after its offer/answer.
@@ -104,6 +104,8 @@ pub struct Timeouts {
     pub silence: Duration,
     /// The origin sent media, then none for this long.
     pub origin_media: Duration,
+    /// ICE disconnected (str0m's agent: its checks unanswered, or no pair left) for this long.
+    pub ice_disconnected: Duration,
 }
 
 impl Default for Timeouts {
@@ -112,6 +114,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(20),
             silence: Duration::from_secs(15),
             origin_media: Duration::from_secs(5),
+            ice_disconnected: Duration::from_secs(5),
         }
     }
 }

@@ -197,7 +197,7 @@ impl Forwarder {
             sdp,
             reply,
         });
-        let (answer, tracks) = match result {
+        let (answer, tracks, origin) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.unplace(session);
@@ -211,7 +211,11 @@ impl Forwarder {
         if let Some((old, _)) = previous.filter(|(s, _)| s != session) {
             self.end(&old);
         }
-        let msg = Arc::new(SourceMsg::Tracks { tracks, worker: w });
+        let msg = Arc::new(SourceMsg::Tracks {
+            tracks,
+            worker: w,
+            origin,
+        });
         for link in self.inner.links.iter() {
             link.send(Msg::Source(Arc::clone(&msg)))?;
         }

@@ -19,6 +19,7 @@
 //! | how a worker is reached: its messages (handle calls, source packets as `Arc`s, keyframe asks) and its channel + waker | [`mailbox`] |
 //! | the handle relay-agent holds: start, sessions placed on the least loaded worker, stats, stop | [`forwarder`] |
 //! | the engine's config, timeouts, errors, events and stats (re-exported by [`forwarder`]) | [`forward_api`] |
+//! | a rough CPU-per-viewer measure (str0m origin and viewers in one process) | `examples/fanout_cost.rs` |
 //! | the addresses announced as host candidates (configured, else non-loopback interfaces), a worker's sockets bound on them | [`addresses`] |
 //!
 //! Per source packet and per viewer feedback:

@@ -21,7 +21,8 @@ pub enum Msg {
     OriginOffer {
         session: String,
         sdp: String,
-        reply: Reply<(String, Vec<TrackInfo>)>,
+        /// The answer, the origin's tracks and its peer id on that worker.
+        reply: Reply<(String, Vec<TrackInfo>, u64)>,
     },
     ViewerOffer {
         session: String,
@@ -53,12 +54,17 @@ pub enum Msg {
 
 /// The source, as every worker hears of it.
 pub enum SourceMsg {
-    /// A (new) origin's tracks, and the worker that holds its session.
+    /// A (new) origin's tracks, the worker that holds its session and its peer id there.
     Tracks {
         tracks: Vec<TrackInfo>,
         worker: usize,
+        origin: u64,
     },
+    /// A packet of the origin `(worker, origin)`: one of an origin since replaced (still in
+    /// a channel) is dropped, so no viewer switches back to it.
     Packet {
+        worker: usize,
+        origin: u64,
         track: usize,
         packet: Packet,
     },

@@ -152,6 +152,8 @@ pub struct Peer {
     pub created: Instant,
     /// The last datagram routed to it (silence detection).
     pub last_heard: Instant,
+    /// Since when ICE says disconnected (None: not disconnected).
+    pub disconnected_since: Option<Instant>,
     pub connected: bool,
     /// Per mid, NACKs counted by the stack's stats (they are cumulative per media).
     nacks: Vec<(Mid, u64)>,
@@ -200,6 +202,7 @@ impl Peer {
             next: now,
             created: now,
             last_heard: now,
+            disconnected_since: None,
             connected: false,
             nacks: Vec::new(),
         }
@@ -458,9 +461,13 @@ impl Peer {
                 self.connected = true;
                 out.push(Happening::Connected);
             }
+            // Not lost at once: with trickled candidates the agent may be disconnected for a
+            // moment (the first pairs failed, the next not added yet); the worker gives it
+            // `Timeouts::ice_disconnected`.
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                out.push(Happening::Lost("ICE disconnected".into()))
+                self.disconnected_since.get_or_insert_with(Instant::now);
             }
+            Event::IceConnectionStateChange(_) => self.disconnected_since = None,
             Event::RtpPacket(p) => {
                 let ssrc = *p.header.ssrc;
                 let Some(track) = self.track_of(ssrc) else {

@@ -5,10 +5,9 @@
 //! the others as an `Arc` over their channel (the payload is never copied per thread or per
 //! viewer) and wakes them; it also coalesces their keyframe requests upstream.
 //!
-//! Sessions lost (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): ICE
-//! disconnected (str0m's agent: its checks unanswered), the session closed, or one of the
-//! [`Timeouts`] (not connected in 20 s, 15 s without a datagram, an origin without media for
-//! 5 s, by default).
+//! Sessions lost (the events [`ForwardEvent::OriginLost`] / [`ForwardEvent::ViewerLost`]): the
+//! session closed, or one of the [`Timeouts`] (by default: not connected in 20 s, 15 s without
+//! a datagram, ICE disconnected for 5 s, an origin without media for 5 s).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -19,6 +18,8 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use str0m::Candidate;
+
+use crate::addresses::candidates;
 
 use crate::demux::{Demux, Route};
 use crate::fanout::{Outcome, Packet, SourceTrack};
@@ -61,7 +62,9 @@ pub struct Worker {
     /// Per source track: a keyframe was asked for since the last one passed (one ask per
     /// worker, however many of its viewers wait).
     asked: Vec<bool>,
+    /// The current origin: its worker and peer id there.
     origin_worker: Option<usize>,
+    origin_id: u64,
     origin: Option<OriginState>,
     queue: VecDeque<(u64, Happening)>,
     viewers_scratch: Vec<u64>,
@@ -80,7 +83,6 @@ impl Worker {
         events: Sender<ForwardEvent>,
     ) -> Result<Worker, ForwardError> {
         let mut registered = Vec::new();
-        let mut candidates = Vec::new();
         for (i, mut s) in sockets.into_iter().enumerate() {
             let addr = s.local_addr().map_err(|source| ForwardError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -89,23 +91,10 @@ impl Worker {
             poll.registry()
                 .register(&mut s, Token(i), Interest::READABLE)
                 .map_err(|source| ForwardError::Bind { addr, source })?;
-            if let Ok(c) = Candidate::host(addr, "udp") {
-                candidates.push(c);
-            }
             registered.push((s, addr));
         }
-        if let Some(public) = public_ip {
-            let base = registered
-                .iter()
-                .map(|(_, a)| *a)
-                .find(|a| a.is_ipv4() == public.is_ipv4());
-            if let Some(base) = base {
-                let addr = SocketAddr::new(public, base.port());
-                if let Ok(c) = Candidate::server_reflexive(addr, base, "udp") {
-                    candidates.push(c);
-                }
-            }
-        }
+        let bound: Vec<SocketAddr> = registered.iter().map(|(_, a)| *a).collect();
+        let candidates = candidates(&bound, public_ip);
         Ok(Worker {
             index,
             timeouts,
@@ -123,6 +112,7 @@ impl Worker {
             sources: Vec::new(),
             asked: Vec::new(),
             origin_worker: None,
+            origin_id: 0,
             origin: None,
             queue: VecDeque::new(),
             viewers_scratch: Vec::new(),
@@ -335,13 +325,18 @@ impl Worker {
                 let _ = self.events.send(ForwardEvent::OriginReady { session });
             }
         }
-        let msg = Arc::new(SourceMsg::Packet { track, packet });
+        let msg = Arc::new(SourceMsg::Packet {
+            worker: self.index,
+            origin: id,
+            track,
+            packet,
+        });
         for (i, link) in self.links.iter().enumerate() {
             if i != self.index {
                 let _ = link.send(Msg::Source(Arc::clone(&msg)));
             }
         }
-        if let SourceMsg::Packet { track, packet } = &*msg {
+        if let SourceMsg::Packet { track, packet, .. } = &*msg {
             self.source_packet(*track, packet, now);
         }
     }
@@ -479,6 +474,7 @@ impl Worker {
             connect,
             silence,
             origin_media,
+            ice_disconnected,
         } = self.timeouts;
         let mut lost = Vec::new();
         for (id, p) in &self.peers {
@@ -486,6 +482,11 @@ impl Worker {
                 lost.push((*id, format!("not connected (ICE/DTLS) within {connect:?}")));
             } else if p.connected && now.saturating_duration_since(p.last_heard) > silence {
                 lost.push((*id, format!("nothing received for {silence:?}")));
+            } else if p
+                .disconnected_since
+                .is_some_and(|t| now.saturating_duration_since(t) > ice_disconnected)
+            {
+                lost.push((*id, format!("ICE disconnected for {ice_disconnected:?}")));
             }
         }
         if let Some(o) = &self.origin {
@@ -550,8 +551,21 @@ impl Worker {
                     }
                 }
                 Msg::Source(s) => match &*s {
-                    SourceMsg::Tracks { tracks, worker } => self.tracks(tracks, *worker),
-                    SourceMsg::Packet { track, packet } => self.source_packet(*track, packet, now),
+                    SourceMsg::Tracks {
+                        tracks,
+                        worker,
+                        origin,
+                    } => self.tracks(tracks, *worker, *origin),
+                    SourceMsg::Packet {
+                        worker,
+                        origin,
+                        track,
+                        packet,
+                    } => {
+                        if self.origin_worker == Some(*worker) && self.origin_id == *origin {
+                            self.source_packet(*track, packet, now);
+                        }
+                    }
                 },
                 Msg::KeyframeNeeded { track } => {
                     if let Some(r) = self.origin.as_mut().and_then(|o| o.requests.get_mut(track)) {
@@ -599,7 +613,7 @@ impl Worker {
         session: &str,
         sdp: &str,
         now: Instant,
-    ) -> Result<(String, Vec<TrackInfo>), ForwardError> {
+    ) -> Result<(String, Vec<TrackInfo>, u64), ForwardError> {
         if let Some(id) = self.sessions.get(session).copied() {
             self.remove(id);
         }
@@ -615,7 +629,7 @@ impl Worker {
             nacks_upstream: 0,
         });
         self.process();
-        Ok((answer, tracks))
+        Ok((answer, tracks, id))
     }
 
     fn viewer_offer(
@@ -642,8 +656,9 @@ impl Worker {
 
     /// A (new) origin's tracks: a track in another codec starts a new cache; the same codec
     /// keeps its cache until the new origin's first keyframe replaces it.
-    fn tracks(&mut self, tracks: &[TrackInfo], worker: usize) {
+    fn tracks(&mut self, tracks: &[TrackInfo], worker: usize, origin: u64) {
         self.origin_worker = Some(worker);
+        self.origin_id = origin;
         if worker != self.index {
             // The origin moved to another worker: ours (if any) was ended by the handle.
             self.origin = None;

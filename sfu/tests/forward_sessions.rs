@@ -122,13 +122,27 @@ fn a_silent_origin_is_reported_lost_and_viewers_get_their_bandwidth_estimate() {
 
 #[test]
 fn a_viewer_gone_silent_is_reported_lost_and_leaves_the_stats() {
-    let (fwd, rx) = harness::forwarder_with(
-        2,
-        Timeouts {
-            silence: Duration::from_secs(1),
-            ..Timeouts::default()
-        },
-    );
+    let reason = gone_viewer_is_lost(Timeouts {
+        silence: Duration::from_secs(1),
+        ..Timeouts::default()
+    });
+    assert!(reason.contains("nothing received"), "{reason}");
+}
+
+#[test]
+fn a_viewer_whose_ice_disconnects_is_reported_lost() {
+    // str0m's agent calls a peer that answers no check disconnected after some seconds.
+    let reason = gone_viewer_is_lost(Timeouts {
+        silence: Duration::from_secs(3600),
+        ice_disconnected: Duration::from_secs(1),
+        ..Timeouts::default()
+    });
+    assert!(reason.contains("ICE disconnected"), "{reason}");
+}
+
+/// Two viewers, one stops: its loss reason; the other keeps receiving.
+fn gone_viewer_is_lost(timeouts: Timeouts) -> String {
+    let (fwd, rx) = harness::forwarder_with(2, timeouts);
     let mut origin = origin(&fwd, &rx, false);
     let mut gone = viewer(&fwd, "gone");
     let mut stays = viewer(&fwd, "stays");
@@ -163,4 +177,10 @@ fn a_viewer_gone_silent_is_reported_lost_and_leaves_the_stats() {
         |n| n[1].video().len() > seen + 10,
     );
     fwd.stop();
+    evs.into_iter()
+        .find_map(|e| match e {
+            ForwardEvent::ViewerLost { session, reason } if session == "gone" => Some(reason),
+            _ => None,
+        })
+        .unwrap_or_default()
 }

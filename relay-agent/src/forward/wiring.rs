@@ -10,7 +10,7 @@
 //! | `session-ended` | [`Forwarder::end`] | [`Forwarder::end`] |
 //! | `request-meta` | — | the relay's meta |
 //!
-//! The engine puts its candidates in its SDP (ICE lite): nothing is trickled from here. A
+//! The engine puts its candidates in its SDP (full ICE): nothing is trickled from here. A
 //! description the engine cannot take ends that session in signalling. The handlers run on the
 //! signalling client's thread.
 

@@ -19,7 +19,7 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 /// How long any condition may take on a loaded 2-core machine.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A packet a viewer received.
 #[derive(Debug, Clone)]
@@ -58,6 +58,9 @@ pub struct Node {
     pub keyframes: bool,
     /// Origin: its video codec.
     pub video: Codec,
+    /// Origin: one video packet per interval (10 ms), this many bytes more in each.
+    pub frame_interval: Duration,
+    pub padding: usize,
     pub sent: u64,
 }
 
@@ -160,6 +163,8 @@ impl Node {
             key_wanted: true,
             keyframes: true,
             video: video.unwrap_or(Codec::Vp8),
+            frame_interval: Duration::from_millis(10),
+            padding: 0,
             sent: 0,
         }
     }
@@ -284,7 +289,7 @@ impl Node {
         let now = Instant::now();
         if self
             .last_send
-            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(10))
+            .is_some_and(|t| now.duration_since(t) < self.frame_interval)
         {
             return;
         }
@@ -320,6 +325,8 @@ impl Node {
                 0xbb,
             ]
         };
+        let mut payload = payload;
+        payload.resize(payload.len() + self.padding, 0x5a);
         let ts = self.frames * 900;
         self.write(MediaKind::Video, self.video, self.seq, ts, payload);
         if self.frames.is_multiple_of(2) {
