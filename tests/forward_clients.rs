@@ -6,8 +6,8 @@
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
 use cluster_tests::clients::{
-    aiortc_events, aiortc_viewer, aiortc_viewer_with, aiortc_watched, browser, certificate_key,
-    event, from_hex, LONG,
+    aiortc_events, aiortc_viewer, aiortc_viewer_with, aiortc_watched, browser_with,
+    certificate_key, event, from_hex, LONG,
 };
 use cluster_tests::{media, Node, Peer, Topo};
 use serde_json::Value;
@@ -77,8 +77,10 @@ fn packets(sample: &Value, kind: &str) -> Option<u64> {
 
 /// Origin (`codec` video, Opus audio) → forward relay → the web app, which is placed on the
 /// relay by stream and plays it: frames decoded and advancing, a picture, an audio track with
-/// Opus packets arriving, over DTLS with the engine's ECDSA P-256 certificate.
-async fn the_page_plays_through_a_forward_relay(codec: &str, mime: &str) -> Result<()> {
+/// Opus packets arriving, over DTLS with the engine's ECDSA P-256 certificate. With `mdns`,
+/// the page's host candidates are `.local` names the engine cannot resolve (it pairs on the
+/// page's checks).
+async fn the_page_plays_through_a_forward_relay(codec: &str, mime: &str, mdns: bool) -> Result<()> {
     let _one = media::exclusive().await;
     let node = Node::start(&[]).await?;
     let stream = format!("page-{codec}");
@@ -87,7 +89,7 @@ async fn the_page_plays_through_a_forward_relay(codec: &str, mime: &str) -> Resu
     let relay = forward(&node, &stream, &relay_name, &[])?;
     let relay_id = id_once_listed(&node, 2, &relay_name).await?;
     let url = format!("http://127.0.0.1:{}/", node.port);
-    let page = browser(&["play", &url, &stream])?;
+    let page = browser_with(&["play", &url, &stream], mdns)?;
     let played = event(&page, "played").await?;
     let (before, after) = (&played["before"], &played["after"]);
 
@@ -117,6 +119,21 @@ async fn the_page_plays_through_a_forward_relay(codec: &str, mime: &str) -> Resu
         });
         assert!(live, "no live unmuted {kind} track: {played}");
     }
+    let candidates: Vec<&str> = after["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let named = |c: &&str| {
+        c.split_whitespace()
+            .nth(4)
+            .is_some_and(|a| a.ends_with(".local"))
+    };
+    assert!(
+        !candidates.is_empty() && candidates.iter().all(|c| named(c) == mdns),
+        "the page's candidates, mDNS names expected: {mdns}: {candidates:?}"
+    );
     // What the relay presented in the DTLS handshake.
     let dtls = &after["dtls"];
     let der = from_hex(dtls["remoteCertificateHex"].as_str().unwrap_or_default())
@@ -154,12 +171,17 @@ async fn the_page_plays_through_a_forward_relay(codec: &str, mime: &str) -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_plays_vp8_and_opus_through_a_forward_relay_placed_by_stream() -> Result<()> {
-    the_page_plays_through_a_forward_relay("vp8", "video/VP8").await
+    the_page_plays_through_a_forward_relay("vp8", "video/VP8", false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_with_mdns_host_candidates_plays_through_a_forward_relay() -> Result<()> {
+    the_page_plays_through_a_forward_relay("vp8", "video/VP8", true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_plays_h264_and_opus_through_a_forward_relay_placed_by_stream() -> Result<()> {
-    the_page_plays_through_a_forward_relay("h264", "video/H264").await
+    the_page_plays_through_a_forward_relay("h264", "video/H264", false).await
 }
 
 /// aiortc (ECDSA suites only) decodes a forward relay's frames, the relay presenting an

@@ -19,12 +19,20 @@ pub fn web_dir() -> PathBuf {
     manifest_dir().join("../web")
 }
 
-/// `node web/tests/browser.mjs ARGS`: a headless Chromium session reporting JSON lines.
+/// `node web/tests/browser.mjs ARGS`: a headless Chromium session reporting JSON lines. Its
+/// host candidates are plain addresses (GStreamer cannot resolve mDNS names).
 pub fn browser(args: &[&str]) -> Result<Agent> {
+    browser_with(args, false)
+}
+
+/// [`browser`], with `mdns`: Chromium's default host candidates (`<uuid>.local` names), as a
+/// user's browser gathers them.
+pub fn browser_with(args: &[&str], mdns: bool) -> Result<Agent> {
     let mut cmd = Command::new("node");
     cmd.arg("tests/browser.mjs")
         .args(args)
-        .current_dir(web_dir());
+        .current_dir(web_dir())
+        .env("BROWSER_MDNS", if mdns { "1" } else { "0" });
     Agent::spawn_command(cmd, "browser")
 }
 

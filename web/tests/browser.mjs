@@ -14,7 +14,8 @@
 //     clicks stream NAME, waits until the tile plays, and reports what the page received: the
 //     member it was placed on, decoded frames rising, the picture, the media stream's tracks,
 //     the peer connection's inbound RTP per kind (codec, packets rising), the DTLS transport
-//     (cipher) and the certificate the remote end presented (DER, hex).
+//     (cipher), the certificate the remote end presented (DER, hex) and the ICE candidates the
+//     page gathered. BROWSER_MDNS=1 (any mode) keeps Chromium's mDNS host candidates.
 //   node browser.mjs publish URL NAME SECONDS
 //     publishes the fake camera as NAME for SECONDS.
 //   node browser.mjs first-frame URL NAME ours|demo
@@ -31,14 +32,30 @@ const browser = await chromium.launch({
   args: [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    // The fake UI grants media permission, and with it Chromium shows its real addresses.
+    ...(process.env.BROWSER_MDNS === "1" ? [] : ["--use-fake-ui-for-media-stream"]),
     "--autoplay-policy=no-user-gesture-required",
     // Real host candidates (not mDNS names): GStreamer's side cannot resolve .local names.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    // BROWSER_MDNS=1 keeps Chromium's default (mDNS names), as a user's browser has.
+    `--${process.env.BROWSER_MDNS === "1" ? "enable" : "disable"}-features=WebRtcHideLocalIpsWithMdns`,
   ],
 });
 const page = await browser.newPage({ viewport: { width: 1024, height: 768 } });
 page.on("console", (m) => console.error(`[page] ${m.type()}: ${m.text()}`));
+// The ICE candidates the page's peer connections gathered (what it signals), for `play`.
+await page.addInitScript(() => {
+  window.gatheredCandidates = [];
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("icecandidate", (e) => {
+        if (e.candidate?.candidate) window.gatheredCandidates.push(e.candidate.candidate);
+      });
+    }
+  };
+});
 page.on("pageerror", (e) => console.error(`[page] error: ${e.message}`));
 
 // Colours in a sample of the first tile's picture: a picture, not one colour.
@@ -162,6 +179,7 @@ try {
         width: v.videoWidth,
         height: v.videoHeight,
         tracks: (v.srcObject?.getTracks() || []).map((t) => ({ kind: t.kind, state: t.readyState, muted: t.muted })),
+        candidates: window.gatheredCandidates,
         inbound: {},
       };
       const pc = tile.session?.rtcPeerConnection;
