@@ -4,44 +4,11 @@
 //! pipeline relay; a stock webrtcsink, with GStreamer's own RSA certificate, still feeds our
 //! agents (the relay and a consumer-agent).
 
-use std::process::Command;
-use std::time::Duration;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cluster_tests::agent::Agent;
+use cluster_tests::clients::{aiortc_viewer, aiortc_watched as watched, LONG};
 use cluster_tests::consumer::frames_of;
-use cluster_tests::{k8s, manifest_dir, media, Node, Peer, Topo};
-use serde_json::Value;
-
-const LONG: Duration = Duration::from_secs(90);
-
-/// aiortc watching the producer named `name` on `url` until it decoded `frames` video frames.
-fn aiortc_viewer(url: &str, name: &str, frames: u32) -> Result<Agent> {
-    let mut cmd = Command::new(k8s::tool("venv/bin/python"));
-    cmd.arg(manifest_dir().join("tools/aiortc_viewer.py"))
-        .args(["--server", url, "--producer-name", name])
-        .args(["--frames", &frames.to_string(), "--timeout", "60"]);
-    Agent::spawn_command(cmd, "aiortc-viewer")
-}
-
-/// The viewer's exit code and its last "done" line, with its output when it failed.
-async fn watched(viewer: &mut Agent) -> Result<Value> {
-    let code = viewer.exit_within(LONG).await?;
-    let lines = viewer.stdout();
-    assert_eq!(
-        code,
-        Some(0),
-        "aiortc did not get its frames:\n{}\n{}",
-        lines.join("\n"),
-        viewer.stderr()
-    );
-    let done = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["event"] == "done")
-        .context("no done line")?;
-    Ok(done)
-}
+use cluster_tests::{media, Node, Peer, Topo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ecdsa_only_client_watches_a_producer_agent() -> Result<()> {

@@ -2,41 +2,11 @@
 //! through `web/tests/browser.mjs`), with the stock gstwebrtc-api, against real agents, nodes
 //! and Redis.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
+use cluster_tests::clients::{browser, event, web_dir, LONG};
 use cluster_tests::{media, Node, Redis};
 use serde_json::Value;
-
-const LONG: Duration = Duration::from_secs(90);
-
-fn web_dir() -> PathBuf {
-    cluster_tests::manifest_dir().join("../web")
-}
-
-/// `node web/tests/browser.mjs ARGS`: a headless Chromium session reporting JSON lines.
-fn browser(args: &[&str]) -> Result<Agent> {
-    let mut cmd = Command::new("node");
-    cmd.arg("tests/browser.mjs")
-        .args(args)
-        .current_dir(web_dir());
-    Agent::spawn_command(cmd, "browser")
-}
-
-/// Waits for the browser's `{"event": kind}` line (failing fast on `failed`).
-async fn event(b: &Agent, kind: &str) -> Result<Value> {
-    b.wait(LONG, kind, |b| {
-        b.json_lines_with("event", kind).is_some() || b.json_lines_with("event", "failed").is_some()
-    })
-    .await?;
-    if let Some(failed) = b.json_lines_with("event", "failed") {
-        anyhow::bail!("browser failed: {failed}\n{}", b.stderr());
-    }
-    b.json_lines_with("event", kind).context("no event")
-}
 
 fn nav_events(p: &Agent) -> u64 {
     p.json_lines("producer-stats")

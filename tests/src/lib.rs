@@ -6,7 +6,8 @@
 //!
 //! Here: processes, nodes, Redis, topologies. `peer.rs`: WebSocket peers and upgrade attempts;
 //! `cluster.rs`: three named nodes and sessions across them;
-//! `agent.rs`: agent processes and their output; `consumer.rs`: what a consumer-agent's stats say; `media.rs`: stock webrtcsink/webrtcsrc
+//! `agent.rs`: agent processes and their output; `clients.rs`: viewers not ours (the web app
+//! in Chromium, aiortc) and certificate keys; `consumer.rs`: what a consumer-agent's stats say; `media.rs`: stock webrtcsink/webrtcsrc
 //! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `delay.rs`: a slow
 //! link to Redis; `jwt.rs`: tokens made by PyJWT; `k8s.rs`: the Kubernetes tools and what the
 //! `k8s_*.rs` tests share.
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
 pub mod agent;
+pub mod clients;
 pub mod cluster;
 pub mod consumer;
 pub mod delay;

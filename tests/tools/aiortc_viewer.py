@@ -1,12 +1,15 @@
-"""A third-party WebRTC viewer for the interop tests (tests/interop_dtls.rs): aiortc, whose DTLS
-offers ECDSA cipher suites only, watches a producer through a signalling node over the v1
-protocol (the upstream gst-webrtc-signalling-server's JSON), answering the producer's offer.
+"""A third-party WebRTC viewer for the interop tests (tests/interop_dtls.rs,
+tests/forward_clients.rs): aiortc, whose DTLS offers ECDSA cipher suites only, watches a
+producer through a signalling node over the v1 protocol (the upstream
+gst-webrtc-signalling-server's JSON), answering the producer's offer.
 
 Runs in the tools venv (./dev setup installs aiortc and websockets there). Prints one JSON
 line per event on stdout ({"event": "session" | "track" | "connection" | "frames" | ...});
-exits 0 with a last {"event": "done", "frames": n} once --frames video frames were decoded,
-1 with {"event": "failed", "reason": ...} when the connection fails (a refused DTLS handshake:
-aiortc's reason is in a {"event": "dtls"} line before) or --timeout passes first.
+once connected, a {"event": "dtls-peer"} line names the certificate key the other end
+presented and the cipher suite agreed. Exits 0 with a last {"event": "done", "frames": n} once
+--frames video frames were decoded; 1 with {"event": "failed", "reason": ...} when the
+connection fails (a refused DTLS handshake: aiortc's reason is in a {"event": "dtls"} line
+before), the session ends (or signalling does), or --timeout passes first.
 """
 
 import argparse
@@ -47,6 +50,34 @@ def with_loopback():
         return found
 
     aioice.ice.get_host_addresses = addresses
+
+
+def rsa_suites_only():
+    """aiortc's DTLS offering ECDHE-RSA suites only: a client that an ECDSA certificate cannot
+    serve ("no shared cipher"), to test what a failed handshake does to the other end."""
+    from OpenSSL import SSL
+
+    original = SSL.Context.set_cipher_list
+
+    def rsa_only(self, _ciphers):
+        return original(self, b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384")
+
+    SSL.Context.set_cipher_list = rsa_only
+
+
+def dtls_peer(pc):
+    """The key of the certificate the other end presented ("EC secp256r1", "RSA 2048") and the
+    cipher suite agreed, read from aiortc's DTLS transport (its OpenSSL connection is
+    private: a missing attribute is reported, not raised)."""
+    try:
+        transport = pc.getTransceivers()[0].receiver.transport
+        ssl = transport._ssl
+        key = ssl.get_peer_certificate(as_cryptography=True).public_key()
+        curve = getattr(key, "curve", None)
+        described = f"EC {curve.name}" if curve else f"RSA {key.key_size}"
+        return {"key": described, "cipher": ssl.get_cipher_name()}
+    except Exception as e:  # aiortc's internals moved: say so instead of failing the viewer
+        return {"key": None, "error": repr(e)}
 
 
 async def find_producer(ws, name):
@@ -109,6 +140,8 @@ async def watch(args):
     @pc.on("connectionstatechange")
     def on_state():
         say(event="connection", state=pc.connectionState)
+        if pc.connectionState == "connected":
+            say(event="dtls-peer", **dtls_peer(pc))
         if pc.connectionState == "failed":
             failed.set()
 
@@ -164,13 +197,22 @@ async def watch(args):
         task = asyncio.ensure_future(signalling())
         ends = [asyncio.ensure_future(e.wait()) for e in (enough, failed)]
         try:
-            await asyncio.wait(ends, timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED)
+            # The producer ending the session (or the node closing) ends the watch too.
+            await asyncio.wait(
+                ends + [task], timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for end in ends + [task]:
                 end.cancel()
             await pc.close()
         if not enough.is_set():
-            reason = "connection failed" if failed.is_set() else "timeout"
+            if failed.is_set():
+                reason = "connection failed"
+            elif task.done() and not task.cancelled():
+                error = task.exception()
+                reason = f"signalling: {error!r}" if error else "session ended"
+            else:
+                reason = "timeout"
             say(event="failed", reason=reason, frames=frames)
             return 1
         say(event="done", frames=frames)
@@ -184,9 +226,17 @@ def main():
     parser.add_argument("--frames", type=int, default=30, help="video frames to decode")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds")
     parser.add_argument("--debug", action="store_true", help="aiortc's logs on stderr")
+    parser.add_argument(
+        "--dtls-suites",
+        choices=["ecdsa", "rsa"],
+        default="ecdsa",
+        help="the DTLS cipher suites offered: aiortc's own (ECDSA) or ECDHE-RSA only",
+    )
     args = parser.parse_args()
     if args.debug:
         logging.basicConfig(level=logging.DEBUG)
+    if args.dtls_suites == "rsa":
+        rsa_suites_only()
     sys.exit(asyncio.run(watch(args)))
 
 

@@ -10,6 +10,12 @@
 //     clicks stream NAME (one entry, whatever its relays), reports the tile playing and the
 //     member it was placed on (origin or relay), then waits until the tile has been placed
 //     again (e.g. its relay was killed) and plays, and reports that.
+//   node browser.mjs play URL NAME
+//     clicks stream NAME, waits until the tile plays, and reports what the page received: the
+//     member it was placed on, decoded frames rising, the picture, the media stream's tracks,
+//     the peer connection's inbound RTP per kind (codec, packets rising), the DTLS transport
+//     (cipher), the certificate the remote end presented (DER, hex) and the ICE candidates the
+//     page gathered. BROWSER_MDNS=1 (any mode) keeps Chromium's mDNS host candidates.
 //   node browser.mjs publish URL NAME SECONDS
 //     publishes the fake camera as NAME for SECONDS.
 //   node browser.mjs first-frame URL NAME ours|demo
@@ -26,15 +32,46 @@ const browser = await chromium.launch({
   args: [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    // The fake UI grants media permission, and with it Chromium shows its real addresses.
+    ...(process.env.BROWSER_MDNS === "1" ? [] : ["--use-fake-ui-for-media-stream"]),
     "--autoplay-policy=no-user-gesture-required",
     // Real host candidates (not mDNS names): GStreamer's side cannot resolve .local names.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    // BROWSER_MDNS=1 keeps Chromium's default (mDNS names), as a user's browser has.
+    `--${process.env.BROWSER_MDNS === "1" ? "enable" : "disable"}-features=WebRtcHideLocalIpsWithMdns`,
   ],
 });
 const page = await browser.newPage({ viewport: { width: 1024, height: 768 } });
 page.on("console", (m) => console.error(`[page] ${m.type()}: ${m.text()}`));
+// The ICE candidates the page's peer connections gathered (what it signals), for `play`.
+await page.addInitScript(() => {
+  window.gatheredCandidates = [];
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("icecandidate", (e) => {
+        if (e.candidate?.candidate) window.gatheredCandidates.push(e.candidate.candidate);
+      });
+    }
+  };
+});
 page.on("pageerror", (e) => console.error(`[page] error: ${e.message}`));
+
+// Colours in a sample of the first tile's picture: a picture, not one colour.
+const distinctColours = () => page.evaluate(() => {
+  const v = document.querySelector(".tile video");
+  const c = document.createElement("canvas");
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(v, 0, 0);
+  const data = ctx.getImageData(0, 0, c.width, c.height).data;
+  const colours = new Set();
+  for (let i = 0; i < data.length && colours.size < 64; i += 4 * 97) {
+    colours.add((data[i] >> 4) << 8 | (data[i + 1] >> 4) << 4 | (data[i + 2] >> 4));
+  }
+  return colours.size;
+});
 
 try {
   await page.goto(url);
@@ -67,19 +104,7 @@ try {
     const first = await sample();
     await page.waitForTimeout(1500);
     const second = await sample();
-    const distinct = await page.evaluate(() => {
-      const v = document.querySelector(".tile video");
-      const c = document.createElement("canvas");
-      c.width = v.videoWidth; c.height = v.videoHeight;
-      const ctx = c.getContext("2d");
-      ctx.drawImage(v, 0, 0);
-      const data = ctx.getImageData(0, 0, c.width, c.height).data;
-      const colours = new Set();
-      for (let i = 0; i < data.length && colours.size < 64; i += 4 * 97) {
-        colours.add((data[i] >> 4) << 8 | (data[i + 1] >> 4) << 4 | (data[i + 2] >> 4));
-      }
-      return colours.size;
-    });
+    const distinct = await distinctColours();
     if (arg4) await tile.locator("video").screenshot({ path: arg4 });
     const overlay = await tile.locator(".stats").textContent();
     say({ event: "playing", ...second, framesBefore: first.frames, distinctColours: distinct, overlay, clickToFirstFrameMs });
@@ -135,6 +160,58 @@ try {
     }, null, { timeout: 60000 });
     const back = await playingOn(1);
     say({ event: "placed-again", ...back, replacedToPlayingMs: Date.now() - movedAt });
+  } else if (mode === "play") {
+    const button = page.locator("#producers button", { hasText: name });
+    await button.first().waitFor({ timeout: 60000 });
+    await button.first().click();
+    await page.waitForFunction(() => {
+      const t = document.querySelector(".tile");
+      return t && t.dataset.state === "playing" && Number(t.dataset.frames || 0) > 10;
+    }, null, { timeout: 60000 });
+    // What the page's peer connection received, read twice to see it still arriving.
+    const received = () => page.evaluate(async () => {
+      const tile = [...window.gwc.tiles.values()][0];
+      const v = tile.video;
+      const out = {
+        member: tile.el.dataset.member,
+        producerId: tile.el.dataset.producerId,
+        frames: v.getVideoPlaybackQuality().totalVideoFrames,
+        width: v.videoWidth,
+        height: v.videoHeight,
+        tracks: (v.srcObject?.getTracks() || []).map((t) => ({ kind: t.kind, state: t.readyState, muted: t.muted })),
+        candidates: window.gatheredCandidates,
+        inbound: {},
+      };
+      const pc = tile.session?.rtcPeerConnection;
+      if (!pc) return out;
+      const report = await pc.getStats();
+      const byId = new Map();
+      report.forEach((s) => byId.set(s.id, s));
+      report.forEach((s) => {
+        if (s.type === "inbound-rtp") {
+          out.inbound[s.kind] = {
+            codec: byId.get(s.codecId)?.mimeType,
+            packets: s.packetsReceived,
+            framesDecoded: s.framesDecoded,
+          };
+        } else if (s.type === "transport" && s.dtlsState === "connected") {
+          const cert = byId.get(s.remoteCertificateId);
+          const der = cert ? atob(cert.base64Certificate) : "";
+          out.dtls = {
+            cipher: s.dtlsCipher,
+            srtpCipher: s.srtpCipher,
+            fingerprintAlgorithm: cert?.fingerprintAlgorithm,
+            remoteCertificateHex: [...der].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join(""),
+          };
+        }
+      });
+      return out;
+    });
+    const first = await received();
+    await page.waitForTimeout(1500);
+    const second = await received();
+    const distinct = await distinctColours();
+    say({ event: "played", before: first, after: second, distinctColours: distinct });
   } else if (mode === "first-frame") {
     const demo = arg4 === "demo";
     const button = demo
