@@ -9,37 +9,9 @@ use cluster_tests::clients::{
     aiortc_events, aiortc_viewer, aiortc_viewer_with, aiortc_watched, browser_with,
     certificate_key, event, from_hex, LONG,
 };
+use cluster_tests::relaying::{forward, origin};
 use cluster_tests::{media, Node, Peer, Topo};
 use serde_json::Value;
-
-/// A producer-agent on `node` named `name` (and `extra`), stats every 0.2 s.
-fn origin(node: &Node, name: &str, extra: &[&str]) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec!["--server", &url, "--name", name];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--stats-interval", "0.2"]);
-    Agent::producer(&args)
-}
-
-/// A forward relay-agent on `node` relaying `source` as `name` (and `extra`), stats every
-/// 0.2 s.
-fn forward(node: &Node, source: &str, name: &str, extra: &[&str]) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec![
-        "--engine",
-        "forward",
-        "--server",
-        &url,
-        "--source-name",
-        source,
-        "--name",
-        name,
-        "--stats-interval",
-        "0.2",
-    ];
-    args.extend_from_slice(extra);
-    Agent::spawn("relay-agent", &args)
-}
 
 /// The id of the producer named `name` once a lister on `node` sees `n` producers.
 async fn id_once_listed(node: &Node, n: usize, name: &str) -> Result<String> {

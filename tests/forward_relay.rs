@@ -7,75 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cluster_tests::agent::{quick, Agent};
 use cluster_tests::consumer::{frames_now, sessions_of};
-use cluster_tests::{free_port, media, Node, Peer, Redis, Topo};
+use cluster_tests::relaying::{forward, latest, listed, member, origin, viewer};
+use cluster_tests::{free_port, media, Node, Redis};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
-
-/// A producer-agent on `node` named `name` (and `extra`), stats every 0.2 s.
-fn origin(node: &Node, name: &str, extra: &[&str]) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec!["--server", &url, "--name", name];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--stats-interval", "0.2"]);
-    Agent::producer(&args)
-}
-
-/// A forward relay-agent on `node` relaying `source` as `name` (and `extra`), stats every
-/// 0.2 s.
-fn forward(node: &Node, source: &str, name: &str, extra: &[&str]) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec![
-        "--engine",
-        "forward",
-        "--server",
-        &url,
-        "--source-name",
-        source,
-        "--name",
-        name,
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--stats-interval", "0.2"]);
-    Agent::spawn("relay-agent", &args)
-}
-
-/// A consumer-agent on `node` (`target`: `--stream X`, `--producer-name X`) with `sink`
-/// (`null` decodes), stats every 0.2 s.
-fn viewer(node: &Node, target: &[&str], sink: &str) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec!["--server", url.as_str()];
-    args.extend_from_slice(target);
-    args.extend_from_slice(&["--sink", sink, "--stats-interval", "0.2"]);
-    Agent::consumer(&args)
-}
-
-fn latest(agent: &Agent, kind: &str) -> Result<Value> {
-    agent
-        .json_lines(kind)
-        .pop()
-        .with_context(|| format!("no {kind}"))
-}
-
-/// The producers a lister on `node` sees once there are `n`.
-async fn listed(node: &Node, n: usize) -> Result<Value> {
-    let mut lister = Peer::connect(&node.url()).await?;
-    Topo::list_until(&mut lister, false, |l| {
-        l["producers"].as_array().map(Vec::len) == Some(n)
-    })
-    .await
-}
-
-/// The id and meta of the producer named `name` in a `list` answer.
-fn member(list: &Value, name: &str) -> Result<(Value, Value)> {
-    list["producers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["meta"]["name"] == name)
-        .map(|p| (p["id"].clone(), p["meta"].clone()))
-        .with_context(|| format!("{name} not listed: {list}"))
-}
 
 /// Waits until the forward relay's stats list `n` viewers, each sent packets.
 async fn serving(relay: &Agent, n: usize) -> Result<Value> {
@@ -519,7 +455,7 @@ async fn engine_flags_are_checked_against_the_engine() -> Result<()> {
     };
     for (args, says) in [
         (
-            with(&["--udp-port", "5000"]),
+            with(&["--engine", "pipeline", "--udp-port", "5000"]),
             "--udp-port only apply to --engine forward",
         ),
         (
@@ -534,7 +470,7 @@ async fn engine_flags_are_checked_against_the_engine() -> Result<()> {
             "--public-ip, --threads only apply to --engine forward",
         ),
         (
-            with(&["--ice-address", "127.0.0.1"]),
+            with(&["--engine", "pipeline", "--ice-address", "127.0.0.1"]),
             "--ice-address only apply",
         ),
         (
@@ -569,7 +505,9 @@ async fn engine_flags_are_checked_against_the_engine() -> Result<()> {
     assert!(stderr.contains(&port), "names the port: {stderr}");
     // The same refusal from the environment (one ConfigMap may carry the flags).
     let mut cmd = std::process::Command::new(cluster_tests::bin("relay-agent"));
-    cmd.args(base).env("RELAY_THREADS", "2");
+    cmd.args(base)
+        .env("RELAY_ENGINE", "pipeline")
+        .env("RELAY_THREADS", "2");
     let mut agent = Agent::spawn_command(cmd, "relay-agent")?;
     assert_eq!(
         agent.exit_within(LONG).await?,

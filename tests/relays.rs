@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
+use cluster_tests::relaying::{self, latest, origin, relay};
 use cluster_tests::{media, Node, Peer, Redis, Topo};
 use serde_json::{json, Value};
 
@@ -44,40 +45,10 @@ async fn three_nodes(redis: &Redis) -> Result<(Node, Node, Node)> {
     ))
 }
 
-/// A producer-agent on `node` named `name` (and `extra`), stats every 0.2 s.
-fn origin(node: &Node, name: &str, extra: &[&str]) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec!["--server", &url, "--name", name];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--stats-interval", "0.2"]);
-    Agent::producer(&args)
-}
-
-/// A relay-agent on `node` relaying `source` as `name` (and `extra`), stats every 0.2 s.
-fn relay(node: &Node, source: &str, name: &str, extra: &[&str]) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec!["--server", &url, "--source-name", source, "--name", name];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--stats-interval", "0.2"]);
-    Agent::spawn("relay-agent", &args)
-}
-
 /// A consumer-agent on `node` finding its producer by `target` (`--producer-name X`,
 /// `--stream X`), counting encoded frames, stats every 0.2 s.
 fn viewer(node: &Node, target: &[&str]) -> Result<Agent> {
-    let url = node.url();
-    let mut args = vec!["--server", url.as_str()];
-    args.extend_from_slice(target);
-    args.extend_from_slice(&["--sink", "encoded", "--stats-interval", "0.2"]);
-    Agent::consumer(&args)
-}
-
-/// The latest stats line of `kind` (`relay-stats`, `producer-stats`).
-fn latest(agent: &Agent, kind: &str) -> Result<Value> {
-    agent
-        .json_lines(kind)
-        .pop()
-        .with_context(|| format!("no {kind}"))
+    relaying::viewer(node, target, "encoded")
 }
 
 /// Two relays of `stream` of capacity `cap`, on nodes `b` and `c`, once a lister on `c` sees
