@@ -57,10 +57,11 @@ use upstream::Source;
 ///
 /// Exit codes: 0 stopped by SIGINT/SIGTERM; 1 runtime failure (signalling unreachable for
 /// --retry-for, the origin not found or not back within --timeout, a --source-id origin gone,
-/// a returning origin with another codec, a pipeline error); 2 bad arguments; 4 refused by
-/// the server (the token lacks `produce` for the relay's name, or `consume`/`listen` for its
-/// source; a --token refused; the server's certificate rejected); 5 stopped by an operator
-/// (kicked, unless --reconnect-after-kick, or its source session ended by one).
+/// a returning origin with another codec, a pipeline error, the forward engine stopped); 2 bad
+/// arguments; 4 refused by the server (the token lacks `produce` for the relay's name, or
+/// `consume`/`listen` for its source; a --token refused; the server's certificate rejected);
+/// 5 stopped by an operator (kicked, unless --reconnect-after-kick, or its source session
+/// ended by one).
 #[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 pub struct Args {

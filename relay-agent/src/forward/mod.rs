@@ -139,7 +139,7 @@ pub fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         },
         events: down_tx,
     });
-    wiring::serve_viewers(&viewers, forwarder.clone(), meta.clone());
+    wiring::serve_viewers(&viewers, forwarder.clone(), meta.clone(), fail.clone());
     let relay = Rc::new(Relay {
         args: args.clone(),
         target,

@@ -22,7 +22,7 @@ use gst::prelude::*;
 use gst_webrtc::{WebRTCSDPType, WebRTCSessionDescription};
 use gstrswebrtc::signaller::prelude::*;
 use gstrswebrtc::signaller::Signallable;
-use sfu::forwarder::Forwarder;
+use sfu::forwarder::{ForwardError, Forwarder};
 use tracing::{debug, info, warn};
 
 use agent_core::signaller::ClusterSignaller;
@@ -111,7 +111,7 @@ pub fn receive_origin(signaller: &ClusterSignaller, forwarder: Forwarder, guard:
 }
 
 /// The producer side: each viewer offered the origin's media; its answer to the engine.
-pub fn serve_viewers(signaller: &ClusterSignaller, forwarder: Forwarder, meta: Meta) {
+pub fn serve_viewers(signaller: &ClusterSignaller, forwarder: Forwarder, meta: Meta, fail: Fail) {
     connect_common(signaller, &forwarder);
     signaller.connect("request-meta", false, move |_| {
         Some(Some(meta.lock().unwrap().clone()).to_value())
@@ -133,6 +133,12 @@ pub fn serve_viewers(signaller: &ClusterSignaller, forwarder: Forwarder, meta: M
         }
         match fwd.viewer_offer(&session) {
             Ok(offer) => send(&me, &session, WebRTCSDPType::Offer, &offer),
+            Err(e @ ForwardError::Stopped) => {
+                // A worker thread is gone: a relay that stayed registered would refuse every
+                // viewer placed on it. Ending it (exit 1) lets the cluster place them elsewhere.
+                me.end_session(&session);
+                fail(anyhow::anyhow!("the forward engine stopped serving: {e}"));
+            }
             Err(e) => {
                 warn!(session = %session, "cannot serve a viewer: {e}; ending its session");
                 me.end_session(&session);
