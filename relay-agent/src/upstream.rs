@@ -25,6 +25,23 @@ use crate::republish::Republish;
 use crate::{Args, Shared};
 
 /// Where the relay's media comes from, across the source's comings and goings.
+/// What a relay of either engine does when its source session ends: `Some` ends the relay with
+/// that error, `None` waits for the origin to return (reattach).
+pub fn after_source_ended(target: &Target, session_id: &str, by: EndedBy) -> Option<anyhow::Error> {
+    if by == EndedBy::Operator {
+        // An operator's decision: the relay does not take its source again by itself.
+        let why = format!("the source session {session_id} was ended by an operator");
+        return Some(Ending::Operator(why).into());
+    }
+    if matches!(target, Target::Id(_)) {
+        return Some(anyhow!(
+            "the origin's session {session_id} ended: its producer went away"
+        ));
+    }
+    info!(session = %session_id, "the origin's session {session_id} ended; waiting for it to return");
+    None
+}
+
 pub struct Source {
     pub pipeline: glib::WeakRef<gst::Pipeline>,
     pub args: Args,
@@ -161,17 +178,9 @@ impl EventHandler for Upstream {
     }
 
     fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
-        if by == EndedBy::Operator {
-            // An operator's decision: the relay does not take its source again by itself.
-            let why = format!("the source session {session_id} was ended by an operator");
-            return self.fail(Ending::Operator(why).into());
+        if let Some(e) = after_source_ended(&self.source.target, &session_id, by) {
+            return self.fail(e);
         }
-        if matches!(self.source.target, Target::Id(_)) {
-            return self.fail(anyhow!(
-                "the origin's session {session_id} ended: its producer went away"
-            ));
-        }
-        info!(session = %session_id, "the origin's session {session_id} ended; waiting for it to return");
         self.done = true;
         // (not from inside this signaller's own poll)
         let source = self.source.clone();

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use agent_core::cli::whole;
 use agent_core::events::{self, EventHandler, Registration, Stop};
-use agent_core::exit::Ending;
 use agent_core::shutdown::Shutdown;
 use agent_core::signaller::{ClusterSignaller, EndedBy, Role, SignallerConfig, Target};
 use anyhow::anyhow;
@@ -317,16 +316,9 @@ impl EventHandler for Upstream {
     }
 
     fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
-        if by == EndedBy::Operator {
-            let why = format!("the source session {session_id} was ended by an operator");
-            return self.fail(Ending::Operator(why).into());
+        if let Some(e) = crate::upstream::after_source_ended(&self.relay.target, &session_id, by) {
+            return self.fail(e);
         }
-        if matches!(self.relay.target, Target::Id(_)) {
-            return self.fail(anyhow!(
-                "the origin's session {session_id} ended: its producer went away"
-            ));
-        }
-        info!(session = %session_id, "the origin's session {session_id} ended; waiting for it to return");
         self.done = true;
         let relay = self.relay.clone();
         glib::idle_add_local_once(move || relay.reattach());
