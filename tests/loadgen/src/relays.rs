@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::fanout::{first_frame, Piped, HELD_FPS};
-use crate::procs::{cpu_us, Binaries, Target, Topo};
+use crate::procs::{cpu_us, machine_jiffies, percentile, Binaries, Target, Topo};
 
 const WINDOW: Duration = Duration::from_secs(8);
 const STREAM: &str = "tree";
@@ -135,23 +135,6 @@ async fn until(limit: Duration, what: &str, pred: impl Fn() -> bool) -> Result<(
     Ok(())
 }
 
-/// Busy and total jiffies of the whole machine (`/proc/stat`).
-fn machine_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = cpu.iter().sum();
-    // idle and iowait
-    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
 /// The origin's shared encoder: keyframes it was asked for and encoded, so far.
 fn origin_keyframes(origin: &Piped) -> u64 {
     origin
@@ -267,14 +250,6 @@ fn frame_log(path: &Path) -> HashMap<String, u64> {
             Some((hash.to_string(), at.parse().ok()?))
         })
         .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    Some((sorted[i] * 10.0).round() / 10.0)
 }
 
 /// First frame through the relay and from the origin; the latency of one hop.

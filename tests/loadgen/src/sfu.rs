@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::fanout::{slope, HELD_FPS};
 use crate::janus::{self, Janus};
 use crate::light_viewer::{host_address, Via, Viewer};
-use crate::procs::{cpu_us, rss_kb, Binaries, Proc, Target, Topo};
+use crate::procs::{cpu_us, machine_jiffies, percentile, rss_kb, Binaries, Proc, Target, Topo};
 
 const STREAM: &str = "sfu";
 const RELAY: &str = "sfu-relay";
@@ -265,30 +265,6 @@ fn ended(viewers: &[&Viewer]) -> String {
     } else {
         format!("ended: {}", why.join("; "))
     }
-}
-
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    Some((sorted[i] * 10.0).round() / 10.0)
-}
-
-/// Busy and total jiffies of the whole machine (`/proc/stat`).
-fn machine_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = cpu.iter().sum();
-    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
-    (total - idle, total)
 }
 
 /// K = 0, then each K of `ks` (viewers added to those running), until one is not held; the
