@@ -186,59 +186,6 @@ async fn a_stock_webrtcsink_origin_is_relayed_by_a_forward_relay_to_a_consumer_a
     Ok(())
 }
 
-/// The origin stops and a producer of the same name comes back: the forward relay keeps its
-/// registration and its viewer, whose one session gets frames again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forward_relays_viewer_keeps_its_session_across_an_origin_restart() -> Result<()> {
-    let _one = media::exclusive().await;
-    let node = Node::start(&[]).await?;
-    let mut first = origin(&node, "fw-back", &[])?;
-    let relay = forward(&node, "fw-back", "fw-back-relay", &[])?;
-    let mut viewer = viewer(&node, &["--producer-name", "fw-back-relay"], "encoded")?;
-    viewer
-        .wait(LONG, "30 frames through the relay", |v| frames_now(v) >= 30)
-        .await?;
-    let first_id = latest(&relay, "relay-stats")?["origin_id"].clone();
-    first.signal(libc::SIGTERM);
-    assert_eq!(
-        first.exit_within(LONG).await?,
-        Some(0),
-        "{}",
-        first.stderr()
-    );
-    relay
-        .wait(LONG, "the relay without an upstream session", |r| {
-            r.json_lines("relay-stats")
-                .last()
-                .is_some_and(|s| s["upstream_session"].is_null())
-        })
-        .await?;
-    let _second = origin(&node, "fw-back", &[])?;
-    let before = frames_now(&viewer);
-    viewer
-        .wait(LONG, "30 frames from the returned origin", |v| {
-            frames_now(v) >= before + 30
-        })
-        .await?;
-    let stats = latest(&relay, "relay-stats")?;
-    assert_eq!(stats["reattachments"], 1, "{stats}");
-    assert_ne!(stats["origin_id"], first_id, "a new origin: {stats}");
-    viewer.signal(libc::SIGINT);
-    assert_eq!(
-        viewer.exit_within(LONG).await?,
-        Some(0),
-        "{}",
-        viewer.stderr()
-    );
-    let report = viewer.report()?;
-    assert_eq!(
-        sessions_of(&report),
-        Some(1),
-        "one session throughout: {report}"
-    );
-    Ok(())
-}
-
 /// The origin freezes (SIGSTOP): its node keeps it, but the engine sees its media stop, so
 /// the relay ends that session and asks again; when the origin wakes it answers the new
 /// session and the relay's viewer, in its one session, gets frames again.
