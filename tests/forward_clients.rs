@@ -29,11 +29,12 @@ async fn id_once_listed(node: &Node, n: usize, name: &str) -> Result<String> {
         .with_context(|| format!("{name} not listed: {list}"))
 }
 
-/// Waits until the forward relay's stats list one viewer that was sent packets.
+/// Waits until one of the forward relay's stats lines lists one viewer that was sent packets.
+/// Any line, not the last: the page may have played and left before the next line.
 async fn serving_one(relay: &Agent) -> Result<()> {
     relay
         .wait(LONG, "one viewer sent packets", |r| {
-            r.json_lines("relay-stats").last().is_some_and(|s| {
+            r.json_lines("relay-stats").iter().any(|s| {
                 s["viewers"].as_array().is_some_and(|v| {
                     v.len() == 1 && v.iter().all(|v| v["packets"].as_u64() > Some(0))
                 })
