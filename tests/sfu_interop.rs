@@ -97,7 +97,7 @@ fn webrtcbin_origin_and_viewer_through_the_forward_engine() {
     }
     let offer = local_sdp(&ow, true);
     let answer = fwd
-        .origin_offer("origin", &offer)
+        .origin_offer("origin", &offer, None)
         .expect("the engine answers");
     promise(
         &ow,
@@ -148,7 +148,7 @@ fn webrtcbin_origin_and_viewer_through_the_forward_engine() {
         });
     });
     let viewer = Running::start(viewer).expect("the viewer plays");
-    let offer = fwd.viewer_offer("viewer").expect("an offer");
+    let offer = fwd.viewer_offer("viewer", None).expect("an offer");
     promise(
         &vw,
         "set-remote-description",

@@ -18,6 +18,7 @@
 //! | `server.rs` | [`ServerMessage`], [`PeerInfo`], [`WelcomeV2`], encoding per version |
 //! | `version.rs` | [`ProtocolVersion`] and its negotiation |
 //! | `error.rs` | [`ErrorCode`] (v2 error codes), [`ParseError`] |
+//! | `layers.rs` | a layered source's [`layers::Ladder`]: the meta's `layers`, the layers' msids |
 //! | `envelope/mod.rs`, `envelope/read.rs` | node-to-node envelopes, batches; the one-pass reader |
 //! | `envelope/bodies.rs` | the body of each node-message kind |
 //! | `envelope/tests.rs` | the envelope's tests (round trips, both readers, old and new nodes) |
@@ -27,6 +28,7 @@
 mod client;
 pub mod envelope;
 mod error;
+pub mod layers;
 mod server;
 mod version;
 

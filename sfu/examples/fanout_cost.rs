@@ -83,7 +83,7 @@ fn main() {
         let (mut origin, offer) = Node::origin(1);
         origin.frame_interval = Duration::from_millis(5);
         origin.padding = 1_200;
-        origin.accept_answer(&fwd.origin_offer("origin", &offer).expect("an answer"));
+        origin.accept_answer(&fwd.origin_offer("origin", &offer, None).expect("an answer"));
         let mut evs = Vec::new();
         until(&mut [&mut origin], "OriginReady", |_| {
             evs.extend(events(&rx));
@@ -117,7 +117,7 @@ fn main() {
         // burst of hundreds of handshakes at once is another test.
         for i in 0..k {
             let name = format!("v{i}");
-            let (v, a) = Node::viewer(&fwd.viewer_offer(&name).expect("an offer"));
+            let (v, a) = Node::viewer(&fwd.viewer_offer(&name, None).expect("an offer"));
             fwd.viewer_answer(&name, &a).expect("the answer");
             let _ = feeds[i % VIEWER_THREADS].send(v);
             if (i + 1) % 10 == 0 || i + 1 == k {

@@ -9,6 +9,8 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use proto::layers::Ladder;
+
 use crate::addresses::{bind, local_addresses};
 pub use crate::forward_api::{
     ForwardConfig, ForwardError, ForwardEvent, ForwardStats, Timeouts, ViewerStats,
@@ -188,8 +190,15 @@ impl Forwarder {
 
     /// The origin's offer (webrtcsink offers): the engine's answer, with its candidates in it.
     /// A second origin session replaces the first (reattach): viewers' sessions continue and
-    /// switch to it at its first keyframe.
-    pub fn origin_offer(&self, session: &str, offer_sdp: &str) -> Result<String, ForwardError> {
+    /// switch to it at its first keyframe. `ladder`: the origin's layers (its meta's
+    /// `layers`), matched to its video m-sections by msid (`proto::layers`); `None`: one layer.
+    pub fn origin_offer(
+        &self,
+        session: &str,
+        offer_sdp: &str,
+        ladder: Option<&Ladder>,
+    ) -> Result<String, ForwardError> {
+        let _ = ladder; // (issue 26: the layer choice uses it)
         let w = self.place(session)?;
         let sdp = offer_sdp.to_owned();
         let owned = session.to_owned();
@@ -223,8 +232,15 @@ impl Forwarder {
         Ok(answer)
     }
 
-    /// A new viewer: the engine's offer mirroring the origin's media, candidates in it.
-    pub fn viewer_offer(&self, session: &str) -> Result<String, ForwardError> {
+    /// A new viewer: the engine's offer mirroring the origin's media (one video track, whatever
+    /// the origin's layers), candidates in it. `max_height`: the viewer's cap (v2
+    /// `startSession.maxHeight`): it never receives a taller layer.
+    pub fn viewer_offer(
+        &self,
+        session: &str,
+        max_height: Option<u32>,
+    ) -> Result<String, ForwardError> {
+        let _ = max_height; // (issue 26: the layer choice uses it)
         let tracks = self
             .state()
             .origin

@@ -34,7 +34,7 @@ fn setup_with(
     let (fwd, rx) = forwarder(2);
     let (mut origin, offer) = Node::origin_of(1, None, codec);
     let answer = fwd
-        .origin_offer("origin-1", &offer)
+        .origin_offer("origin-1", &offer, None)
         .expect("the engine answers");
     assert!(answer.contains("a=candidate"), "candidates in the answer");
     origin.accept_answer(&answer);
@@ -44,9 +44,9 @@ fn setup_with(
         evs.iter()
             .any(|e| matches!(e, ForwardEvent::OriginReady { session } if session == "origin-1"))
     });
-    let (mut v1, a1) = Node::viewer(&fwd.viewer_offer("v1").expect("an offer for v1"));
+    let (mut v1, a1) = Node::viewer(&fwd.viewer_offer("v1", None).expect("an offer for v1"));
     fwd.viewer_answer("v1", &a1).expect("v1's answer");
-    let (mut v2, a2) = Node::viewer(&fwd.viewer_offer("v2").expect("an offer for v2"));
+    let (mut v2, a2) = Node::viewer(&fwd.viewer_offer("v2", None).expect("an offer for v2"));
     fwd.viewer_answer("v2", &a2).expect("v2's answer");
     until(
         &mut [&mut origin, &mut v1, &mut v2],
@@ -143,7 +143,7 @@ fn replaced_origin_is_invisible(codec: Codec) {
     // The origin restarts: a new session, new SSRCs and numbering; the old one goes silent.
     let (mut origin2, offer) = Node::origin_of(2, None, codec);
     let answer = fwd
-        .origin_offer("origin-2", &offer)
+        .origin_offer("origin-2", &offer, None)
         .expect("the engine answers");
     origin2.accept_answer(&answer);
     origin.connected = false; // stops sending

@@ -11,7 +11,7 @@ use sfu::forwarder::{ForwardEvent, Forwarder};
 fn connect(viewers: usize) -> (Forwarder, Node, Vec<Node>) {
     let (fwd, rx) = forwarder(2);
     let (mut origin, offer) = Node::origin(1);
-    origin.accept_answer(&fwd.origin_offer("origin", &offer).expect("an answer"));
+    origin.accept_answer(&fwd.origin_offer("origin", &offer, None).expect("an answer"));
     let mut evs = Vec::new();
     until(&mut [&mut origin], "OriginReady", |_| {
         evs.extend(events(&rx));
@@ -21,7 +21,7 @@ fn connect(viewers: usize) -> (Forwarder, Node, Vec<Node>) {
     let mut vs = Vec::new();
     for i in 0..viewers {
         let name = format!("v{i}");
-        let (v, answer) = Node::viewer(&fwd.viewer_offer(&name).expect("an offer"));
+        let (v, answer) = Node::viewer(&fwd.viewer_offer(&name, None).expect("an offer"));
         fwd.viewer_answer(&name, &answer).expect("the answer");
         vs.push(v);
     }

@@ -12,7 +12,7 @@ use sfu::forwarder::{ForwardEvent, Forwarder, Timeouts};
 
 fn origin(fwd: &Forwarder, rx: &std::sync::mpsc::Receiver<ForwardEvent>, rsa: bool) -> Node {
     let (mut origin, offer) = Node::origin_with(1, rsa.then(rsa_cert));
-    origin.accept_answer(&fwd.origin_offer("origin", &offer).expect("an answer"));
+    origin.accept_answer(&fwd.origin_offer("origin", &offer, None).expect("an answer"));
     let mut evs = Vec::new();
     until(&mut [&mut origin], "OriginReady", |_| {
         evs.extend(events(rx));
@@ -23,7 +23,7 @@ fn origin(fwd: &Forwarder, rx: &std::sync::mpsc::Receiver<ForwardEvent>, rsa: bo
 }
 
 fn viewer(fwd: &Forwarder, name: &str) -> Node {
-    let (v, answer) = Node::viewer(&fwd.viewer_offer(name).expect("an offer"));
+    let (v, answer) = Node::viewer(&fwd.viewer_offer(name, None).expect("an offer"));
     fwd.viewer_answer(name, &answer).expect("the answer");
     v
 }

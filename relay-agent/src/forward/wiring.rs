@@ -91,7 +91,7 @@ pub fn receive_origin(signaller: &ClusterSignaller, forwarder: Forwarder, guard:
             me.end_session(&session);
             return None;
         };
-        match forwarder.origin_offer(&session, &offer) {
+        match forwarder.origin_offer(&session, &offer, None) {
             Ok(answer) => {
                 if guard.check(&answer) {
                     info!(session = %session, "answering the origin's offer");
@@ -131,7 +131,7 @@ pub fn serve_viewers(signaller: &ClusterSignaller, forwarder: Forwarder, meta: M
             me.end_session(&session);
             return None;
         }
-        match fwd.viewer_offer(&session) {
+        match fwd.viewer_offer(&session, None) {
             Ok(offer) => send(&me, &session, WebRTCSDPType::Offer, &offer),
             Err(e @ ForwardError::Stopped) => {
                 // A worker thread is gone: a relay that stayed registered would refuse every
