@@ -26,10 +26,14 @@ use crate::demux::{Demux, Route};
 use crate::fanout::{Outcome, Packet, SourceTrack};
 use crate::forward_api::{ForwardError, ForwardEvent, Timeouts, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
+use crate::layer_switching::{BitrateMeter, EstimateKind};
+use crate::layout::Layout;
 use crate::mailbox::{Link, Msg, SourceMsg, WAKER};
 use crate::peer::{Happening, Peer, Role};
 use crate::send_batch::SendBatch;
 
+#[path = "worker_layers.rs"]
+mod layers;
 #[path = "worker_sessions.rs"]
 mod sessions;
 
@@ -64,6 +68,10 @@ pub struct Worker {
     links: Arc<Vec<Link>>,
     events: Sender<ForwardEvent>,
     sources: Vec<SourceTrack>,
+    /// How the source's tracks map onto a viewer's (a layered video collapsed into one).
+    layout: Layout,
+    /// Per source track: its bitrate, and whether it sends (the layer choice's input).
+    meters: Vec<BitrateMeter>,
     /// Per source track: a keyframe was asked for since the last one passed (one ask per
     /// worker, however many of its viewers wait).
     asked: Vec<bool>,
@@ -118,6 +126,8 @@ impl Worker {
             links,
             events,
             sources: Vec::new(),
+            layout: Layout::default(),
+            meters: Vec::new(),
             asked: Vec::new(),
             origin_worker: None,
             origin_id: 0,
@@ -157,6 +167,7 @@ impl Worker {
             if now >= housekeeping + HOUSEKEEPING {
                 housekeeping = now;
                 self.housekeeping(now);
+                self.choose_layers(now);
             }
             self.batch.flush();
         }
@@ -253,13 +264,18 @@ impl Worker {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.keyframe_requests += 1;
                     }
-                    self.need_keyframe(track, now);
+                    if let Some(source) = self.source_shown(id, track) {
+                        self.need_keyframe(source, now);
+                    }
                 }
                 Happening::Estimate(bps) => {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.estimate_bps = Some(bps);
                     }
+                    self.estimate(id, EstimateKind::Twcc, bps);
                 }
+                Happening::Remb(bps) => self.estimate(id, EstimateKind::Remb, bps),
+                Happening::Loss(fraction) => self.loss(id, fraction),
                 Happening::Nacks(n) => {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.nacks_served = n;
@@ -285,24 +301,47 @@ impl Worker {
         };
         let _ = self.events.send(ForwardEvent::ViewerConnected { session });
         viewer.joined = true;
-        // A joiner starts at once from each track's cached keyframe.
+        // A layered source: the joiner's first layer, chosen before it joins.
+        self.choose_layer(id, now);
+        let Some(Role::Viewer(viewer)) = self.peers.get_mut(&id).map(|p| &mut p.role) else {
+            return;
+        };
+        // A joiner starts at once from each track's cached keyframe (a layered video: its
+        // target layer's).
         let mut writes = Vec::new();
         let mut need = Vec::new();
         for (i, (_, _, track)) in viewer.tracks.iter_mut().enumerate() {
-            let (Some(track), Some(source)) = (track.as_mut(), self.sources.get(i)) else {
+            let Some(track) = track.as_mut() else {
+                continue;
+            };
+            let layered = self.layout.layered.as_ref().filter(|l| l.viewer_track == i);
+            let (source, layer) = match layered {
+                Some(l) => (
+                    l.sources.get(track.target()).copied().flatten(),
+                    Some(track.target()),
+                ),
+                None => (
+                    self.layout.route.iter().position(|r| *r == Some((i, None))),
+                    None,
+                ),
+            };
+            let Some((s, source)) = source.and_then(|s| Some((s, self.sources.get(s)?))) else {
                 continue;
             };
             if track.codec() != source.codec {
                 continue;
             }
-            for outcome in track.join(source, now) {
+            for outcome in track.join_layer(source, layer, now) {
                 match outcome {
                     Outcome::Send(w) => writes.push((i, w)),
-                    Outcome::NeedKeyframe => need.push(i),
+                    Outcome::NeedKeyframe => need.push(s),
                     Outcome::Skip => {}
                 }
             }
         }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         for (i, w) in &writes {
             if peer.write(*i, w, now) {
                 if let Some(s) = self.viewer_stats.get_mut(&id) {
@@ -359,6 +398,13 @@ impl Worker {
         };
         source.push(packet);
         let codec = source.codec;
+        if let Some(m) = self.meters.get_mut(track) {
+            m.packet(packet.payload.len(), now);
+        }
+        // The viewer track it feeds, and its layer (None: the track itself).
+        let Some((vt, layer)) = self.layout.route.get(track).copied().flatten() else {
+            return;
+        };
         if packet.keyframe {
             self.asked[track] = false;
         }
@@ -378,16 +424,16 @@ impl Worker {
             let Role::Viewer(viewer) = &mut peer.role else {
                 continue;
             };
-            let Some((_, info, Some(fan))) = viewer.tracks.get_mut(track) else {
+            let Some((_, info, Some(fan))) = viewer.tracks.get_mut(vt) else {
                 continue;
             };
             if info.codec != codec {
                 continue;
             }
-            let outcome = fan.forward(packet, now);
+            let outcome = fan.forward_layer(packet, layer, now);
             match outcome {
                 Outcome::Send(w) => {
-                    if peer.write(track, &w, now) {
+                    if peer.write(vt, &w, now) {
                         if let Some(s) = self.viewer_stats.get_mut(id) {
                             s.packets += 1;
                             s.bytes += w.payload.len() as u64;

@@ -9,8 +9,10 @@ use super::{OriginState, Worker, KEYFRAME_BUDGET};
 use crate::fanout::SourceTrack;
 use crate::forward_api::{ForwardError, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
+use crate::layer_switching::BitrateMeter;
+use crate::layout::Layout;
 use crate::mailbox::{Msg, SourceMsg, WorkerStats};
-use crate::peer::{Peer, TrackInfo};
+use crate::peer::{Peer, Role, TrackInfo};
 
 impl Worker {
     /// Handles every message waiting; false when told to stop (or the handle is gone).
@@ -35,9 +37,10 @@ impl Worker {
                 Msg::ViewerOffer {
                     session,
                     tracks,
+                    max_height,
                     reply,
                 } => {
-                    let r = self.viewer_offer(&session, &tracks, now);
+                    let r = self.viewer_offer(&session, &tracks, max_height, now);
                     let _ = reply.send(r);
                 }
                 Msg::ViewerAnswer {
@@ -64,9 +67,10 @@ impl Worker {
                 Msg::Source(s) => match &*s {
                     SourceMsg::Tracks {
                         tracks,
+                        layout,
                         worker,
                         origin,
-                    } => self.tracks(tracks, *worker, *origin),
+                    } => self.tracks(tracks, layout, *worker, *origin),
                     SourceMsg::Packet {
                         worker,
                         origin,
@@ -147,12 +151,16 @@ impl Worker {
         &mut self,
         session: &str,
         tracks: &[TrackInfo],
+        max_height: Option<u32>,
         now: Instant,
     ) -> Result<String, ForwardError> {
         if let Some(id) = self.sessions.get(session).copied() {
             self.remove(id);
         }
-        let (peer, offer) = Peer::viewer(session, tracks, &self.candidates, now)?;
+        let (mut peer, offer) = Peer::viewer(session, tracks, &self.candidates, now)?;
+        if let Role::Viewer(v) = &mut peer.role {
+            v.max_height = max_height;
+        }
         let id = self.add(peer);
         self.viewer_stats.insert(
             id,
@@ -167,7 +175,9 @@ impl Worker {
 
     /// A (new) origin's tracks: a track in another codec starts a new cache; the same codec
     /// keeps its cache until the new origin's first keyframe replaces it.
-    fn tracks(&mut self, tracks: &[TrackInfo], worker: usize, origin: u64) {
+    fn tracks(&mut self, tracks: &[TrackInfo], layout: &Layout, worker: usize, origin: u64) {
+        self.layout = layout.clone();
+        self.meters = vec![BitrateMeter::default(); tracks.len()];
         self.origin_worker = Some(worker);
         self.origin_id = origin;
         if worker != self.index {
