@@ -18,6 +18,10 @@
 //     page gathered. BROWSER_MDNS=1 (any mode) keeps Chromium's mDNS host candidates.
 //   node browser.mjs publish URL NAME SECONDS
 //     publishes the fake camera as NAME for SECONDS.
+//   node browser.mjs cap URL NAME
+//     in a small window (480×360 on a 1280×720 screen), clicks producer NAME and reports the
+//     tile's cap (the maxHeight its startSession asks for), then makes the tile fullscreen
+//     and reports the cap of the session it starts again.
 //   node browser.mjs first-frame URL NAME ours|demo
 //     clicks producer NAME in our app, or in upstream's gstwebrtc-api demo page, and reports
 //     the time from the click to the first video frame presented.
@@ -41,7 +45,9 @@ const browser = await chromium.launch({
     `--${process.env.BROWSER_MDNS === "1" ? "enable" : "disable"}-features=WebRtcHideLocalIpsWithMdns`,
   ],
 });
-const page = await browser.newPage({ viewport: { width: 1024, height: 768 } });
+const page = await browser.newPage(mode === "cap"
+  ? { viewport: { width: 480, height: 360 }, screen: { width: 1280, height: 720 }, deviceScaleFactor: 1 }
+  : { viewport: { width: 1024, height: 768 } });
 page.on("console", (m) => console.error(`[page] ${m.type()}: ${m.text()}`));
 // The ICE candidates the page's peer connections gathered (what it signals), for `play`.
 await page.addInitScript(() => {
@@ -225,6 +231,18 @@ try {
       return v && v.getVideoPlaybackQuality().totalVideoFrames > 0;
     }, demo, { timeout: 60000, polling: "raf" });
     say({ event: "first-frame", ms: Date.now() - clicked });
+  } else if (mode === "cap") {
+    const button = page.locator("#producers button", { hasText: name });
+    await button.first().waitFor({ timeout: 60000 });
+    await button.first().click();
+    const tile = page.locator(".tile").first();
+    await page.waitForFunction(() => document.querySelector(".tile")?.dataset.cap, null, { timeout: 20000 });
+    const small = Number(await tile.getAttribute("data-cap"));
+    const height = await tile.locator("video").evaluate((v) => v.getBoundingClientRect().height);
+    say({ event: "tile", cap: small, height });
+    await tile.locator("button.full").click();
+    await page.waitForFunction((c) => document.fullscreenElement && Number(document.querySelector(".tile").dataset.cap) !== c, small, { timeout: 20000 });
+    say({ event: "fullscreen", cap: Number(await tile.getAttribute("data-cap")) });
   } else if (mode === "publish") {
     await page.fill("#publish-name", name);
     await page.click("#publish button[value=camera]");
