@@ -14,7 +14,7 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// The producer's next `startSession`, skipping the rest.
 async fn start_session(p: &mut Peer) -> Result<Value> {
-    Ok(tokio::time::timeout(LONG, p.wait_for("startSession")).await??)
+    tokio::time::timeout(LONG, p.wait_for("startSession")).await?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
