@@ -264,6 +264,11 @@ impl Linker {
             pipeline.add(&bin)?;
             bin.sync_state_with_parent()?;
             let sinkpad = bin.static_pad("sink").context("fakesink bin")?;
+            if matches!(self.sink, Sink::File(_)) {
+                // (a stop ends it too: the pipeline's end of stream, which finalizes the
+                // recording, waits for every sink)
+                self.entries.lock().unwrap().push(sinkpad.clone());
+            }
             return pad
                 .link(&sinkpad)
                 .map(drop)
