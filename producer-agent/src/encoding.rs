@@ -66,49 +66,6 @@ pub struct Stats {
 /// The shared video encoder and the bounds its bitrate follows the audience within.
 type Followed = (gst::glib::WeakRef<gst::Element>, (u32, u32));
 
-/// What goes between each raw stream of the source and webrtcsink.
-#[derive(Clone)]
-pub enum Chain {
-    /// Raw video/audio: webrtcsink encodes per consumer.
-    Raw,
-    Shared(Settings, Arc<Stats>),
-    /// Shared, video encoded once per layer of the ladder (`ladder.rs`).
-    Ladder(Settings, Arc<crate::ladder::Stats>, Option<Duration>),
-}
-
-impl Chain {
-    /// A bin with one sink and one src pad for a raw `kind` (`video`/`audio`) stream.
-    pub fn build(&self, kind: &str) -> anyhow::Result<gst::Bin> {
-        match self {
-            Chain::Raw => {
-                let desc = match kind {
-                    "video" => "videoconvert ! queue",
-                    _ => "audioconvert ! audioresample ! queue",
-                };
-                Ok(gst::parse::bin_from_description(desc, true)?)
-            }
-            Chain::Shared(settings, stats) => shared(kind, settings, stats),
-            Chain::Ladder(settings, _, _) if kind == "audio" => {
-                shared(kind, settings, &Arc::default())
-            }
-            Chain::Ladder(settings, stats, interval) => {
-                let ladder = proto::layers::Ladder(stats.layers.iter().map(|l| l.layer).collect());
-                crate::ladder::build(settings, &ladder, stats, *interval)
-            }
-        }
-    }
-
-    /// The msid of the webrtcsink pad fed by the chain's `index`-th src pad: with a ladder,
-    /// layer k's video is `gwc-layer-k` and the audio joins the top layer's (`gwc-layer-0`),
-    /// so that a browser plays them as one stream; none otherwise.
-    pub fn msid(&self, kind: &str, index: usize) -> Option<String> {
-        match self {
-            Chain::Ladder(..) => Some(proto::layers::msid(if kind == "audio" { 0 } else { index })),
-            _ => None,
-        }
-    }
-}
-
 /// `ENCODER name=encoder ! CAPS ! … name=out` for the shared video codec `codec`: what follows
 /// the raw video in a shared chain (and in each layer of a ladder, `ladder.rs`).
 pub fn video_encoder(codec: &str) -> anyhow::Result<&'static str> {
@@ -123,7 +80,7 @@ pub fn video_encoder(codec: &str) -> anyhow::Result<&'static str> {
 }
 
 /// The shared encoder's chain for a raw `kind` stream.
-fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result<gst::Bin> {
+pub fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result<gst::Bin> {
     let desc = match kind {
         "audio" => "audioconvert ! audioresample ! queue ! opusenc name=encoder ! audio/x-opus ! identity name=out".to_string(),
         _ => format!("videoconvert ! queue ! {}", video_encoder(settings.video_codec)?),
@@ -217,15 +174,6 @@ pub fn audience_bitrate(estimates: &[u64], bounds: (u32, u32)) -> Option<u32> {
 }
 
 impl Stats {
-    /// With a ladder, `shared_encoder` in the stats describes the top layer's encoder (its
-    /// keyframe counts are the top layer's, see `ladder::Stats::new`).
-    pub fn describe_top(&self, settings: &Settings, ladder: &crate::ladder::Stats) {
-        *self.codec.lock().unwrap() = Some(settings.video_codec.to_string());
-        let top = ladder.layers.first().map(|l| l.layer.kbps as u64 * 1000);
-        self.bitrate
-            .store(top.unwrap_or_default(), Ordering::Relaxed);
-    }
-
     /// With the bitrate following the audience: reads each consumer's congestion-control
     /// estimate (webrtcsink's `rtpgccbwe` in each consumer's `webrtcbin`) and sets the shared
     /// encoder's target to [`audience_bitrate`]. Called every second.

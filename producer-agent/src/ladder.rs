@@ -141,6 +141,16 @@ pub struct LayerStats {
 const RECENT: usize = 8;
 
 impl Stats {
+    /// With a ladder, `shared_encoder` in the stats describes the top layer's encoder (its
+    /// keyframe counts are the top layer's, see [`Stats::new`]).
+    pub fn describe_top(&self, settings: &encoding::Settings, shared: &encoding::Stats) {
+        *shared.codec.lock().unwrap() = Some(settings.video_codec.to_string());
+        let top = self.layers.first().map(|l| l.layer.kbps as u64 * 1000);
+        shared
+            .bitrate
+            .store(top.unwrap_or_default(), Ordering::Relaxed);
+    }
+
     /// The ladder's stats; layer 0 counts into `top` (the shared encoder's, which the stats'
     /// `shared_encoder` reports).
     pub fn new(ladder: &Ladder, top: Arc<KeyframeCounts>) -> Stats {

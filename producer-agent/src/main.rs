@@ -1,6 +1,7 @@
 //! producer-agent: publishes a stream into a gst-webrtc-cluster (or any upstream-compatible
 //! signalling server) through `webrtcsink`, and keeps publishing through signalling trouble.
 
+mod chain;
 mod encoding;
 mod ladder;
 mod report;
@@ -25,7 +26,8 @@ use gst::glib;
 use gst::prelude::*;
 use tracing::{info, warn};
 
-use encoding::{Chain, Encoding};
+use chain::Chain;
+use encoding::Encoding;
 use report::{Collector, Counters};
 use source::{Source, TestParams};
 
@@ -260,7 +262,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         (Encoding::PerConsumer, _) => Chain::Raw,
         (Encoding::Shared, None) => Chain::Shared(settings, shared.clone()),
         (Encoding::Shared, Some(stats)) => {
-            shared.describe_top(&settings, stats);
+            stats.describe_top(&settings, &shared);
             let every = Duration::from_secs(args.keyframe_interval);
             Chain::Ladder(
                 encoding::Settings {

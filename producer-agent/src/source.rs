@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use gst::prelude::*;
 use tracing::{info, warn};
 
-use crate::encoding::Chain;
+use crate::chain::Chain;
 
 /// `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
