@@ -9,7 +9,9 @@
 //! `agent.rs`: agent processes and their output; `clients.rs`: viewers not ours (the web app
 //! in Chromium, aiortc) and certificate keys; `consumer.rs`: what a consumer-agent's stats say; `relaying.rs`: the origin, relay and viewer
 //! agents of the relay tests; `media.rs`: stock webrtcsink/webrtcsrc
-//! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `delay.rs`: a slow
+//! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `shaping.rs`: viewers
+//! in namespaces of their own behind token-bucket links, limited and lifted mid-stream (also
+//! the load generator's); `delay.rs`: a slow
 //! link to Redis; `jwt.rs`: tokens made by PyJWT; `k8s.rs`: the Kubernetes tools and what the
 //! `k8s_*.rs` tests share.
 
@@ -35,6 +37,7 @@ pub mod media;
 pub mod netns;
 pub mod peer;
 pub mod relaying;
+pub mod shaping;
 
 pub use peer::{upgrade, Peer};
 
