@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::agent::Agent;
+pub use crate::watched::{watched, Watched};
 
 /// How many sessions a consumer report lists.
 pub fn sessions_of(report: &Value) -> Option<usize> {
@@ -64,72 +65,4 @@ pub fn longest_stall_ms(c: &Agent, from_ms: u64) -> u64 {
         }
     }
     longest
-}
-
-/// What a viewer saw over a window of its run, from its stats lines (the frame counter at
-/// each line, `elapsed_ms` since it started).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Watched {
-    /// Frames decoded (or counted) in the window.
-    pub frames: u64,
-    pub fps: f64,
-    /// Time without a new frame: each gap between stats lines whose frame count stood
-    /// still, summed. With lines 0.2 s apart, a freeze under 0.2 s may go unseen and one
-    /// longer is counted to within 0.2 s (consumer-agent's own `frozen_ms`, where it reports
-    /// one, is finer).
-    pub frozen_ms: u64,
-    /// The longest of those freezes.
-    pub longest_freeze_ms: u64,
-    /// The window's length.
-    pub window_ms: u64,
-}
-
-/// [`Watched`] of `lines` (`consumer-stats`) between `from_ms` and `to_ms` of the viewer's
-/// run.
-pub fn watched(lines: &[Value], from_ms: u64, to_ms: u64) -> Watched {
-    let points: Vec<(u64, u64)> = lines
-        .iter()
-        .map(|l| (l["elapsed_ms"].as_u64().unwrap_or(0), frames_of(l)))
-        .filter(|(t, _)| (from_ms..=to_ms).contains(t))
-        .collect();
-    let (mut frozen, mut longest, mut run) = (0, 0, 0);
-    for pair in points.windows(2) {
-        let ((t0, f0), (t1, f1)) = (pair[0], pair[1]);
-        if f1 == f0 {
-            frozen += t1 - t0;
-            run += t1 - t0;
-            longest = longest.max(run);
-        } else {
-            run = 0;
-        }
-    }
-    let (first, last) = match (points.first(), points.last()) {
-        (Some(a), Some(b)) => (*a, *b),
-        _ => ((from_ms, 0), (from_ms, 0)),
-    };
-    let window_ms = last.0 - first.0;
-    let frames = last.1 - first.1;
-    Watched {
-        frames,
-        fps: if window_ms > 0 {
-            frames as f64 * 1000.0 / window_ms as f64
-        } else {
-            0.0
-        },
-        frozen_ms: frozen,
-        longest_freeze_ms: longest,
-        window_ms,
-    }
-}
-
-impl Watched {
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "frames": self.frames,
-            "fps": (self.fps * 10.0).round() / 10.0,
-            "frozen_ms": self.frozen_ms,
-            "longest_freeze_ms": self.longest_freeze_ms,
-            "window_ms": self.window_ms,
-        })
-    }
 }

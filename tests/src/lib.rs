@@ -7,7 +7,8 @@
 //! Here: processes, nodes, Redis, topologies. `peer.rs`: WebSocket peers and upgrade attempts;
 //! `cluster.rs`: three named nodes and sessions across them;
 //! `agent.rs`: agent processes and their output; `clients.rs`: viewers not ours (the web app
-//! in Chromium, aiortc) and certificate keys; `consumer.rs`: what a consumer-agent's stats say; `relaying.rs`: the origin, relay and viewer
+//! in Chromium, aiortc) and certificate keys; `consumer.rs`: what a consumer-agent's stats say (`watched.rs`: over a window, also the
+//! load generator's); `relaying.rs`: the origin, relay and viewer
 //! agents of the relay tests; `media.rs`: stock webrtcsink/webrtcsrc
 //! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `shaping.rs`: viewers
 //! in namespaces of their own behind token-bucket links, limited and lifted mid-stream (also
@@ -38,6 +39,7 @@ pub mod netns;
 pub mod peer;
 pub mod relaying;
 pub mod shaping;
+pub mod watched;
 
 pub use peer::{upgrade, Peer};
 
