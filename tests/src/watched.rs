@@ -66,7 +66,7 @@ pub fn watched(lines: &[Value], from_ms: u64, to_ms: u64) -> Watched {
 }
 
 impl Watched {
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         serde_json::json!({
             "frames": self.frames,
             "fps": (self.fps * 10.0).round() / 10.0,
