@@ -13,6 +13,8 @@
 //! * [`keyframes`]: keyframe requests of many consumers of one encoded stream, coalesced.
 //! * [`dtls_certificate`]: the process's one ECDSA P-256 DTLS certificate, given to every
 //!   webrtcbin the signaller serves (ECDSA-only peers such as aiortc need it).
+//! * [`msid`]: `a=msid` lines for a layered origin's SDP (webrtcbin 1.22 writes the msid only on
+//!   `a=ssrc` lines).
 //! * [`exit`]: the exit codes every agent documents, and the errors that carry them.
 
 pub mod cli;
@@ -22,6 +24,7 @@ pub mod events;
 pub mod exit;
 pub mod keyframes;
 pub mod metrics;
+pub mod msid;
 pub mod reporting;
 pub mod shutdown;
 pub mod signaller;

@@ -134,6 +134,17 @@ pub struct Linker {
     expected: ExpectedStreams,
     gate: Arc<Mutex<Gate>>,
     frame_log: Option<Arc<FrameLog>>,
+    /// Lower layers of a layered origin seen so far, left undecoded (see [`lower_layer`]).
+    skipped: Arc<AtomicU64>,
+}
+
+/// The layer a webrtcsrc pad carries if it is a lower layer of a layered origin (its msid is
+/// `gwc-layer-k`, k > 0; docs/protocol.md "Layers"): a viewer connected to the origin
+/// directly receives every layer, and plays the top one (with the audio).
+fn lower_layer(pad: &gst::Pad) -> Option<usize> {
+    pad.find_property("msid")?;
+    let msid = pad.property::<Option<String>>("msid")?;
+    proto::layers::layer_of_msid(&msid).filter(|k| *k > 0)
 }
 
 /// `--frame-log`: one line per encoded video frame, `HASH UNIX_MICROS`, the hash of the
@@ -236,6 +247,7 @@ impl Linker {
                 expected,
                 gate: Default::default(),
                 frame_log,
+                skipped: Default::default(),
             },
             recording,
         ))
@@ -244,6 +256,19 @@ impl Linker {
     /// Called from webrtcsrc's pad-added.
     pub fn link(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> anyhow::Result<()> {
         let video = pad.name().starts_with("video");
+        if let Some(k) = lower_layer(pad).filter(|_| video) {
+            // Not decoded (a fakesink takes the RTP as it is), not counted, not recorded.
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            info!("layer {k} of the origin ({}): not played", pad.name());
+            let bin = gst::parse::bin_from_description("fakesink sync=false", true)?;
+            pipeline.add(&bin)?;
+            bin.sync_state_with_parent()?;
+            let sinkpad = bin.static_pad("sink").context("fakesink bin")?;
+            return pad
+                .link(&sinkpad)
+                .map(drop)
+                .map_err(|e| anyhow!("cannot link {}: {e}", pad.name()));
+        }
         let (desc, counted) = match (&self.sink, video) {
             // Raw caps downstream make webrtcsrc decode: with a sink that accepts anything it
             // would hand out RTP, and we would count packets instead of frames.
@@ -323,7 +348,7 @@ impl Linker {
         if let Some(probe) = mux_pad.add_probe(block, |_, _| gst::PadProbeReturn::Ok) {
             gate.held.push((mux_pad.clone(), probe));
         }
-        let (caps_gate, expected) = (self.gate.clone(), self.expected.clone());
+        let (caps_gate, expected) = (self.gate.clone(), self.recorded_streams());
         mux_pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |pad, info| {
             if let Some(gst::PadProbeData::Event(ev)) = &info.data {
                 if ev.type_() == gst::EventType::Caps {
@@ -350,7 +375,19 @@ impl Linker {
                 }
             });
         }
-        gate.maybe_open((self.expected)().unwrap_or(1));
+        gate.maybe_open(self.recorded_streams()().unwrap_or(1));
+    }
+
+    /// The streams a recording waits for: the producer's, less its lower layers (a layered
+    /// origin's lower layers are not recorded; those not seen yet are waited for at most 3 s).
+    fn recorded_streams(&self) -> ExpectedStreams {
+        let (all, skipped) = (self.expected.clone(), self.skipped.clone());
+        Arc::new(move || {
+            all().map(|n| {
+                n.saturating_sub(skipped.load(Ordering::Relaxed) as usize)
+                    .max(1)
+            })
+        })
     }
 
     /// `pad ! capsfilter(encoded) ! parsebin ! [h26xparse] ! queue ! mux`: webrtcsrc stops

@@ -72,6 +72,8 @@ pub enum Chain {
     /// Raw video/audio: webrtcsink encodes per consumer.
     Raw,
     Shared(Settings, Arc<Stats>),
+    /// Shared, video encoded once per layer of the ladder (`ladder.rs`).
+    Ladder(Settings, Arc<crate::ladder::Stats>, Option<Duration>),
 }
 
 impl Chain {
@@ -86,22 +88,45 @@ impl Chain {
                 Ok(gst::parse::bin_from_description(desc, true)?)
             }
             Chain::Shared(settings, stats) => shared(kind, settings, stats),
+            Chain::Ladder(settings, _, _) if kind == "audio" => {
+                shared(kind, settings, &Arc::default())
+            }
+            Chain::Ladder(settings, stats, interval) => {
+                let ladder = proto::layers::Ladder(stats.layers.iter().map(|l| l.layer).collect());
+                crate::ladder::build(settings, &ladder, stats, *interval)
+            }
+        }
+    }
+
+    /// The msid of the webrtcsink pad fed by the chain's `index`-th src pad: with a ladder,
+    /// layer k's video is `gwc-layer-k` and the audio joins the top layer's (`gwc-layer-0`),
+    /// so that a browser plays them as one stream; none otherwise.
+    pub fn msid(&self, kind: &str, index: usize) -> Option<String> {
+        match self {
+            Chain::Ladder(..) => Some(proto::layers::msid(if kind == "audio" { 0 } else { index })),
+            _ => None,
         }
     }
 }
 
-/// The shared encoder's chain for a raw `kind` stream.
-fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result<gst::Bin> {
-    let desc = match (kind, settings.video_codec) {
-        ("audio", _) => "audioconvert ! audioresample ! queue ! opusenc name=encoder ! audio/x-opus ! identity name=out".to_string(),
-        (_, "video/x-vp8") => "videoconvert ! queue ! vp8enc name=encoder ! video/x-vp8 ! identity name=out".into(),
-        (_, "video/x-vp9") => "videoconvert ! queue ! vp9enc name=encoder ! video/x-vp9 ! identity name=out".into(),
+/// `ENCODER name=encoder ! CAPS ! … name=out` for the shared video codec `codec`: what follows
+/// the raw video in a shared chain (and in each layer of a ladder, `ladder.rs`).
+pub fn video_encoder(codec: &str) -> anyhow::Result<&'static str> {
+    Ok(match codec {
+        "video/x-vp8" => "vp8enc name=encoder ! video/x-vp8 ! identity name=out",
+        "video/x-vp9" => "vp9enc name=encoder ! video/x-vp9 ! identity name=out",
         // Constrained baseline: what every browser decodes; the parser repeats SPS/PPS before
         // every keyframe, so a joining consumer can start at any of them.
-        (_, "video/x-h264") => "videoconvert ! queue ! x264enc name=encoder ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 name=out".into(),
-        (_, other) => anyhow::bail!(
-            "--encoding shared cannot encode {other} here (vp8, vp9, h264)"
-        ),
+        "video/x-h264" => "x264enc name=encoder ! video/x-h264,profile=constrained-baseline ! h264parse config-interval=-1 name=out",
+        other => anyhow::bail!("--encoding shared cannot encode {other} here (vp8, vp9, h264)"),
+    })
+}
+
+/// The shared encoder's chain for a raw `kind` stream.
+fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result<gst::Bin> {
+    let desc = match kind {
+        "audio" => "audioconvert ! audioresample ! queue ! opusenc name=encoder ! audio/x-opus ! identity name=out".to_string(),
+        _ => format!("videoconvert ! queue ! {}", video_encoder(settings.video_codec)?),
     };
     let bin = gst::parse::bin_from_description(&desc, true)
         .with_context(|| format!("the shared {kind} encoder"))?;
@@ -140,7 +165,7 @@ fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result
 
 /// Real-time settings, as webrtcsink gives its own encoders: no lookahead or B-frames,
 /// constant bitrate, fastest presets, keyframes only when asked for.
-fn configure(encoder: &gst::Element, bitrate: u32) {
+pub fn configure(encoder: &gst::Element, bitrate: u32) {
     let name = encoder.factory().map(|f| f.name().to_string());
     match name.as_deref() {
         Some("vp8enc") | Some("vp9enc") => {
@@ -192,6 +217,15 @@ pub fn audience_bitrate(estimates: &[u64], bounds: (u32, u32)) -> Option<u32> {
 }
 
 impl Stats {
+    /// With a ladder, `shared_encoder` in the stats describes the top layer's encoder (its
+    /// keyframe counts are the top layer's, see `ladder::Stats::new`).
+    pub fn describe_top(&self, settings: &Settings, ladder: &crate::ladder::Stats) {
+        *self.codec.lock().unwrap() = Some(settings.video_codec.to_string());
+        let top = ladder.layers.first().map(|l| l.layer.kbps as u64 * 1000);
+        self.bitrate
+            .store(top.unwrap_or_default(), Ordering::Relaxed);
+    }
+
     /// With the bitrate following the audience: reads each consumer's congestion-control
     /// estimate (webrtcsink's `rtpgccbwe` in each consumer's `webrtcbin`) and sets the shared
     /// encoder's target to [`audience_bitrate`]. Called every second.

@@ -2,6 +2,7 @@
 //! signalling server) through `webrtcsink`, and keeps publishing through signalling trouble.
 
 mod encoding;
+mod ladder;
 mod report;
 mod source;
 
@@ -91,6 +92,20 @@ pub struct Args {
         value_parser = whole::<u64>(0, 60_000)
     )]
     pub min_keyframe_interval_ms: u64,
+    /// With `--encoding shared`: encode the picture this many times (1 to 4), each layer half
+    /// the size of the one above, at --bitrate, 0.3x, 0.075x, 0.019x of it; each layer is a
+    /// video stream of its own (msid gwc-layer-K) for relays to pick from. `--source test`
+    /// only (the picture size must be known): otherwise use --ladder. Default 1.
+    #[arg(long, env = "PRODUCER_LAYERS", allow_negative_numbers = true, value_parser = whole::<u32>(1, ladder::MAX_LAYERS as u64))]
+    pub layers: Option<u32>,
+    /// With `--encoding shared`: the layers, explicitly, `WxH@KBPS` top first, e.g.
+    /// `1280x720@2000,640x360@600,320x180@150`.
+    #[arg(long, env = "PRODUCER_LADDER", value_parser = ladder_arg)]
+    pub ladder: Option<proto::layers::Ladder>,
+    /// With a ladder: also force a keyframe on every layer together every this many seconds
+    /// (0: only at the start, and when a consumer asks, per layer).
+    #[arg(long, env = "PRODUCER_KEYFRAME_INTERVAL", default_value_t = 0, allow_negative_numbers = true, value_parser = whole::<u64>(0, 3600))]
+    pub keyframe_interval: u64,
     /// Congestion control: gcc (rtpgccbwe), homegrown, or disabled. Default: webrtcsink's (gcc).
     #[arg(long, env = "PRODUCER_CONGESTION_CONTROL", value_parser = ["gcc", "homegrown", "disabled"])]
     pub congestion_control: Option<String>,
@@ -149,6 +164,10 @@ fn bitrate() -> impl Fn(&str) -> Result<u32, String> + Clone + Send + Sync {
     whole::<u32>(1000, 2_000_000_000)
 }
 
+fn ladder_arg(s: &str) -> Result<proto::layers::Ladder, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
 fn audio_codec(s: &str) -> Result<&'static str, String> {
     match s.to_ascii_lowercase().as_str() {
         "opus" => Ok("audio/x-opus"),
@@ -167,10 +186,14 @@ fn main() -> ExitCode {
 /// The webrtcsink, configured from the arguments, with our signaller.
 fn make_sink(
     args: &Args,
+    ladder: Option<&proto::layers::Ladder>,
     events: std::sync::mpsc::Sender<AgentEvent>,
 ) -> anyhow::Result<gst::Element> {
     let sink = producer_sink(args.signalling.client_config(), args.max_consumers, events)?;
     let mut meta = gst::Structure::builder("meta").field("name", &args.name);
+    if let Some(ladder) = ladder {
+        meta = meta.field(proto::layers::META_KEY, ladder.to_string());
+    }
     for (k, v) in &args.meta {
         meta = meta.field(k.as_str(), v);
     }
@@ -215,25 +238,39 @@ fn make_sink(
 
 fn run(args: &Args) -> anyhow::Result<()> {
     check_bitrates(args)?;
+    let ladder = ladder_of(args)?;
     agent_core::init_gstreamer()?;
     let shutdown = Shutdown::install()?;
     let (events_tx, events) = std::sync::mpsc::channel();
     let pipeline = gst::Pipeline::new();
-    let sink = make_sink(args, events_tx)?;
+    let sink = make_sink(args, ladder.as_ref(), events_tx)?;
     pipeline.add(&sink)?;
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(encoding::Stats::default());
-    let chain = match args.encoding {
-        Encoding::PerConsumer => Chain::Raw,
-        Encoding::Shared => Chain::Shared(
-            encoding::Settings {
-                video_codec: args.video_codec.first().copied().unwrap_or("video/x-vp8"),
-                bitrate: args.bitrate.unwrap_or(2_000_000),
-                min_keyframe_interval: Duration::from_millis(args.min_keyframe_interval_ms),
-                follow: follows_audience(args),
-            },
-            shared.clone(),
-        ),
+    let settings = encoding::Settings {
+        video_codec: args.video_codec.first().copied().unwrap_or("video/x-vp8"),
+        bitrate: args.bitrate.unwrap_or(2_000_000),
+        min_keyframe_interval: Duration::from_millis(args.min_keyframe_interval_ms),
+        follow: follows_audience(args),
+    };
+    let ladder_stats = ladder
+        .as_ref()
+        .map(|l| Arc::new(ladder::Stats::new(l, shared.keyframes.clone())));
+    let chain = match (args.encoding, &ladder_stats) {
+        (Encoding::PerConsumer, _) => Chain::Raw,
+        (Encoding::Shared, None) => Chain::Shared(settings, shared.clone()),
+        (Encoding::Shared, Some(stats)) => {
+            shared.describe_top(&settings, stats);
+            let every = Duration::from_secs(args.keyframe_interval);
+            Chain::Ladder(
+                encoding::Settings {
+                    follow: None,
+                    ..settings
+                },
+                stats.clone(),
+                Some(every),
+            )
+        }
     };
     let test = TestParams {
         width: args.width,
@@ -258,6 +295,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         peer_id.clone(),
         consumers.clone(),
         (args.encoding == Encoding::Shared).then_some(shared.clone()),
+        ladder_stats,
     )));
     let weak_sink = sink.downgrade();
     agent_core::reporting::start(
@@ -266,7 +304,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         report::render,
     )?;
 
-    if args.encoding == Encoding::Shared {
+    if args.encoding == Encoding::Shared && ladder.is_none() {
         follow_audience(&sink, shared.clone());
     }
     let main_loop = glib::MainLoop::new(None, false);
@@ -358,6 +396,25 @@ fn check_bitrates(args: &Args) -> Result<(), Ending> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// The ladder the flags ask for (`None`: one layer, as without them), checked (`ladder.rs`).
+fn ladder_of(args: &Args) -> Result<Option<proto::layers::Ladder>, Ending> {
+    let ladder = ladder::Request {
+        layers: args.layers,
+        ladder: args.ladder.as_ref(),
+        shared: args.encoding == Encoding::Shared,
+        bitrate: args.bitrate,
+        follow_bounds: args.min_bitrate.is_some() || args.max_bitrate.is_some(),
+        capture: (args.source == Source::Test).then_some((args.width, args.height)),
+    }
+    .resolve()?;
+    if ladder.is_none() && args.keyframe_interval > 0 {
+        return Err(Ending::Usage(
+            "--keyframe-interval aligns the keyframes of a ladder's layers: it needs --layers 2 or more, or --ladder".into(),
+        ));
+    }
+    Ok(ladder)
 }
 
 /// Navigation events travel upstream out of webrtcsink into our chain: count them.

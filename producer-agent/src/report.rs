@@ -12,7 +12,7 @@ use gst::prelude::*;
 use gst_webrtc::WebRTCStatsType;
 use serde::Serialize;
 
-use crate::encoding;
+use crate::{encoding, ladder};
 
 /// Counters the agent bumps as things happen.
 #[derive(Default)]
@@ -58,6 +58,64 @@ pub struct Snapshot {
     /// Encoders in the producer's own pipeline (shared mode's; webrtcsink's per-consumer
     /// encoders are each consumer's `encoders`).
     pub pipeline_encoders: Vec<String>,
+    /// With a ladder (`--layers`/`--ladder`): each layer's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ladder: Option<LadderStats>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct LadderStats {
+    /// Keyframes forced on every layer together (the start, `--keyframe-interval`).
+    pub aligned_keyframes: u64,
+    /// Top first.
+    pub layers: Vec<LayerStats>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct LayerStats {
+    /// `WxH@KBPS`, as in the meta's `layers`.
+    pub layer: String,
+    pub width: u32,
+    pub height: u32,
+    /// The encoder's configured target.
+    pub bitrate_bps: u64,
+    /// Keyframe requests on this layer's stream (joins, PLI/FIR), before coalescing.
+    pub keyframe_requests: u64,
+    /// Keyframes forced on this layer alone for them.
+    pub keyframes_forced: u64,
+    /// Keyframes the layer sent, forced or not.
+    pub keyframes: u64,
+    /// Presentation times of its latest keyframes, ms (the same on every layer for the
+    /// aligned ones).
+    pub recent_keyframes_ms: Vec<u64>,
+}
+
+impl LadderStats {
+    fn of(l: &ladder::Stats) -> LadderStats {
+        LadderStats {
+            aligned_keyframes: l.aligned_keyframes.load(Ordering::Relaxed),
+            layers: l
+                .layers
+                .iter()
+                .map(|s| LayerStats {
+                    layer: s.layer.to_string(),
+                    width: s.layer.width,
+                    height: s.layer.height,
+                    bitrate_bps: s.layer.kbps as u64 * 1000,
+                    keyframe_requests: s.keyframes.requests.load(Ordering::Relaxed),
+                    keyframes_forced: s.keyframes.forced.load(Ordering::Relaxed),
+                    keyframes: s.keyframes.sent.load(Ordering::Relaxed),
+                    recent_keyframes_ms: s
+                        .recent_keyframes_ms
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .copied()
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -84,6 +142,7 @@ pub struct Collector {
     pub consumers: Arc<Mutex<HashMap<String, String>>>,
     /// The shared encoder's figures (`--encoding shared`).
     shared: Option<Arc<encoding::Stats>>,
+    ladder: Option<Arc<ladder::Stats>>,
     last: HashMap<String, (Instant, u64)>,
 }
 
@@ -94,6 +153,7 @@ impl Collector {
         peer_id: Arc<Mutex<Option<String>>>,
         consumers: Arc<Mutex<HashMap<String, String>>>,
         shared: Option<Arc<encoding::Stats>>,
+        ladder: Option<Arc<ladder::Stats>>,
     ) -> Self {
         Collector {
             name,
@@ -102,6 +162,7 @@ impl Collector {
             peer_id,
             consumers,
             shared,
+            ladder,
             last: HashMap::new(),
         }
     }
@@ -189,6 +250,7 @@ impl Collector {
                 keyframes: e.keyframes.sent.load(Ordering::Relaxed),
                 estimates_bps: e.estimates.lock().unwrap().clone(),
             }),
+            ladder: self.ladder.as_deref().map(LadderStats::of),
         }
     }
 }
@@ -325,6 +387,54 @@ pub fn render(s: &Snapshot) -> String {
         ] {
             write_metric(&mut out, name, "counter", help, &[(base.clone(), v as f64)]);
         }
+    }
+    if let Some(l) = &s.ladder {
+        let per = |f: &dyn Fn(&LayerStats) -> u64| -> Vec<(Vec<(&str, String)>, f64)> {
+            l.layers
+                .iter()
+                .enumerate()
+                .map(|(k, layer)| {
+                    let mut labels = base.clone();
+                    labels.push(("layer", k.to_string()));
+                    (labels, f(layer) as f64)
+                })
+                .collect()
+        };
+        write_metric(
+            &mut out,
+            "producer_layer_bitrate_bps",
+            "gauge",
+            "Target bitrate of each layer's encoder.",
+            &per(&|x| x.bitrate_bps),
+        );
+        write_metric(
+            &mut out,
+            "producer_layer_keyframe_requests_total",
+            "counter",
+            "Keyframe requests on each layer's stream, before coalescing.",
+            &per(&|x| x.keyframe_requests),
+        );
+        write_metric(
+            &mut out,
+            "producer_layer_keyframes_forced_total",
+            "counter",
+            "Keyframes forced on one layer for its requests.",
+            &per(&|x| x.keyframes_forced),
+        );
+        write_metric(
+            &mut out,
+            "producer_layer_keyframes_total",
+            "counter",
+            "Keyframes each layer sent.",
+            &per(&|x| x.keyframes),
+        );
+        write_metric(
+            &mut out,
+            "producer_aligned_keyframes_total",
+            "counter",
+            "Keyframes forced on every layer together.",
+            &[(base.clone(), l.aligned_keyframes as f64)],
+        );
     }
     out
 }

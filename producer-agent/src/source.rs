@@ -187,7 +187,8 @@ fn add_and_link(
 }
 
 /// `pad ! chain ! webrtcsink.(video|audio)_%u`; the chain converts (and in shared mode
-/// encodes, see `encoding.rs`).
+/// encodes, see `encoding.rs`). A ladder's chain has a src pad per layer (`src_0`, top first),
+/// each fed to a webrtcsink pad of its own with the layer's msid (`ladder.rs`).
 fn link_pad(
     pipeline: &gst::Pipeline,
     sink: &gst::Element,
@@ -196,19 +197,26 @@ fn link_pad(
     chain: &Chain,
     on_stream: &(impl Fn(&gst::Pad) + Clone),
 ) -> anyhow::Result<()> {
-    let chain = chain.build(kind)?;
-    pipeline.add(&chain)?;
-    let sink_pad = sink
-        .request_pad_simple(&format!("{kind}_%u"))
-        .ok_or_else(|| anyhow!("webrtcsink gave no {kind} pad"))?;
-    let chain_src = chain.static_pad("src").context("chain src")?;
-    chain_src
-        .link(&sink_pad)
-        .map_err(|e| anyhow!("cannot link to webrtcsink: {e}"))?;
-    let chain_sink = chain.static_pad("sink").context("chain sink")?;
+    let bin = chain.build(kind)?;
+    pipeline.add(&bin)?;
+    let mut outputs = bin.src_pads();
+    outputs.sort_by_key(|p| p.name());
+    for (index, chain_src) in outputs.iter().enumerate() {
+        let sink_pad = sink
+            .request_pad_simple(&format!("{kind}_%u"))
+            .ok_or_else(|| anyhow!("webrtcsink gave no {kind} pad"))?;
+        if let Some(msid) = chain.msid(kind, index) {
+            sink_pad.set_property("msid", msid);
+        }
+        chain_src
+            .link(&sink_pad)
+            .map_err(|e| anyhow!("cannot link to webrtcsink: {e}"))?;
+    }
+    let chain_sink = bin.static_pad("sink").context("chain sink")?;
     pad.link(&chain_sink)
         .map_err(|e| anyhow!("cannot link the {kind} source: {e}"))?;
-    chain.sync_state_with_parent()?;
-    on_stream(&chain_src);
+    bin.sync_state_with_parent()?;
+    // (the top layer's: navigation events are counted once)
+    on_stream(outputs.first().context("chain src")?);
     Ok(())
 }

@@ -190,7 +190,10 @@ class Tile {
     this.session = session;
     session.addEventListener("error", (e) => this.setState(`error: ${e.message}`));
     session.addEventListener("streamsChanged", () => {
-      if (session.streams.length > 0) this.video.srcObject = session.streams[0];
+      // A layered origin sends each layer as a stream of its own (msid gwc-layer-K, the audio
+      // with the top one, docs/protocol.md "Layers"): play the top layer.
+      const top = session.streams.find((s) => s.id === "gwc-layer-0") ?? session.streams[0];
+      if (top && this.video.srcObject !== top) this.video.srcObject = top;
     });
     session.addEventListener("remoteControllerChanged", () => {
       const rc = session.remoteController;

@@ -540,6 +540,7 @@ impl SignallableImpl for ClusterSignaller {
             return warn!(session = %session_id, "cannot serialize our SDP");
         };
         let text = crate::dtls_certificate::correct_fingerprints(&text);
+        let text = crate::msid::add_media_msids(&text);
         self.send(ClientMessage::Peer(PeerMessage {
             session_id: session_id.to_string(),
             payload: RelayPayload::from_sdp(sdp_type, &text),
