@@ -145,6 +145,12 @@ pub struct ViewerTrack {
     /// The highest extended sequence number handed out.
     extended: Option<u64>,
     scratch: Vec<u8>,
+    /// A layered source: the layer to switch to (at its keyframe) and the one followed now.
+    target: usize,
+    current: Option<usize>,
+    /// Switches done (at a keyframe), to a higher layer and to a lower one.
+    pub switches_up: u64,
+    pub switches_down: u64,
 }
 
 impl ViewerTrack {
@@ -158,6 +164,34 @@ impl ViewerTrack {
             selected: None,
             extended: None,
             scratch: Vec::with_capacity(1500),
+            target: 0,
+            current: None,
+            switches_up: 0,
+            switches_down: 0,
+        }
+    }
+
+    /// The layer followed now (a layered source; None before its first keyframe).
+    pub fn layer(&self) -> Option<usize> {
+        self.current
+    }
+
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// Switch to `layer` at its next keyframe; until then the layer followed keeps flowing.
+    pub fn set_target(&mut self, layer: usize) {
+        if layer == self.target {
+            return;
+        }
+        self.target = layer;
+        if self.current == Some(layer) {
+            // Back to the layer still followed: no switch (and no keyframe) needed.
+            self.munger.unselect();
+            self.selected = self.munger.following();
+        } else {
+            self.selected = None;
         }
     }
 
@@ -168,6 +202,16 @@ impl ViewerTrack {
     /// A joining viewer: the source's cached keyframe and what followed, at once (empty when
     /// there is none: the caller asks upstream, and live packets start it at the next one).
     pub fn join(&mut self, source: &SourceTrack, now: Instant) -> Vec<Outcome> {
+        self.join_layer(source, None, now)
+    }
+
+    /// [`ViewerTrack::join`] from the cache of `layer` (a layered source's target layer).
+    pub fn join_layer(
+        &mut self,
+        source: &SourceTrack,
+        layer: Option<usize>,
+        now: Instant,
+    ) -> Vec<Outcome> {
         let Some(cached) = source.keyframes.packets() else {
             return vec![Outcome::NeedKeyframe];
         };
@@ -178,13 +222,33 @@ impl ViewerTrack {
                 Packet::from_raw(raw, now, keyframe).ok()
             })
             .collect();
-        packets.iter().map(|p| self.forward(p, now)).collect()
+        packets
+            .iter()
+            .map(|p| self.forward_layer(p, layer, now))
+            .collect()
     }
 
     /// What `packet` of the source is for this viewer. A new source SSRC (a reattached
     /// origin) is switched to at its first keyframe; until then the old one keeps flowing.
     pub fn forward(&mut self, packet: &Packet, now: Instant) -> Outcome {
-        if self.selected != Some(packet.ssrc) {
+        self.forward_layer(packet, None, now)
+    }
+
+    /// [`ViewerTrack::forward`] for a packet of a layered source's `layer`: only the target
+    /// layer and the one followed now concern the viewer; the target is switched to at its
+    /// first keyframe (asked upstream through [`Outcome::NeedKeyframe`]), the followed one
+    /// flows until then. `None`: not layered.
+    pub fn forward_layer(
+        &mut self,
+        packet: &Packet,
+        layer: Option<usize>,
+        now: Instant,
+    ) -> Outcome {
+        let to_target = layer.is_none_or(|l| l == self.target);
+        if !to_target && layer != self.current {
+            return Outcome::Skip;
+        }
+        if to_target && self.selected != Some(packet.ssrc) {
             self.selected = Some(packet.ssrc);
             self.munger.select(packet.ssrc);
         }
@@ -205,15 +269,25 @@ impl ViewerTrack {
             Verdict::Forward {
                 sequence,
                 timestamp,
-                ..
-            } => Outcome::Send(Write {
-                payload_type: self.payload_type,
-                sequence: self.extend(sequence),
-                timestamp,
-                marker: packet.marker,
-                payload: packet.payload.clone(),
-                vp8: self.vp8_rewrite(),
-            }),
+                switched,
+            } => {
+                if switched && layer.is_some() {
+                    match (self.current, layer) {
+                        (Some(c), Some(l)) if l < c => self.switches_up += 1,
+                        (Some(c), Some(l)) if l > c => self.switches_down += 1,
+                        _ => {}
+                    }
+                    self.current = layer;
+                }
+                Outcome::Send(Write {
+                    payload_type: self.payload_type,
+                    sequence: self.extend(sequence),
+                    timestamp,
+                    marker: packet.marker,
+                    payload: packet.payload.clone(),
+                    vp8: self.vp8_rewrite(),
+                })
+            }
             Verdict::Drop(DropReason::WaitingForKeyframe) => Outcome::NeedKeyframe,
             Verdict::Drop(_) => Outcome::Skip,
         }

@@ -81,6 +81,14 @@ pub struct ViewerStats {
     pub keyframe_requests: u64,
     /// The viewer's bandwidth estimate (TWCC), bits per second.
     pub estimate_bps: Option<u64>,
+    /// A layered source (issue 26): the layer the viewer is sent (0 = the top; None before
+    /// its first keyframe, or not layered), its height, and the layer it is to switch to.
+    pub layer: Option<usize>,
+    pub layer_height: Option<u32>,
+    pub target_layer: Option<usize>,
+    /// Layer switches done (at a keyframe of the new layer), up and down.
+    pub layer_switches_up: u64,
+    pub layer_switches_down: u64,
 }
 
 #[derive(Debug, Clone, Default)]

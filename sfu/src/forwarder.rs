@@ -15,8 +15,8 @@ use crate::addresses::{bind, local_addresses};
 pub use crate::forward_api::{
     ForwardConfig, ForwardError, ForwardEvent, ForwardStats, Timeouts, ViewerStats,
 };
+use crate::layout::Layout;
 use crate::mailbox::{self, Link, Msg, SourceMsg};
-use crate::peer::TrackInfo;
 use crate::worker::Worker;
 
 /// How long a call waits for its worker's reply before calling the engine stopped.
@@ -52,8 +52,8 @@ struct State {
     sessions: HashMap<String, usize>,
     /// Sessions per worker.
     loads: Vec<usize>,
-    /// The origin's session and its tracks.
-    origin: Option<(String, Vec<TrackInfo>)>,
+    /// The origin's session and how its tracks map onto a viewer's.
+    origin: Option<(String, Layout)>,
     stopped: bool,
 }
 
@@ -198,7 +198,6 @@ impl Forwarder {
         offer_sdp: &str,
         ladder: Option<&Ladder>,
     ) -> Result<String, ForwardError> {
-        let _ = ladder; // (issue 26: the layer choice uses it)
         let w = self.place(session)?;
         let sdp = offer_sdp.to_owned();
         let owned = session.to_owned();
@@ -214,15 +213,20 @@ impl Forwarder {
                 return Err(e);
             }
         };
+        let (layout, warnings) = Layout::new(&tracks, ladder);
+        for w in warnings {
+            tracing::warn!(session, "layered origin: {w}");
+        }
         let previous = {
             let mut st = self.state();
-            st.origin.replace((session.to_owned(), tracks.clone()))
+            st.origin.replace((session.to_owned(), layout.clone()))
         };
         if let Some((old, _)) = previous.filter(|(s, _)| s != session) {
             self.end(&old);
         }
         let msg = Arc::new(SourceMsg::Tracks {
             tracks,
+            layout,
             worker: w,
             origin,
         });
@@ -240,18 +244,18 @@ impl Forwarder {
         session: &str,
         max_height: Option<u32>,
     ) -> Result<String, ForwardError> {
-        let _ = max_height; // (issue 26: the layer choice uses it)
         let tracks = self
             .state()
             .origin
             .as_ref()
-            .map(|(_, t)| t.clone())
+            .map(|(_, l)| l.viewer.clone())
             .ok_or(ForwardError::NoOrigin)?;
         let w = self.place(session)?;
         let owned = session.to_owned();
         let r = self.ask(w, |reply| Msg::ViewerOffer {
             session: owned,
             tracks,
+            max_height,
             reply,
         });
         if r.is_err() {

@@ -52,6 +52,8 @@ pub mod h265;
 pub mod hmac;
 pub mod keyframe_cache;
 pub mod keyframe_requests;
+pub mod layer_switching;
+pub mod layout;
 pub mod mailbox;
 pub mod nack_cache;
 pub mod peer;

@@ -9,6 +9,7 @@ use mio::{Poll, Token, Waker};
 
 use crate::fanout::Packet;
 use crate::forward_api::{ForwardError, ViewerStats};
+use crate::layout::Layout;
 use crate::peer::TrackInfo;
 
 /// The waker's token in a worker's poll (its sockets are 0, 1, ...).
@@ -26,7 +27,9 @@ pub enum Msg {
     },
     ViewerOffer {
         session: String,
+        /// The viewer's tracks ([`Layout::viewer`]).
         tracks: Vec<TrackInfo>,
+        max_height: Option<u32>,
         reply: Reply<String>,
     },
     ViewerAnswer {
@@ -57,6 +60,8 @@ pub enum SourceMsg {
     /// A (new) origin's tracks, the worker that holds its session and its peer id there.
     Tracks {
         tracks: Vec<TrackInfo>,
+        /// How they map onto a viewer's tracks (layers collapsed).
+        layout: Layout,
         worker: usize,
         origin: u64,
     },

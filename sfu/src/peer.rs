@@ -27,6 +27,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 use crate::codec::Codec;
 use crate::fanout::{Packet, ViewerTrack, Write};
 use crate::forward_api::ForwardError;
+use crate::layer_switching::LayerChoice;
 
 /// The per-viewer retransmission buffer: at most this many packets, this old.
 const RTX_PACKETS: usize = 512;
@@ -37,6 +38,8 @@ const RTX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct TrackInfo {
     pub kind: MediaKind,
     pub codec: Codec,
+    /// The layer its `a=msid:` names (`proto::layers::msid`), if any ([`crate::layout`]).
+    pub layer: Option<usize>,
 }
 
 /// The process's one DTLS certificate: ECDSA P-256, made once (str0m's openssl backend makes
@@ -139,6 +142,12 @@ pub struct Viewer {
     /// between the stack's connection and the join would look like a viewer waiting for a
     /// keyframe, and ask upstream for nothing).
     pub joined: bool,
+    /// A layered source: which layer this viewer is sent ([`crate::layer_switching`]).
+    pub choice: LayerChoice,
+    /// Its cap (v2 `startSession.maxHeight`).
+    pub max_height: Option<u32>,
+    /// The bitrate str0m's estimator was last told to reach (it probes up to it).
+    pub desired_bps: u64,
 }
 
 /// What the worker has to act on, from one drain of the `Rtc`.
@@ -149,8 +158,12 @@ pub enum Happening {
     Media(usize, Packet),
     /// Viewer: a PLI/FIR for its track.
     KeyframeRequest(usize),
-    /// Viewer: a new bandwidth estimate, bits per second.
+    /// Viewer: a new bandwidth estimate, bits per second (TWCC, computed here).
     Estimate(u64),
+    /// Viewer: the estimate it sent (REMB), bits per second.
+    Remb(u64),
+    /// Viewer: a receiver report's fraction lost for its video.
+    Loss(f32),
     /// Viewer: NACKs received so far (answered by str0m from its send buffer).
     Nacks(u64),
     /// Origin: NACKs str0m sent upstream so far.
@@ -192,6 +205,32 @@ fn sdp_error(session: &str, reason: impl std::fmt::Display) -> ForwardError {
         session: session.to_owned(),
         reason: reason.to_string(),
     }
+}
+
+/// Per `a=mid:` of `sdp`, the layer its section's `a=msid:` stream id names, if any.
+fn msid_layers(sdp: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let (mut mid, mut layer) = (None, None);
+    let mut flush = |mid: &mut Option<String>, layer: &mut Option<usize>| {
+        if let (Some(m), Some(l)) = (mid.take(), layer.take()) {
+            out.push((m, l));
+        }
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            flush(&mut mid, &mut layer);
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_owned());
+        } else if let Some(msid) = line.strip_prefix("a=msid:") {
+            layer = msid
+                .split_whitespace()
+                .next()
+                .and_then(proto::layers::layer_of_msid);
+        }
+    }
+    flush(&mut mid, &mut layer);
+    out
 }
 
 /// The `a=mid:` of every media section of `sdp` that is not rejected (port 0).
@@ -243,8 +282,10 @@ impl Peer {
             .accept_offer(offer)
             .map_err(|e| sdp_error(session, e))?
             .to_sdp_string();
+        let layers = msid_layers(offer_sdp);
         let mut tracks = Vec::new();
         for mid in mids(&answer) {
+            let layer = layers.iter().find(|(m, _)| *m == mid).map(|(_, l)| *l);
             let mid = Mid::from(mid.as_str());
             let Some(media) = rtc.media(mid) else {
                 continue;
@@ -257,7 +298,7 @@ impl Peer {
                     .filter(|c| (*c == Codec::Opus) == (kind == MediaKind::Audio))
             });
             if let Some(codec) = codec {
-                tracks.push((mid, TrackInfo { kind, codec }));
+                tracks.push((mid, TrackInfo { kind, codec, layer }));
             }
         }
         if tracks.is_empty() {
@@ -309,6 +350,9 @@ impl Peer {
                 .collect(),
             pending: Some(pending),
             joined: false,
+            choice: LayerChoice::new(),
+            max_height: None,
+            desired_bps: 0,
         };
         let peer = Peer::new(session, rtc, ufrag, Role::Viewer(viewer), now);
         Ok((peer, offer.to_sdp_string()))
@@ -535,7 +579,19 @@ impl Peer {
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 out.push(Happening::Estimate(estimate.as_u64()))
             }
+            Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
+                out.push(Happening::Remb(estimate.as_u64()))
+            }
             Event::MediaEgressStats(s) => {
+                if let (Role::Viewer(v), Some(loss)) = (&self.role, s.loss) {
+                    let video = v
+                        .tracks
+                        .iter()
+                        .any(|(m, t, _)| *m == s.mid && t.kind == MediaKind::Video);
+                    if video {
+                        out.push(Happening::Loss(loss));
+                    }
+                }
                 let total = self.count_nacks(s.mid, s.nacks);
                 out.push(Happening::Nacks(total));
             }
@@ -582,6 +638,7 @@ mod tests {
             &[TrackInfo {
                 kind: MediaKind::Audio,
                 codec: Codec::Opus,
+                layer: None,
             }],
             &[],
             Instant::now(),
@@ -593,6 +650,15 @@ mod tests {
             .unwrap();
         p.add_candidate("").unwrap();
         assert!(p.add_candidate("candidate:garbage").is_err());
+    }
+
+    #[test]
+    fn msids_name_the_layer_of_their_section() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=msid:gwc-layer-0 a\r\nm=video 9 X 96\r\na=msid:gwc-layer-2 v\r\na=mid:1\r\nm=video 9 X 96\r\na=mid:2\r\na=msid:other v\r\n";
+        assert_eq!(
+            msid_layers(sdp),
+            vec![("0".to_owned(), 0), ("1".to_owned(), 2)]
+        );
     }
 
     #[test]

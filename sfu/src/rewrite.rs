@@ -116,6 +116,16 @@ impl Munger {
         self.pending = Some(ssrc);
     }
 
+    /// Keep following the source followed now (a switch given up before its keyframe).
+    pub fn unselect(&mut self) {
+        self.pending = None;
+    }
+
+    /// The source followed now.
+    pub fn following(&self) -> Option<u32> {
+        self.segments.front().map(|s| s.ssrc)
+    }
+
     /// Whether the viewer waits for a keyframe of the source it switches to.
     pub fn waiting_for_keyframe(&self) -> bool {
         self.pending.is_some()

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,16 @@ use crate::demux::{Demux, Route};
 use crate::fanout::{Outcome, Packet, SourceTrack};
 use crate::forward_api::{ForwardError, ForwardEvent, Timeouts, ViewerStats};
 use crate::keyframe_requests::KeyframeRequests;
-use crate::mailbox::{Link, Msg, SourceMsg, WorkerStats, WAKER};
-use crate::peer::{Happening, Peer, Role, TrackInfo};
+use crate::layer_switching::{BitrateMeter, EstimateKind};
+use crate::layout::Layout;
+use crate::mailbox::{Link, Msg, SourceMsg, WAKER};
+use crate::peer::{Happening, Peer, Role};
 use crate::send_batch::SendBatch;
+
+#[path = "worker_layers.rs"]
+mod layers;
+#[path = "worker_sessions.rs"]
+mod sessions;
 
 /// Bytes of the last group of pictures kept per source track for joiners.
 const KEYFRAME_BUDGET: usize = 1 << 20;
@@ -61,6 +68,10 @@ pub struct Worker {
     links: Arc<Vec<Link>>,
     events: Sender<ForwardEvent>,
     sources: Vec<SourceTrack>,
+    /// How the source's tracks map onto a viewer's (a layered video collapsed into one).
+    layout: Layout,
+    /// Per source track: its bitrate, and whether it sends (the layer choice's input).
+    meters: Vec<BitrateMeter>,
     /// Per source track: a keyframe was asked for since the last one passed (one ask per
     /// worker, however many of its viewers wait).
     asked: Vec<bool>,
@@ -115,6 +126,8 @@ impl Worker {
             links,
             events,
             sources: Vec::new(),
+            layout: Layout::default(),
+            meters: Vec::new(),
             asked: Vec::new(),
             origin_worker: None,
             origin_id: 0,
@@ -154,6 +167,7 @@ impl Worker {
             if now >= housekeeping + HOUSEKEEPING {
                 housekeeping = now;
                 self.housekeeping(now);
+                self.choose_layers(now);
             }
             self.batch.flush();
         }
@@ -250,13 +264,18 @@ impl Worker {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.keyframe_requests += 1;
                     }
-                    self.need_keyframe(track, now);
+                    if let Some(source) = self.source_shown(id, track) {
+                        self.need_keyframe(source, now);
+                    }
                 }
                 Happening::Estimate(bps) => {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.estimate_bps = Some(bps);
                     }
+                    self.estimate(id, EstimateKind::Twcc, bps);
                 }
+                Happening::Remb(bps) => self.estimate(id, EstimateKind::Remb, bps),
+                Happening::Loss(fraction) => self.loss(id, fraction),
                 Happening::Nacks(n) => {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.nacks_served = n;
@@ -282,24 +301,47 @@ impl Worker {
         };
         let _ = self.events.send(ForwardEvent::ViewerConnected { session });
         viewer.joined = true;
-        // A joiner starts at once from each track's cached keyframe.
+        // A layered source: the joiner's first layer, chosen before it joins.
+        self.choose_layer(id, now);
+        let Some(Role::Viewer(viewer)) = self.peers.get_mut(&id).map(|p| &mut p.role) else {
+            return;
+        };
+        // A joiner starts at once from each track's cached keyframe (a layered video: its
+        // target layer's).
         let mut writes = Vec::new();
         let mut need = Vec::new();
         for (i, (_, _, track)) in viewer.tracks.iter_mut().enumerate() {
-            let (Some(track), Some(source)) = (track.as_mut(), self.sources.get(i)) else {
+            let Some(track) = track.as_mut() else {
+                continue;
+            };
+            let layered = self.layout.layered.as_ref().filter(|l| l.viewer_track == i);
+            let (source, layer) = match layered {
+                Some(l) => (
+                    l.sources.get(track.target()).copied().flatten(),
+                    Some(track.target()),
+                ),
+                None => (
+                    self.layout.route.iter().position(|r| *r == Some((i, None))),
+                    None,
+                ),
+            };
+            let Some((s, source)) = source.and_then(|s| Some((s, self.sources.get(s)?))) else {
                 continue;
             };
             if track.codec() != source.codec {
                 continue;
             }
-            for outcome in track.join(source, now) {
+            for outcome in track.join_layer(source, layer, now) {
                 match outcome {
                     Outcome::Send(w) => writes.push((i, w)),
-                    Outcome::NeedKeyframe => need.push(i),
+                    Outcome::NeedKeyframe => need.push(s),
                     Outcome::Skip => {}
                 }
             }
         }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         for (i, w) in &writes {
             if peer.write(*i, w, now) {
                 if let Some(s) = self.viewer_stats.get_mut(&id) {
@@ -356,6 +398,13 @@ impl Worker {
         };
         source.push(packet);
         let codec = source.codec;
+        if let Some(m) = self.meters.get_mut(track) {
+            m.packet(packet.payload.len(), now);
+        }
+        // The viewer track it feeds, and its layer (None: the track itself).
+        let Some((vt, layer)) = self.layout.route.get(track).copied().flatten() else {
+            return;
+        };
         if packet.keyframe {
             self.asked[track] = false;
         }
@@ -375,16 +424,16 @@ impl Worker {
             let Role::Viewer(viewer) = &mut peer.role else {
                 continue;
             };
-            let Some((_, info, Some(fan))) = viewer.tracks.get_mut(track) else {
+            let Some((_, info, Some(fan))) = viewer.tracks.get_mut(vt) else {
                 continue;
             };
             if info.codec != codec {
                 continue;
             }
-            let outcome = fan.forward(packet, now);
+            let outcome = fan.forward_layer(packet, layer, now);
             match outcome {
                 Outcome::Send(w) => {
-                    if peer.write(track, &w, now) {
+                    if peer.write(vt, &w, now) {
                         if let Some(s) = self.viewer_stats.get_mut(id) {
                             s.packets += 1;
                             s.bytes += w.payload.len() as u64;
@@ -509,192 +558,6 @@ impl Worker {
         }
         for (id, reason) in lost {
             self.lost(id, reason);
-        }
-    }
-
-    /// Handles every message waiting; false when told to stop (or the handle is gone).
-    fn messages(&mut self) -> bool {
-        loop {
-            let msg = match self.rx.try_recv() {
-                Ok(m) => m,
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
-            };
-            let now = Instant::now();
-            match msg {
-                Msg::Stop => return false,
-                Msg::OriginOffer {
-                    session,
-                    sdp,
-                    reply,
-                } => {
-                    let r = self.origin_offer(&session, &sdp, now);
-                    let _ = reply.send(r);
-                }
-                Msg::ViewerOffer {
-                    session,
-                    tracks,
-                    reply,
-                } => {
-                    let r = self.viewer_offer(&session, &tracks, now);
-                    let _ = reply.send(r);
-                }
-                Msg::ViewerAnswer {
-                    session,
-                    sdp,
-                    reply,
-                } => {
-                    let r = self.with_peer(&session, |p| p.accept_answer(&sdp));
-                    let _ = reply.send(r);
-                }
-                Msg::Candidate {
-                    session,
-                    line,
-                    reply,
-                } => {
-                    let r = self.with_peer(&session, |p| p.add_candidate(&line));
-                    let _ = reply.send(r);
-                }
-                Msg::End { session } => {
-                    if let Some(id) = self.sessions.get(&session).copied() {
-                        self.remove(id);
-                    }
-                }
-                Msg::Source(s) => match &*s {
-                    SourceMsg::Tracks {
-                        tracks,
-                        worker,
-                        origin,
-                    } => self.tracks(tracks, *worker, *origin),
-                    SourceMsg::Packet {
-                        worker,
-                        origin,
-                        track,
-                        packet,
-                    } => {
-                        if self.origin_worker == Some(*worker) && self.origin_id == *origin {
-                            self.source_packet(*track, packet, now);
-                        }
-                    }
-                },
-                Msg::KeyframeNeeded { track } => {
-                    if let Some(r) = self.origin.as_mut().and_then(|o| o.requests.get_mut(track)) {
-                        r.request(now);
-                    }
-                }
-                Msg::Stats { reply } => {
-                    let _ = reply.send(self.stats());
-                }
-            }
-        }
-    }
-
-    fn with_peer(
-        &mut self,
-        session: &str,
-        f: impl FnOnce(&mut Peer) -> Result<(), ForwardError>,
-    ) -> Result<(), ForwardError> {
-        let id = *self
-            .sessions
-            .get(session)
-            .ok_or_else(|| ForwardError::UnknownSession(session.to_owned()))?;
-        let peer = self
-            .peers
-            .get_mut(&id)
-            .ok_or_else(|| ForwardError::UnknownSession(session.to_owned()))?;
-        let r = f(peer);
-        self.drain(id);
-        self.process();
-        r
-    }
-
-    fn add(&mut self, peer: Peer) -> u64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.demux.register(&peer.ufrag, id);
-        self.sessions.insert(peer.session.clone(), id);
-        self.peers.insert(id, peer);
-        self.drain(id);
-        id
-    }
-
-    fn origin_offer(
-        &mut self,
-        session: &str,
-        sdp: &str,
-        now: Instant,
-    ) -> Result<(String, Vec<TrackInfo>, u64), ForwardError> {
-        if let Some(id) = self.sessions.get(session).copied() {
-            self.remove(id);
-        }
-        let (peer, answer, tracks) = Peer::origin(session, sdp, &self.candidates, now)?;
-        let id = self.add(peer);
-        self.origin = Some(OriginState {
-            id,
-            requests: tracks.iter().map(|_| KeyframeRequests::default()).collect(),
-            ready: false,
-            last_media: None,
-            packets: 0,
-            requests_upstream: 0,
-            nacks_upstream: 0,
-        });
-        self.process();
-        Ok((answer, tracks, id))
-    }
-
-    fn viewer_offer(
-        &mut self,
-        session: &str,
-        tracks: &[TrackInfo],
-        now: Instant,
-    ) -> Result<String, ForwardError> {
-        if let Some(id) = self.sessions.get(session).copied() {
-            self.remove(id);
-        }
-        let (peer, offer) = Peer::viewer(session, tracks, &self.candidates, now)?;
-        let id = self.add(peer);
-        self.viewer_stats.insert(
-            id,
-            ViewerStats {
-                session: session.to_owned(),
-                ..ViewerStats::default()
-            },
-        );
-        self.process();
-        Ok(offer)
-    }
-
-    /// A (new) origin's tracks: a track in another codec starts a new cache; the same codec
-    /// keeps its cache until the new origin's first keyframe replaces it.
-    fn tracks(&mut self, tracks: &[TrackInfo], worker: usize, origin: u64) {
-        self.origin_worker = Some(worker);
-        self.origin_id = origin;
-        if worker != self.index {
-            // The origin moved to another worker: ours (if any) was ended by the handle.
-            self.origin = None;
-        }
-        for (i, t) in tracks.iter().enumerate() {
-            match self.sources.get(i) {
-                Some(s) if s.codec == t.codec => {}
-                _ if i < self.sources.len() => {
-                    self.sources[i] = SourceTrack::new(t.codec, KEYFRAME_BUDGET)
-                }
-                _ => self
-                    .sources
-                    .push(SourceTrack::new(t.codec, KEYFRAME_BUDGET)),
-            }
-        }
-        self.sources.truncate(tracks.len());
-        self.asked = vec![false; tracks.len()];
-    }
-
-    fn stats(&self) -> WorkerStats {
-        let o = self.origin.as_ref();
-        WorkerStats {
-            origin_packets: o.map_or(0, |o| o.packets),
-            keyframe_requests_upstream: o.map_or(0, |o| o.requests_upstream),
-            nacks_upstream: o.map_or(0, |o| o.nacks_upstream),
-            viewers: self.viewer_stats.values().cloned().collect(),
         }
     }
 }

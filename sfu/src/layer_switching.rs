@@ -1,0 +1,292 @@
+//! Per viewer of a layered source (issue 26): which layer it should be sent. A pure state
+//! machine: fed the viewer's bandwidth estimate, its loss reports and, at each tick, the
+//! layers' bitrates, the audio's and the viewer's cap, it says the target layer and the
+//! bitrate the stack's estimator should probe for. No I/O, no WebRTC stack: the worker
+//! ([`crate::worker`]) feeds it from str0m's events, tests feed it numbers.
+//!
+//! ```text
+//!            estimate < need(target) for DOWN_HOLD,         estimate ≥ UP_HEADROOM × need(next up)
+//!            or loss ≥ LOSS_DOWN in LOSS_REPORTS reports    and loss < LOSS_UP_MAX, for STABLE_UP
+//!   ┌──────────┐  ───────── step down (at once) ──────────►  ┌──────────┐
+//!   │ layer k  │                                             │ layer k+1│ (lower)
+//!   └──────────┘  ◄──── step up one (probe first: desired ── └──────────┘
+//!                        bitrate = UP_HEADROOM × need(k))
+//! ```
+//!
+//! `need(k)` = layer k's bitrate (measured, else the ladder's) + the audio's. Layers above the
+//! viewer's cap, or not sending ([`LIVE_WINDOW`]), are never targets. The gap between
+//! stepping down (the layer no longer fits at all) and up (the next fits with 15 % to spare,
+//! for 4 s) is the hysteresis that keeps a noisy estimate from flapping.
+
+use std::time::{Duration, Instant};
+
+/// Stepping up needs the estimate this far above the next layer's need: TWCC estimates
+/// wander by ~10 %, and a 600 kbit/s layer + audio on an 800 kbit/s link must still count as
+/// fitting (648 × 1.15 = 745).
+pub const UP_HEADROOM: f64 = 1.15;
+/// The estimate must hold above the next layer this long (and the last step down be this old)
+/// before stepping up: several TWCC feedback rounds and one loss report, so a spike does not
+/// count; with the probe's ramp it keeps a lifted limit's step up well within 15 s.
+pub const STABLE_UP: Duration = Duration::from_secs(4);
+/// The estimate must stay below the target's need this long before stepping down: one
+/// feedback blip is ignored, a real cut (str0m's estimate falls within ~1-2 s) is acted on
+/// well within 3 s.
+pub const DOWN_HOLD: Duration = Duration::from_millis(500);
+/// A receiver report's fraction lost at or above this is lossy...
+pub const LOSS_DOWN: f32 = 0.10;
+/// ...and this many lossy reports in a row (about 1 s apart) step down one layer: loss that
+/// NACKs cannot hide, where the estimate lags (a policer that drops without queueing).
+pub const LOSS_REPORTS: u32 = 2;
+/// No step up while the last report's loss is at or above this.
+pub const LOSS_UP_MAX: f32 = 0.02;
+/// Before any estimate, a joiner is given at most this (it starts on the highest layer that
+/// fits it with headroom): a 720p keyframe into a 250 kbit/s link would stall it for seconds.
+pub const START_BPS: u64 = 1_000_000;
+/// The audio's bitrate until measured (Opus as webrtcsink sends it, with headers).
+pub const AUDIO_BPS: u64 = 48_000;
+/// A layer without a packet for this long is not a target (it stopped, or never sent).
+pub const LIVE_WINDOW: Duration = Duration::from_secs(2);
+/// Bytes each packet costs on the wire besides its payload (RTP header + extensions + SRTP
+/// tag + UDP/IP): the estimate is of the link, not of payloads.
+pub const PACKET_OVERHEAD: u64 = 50;
+/// The window a layer's bitrate is measured over: a keyframe is averaged with what follows.
+pub const METER_WINDOW: Duration = Duration::from_secs(1);
+
+/// A source track's bitrate (payload + [`PACKET_OVERHEAD`]) over [`METER_WINDOW`]s.
+#[derive(Debug, Clone, Default)]
+pub struct BitrateMeter {
+    window_start: Option<Instant>,
+    bytes: u64,
+    last_packet: Option<Instant>,
+    /// The last complete window's rate, bits per second.
+    bps: Option<u64>,
+}
+
+impl BitrateMeter {
+    pub fn packet(&mut self, payload: usize, now: Instant) {
+        self.last_packet = Some(now);
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= METER_WINDOW {
+            self.bps = Some((self.bytes * 8 * 1000) / elapsed.as_millis().max(1) as u64);
+            self.window_start = Some(now);
+            self.bytes = 0;
+        }
+        self.bytes += payload as u64 + PACKET_OVERHEAD;
+    }
+
+    /// The measured rate; None before a complete window, or when not live.
+    pub fn bps(&self, now: Instant) -> Option<u64> {
+        self.live(now).then_some(self.bps).flatten()
+    }
+
+    /// A packet within [`LIVE_WINDOW`].
+    pub fn live(&self, now: Instant) -> bool {
+        self.last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) < LIVE_WINDOW)
+    }
+}
+
+/// One layer as the state machine sees it at a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerInput {
+    /// The ladder's bitrate (what it costs before it is measured), bits per second.
+    pub ladder_bps: u64,
+    /// Measured over the last window (None: not yet).
+    pub measured_bps: Option<u64>,
+    /// A packet of it within [`LIVE_WINDOW`].
+    pub live: bool,
+}
+
+/// What the state machine is told at each tick.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick<'a> {
+    /// Top first (index 0 = the highest layer).
+    pub layers: &'a [LayerInput],
+    /// The audio's measured bitrate (None: [`AUDIO_BPS`]; 0 when there is no audio).
+    pub audio_bps: Option<u64>,
+    /// The highest layer the viewer may receive (its `maxHeight`), 0 for no cap.
+    pub cap: usize,
+}
+
+/// What it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The layer to switch to (at its next keyframe); None: no layer sends.
+    pub target: Option<usize>,
+    /// The bitrate the stack's estimator should reach (it probes with padding up to it).
+    pub desired_bps: u64,
+}
+
+/// Where an estimate came from: TWCC (computed here from the viewer's feedback) is preferred;
+/// REMB (what the viewer computes and sends) only counts for a viewer that never sent TWCC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EstimateKind {
+    Twcc,
+    Remb,
+}
+
+/// One viewer's layer choice.
+#[derive(Debug, Clone, Default)]
+pub struct LayerChoice {
+    target: Option<usize>,
+    estimate: Option<u64>,
+    twcc_seen: bool,
+    last_loss: Option<f32>,
+    lossy_reports: u32,
+    /// Since when the estimate has been below the target's need.
+    below_since: Option<Instant>,
+    /// Since when the next layer up has fitted with headroom.
+    above_since: Option<Instant>,
+    last_down: Option<Instant>,
+    /// Target changes, up (to a higher layer) and down.
+    pub ups: u64,
+    pub downs: u64,
+}
+
+impl LayerChoice {
+    pub fn new() -> Self {
+        LayerChoice::default()
+    }
+
+    pub fn target(&self) -> Option<usize> {
+        self.target
+    }
+
+    /// A bandwidth estimate for the viewer, bits per second.
+    pub fn estimate(&mut self, kind: EstimateKind, bps: u64) {
+        match kind {
+            EstimateKind::Twcc => self.twcc_seen = true,
+            EstimateKind::Remb if self.twcc_seen => return,
+            EstimateKind::Remb => {}
+        }
+        self.estimate = Some(bps);
+    }
+
+    /// A receiver report's fraction lost (0..1) for the viewer's video.
+    pub fn loss(&mut self, fraction: f32) {
+        self.last_loss = Some(fraction);
+        if fraction >= LOSS_DOWN {
+            self.lossy_reports += 1;
+        } else {
+            self.lossy_reports = 0;
+        }
+    }
+
+    /// The decision at `now`.
+    pub fn tick(&mut self, t: Tick<'_>, now: Instant) -> Decision {
+        let audio = t.audio_bps.unwrap_or(AUDIO_BPS);
+        let need = |k: usize| {
+            let l = t.layers[k];
+            l.measured_bps.unwrap_or(l.ladder_bps) + audio
+        };
+        // Targets: within the cap and sending; top first.
+        let usable: Vec<usize> = (t.cap..t.layers.len())
+            .filter(|k| t.layers[*k].live)
+            .collect();
+        let Some(&lowest) = usable.last() else {
+            return Decision {
+                target: self.target,
+                desired_bps: self.estimate.unwrap_or(START_BPS),
+            };
+        };
+        let fits =
+            |k: usize, budget: u64, headroom: f64| need(k) as f64 * headroom <= budget as f64;
+        let best_within = |budget: u64, headroom: f64| {
+            usable
+                .iter()
+                .copied()
+                .find(|k| fits(*k, budget, headroom))
+                .unwrap_or(lowest)
+        };
+        let target = match self.target.filter(|k| usable.contains(k)) {
+            None => {
+                // A joiner, or its layer stopped / is above a new cap: the best that fits now.
+                let budget = self.estimate.unwrap_or(START_BPS);
+                let budget = if self.target.is_none() {
+                    budget.min(START_BPS)
+                } else {
+                    budget
+                };
+                best_within(budget, UP_HEADROOM)
+            }
+            Some(current) => self.step(current, &usable, &need, now),
+        };
+        if let Some(old) = self.target.filter(|o| *o != target) {
+            if target < old {
+                self.ups += 1;
+            } else {
+                self.downs += 1;
+                self.last_down = Some(now);
+            }
+            self.above_since = None;
+            self.below_since = None;
+        }
+        self.target = Some(target);
+        // Probe for the next layer up while nothing says the link is full.
+        let next = usable.iter().copied().rev().find(|k| *k < target);
+        let calm = self.last_loss.is_none_or(|l| l < LOSS_UP_MAX) && self.below_since.is_none();
+        let desired = match next {
+            Some(n) if calm => need(n),
+            _ => need(target),
+        };
+        Decision {
+            target: Some(target),
+            desired_bps: (desired as f64 * UP_HEADROOM) as u64,
+        }
+    }
+
+    /// From the current layer: down, up one, or stay.
+    fn step(
+        &mut self,
+        current: usize,
+        usable: &[usize],
+        need: &dyn Fn(usize) -> u64,
+        now: Instant,
+    ) -> usize {
+        let lower = usable.iter().copied().find(|k| *k > current);
+        let higher = usable.iter().copied().rev().find(|k| *k < current);
+        if self.lossy_reports >= LOSS_REPORTS {
+            if let Some(l) = lower {
+                self.lossy_reports = 0;
+                return l;
+            }
+        }
+        let Some(estimate) = self.estimate else {
+            return current;
+        };
+        if estimate < need(current) {
+            let since = *self.below_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= DOWN_HOLD {
+                // Straight to the highest that fits at all (a cut can skip layers).
+                return usable
+                    .iter()
+                    .copied()
+                    .filter(|k| *k > current)
+                    .find(|k| need(*k) <= estimate)
+                    .or(usable.last().copied())
+                    .unwrap_or(current);
+            }
+            return current;
+        }
+        self.below_since = None;
+        let Some(up) = higher else {
+            return current;
+        };
+        let calm = self.last_loss.is_none_or(|l| l < LOSS_UP_MAX);
+        if calm && estimate as f64 >= need(up) as f64 * UP_HEADROOM {
+            let since = *self.above_since.get_or_insert(now);
+            let since = self.last_down.map_or(since, |d| since.max(d));
+            if now.saturating_duration_since(since) >= STABLE_UP {
+                return up;
+            }
+        } else {
+            self.above_since = None;
+        }
+        current
+    }
+}
+
+#[cfg(test)]
+#[path = "layer_switching_tests.rs"]
+mod tests;
