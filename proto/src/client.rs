@@ -4,7 +4,27 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::{required, ParseError, PeerId, PeerStatus, SessionId, WireFields};
+use crate::{required, ParseError, PeerId, PeerStatus, ProtocolVersion, SessionId, WireFields};
+
+/// The largest `maxHeight` accepted: above any video a source here sends (8K is 4320).
+pub const MAX_HEIGHT_LIMIT: u32 = 8192;
+
+/// Checks a `startSession.maxHeight` (v2): absent, or an integer from 1 to
+/// [`MAX_HEIGHT_LIMIT`]. Anything else is refused with the value in the reason.
+pub fn max_height(value: Option<serde_json::Value>) -> Result<Option<u32>, ParseError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    value
+        .as_u64()
+        .filter(|h| (1..=u64::from(MAX_HEIGHT_LIMIT)).contains(h))
+        .map(|h| Some(h as u32))
+        .ok_or_else(|| {
+            ParseError::Invalid(format!(
+                "maxHeight must be an integer from 1 to {MAX_HEIGHT_LIMIT}, not {value}"
+            ))
+        })
+}
 
 /// A message from a peer to the server (same set in v1 and v2).
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +35,8 @@ pub enum ClientMessage {
     StartSession {
         peer_id: PeerId,
         offer: Option<String>,
+        /// v2: the tallest video (pixels) the consumer wants ([`max_height`] checks it).
+        max_height: Option<u32>,
     },
     /// v2: a session with whichever member of stream `stream` (its origin, the producer whose
     /// `meta.name` it is, and its relays, whose `meta.stream` it is) the node places the
@@ -22,6 +44,7 @@ pub enum ClientMessage {
     PlaceSession {
         stream: String,
         offer: Option<String>,
+        max_height: Option<u32>,
     },
     /// End a session the sender is a member of.
     EndSession { session_id: SessionId },
@@ -271,9 +294,18 @@ impl PeerMessage {
 }
 
 impl ClientMessage {
-    /// Parses one text frame from a peer.
+    /// Parses one text frame from a peer speaking the whole protocol (v2).
     pub fn parse(text: &str) -> Result<Self, ParseError> {
+        Self::parse_as(text, ProtocolVersion::V2)
+    }
+
+    /// Parses one text frame from a peer speaking `version`. A v1 peer's v2-only fields
+    /// (`maxHeight`) are ignored unread, as upstream ignores fields it does not know.
+    pub fn parse_as(text: &str, version: ProtocolVersion) -> Result<Self, ParseError> {
         let mut f = WireFields::parse(text)?;
+        if version < ProtocolVersion::V2 {
+            f.max_height = None;
+        }
         let kind = f.kind.clone();
         Ok(match kind.as_ref() {
             "setPeerStatus" => ClientMessage::SetPeerStatus(PeerStatus {
@@ -281,16 +313,21 @@ impl ClientMessage {
                 meta: f.meta.take().flatten(),
                 peer_id: f.peer_id.take(),
             }),
-            "startSession" => match (f.peer_id.take(), f.stream.take()) {
-                (None, Some(stream)) => ClientMessage::PlaceSession {
-                    stream,
-                    offer: f.offer.take(),
-                },
-                (peer_id, _) => ClientMessage::StartSession {
-                    peer_id: required(peer_id, "peerId", &kind)?,
-                    offer: f.offer.take(),
-                },
-            },
+            "startSession" => {
+                let max_height = max_height(f.max_height.take())?;
+                match (f.peer_id.take(), f.stream.take()) {
+                    (None, Some(stream)) => ClientMessage::PlaceSession {
+                        stream,
+                        offer: f.offer.take(),
+                        max_height,
+                    },
+                    (peer_id, _) => ClientMessage::StartSession {
+                        peer_id: required(peer_id, "peerId", &kind)?,
+                        offer: f.offer.take(),
+                        max_height,
+                    },
+                }
+            }
             "endSession" => ClientMessage::EndSession {
                 session_id: required(f.session_id.take(), "sessionId", &kind)?,
             },
@@ -323,11 +360,15 @@ impl Serialize for ClientSer<'_> {
             StartSession {
                 peer_id: &'a str,
                 offer: &'a Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                max_height: &'a Option<u32>,
             },
-            #[serde(rename = "startSession")]
+            #[serde(rename = "startSession", rename_all = "camelCase")]
             PlaceSession {
                 stream: &'a str,
                 offer: &'a Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                max_height: &'a Option<u32>,
             },
             #[serde(rename_all = "camelCase")]
             EndSession {
@@ -338,12 +379,26 @@ impl Serialize for ClientSer<'_> {
         }
         match self.0 {
             ClientMessage::SetPeerStatus(st) => Out::SetPeerStatus(st).serialize(s),
-            ClientMessage::StartSession { peer_id, offer } => {
-                Out::StartSession { peer_id, offer }.serialize(s)
+            ClientMessage::StartSession {
+                peer_id,
+                offer,
+                max_height,
+            } => Out::StartSession {
+                peer_id,
+                offer,
+                max_height,
             }
-            ClientMessage::PlaceSession { stream, offer } => {
-                Out::PlaceSession { stream, offer }.serialize(s)
+            .serialize(s),
+            ClientMessage::PlaceSession {
+                stream,
+                offer,
+                max_height,
+            } => Out::PlaceSession {
+                stream,
+                offer,
+                max_height,
             }
+            .serialize(s),
             ClientMessage::EndSession { session_id } => Out::EndSession { session_id }.serialize(s),
             ClientMessage::List => Out::List.serialize(s),
             ClientMessage::ListConsumers => Out::ListConsumers.serialize(s),
@@ -362,7 +417,8 @@ mod tests {
             ClientMessage::parse(r#"{"type":"startSession","stream":"stage"}"#).unwrap(),
             ClientMessage::PlaceSession {
                 stream: "stage".into(),
-                offer: None
+                offer: None,
+                max_height: None,
             }
         );
         // with a peerId it is upstream's request, whatever else it carries
@@ -376,15 +432,97 @@ mod tests {
         let text = ClientMessage::PlaceSession {
             stream: "stage".into(),
             offer: None,
+            max_height: None,
         }
         .to_json();
         assert_eq!(
             ClientMessage::parse(&text).unwrap(),
             ClientMessage::PlaceSession {
                 stream: "stage".into(),
-                offer: None
+                offer: None,
+                max_height: None,
             }
         );
+    }
+
+    #[test]
+    fn max_height_round_trips_in_both_start_session_forms() {
+        for msg in [
+            ClientMessage::StartSession {
+                peer_id: "p".into(),
+                offer: None,
+                max_height: Some(360),
+            },
+            ClientMessage::PlaceSession {
+                stream: "stage".into(),
+                offer: None,
+                max_height: Some(8192),
+            },
+        ] {
+            let text = msg.to_json();
+            assert!(text.contains(r#""maxHeight":"#), "{text}");
+            assert_eq!(ClientMessage::parse(&text).unwrap(), msg, "{text}");
+        }
+        // without a cap the bytes are upstream's (tests/upstream_compat.rs checks them all)
+        let plain = ClientMessage::StartSession {
+            peer_id: "p".into(),
+            offer: None,
+            max_height: None,
+        };
+        assert_eq!(
+            plain.to_json(),
+            r#"{"type":"startSession","peerId":"p","offer":null}"#
+        );
+    }
+
+    #[test]
+    fn a_bad_max_height_is_refused_with_a_reason() {
+        for bad in [
+            "0",
+            "8193",
+            "-1",
+            "1.5",
+            r#""360""#,
+            "true",
+            "[360]",
+            "4294967656",
+        ] {
+            let text = format!(r#"{{"type":"startSession","peerId":"p","maxHeight":{bad}}}"#);
+            let err = ClientMessage::parse(&text).expect_err(&text);
+            assert!(
+                err.to_string().contains("maxHeight must be an integer"),
+                "{text}: {err}"
+            );
+            assert_eq!(err.code(), crate::ErrorCode::InvalidMessage);
+            let text = format!(r#"{{"type":"startSession","stream":"s","maxHeight":{bad}}}"#);
+            assert!(ClientMessage::parse(&text).is_err(), "{text}");
+        }
+        // null is no cap
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"startSession","peerId":"p","maxHeight":null}"#),
+            Ok(ClientMessage::StartSession {
+                max_height: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_v1_peer_s_max_height_is_ignored_unread_as_upstream_does() {
+        for text in [
+            r#"{"type":"startSession","peerId":"p","maxHeight":360}"#,
+            r#"{"type":"startSession","peerId":"p","maxHeight":0}"#,
+        ] {
+            assert_eq!(
+                ClientMessage::parse_as(text, ProtocolVersion::V1).unwrap(),
+                ClientMessage::StartSession {
+                    peer_id: "p".into(),
+                    offer: None,
+                    max_height: None,
+                },
+                "{text}"
+            );
+        }
     }
 
     #[test]

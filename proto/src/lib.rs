@@ -32,7 +32,7 @@ pub mod layers;
 mod server;
 mod version;
 
-pub use client::{ClientMessage, PeerMessage, RelayPayload, SdpType};
+pub use client::{max_height, ClientMessage, PeerMessage, RelayPayload, SdpType, MAX_HEIGHT_LIMIT};
 pub use error::{ErrorCode, ParseError};
 pub use server::{EndReason, PeerInfo, ServerMessage, WelcomeV2};
 pub use version::{ProtocolVersion, SUBPROTOCOL_V1, SUBPROTOCOL_V2};
@@ -110,6 +110,8 @@ struct WireFields<'a> {
     reconnect_in_ms: Option<u64>,
     expires_at: Option<u64>,
     stream: Option<String>,
+    /// Read as any value so that a bad one is refused with a clear reason ([`max_height`]).
+    max_height: Option<serde_json::Value>,
 }
 
 /// Distinguishes `"meta": null` (Some(None)) from a missing `meta` (None).

@@ -69,6 +69,8 @@ pub enum ServerMessage {
         peer_id: PeerId,
         session_id: SessionId,
         offer: Option<String>,
+        /// v2: the consumer's cap on the video height it wants (its `startSession.maxHeight`).
+        max_height: Option<u32>,
     },
     /// To the consumer: its session with producer `peer_id` starts.
     SessionStarted {
@@ -145,10 +147,12 @@ impl ServerMessage {
                 peer_id,
                 session_id,
                 offer,
+                max_height,
             } => Out::StartSession {
                 peer_id,
                 session_id,
                 offer,
+                max_height: if v2 { max_height.as_ref() } else { None },
             },
             ServerMessage::SessionStarted {
                 peer_id,
@@ -211,6 +215,7 @@ impl ServerMessage {
                 peer_id: required(f.peer_id.take(), "peerId", k)?,
                 session_id: required(f.session_id.take(), "sessionId", k)?,
                 offer: f.offer.take(),
+                max_height: crate::max_height(f.max_height.take())?,
             },
             "sessionStarted" => ServerMessage::SessionStarted {
                 peer_id: required(f.peer_id.take(), "peerId", k)?,
@@ -261,6 +266,8 @@ enum Out<'a> {
         peer_id: &'a str,
         session_id: &'a str,
         offer: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_height: Option<&'a u32>,
     },
     #[serde(rename_all = "camelCase")]
     SessionStarted {
@@ -349,6 +356,20 @@ mod tests {
             go_away.encode(ProtocolVersion::V2).unwrap(),
             r#"{"type":"goAway","reason":"draining"}"#
         );
+        let start = ServerMessage::StartSession {
+            peer_id: "c".into(),
+            session_id: "s".into(),
+            offer: None,
+            max_height: Some(360),
+        };
+        assert_eq!(
+            start.encode(ProtocolVersion::V1).unwrap(),
+            r#"{"type":"startSession","peerId":"c","sessionId":"s","offer":null}"#
+        );
+        assert_eq!(
+            start.encode(ProtocolVersion::V2).unwrap(),
+            r#"{"type":"startSession","peerId":"c","sessionId":"s","offer":null,"maxHeight":360}"#
+        );
     }
 
     #[test]
@@ -371,6 +392,12 @@ mod tests {
             ServerMessage::EndSession {
                 session_id: "s".into(),
                 reason: Some(EndReason::Operator),
+            },
+            ServerMessage::StartSession {
+                peer_id: "c".into(),
+                session_id: "s".into(),
+                offer: Some("v=0".into()),
+                max_height: Some(720),
             },
         ] {
             let text = msg.encode(ProtocolVersion::V2).unwrap();

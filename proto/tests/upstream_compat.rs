@@ -175,6 +175,12 @@ fn every_v2_error_and_welcome_still_reads_as_upstream_v1() {
                 resumed: false,
             }),
         },
+        ServerMessage::StartSession {
+            peer_id: "c".into(),
+            session_id: "s".into(),
+            offer: None,
+            max_height: Some(360),
+        },
     ];
     for m in msgs {
         let text = m.encode(ProtocolVersion::V1).unwrap();

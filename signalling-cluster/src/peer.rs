@@ -220,7 +220,7 @@ impl PeerConnection {
             self.close(ctx, CloseCode::Policy, "rate limit", "rate_limited");
             return;
         }
-        let parsed = ClientMessage::parse(text);
+        let parsed = ClientMessage::parse_as(text, self.mailbox.version());
         let kind = parsed.as_ref().map_or("invalid", ClientMessage::kind);
         crate::metrics::client_message(kind);
         match parsed {

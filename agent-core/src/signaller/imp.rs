@@ -1,6 +1,6 @@
 //! GObject implementation of [`super::ClusterSignaller`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -41,6 +41,12 @@ struct State {
     remote_streams: Option<usize>,
     /// The server refused us for good: we act on nothing more (the agent is stopping).
     refused: bool,
+    /// The connection speaks v2 (v2-only fields may be sent).
+    v2: bool,
+    /// Consumer: the cap on the video height to ask for (v2 `startSession.maxHeight`).
+    max_height: Option<u32>,
+    /// Producer: the cap each session's consumer asked for, while the session lasts.
+    max_heights: HashMap<String, u32>,
 }
 
 impl ClusterSignaller {
@@ -61,6 +67,29 @@ impl ClusterSignaller {
 
     pub(super) fn remote_streams(&self) -> Option<usize> {
         self.state.lock().unwrap().remote_streams
+    }
+
+    pub(super) fn set_max_height(&self, max_height: Option<u32>) {
+        self.state.lock().unwrap().max_height = max_height;
+    }
+
+    pub(super) fn max_height_of(&self, session_id: &str) -> Option<u32> {
+        self.state
+            .lock()
+            .unwrap()
+            .max_heights
+            .get(session_id)
+            .copied()
+    }
+
+    /// The cap to write in our `startSession`: only on a v2 connection (a v1 server never
+    /// sees the field; v1 bytes stay upstream's).
+    fn wanted_max_height(&self) -> Option<u32> {
+        let state = self.state.lock().unwrap();
+        if state.max_height.is_some() && !state.v2 {
+            warn!("--max-height is not sent: the server speaks protocol v1");
+        }
+        state.max_height.filter(|_| state.v2)
     }
 
     fn config(&self) -> &Config {
@@ -122,9 +151,11 @@ impl ClusterSignaller {
         let ended: Vec<String> = {
             let mut state = self.state.lock().unwrap();
             state.peer_id = Some(peer_id.clone());
+            state.v2 = v2;
             if resumed {
                 Vec::new()
             } else {
+                state.max_heights.clear();
                 state.sessions.drain().collect()
             }
         };
@@ -176,6 +207,7 @@ impl ClusterSignaller {
                         self.send(ClientMessage::PlaceSession {
                             stream: stream.clone(),
                             offer: None,
+                            max_height: self.wanted_max_height(),
                         });
                     }
                     Target::Name(_) | Target::First => {
@@ -204,6 +236,7 @@ impl ClusterSignaller {
         self.send(ClientMessage::StartSession {
             peer_id: producer_id,
             offer: None,
+            max_height: self.wanted_max_height(),
         });
     }
 
@@ -243,7 +276,8 @@ impl ClusterSignaller {
                 peer_id,
                 session_id,
                 offer,
-            } => self.on_start_session(peer_id, session_id, offer),
+                max_height,
+            } => self.on_start_session(peer_id, session_id, offer, max_height),
             ServerMessage::SessionStarted {
                 peer_id,
                 session_id,
@@ -280,7 +314,12 @@ impl ClusterSignaller {
                 });
             }
             ServerMessage::EndSession { session_id, reason } => {
-                if self.state.lock().unwrap().sessions.remove(&session_id) {
+                let removed = {
+                    let mut state = self.state.lock().unwrap();
+                    state.max_heights.remove(&session_id);
+                    state.sessions.remove(&session_id)
+                };
+                if removed {
                     let (by, who) = match reason {
                         Some(EndReason::Operator) => (EndedBy::Operator, "an operator"),
                         _ => (EndedBy::Other, "the other side"),
@@ -328,7 +367,13 @@ impl ClusterSignaller {
         format!("refused by the signalling server: {details} ({hint})")
     }
 
-    fn on_start_session(&self, peer_id: String, session_id: String, offer: Option<String>) {
+    fn on_start_session(
+        &self,
+        peer_id: String,
+        session_id: String,
+        offer: Option<String>,
+        max_height: Option<u32>,
+    ) {
         let Role::Producer { max_sessions } = &self.config().role else {
             warn!(session = %session_id, "a consumer was asked to produce; refused");
             self.send(ClientMessage::EndSession { session_id });
@@ -347,6 +392,10 @@ impl ClusterSignaller {
                 }
             }
             state.sessions.insert(session_id.clone());
+            // Known before `session-requested` is emitted: its handler may read it.
+            if let Some(h) = max_height {
+                state.max_heights.insert(session_id.clone(), h);
+            }
         }
         let offer = match offer.map(|sdp| gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes())) {
             None => None,
@@ -356,12 +405,15 @@ impl ClusterSignaller {
             )),
             Some(Err(e)) => {
                 warn!(session = %session_id, "unparsable offer ({e}); ending the session");
-                self.state.lock().unwrap().sessions.remove(&session_id);
+                let mut state = self.state.lock().unwrap();
+                state.sessions.remove(&session_id);
+                state.max_heights.remove(&session_id);
+                drop(state);
                 self.send(ClientMessage::EndSession { session_id });
                 return;
             }
         };
-        info!(session = %session_id, consumer = %peer_id, "session requested");
+        info!(session = %session_id, consumer = %peer_id, ?max_height, "session requested");
         self.obj()
             .emit_by_name::<()>("session-requested", &[&session_id, &peer_id, &offer]);
         self.event(AgentEvent::SessionStarted {
@@ -513,6 +565,7 @@ impl SignallableImpl for ClusterSignaller {
         let client = {
             let mut state = self.state.lock().unwrap();
             state.sessions.clear();
+            state.max_heights.clear();
             state.client.take()
         };
         if let Some(client) = client {
@@ -563,7 +616,12 @@ impl SignallableImpl for ClusterSignaller {
     fn end_session(&self, session_id: &str) {
         // Only sessions still ours: the element also calls this for sessions the other side
         // ended, which the server has forgotten.
-        if self.state.lock().unwrap().sessions.remove(session_id) {
+        let removed = {
+            let mut state = self.state.lock().unwrap();
+            state.max_heights.remove(session_id);
+            state.sessions.remove(session_id)
+        };
+        if removed {
             info!(session = %session_id, "ending session");
             self.send(ClientMessage::EndSession {
                 session_id: session_id.to_string(),

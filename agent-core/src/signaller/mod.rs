@@ -144,6 +144,19 @@ impl ClusterSignaller {
         obj
     }
 
+    /// Consumer: ask for video no taller than `max_height` pixels (v2 `startSession.maxHeight`,
+    /// sent on a v2 connection only). Set before the element starts.
+    pub fn set_max_height(&self, max_height: Option<u32>) {
+        self.imp().set_max_height(max_height)
+    }
+
+    /// Producer: the cap on the video height the consumer of `session_id` asked for (its
+    /// v2 `startSession.maxHeight`), while the session lasts; known when `session-requested`
+    /// is emitted.
+    pub fn max_height(&self, session_id: &str) -> Option<u32> {
+        self.imp().max_height_of(session_id)
+    }
+
     /// How many audio/video streams the other side's last SDP sends (None before any).
     pub fn remote_streams(&self) -> Option<usize> {
         self.imp().remote_streams()

@@ -231,6 +231,10 @@ pub struct SessionStartBody {
     pub producer: PeerId,
     pub consumer: PeerId,
     pub offer: Option<String>,
+    /// The consumer's `startSession.maxHeight` (v2), for the producer. Absent: no cap (and
+    /// what an older node writes; an older node reading it ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

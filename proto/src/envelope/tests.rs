@@ -23,6 +23,14 @@ fn samples() -> Vec<NodeMessage> {
             producer: "p".into(),
             consumer: "c".into(),
             offer: None,
+            max_height: None,
+        }),
+        NodeMessage::SessionStart(SessionStartBody {
+            session_id: "s".into(),
+            producer: "p".into(),
+            consumer: "c".into(),
+            offer: Some("v=0".into()),
+            max_height: Some(360),
         }),
         NodeMessage::SessionEnd(SessionEndBody {
             session_id: "s".into(),
@@ -323,4 +331,35 @@ fn newer_major_version_is_refused() {
         Envelope::parse(text),
         Err(EnvelopeError::TooNew(2))
     ));
+}
+
+#[test]
+fn a_session_start_without_a_cap_keeps_its_old_wire_format_and_old_bodies_read() {
+    let plain = NodeMessage::SessionStart(SessionStartBody {
+        session_id: "s".into(),
+        producer: "p".into(),
+        consumer: "c".into(),
+        offer: None,
+        max_height: None,
+    });
+    let text = plain.seal("a", 1, 1, 0);
+    assert!(!text.contains("maxHeight"), "{text}");
+    // an older node's sessionStart (no maxHeight) reads as one without a cap
+    let old = r#"{"v":1,"from":"n","seq":1,"kind":"sessionStart","body":{"sessionId":"s","producer":"p","consumer":"c","offer":null}}"#;
+    assert_eq!(Envelope::parse(old).unwrap().open().unwrap(), Some(plain));
+    assert_eq!(Received::parse(old).unwrap().at, 0);
+    // a newer node's cap is carried; the field is all an older node would skip
+    let capped = NodeMessage::SessionStart(SessionStartBody {
+        session_id: "s".into(),
+        producer: "p".into(),
+        consumer: "c".into(),
+        offer: None,
+        max_height: Some(360),
+    });
+    let text = capped.seal("a", 1, 1, 0);
+    assert!(text.contains(r#""offer":null,"maxHeight":360}"#), "{text}");
+    assert_eq!(
+        Envelope::parse(&text).unwrap().open().unwrap(),
+        Some(capped)
+    );
 }

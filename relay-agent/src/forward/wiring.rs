@@ -131,7 +131,11 @@ pub fn serve_viewers(signaller: &ClusterSignaller, forwarder: Forwarder, meta: M
             me.end_session(&session);
             return None;
         }
-        match fwd.viewer_offer(&session, None) {
+        // The viewer's cap (v2 `startSession.maxHeight`): never a taller layer.
+        let max_height = me
+            .dynamic_cast_ref::<ClusterSignaller>()
+            .and_then(|s| s.max_height(&session));
+        match fwd.viewer_offer(&session, max_height) {
             Ok(offer) => send(&me, &session, WebRTCSDPType::Offer, &offer),
             Err(e @ ForwardError::Stopped) => {
                 // A worker thread is gone: a relay that stayed registered would refuse every

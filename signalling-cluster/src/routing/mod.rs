@@ -253,12 +253,18 @@ impl Router {
     pub fn handle(&mut self, from: &str, msg: ClientMessage, out: &mut Outbox) {
         let result = match msg {
             ClientMessage::SetPeerStatus(status) => self.set_peer_status(from, status, out),
-            ClientMessage::StartSession { peer_id, offer } => {
-                self.start_session(from, &peer_id, offer, out)
-            }
-            ClientMessage::PlaceSession { stream, offer } => self
+            ClientMessage::StartSession {
+                peer_id,
+                offer,
+                max_height,
+            } => self.start_session(from, &peer_id, offer, max_height, out),
+            ClientMessage::PlaceSession {
+                stream,
+                offer,
+                max_height,
+            } => self
                 .place(from, &stream)
-                .and_then(|peer_id| self.start_session(from, &peer_id, offer, out)),
+                .and_then(|peer_id| self.start_session(from, &peer_id, offer, max_height, out)),
             ClientMessage::EndSession { session_id } => self.end_session(from, &session_id, out),
             ClientMessage::Peer(msg) => self.relay(from, msg, out),
             ClientMessage::List => {

@@ -80,6 +80,7 @@ impl Router {
         from: &str,
         to: &str,
         offer: Option<String>,
+        max_height: Option<u32>,
         out: &mut Outbox,
     ) -> Res {
         let from_peer = self.peers.get(from).ok_or_else(|| not_found(from))?;
@@ -120,11 +121,15 @@ impl Router {
             .producer_node
             .clone()
             .or(session.consumer_node.clone());
+        // A cap is the consumer's wish: a producer starting a session with a passive
+        // consumer has none to pass on.
+        let max_height = max_height.filter(|_| consumer == from);
         let start = SessionStartBody {
             session_id,
             producer: producer.to_string(),
             consumer: consumer.to_string(),
             offer,
+            max_height,
         };
         if let Some(node) = remote {
             // (checked above: a suspended peer's hold has room)
@@ -280,6 +285,8 @@ pub(super) fn session_started(side: Side, body: SessionStartBody) -> ServerMessa
             peer_id: body.consumer,
             session_id: body.session_id,
             offer: body.offer,
+            // (written to v2 producers only: `ServerMessage::encode`)
+            max_height: body.max_height,
         },
         Side::Consumer => ServerMessage::SessionStarted {
             peer_id: body.producer,

@@ -40,6 +40,7 @@ fn hijacker_cannot_end_or_inject_into_a_session() {
         ClientMessage::StartSession {
             peer_id: "p".into(),
             offer: None,
+            max_height: None,
         },
         &mut out,
     );
@@ -77,6 +78,7 @@ fn leaving_producer_ends_its_sessions_before_listeners_hear() {
         ClientMessage::StartSession {
             peer_id: "p".into(),
             offer: None,
+            max_height: None,
         },
         &mut out,
     );
@@ -141,6 +143,7 @@ fn a_session_across_two_routers_relays_and_ends_on_node_down() {
         ClientMessage::StartSession {
             peer_id: "p".into(),
             offer: None,
+            max_height: None,
         },
         &mut out,
     );
@@ -191,6 +194,7 @@ fn session_with_remote_producer() -> (Router, SessionId) {
         ClientMessage::StartSession {
             peer_id: "p".into(),
             offer: None,
+            max_height: None,
         },
         &mut out,
     );
@@ -334,4 +338,100 @@ fn peers_of_a_dead_node_without_suspension_leave_at_once() {
         .collect();
     assert_eq!(kinds, [("c", "endSession"), ("l", "peerStatusChanged")]);
     assert_eq!(b.producers().len(), 0);
+}
+
+/// A consumer's `maxHeight` reaches its producer: in the `startSession` the producer is
+/// given, locally and across nodes, and written only for a v2 producer.
+#[test]
+fn the_producer_side_receives_the_consumers_max_height_and_a_v1_producer_does_not_see_it() {
+    let capped = |peer_id: &str| ClientMessage::StartSession {
+        peer_id: peer_id.into(),
+        offer: None,
+        max_height: Some(360),
+    };
+    // local: the producer's startSession carries it
+    let mut r = Router::new();
+    let mut out = Outbox::new();
+    r.join("p2", ProtocolVersion::V2, &mut out);
+    r.join("p1", ProtocolVersion::V1, &mut out);
+    r.join("c", ProtocolVersion::V2, &mut out);
+    r.handle("p2", status(&[PeerRole::Producer]), &mut out);
+    r.handle("p1", status(&[PeerRole::Producer]), &mut out);
+    for (producer, version) in [("p2", ProtocolVersion::V2), ("p1", ProtocolVersion::V1)] {
+        out.clear();
+        r.handle("c", capped(producer), &mut out);
+        let d = delivered(&out);
+        let Some((_, start)) = d.iter().find(|(to, _)| *to == producer) else {
+            panic!("{producer} was not told: {d:?}")
+        };
+        assert!(
+            matches!(
+                start,
+                ServerMessage::StartSession {
+                    max_height: Some(360),
+                    ..
+                }
+            ),
+            "{start:?}"
+        );
+        let text = start.encode(version).unwrap();
+        assert_eq!(
+            text.contains(r#""maxHeight":360"#),
+            version == ProtocolVersion::V2,
+            "{text}"
+        );
+        // the consumer's own sessionStarted does not echo it
+        let (_, started) = d.iter().find(|(to, _)| *to == "c").unwrap();
+        assert!(!started
+            .encode(ProtocolVersion::V2)
+            .unwrap()
+            .contains("maxHeight"));
+    }
+
+    // across nodes: carried by the node envelope to the producer's node
+    let (mut a, mut b) = (router(&["c"]), router(&["p"]));
+    let mut out = Outbox::new();
+    b.handle("p", status(&[PeerRole::Producer]), &mut out);
+    exchange("b", out, &mut [("a", &mut a)]);
+    let mut out = Outbox::new();
+    a.handle("c", capped("p"), &mut out);
+    let at_b = exchange("a", out, &mut [("b", &mut b)]);
+    assert!(
+        matches!(&at_b[..], [Effect::Deliver(p, ServerMessage::StartSession { max_height: Some(360), .. })] if p == "p"),
+        "{at_b:?}"
+    );
+}
+
+/// A producer starting a session with a passive consumer has no cap to pass on, whatever it
+/// writes: `maxHeight` is the consumer's wish.
+#[test]
+fn a_producer_cannot_cap_itself_through_a_passive_consumer_session() {
+    let mut r = Router::new();
+    let mut out = Outbox::new();
+    r.join("p", ProtocolVersion::V2, &mut out);
+    r.join("c", ProtocolVersion::V2, &mut out);
+    r.handle("c", status(&[PeerRole::Consumer]), &mut out);
+    r.handle("p", status(&[PeerRole::Producer]), &mut out);
+    out.clear();
+    r.handle(
+        "p",
+        ClientMessage::StartSession {
+            peer_id: "c".into(),
+            offer: None,
+            max_height: Some(360),
+        },
+        &mut out,
+    );
+    let d = delivered(&out);
+    let (_, start) = d.iter().find(|(to, _)| *to == "p").unwrap();
+    assert!(
+        matches!(
+            start,
+            ServerMessage::StartSession {
+                max_height: None,
+                ..
+            }
+        ),
+        "{start:?}"
+    );
 }
