@@ -1,7 +1,37 @@
 //! The relay's `meta`, whatever its engine: what it relays (`stream`, `relay-of`, `depth`), how
 //! many it serves (`capacity`) and how (`engine`). Placement reads it (docs/relays.md).
+//! Also what the source's meta says that the relay uses: its depth, its stream, its layers.
+//!
+//! A relay's own meta names no `layers`: each of its viewers gets one video track (the layer
+//! chosen for it), so a relay of this relay sees a one-layer source.
+
+use std::sync::{Arc, Mutex};
+
+use proto::layers::{Ladder, META_KEY};
+use tracing::warn;
 
 use crate::Args;
+
+/// The current source's ladder (None: one layer), set when the source is chosen, read when
+/// its offer is answered.
+pub type SourceLadder = Arc<Mutex<Option<Ladder>>>;
+
+/// The source's ladder from its meta's `layers` (absent: one layer). A malformed one is
+/// warned about and taken as one layer: the relay still serves the source's top layer.
+pub fn ladder(source_meta: Option<&serde_json::Value>) -> Option<Ladder> {
+    let text = source_meta?.get(META_KEY)?;
+    let parsed = text
+        .as_str()
+        .ok_or_else(|| "not a string".to_owned())
+        .and_then(|t| t.parse::<Ladder>().map_err(|e| e.to_string()));
+    match parsed {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!("the source's meta '{META_KEY}' ({text}) is unusable: {e}; taken as one layer");
+            None
+        }
+    }
+}
 
 /// The meta a relay registers with before its source is known.
 pub fn initial(args: &Args) -> gst::Structure {
@@ -41,4 +71,24 @@ pub fn follow_source(
         meta.set("stream", stream);
     }
     depth
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_s_ladder_is_read_from_its_meta_and_garbage_is_one_layer() {
+        let m = serde_json::json!({"layers": "1280x720@2000,640x360@600,320x180@150"});
+        assert_eq!(ladder(Some(&m)).map(|l| l.0.len()), Some(3));
+        for garbage in [
+            serde_json::json!({"layers": "720p please"}),
+            serde_json::json!({"layers": "640x360@600,1280x720@2000"}),
+            serde_json::json!({"layers": 3}),
+            serde_json::json!({"stream": "cam"}),
+        ] {
+            assert_eq!(ladder(Some(&garbage)), None, "{garbage}");
+        }
+        assert_eq!(ladder(None), None);
+    }
 }

@@ -68,6 +68,16 @@ pub struct ViewerLine {
     pub keyframe_requests: u64,
     /// The viewer's bandwidth estimate (TWCC), bits per second.
     pub estimate_bps: Option<u64>,
+    /// A layered source: the layer the viewer is sent (0 = the top), its height, the layer it
+    /// is switching to, and the switches done up and down (absent fields: not layered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_layer: Option<usize>,
+    pub layer_switches_up: u64,
+    pub layer_switches_down: u64,
 }
 
 /// Turns counters into a line, rates against the previous one.
@@ -245,7 +255,7 @@ pub fn render(s: &Snapshot) -> String {
 /// The forward engine's figures per viewer, labelled by session.
 fn per_viewer(out: &mut String, viewers: &[ViewerLine]) {
     type Figure = fn(&ViewerLine) -> Option<f64>;
-    let figures: [(&str, &str, &str, Figure); 5] = [
+    let figures: [(&str, &str, &str, Figure); 7] = [
         (
             "relay_viewer_packets_total",
             "counter",
@@ -276,6 +286,18 @@ fn per_viewer(out: &mut String, viewers: &[ViewerLine]) {
             "The viewer's bandwidth estimate (TWCC), bits per second.",
             |v| v.estimate_bps.map(|e| e as f64),
         ),
+        (
+            "relay_viewer_layer",
+            "gauge",
+            "The layer of a layered source the viewer is sent (0 = the top).",
+            |v| v.layer.map(|l| l as f64),
+        ),
+        (
+            "relay_viewer_layer_height",
+            "gauge",
+            "The height of the layer the viewer is sent.",
+            |v| v.layer_height.map(f64::from),
+        ),
     ];
     for (name, kind, help, figure) in figures {
         let series: Vec<_> = viewers
@@ -285,5 +307,62 @@ fn per_viewer(out: &mut String, viewers: &[ViewerLine]) {
         if !series.is_empty() {
             write_metric(out, name, kind, help, &series);
         }
+    }
+    // Switches by direction, for the viewers of a layered source.
+    let switches: Vec<_> = viewers
+        .iter()
+        .filter(|v| v.layer.is_some())
+        .flat_map(|v| {
+            [("up", v.layer_switches_up), ("down", v.layer_switches_down)].map(|(d, n)| {
+                let labels = vec![("session", v.session.clone()), ("direction", d.to_owned())];
+                (labels, n as f64)
+            })
+        })
+        .collect();
+    if !switches.is_empty() {
+        write_metric(
+            out,
+            "relay_viewer_layer_switches_total",
+            "counter",
+            "Layer switches done for the viewer (at a keyframe of the new layer), up and down.",
+            &switches,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn viewer(session: &str, layer: Option<usize>) -> ViewerLine {
+        ViewerLine {
+            session: session.into(),
+            packets: 10,
+            bytes: 1000,
+            nacks_served: 0,
+            nacks_upstream: 0,
+            keyframe_requests: 0,
+            estimate_bps: Some(800_000),
+            layer,
+            layer_height: layer.map(|_| 360),
+            target_layer: layer,
+            layer_switches_up: 1,
+            layer_switches_down: 2,
+        }
+    }
+
+    #[test]
+    fn a_layered_viewer_s_layer_and_switches_are_metrics_a_plain_one_has_none() {
+        let mut out = String::new();
+        per_viewer(&mut out, &[viewer("a", Some(1)), viewer("b", None)]);
+        let has = |needle: &str| out.lines().any(|l| l.starts_with(needle));
+        assert!(has("relay_viewer_layer{session=\"a\"} 1"), "{out}");
+        assert!(has("relay_viewer_layer_height{session=\"a\"} 360"), "{out}");
+        assert!(
+            has("relay_viewer_layer_switches_total{session=\"a\",direction=\"down\"} 2"),
+            "{out}"
+        );
+        assert!(!out.contains("session=\"b\",direction"), "{out}");
+        assert!(!has("relay_viewer_layer{session=\"b\"}"), "{out}");
     }
 }

@@ -325,3 +325,7 @@ impl ViewerTrack {
 #[cfg(test)]
 #[path = "fanout_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fanout_layers_tests.rs"]
+mod layer_tests;

@@ -104,6 +104,8 @@ struct Relay {
     /// The consumer side of the current attachment.
     upstream: RefCell<Option<ClusterSignaller>>,
     guard: Arc<wiring::CodecGuard>,
+    /// The source's layers (its meta's `layers`), for the engine's answer to its offer.
+    ladder: crate::meta::SourceLadder,
     main_loop: glib::MainLoop,
     failure: Arc<Mutex<Option<anyhow::Error>>>,
     shutdown: Shutdown,
@@ -149,6 +151,7 @@ pub fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         serving: Cell::new(false),
         upstream: RefCell::new(None),
         guard: Arc::new(wiring::CodecGuard::new(fail.clone())),
+        ladder: crate::meta::SourceLadder::default(),
         main_loop: main_loop.clone(),
         failure: failure.clone(),
         shutdown: shutdown.clone(),
@@ -206,7 +209,12 @@ impl Relay {
             },
             events: events_tx,
         });
-        wiring::receive_origin(&signaller, self.forwarder.clone(), self.guard.clone());
+        wiring::receive_origin(
+            &signaller,
+            self.forwarder.clone(),
+            self.guard.clone(),
+            self.ladder.clone(),
+        );
         signaller.start();
         *self.upstream.borrow_mut() = Some(signaller);
         events::poll(
@@ -306,7 +314,9 @@ impl EventHandler for Upstream {
     fn producer_chosen(&mut self, producer_id: String, meta: Option<serde_json::Value>) {
         let mut m = self.relay.meta.lock().unwrap();
         let depth = crate::meta::follow_source(&mut m, &producer_id, meta.as_ref());
-        info!(origin = %producer_id, depth, "relaying producer {producer_id}");
+        let ladder = crate::meta::ladder(meta.as_ref());
+        info!(origin = %producer_id, depth, layers = ladder.as_ref().map_or(1, |l| l.0.len()), "relaying producer {producer_id}");
+        *self.relay.ladder.lock().unwrap() = ladder;
         *self.relay.shared.origin.lock().unwrap() = Some(producer_id);
     }
 

@@ -54,6 +54,11 @@ impl Collector {
                 nacks_upstream: v.nacks_upstream,
                 keyframe_requests: v.keyframe_requests,
                 estimate_bps: v.estimate_bps,
+                layer: v.layer,
+                layer_height: v.layer_height,
+                target_layer: v.target_layer,
+                layer_switches_up: v.layer_switches_up,
+                layer_switches_down: v.layer_switches_down,
             })
             .collect();
         Snapshot {

@@ -75,7 +75,12 @@ fn connect_common(signaller: &ClusterSignaller, forwarder: &Forwarder) {
 }
 
 /// The consumer side: the origin's offers answered by the engine.
-pub fn receive_origin(signaller: &ClusterSignaller, forwarder: Forwarder, guard: Arc<CodecGuard>) {
+pub fn receive_origin(
+    signaller: &ClusterSignaller,
+    forwarder: Forwarder,
+    guard: Arc<CodecGuard>,
+    ladder: crate::meta::SourceLadder,
+) {
     connect_common(signaller, &forwarder);
     signaller.connect("session-description", false, move |args| {
         let (Some(me), Some(session)) = (emitter(args), string_arg(args, 1)) else {
@@ -91,7 +96,8 @@ pub fn receive_origin(signaller: &ClusterSignaller, forwarder: Forwarder, guard:
             me.end_session(&session);
             return None;
         };
-        match forwarder.origin_offer(&session, &offer, None) {
+        let layers = ladder.lock().unwrap().clone();
+        match forwarder.origin_offer(&session, &offer, layers.as_ref()) {
             Ok(answer) => {
                 if guard.check(&answer) {
                     info!(session = %session, "answering the origin's offer");
