@@ -19,6 +19,7 @@
 //! | `adaptive_report.rs` | its report section |
 //! | `../src/shaping.rs`, `../src/watched.rs` | (the tests' files, included) viewers' namespaces and token buckets; a viewer's window figures |
 //! | `sfu_report.rs` | its report section |
+//! | `ladder.rs` | the cost of an encoding ladder: producer CPU with 3 layers against 1 |
 //! | `light_viewer.rs` | the light viewer: a str0m WebRTC peer per viewer, many in this process |
 //! | `frames.rs` | what a light viewer counts: VP8 frames, keyframes, losses, arrival times, hashes |
 //! | `hmac.rs` | the viewers' HMAC-SHA1 (SRTP tags) on OpenSSL's plain SHA-1 |
@@ -34,6 +35,7 @@ mod fanout;
 mod frames;
 mod janus;
 mod jobs;
+mod ladder;
 mod light_viewer;
 mod plan;
 mod procs;
@@ -94,9 +96,13 @@ struct Args {
     #[arg(long)]
     relay_tree: Option<String>,
     /// Only this scenario, its figures put into the report `--json` already holds (which is
-    /// then written again, and `--md` rendered from it): `sfu`, `adaptive`.
+    /// then written again, and `--md` rendered from it): `sfu`, `adaptive`; or `ladder`,
+    /// whose figures are printed as JSON only.
     #[arg(long)]
     only: Option<String>,
+    /// Ladder runs: seconds of measurement with each of `--layers 1` and `--layers 3`.
+    #[arg(long, default_value_t = 20)]
+    ladder_seconds: u64,
     /// SFU runs (needs --agents-dir): the viewer counts K, tried in turn while every viewer
     /// holds 28 fps and < 0.5 % loss.
     #[arg(long, default_value = "10,25,50,100,200,400,800,1600")]
@@ -207,7 +213,16 @@ async fn run(args: Args) -> Result<()> {
         None => {}
         Some("sfu") => return only_sfu(&args).await,
         Some("adaptive") => return only_adaptive(&args).await,
-        Some(other) => anyhow::bail!("--only {other}: unknown scenario (sfu, adaptive)"),
+        Some("ladder") => {
+            let dir = args
+                .agents_dir
+                .as_ref()
+                .context("--only ladder needs --agents-dir")?;
+            let figures = ladder::run(&binaries(&args)?, dir, args.ladder_seconds).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("--only {other}: unknown scenario (sfu, adaptive, ladder)"),
     }
     if let Some(json) = &args.render {
         let mut report: Value = serde_json::from_slice(&std::fs::read(json)?)?;
