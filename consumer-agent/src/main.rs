@@ -2,6 +2,7 @@
 //! signalling server), receives it with `webrtcsrc`, and plays, records or counts it; finds
 //! it again when it comes back.
 
+mod quality;
 mod report;
 mod sink;
 
@@ -79,6 +80,10 @@ pub struct Args {
     /// benchmark matches two consumers' frames by hash to measure a hop's latency).
     #[arg(long, env = "CONSUMER_FRAME_LOG")]
     pub frame_log: Option<PathBuf>,
+    /// Ask for video no taller than this many pixels (v2 `startSession.maxHeight`; a relay
+    /// serves the highest layer within it). Sent only when the server speaks v2.
+    #[arg(long, env = "CONSUMER_MAX_HEIGHT", allow_negative_numbers = true, value_parser = whole::<u32>(1, proto::MAX_HEIGHT_LIMIT as u64))]
+    pub max_height: Option<u32>,
     #[command(flatten)]
     pub ice: IceArgs,
     #[command(flatten)]
@@ -119,6 +124,10 @@ struct Report {
     /// Decoders that decoded during the run, in any session (none with `--sink encoded` or
     /// `file:`).
     decoders: Vec<String>,
+    /// Time the decoded video stood frozen over the whole run, ms (`quality.rs`).
+    frozen_total_ms: u64,
+    /// Changes of the received resolution over the run.
+    switches: u64,
 }
 
 fn main() -> ExitCode {
@@ -154,6 +163,7 @@ struct Run {
     started: Instant,
     frames: Arc<AtomicU64>,
     shared: Arc<Shared>,
+    quality: Arc<quality::Quality>,
     shutdown: Shutdown,
     session_ids: Vec<String>,
     recordings: Vec<PathBuf>,
@@ -168,6 +178,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         started: Instant::now(),
         frames: Arc::new(AtomicU64::new(0)),
         shared: Arc::new(Shared::default()),
+        quality: Default::default(),
         shutdown: Shutdown::install()?,
         session_ids: Vec::new(),
         recordings: Vec::new(),
@@ -179,7 +190,12 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
             .transpose()
             .map_err(|e| Ending::Usage(format!("--frame-log: {e:#}")))?,
     };
-    let mut collector = report::Collector::new(run.started, run.frames.clone(), run.shared.clone());
+    let mut collector = report::Collector::new(
+        run.started,
+        run.frames.clone(),
+        run.shared.clone(),
+        run.quality.clone(),
+    );
     agent_core::reporting::start(
         &args.output,
         move || Some(collector.collect()),
@@ -218,6 +234,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
             }
         }
     }
+    let seen = run.quality.seen(Instant::now());
     let report = Report {
         producer_id: run.shared.producer_id.lock().unwrap().clone(),
         session_ids: run.session_ids,
@@ -228,6 +245,8 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         reconnects: run.shared.reconnects.load(Ordering::Relaxed),
         recordings: run.recordings,
         decoders: run.decoders.lock().unwrap().iter().cloned().collect(),
+        frozen_total_ms: seen.frozen.as_millis() as u64,
+        switches: seen.switches,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -252,7 +271,9 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
         },
         events: events_tx,
     });
+    signaller.set_max_height(args.max_height);
     let pipeline = gst::Pipeline::new();
+    quality::watch(&pipeline, run.quality.clone());
     let decoders = run.decoders.clone();
     agent_core::stats::record_working(pipeline.upcast_ref(), "Codec/Decoder", decoders);
     let src = make_src(args, &signaller)?;

@@ -1,5 +1,6 @@
 //! Consumer statistics: per received stream (bitrate, jitter, loss) from webrtcbin, plus the
-//! decoded frame rate and time to first frame; as JSON lines and Prometheus metrics.
+//! decoded frame rate, time to first frame, and what the viewer sees (resolution, frozen
+//! time, switches: `quality.rs`); as JSON lines and Prometheus metrics.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,8 @@ use agent_core::stats::{codec_of, entries, find_webrtcbin, rate_bps, webrtcbin_s
 use gst::prelude::*;
 use gst_webrtc::WebRTCStatsType;
 use serde::Serialize;
+
+use crate::quality::Quality;
 
 /// What the agent's main loop knows, shared with the stats thread.
 #[derive(Default)]
@@ -49,6 +52,16 @@ pub struct Snapshot {
     pub elapsed_ms: u64,
     pub sessions: u64,
     pub reconnects: u64,
+    /// The resolution of the last decoded frame (none before one, or without decoding).
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// Received video bits per second over the last interval (every video stream).
+    pub video_bitrate_bps: f64,
+    /// Of the last interval, the time the video stood frozen (no new frame for more than 3
+    /// frame intervals), ms.
+    pub frozen_ms: u64,
+    /// Changes of the received resolution so far.
+    pub switches: u64,
     pub streams: Vec<StreamStats>,
 }
 
@@ -56,18 +69,27 @@ pub struct Collector {
     started: Instant,
     frames: Arc<AtomicU64>,
     shared: Arc<Shared>,
+    quality: Arc<Quality>,
     last_frames: (Instant, u64),
     last_bytes: HashMap<u64, (Instant, u64)>,
+    last_frozen: std::time::Duration,
 }
 
 impl Collector {
-    pub fn new(started: Instant, frames: Arc<AtomicU64>, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        started: Instant,
+        frames: Arc<AtomicU64>,
+        shared: Arc<Shared>,
+        quality: Arc<Quality>,
+    ) -> Self {
         Collector {
             started,
             frames,
             shared,
+            quality,
             last_frames: (started, 0),
             last_bytes: HashMap::new(),
+            last_frozen: std::time::Duration::ZERO,
         }
     }
 
@@ -122,6 +144,13 @@ impl Collector {
                 });
             }
         }
+        let seen = self.quality.seen(now);
+        let frozen = seen.frozen.saturating_sub(self.last_frozen);
+        self.last_frozen = seen.frozen;
+        let video_bitrate_bps = streams
+            .iter()
+            .filter(|st| st.codec.as_deref().is_some_and(|c| c.starts_with("video/")))
+            .fold(0.0, |sum, st| sum + st.bitrate_bps);
         let s = &self.shared;
         Snapshot {
             kind: "consumer-stats",
@@ -133,6 +162,11 @@ impl Collector {
             elapsed_ms: self.started.elapsed().as_millis() as u64,
             sessions: s.sessions.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
+            width: seen.size.map(|(w, _)| w),
+            height: seen.size.map(|(_, h)| h),
+            video_bitrate_bps,
+            frozen_ms: frozen.as_millis() as u64,
+            switches: seen.switches,
             streams,
         }
     }
@@ -209,6 +243,29 @@ pub fn render(s: &Snapshot) -> String {
         "Signalling connections replaced.",
         &[(base.clone(), s.reconnects as f64)],
     );
+    write_metric(
+        &mut out,
+        "consumer_frozen_seconds",
+        "gauge",
+        "Time the video stood frozen during the last interval.",
+        &[(base.clone(), s.frozen_ms as f64 / 1000.0)],
+    );
+    write_metric(
+        &mut out,
+        "consumer_resolution_switches_total",
+        "counter",
+        "Changes of the received video resolution.",
+        &[(base.clone(), s.switches as f64)],
+    );
+    if let Some(h) = s.height {
+        write_metric(
+            &mut out,
+            "consumer_video_height_pixels",
+            "gauge",
+            "Height of the last decoded video frame.",
+            &[(base.clone(), f64::from(h))],
+        );
+    }
     write_metric(
         &mut out,
         "consumer_stream_bitrate_bps",
