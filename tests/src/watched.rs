@@ -77,11 +77,10 @@ impl Watched {
     }
 }
 
-/// The decoded height in a consumer-stats line.
+/// The height of the frames a consumer-agent decodes, from a stats line (absent before the
+/// first frame, and with sinks that decode nothing).
 pub fn height_of(line: &Value) -> Option<u64> {
-    line["video"]["height"]
-        .as_u64()
-        .or_else(|| line["height"].as_u64())
+    line["height"].as_u64()
 }
 
 /// Frozen time (ms) a consumer-agent reported in its lines between `from_ms` and `to_ms`:

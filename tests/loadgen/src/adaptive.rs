@@ -16,7 +16,7 @@
 //! link is cut to 800 kbit/s and the 800 kbit/s limit lifted, at once: the time until the cut
 //! viewer decodes a lower layer (the forward relay's switch too), and until the lifted one is
 //! back at 720 lines. Last, the ladder's cost: the producer's CPU with `--layers 3` against 1
-//! (one viewer each). Its report section is `adaptive_report.rs`.
+//! (`ladder.rs`). Its report section is `adaptive_report.rs`.
 
 use std::path::Path;
 use std::process::Command;
@@ -26,7 +26,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::fanout::Piped;
-use crate::procs::{cpu_us, free_port, machine_jiffies};
+use crate::ladder;
+use crate::procs::{free_port, machine_jiffies, Binaries};
 use crate::shaping::ShapedLink;
 use crate::watched::{frozen_between, height_of, watched};
 
@@ -43,14 +44,20 @@ const HELD_UNTIL_MS: u64 = 30_000;
 /// How long a cut or a lift is watched for the step.
 const AFTER_CHANGE: Duration = Duration::from_secs(20);
 const TOP_HEIGHT: u64 = 720;
-const CPU_SETTLE: Duration = Duration::from_secs(5);
-const CPU_WINDOW: Duration = Duration::from_secs(10);
+/// Seconds of measurement of each of the ladder's runs.
+const LADDER_SECONDS: u64 = 10;
 
-/// Every setup, then the ladder's cost.
-pub async fn run(agents: &Path) -> Result<Value> {
+/// The setups asked for (of [`SETUPS`]), then the ladder's cost (`ladder`).
+pub async fn run(bins: &Binaries, agents: &Path, asked: &[&str]) -> Result<Value> {
+    for a in asked {
+        anyhow::ensure!(
+            SETUPS.contains(a) || *a == "ladder",
+            "--adaptive-setups: unknown `{a}` (forward, pipeline, per-consumer, ladder)"
+        );
+    }
     let started = Instant::now();
     let mut setups = serde_json::Map::new();
-    for setup in SETUPS {
+    for setup in SETUPS.into_iter().filter(|s| asked.contains(s)) {
         eprintln!("loadgen: adaptive {setup} ...");
         let v = one(agents, setup)
             .await
@@ -58,24 +65,19 @@ pub async fn run(agents: &Path) -> Result<Value> {
         eprintln!("loadgen: adaptive {setup}: {v}");
         setups.insert(setup.into(), v);
     }
-    eprintln!("loadgen: adaptive ladder cost ...");
-    let mut cpu = serde_json::Map::new();
-    for layers in [1, 3] {
-        let v = producer_cpu(agents, layers)
+    // The ladder's cost: the `ladder` scenario's measurement, as `./dev bench ladder` runs it.
+    let ladder = if asked.contains(&"ladder") {
+        eprintln!("loadgen: adaptive ladder cost ...");
+        ladder::run(bins, agents, LADDER_SECONDS)
             .await
-            .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
-        cpu.insert(layers.to_string(), v);
-    }
-    let ratio = match (cpu["3"]["cpu_pct"].as_f64(), cpu["1"]["cpu_pct"].as_f64()) {
-        (Some(three), Some(one)) if one > 0.0 => Some((three / one * 100.0).round() / 100.0),
-        _ => None,
+            .unwrap_or_else(|e| json!({"error": format!("{e:#}")}))
+    } else {
+        Value::Null
     };
-    eprintln!("loadgen: adaptive ladder cost: {cpu:?}");
     Ok(json!({
         "setups": setups,
-        "order": SETUPS,
-        "ladder_cpu": cpu,
-        "ladder_cpu_ratio": ratio,
+        "order": SETUPS.into_iter().filter(|s| asked.contains(s)).collect::<Vec<_>>(),
+        "ladder": ladder,
         "seconds": started.elapsed().as_secs(),
     }))
 }
@@ -152,7 +154,12 @@ fn video_kbps(lines: &[Value], from: u64, to: u64) -> Option<f64> {
             let video = streams
                 .iter()
                 .filter(|s| s["codec"].as_str().is_some_and(|c| c.starts_with("video")));
-            Some(video.filter_map(|s| s["bitrate_bps"].as_f64()).sum::<f64>())
+            Some(
+                video
+                    .filter_map(|s| s["bitrate_bps"].as_f64())
+                    .sum::<f64>()
+                    .max(0.0),
+            )
         })
         .collect();
     (!rates.is_empty())
@@ -250,28 +257,34 @@ async fn one(agents: &Path, setup: &str) -> Result<Value> {
         }));
     }
 
-    // The unlimited link cut to 800 kbit/s, the 800 kbit/s limit lifted.
+    // The unlimited link cut to 800 kbit/s, the 800 kbit/s limit lifted. A step is timed only
+    // from where it can happen: the cut viewer on the top layer, the lifted one below it.
     let (cut, lifted) = (&viewers[0], &viewers[1]);
     let cut_at = elapsed_ms(cut);
+    let height_at = |v: &Piped| v.stats().as_ref().and_then(height_of);
+    let (cut_from, lift_from) = (height_at(cut), height_at(lifted));
     links[0].limit(800)?;
     links[1].lift()?;
     let t0 = Instant::now();
     let (mut down, mut down_layer, mut up, mut up_layer) = (None, None, None, None);
     let ms = |t: Instant| Some(t.duration_since(t0).as_millis() as u64);
+    let can_step_down = cut_from == Some(TOP_HEIGHT);
+    let can_step_up = lift_from.is_some_and(|h| h < TOP_HEIGHT);
     while t0.elapsed() < AFTER_CHANGE {
         let now = Instant::now();
-        if down.is_none()
-            && height_of(&cut.stats().unwrap_or_default()).is_some_and(|h| h < TOP_HEIGHT)
-        {
+        if can_step_down && down.is_none() && height_at(cut).is_some_and(|h| h < TOP_HEIGHT) {
             down = ms(now);
         }
-        if down_layer.is_none() && layer(relay.as_ref(), cut).is_some_and(|l| l > 0) {
+        if can_step_down
+            && down_layer.is_none()
+            && layer(relay.as_ref(), cut).is_some_and(|l| l > 0)
+        {
             down_layer = ms(now);
         }
-        if up.is_none() && height_of(&lifted.stats().unwrap_or_default()) == Some(TOP_HEIGHT) {
+        if can_step_up && up.is_none() && height_at(lifted) == Some(TOP_HEIGHT) {
             up = ms(now);
         }
-        if up_layer.is_none() && layer(relay.as_ref(), lifted) == Some(0) {
+        if can_step_up && up_layer.is_none() && layer(relay.as_ref(), lifted) == Some(0) {
             up_layer = ms(now);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -283,48 +296,14 @@ async fn one(agents: &Path, setup: &str) -> Result<Value> {
     Ok(json!({
         "settled": settled,
         "cut": {
+            "height_before": cut_from,
             "step_down_ms": down,
             "relay_layer_down_ms": down_layer,
             "longest_freeze_ms": after_cut.longest_freeze_ms,
             "window": after_cut.to_json(),
         },
-        "lift": {"step_up_ms": up, "relay_layer_up_ms": up_layer},
+        "lift": {"height_before": lift_from, "step_up_ms": up, "relay_layer_up_ms": up_layer},
         "watched_ms": AFTER_CHANGE.as_millis() as u64,
         "machine_busy_pct": (busy * 1000.0).round() / 10.0,
     }))
-}
-
-/// The producer's CPU (% of a core) encoding `layers` layers, one viewer receiving (direct,
-/// on this host, counting encoded frames).
-async fn producer_cpu(agents: &Path, layers: usize) -> Result<Value> {
-    let port = free_port();
-    let mut node = Command::new(agents.join("signalling-cluster"));
-    node.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
-    let _node = Piped::spawn(node)?;
-    let url = format!("ws://127.0.0.1:{port}");
-    until(Duration::from_secs(10), "node listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await?;
-    let origin = Piped::spawn(origin(agents, &url, "forward", layers))?;
-    let args = [
-        "--server",
-        &url,
-        "--producer-name",
-        STREAM,
-        "--sink",
-        "encoded",
-    ];
-    let mut cmd = agent(agents, "consumer-agent", &args);
-    cmd.args(["--stats-interval", "0.5"]);
-    let viewer = Piped::spawn(cmd)?;
-    until(Duration::from_secs(60), "frames at the viewer", || {
-        viewer.frames() > 0
-    })
-    .await?;
-    tokio::time::sleep(CPU_SETTLE).await;
-    let (cpu0, t0) = (cpu_us(origin.pid()), Instant::now());
-    tokio::time::sleep(CPU_WINDOW).await;
-    let pct = (cpu_us(origin.pid()) - cpu0) as f64 / 1e6 / t0.elapsed().as_secs_f64() * 100.0;
-    Ok(json!({"layers": layers, "cpu_pct": (pct * 10.0).round() / 10.0}))
 }

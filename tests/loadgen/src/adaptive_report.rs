@@ -14,10 +14,13 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// Milliseconds as seconds, "never" when the step did not come within the watch.
-fn secs(v: &Value, watched_ms: &Value) -> String {
+/// Milliseconds as seconds; "not within" when the step did not come within the watch, and
+/// why there was no step to time when the viewer was not where a step starts (`from` its
+/// height before the change).
+fn secs(v: &Value, watched_ms: &Value, from: &Value, step_possible: bool) -> String {
     match v.as_f64() {
         Some(ms) => format!("{:.1} s", ms / 1000.0),
+        None if !step_possible => format!("– (at {} lines before)", cell(from)),
         None => format!("not within {} s", watched_ms.as_u64().unwrap_or(0) / 1000),
     }
 }
@@ -47,9 +50,10 @@ pub fn markdown(report: &Value) -> String {
          own frozen time where it reports one. Then, at once, the unlimited link is cut to \
          800 kbit/s and the 800 kbit/s limit lifted; step down = until the cut viewer decodes \
          fewer than 720 lines (the forward relay's layer switch in brackets), step up = until \
-         the lifted one decodes 720 lines again, each watched for {} s. Ladder cost: the \
-         producer's CPU (`/proc`, % of a core, 10 s after 5 s settling) encoding 3 layers \
-         against 1, one viewer each.\n\n",
+         the lifted one decodes 720 lines again, each watched for {} s and timed only from \
+         where it can happen (the cut viewer at 720 lines, the lifted one below). Ladder cost: the \
+         producer's CPU (`/proc`, % of a core, over 10 s) encoding 3 layers against 1, one \
+         consumer receiving (`tests/loadgen/src/ladder.rs`).\n\n",
         report
             .get("adaptive_command")
             .and_then(Value::as_str)
@@ -70,6 +74,9 @@ pub fn markdown(report: &Value) -> String {
           |---|---|---:|---:|---:|---:|---:|---:|\n";
     for setup in SETUPS {
         let v = &a["setups"][setup];
+        if v.is_null() {
+            continue;
+        }
         if let Some(e) = v.get("error") {
             s += &format!("| {} | failed: {} | | | | | | |\n", label(setup), cell(e));
             continue;
@@ -91,15 +98,21 @@ pub fn markdown(report: &Value) -> String {
     s += "\n| setup | step down after a cut to 800k | its longest freeze ms | step up after a lift | machine busy % |\n|---|---|---:|---|---:|\n";
     for setup in SETUPS {
         let v = &a["setups"][setup];
-        if v.get("error").is_some() {
+        if v.is_null() || v.get("error").is_some() {
             continue;
         }
         let w = &v["watched_ms"];
-        let mut down = secs(&v["cut"]["step_down_ms"], w);
-        let mut up = secs(&v["lift"]["step_up_ms"], w);
-        if setup == "forward" {
-            down += &format!(" ({})", secs(&v["cut"]["relay_layer_down_ms"], w));
-            up += &format!(" ({})", secs(&v["lift"]["relay_layer_up_ms"], w));
+        let (c, l) = (&v["cut"], &v["lift"]);
+        let can_down = c["height_before"].as_u64() == Some(720);
+        let can_up = l["height_before"].as_u64().is_some_and(|h| h < 720);
+        let (c0, l0) = (&c["height_before"], &l["height_before"]);
+        let mut down = secs(&c["step_down_ms"], w, c0, can_down);
+        let mut up = secs(&l["step_up_ms"], w, l0, can_up);
+        if setup == "forward" && can_down {
+            down += &format!(" ({})", secs(&c["relay_layer_down_ms"], w, c0, true));
+        }
+        if setup == "forward" && can_up {
+            up += &format!(" ({})", secs(&l["relay_layer_up_ms"], w, l0, true));
         }
         s += &format!(
             "| {} | {down} | {} | {up} | {} |\n",
@@ -108,12 +121,20 @@ pub fn markdown(report: &Value) -> String {
             cell(&v["machine_busy_pct"]),
         );
     }
-    s += &format!(
-        "\nLadder cost: producer CPU {} % with 3 layers, {} % with 1: **{}×**.\n",
-        cell(&a["ladder_cpu"]["3"]["cpu_pct"]),
-        cell(&a["ladder_cpu"]["1"]["cpu_pct"]),
-        cell(&a["ladder_cpu_ratio"]),
-    );
+    let l = &a["ladder"];
+    if let Some(e) = l.get("error") {
+        s += &format!("\nLadder cost: failed: {}\n", cell(e));
+    } else if l.is_object() {
+        s += &format!(
+            "\nLadder cost: producer CPU {} % with 3 layers, {} % with 1: **{}×** \
+             (machine busy {} % and {} %).\n",
+            cell(&l["layers_3"]["producer_cpu_pct"]),
+            cell(&l["layers_1"]["producer_cpu_pct"]),
+            cell(&l["ratio"]),
+            cell(&l["layers_3"]["machine_busy_pct"]),
+            cell(&l["layers_1"]["machine_busy_pct"]),
+        );
+    }
     s += &targets(a);
     s
 }
@@ -181,7 +202,7 @@ fn targets(a: &Value) -> String {
         "≥ 25 where the pipeline's is not",
         fps(fwd).zip(fps(pipe)).map(|(f, p)| f >= 25.0 && p < 25.0),
     );
-    let r = a["ladder_cpu_ratio"].as_f64();
+    let r = a["ladder"]["ratio"].as_f64();
     add(
         "ladder: producer CPU, 3 layers ÷ 1",
         r.map_or("–".into(), |r| format!("{r:.2}")),

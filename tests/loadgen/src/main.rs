@@ -117,6 +117,10 @@ struct Args {
     /// SFU runs: a note printed in bold above the figures (e.g. that the machine was busy).
     #[arg(long)]
     sfu_note: Option<String>,
+    /// Adaptive runs: the setups, any of `forward,pipeline,per-consumer` (default all), and
+    /// `ladder` for the ladder's producer CPU.
+    #[arg(long, default_value = "forward,pipeline,per-consumer,ladder")]
+    adaptive_setups: String,
     /// Adaptive runs: a note printed in bold above the figures (e.g. that the machine was busy).
     #[arg(long)]
     adaptive_note: Option<String>,
@@ -492,7 +496,8 @@ async fn only_adaptive(args: &Args) -> Result<()> {
             .with_context(|| format!("{}", p.display()))?,
         None => json!({"date": date(), "machine": machine(), "command": args.command}),
     };
-    report["adaptive"] = adaptive::run(dir).await?;
+    let setups: Vec<&str> = args.adaptive_setups.split(',').map(str::trim).collect();
+    report["adaptive"] = adaptive::run(&binaries(args)?, dir, &setups).await?;
     report["adaptive_date"] = json!(date());
     report["adaptive_command"] = json!(args.command);
     report["adaptive_machine"] = machine();
