@@ -84,11 +84,17 @@ pub fn height_of(line: &Value) -> Option<u64> {
 }
 
 /// Frozen time (ms) a consumer-agent reported in its lines between `from_ms` and `to_ms`:
-/// its own per-interval figure where it gives one, else the frame counter's.
+/// its own per-interval figure where it measures one (a decoding sink: its lines give the
+/// height it decodes), else the frame counter's ([`watched`]).
 pub fn frozen_between(lines: &[Value], from_ms: u64, to_ms: u64) -> u64 {
-    let within = lines
+    let within: Vec<&Value> = lines
         .iter()
-        .filter(|l| (from_ms..=to_ms).contains(&l["elapsed_ms"].as_u64().unwrap_or(0)));
-    let reported: Option<u64> = within.map(|l| l["frozen_ms"].as_u64()).sum();
-    reported.unwrap_or_else(|| watched(lines, from_ms, to_ms).frozen_ms)
+        .filter(|l| (from_ms..=to_ms).contains(&l["elapsed_ms"].as_u64().unwrap_or(0)))
+        .collect();
+    let measured = !within.is_empty() && within.iter().all(|l| height_of(l).is_some());
+    let reported: Option<u64> = within.iter().map(|l| l["frozen_ms"].as_u64()).sum();
+    match reported {
+        Some(ms) if measured => ms,
+        _ => watched(lines, from_ms, to_ms).frozen_ms,
+    }
 }
