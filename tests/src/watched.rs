@@ -83,9 +83,11 @@ pub fn height_of(line: &Value) -> Option<u64> {
     line["height"].as_u64()
 }
 
-/// Frozen time (ms) a consumer-agent reported in its lines between `from_ms` and `to_ms`:
-/// its own per-interval figure where it measures one (a decoding sink: its lines give the
-/// height it decodes), else the frame counter's ([`watched`]).
+/// Frozen time (ms) of a viewer between `from_ms` and `to_ms` of its run: the larger of
+/// consumer-agent's own per-interval figure, where it measures one (a decoding sink: its
+/// lines give the height it decodes; finer, but it needs two frames to know the frame
+/// interval, so a viewer that got fewer shows none), and the frame counter's ([`watched`]);
+/// never more than the window.
 pub fn frozen_between(lines: &[Value], from_ms: u64, to_ms: u64) -> u64 {
     let within: Vec<&Value> = lines
         .iter()
@@ -93,8 +95,10 @@ pub fn frozen_between(lines: &[Value], from_ms: u64, to_ms: u64) -> u64 {
         .collect();
     let measured = !within.is_empty() && within.iter().all(|l| height_of(l).is_some());
     let reported: Option<u64> = within.iter().map(|l| l["frozen_ms"].as_u64()).sum();
-    match reported {
-        Some(ms) if measured => ms,
-        _ => watched(lines, from_ms, to_ms).frozen_ms,
-    }
+    let counted = watched(lines, from_ms, to_ms);
+    let frozen = match reported {
+        Some(ms) if measured => ms.max(counted.frozen_ms),
+        _ => counted.frozen_ms,
+    };
+    frozen.min(counted.window_ms)
 }

@@ -10,8 +10,8 @@
 //! - `per-consumer`: viewers direct on a per-consumer origin (webrtcsink encodes for each,
 //!   its congestion control following that viewer's link, scaling resolution with bitrate).
 //!
-//! Per setup and viewer, over seconds 10-30 of its session: frame rate, frozen time (no new
-//! frame for a stats interval, 0.2 s, or consumer-agent's own figure where it reports one),
+//! Per setup and viewer, over seconds 10-30 of its session: frame rate, frozen time
+//! (`watched.rs`: consumer-agent's own figure or its frame counter's, the larger),
 //! video bitrate received, the height it decodes (and the relay's layer). Then the unlimited
 //! link is cut to 800 kbit/s and the 800 kbit/s limit lifted, at once: the time until the cut
 //! viewer decodes a lower layer (the forward relay's switch too), and until the lifted one is
@@ -263,6 +263,7 @@ async fn one(agents: &Path, setup: &str) -> Result<Value> {
     let cut_at = elapsed_ms(cut);
     let height_at = |v: &Piped| v.stats().as_ref().and_then(height_of);
     let (cut_from, lift_from) = (height_at(cut), height_at(lifted));
+    let (cut_layer, lift_layer) = (layer(relay.as_ref(), cut), layer(relay.as_ref(), lifted));
     links[0].limit(800)?;
     links[1].lift()?;
     let t0 = Instant::now();
@@ -284,7 +285,10 @@ async fn one(agents: &Path, setup: &str) -> Result<Value> {
         if can_step_up && up.is_none() && height_at(lifted) == Some(TOP_HEIGHT) {
             up = ms(now);
         }
-        if can_step_up && up_layer.is_none() && layer(relay.as_ref(), lifted) == Some(0) {
+        if lift_layer.is_some_and(|l| l > 0)
+            && up_layer.is_none()
+            && layer(relay.as_ref(), lifted) == Some(0)
+        {
             up_layer = ms(now);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -297,12 +301,18 @@ async fn one(agents: &Path, setup: &str) -> Result<Value> {
         "settled": settled,
         "cut": {
             "height_before": cut_from,
+            "layer_before": cut_layer,
             "step_down_ms": down,
             "relay_layer_down_ms": down_layer,
             "longest_freeze_ms": after_cut.longest_freeze_ms,
             "window": after_cut.to_json(),
         },
-        "lift": {"height_before": lift_from, "step_up_ms": up, "relay_layer_up_ms": up_layer},
+        "lift": {
+            "height_before": lift_from,
+            "layer_before": lift_layer,
+            "step_up_ms": up,
+            "relay_layer_up_ms": up_layer,
+        },
         "watched_ms": AFTER_CHANGE.as_millis() as u64,
         "machine_busy_pct": (busy * 1000.0).round() / 10.0,
     }))

@@ -2,7 +2,7 @@
 //! once settled; the step down after a cut and up after a lift; the ladder's cost; the
 //! issue's targets.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::adaptive::{LINKS, SETUPS};
 
@@ -20,7 +20,7 @@ fn cell(v: &Value) -> String {
 fn secs(v: &Value, watched_ms: &Value, from: &Value, step_possible: bool) -> String {
     match v.as_f64() {
         Some(ms) => format!("{:.1} s", ms / 1000.0),
-        None if !step_possible => format!("– (at {} lines before)", cell(from)),
+        None if !step_possible => format!("– (at {} before)", cell(from)),
         None => format!("not within {} s", watched_ms.as_u64().unwrap_or(0) / 1000),
     }
 }
@@ -46,10 +46,11 @@ pub fn markdown(report: &Value) -> String {
          (`--encoding shared --layers 3`), choosing each viewer's layer; the pipeline relay \
          serving one shared 2 Mbit/s layer (the \"before\"); viewers direct on a per-consumer \
          origin (webrtcsink's congestion control, at most 2 Mbit/s). Settled: seconds 10-30 of \
-         each session; frozen = no new frame for a stats interval (0.2 s), or consumer-agent's \
-         own frozen time where it reports one. Then, at once, the unlimited link is cut to \
+         each session; frozen = the larger of consumer-agent's own frozen time (no new frame for \
+         more than 3 frame intervals) and the time its frame counter stood still between \
+         stats lines 0.2 s apart. Then, at once, the unlimited link is cut to \
          800 kbit/s and the 800 kbit/s limit lifted; step down = until the cut viewer decodes \
-         fewer than 720 lines (the forward relay's layer switch in brackets), step up = until \
+         fewer than 720 lines (the forward relay's own switch in brackets, timed from its layer), step up = until \
          the lifted one decodes 720 lines again, each watched for {} s and timed only from \
          where it can happen (the cut viewer at 720 lines, the lifted one below). Ladder cost: the \
          producer's CPU (`/proc`, % of a core, over 10 s) encoding 3 layers against 1, one \
@@ -105,14 +106,23 @@ pub fn markdown(report: &Value) -> String {
         let (c, l) = (&v["cut"], &v["lift"]);
         let can_down = c["height_before"].as_u64() == Some(720);
         let can_up = l["height_before"].as_u64().is_some_and(|h| h < 720);
-        let (c0, l0) = (&c["height_before"], &l["height_before"]);
+        let lines = |v: &Value| json!(format!("{} lines", cell(v)));
+        let (c0, l0) = (&lines(&c["height_before"]), &lines(&l["height_before"]));
         let mut down = secs(&c["step_down_ms"], w, c0, can_down);
         let mut up = secs(&l["step_up_ms"], w, l0, can_up);
-        if setup == "forward" && can_down {
-            down += &format!(" ({})", secs(&c["relay_layer_down_ms"], w, c0, true));
-        }
-        if setup == "forward" && can_up {
-            up += &format!(" ({})", secs(&l["relay_layer_up_ms"], w, l0, true));
+        // The relay's switch, timed from its own layer (which may lead the decoded height).
+        let (cl, ll) = (&c["layer_before"], &l["layer_before"]);
+        if setup == "forward" {
+            let at = |v: &Value| format!("layer {}", cell(v));
+            let d = secs(&c["relay_layer_down_ms"], w, &json!(at(cl)), cl == 0);
+            let u = secs(
+                &l["relay_layer_up_ms"],
+                w,
+                &json!(at(ll)),
+                ll.as_u64() > Some(0),
+            );
+            down += &format!(" (relay: {d})");
+            up += &format!(" (relay: {u})");
         }
         s += &format!(
             "| {} | {down} | {} | {up} | {} |\n",
