@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cluster_tests::agent::{quick, Agent};
+use cluster_tests::clients;
 use cluster_tests::peer::Peer;
 use cluster_tests::{free_port, media, Node};
 use gst::prelude::*;
@@ -215,6 +216,40 @@ async fn a_direct_consumer_agent_plays_the_top_layer() -> Result<()> {
             "layer {k} not set aside:\n{stderr}"
         );
     }
+    Ok(())
+}
+
+/// The web app (headless Chromium) watching a layered origin directly shows the top layer,
+/// 640x360, with the audio in the same MediaStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_app_plays_the_top_layer_with_the_audio() -> Result<()> {
+    let node = Node::start(&[]).await?;
+    let _producer = layered_producer(&node, "ladder-web", &["--audio"])?;
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    let page = clients::browser(&["play", &url, "ladder-web"])?;
+    let played = clients::event(&page, "played").await?;
+    let after = &played["after"];
+    assert_eq!(
+        (after["width"].as_u64(), after["height"].as_u64()),
+        (Some(640), Some(360)),
+        "{played}"
+    );
+    assert!(
+        after["frames"].as_u64() > played["before"]["frames"].as_u64(),
+        "{played}"
+    );
+    let mut kinds: Vec<&str> = after["tracks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["kind"].as_str())
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["audio", "video"],
+        "the top layer's stream: {played}"
+    );
     Ok(())
 }
 
