@@ -39,6 +39,16 @@ pub const LOSS_DOWN: f32 = 0.10;
 pub const LOSS_REPORTS: u32 = 2;
 /// No step up while the last report's loss is at or above this.
 pub const LOSS_UP_MAX: f32 = 0.02;
+/// A probe (the engine restarts str0m's estimator at the current estimate, which makes it send
+/// its initial probe clusters, at 3× and 6× of it) while the next layer up does not fit: the
+/// first this long after the layer last changed, then at doubling intervals up to
+/// [`PROBE_MAX`]. Needed: sending one layer below the estimate keeps str0m out of its
+/// application-limited region, where it would probe by itself, so a lifted limit is otherwise
+/// found only by its 15 s "stagnant" probe (measured: 15-20 s before the estimate moved).
+pub const PROBE_FIRST: Duration = Duration::from_secs(3);
+/// The longest wait between probes: a lift is found within this, and the step up follows
+/// [`STABLE_UP`] later (≤ 12 s, the target is 15 s).
+pub const PROBE_MAX: Duration = Duration::from_secs(8);
 /// Before any estimate, a joiner is given at most this (it starts on the highest layer that
 /// fits it with headroom): a 720p keyframe into a 250 kbit/s link would stall it for seconds.
 pub const START_BPS: u64 = 1_000_000;
@@ -116,6 +126,8 @@ pub struct Decision {
     pub target: Option<usize>,
     /// The bitrate the stack's estimator should reach (it probes with padding up to it).
     pub desired_bps: u64,
+    /// Probe now for the next layer up (see [`PROBE_FIRST`]).
+    pub probe: bool,
 }
 
 /// Where an estimate came from: TWCC (computed here from the viewer's feedback) is preferred;
@@ -139,6 +151,10 @@ pub struct LayerChoice {
     /// Since when the next layer up has fitted with headroom.
     above_since: Option<Instant>,
     last_down: Option<Instant>,
+    /// When the target last changed, the last probe, and the wait before the next.
+    changed: Option<Instant>,
+    last_probe: Option<Instant>,
+    probe_wait: Duration,
     /// Target changes, up (to a higher layer) and down.
     pub ups: u64,
     pub downs: u64,
@@ -151,6 +167,11 @@ impl LayerChoice {
 
     pub fn target(&self) -> Option<usize> {
         self.target
+    }
+
+    /// The estimate in use (TWCC, else REMB), bits per second.
+    pub fn estimate_bps(&self) -> Option<u64> {
+        self.estimate
     }
 
     /// A bandwidth estimate for the viewer, bits per second.
@@ -188,6 +209,7 @@ impl LayerChoice {
             return Decision {
                 target: self.target,
                 desired_bps: self.estimate.unwrap_or(START_BPS),
+                probe: false,
             };
         };
         let fits =
@@ -212,6 +234,11 @@ impl LayerChoice {
             }
             Some(current) => self.step(current, &usable, &need, now),
         };
+        if self.target != Some(target) {
+            self.changed = Some(now);
+            self.last_probe = None;
+            self.probe_wait = PROBE_FIRST;
+        }
         if let Some(old) = self.target.filter(|o| *o != target) {
             if target < old {
                 self.ups += 1;
@@ -230,9 +257,21 @@ impl LayerChoice {
             Some(n) if calm => need(n),
             _ => need(target),
         };
+        // A probe while the next layer does not fit yet, at doubling intervals.
+        let short = match (next, self.estimate) {
+            (Some(n), Some(e)) => (e as f64) < need(n) as f64 * UP_HEADROOM,
+            _ => false,
+        };
+        let since = self.last_probe.or(self.changed).unwrap_or(now);
+        let probe = calm && short && now.saturating_duration_since(since) >= self.probe_wait;
+        if probe {
+            self.last_probe = Some(now);
+            self.probe_wait = (self.probe_wait * 2).min(PROBE_MAX);
+        }
         Decision {
             target: Some(target),
             desired_bps: (desired as f64 * UP_HEADROOM) as u64,
+            probe,
         }
     }
 

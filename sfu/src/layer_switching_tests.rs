@@ -228,3 +228,27 @@ fn the_next_layer_must_fit_with_headroom_not_just_fit() {
     let (d, _) = run(&mut c, &ladder(), Instant::now(), 30.0, |_| 2_100_000);
     assert_eq!(d.target, Some(1));
 }
+
+#[test]
+fn probes_come_while_the_next_layer_does_not_fit_at_doubling_intervals() {
+    let t0 = Instant::now();
+    let mut c = LayerChoice::new();
+    let mut probes = Vec::new();
+    let mut at = t0;
+    for i in 0..(40 * 4) {
+        c.estimate(EstimateKind::Twcc, 250_000);
+        if tick(&mut c, &ladder(), at).probe {
+            probes.push(at.duration_since(t0).as_millis() as u64);
+        }
+        if i == 30 * 4 {
+            c.loss(0.05); // loss: no more probes
+        }
+        at += Duration::from_millis(250);
+    }
+    // The bottom from the first tick on (250 kbit/s): probes at 3 s, then 6, 8, 8 s later.
+    assert_eq!(probes, vec![3_000, 9_000, 17_000, 25_000]);
+    // Where the next layer fits (or there is none), no probe.
+    let mut c = LayerChoice::new();
+    let (_, at) = run(&mut c, &ladder(), t0, 30.0, |_| 50_000_000);
+    assert!(!tick(&mut c, &ladder(), at).probe);
+}

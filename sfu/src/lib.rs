@@ -1,7 +1,6 @@
 //! The forwarding relay (issue 25). Its deciding parts are transport-free: fed received
 //! packets and viewers' feedback, they say what each viewer is sent. Around them the engine
-//! ([`forwarder::Forwarder`]) runs str0m (rtp mode, openssl DTLS) on worker threads. Not yet
-//! wired into relay-agent.
+//! ([`forwarder::Forwarder`]) runs str0m (rtp mode, openssl DTLS) on worker threads.
 //!
 //! | behaviour | file |
 //! |---|---|
@@ -14,9 +13,11 @@
 //! | **per source**: the last keyframe and what followed, so a joiner starts at once | [`keyframe_cache`] |
 //! | the one UDP port: STUN / DTLS / RTP / RTCP told apart (RFC 7983, RFC 5761); a binding request routed by its local ufrag, everything else by the peer's bound address; the rest dropped and counted per reason | [`demux`] |
 //! | **per source**: keyframe requests (viewers' PLI/FIR, joiners and switches waiting) coalesced: at most one upstream per interval, a deferred one sent at its end unless a keyframe came, an unanswered one sent again | [`keyframe_requests`] |
-//! | **fanout**: a source packet (shared `Arc` payload) → per viewer track its header fields, VP8 ids and payload type (a [`rewrite::Munger`] each); joiners from the keyframe cache; a new source SSRC switched to at its keyframe | [`fanout`] (tests in `fanout_tests.rs`) |
+//! | **fanout**: a source packet (shared `Arc` payload) → per viewer track its header fields, VP8 ids and payload type (a [`rewrite::Munger`] each); joiners from the keyframe cache; a new source SSRC switched to at its keyframe; a layered viewer switched to its target layer at that layer's keyframe | [`fanout`] (tests in `fanout_tests.rs`, `fanout_layers_tests.rs`) |
 //! | a session's WebRTC peer (str0m `Rtc`): origin answer, viewer offer/answer, candidates, writes with VP8 patch, events; the process's one ECDSA P-256 DTLS certificate | [`peer`] |
-//! | worker threads: sockets, demux, str0m timeouts, source packets to the other workers, keyframe asks to the origin's worker, sessions lost | [`worker`] |
+//! | worker threads: sockets, demux, str0m timeouts, source packets to the other workers, keyframe asks to the origin's worker, sessions lost; its messages and sessions in `worker_sessions.rs`, its viewers' layer choice in `worker_layers.rs` | [`worker`] |
+//! | a layered origin (issue 26): its video layers (msid `gwc-layer-k`, under its ladder) collapsed into one viewer track, the other tracks mirrored | [`layout`] |
+//! | **per viewer**: which layer of a layered source (estimate, loss, layer bitrates, cap, time → target, probe), a pure state machine; docs/sfu.md "Layers" | [`layer_switching`] (tests in `layer_switching_tests.rs`) |
 //! | a worker's outgoing datagrams of one loop turn, sent with `sendmmsg` (64 per call) | [`send_batch`] |
 //! | how a worker is reached: its messages (handle calls, source packets as `Arc`s, keyframe asks) and its channel + waker | [`mailbox`] |
 //! | the handle relay-agent holds: start, sessions placed on the least loaded worker, stats, stop | [`forwarder`] |

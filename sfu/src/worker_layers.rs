@@ -125,7 +125,12 @@ impl Worker {
         let (ups, downs) = (fan.switches_up, fan.switches_down);
         let moved = (decision.desired_bps as f64 - viewer.desired_bps as f64).abs()
             > viewer.desired_bps as f64 * DESIRED_CHANGE;
-        if moved {
+        if let Some(estimate) = viewer.choice.estimate_bps().filter(|_| decision.probe) {
+            // Restarted at the estimate it had, str0m sends its initial probe clusters (3× and
+            // 6× of it, at most 2× the desired bitrate), which find a lifted limit.
+            peer.rtc.bwe().reset(Bitrate::bps(estimate));
+        }
+        if moved || decision.probe {
             viewer.desired_bps = decision.desired_bps;
             peer.rtc
                 .bwe()

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod layered;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -62,6 +64,10 @@ pub struct Node {
     pub frame_interval: Duration,
     pub padding: usize,
     pub sent: u64,
+    /// Origin: the mids keyframes were asked for since the last frame.
+    keys_wanted: Vec<Mid>,
+    /// Viewer: its incoming link, a token bucket (RTP datagrams over it are dropped).
+    pub link_in: Option<layered::Bucket>,
 }
 
 fn is_rtp(d: &[u8]) -> bool {
@@ -168,6 +174,8 @@ impl Node {
             frame_interval: Duration::from_millis(10),
             padding: 0,
             sent: 0,
+            keys_wanted: Vec::new(),
+            link_in: None,
         }
     }
 
@@ -227,6 +235,9 @@ impl Node {
             if drops(&mut self.drop_in, data) {
                 continue;
             }
+            if is_rtp(data) && self.link_in.as_mut().is_some_and(|b| !b.take(n)) {
+                continue;
+            }
             if let Ok(r) = Receive::new(Protocol::Udp, from, self.addr, data) {
                 let _ = self.rtc.handle_input(Input::Receive(Instant::now(), r));
                 self.drain();
@@ -271,9 +282,10 @@ impl Node {
                     payload: p.payload.to_vec(),
                 })
             }
-            Event::KeyframeRequest(_) => {
+            Event::KeyframeRequest(r) => {
                 self.keyframe_requests += 1;
                 self.key_wanted = true;
+                self.keys_wanted.push(r.mid);
             }
             Event::MediaEgressStats(s) if s.nacks > 0 => {
                 self.nacks_received = self.nacks_received.max(s.nacks)
