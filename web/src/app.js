@@ -5,6 +5,13 @@
 // Relays (producers whose meta has `relay-of`) are not listed: a stream is one entry, and
 // the node places each tile on the stream's origin or one of its relays (`GET /place`). A
 // tile on a relay that goes away, or whose video stops, is placed again.
+//
+// Each tile asks for video no taller than it shows (`cap.js`): its height in device pixels,
+// rounded up to a layer of the source (or a common height); fullscreen, the screen's. Going
+// in or out of fullscreen changes the cap, and a cap is fixed for a session: the tile starts
+// a new session with the new one (placed again), a moment of black against minutes of a
+// layer too high or too low.
+import { capFor, caps, layerOf } from "./cap.js";
 import GstWebRTCAPI from "./gstwebrtc-api.js";
 
 // A token in the page's own URL (?token=…) goes on to the WebSocket and the HTTP calls: a
@@ -126,6 +133,7 @@ class Tile {
   constructor(producer) {
     this.id = `tile-${nextTile++}`;
     this.name = nameOf(producer);
+    this.meta = producer.meta || {};
     this.frames = 0;
     this.el = document.createElement("figure");
     this.el.className = "tile";
@@ -149,6 +157,7 @@ class Tile {
       e.target.textContent = this.video.muted ? "Unmute" : "Mute";
     });
     this.el.querySelector(".full").addEventListener("click", () => this.el.requestFullscreen?.());
+    this.el.addEventListener("fullscreenchange", () => this.recap());
     this.el.querySelector(".close").addEventListener("click", () => this.close());
     this.el.querySelector(".resume").addEventListener("click", () => {
       if (this.returned) this.start(this.returned);
@@ -175,8 +184,30 @@ class Tile {
     this.connect(member);
   }
 
+  /** The cap this tile asks for now: its video's height, or fullscreen the screen's. */
+  wantedCap() {
+    const cssHeight = document.fullscreenElement === this.el
+      ? window.screen.height
+      : this.video.getBoundingClientRect().height;
+    return capFor(cssHeight * (window.devicePixelRatio || 1), this.meta);
+  }
+
+  /** In or out of fullscreen: a new session if the cap changed (a cap is per session). */
+  async recap() {
+    if (this.closing || !this.session || this.wantedCap() === this.cap) return;
+    this.setState("resizing…");
+    const old = this.session;
+    this.session = null;
+    old.close();
+    const { member } = await place(this.name);
+    this.connect(member || { id: this.producerId, meta: this.meta });
+  }
+
   connect(producer) {
     this.producerId = producer.id;
+    this.cap = this.wantedCap();
+    caps.set(producer.id, this.cap);
+    this.el.dataset.cap = String(this.cap);
     this.onRelay = isRelay(producer);
     this.el.dataset.producerId = producer.id;
     this.el.dataset.member = this.onRelay ? "relay" : "origin";
@@ -281,8 +312,11 @@ class Tile {
       kbps = ((video.bytesReceived - this.lastBytes.bytes) * 8) / (now - this.lastBytes.at);
     }
     this.lastBytes = { bytes: video.bytesReceived, at: now };
+    const layer = layerOf(video.frameHeight, this.meta);
+    this.el.dataset.layer = layer === null ? "" : String(layer);
     const lines = [
-      `${video.frameWidth ?? "?"}×${video.frameHeight ?? "?"} @ ${Math.round(video.framesPerSecond ?? 0)} fps`,
+      `${video.frameWidth ?? "?"}×${video.frameHeight ?? "?"} @ ${Math.round(video.framesPerSecond ?? 0)} fps`
+        + `${layer === null ? "" : ` · layer ${layer}`} · cap ${this.cap}p`,
       `${Math.round(kbps)} kbit/s · rtt ${rtt === null ? "?" : Math.round(rtt * 1000)} ms`,
       `lost ${video.packetsLost ?? 0} · frames ${this.frames}`,
     ];

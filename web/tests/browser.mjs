@@ -18,6 +18,16 @@
 //     page gathered. BROWSER_MDNS=1 (any mode) keeps Chromium's mDNS host candidates.
 //   node browser.mjs publish URL NAME SECONDS
 //     publishes the fake camera as NAME for SECONDS.
+//   node browser.mjs cap URL NAME
+//     in a small window (480×360 on a 1280×720 screen), clicks producer NAME and reports the
+//     tile's cap (the maxHeight its startSession asks for), then makes the tile fullscreen
+//     and reports the cap of the session it starts again.
+//   node browser.mjs layers URL NAME
+//     in a small window at a quarter device pixel per CSS pixel (480×360 on a 1280×720 screen),
+//     clicks stream NAME, waits until its tile has played for 12 s at a steady height and
+//     reports the tile's cap, the height received, the layer and the tallest height received
+//     meanwhile; makes it fullscreen, waits
+//     the same for the new session, and reports the same.
 //   node browser.mjs first-frame URL NAME ours|demo
 //     clicks producer NAME in our app, or in upstream's gstwebrtc-api demo page, and reports
 //     the time from the click to the first video frame presented.
@@ -41,7 +51,9 @@ const browser = await chromium.launch({
     `--${process.env.BROWSER_MDNS === "1" ? "enable" : "disable"}-features=WebRtcHideLocalIpsWithMdns`,
   ],
 });
-const page = await browser.newPage({ viewport: { width: 1024, height: 768 } });
+const page = await browser.newPage(mode === "cap" || mode === "layers"
+  ? { viewport: { width: 480, height: 360 }, screen: { width: 1280, height: 720 }, deviceScaleFactor: mode === "layers" ? 0.25 : 1 }
+  : { viewport: { width: 1024, height: 768 } });
 page.on("console", (m) => console.error(`[page] ${m.type()}: ${m.text()}`));
 // The ICE candidates the page's peer connections gathered (what it signals), for `play`.
 await page.addInitScript(() => {
@@ -225,6 +237,53 @@ try {
       return v && v.getVideoPlaybackQuality().totalVideoFrames > 0;
     }, demo, { timeout: 60000, polling: "raf" });
     say({ event: "first-frame", ms: Date.now() - clicked });
+  } else if (mode === "cap") {
+    const button = page.locator("#producers button", { hasText: name });
+    await button.first().waitFor({ timeout: 60000 });
+    await button.first().click();
+    const tile = page.locator(".tile").first();
+    await page.waitForFunction(() => document.querySelector(".tile")?.dataset.cap, null, { timeout: 20000 });
+    const small = Number(await tile.getAttribute("data-cap"));
+    const height = await tile.locator("video").evaluate((v) => v.getBoundingClientRect().height);
+    say({ event: "tile", cap: small, height });
+    await tile.locator("button.full").click();
+    await page.waitForFunction((c) => document.fullscreenElement && Number(document.querySelector(".tile").dataset.cap) !== c, small, { timeout: 20000 });
+    say({ event: "fullscreen", cap: Number(await tile.getAttribute("data-cap")) });
+  } else if (mode === "layers") {
+    const button = page.locator("#producers button", { hasText: name });
+    await button.first().waitFor({ timeout: 60000 });
+    await button.first().click();
+    const tile = page.locator(".tile").first();
+    // Playing a layer steadily: 12 s after playing starts (a forward relay starts a viewer
+    // low and steps up after a stable period, docs/sfu.md), the received height the same over
+    // 2 s of stats, frames rising.
+    const settled = async (what) => {
+      await page.waitForFunction(() => document.querySelector(".tile")?.dataset.state === "playing", null, { timeout: 60000 });
+      const sample = () => tile.evaluate((t) => ({ cap: Number(t.dataset.cap), height: Number(t.dataset.height || 0),
+        layer: t.dataset.layer, member: t.dataset.member, frames: Number(t.dataset.frames || 0) }));
+      // the tallest picture received all along (the overlay's stats, every second)
+      let tallest = 0;
+      for (let i = 0; i < 12; i++) {
+        tallest = Math.max(tallest, (await sample()).height);
+        await page.waitForTimeout(1000);
+      }
+      let last = null;
+      for (let i = 0; i < 60; i++) {
+        const now = await sample();
+        tallest = Math.max(tallest, now.height);
+        if (last && now.height > 0 && now.height === last.height && now.frames > last.frames && now.layer === last.layer) {
+          return say({ event: what, ...now, tallest });
+        }
+        last = now;
+        await page.waitForTimeout(2000);
+      }
+      throw new Error(`${what}: never settled (${JSON.stringify(last)})`);
+    };
+    await settled("small");
+    const before = await tile.getAttribute("data-cap");
+    await tile.locator("button.full").click();
+    await page.waitForFunction((c) => document.fullscreenElement && document.querySelector(".tile").dataset.cap !== c, before, { timeout: 20000 });
+    await settled("fullscreen");
   } else if (mode === "publish") {
     await page.fill("#publish-name", name);
     await page.click("#publish button[value=camera]");
