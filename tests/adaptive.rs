@@ -13,7 +13,11 @@
 //!   their sequence numbers stay contiguous apart from real loss: what they count lost is no
 //!   more than their link's token bucket dropped.
 //!
-//! About 70 s on an idle 2-core machine.
+//! About 70 s through (the sessions' 30 s, up to 15 s for the lift, 8 s after the cut, the
+//! starts and stops). The figures need the cores: the viewers' bandwidth estimates are
+//! delay-based, and a machine so busy that the processes wait for a core shows them queueing
+//! that no link has (on this machine with four builds beside it, an unlimited viewer's
+//! estimate fell to 0.6-1.5 Mbit/s).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
