@@ -32,7 +32,8 @@ use crate::shaping::ShapedLink;
 use crate::watched::{frozen_between, height_of, watched};
 
 const STREAM: &str = "adaptive";
-pub const SETUPS: [&str; 3] = ["forward", "pipeline", "per-consumer"];
+/// The before first, then webrtcsink's own answer, then the ladder.
+pub const SETUPS: [&str; 3] = ["pipeline", "per-consumer", "forward"];
 /// The links, in the viewers' order: label, kbit/s (None: unlimited).
 pub const LINKS: [(&str, Option<u32>); 3] = [
     ("unlimited", None),
@@ -163,7 +164,8 @@ fn video_kbps(lines: &[Value], from: u64, to: u64) -> Option<f64> {
         })
         .collect();
     (!rates.is_empty())
-        .then(|| (rates.iter().sum::<f64>() / rates.len() as f64 / 100.0).round() / 10.0)
+        // (+ 0.0: no "-0" for a viewer that received nothing)
+        .then(|| (rates.iter().sum::<f64>() / rates.len() as f64 / 100.0).round() / 10.0 + 0.0)
 }
 
 /// One setup: its processes, the settled window, then the cut and the lift.
