@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::agent::Agent;
+pub use crate::watched::{watched, Watched};
 
 /// How many sessions a consumer report lists.
 pub fn sessions_of(report: &Value) -> Option<usize> {

@@ -7,9 +7,12 @@
 //! Here: processes, nodes, Redis, topologies. `peer.rs`: WebSocket peers and upgrade attempts;
 //! `cluster.rs`: three named nodes and sessions across them;
 //! `agent.rs`: agent processes and their output; `clients.rs`: viewers not ours (the web app
-//! in Chromium, aiortc) and certificate keys; `consumer.rs`: what a consumer-agent's stats say; `relaying.rs`: the origin, relay and viewer
+//! in Chromium, aiortc) and certificate keys; `consumer.rs`: what a consumer-agent's stats say (`watched.rs`: over a window, also the
+//! load generator's); `relaying.rs`: the origin, relay and viewer
 //! agents of the relay tests; `media.rs`: stock webrtcsink/webrtcsrc
-//! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `delay.rs`: a slow
+//! pipelines; `netns.rs`: network namespaces (partitions, narrow links); `shaping.rs`: viewers
+//! in namespaces of their own behind token-bucket links, limited and lifted mid-stream (also
+//! the load generator's); `delay.rs`: a slow
 //! link to Redis; `jwt.rs`: tokens made by PyJWT; `k8s.rs`: the Kubernetes tools and what the
 //! `k8s_*.rs` tests share.
 
@@ -35,6 +38,8 @@ pub mod media;
 pub mod netns;
 pub mod peer;
 pub mod relaying;
+pub mod shaping;
+pub mod watched;
 
 pub use peer::{upgrade, Peer};
 

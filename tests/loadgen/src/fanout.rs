@@ -173,6 +173,16 @@ impl Piped {
             .find(|v| v["type"] == kind)
     }
 
+    /// Every stats line of `kind` so far.
+    pub fn all(&self, kind: &str) -> Vec<Value> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == kind)
+            .collect()
+    }
+
     /// The latest `consumer-stats`.
     pub fn stats(&self) -> Option<Value> {
         self.latest("consumer-stats")

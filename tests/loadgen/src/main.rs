@@ -15,6 +15,9 @@
 //! | `fanout.rs` | the fanout benchmark (encoding per consumer or shared) and its report section |
 //! | `relays.rs` | the relay-tree benchmark and its report section |
 //! | `sfu.rs` | the SFU benchmark: relay engines and Janus under K light viewers |
+//! | `adaptive.rs` | the adaptive benchmark: viewers behind shaped links, ladder against one layer and per-consumer |
+//! | `adaptive_report.rs` | its report section |
+//! | `../src/shaping.rs`, `../src/watched.rs` | (the tests' files, included) viewers' namespaces and token buckets; a viewer's window figures |
 //! | `sfu_report.rs` | its report section |
 //! | `ladder.rs` | the cost of an encoding ladder: producer CPU with 3 layers against 1 |
 //! | `light_viewer.rs` | the light viewer: a str0m WebRTC peer per viewer, many in this process |
@@ -25,6 +28,8 @@
 //! | `ratios.rs` | the targets as ratios of the figures, each with its bound |
 //! | `report.rs` | the table, the Markdown report, the date and machine it names |
 
+mod adaptive;
+mod adaptive_report;
 mod client;
 mod fanout;
 mod frames;
@@ -40,7 +45,11 @@ mod report;
 mod scenarios;
 mod sfu;
 mod sfu_report;
+#[path = "../../src/shaping.rs"]
+mod shaping;
 mod watch;
+#[path = "../../src/watched.rs"]
+mod watched;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,8 +96,8 @@ struct Args {
     #[arg(long)]
     relay_tree: Option<String>,
     /// Only this scenario, its figures put into the report `--json` already holds (which is
-    /// then written again, and `--md` rendered from it): `sfu`; or `ladder`, whose figures
-    /// are printed as JSON only.
+    /// then written again, and `--md` rendered from it): `sfu`, `adaptive`; or `ladder`,
+    /// whose figures are printed as JSON only.
     #[arg(long)]
     only: Option<String>,
     /// Ladder runs: seconds of measurement with each of `--layers 1` and `--layers 3`.
@@ -108,6 +117,13 @@ struct Args {
     /// SFU runs: a note printed in bold above the figures (e.g. that the machine was busy).
     #[arg(long)]
     sfu_note: Option<String>,
+    /// Adaptive runs: the setups, any of `forward,pipeline,per-consumer` (default all), and
+    /// `ladder` for the ladder's producer CPU.
+    #[arg(long, default_value = "forward,pipeline,per-consumer,ladder")]
+    adaptive_setups: String,
+    /// Adaptive runs: a note printed in bold above the figures (e.g. that the machine was busy).
+    #[arg(long)]
+    adaptive_note: Option<String>,
     /// Light viewers of the producer named NAME on the node on 127.0.0.1:PORT (`NAME@PORT`),
     /// figures printed as JSON lines; nothing else runs.
     #[arg(long)]
@@ -200,6 +216,7 @@ async fn run(args: Args) -> Result<()> {
     match args.only.as_deref() {
         None => {}
         Some("sfu") => return only_sfu(&args).await,
+        Some("adaptive") => return only_adaptive(&args).await,
         Some("ladder") => {
             let dir = args
                 .agents_dir
@@ -209,7 +226,7 @@ async fn run(args: Args) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&figures)?);
             return Ok(());
         }
-        Some(other) => anyhow::bail!("--only {other}: unknown scenario (sfu, ladder)"),
+        Some(other) => anyhow::bail!("--only {other}: unknown scenario (sfu, adaptive, ladder)"),
     }
     if let Some(json) = &args.render {
         let mut report: Value = serde_json::from_slice(&std::fs::read(json)?)?;
@@ -401,17 +418,20 @@ async fn run(args: Args) -> Result<()> {
         "relay_tree": relay_tree,
     });
     let mut report = report;
-    // The SFU figures are measured by `--only sfu` (`./dev bench sfu`): an earlier run's are
-    // kept, with their own date.
+    // The SFU and adaptive figures are measured by `--only sfu` / `--only adaptive`
+    // (`./dev bench sfu`, `./dev bench adaptive`): an earlier run's are kept, with their dates.
     if let Some(old) = args
         .json
         .as_ref()
         .and_then(|p| std::fs::read(p).ok())
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
     {
-        for key in ["sfu", "sfu_date", "sfu_command", "sfu_machine", "sfu_note"] {
-            if let Some(v) = old.get(key) {
-                report[key] = v.clone();
+        for section in ["sfu", "adaptive"] {
+            for key in ["", "_date", "_command", "_machine", "_note"] {
+                let key = format!("{section}{key}");
+                if let Some(v) = old.get(&key) {
+                    report[key] = v.clone();
+                }
             }
         }
     }
@@ -459,6 +479,39 @@ async fn only_sfu(args: &Args) -> Result<()> {
     } else {
         if let Some(path) = &args.md {
             std::fs::write(path, sfu_report::markdown(&report))?;
+        }
+        Ok(())
+    }
+}
+
+/// `--only adaptive`: the adaptive benchmark, put into the report `--json` holds (or a new
+/// one).
+async fn only_adaptive(args: &Args) -> Result<()> {
+    let dir = args
+        .agents_dir
+        .as_ref()
+        .context("--only adaptive needs --agents-dir")?;
+    let mut report = match args.json.as_ref().filter(|p| p.exists()) {
+        Some(p) => serde_json::from_slice(&std::fs::read(p)?)
+            .with_context(|| format!("{}", p.display()))?,
+        None => json!({"date": date(), "machine": machine(), "command": args.command}),
+    };
+    let setups: Vec<&str> = args.adaptive_setups.split(',').map(str::trim).collect();
+    report["adaptive"] = adaptive::run(&binaries(args)?, dir, &setups).await?;
+    report["adaptive_date"] = json!(date());
+    report["adaptive_command"] = json!(args.command);
+    report["adaptive_machine"] = machine();
+    report["adaptive_note"] = json!(args.adaptive_note);
+    if let Some(json_out) = &args.json {
+        std::fs::write(json_out, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    println!("{}", adaptive_report::markdown(&report));
+    if report.get("results").is_some() {
+        let table = table(&report);
+        write_md(args, &report, &table)
+    } else {
+        if let Some(path) = &args.md {
+            std::fs::write(path, adaptive_report::markdown(&report))?;
         }
         Ok(())
     }

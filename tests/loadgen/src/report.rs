@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{fanout, relays, sfu_report};
+use crate::{adaptive_report, fanout, relays, sfu_report};
 
 pub fn date() -> String {
     std::process::Command::new("date")
@@ -229,6 +229,9 @@ pub fn markdown(report: &Value, table: &str, notes: &str) -> String {
     }
     if report["sfu"].is_object() {
         s += &sfu_report::markdown(report);
+    }
+    if report["adaptive"].is_object() {
+        s += &adaptive_report::markdown(report);
     }
     if !notes.is_empty() {
         s += "\n";
