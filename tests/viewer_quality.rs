@@ -159,3 +159,38 @@ async fn max_height_reaches_the_producer_side() -> Result<()> {
     }
     Ok(())
 }
+
+/// `--sink encoded` (count frames without decoding) of an origin that also sends audio: the
+/// audio pad gets its own sink and the session keeps going (the audio sink's description once
+/// started with caps, which gst_parse reads as an element: "no element audio", and the
+/// unlinked pad stopped the stream with "Internal data stream error").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoded_sink_counts_frames_of_an_origin_with_audio() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let url = node.url();
+    let _producer = Agent::spawn(
+        "producer-agent",
+        &["--server", &url, "--name", "encoded-audio", "--audio"],
+    )?;
+    let mut consumer = Agent::consumer(&[
+        "--server",
+        &url,
+        "--producer-name",
+        "encoded-audio",
+        "--sink",
+        "encoded",
+        "--stats-interval",
+        "0.25",
+    ])?;
+    consumer
+        .wait(LONG, "60 frames counted", |c| frames_now(c) >= 60)
+        .await?;
+    assert!(
+        !consumer.stderr().contains("cannot handle audio"),
+        "{}",
+        consumer.stderr()
+    );
+    stop_cleanly(&mut consumer).await?;
+    Ok(())
+}

@@ -299,7 +299,11 @@ impl Linker {
             ),
             (Sink::File(_), _) => return self.link_recording(pipeline, pad, video),
             (Sink::Encoded, true) => return self.link_encoded(pipeline, pad),
-            (Sink::Encoded, false) => ("audio/x-opus ! fakesink sync=false".to_string(), false),
+            // (a description cannot start with caps: "audio/x-opus ! …" is parsed as an element)
+            (Sink::Encoded, false) => (
+                "capsfilter caps=audio/x-opus ! fakesink sync=false".to_string(),
+                false,
+            ),
         };
         let bin = gst::parse::bin_from_description(&desc, true)
             .with_context(|| format!("sink for {}", pad.name()))?;
