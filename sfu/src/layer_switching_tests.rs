@@ -211,11 +211,12 @@ fn the_meter_measures_a_window_and_forgets_a_silent_layer() {
     let t0 = Instant::now();
     let mut m = BitrateMeter::default();
     assert!(!m.live(t0));
-    // 100 packets of 950 bytes over one second: (950 + 50) × 8 × 100 = 800 kbit/s.
-    for i in 0..=100 {
+    // A packet of 950 bytes every 10 ms over a window: (950 + 50) × 8 × 100 = 800 kbit/s.
+    let n = METER_WINDOW.as_millis() as u64 / 10;
+    for i in 0..=n {
         m.packet(950, t0 + Duration::from_millis(10 * i));
     }
-    let at = t0 + Duration::from_millis(1000);
+    let at = t0 + METER_WINDOW;
     assert_eq!(m.bps(at), Some(800_000));
     assert!(!m.live(at + LIVE_WINDOW));
     assert_eq!(m.bps(at + LIVE_WINDOW), None);
@@ -251,4 +252,45 @@ fn probes_come_while_the_next_layer_does_not_fit_at_doubling_intervals() {
     let mut c = LayerChoice::new();
     let (_, at) = run(&mut c, &ladder(), t0, 30.0, |_| 50_000_000);
     assert!(!tick(&mut c, &ladder(), at).probe);
+}
+
+#[test]
+fn a_step_ups_keyframe_transient_does_not_step_back_down() {
+    let t0 = Instant::now();
+    let mut c = LayerChoice::new();
+    let (_, at) = run(&mut c, &ladder(), t0, 10.0, |_| 250_000);
+    // Room for the middle layer: a tick at a time until the step up.
+    let mut at = at;
+    for _ in 0..80 {
+        run(&mut c, &ladder(), at, 0.25, |_| 900_000);
+        at += Duration::from_millis(250);
+        if c.ups == 1 {
+            break;
+        }
+    }
+    assert_eq!((c.target(), c.ups), (Some(1), 1), "up to the middle");
+    // The switch's keyframe: the estimate dips and a loss report or two follow, for a second.
+    let up_at = at;
+    c.loss(0.2);
+    c.loss(0.2);
+    let (d, at) = run(&mut c, &ladder(), at, 1.5, |_| 360_000);
+    assert_eq!(d.target, Some(1), "held within UP_SETTLE of the step up");
+    // Past the settling time a lasting dip steps down.
+    assert!(at.saturating_duration_since(up_at) < UP_SETTLE);
+    let (d, _) = run(&mut c, &ladder(), at, 2.5, |_| 360_000);
+    assert_eq!((d.target, c.downs), (Some(2), 1), "down once it lasts");
+}
+
+#[test]
+fn an_estimate_just_under_the_layers_need_keeps_it() {
+    let t0 = Instant::now();
+    let mut c = LayerChoice::new();
+    let (_, at) = run(&mut c, &ladder(), t0, 10.0, |_| 250_000);
+    let (_, at) = run(&mut c, &ladder(), at, 20.0, |_| 900_000);
+    assert_eq!(c.target(), Some(1));
+    // 95 % of the middle layer's need (640k): a link it fills, not a cut.
+    let (d, at) = run(&mut c, &ladder(), at, 5.0, |_| 608_000);
+    assert_eq!(d.target, Some(1), "within DOWN_MARGIN");
+    let (d, _) = run(&mut c, &ladder(), at, 2.0, |_| 540_000);
+    assert_eq!(d.target, Some(2), "below DOWN_MARGIN");
 }
