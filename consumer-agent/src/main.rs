@@ -196,7 +196,8 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         run.shared.clone(),
         run.quality.clone(),
     );
-    agent_core::reporting::start(
+    // (stopped before the final report, which must be stdout's last line)
+    let reporting = agent_core::reporting::start(
         &args.output,
         move || Some(collector.collect()),
         report::render,
@@ -234,6 +235,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
             }
         }
     }
+    reporting.stop();
     let seen = run.quality.seen(Instant::now());
     let report = Report {
         producer_id: run.shared.producer_id.lock().unwrap().clone(),
