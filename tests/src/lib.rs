@@ -27,6 +27,27 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
+/// Runs each `case(&Topo) -> anyhow::Result<()>` of the calling file twice: on one node
+/// (`mod single`) and on a cluster of `n` nodes over Redis (`mod $cluster`), so one test body
+/// proves a behaviour holds whatever node each peer is on.
+#[macro_export]
+macro_rules! on_one_node_and_a_cluster {
+    ($cluster:ident = $n:literal; $($case:ident),* $(,)?) => {
+        mod single {
+            $(#[tokio::test]
+            async fn $case() -> anyhow::Result<()> {
+                super::$case(&$crate::Topo::single(&[]).await?).await
+            })*
+        }
+        mod $cluster {
+            $(#[tokio::test]
+            async fn $case() -> anyhow::Result<()> {
+                super::$case(&$crate::Topo::cluster($n, &[]).await?).await
+            })*
+        }
+    };
+}
+
 pub mod agent;
 pub mod clients;
 pub mod cluster;
@@ -73,6 +94,9 @@ pub fn raise_fd_limit() {
 
 /// A free TCP port on loopback (bound and released; good enough for tests run in parallel
 /// because the kernel does not hand out the same ephemeral port again at once).
+/// How [`Node`]'s start reports a node that exited before it was healthy.
+const EXITED_AT_START: &str = "node exited at start";
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -180,7 +204,7 @@ impl Log {
 
 impl Node {
     pub async fn start(extra: &[&str]) -> anyhow::Result<Node> {
-        Self::start_cmd(free_port(), extra, &[], false).await
+        Self::start_on_a_free_port(extra, &[], false).await
     }
 
     /// Starts a node joining the cluster on `redis` as `id`.
@@ -213,7 +237,7 @@ impl Node {
 
     /// Starts a node serving TLS (`extra` must carry `-c`/`-k`); ready once it accepts TCP.
     pub async fn start_tls(extra: &[&str]) -> anyhow::Result<Node> {
-        Self::start_cmd(free_port(), extra, &[], true).await
+        Self::start_on_a_free_port(extra, &[], true).await
     }
 
     /// Starts a node whose log the test reads ([`Node::log`]).
@@ -225,7 +249,24 @@ impl Node {
 
     /// Starts a node with extra environment variables.
     pub async fn start_env(extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Node> {
-        Self::start_cmd(free_port(), extra, env, false).await
+        Self::start_on_a_free_port(extra, env, false).await
+    }
+
+    /// [`free_port`] only finds a port free at that moment: another process of a parallel
+    /// test can take it before the node binds (CI saw "Address already in use" once). A node
+    /// that exits at start is started again on another port, twice at most.
+    async fn start_on_a_free_port(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tls: bool,
+    ) -> anyhow::Result<Node> {
+        let mut tries = 0;
+        loop {
+            match Self::start_cmd(free_port(), extra, env, tls).await {
+                Err(e) if tries < 2 && e.to_string().starts_with(EXITED_AT_START) => tries += 1,
+                result => return result,
+            }
+        }
     }
 
     async fn start_cmd(
@@ -318,7 +359,7 @@ impl Node {
         let deadline = Instant::now() + STEP;
         loop {
             if let Some(status) = self.proc.child.try_wait()? {
-                bail!("node exited at start: {status}");
+                bail!("{EXITED_AT_START}: {status}");
             }
             let up = if tls {
                 TcpStream::connect((self.host.as_str(), self.port))
