@@ -11,25 +11,8 @@ use serde_json::{json, Value};
 
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Runs each case on a single node and on a three-node cluster.
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod single {
-            $(#[tokio::test]
-            async fn $case() -> anyhow::Result<()> {
-                super::$case(&cluster_tests::Topo::single(&[]).await?).await
-            })*
-        }
-        mod three_nodes {
-            $(#[tokio::test]
-            async fn $case() -> anyhow::Result<()> {
-                super::$case(&cluster_tests::Topo::cluster(3, &[]).await?).await
-            })*
-        }
-    };
-}
-
-both!(
+cluster_tests::on_one_node_and_a_cluster!(
+    three_nodes = 3;
     welcome_carries_a_fresh_uuid,
     listeners_see_every_status_change_including_their_own,
     list_and_list_consumers,

@@ -9,25 +9,8 @@ use serde_json::{json, Value};
 
 const V2: &str = "gstwebrtc-cluster.v2";
 
-/// Runs each case on a single node and on two nodes (producer on node 0, consumer on 1).
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod single {
-            $(#[tokio::test]
-            async fn $case() -> anyhow::Result<()> {
-                super::$case(&cluster_tests::Topo::single(&[]).await?).await
-            })*
-        }
-        mod two_nodes {
-            $(#[tokio::test]
-            async fn $case() -> anyhow::Result<()> {
-                super::$case(&cluster_tests::Topo::cluster(2, &[]).await?).await
-            })*
-        }
-    };
-}
-
-both!(
+cluster_tests::on_one_node_and_a_cluster!(
+    two_nodes = 2;
     the_producer_side_receives_the_viewers_max_height,
     a_v1_producer_never_sees_max_height,
     a_bad_max_height_gets_an_error_and_the_connection_stays,

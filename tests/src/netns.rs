@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+
+use crate::shaping::run;
 
 /// A namespace with its two links; removed with everything in it when dropped.
 pub struct Namespace {
@@ -143,20 +145,4 @@ impl Drop for Namespace {
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     run("ip", args)
-}
-
-/// Runs an iproute2 `tool` (`ip`, `tc`) with `args`; its failure is an error that says why.
-fn run(tool: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run `{tool}` (iproute2)"))?;
-    if !out.status.success() {
-        bail!(
-            "`{tool} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -195,7 +195,8 @@ impl Drop for ShapedLink {
 }
 
 /// Runs an iproute2 `tool` (`ip`, `tc`) with `args`; its failure is an error that says why.
-fn run(tool: &str, args: &[&str]) -> anyhow::Result<()> {
+/// Runs an iproute2 `tool`, its stderr in the error (`netns.rs` uses it too).
+pub fn run(tool: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(tool)
         .args(args)
         .output()
