@@ -18,6 +18,7 @@
 //! |---|---|
 //! | the flags, the engine chosen; pipeline: the serving side (webrtcsink) and its consumers | `main.rs` |
 //! | the meta both engines register with | `meta.rs` |
+//! | both engines: a viewer joining, leaving, refused (counted, logged alike) | `viewers.rs` |
 //! | pipeline: finding the origin, reattaching when it returns | `upstream.rs` |
 //! | pipeline: the origin's streams into webrtcsink, held until all are there; the codec guard | `republish.rs` |
 //! | forward: the run, reattach, the engine's events; signals → engine; stats | `forward/mod.rs`, `forward/wiring.rs`, `forward/stats.rs` |
@@ -28,10 +29,11 @@ mod meta;
 mod report;
 mod republish;
 mod upstream;
+mod viewers;
 
 use std::process::ExitCode;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +47,7 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
 use gst::prelude::*;
-use tracing::{info, warn};
+use tracing::info;
 
 use republish::Republish;
 use upstream::Source;
@@ -311,24 +313,18 @@ impl EventHandler for Downstream {
     }
 
     fn registered(&mut self, r: Registration) {
-        info!(peer = %r.peer_id, "serving as {} on {}", r.peer_id, r.at());
+        crate::viewers::registered(r);
     }
 
     fn session_started(&mut self, session_id: String, consumer: String) {
-        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        info!(session = %session_id, "consumer {consumer} connected");
+        crate::viewers::session_started(&self.shared, session_id, consumer);
     }
 
     fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
-        let how = match by {
-            EndedBy::Operator => ", ended by an operator",
-            EndedBy::Us | EndedBy::Other => "",
-        };
-        info!(session = %session_id, "consumer left (session {session_id}{how})");
-        glib::ControlFlow::Continue
+        crate::viewers::session_ended(session_id, by)
     }
 
     fn consumer_refused(&mut self, consumer: String, limit: u32) {
-        warn!("refused consumer {consumer}: already serving --max-consumers {limit}");
+        crate::viewers::consumer_refused(consumer, limit);
     }
 }

@@ -367,24 +367,18 @@ impl EventHandler for Downstream {
     }
 
     fn registered(&mut self, r: Registration) {
-        info!(peer = %r.peer_id, "serving as {} on {}", r.peer_id, r.at());
+        crate::viewers::registered(r);
     }
 
     fn session_started(&mut self, session_id: String, consumer: String) {
-        self.relay.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        info!(session = %session_id, "consumer {consumer} connected");
+        crate::viewers::session_started(&self.relay.shared, session_id, consumer);
     }
 
     fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
-        let how = match by {
-            EndedBy::Operator => ", ended by an operator",
-            EndedBy::Us | EndedBy::Other => "",
-        };
-        info!(session = %session_id, "consumer left (session {session_id}{how})");
-        glib::ControlFlow::Continue
+        crate::viewers::session_ended(session_id, by)
     }
 
     fn consumer_refused(&mut self, consumer: String, limit: u32) {
-        warn!("refused consumer {consumer}: already serving --max-consumers {limit}");
+        crate::viewers::consumer_refused(consumer, limit);
     }
 }
