@@ -146,17 +146,12 @@ pub fn until_layered(
     what: &str,
     mut done: impl FnMut(&mut LayeredOrigin, &mut [&mut Node]) -> bool,
 ) {
-    let start = Instant::now();
-    loop {
+    super::drive(what, || {
         origin.node.pump();
         origin.send();
         for v in viewers.iter_mut() {
             v.pump();
         }
-        if done(origin, viewers) {
-            return;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        done(origin, viewers)
+    })
 }

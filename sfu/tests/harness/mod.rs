@@ -456,21 +456,27 @@ pub fn forwarder_with(threads: usize, timeouts: Timeouts) -> (Forwarder, Receive
     .expect("the engine starts on loopback")
 }
 
+/// Runs `step` (one round of driving the peers, then the condition) every millisecond until
+/// it holds; panics with `what` after [`DEADLINE`] (a bound for a stuck test, not a speed
+/// target).
+pub fn drive(what: &str, mut step: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !step() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Drives `nodes` (origins send media) until `done` holds; panics with `what` after the
 /// deadline.
 pub fn until(nodes: &mut [&mut Node], what: &str, mut done: impl FnMut(&mut [&mut Node]) -> bool) {
-    let start = Instant::now();
-    loop {
+    drive(what, || {
         for n in nodes.iter_mut() {
             n.pump();
             n.send_media();
         }
-        if done(nodes) {
-            return;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        done(nodes)
+    })
 }
 
 /// The events so far.
