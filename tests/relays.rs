@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cluster_tests::agent::Agent;
 use cluster_tests::relaying::{self, latest, origin, relay};
 use cluster_tests::{media, Node, Peer, Redis, Topo};
@@ -134,15 +134,7 @@ async fn a_relay_of_a_relay_delivers_frames_and_names_its_depth() -> Result<()> 
         l["producers"].as_array().map(Vec::len) == Some(3)
     })
     .await?;
-    let meta_of = |name: &str| {
-        list["producers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["meta"]["name"] == name)
-            .map(|p| (p["id"].clone(), p["meta"].clone()))
-            .with_context(|| format!("{name} not listed: {list}"))
-    };
+    let meta_of = |name: &str| relaying::member(&list, name);
     let (origin_id, _) = meta_of("tree")?;
     let (first_id, first_meta) = meta_of("tree-1")?;
     let (_, second_meta) = meta_of("tree-2")?;
