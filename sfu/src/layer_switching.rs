@@ -5,19 +5,30 @@
 //! ([`crate::worker`]) feeds it from str0m's events, tests feed it numbers.
 //!
 //! ```text
-//!   estimate < DOWN_MARGIN × need(target) for DOWN_HOLD,    estimate ≥ UP_HEADROOM × need(next up)
-//!   or loss ≥ LOSS_DOWN in LOSS_REPORTS reports             and loss < LOSS_UP_MAX, for STABLE_UP
-//!   (neither within UP_SETTLE of a step up)
-//!   ┌──────────┐  ───────── step down (at once) ──────────►  ┌──────────┐
-//!   │ layer k  │                                             │ layer k+1│ (lower)
-//!   └──────────┘  ◄──── step up one (probe first: desired ── └──────────┘
-//!                        bitrate = UP_HEADROOM × need(k))
+//!   joins on the lowest layer
+//!        │
+//!        ▼      estimate < DOWN_MARGIN × need(k) for DOWN_HOLD,   estimate ≥ UP_HEADROOM × need(j)
+//!   ┌──────────┐ or loss ≥ LOSS_DOWN in LOSS_REPORTS reports      and loss < LOSS_UP_MAX, for
+//!   │ layer k  │ (neither within UP_SETTLE of a step up)          STABLE_UP, not backing off
+//!   └──────────┘ ── step down: to the highest that fits ──►  ┌──────────┐
+//!                                                            │ layer j  │ (j > k: lower)
+//!                ◄── step up: to the highest j that fits ─── └──────────┘
+//!                    with headroom (probe first: desired
+//!                    bitrate = UP_HEADROOM × need(next up))
+//!
+//!   a step down within UP_FAIL_WINDOW of a step up: for UP_BACKOFF_FIRST (doubling up to
+//!   UP_BACKOFF_MAX while step ups keep failing) a step up needs an estimate UP_FAIL_RAISE ×
+//!   the one that misled it (a lifted limit shows one at the next probe)
 //! ```
 //!
 //! `need(k)` = layer k's bitrate (measured, else the ladder's) + the audio's. Layers above the
 //! viewer's cap, or not sending ([`LIVE_WINDOW`]), are never targets. The gap between
 //! stepping down (the layer no longer fits at all) and up (the next fits with 15 % to spare,
-//! for 4 s) is the hysteresis that keeps a noisy estimate from flapping.
+//! for 4 s) is the hysteresis that keeps a noisy estimate from flapping. The back-off is for
+//! estimates that say more than the link carries: a probe burst that fits in a token bucket's
+//! burst is measured at line rate (on a 250 kbit/s `tbf` with a 6 kB bucket str0m's probes
+//! gave 1.1 Mbit/s), and sending the lowest layer keeps the stack application-limited, so
+//! nothing corrects it until a step up sends more than the link carries.
 
 use std::time::{Duration, Instant};
 
@@ -28,16 +39,19 @@ pub const UP_HEADROOM: f64 = 1.15;
 /// The estimate must hold above the next layer this long (and the last step down be this old)
 /// before stepping up: several TWCC feedback rounds and one loss report, so a spike does not
 /// count; with the probe's ramp it keeps a lifted limit's step up well within 15 s.
-pub const STABLE_UP: Duration = Duration::from_secs(4);
+pub const STABLE_UP: Duration = Duration::from_secs(3);
 /// The estimate must stay below [`DOWN_MARGIN`] × the target's need this long before stepping
 /// down: a feedback blip is ignored, a real cut (str0m's estimate falls within ~1 s) is acted
 /// on within 3 s. (0.5 s, tried first on shaped links, stepped an 800 kbit/s viewer down on
 /// every dip of its estimate.)
 pub const DOWN_HOLD: Duration = Duration::from_millis(1000);
-/// Stepping down needs the estimate below this share of the current layer's need: on a link
-/// the layer fills (600 kbit/s + audio on 800 kbit/s), a delay-based estimate hovers at
-/// 85-100 % of the link, around the need itself.
-pub const DOWN_MARGIN: f64 = 0.9;
+/// Stepping down needs the estimate below this share of the current layer's need. On each
+/// overuse (a probe, a keyframe queued) the delay-based estimator backs off to 0.85 × the
+/// rate the viewer acknowledged, so on a link the layer fills the estimate dips to 85 % of
+/// the layer's need and recovers; a link that cannot carry the layer shows less (0.85 × what
+/// it delivers), and loss. (0.9, tried first, stepped an 800 kbit/s viewer off the 360p layer
+/// at every such dip.)
+pub const DOWN_MARGIN: f64 = 0.75;
 /// After a step up, the switch's keyframe is a burst the link queues (and a narrow one
 /// drops the tail of): estimate dips and loss reports from it are not a reason to step back
 /// down for this long. Measured on an 800 kbit/s token bucket: the estimate fell to ~360k for
@@ -60,9 +74,37 @@ pub const PROBE_FIRST: Duration = Duration::from_secs(3);
 /// The longest wait between probes: a lift is found within this, and the step up follows
 /// [`STABLE_UP`] later (≤ 12 s, the issue's target is 15 s).
 pub const PROBE_MAX: Duration = Duration::from_secs(8);
-/// Before any estimate, a joiner is given at most this (it starts on the highest layer that
-/// fits it with headroom): a 720p keyframe into a 250 kbit/s link would stall it for seconds.
+/// Before any estimate, the bitrate the estimator is asked for. (A joiner starts on the lowest
+/// layer whatever the estimate: its first estimate comes from probe bursts, which a token
+/// bucket passes at line rate (1.1 Mbit/s measured on a 250 kbit/s link), and a 360p keyframe
+/// into a 250 kbit/s link stalls it for seconds.)
 pub const START_BPS: u64 = 1_000_000;
+/// A step down this soon after a step up, with a lossy report ([`LOSS_DOWN`]) between them,
+/// means the step up failed: the estimate it trusted was more than the link carries (the step
+/// up's keyframe settles within [`UP_SETTLE`], a layer the link cannot carry is left within
+/// [`DOWN_HOLD`] or [`LOSS_REPORTS`] later). Without loss the link carried the layer and the
+/// estimate fell for another reason (measured: a machine so busy that the viewer read its
+/// socket late made an unlimited viewer's estimate fall from 6.7 to 1 Mbit/s): no back-off.
+pub const UP_FAIL_WINDOW: Duration = Duration::from_secs(6);
+/// A step up's keyframe is a burst: the delay-based estimator may read it as overuse and back
+/// off to 0.85 × the rate acknowledged just before, the lower layer's (measured: an unlimited
+/// viewer's estimate fell from 22 Mbit/s to 745 kbit/s right after stepping up from 180p to
+/// 720p, and took seconds to climb back). If it is still that low when [`UP_SETTLE`] ends and
+/// no report since the step up was lossy, the link carried the layer: the estimator is
+/// restarted at the estimate the step up trusted (at most this × the layer's need) rather
+/// than stepping back down. A link that cannot carry the layer loses packets, and is left.
+pub const RESEED_CAP: f64 = 2.0;
+/// After a failed step up, for this long a step up needs [`UP_FAIL_RAISE`] × the estimate
+/// that misled it: each failure cost the viewer a stall, and the same link's probes will say
+/// about the same again.
+pub const UP_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+/// What a step up needs while backing off, relative to the estimate of the failed step up:
+/// well above what the same bursts measure again, well below what a lifted limit shows (a
+/// probe on an open link measures several Mbit/s).
+pub const UP_FAIL_RAISE: f64 = 1.5;
+/// The longest back-off (doubling from [`UP_BACKOFF_FIRST`] while step ups keep failing; a
+/// step up that holds past [`UP_FAIL_WINDOW`] resets it).
+pub const UP_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// The audio's bitrate until measured (Opus as webrtcsink sends it, with headers).
 pub const AUDIO_BPS: u64 = 48_000;
 /// A layer without a packet for this long is not a target (it stopped, or never sent).
@@ -139,6 +181,8 @@ pub struct Decision {
     pub target: Option<usize>,
     /// The bitrate the stack's estimator should reach (it probes with padding up to it).
     pub desired_bps: u64,
+    /// Restart the stack's estimator at this bitrate (see [`RESEED_CAP`]).
+    pub reseed_bps: Option<u64>,
     /// Probe now for the next layer up (see [`PROBE_FIRST`]).
     pub probe: bool,
 }
@@ -170,6 +214,17 @@ pub struct LayerChoice {
     changed: Option<Instant>,
     last_probe: Option<Instant>,
     probe_wait: Duration,
+    /// Until when a step up needs more than [`UP_FAIL_RAISE`] × `misled_bps` (a step up
+    /// trusting that estimate failed), and the wait after the next failure.
+    blocked_until: Option<Instant>,
+    misled_bps: u64,
+    backoff: Duration,
+    /// The estimate the last step up trusted, and whether a lossy report came since.
+    up_bps: u64,
+    lossy_since_up: bool,
+    /// The last step up's settling has not been looked at yet; a restart to ask for.
+    settle_pending: bool,
+    reseed: Option<u64>,
     /// Target changes, up (to a higher layer) and down.
     pub ups: u64,
     pub downs: u64,
@@ -204,6 +259,7 @@ impl LayerChoice {
         self.last_loss = Some(fraction);
         if fraction >= LOSS_DOWN {
             self.lossy_reports += 1;
+            self.lossy_since_up = true;
         } else {
             self.lossy_reports = 0;
         }
@@ -224,6 +280,7 @@ impl LayerChoice {
             return Decision {
                 target: self.target,
                 desired_bps: self.estimate.unwrap_or(START_BPS),
+                reseed_bps: None,
                 probe: false,
             };
         };
@@ -236,18 +293,22 @@ impl LayerChoice {
                 .find(|k| fits(*k, budget, headroom))
                 .unwrap_or(lowest)
         };
+        if self.blocked_until.is_some_and(|b| now >= b) {
+            self.blocked_until = None;
+            self.misled_bps = 0;
+        }
+        // What a step up needs besides the next layer fitting (0: nothing more).
+        let raised = if self.blocked_until.is_some() {
+            (self.misled_bps as f64 * UP_FAIL_RAISE) as u64
+        } else {
+            0
+        };
         let target = match self.target.filter(|k| usable.contains(k)) {
-            None => {
-                // A joiner, or its layer stopped / is above a new cap: the best that fits now.
-                let budget = self.estimate.unwrap_or(START_BPS);
-                let budget = if self.target.is_none() {
-                    budget.min(START_BPS)
-                } else {
-                    budget
-                };
-                best_within(budget, UP_HEADROOM)
-            }
-            Some(current) => self.step(current, &usable, &need, now),
+            // A joiner: the lowest, until its estimate has held (see [`START_BPS`]).
+            None if self.target.is_none() => lowest,
+            // Its layer stopped or is above a new cap: the best that fits now.
+            None => best_within(self.estimate.unwrap_or(START_BPS), UP_HEADROOM),
+            Some(current) => self.step(current, &usable, &need, raised, now),
         };
         if self.target != Some(target) {
             self.changed = Some(now);
@@ -258,9 +319,13 @@ impl LayerChoice {
             if target < old {
                 self.ups += 1;
                 self.last_up = Some(now);
+                self.up_bps = self.estimate.unwrap_or(0);
+                self.lossy_since_up = false;
+                self.settle_pending = true;
             } else {
                 self.downs += 1;
                 self.last_down = Some(now);
+                self.back_off_if_failed(now);
             }
             self.above_since = None;
             self.below_since = None;
@@ -270,12 +335,14 @@ impl LayerChoice {
         let next = usable.iter().copied().rev().find(|k| *k < target);
         let calm = self.last_loss.is_none_or(|l| l < LOSS_UP_MAX) && self.below_since.is_none();
         let desired = match next {
-            Some(n) if calm => need(n),
-            _ => need(target),
+            // While backing off, probe for what a step up needs (else the probes, capped at
+            // 2× the desired bitrate, could never show a lifted limit).
+            Some(n) if calm => ((need(n) as f64 * UP_HEADROOM) as u64).max(raised),
+            _ => (need(target) as f64 * UP_HEADROOM) as u64,
         };
         // A probe while the next layer does not fit yet, at doubling intervals.
         let short = match (next, self.estimate) {
-            (Some(n), Some(e)) => (e as f64) < need(n) as f64 * UP_HEADROOM,
+            (Some(n), Some(e)) => (e as f64) < need(n) as f64 * UP_HEADROOM || e < raised,
             _ => false,
         };
         let since = self.last_probe.or(self.changed).unwrap_or(now);
@@ -286,21 +353,40 @@ impl LayerChoice {
         }
         Decision {
             target: Some(target),
-            desired_bps: (desired as f64 * UP_HEADROOM) as u64,
+            desired_bps: desired,
+            reseed_bps: self.reseed.take(),
             probe,
         }
     }
 
-    /// From the current layer: down, up one, or stay.
+    /// A step down at `now`: if it undoes a step up of less than [`UP_FAIL_WINDOW`] ago that
+    /// lost packets, step ups wait (doubling while they keep failing).
+    fn back_off_if_failed(&mut self, now: Instant) {
+        let Some(up) = self.last_up else {
+            return;
+        };
+        let held = now.saturating_duration_since(up);
+        if held >= UP_FAIL_WINDOW || self.backoff.is_zero() {
+            // The last step up held (or this is the first failure): start from the first wait.
+            self.backoff = UP_BACKOFF_FIRST;
+        }
+        if held < UP_FAIL_WINDOW && self.lossy_since_up {
+            self.blocked_until = Some(now + self.backoff);
+            self.misled_bps = self.misled_bps.max(self.up_bps);
+            self.backoff = (self.backoff * 2).min(UP_BACKOFF_MAX);
+        }
+    }
+
+    /// From the current layer: down, up, or stay.
     fn step(
         &mut self,
         current: usize,
         usable: &[usize],
         need: &dyn Fn(usize) -> u64,
+        raised: u64,
         now: Instant,
     ) -> usize {
         let lower = usable.iter().copied().find(|k| *k > current);
-        let higher = usable.iter().copied().rev().find(|k| *k < current);
         let settling = self
             .last_up
             .is_some_and(|u| now.saturating_duration_since(u) < UP_SETTLE);
@@ -317,7 +403,16 @@ impl LayerChoice {
         let Some(estimate) = self.estimate else {
             return current;
         };
-        if (estimate as f64) < need(current) as f64 * DOWN_MARGIN {
+        let low = (estimate as f64) < need(current) as f64 * DOWN_MARGIN;
+        if !settling && std::mem::take(&mut self.settle_pending) && low && !self.lossy_since_up {
+            let cap = (need(current) as f64 * RESEED_CAP) as u64;
+            let restart = self.up_bps.min(cap);
+            self.reseed = Some(restart);
+            // The estimator restarts there: until it says otherwise, that is the estimate.
+            self.estimate = Some(restart);
+            return current;
+        }
+        if low {
             if settling {
                 return current;
             }
@@ -335,11 +430,15 @@ impl LayerChoice {
             return current;
         }
         self.below_since = None;
-        let Some(up) = higher else {
-            return current;
-        };
+        // The highest layer above that fits with headroom (one estimate is the evidence for
+        // either: a joiner on an open link goes from the lowest to the top in one step).
+        let up = usable
+            .iter()
+            .copied()
+            .filter(|k| *k < current)
+            .find(|k| estimate as f64 >= need(*k) as f64 * UP_HEADROOM);
         let calm = self.last_loss.is_none_or(|l| l < LOSS_UP_MAX);
-        if calm && estimate as f64 >= need(up) as f64 * UP_HEADROOM {
+        if let Some(up) = up.filter(|_| calm && estimate >= raised) {
             let since = *self.above_since.get_or_insert(now);
             let since = self.last_down.map_or(since, |d| since.max(d));
             if now.saturating_duration_since(since) >= STABLE_UP {

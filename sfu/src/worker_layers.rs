@@ -125,7 +125,10 @@ impl Worker {
         let (ups, downs) = (fan.switches_up, fan.switches_down);
         let moved = (decision.desired_bps as f64 - viewer.desired_bps as f64).abs()
             > viewer.desired_bps as f64 * DESIRED_CHANGE;
-        if let Some(estimate) = viewer.choice.estimate_bps().filter(|_| decision.probe) {
+        if let Some(restart) = decision.reseed_bps {
+            // A step up's keyframe misread as overuse (`layer_switching::RESEED_CAP`).
+            peer.rtc.bwe().reset(Bitrate::bps(restart));
+        } else if let Some(estimate) = viewer.choice.estimate_bps().filter(|_| decision.probe) {
             // Restarted at the estimate it had, str0m sends its initial probe clusters (3× and
             // 6× of it, at most 2× the desired bitrate), which find a lifted limit.
             peer.rtc.bwe().reset(Bitrate::bps(estimate));
