@@ -82,7 +82,7 @@ pub fn video_encoder(codec: &str) -> anyhow::Result<&'static str> {
 /// The shared encoder's chain for a raw `kind` stream.
 pub fn shared(kind: &str, settings: &Settings, stats: &Arc<Stats>) -> anyhow::Result<gst::Bin> {
     let desc = match kind {
-        "audio" => "audioconvert ! audioresample ! queue ! opusenc name=encoder ! audio/x-opus ! identity name=out".to_string(),
+        "audio" => "audioconvert ! audioresample ! queue ! opusenc name=encoder bitrate=32000 ! audio/x-opus ! identity name=out".to_string(),
         _ => format!("videoconvert ! queue ! {}", video_encoder(settings.video_codec)?),
     };
     let bin = gst::parse::bin_from_description(&desc, true)

@@ -33,11 +33,13 @@ use crate::encoding;
 /// Most layers `--layers` makes (720p halves down to 90p).
 pub const MAX_LAYERS: u32 = 4;
 
-/// Bitrate of layer k relative to the top one: each step has a quarter of the pixels, and
-/// gets a bit more than a quarter of the bits (small pictures need more bits per pixel to look
-/// right): LiveKit's defaults for 720p (1.7 M, 450 k, 160 k) and mediasoup's demo ladder are
-/// in the same proportions. 2000 kbit/s at the top gives 2000, 600, 150, 38.
-const BITRATE_STEPS: [f64; MAX_LAYERS as usize] = [1.0, 0.3, 0.075, 0.01875];
+/// Bitrate of layer k relative to the top one: each step has a quarter of the pixels and about
+/// a quarter of the bits, close to LiveKit's defaults for 720p (1.7 M, 450 k, 160 k), with a
+/// bottom that leaves a 250 kbit/s link room for Opus and the packets' headers (~60 kbit/s at
+/// ~90 packets/s). 2000 kbit/s at the top gives 2000, 500, 100, 30. (0.3 and 0.075 were tried
+/// first: a 600 kbit/s 360p layer + Opus filled 85 % of an 800 kbit/s link and a 150 kbit/s
+/// bottom 90 % of a 250 kbit/s one, and every keyframe or probe overflowed them.)
+const BITRATE_STEPS: [f64; MAX_LAYERS as usize] = [1.0, 0.25, 0.05, 0.015];
 
 /// Smallest picture side a layer may have.
 const MIN_SIDE: u32 = 16;
@@ -273,13 +275,13 @@ mod tests {
     #[test]
     fn layers_halve_the_picture_and_step_the_bitrate_down() {
         let three = derive(1280, 720, 2_000_000, 3).unwrap();
-        assert_eq!(three.to_string(), "1280x720@2000,640x360@600,320x180@150");
+        assert_eq!(three.to_string(), "1280x720@2000,640x360@500,320x180@100");
         // Odd halves are rounded down to even sizes (4:2:0 encoders want them).
         let odd = derive(1280, 720, 2_000_000, 4).unwrap();
-        assert_eq!(odd.0[3].to_string(), "160x90@38");
+        assert_eq!(odd.0[3].to_string(), "160x90@30");
         assert_eq!(
             derive(640, 360, 1_000_000, 2).unwrap().to_string(),
-            "640x360@1000,320x180@300"
+            "640x360@1000,320x180@250"
         );
         assert!(derive(64, 64, 2_000_000, 4).is_err(), "8x8 is too small");
         assert!(derive(640, 360, 2_000_000, 0).is_err());
