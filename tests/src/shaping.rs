@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
 
-/// The bucket: how many bytes may leave back to back at line rate after a quiet moment. Four
-/// full-size packets: a sender's short packet train passes as on a real access link, a 720p
-/// keyframe (tens of kB) does not, which is the case the ladder is for; tbf needs at least one
-/// MTU.
-pub const BURST_BYTES: u32 = 6_000;
+/// The bucket: how many bytes may leave back to back at line rate after a quiet moment. One
+/// full-size packet (tbf needs at least one MTU): the link serialises at its rate, as a
+/// bottleneck link does. (A shaper's larger bucket passes a bandwidth estimator's probe
+/// bursts at line rate: with 6 kB, str0m's 15 ms probe clusters measured a 250 kbit/s link at
+/// 1.1-1.7 Mbit/s. docs/relays.md "Layers: known limits" says what the engine does then.)
+pub const BURST_BYTES: u32 = 1_600;
 
 /// The queue: how long a packet may wait for tokens before tbf drops it. 200 ms is a modest
 /// access-link buffer: deep enough that a delay-based estimator (GCC, TWCC) sees the queue grow
