@@ -32,7 +32,7 @@ async fn id_once_listed(node: &Node, n: usize, name: &str) -> Result<String> {
 /// Waits until one of the forward relay's stats lines lists one viewer that was sent packets.
 /// Any line, not the last: the page may have played and left before the next line.
 async fn serving_one(relay: &Agent) -> Result<()> {
-    relay
+    let waited = relay
         .wait(LONG, "one viewer sent packets", |r| {
             r.json_lines("relay-stats").iter().any(|s| {
                 s["viewers"].as_array().is_some_and(|v| {
@@ -40,7 +40,22 @@ async fn serving_one(relay: &Agent) -> Result<()> {
                 })
             })
         })
-        .await
+        .await;
+    // What the lines said instead (seen once in CI: the page had played through the relay).
+    waited.with_context(|| {
+        let lines = relay.json_lines("relay-stats");
+        let with_viewers: Vec<&Value> = lines
+            .iter()
+            .filter(|s| s["viewers"].as_array().is_some_and(|v| !v.is_empty()))
+            .collect();
+        format!(
+            "{} relay-stats lines, {} with viewers; the first of those: {:?}; the last line: {:?}",
+            lines.len(),
+            with_viewers.len(),
+            with_viewers.first(),
+            lines.last()
+        )
+    })
 }
 
 /// The packets the page received of `kind` in one of its samples.
