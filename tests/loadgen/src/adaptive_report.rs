@@ -41,7 +41,7 @@ pub fn markdown(report: &Value) -> String {
         "Issue 26's benchmark, run by `{}` on {} ({} cores), {}; the run took {} s. \
          One 1280x720 30 fps VP8 test pattern with audio, three viewers (consumer-agent, \
          decoding), each in a network namespace of its own behind a token bucket on its link \
-         (`tc tbf`, burst 6000 bytes, 200 ms queue; `tests/src/shaping.rs`): unlimited, \
+         (`tc tbf`, burst {} bytes, {} ms queue; `tests/src/shaping.rs`): unlimited, \
          800 kbit/s, 250 kbit/s. Setups: the forward relay serving a 3-layer ladder \
          (`--encoding shared --layers 3`), choosing each viewer's layer; the pipeline relay \
          serving one shared 2 Mbit/s layer (the \"before\"); viewers direct on a per-consumer \
@@ -66,6 +66,8 @@ pub fn markdown(report: &Value) -> String {
             .and_then(Value::as_str)
             .unwrap_or(""),
         a["seconds"],
+        crate::shaping::BURST_BYTES,
+        crate::shaping::LATENCY_MS,
         first_watch(a).as_u64().unwrap_or(0) / 1000,
     );
     if let Some(note) = report.get("adaptive_note").and_then(Value::as_str) {
