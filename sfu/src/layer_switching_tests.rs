@@ -472,3 +472,55 @@ fn a_step_ups_burst_misread_as_overuse_restarts_the_estimator_once_if_nothing_wa
     }
     assert_eq!(c.target(), Some(1), "left, after the settling");
 }
+
+#[test]
+fn nacks_for_a_tenth_of_the_packets_over_half_a_second_with_the_estimate_below_the_need_step_down()
+{
+    let mut c = LayerChoice::new();
+    let up = until_switch(&mut c, Instant::now(), 50_000_000);
+    assert_eq!(c.target(), Some(0));
+    let mut at = up + UP_SETTLE + Duration::from_millis(250);
+    // The estimate a cut leaves for the first second: below the top's need (2.04 Mbit/s),
+    // above DOWN_MARGIN × it.
+    let tick_at = |c: &mut LayerChoice, at: Instant, estimate: u64| {
+        c.estimate(EstimateKind::Twcc, estimate);
+        tick(c, &ladder(), at).target
+    };
+    // (packets, NACKs) so far at each 250 ms stats interval: a few NACKs, nothing.
+    c.egress(1_000, 0);
+    c.egress(1_060, 3);
+    c.egress(1_120, 6);
+    assert_eq!(tick_at(&mut c, at, 1_800_000), Some(0), "5 %");
+    // Too few packets to say anything.
+    c.egress(1_123, 9);
+    c.egress(1_125, 12);
+    at += Duration::from_millis(250);
+    assert_eq!(
+        tick_at(&mut c, at, 1_800_000),
+        Some(0),
+        "5 packets say nothing"
+    );
+    // NACKs while the estimate still fits the layer: a queue, not a cut.
+    c.egress(1_185, 30);
+    c.egress(1_245, 40);
+    at += Duration::from_millis(250);
+    assert_eq!(tick_at(&mut c, at, 2_200_000), Some(0), "the estimate fits");
+    // A cut: NACKs in bursts (28 %, then none), the estimate below the need.
+    c.egress(1_305, 57);
+    c.egress(1_365, 57);
+    at += Duration::from_millis(250);
+    assert_eq!(tick_at(&mut c, at, 1_800_000), Some(1), "down to what fits");
+    assert_eq!(c.downs, 1);
+}
+
+#[test]
+fn nacks_right_after_a_step_up_are_its_keyframe_not_a_reason_to_step_down() {
+    let mut c = LayerChoice::new();
+    let up = until_switch(&mut c, Instant::now(), 50_000_000);
+    c.egress(1_000, 0);
+    c.egress(1_060, 30);
+    c.egress(1_120, 60);
+    c.estimate(EstimateKind::Twcc, 1_800_000);
+    let d = tick(&mut c, &ladder(), up + Duration::from_millis(500));
+    assert_eq!(d.target, Some(0), "within UP_SETTLE");
+}

@@ -31,6 +31,10 @@ use crate::layer_switching::LayerChoice;
 
 /// The per-viewer retransmission buffer: at most this many packets, this old.
 const RTX_PACKETS: usize = 512;
+/// How often str0m reports a session's media stats: the viewer's video packets sent and NACKs
+/// received per interval are its fastest loss signal (`layer_switching::NACK_INTERVALS`);
+/// receiver reports' loss comes with them only when a new report arrived.
+pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 const RTX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One media of the origin, as viewers are offered it.
@@ -96,7 +100,7 @@ fn build(
         .set_rtp_mode(true)
         .set_dtls_cert(dtls_cert()?)
         .set_local_ice_credentials(creds)
-        .set_stats_interval(Some(std::time::Duration::from_secs(1)))
+        .set_stats_interval(Some(STATS_INTERVAL))
         .clear_codecs();
     for codec in codecs {
         config = match codec {
@@ -168,6 +172,11 @@ pub enum Happening {
     Loss(f32),
     /// Viewer: NACKs received so far (answered by str0m from its send buffer).
     Nacks(u64),
+    /// Viewer: its video's packets sent and NACKs received so far.
+    VideoEgress {
+        packets: u64,
+        nacks: u64,
+    },
     /// Origin: NACKs str0m sent upstream so far.
     NacksUpstream(u64),
     Lost(String),
@@ -585,14 +594,21 @@ impl Peer {
                 out.push(Happening::Remb(estimate.as_u64()))
             }
             Event::MediaEgressStats(s) => {
-                if let (Role::Viewer(v), Some(loss)) = (&self.role, s.loss) {
-                    let video = v
+                let video = match &self.role {
+                    Role::Viewer(v) => v
                         .tracks
                         .iter()
-                        .any(|(m, t, _)| *m == s.mid && t.kind == MediaKind::Video);
-                    if video {
+                        .any(|(m, t, _)| *m == s.mid && t.kind == MediaKind::Video),
+                    Role::Origin(_) => false,
+                };
+                if video {
+                    if let Some(loss) = s.loss {
                         out.push(Happening::Loss(loss));
                     }
+                    out.push(Happening::VideoEgress {
+                        packets: s.packets,
+                        nacks: s.nacks,
+                    });
                 }
                 let total = self.count_nacks(s.mid, s.nacks);
                 out.push(Happening::Nacks(total));

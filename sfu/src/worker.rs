@@ -276,6 +276,7 @@ impl Worker {
                 }
                 Happening::Remb(bps) => self.estimate(id, EstimateKind::Remb, bps),
                 Happening::Loss(fraction) => self.loss(id, fraction),
+                Happening::VideoEgress { packets, nacks } => self.egress(id, packets, nacks),
                 Happening::Nacks(n) => {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.nacks_served = n;

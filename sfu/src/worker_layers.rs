@@ -52,6 +52,12 @@ impl Worker {
         }
     }
 
+    pub(super) fn egress(&mut self, id: u64, packets: u64, nacks: u64) {
+        if let Some(Role::Viewer(v)) = self.peers.get_mut(&id).map(|p| &mut p.role) {
+            v.choice.egress(packets, nacks);
+        }
+    }
+
     /// Every joined viewer's layer, at housekeeping.
     pub(super) fn choose_layers(&mut self, now: Instant) {
         if self.layout.layered.is_none() {
