@@ -2,6 +2,7 @@
 //! signalling server), receives it with `webrtcsrc`, and plays, records or counts it; finds
 //! it again when it comes back.
 
+mod depay;
 mod quality;
 mod report;
 mod sink;
@@ -276,6 +277,7 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
     signaller.set_max_height(args.max_height);
     let pipeline = gst::Pipeline::new();
     quality::watch(&pipeline, run.quality.clone());
+    depay::like_a_browser(&pipeline);
     let decoders = run.decoders.clone();
     agent_core::stats::record_working(pipeline.upcast_ref(), "Codec/Decoder", decoders);
     let src = make_src(args, &signaller)?;
