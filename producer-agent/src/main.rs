@@ -95,13 +95,13 @@ pub struct Args {
     )]
     pub min_keyframe_interval_ms: u64,
     /// With `--encoding shared`: encode the picture this many times (1 to 4), each layer half
-    /// the size of the one above, at --bitrate, 0.25x, 0.06x, 0.015x of it; each layer is a
+    /// the size of the one above, at --bitrate, 0.25x, 0.05x, 0.015x of it; each layer is a
     /// video stream of its own (msid gwc-layer-K) for relays to pick from. `--source test`
     /// only (the picture size must be known): otherwise use --ladder. Default 1.
     #[arg(long, env = "PRODUCER_LAYERS", allow_negative_numbers = true, value_parser = whole::<u32>(1, ladder::MAX_LAYERS as u64))]
     pub layers: Option<u32>,
     /// With `--encoding shared`: the layers, explicitly, `WxH@KBPS` top first, e.g.
-    /// `1280x720@2000,640x360@500,320x180@120`.
+    /// `1280x720@2000,640x360@500,320x180@100`.
     #[arg(long, env = "PRODUCER_LADDER", value_parser = ladder_arg)]
     pub ladder: Option<proto::layers::Ladder>,
     /// With a ladder: also force a keyframe on every layer together every this many seconds

@@ -17,7 +17,7 @@
 //!                    with headroom (probe first: desired
 //!                    bitrate = UP_HEADROOM × need(next up))
 //!
-//!   a step down within UP_FAIL_WINDOW of a step up: for UP_BACKOFF_FIRST (doubling up to
+//!   a step down within UP_FAIL_WINDOW of a step up, with loss between: for UP_BACKOFF_FIRST (doubling up to
 //!   UP_BACKOFF_MAX while step ups keep failing) a step up needs an estimate UP_FAIL_RAISE ×
 //!   the one that misled it (a lifted limit shows one at the next probe)
 //! ```
@@ -25,7 +25,7 @@
 //! `need(k)` = layer k's bitrate (measured, else the ladder's) + the audio's. Layers above the
 //! viewer's cap, or not sending ([`LIVE_WINDOW`]), are never targets. The gap between
 //! stepping down (the layer no longer fits at all) and up (the next fits with 15 % to spare,
-//! for 4 s) is the hysteresis that keeps a noisy estimate from flapping. The back-off is for
+//! for 3 s) is the hysteresis that keeps a noisy estimate from flapping. The back-off is for
 //! estimates that say more than the link carries: a probe burst that fits in a token bucket's
 //! burst is measured at line rate (on a 250 kbit/s `tbf` with a 6 kB bucket str0m's probes
 //! gave 1.1 Mbit/s), and sending the lowest layer keeps the stack application-limited, so
@@ -64,7 +64,7 @@ pub const LOSS_DOWN: f32 = 0.10;
 /// NACKs cannot hide, where the estimate lags (a policer that drops without queueing).
 pub const LOSS_REPORTS: u32 = 2;
 /// NACKs received per video packet sent over the last this many stats intervals
-/// (`peer::STATS_INTERVAL`, 250 ms: half a second) at or above [`LOSS_DOWN`], with the
+/// (`peer::LAYERED_STATS_INTERVAL`, 250 ms: half a second) at or above [`LOSS_DOWN`], with the
 /// estimate below the layer's need (no margin, no hold), step down to what fits it. (Over a
 /// window, not interval by interval: NACK counts arrive in bursts, and a cut's second
 /// interval showed none between two with 28 % and 20 %.) A viewer

@@ -31,11 +31,14 @@ use crate::layer_switching::LayerChoice;
 
 /// The per-viewer retransmission buffer: at most this many packets, this old.
 const RTX_PACKETS: usize = 512;
-/// How often str0m reports a session's media stats: the viewer's video packets sent and NACKs
-/// received per interval are its fastest loss signal (`layer_switching::NACK_INTERVALS`);
-/// receiver reports' loss comes with them only when a new report arrived.
-pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 const RTX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often str0m reports a session's media stats (NACK counts, receiver reports' loss).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The same for a viewer of a layered source only (stats cost work): its video's packets sent
+/// and NACKs received per interval are its layer choice's fastest loss signal
+/// (`layer_switching::NACK_INTERVALS`).
+pub const LAYERED_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One media of the origin, as viewers are offered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +95,7 @@ fn build(
     codecs: &[Codec],
     candidates: &[Candidate],
     bwe: bool,
+    stats: std::time::Duration,
     now: Instant,
 ) -> Result<(Rtc, String), ForwardError> {
     let creds = IceCreds::new();
@@ -100,7 +104,7 @@ fn build(
         .set_rtp_mode(true)
         .set_dtls_cert(dtls_cert()?)
         .set_local_ice_credentials(creds)
-        .set_stats_interval(Some(STATS_INTERVAL))
+        .set_stats_interval(Some(stats))
         .clear_codecs();
     for codec in codecs {
         config = match codec {
@@ -287,7 +291,7 @@ impl Peer {
         now: Instant,
     ) -> Result<(Peer, String, Vec<TrackInfo>), ForwardError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| sdp_error(session, e))?;
-        let (mut rtc, ufrag) = build(&ORIGIN_CODECS, candidates, false, now)?;
+        let (mut rtc, ufrag) = build(&ORIGIN_CODECS, candidates, false, STATS_INTERVAL, now)?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -327,15 +331,21 @@ impl Peer {
     }
 
     /// A viewer's session: our offer mirroring the source's tracks (each in the source's codec
-    /// only, so the answer cannot pick another).
+    /// only, so the answer cannot pick another); `layered`: a layer choice will be made for it.
     pub fn viewer(
         session: &str,
         tracks: &[TrackInfo],
+        layered: bool,
         candidates: &[Candidate],
         now: Instant,
     ) -> Result<(Peer, String), ForwardError> {
         let codecs: Vec<Codec> = tracks.iter().map(|t| t.codec).collect();
-        let (mut rtc, ufrag) = build(&codecs, candidates, true, now)?;
+        let stats = if layered {
+            LAYERED_STATS_INTERVAL
+        } else {
+            STATS_INTERVAL
+        };
+        let (mut rtc, ufrag) = build(&codecs, candidates, true, stats, now)?;
         let mut api = rtc.sdp_api();
         let mids: Vec<Mid> = tracks
             .iter()
@@ -658,6 +668,7 @@ mod tests {
                 codec: Codec::Opus,
                 layer: None,
             }],
+            false,
             &[],
             Instant::now(),
         )

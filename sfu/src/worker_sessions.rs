@@ -157,7 +157,8 @@ impl Worker {
         if let Some(id) = self.sessions.get(session).copied() {
             self.remove(id);
         }
-        let (mut peer, offer) = Peer::viewer(session, tracks, &self.candidates, now)?;
+        let layered = self.layout.layered.is_some();
+        let (mut peer, offer) = Peer::viewer(session, tracks, layered, &self.candidates, now)?;
         if let Role::Viewer(v) = &mut peer.role {
             v.max_height = max_height;
         }
