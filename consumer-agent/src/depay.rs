@@ -22,3 +22,35 @@ pub fn like_a_browser(pipeline: &gst::Pipeline) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depayloaders_joining_the_pipeline_wait_for_and_ask_for_a_keyframe_after_loss() {
+        gst::init().unwrap();
+        let pipeline = gst::Pipeline::new();
+        like_a_browser(&pipeline);
+        // Deep inside, as webrtcsrc adds them (a bin in a bin).
+        let outer = gst::Bin::new();
+        let inner = gst::Bin::new();
+        let vp8 = gst::ElementFactory::make("rtpvp8depay").build().unwrap();
+        let h264 = gst::ElementFactory::make("rtph264depay").build().unwrap();
+        pipeline.add(&outer).unwrap();
+        outer.add(&inner).unwrap();
+        inner.add_many([&vp8, &h264]).unwrap();
+        for depay in [&vp8, &h264] {
+            for property in ["wait-for-keyframe", "request-keyframe"] {
+                assert!(
+                    depay.property::<bool>(property),
+                    "{} {property}",
+                    depay.name()
+                );
+            }
+        }
+        // An element without them is left alone (setting a property it lacks would panic).
+        let other = gst::ElementFactory::make("identity").build().unwrap();
+        inner.add(&other).unwrap();
+    }
+}

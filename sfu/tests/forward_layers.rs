@@ -91,8 +91,9 @@ fn a_viewer_steps_down_on_a_limited_link_and_back_up_when_it_is_lifted() {
     // It joined there (the lowest layer, whatever its first estimate).
     assert_eq!(s.layer_height, Some(180));
     // The bucket's burst passes the estimator's probes at line rate: the estimate says more
-    // than the link carries, and one step up may follow and fail. Past that (STABLE_UP, then
-    // the failure), it stays on the bottom while limited, backing off; the audio flows.
+    // than the link carries, and one step up may follow and fail: then it steps back down.
+    // Past that (STABLE_UP, then the failure), it stays on the bottom while limited; the audio
+    // flows. (That a failed step up is not retried soon is `layer_switching`'s unit tests'.)
     let t = Instant::now();
     until_layered(
         &mut origin,
