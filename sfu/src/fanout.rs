@@ -148,6 +148,10 @@ pub struct ViewerTrack {
     /// A layered source: the layer to switch to (at its keyframe) and the one followed now.
     target: usize,
     current: Option<usize>,
+    /// The viewer asked for a keyframe while a switch down was pending: its decoder waits for
+    /// one, so the followed layer's packets are only load on the link the switch's keyframe
+    /// must cross, and are skipped until the switch.
+    stuck: bool,
     /// Switches done (at a keyframe), to a higher layer and to a lower one.
     pub switches_up: u64,
     pub switches_down: u64,
@@ -166,6 +170,7 @@ impl ViewerTrack {
             scratch: Vec::with_capacity(1500),
             target: 0,
             current: None,
+            stuck: false,
             switches_up: 0,
             switches_down: 0,
         }
@@ -186,6 +191,7 @@ impl ViewerTrack {
             return;
         }
         self.target = layer;
+        self.stuck = false;
         if self.current == Some(layer) {
             // Back to the layer still followed: no switch (and no keyframe) needed.
             self.munger.unselect();
@@ -193,6 +199,12 @@ impl ViewerTrack {
         } else {
             self.selected = None;
         }
+    }
+
+    /// The viewer asked for a keyframe (PLI/FIR). During a switch down the followed layer stops
+    /// until the target's keyframe (see `stuck`); otherwise nothing changes here.
+    pub fn keyframe_asked(&mut self) {
+        self.stuck = self.current.is_some_and(|c| self.target > c);
     }
 
     pub fn codec(&self) -> Codec {
@@ -245,7 +257,7 @@ impl ViewerTrack {
         now: Instant,
     ) -> Outcome {
         let to_target = layer.is_none_or(|l| l == self.target);
-        if !to_target && layer != self.current {
+        if !to_target && (layer != self.current || self.stuck) {
             return Outcome::Skip;
         }
         if to_target && self.selected != Some(packet.ssrc) {
@@ -278,6 +290,7 @@ impl ViewerTrack {
                         _ => {}
                     }
                     self.current = layer;
+                    self.stuck = false;
                 }
                 Outcome::Send(Write {
                     payload_type: self.payload_type,

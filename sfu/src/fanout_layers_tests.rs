@@ -144,6 +144,45 @@ fn a_switch_given_up_before_its_keyframe_keeps_the_followed_layer_without_a_keyf
     assert_eq!((v.switches_up, v.switches_down), (0, 0));
 }
 
+#[test]
+fn a_viewer_asking_for_a_keyframe_during_a_switch_down_gets_nothing_more_of_the_old_layer() {
+    let t0 = Instant::now();
+    let mut v = ViewerTrack::new(Codec::Vp8, 96);
+    v.set_target(0);
+    feed(&mut v, 0, Some(0), t0);
+    // A switch down pending: the top keeps flowing.
+    v.set_target(1);
+    let (sent, _) = feed(&mut v, 1, None, t0);
+    assert_eq!(sent.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![0]);
+    // The viewer asks for a keyframe (it lost the top's packets): the top stops.
+    v.keyframe_asked();
+    let (sent, asked) = feed(&mut v, 2, None, t0);
+    assert!(sent.is_empty(), "nothing of the old layer: {sent:?}");
+    assert!(asked, "the target's keyframe is still asked for");
+    // The switch at the target's keyframe, the stream continuous across the gap.
+    let (sent, _) = feed(&mut v, 3, Some(1), t0);
+    assert_eq!(sent.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(v.layer(), Some(1));
+    let (sent, _) = feed(&mut v, 4, None, t0);
+    assert_eq!(sent.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(v.switches_down, 1);
+}
+
+#[test]
+fn a_keyframe_request_without_a_switch_down_stops_nothing() {
+    let t0 = Instant::now();
+    let mut v = ViewerTrack::new(Codec::Vp8, 96);
+    v.set_target(1);
+    feed(&mut v, 0, Some(1), t0);
+    v.keyframe_asked();
+    assert_eq!(feed(&mut v, 1, None, t0).0.len(), 1, "no switch pending");
+    // A switch up pending: the followed layer keeps flowing whatever the viewer asks.
+    v.set_target(0);
+    v.keyframe_asked();
+    let (sent, _) = feed(&mut v, 2, None, t0);
+    assert_eq!(sent.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![1]);
+}
+
 /// H.264 packets: SPS, PPS, IDR slice (a keyframe starts at the SPS) or a non-IDR slice.
 fn h264(ssrc: u32, seq: u16, ts: u32, nal: u8, t: Instant) -> Packet {
     Packet {

@@ -123,6 +123,61 @@ impl KeyframeRequests {
     }
 }
 
+/// Requests upstream from one origin (one peer) are at least this far apart, whatever track
+/// they are for: GStreamer's `rtpsession` (webrtcbin, so every producer-agent) ignores a
+/// PLI/FIR from a peer within two round trips of that peer's previous one, for any SSRC.
+/// Measured: a relay asking for layer 0's and layer 1's keyframes in one RTCP packet got only
+/// layer 0's, and its switch to layer 1 waited for the 1 s resend, twice. 50 ms covers round
+/// trips up to 25 ms (a cluster's origins and relays share a region); beyond, `resend_after`
+/// still gets every request answered.
+pub const ORIGIN_SPACING: Duration = Duration::from_millis(50);
+
+/// The keyframe requests for each track of one origin, spaced by [`ORIGIN_SPACING`].
+#[derive(Debug)]
+pub struct OriginRequests {
+    tracks: Vec<KeyframeRequests>,
+    last_sent: Option<Instant>,
+}
+
+impl OriginRequests {
+    /// Default policies for `tracks` tracks.
+    pub fn new(tracks: usize) -> Self {
+        OriginRequests {
+            tracks: (0..tracks).map(|_| KeyframeRequests::default()).collect(),
+            last_sent: None,
+        }
+    }
+
+    pub fn get_mut(&mut self, track: usize) -> Option<&mut KeyframeRequests> {
+        self.tracks.get_mut(track)
+    }
+
+    /// The earliest a request may go upstream (see [`KeyframeRequests::next_deadline`]).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let due = self.tracks.iter().filter_map(|r| r.next_deadline()).min()?;
+        Some(match self.last_sent {
+            Some(last) => due.max(last + ORIGIN_SPACING),
+            None => due,
+        })
+    }
+
+    /// The track to ask a keyframe for now, if any: the one due longest.
+    pub fn poll(&mut self, now: Instant) -> Option<usize> {
+        if self.last_sent.is_some_and(|l| now < l + ORIGIN_SPACING) {
+            return None;
+        }
+        let (_, track) = self
+            .tracks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.next_deadline().filter(|d| *d <= now).map(|d| (d, i)))
+            .min()?;
+        self.tracks[track].poll(now)?;
+        self.last_sent = Some(now);
+        Some(track)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +357,28 @@ mod tests {
             k.keyframe();
             prop_assert_eq!(k.next_deadline(), None);
         }
+    }
+
+    #[test]
+    fn an_origins_requests_for_two_tracks_go_one_spacing_apart_oldest_first() {
+        let mut o = OriginRequests::new(3);
+        let t = Instant::now();
+        o.get_mut(2).unwrap().request(t);
+        o.get_mut(0).unwrap().request(t + ms(1));
+        assert_eq!(o.poll(t + ms(1)), Some(2), "the one waiting longest");
+        assert_eq!(o.poll(t + ms(1)), None, "not in the same RTCP packet");
+        assert_eq!(o.next_deadline(), Some(t + ms(1) + ORIGIN_SPACING));
+        assert_eq!(o.poll(t + ms(50)), None);
+        assert_eq!(
+            o.poll(t + ms(1) + ORIGIN_SPACING),
+            Some(0),
+            "then the other"
+        );
+        assert_eq!(
+            o.next_deadline(),
+            Some(t + ms(1) + RESEND),
+            "both sent: the resend"
+        );
+        assert!(o.get_mut(3).is_none());
     }
 }

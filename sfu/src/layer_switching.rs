@@ -9,7 +9,8 @@
 //!        │
 //!        ▼      estimate < DOWN_MARGIN × need(k) for DOWN_HOLD,   estimate ≥ UP_HEADROOM × need(j)
 //!   ┌──────────┐ or loss ≥ LOSS_DOWN in LOSS_REPORTS reports      and loss < LOSS_UP_MAX, for
-//!   │          │ or NACKs ≥ LOSS_DOWN × packets over NACK_INTERVALS, estimate < need(k)
+//!   │          │ or NACKs ≥ LOSS_DOWN × packets over NACK_INTERVALS and a PLI, estimate
+//!   │          │ < need(k); PLIs in each interval: one layer down
 //!   │ layer k  │ (neither within UP_SETTLE of a step up)          STABLE_UP, not backing off
 //!   └──────────┘ ── step down: to the highest that fits ──►  ┌──────────┐
 //!                                                            │ layer j  │ (j > k: lower)
@@ -40,7 +41,7 @@ pub const UP_HEADROOM: f64 = 1.15;
 /// The estimate must hold above the next layer this long (and the last step down be this old)
 /// before stepping up: several TWCC feedback rounds and one loss report, so a spike does not
 /// count; with the probe's ramp it keeps a lifted limit's step up well within 15 s.
-pub const STABLE_UP: Duration = Duration::from_secs(3);
+pub const STABLE_UP: Duration = Duration::from_secs(2);
 /// The estimate must stay below [`DOWN_MARGIN`] × the target's need this long before stepping
 /// down: a feedback blip is ignored, a real cut (str0m's estimate falls within ~1 s) is acted
 /// on within 3 s. (0.5 s, tried first on shaped links, stepped an 800 kbit/s viewer down on
@@ -64,8 +65,14 @@ pub const LOSS_DOWN: f32 = 0.10;
 /// NACKs cannot hide, where the estimate lags (a policer that drops without queueing).
 pub const LOSS_REPORTS: u32 = 2;
 /// NACKs received per video packet sent over the last this many stats intervals
-/// (`peer::LAYERED_STATS_INTERVAL`, 250 ms: half a second) at or above [`LOSS_DOWN`], with the
-/// estimate below the layer's need (no margin, no hold), step down to what fits it. (Over a
+/// (`peer::LAYERED_STATS_INTERVAL`, 250 ms: half a second) at or above [`LOSS_DOWN`], and the
+/// viewer asking for a keyframe (its decoder lost what the NACKs did not bring back in time):
+/// with the estimate below the layer's need (no margin, no hold), step down to what fits it;
+/// asking in every interval, one layer down whatever the estimate says (it lags a cut: measured,
+/// a cut from unlimited to 800 kbit/s left it at 3 Mbit/s for 2.5 s while the viewer asked
+/// for keyframes every 200 ms). Not NACKs without requests: an 800 kbit/s link carrying the
+/// 360p layer NACKed 13 % with the estimate just under the need, and a keyframe queued on it
+/// half its packets, all repaired in time. (Over a
 /// window, not interval by interval: NACK counts arrive in bursts, and a cut's second
 /// interval showed none between two with 28 % and 20 %.) A viewer
 /// NACKs at once, long before its next receiver report (about a second apart), so a cut is
@@ -75,6 +82,11 @@ pub const LOSS_REPORTS: u32 = 2;
 /// jitter buffer also NACKs packets that are only late, and a link the layer fills queues
 /// (an 800 kbit/s viewer of the 360p layer NACKed ~15 % of its packets and lost none).
 pub const NACK_INTERVALS: u32 = 2;
+/// After a step down, NACKs and keyframe requests are not counted for this long: the switch
+/// waits for the new layer's keyframe (measured: ~0.2 s) and the old layer's packets queued
+/// on the link are NACKed and its frames asked for meanwhile (a second step down, 360p to
+/// 180p on an 800 kbit/s link, came 0.4 s after the first from those).
+pub const DOWN_SETTLE: Duration = Duration::from_secs(1);
 /// Fewer packets than this in the window say nothing about loss (a paused layer, audio only).
 pub const NACK_MIN_PACKETS: u64 = 10;
 /// No step up while the last report's loss is at or above this.
@@ -222,6 +234,10 @@ pub struct LayerChoice {
     /// (the last [`NACK_INTERVALS`]).
     egress: Option<(u64, u64)>,
     intervals: std::collections::VecDeque<(u64, u64)>,
+    /// The viewer's keyframe requests (PLI/FIR) since the last stats, and per interval since
+    /// (as `intervals`).
+    asked: u32,
+    asked_in: std::collections::VecDeque<u32>,
     /// Since when the estimate has been below the target's need.
     below_since: Option<Instant>,
     /// Since when the next layer up has fitted with headroom.
@@ -289,23 +305,32 @@ impl LayerChoice {
         if let Some((p0, n0)) = self.egress {
             if self.intervals.len() == NACK_INTERVALS as usize {
                 self.intervals.pop_front();
+                self.asked_in.pop_front();
             }
+            self.asked_in.push_back(std::mem::take(&mut self.asked));
             self.intervals
                 .push_back((packets.saturating_sub(p0), nacks.saturating_sub(n0)));
         }
         self.egress = Some((packets, nacks));
     }
 
-    /// NACKs for at least [`LOSS_DOWN`] of the video packets over the last
-    /// [`NACK_INTERVALS`].
-    fn nacked(&self) -> bool {
+    /// The viewer asked for a keyframe (PLI/FIR): its decoder lost something NACKs did not
+    /// repair in time.
+    pub fn keyframe_asked(&mut self) {
+        self.asked += 1;
+    }
+
+    /// NACKs per video packet sent over the last [`NACK_INTERVALS`] (0 until that many
+    /// intervals with [`NACK_MIN_PACKETS`] are in).
+    fn nacked(&self) -> f32 {
         let (sent, nacked) = self
             .intervals
             .iter()
             .fold((0, 0), |(s, n), (ds, dn)| (s + ds, n + dn));
-        self.intervals.len() == NACK_INTERVALS as usize
-            && sent >= NACK_MIN_PACKETS
-            && nacked as f32 >= LOSS_DOWN * sent as f32
+        if self.intervals.len() < NACK_INTERVALS as usize || sent < NACK_MIN_PACKETS {
+            return 0.0;
+        }
+        nacked as f32 / sent as f32
     }
 
     /// The decision at `now`.
@@ -436,11 +461,33 @@ impl LayerChoice {
         if settling {
             self.lossy_reports = 0;
             self.intervals.clear();
+            self.asked_in.clear();
             self.below_since = None;
         }
         if self.lossy_reports >= LOSS_REPORTS {
             if let Some(l) = lower {
                 self.lossy_reports = 0;
+                return l;
+            }
+        }
+        // NACKs and requests just after a step down are the old layer's (queued, or its last
+        // frames asked for again), not news about the new one.
+        let switching_down = self
+            .last_down
+            .is_some_and(|d| now.saturating_duration_since(d) < DOWN_SETTLE);
+        if switching_down {
+            self.intervals.clear();
+            self.asked_in.clear();
+        }
+        // Loss the NACKs did not repair (see [`NACK_INTERVALS`]): asked in every interval,
+        // one layer down whatever the estimate says; asked at all, down to what the estimate
+        // fits if it is below the layer's need.
+        let nacked = self.nacked() >= LOSS_DOWN;
+        let asked = self.asked_in.iter().filter(|n| **n > 0).count();
+        if nacked && asked == NACK_INTERVALS as usize {
+            if let Some(l) = lower {
+                self.intervals.clear();
+                self.asked_in.clear();
                 return l;
             }
         }
@@ -457,8 +504,9 @@ impl LayerChoice {
                 .or(usable.last().copied())
                 .unwrap_or(current)
         };
-        if self.nacked() && estimate < need(current) {
+        if nacked && asked > 0 && estimate < need(current) {
             self.intervals.clear();
+            self.asked_in.clear();
             return fitting();
         }
         let low = (estimate as f64) < need(current) as f64 * DOWN_MARGIN;

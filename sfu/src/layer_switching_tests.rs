@@ -505,9 +505,15 @@ fn nacks_for_a_tenth_of_the_packets_over_half_a_second_with_the_estimate_below_t
     c.egress(1_245, 40);
     at += Duration::from_millis(250);
     assert_eq!(tick_at(&mut c, at, 2_200_000), Some(0), "the estimate fits");
-    // A cut: NACKs in bursts (28 %, then none), the estimate below the need.
-    c.egress(1_305, 57);
-    c.egress(1_365, 57);
+    // NACKs, the estimate below the need, all repaired (no keyframe request).
+    c.egress(1_425, 57);
+    c.egress(1_485, 67);
+    at += Duration::from_millis(250);
+    assert_eq!(tick_at(&mut c, at, 1_800_000), Some(0), "repaired in time");
+    // A cut: NACKs in bursts (28 %, then none), the estimate below the need, the viewer asks.
+    c.egress(1_545, 84);
+    c.keyframe_asked();
+    c.egress(1_605, 84);
     at += Duration::from_millis(250);
     assert_eq!(tick_at(&mut c, at, 1_800_000), Some(1), "down to what fits");
     assert_eq!(c.downs, 1);
@@ -523,4 +529,35 @@ fn nacks_right_after_a_step_up_are_its_keyframe_not_a_reason_to_step_down() {
     c.estimate(EstimateKind::Twcc, 1_800_000);
     let d = tick(&mut c, &ladder(), up + Duration::from_millis(500));
     assert_eq!(d.target, Some(0), "within UP_SETTLE");
+}
+
+#[test]
+fn nacks_and_keyframe_requests_in_every_interval_step_down_one_layer_whatever_the_estimate() {
+    let mut c = LayerChoice::new();
+    let up = until_switch(&mut c, Instant::now(), 50_000_000);
+    assert_eq!(c.target(), Some(0));
+    let at = up + UP_SETTLE + Duration::from_millis(250);
+    // The estimate still far above the top's need (a cut it has not seen yet).
+    c.estimate(EstimateKind::Twcc, 3_200_000);
+    c.egress(1_000, 0);
+    c.egress(1_060, 10);
+    c.keyframe_asked();
+    c.egress(1_120, 20);
+    assert_eq!(
+        tick(&mut c, &ladder(), at).target,
+        Some(0),
+        "asked in one interval"
+    );
+    c.keyframe_asked();
+    c.egress(1_180, 30);
+    let d = tick(&mut c, &ladder(), at + Duration::from_millis(250));
+    assert_eq!(d.target, Some(1), "asked in both: one layer down");
+    // Then the old layer's queued NACKs and requests are not news for a while.
+    c.keyframe_asked();
+    c.egress(1_240, 40);
+    c.keyframe_asked();
+    c.egress(1_300, 50);
+    let d = tick(&mut c, &ladder(), at + Duration::from_millis(750));
+    assert_eq!(d.target, Some(1), "within DOWN_SETTLE");
+    assert_eq!(c.downs, 1);
 }

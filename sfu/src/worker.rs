@@ -25,7 +25,7 @@ use crate::addresses::candidates;
 use crate::demux::{Demux, Route};
 use crate::fanout::{Outcome, Packet, SourceTrack};
 use crate::forward_api::{ForwardError, ForwardEvent, Timeouts, ViewerStats};
-use crate::keyframe_requests::KeyframeRequests;
+use crate::keyframe_requests::OriginRequests;
 use crate::layer_switching::{BitrateMeter, EstimateKind};
 use crate::layout::Layout;
 use crate::mailbox::{Link, Msg, SourceMsg, WAKER};
@@ -45,7 +45,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 struct OriginState {
     id: u64,
-    requests: Vec<KeyframeRequests>,
+    requests: OriginRequests,
     ready: bool,
     last_media: Option<Instant>,
     packets: u64,
@@ -182,10 +182,8 @@ impl Worker {
             t = t.min(p.next);
         }
         if let Some(o) = &self.origin {
-            for r in &o.requests {
-                if let Some(d) = r.next_deadline() {
-                    t = t.min(d);
-                }
+            if let Some(d) = o.requests.next_deadline() {
+                t = t.min(d);
             }
         }
         t
@@ -264,7 +262,7 @@ impl Worker {
                     if let Some(s) = self.viewer_stats.get_mut(&id) {
                         s.keyframe_requests += 1;
                     }
-                    if let Some(source) = self.source_shown(id, track) {
+                    if let Some(source) = self.keyframe_asked(id, track) {
                         self.need_keyframe(source, now);
                     }
                 }
@@ -512,18 +510,12 @@ impl Worker {
         }
         if let Some(o) = self.origin.as_mut() {
             let id = o.id;
-            let mut send = Vec::new();
-            for (track, r) in o.requests.iter_mut().enumerate() {
-                if r.poll(now).is_some() {
-                    send.push(track);
-                }
-            }
-            o.requests_upstream += send.len() as u64;
-            if let Some(p) = self.peers.get_mut(&id) {
-                for track in send {
+            if let Some(track) = o.requests.poll(now) {
+                o.requests_upstream += 1;
+                if let Some(p) = self.peers.get_mut(&id) {
                     p.request_keyframe(track);
+                    self.drain(id);
                 }
-                self.drain(id);
             }
         }
         self.process();

@@ -18,21 +18,24 @@ use crate::peer::Role;
 const DESIRED_CHANGE: f64 = 0.10;
 
 impl Worker {
-    /// The source track a viewer's track `track` shows now: a layered video's followed layer
-    /// (else its target), any other track's own source.
-    pub(super) fn source_shown(&self, id: u64, track: usize) -> Option<usize> {
+    /// The source track whose keyframe answers a viewer's keyframe request on its track
+    /// `track`: a layered video's target layer (the switch pending needs that keyframe anyway,
+    /// and it mends the viewer too; a switch down stops the followed layer meanwhile, see
+    /// [`crate::fanout::ViewerTrack::keyframe_asked`]), any other track's own source.
+    pub(super) fn keyframe_asked(&mut self, id: u64, track: usize) -> Option<usize> {
         if let Some(l) = self
             .layout
             .layered
             .as_ref()
             .filter(|l| l.viewer_track == track)
         {
-            let Some(Role::Viewer(v)) = self.peers.get(&id).map(|p| &p.role) else {
+            let Some(Role::Viewer(v)) = self.peers.get_mut(&id).map(|p| &mut p.role) else {
                 return None;
             };
-            let fan = v.tracks.get(track)?.2.as_ref()?;
-            let layer = fan.layer().unwrap_or(fan.target());
-            return l.sources.get(layer).copied().flatten();
+            v.choice.keyframe_asked();
+            let fan = v.tracks.get_mut(track)?.2.as_mut()?;
+            fan.keyframe_asked();
+            return l.sources.get(fan.target()).copied().flatten();
         }
         self.layout
             .route

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{OriginState, Worker, KEYFRAME_BUDGET};
 use crate::fanout::SourceTrack;
 use crate::forward_api::{ForwardError, ViewerStats};
-use crate::keyframe_requests::KeyframeRequests;
+use crate::keyframe_requests::OriginRequests;
 use crate::layer_switching::BitrateMeter;
 use crate::layout::Layout;
 use crate::mailbox::{Msg, SourceMsg, WorkerStats};
@@ -136,7 +136,7 @@ impl Worker {
         let id = self.add(peer);
         self.origin = Some(OriginState {
             id,
-            requests: tracks.iter().map(|_| KeyframeRequests::default()).collect(),
+            requests: OriginRequests::new(tracks.len()),
             ready: false,
             last_media: None,
             packets: 0,

@@ -173,9 +173,24 @@ pub async fn run_to_exit(
     Ok((code, agent.stderr()))
 }
 
-/// The test harness shows this only when the test fails: both sides' story.
+/// The test harness shows this only when the test fails: both sides' story. With
+/// `AGENT_LOG_DIR` set, each agent's whole stdout and stderr are also written there
+/// (`<name>-<pid>.log`), for timelines longer than the tail.
 impl Drop for Agent {
     fn drop(&mut self) {
+        if let Some(dir) = std::env::var_os("AGENT_LOG_DIR") {
+            let name: String = self
+                .proc
+                .name
+                .chars()
+                .map(|c| if c.is_alphanumeric() { c } else { '_' })
+                .collect();
+            let path =
+                std::path::Path::new(&dir).join(format!("{name}-{}.log", self.proc.child.id()));
+            let all = [self.stdout(), self.stderr.lock().unwrap().clone()].concat();
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(&path, all.join("\n"));
+        }
         let lines = self.stderr.lock().unwrap().clone();
         let tail = &lines[lines.len().saturating_sub(40)..];
         eprintln!(
