@@ -112,7 +112,9 @@ pub const START_BPS: u64 = 1_000_000;
 /// [`DOWN_HOLD`] or [`LOSS_REPORTS`] later). Without loss the link carried the layer and the
 /// estimate fell for another reason (measured: a machine so busy that the viewer read its
 /// socket late made an unlimited viewer's estimate fall from 6.7 to 1 Mbit/s): no back-off.
-pub const UP_FAIL_WINDOW: Duration = Duration::from_secs(6);
+/// (8 s: longer than a lossless fall takes to step down, [`UP_SETTLE`] + [`RESEED_HOLD`] +
+/// [`DOWN_HOLD`], so that "no loss, no back-off" is what decides there, not the clock.)
+pub const UP_FAIL_WINDOW: Duration = Duration::from_secs(8);
 /// A step up's keyframe is a burst: the delay-based estimator may read it as overuse and back
 /// off to 0.85 × the rate acknowledged just before, the lower layer's (measured: an unlimited
 /// viewer's estimate fell from 22 Mbit/s to 745 kbit/s right after stepping up from 180p to
@@ -121,6 +123,12 @@ pub const UP_FAIL_WINDOW: Duration = Duration::from_secs(6);
 /// restarted at the estimate the step up trusted (at most this × the layer's need) rather
 /// than stepping back down. A link that cannot carry the layer loses packets, and is left.
 pub const RESEED_CAP: f64 = 2.0;
+/// After such a restart, a low estimate alone does not step down for this long (loss the
+/// viewer's keyframe requests confirm still does): str0m's estimate came back from the restart
+/// low and climbing ~100 kbit/s a second (measured on an 800 kbit/s link carrying the 360p
+/// layer without a keyframe request: 330 to 440 kbit/s over 1.6 s), and stepping down on it
+/// made that viewer flap between 360p and 180p every ~7 s.
+pub const RESEED_HOLD: Duration = Duration::from_secs(3);
 /// After a failed step up, for this long a step up needs [`UP_FAIL_RAISE`] × the estimate
 /// that misled it: each failure cost the viewer a stall, and the same link's probes will say
 /// about the same again.
@@ -260,6 +268,8 @@ pub struct LayerChoice {
     /// The last step up's settling has not been looked at yet; a restart to ask for.
     settle_pending: bool,
     reseed: Option<u64>,
+    /// When the estimator was last restarted ([`RESEED_HOLD`]).
+    reseeded: Option<Instant>,
     /// Target changes, up (to a higher layer) and down.
     pub ups: u64,
     pub downs: u64,
@@ -514,12 +524,17 @@ impl LayerChoice {
             let cap = (need(current) as f64 * RESEED_CAP) as u64;
             let restart = self.up_bps.min(cap);
             self.reseed = Some(restart);
+            self.reseeded = Some(now);
             // The estimator restarts there: until it says otherwise, that is the estimate.
             self.estimate = Some(restart);
             return current;
         }
+        let converging = self
+            .reseeded
+            .is_some_and(|r| now.saturating_duration_since(r) < RESEED_HOLD);
         if low {
-            if settling {
+            if settling || converging {
+                self.below_since = None;
                 return current;
             }
             let since = *self.below_since.get_or_insert(now);

@@ -439,10 +439,12 @@ fn a_step_ups_burst_misread_as_overuse_restarts_the_estimator_once_if_nothing_wa
     // and stays there past UP_SETTLE; nothing is lost.
     let mut at = up;
     let mut restarts = Vec::new();
+    let mut restarted_at = None;
     while at < up + UP_SETTLE + Duration::from_millis(500) {
         c.estimate(EstimateKind::Twcc, 745_000);
         if let Some(r) = tick(&mut c, &ladder(), at).reseed_bps {
             restarts.push(r);
+            restarted_at = Some(at);
         }
         at += Duration::from_millis(250);
     }
@@ -452,10 +454,17 @@ fn a_step_ups_burst_misread_as_overuse_restarts_the_estimator_once_if_nothing_wa
         vec![((2_000_000 + 40_000) as f64 * RESEED_CAP) as u64]
     );
     assert_eq!(c.target(), Some(0), "kept");
-    // If it falls again, that is a real fall: down, with no second restart.
+    // Low again: the restarted estimator converging, kept for RESEED_HOLD; still low after
+    // that, a real fall: down, with no second restart.
+    let restarted_at = restarted_at.expect("a restart");
     let down = until_switch(&mut c, at, 745_000);
     assert_eq!(c.target(), Some(1));
-    assert!(down <= at + DOWN_HOLD + Duration::from_millis(500));
+    assert!(
+        down >= restarted_at + RESEED_HOLD,
+        "{:?}",
+        down - restarted_at
+    );
+    assert!(down <= restarted_at + RESEED_HOLD + DOWN_HOLD + Duration::from_millis(500));
     // With a lossy report after the step up, no restart: the link did not carry it.
     let mut c = LayerChoice::new();
     let up = until_switch(&mut c, Instant::now(), 22_000_000);
