@@ -352,12 +352,22 @@ fn link_streams(pipeline: &gst::Pipeline, src: &gst::Element, linker: Linker) {
     });
 }
 
-/// A pipeline error ends the attempt as a failure.
+/// A pipeline error is counted this long after it is posted: an element's error while its
+/// session is torn down (the other side ended it) is that ending, whose event from the
+/// signaller can reach the main loop a few milliseconds after the error (seen in CI: the
+/// producer ended a session and `dtlsdec` failed reading 2 ms before the consumer handled the
+/// end, which then counted as a failure and stopped the agent instead of looking again).
+const ERROR_GRACE: Duration = Duration::from_millis(250);
+
+/// A pipeline error ends the attempt as a failure, unless something else ended it within
+/// [`ERROR_GRACE`] (the first outcome wins).
 fn watch_bus(bus: &gst::Bus, end: End) -> anyhow::Result<gst::bus::BusWatchGuard> {
     Ok(bus.add_watch_local(move |_, msg| {
         if let gst::MessageView::Error(e) = msg.view() {
             let from = e.src().map(|s| s.name().to_string()).unwrap_or_default();
-            end.finish(Outcome::Failed(anyhow!("{from}: {}", e.error())));
+            let error = anyhow!("{from}: {}", e.error());
+            let end = end.clone();
+            glib::timeout_add_local_once(ERROR_GRACE, move || end.finish(Outcome::Failed(error)));
         }
         glib::ControlFlow::Continue
     })?)
