@@ -4,10 +4,14 @@
 //! its link carries (docs/agents.md "Ladder", docs/protocol.md "Layers").
 //!
 //! ```text
-//! source ─ videoconvert ─ tee ─┬─ queue ─ videoscale ─ WxH ─ encoder₀ ─ out₀ ─► video_0
-//!                              ├─ queue ─ videoscale ─ …   ─ encoder₁ ─ out₁ ─► video_1
-//!                              └─ …
+//! source ─ videoconvert ─ tee ─ queue ─ videoscale ─ W₀xH₀ ─ tee ─┬─ queue ─ encoder₀ ─ out₀ ─► video_0
+//!                                                                  └─ queue ─ videoscale ─ W₁xH₁ ─ tee ─┬─ queue ─ encoder₁ ─ out₁ ─► video_1
+//!                                                                                                      └─ …
 //! ```
+//!
+//! Each layer is scaled from the one above (a cascade: 360p → 180p reads a quarter of the
+//! pixels 720p → 180p does), or from the capture when an explicit `--ladder` has a layer larger
+//! than the one above it.
 //!
 //! Keyframes: the first frame, and every `--keyframe-interval`, is forced on every layer by
 //! one downstream force-key-unit event sent into the tee, so each encoder makes the same frame
@@ -187,13 +191,17 @@ pub fn build(
     convert.link(&tee)?;
     let sink = gst::GhostPad::with_target(&convert.static_pad("sink").context("convert sink")?)?;
     bin.add_pad(&sink)?;
+    // Each layer is scaled from the one above when that is at least as large (a cascade), else
+    // from the capture: scaling reads the input's pixels, and 720p → 360p cost more than the
+    // 360p encoder (BENCHMARKS.md "Adaptive", the ladder's cost).
+    let mut above: Option<(&Layer, gst::Element)> = None;
     for (k, layer) in ladder.0.iter().enumerate() {
-        let desc = format!(
-            "queue ! videoscale ! video/x-raw,width={},height={},pixel-aspect-ratio=1/1 ! {}",
-            layer.width,
-            layer.height,
-            encoding::video_encoder(settings.video_codec)?
-        );
+        let feed = match &above {
+            Some((a, split)) if a.width >= layer.width && a.height >= layer.height => split,
+            _ => &tee,
+        };
+        let scaled = scaled(&bin, feed, layer).with_context(|| format!("layer {k} ({layer})"))?;
+        let desc = format!("queue ! {}", encoding::video_encoder(settings.video_codec)?);
         let branch = gst::parse::bin_from_description(&desc, true)
             .with_context(|| format!("layer {k} ({layer})"))?;
         let encoder = branch.by_name("encoder").context("no encoder")?;
@@ -201,7 +209,8 @@ pub fn build(
         let bps = layer.kbps.saturating_mul(1000);
         encoding::configure(&encoder, bps);
         bin.add(&branch)?;
-        tee.link(&branch)?;
+        scaled.link(&branch)?;
+        above = Some((layer, scaled));
         let src = gst::GhostPad::builder_with_target(&branch.static_pad("src").context("src")?)?
             .name(format!("src_{k}"))
             .build();
@@ -247,6 +256,25 @@ pub fn build(
         "shared encoding with a ladder: one encoder per layer"
     );
     Ok(bin)
+}
+
+/// `queue ! videoscale ! WxH ! tee` in `bin`, fed from `feed` (a tee): the layer's picture, for
+/// its encoder and the layers below; the tee is returned.
+fn scaled(bin: &gst::Bin, feed: &gst::Element, layer: &Layer) -> anyhow::Result<gst::Element> {
+    let queue = gst::ElementFactory::make("queue").build()?;
+    let scale = gst::ElementFactory::make("videoscale").build()?;
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("width", layer.width as i32)
+        .field("height", layer.height as i32)
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .build();
+    let filter = gst::ElementFactory::make("capsfilter")
+        .property("caps", caps)
+        .build()?;
+    let split = gst::ElementFactory::make("tee").build()?;
+    bin.add_many([&queue, &scale, &filter, &split])?;
+    gst::Element::link_many([feed, &queue, &scale, &filter, &split])?;
+    Ok(split)
 }
 
 /// When a keyframe on every layer is due, a downstream force-key-unit event goes into the tee
