@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Each layer is scaled from the one above (a cascade: 360p → 180p reads a quarter of the
-//! pixels 720p → 180p does), or from the capture when an explicit `--ladder` has a layer larger
-//! than the one above it.
+//! pixels 720p → 180p does), by `gwchalve` (a 2×2 box filter, `halve.rs`) when it is exactly
+//! half of it, else by `videoscale`; from the capture when an explicit `--ladder` has a layer
+//! larger than the one above it.
 //!
 //! Keyframes: the first frame, and every `--keyframe-interval`, is forced on every layer by
 //! one downstream force-key-unit event sent into the tee, so each encoder makes the same frame
@@ -192,15 +193,22 @@ pub fn build(
     let sink = gst::GhostPad::with_target(&convert.static_pad("sink").context("convert sink")?)?;
     bin.add_pad(&sink)?;
     // Each layer is scaled from the one above when that is at least as large (a cascade), else
-    // from the capture: scaling reads the input's pixels, and 720p → 360p cost more than the
-    // 360p encoder (BENCHMARKS.md "Adaptive", the ladder's cost).
+    // from the capture: scaling reads the input's pixels, and `videoscale`'s 720p → 360p cost
+    // more than the 360p encoder (BENCHMARKS.md "Adaptive", the ladder's cost).
     let mut above: Option<(&Layer, gst::Element)> = None;
     for (k, layer) in ladder.0.iter().enumerate() {
-        let feed = match &above {
-            Some((a, split)) if a.width >= layer.width && a.height >= layer.height => split,
-            _ => &tee,
+        let (feed, scaler) = match &above {
+            // Exactly half the layer above (the `--layers` ladders): `gwchalve` (halve.rs).
+            Some((a, split)) if a.width / 2 == layer.width && a.height / 2 == layer.height => {
+                (split, "gwchalve")
+            }
+            Some((a, split)) if a.width >= layer.width && a.height >= layer.height => {
+                (split, "videoscale")
+            }
+            _ => (&tee, "videoscale"),
         };
-        let scaled = scaled(&bin, feed, layer).with_context(|| format!("layer {k} ({layer})"))?;
+        let scaled =
+            scaled(&bin, feed, scaler, layer).with_context(|| format!("layer {k} ({layer})"))?;
         let desc = format!("queue ! {}", encoding::video_encoder(settings.video_codec)?);
         let branch = gst::parse::bin_from_description(&desc, true)
             .with_context(|| format!("layer {k} ({layer})"))?;
@@ -258,12 +266,18 @@ pub fn build(
     Ok(bin)
 }
 
-/// `queue ! videoscale ! WxH ! tee` in `bin`, fed from `feed` (a tee): the layer's picture, for
+/// `queue ! scaler ! I420 WxH ! tee` in `bin`, fed from `feed` (a tee): the layer's picture, for
 /// its encoder and the layers below; the tee is returned.
-fn scaled(bin: &gst::Bin, feed: &gst::Element, layer: &Layer) -> anyhow::Result<gst::Element> {
+fn scaled(
+    bin: &gst::Bin,
+    feed: &gst::Element,
+    scaler: &str,
+    layer: &Layer,
+) -> anyhow::Result<gst::Element> {
     let queue = gst::ElementFactory::make("queue").build()?;
-    let scale = gst::ElementFactory::make("videoscale").build()?;
+    let scale = gst::ElementFactory::make(scaler).build()?;
     let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
         .field("width", layer.width as i32)
         .field("height", layer.height as i32)
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))

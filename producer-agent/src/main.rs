@@ -3,6 +3,7 @@
 
 mod chain;
 mod encoding;
+mod halve;
 mod ladder;
 mod report;
 mod source;
@@ -242,6 +243,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     check_bitrates(args)?;
     let ladder = ladder_of(args)?;
     agent_core::init_gstreamer()?;
+    halve::register().context("cannot register gwchalve")?;
     let shutdown = Shutdown::install()?;
     let (events_tx, events) = std::sync::mpsc::channel();
     let pipeline = gst::Pipeline::new();

@@ -53,7 +53,8 @@ pub fn markdown(report: &Value) -> String {
          fewer than 720 lines (the forward relay's own switch in brackets, timed from its layer), step up = until \
          the lifted one decodes 720 lines again, each watched for {} s and timed only from \
          where it can happen (the cut viewer at 720 lines, the lifted one below). Ladder cost: the \
-         producer's CPU (`/proc`, % of a core, over 10 s) encoding 3 layers against 1, one \
+         producer's CPU (`/proc`, % of a core, over 10 s, the median of 3 runs) encoding 3 \
+         layers against 1, one \
          consumer receiving (`tests/loadgen/src/ladder.rs`).\n\n",
         report
             .get("adaptive_command")
@@ -138,10 +139,13 @@ pub fn markdown(report: &Value) -> String {
         s += &format!("\nLadder cost: failed: {}\n", cell(e));
     } else if l.is_object() {
         s += &format!(
-            "\nLadder cost: producer CPU {} % with 3 layers, {} % with 1: **{}×** \
-             (machine busy {} % and {} %).\n",
+            "\nLadder cost: producer CPU {} % with 3 layers, {} % with 1 (medians of {} runs \
+             each, taking turns: {} and {}): **{}×** (machine busy {} % and {} %).\n",
             cell(&l["layers_3"]["producer_cpu_pct"]),
             cell(&l["layers_1"]["producer_cpu_pct"]),
+            crate::ladder::ROUNDS,
+            cell(&l["layers_3"]["cpu_pct_runs"]),
+            cell(&l["layers_1"]["cpu_pct_runs"]),
             cell(&l["ratio"]),
             cell(&l["layers_3"]["machine_busy_pct"]),
             cell(&l["layers_1"]["machine_busy_pct"]),
