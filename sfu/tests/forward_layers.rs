@@ -103,7 +103,10 @@ fn a_viewer_steps_down_on_a_limited_link_and_back_up_when_it_is_lifted() {
     );
     let s = poll.of(&fwd, "v").expect("its stats");
     eprintln!("8 s later: {s:?}");
-    assert_eq!(s.layer_switches_up, s.layer_switches_down, "{s:?}");
+    // Back on the bottom (a failed step up may come down in one step or two: to what the
+    // falling estimate fits, then lower).
+    assert_eq!((s.layer, s.target_layer), (Some(2), Some(2)), "{s:?}");
+    assert!(s.layer_switches_down >= s.layer_switches_up, "{s:?}");
     let (video_at, audio_at) = (v.video().len(), v.audio().len());
     let t = Instant::now();
     until_layered(&mut origin, &mut [&mut v], "5 s on the bottom", |_, _| {
