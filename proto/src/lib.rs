@@ -34,7 +34,7 @@ mod version;
 
 pub use client::{max_height, ClientMessage, PeerMessage, RelayPayload, SdpType, MAX_HEIGHT_LIMIT};
 pub use error::{ErrorCode, ParseError};
-pub use server::{EndReason, PeerInfo, ServerMessage, WelcomeV2};
+pub use server::{EndReason, IceServer, PeerInfo, ServerMessage, WelcomeV2};
 pub use version::{ProtocolVersion, SUBPROTOCOL_V1, SUBPROTOCOL_V2};
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,7 @@ struct WireFields<'a> {
     node_id: Option<String>,
     resume_token: Option<String>,
     resumed: Option<bool>,
+    ice_servers: Option<Vec<server::IceServer>>,
     reason: Option<String>,
     reconnect_in_ms: Option<u64>,
     expires_at: Option<u64>,

@@ -28,6 +28,23 @@ pub struct WelcomeV2 {
     /// meanwhile follow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// The STUN and TURN servers this peer should use, TURN credentials minted for it
+    /// (`RTCIceServer` shape); renewed in the `welcome` of a resume. Absent when the node has
+    /// none to give.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// One entry of `iceServers`, as WebRTC's `RTCIceServer`: URLs (`stun:`, `turn:`, `turns:`)
+/// and, for TURN, a username and credential (coturn's REST scheme: `expiry:id` and
+/// base64(HMAC-SHA1(secret, username))).
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Why a session ended, when it was not the other member's doing (v2 `endSession.reason`).
@@ -200,6 +217,7 @@ impl ServerMessage {
                             node_id,
                             resume_token,
                             resumed: f.resumed.unwrap_or(false),
+                            ice_servers: f.ice_servers.take().unwrap_or_default(),
                         })
                     }
                     _ => None,
@@ -316,6 +334,7 @@ mod tests {
                 node_id: "n".into(),
                 resume_token: "t".into(),
                 resumed: false,
+                ice_servers: Vec::new(),
             }),
         };
         assert_eq!(
@@ -382,6 +401,11 @@ mod tests {
                     node_id: "n".into(),
                     resume_token: "t".into(),
                     resumed: true,
+                    ice_servers: vec![IceServer {
+                        urls: vec!["turn:t.example:3478?transport=udp".into()],
+                        username: Some("1700000000:p".into()),
+                        credential: Some("c2VjcmV0".into()),
+                    }],
                 }),
             },
             ServerMessage::error(ErrorCode::OfferNotAllowed, "x"),

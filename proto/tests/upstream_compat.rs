@@ -173,6 +173,11 @@ fn every_v2_error_and_welcome_still_reads_as_upstream_v1() {
                 node_id: "n".into(),
                 resume_token: "t".into(),
                 resumed: false,
+                ice_servers: vec![proto::IceServer {
+                    urls: vec!["turn:t:3478".into()],
+                    username: Some("1:p".into()),
+                    credential: Some("x".into()),
+                }],
             }),
         },
         ServerMessage::StartSession {

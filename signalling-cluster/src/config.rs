@@ -182,6 +182,20 @@ pub struct Config {
     /// Tokens must have this `aud`.
     #[arg(long, env = "SIGNALLING_AUTH_JWT_AUDIENCE")]
     pub auth_jwt_audience: Option<String>,
+    /// A TURN server to hand every client (`turn:HOST:PORT?transport=udp|tcp`, `turns:…`;
+    /// repeatable, or comma-separated in the env), with credentials minted per peer from
+    /// `--turn-secret-file` (docs/networking.md).
+    #[arg(long = "turn-url", env = "SIGNALLING_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+    /// coturn's `static-auth-secret` (`use-auth-secret`), in a file. Re-read when it changes.
+    #[arg(long, env = "SIGNALLING_TURN_SECRET_FILE")]
+    pub turn_secret_file: Option<PathBuf>,
+    /// Seconds a minted TURN credential is valid (renewed in the `welcome` of a resume).
+    #[arg(long = "turn-ttl", env = "SIGNALLING_TURN_TTL", default_value_t = 3600)]
+    pub turn_ttl_secs: u64,
+    /// A STUN server to hand every client (`stun:HOST:PORT`; repeatable, or comma-separated).
+    #[arg(long = "stun-url", env = "SIGNALLING_STUN_URLS", value_delimiter = ',')]
+    pub stun_urls: Vec<String>,
     /// Seconds a connection has to complete its request (and upgrade) before it is closed.
     #[arg(
         long = "handshake-timeout",
@@ -270,6 +284,16 @@ impl Config {
             public_key_file: self.auth_jwt_public_key_file.clone(),
             issuer: self.auth_jwt_issuer.clone(),
             audience: self.auth_jwt_audience.clone(),
+        }
+    }
+
+    /// The TURN and STUN flags.
+    pub fn turn(&self) -> crate::turn::TurnSettings {
+        crate::turn::TurnSettings {
+            urls: self.turn_urls.clone(),
+            stun_urls: self.stun_urls.clone(),
+            secret_file: self.turn_secret_file.clone(),
+            ttl: std::time::Duration::from_secs(self.turn_ttl_secs),
         }
     }
 

@@ -109,6 +109,31 @@ pub async fn place(
     }
 }
 
+/// `GET /api/v1/ice-servers`: `{"iceServers": [...], "ttl": SECONDS}` for the web app and
+/// other HTTP clients (`turn.rs`), in `RTCIceServer` shape. With auth on it needs a token, and
+/// the TURN credential names its subject (`SUB:http-RANDOM`); without, `http-RANDOM`. An
+/// empty list when the node has none to give.
+pub async fn ice_servers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
+    let grants = match http_grants(&state, &req) {
+        Ok(g) => g,
+        Err(refused) => return refused.response(),
+    };
+    let Some(turn) = &state.turn else {
+        return HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({"iceServers": [], "ttl": 0}));
+    };
+    let client = format!("http-{}", &crate::bus::new_peer_id()[..8]);
+    let id = match (&state.verifier, &grants.sub) {
+        (Some(_), Some(sub)) => format!("{sub}:{client}"),
+        _ => client,
+    };
+    let servers = turn.ice_servers(&id, std::time::SystemTime::now());
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({"iceServers": servers, "ttl": turn.ttl().as_secs()}))
+}
+
 /// Every peer of the cluster: id, node, roles, name, protocol and token subject (this node's
 /// peers), age.
 pub async fn api_peers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {

@@ -37,6 +37,7 @@
 //! | **grants**: what a token allows (roles, stream names, tenant); enforced by the router | `grants.rs`; applied in `routing/access.rs`, `routing/placement.rs` |
 //! | tokens: verifying (keys re-read on change), extracting from the upgrade | `auth.rs`, `upgrade.rs` (`grants_of`) |
 //! | connection guards: limits per node and address, refusals counted and logged | `guards.rs` |
+//! | **TURN credentials**: ICE servers for every client (v2 `welcome`, `GET /api/v1/ice-servers`), coturn's REST scheme, the secret re-read on change | `turn.rs`; handed out in `upgrade.rs` and `http_api.rs` |
 //! | `signalling-cluster token`: minting a token | `token.rs` |
 //! | `signalling-cluster admin`: the operations API's client | `admin_cli.rs` |
 //! | metrics (`GET /metrics`): counters where things happen, state read at scrape | `metrics.rs` |
@@ -63,6 +64,7 @@ pub mod routing;
 pub mod server;
 mod tls;
 pub mod token;
+pub mod turn;
 pub mod upgrade;
 pub mod web;
 pub mod websocket;

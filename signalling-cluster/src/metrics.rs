@@ -66,6 +66,8 @@ pub struct Metrics {
     pub envelope_gaps: Counter,
     /// Nodes this node found dead and reaped.
     pub nodes_reaped: Counter,
+    /// TURN credentials minted (`turn.rs`).
+    pub turn_credentials: Counter,
     /// From another node's publish to this node's receipt of envelopes (clocks of one
     /// cluster: a skew shows here).
     pub cross_node_latency: Histogram,
@@ -82,6 +84,7 @@ impl Default for Metrics {
             redis_reconnects: Counter::default(),
             envelope_gaps: Counter::default(),
             nodes_reaped: Counter::default(),
+            turn_credentials: Counter::default(),
             // 0.5 ms … 8 s
             cross_node_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
         }
@@ -121,6 +124,11 @@ pub fn resumed(outcome: &'static str) {
         .resumes
         .get_or_create(&ReasonLabel { reason: outcome })
         .inc();
+}
+
+/// Counts a TURN credential minted.
+pub fn turn_credential_issued() {
+    metrics().turn_credentials.inc();
 }
 
 /// Counts a connection closed for `reason`.
@@ -234,6 +242,11 @@ pub fn render(census: &Census, redis_up: bool, connections: usize) -> String {
         "nodes_reaped",
         "Dead nodes this node reaped",
         m.nodes_reaped.clone(),
+    );
+    registry.register(
+        "turn_credentials_issued",
+        "TURN credentials minted for clients (welcome and /api/v1/ice-servers)",
+        m.turn_credentials.clone(),
     );
     registry.register_with_unit(
         "cross_node_relay",

@@ -22,4 +22,6 @@ pub struct NodeState {
     pub verifier: Option<Verifier>,
     /// Connection limits and refusal counts.
     pub guards: Arc<Guards>,
+    /// The ICE servers handed to clients; `None`: no `--turn-url`/`--stun-url`.
+    pub turn: Option<crate::turn::Turn>,
 }

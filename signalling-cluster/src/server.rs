@@ -43,6 +43,7 @@ macro_rules! http_service {
             .route("/api/v1/peers/{id}/kick", web::post().to(crate::http_api::api_kick))
             .route("/api/v1/nodes/{id}/drain", web::post().to(crate::http_api::api_drain))
             .route("/place", web::get().to(crate::http_api::place))
+            .route("/api/v1/ice-servers", web::get().to(crate::http_api::ice_servers))
             .route("/metrics", web::get().to(metrics_here))
             .default_service(web::to(web_app))
             .into_factory()
@@ -82,6 +83,7 @@ pub async fn run(
             "auth on: every connection needs a token (docs/security.md)"
         );
     }
+    let turn = crate::turn::Turn::new(config.turn())?;
     let state = web::Data::new(NodeState {
         node_id: node_id.clone(),
         bus,
@@ -90,6 +92,7 @@ pub async fn run(
         registry,
         verifier,
         guards: crate::guards::Guards::new(config.max_connections, config.max_connections_per_ip),
+        turn,
     });
     if let Some(addr) = config.metrics_addr {
         serve_metrics(state.clone(), addr)?;

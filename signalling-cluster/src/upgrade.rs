@@ -183,6 +183,20 @@ pub fn grants_of(state: &NodeState, req: &Request) -> Result<Arc<Grants>, AuthEr
     verifier.verify(token).map(Arc::new)
 }
 
+/// The ICE servers for a peer (`turn.rs`): its TURN credential names it (`SUB:PEER` with a
+/// token's subject). With auth on, only a peer whose token was verified gets any.
+fn ice_servers(state: &NodeState, grants: &Grants, peer_id: &str) -> Vec<proto::IceServer> {
+    let Some(turn) = &state.turn else {
+        return Vec::new();
+    };
+    let id = match (&state.verifier, &grants.sub) {
+        (None, _) => peer_id.to_string(),
+        (Some(_), Some(sub)) => format!("{sub}:{peer_id}"),
+        (Some(_), None) => return Vec::new(),
+    };
+    turn.ice_servers(&id, std::time::SystemTime::now())
+}
+
 /// The peer this connection is for: the one its resume token names, or a new one.
 async fn attach(
     state: &NodeState,
@@ -207,6 +221,7 @@ async fn attach(
                 node_id: state.node_id.clone(),
                 resume_token: token.to_string(),
                 resumed,
+                ice_servers: ice_servers(state, &grants, peer_id),
             }),
         }
         .encode(version)

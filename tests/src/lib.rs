@@ -52,6 +52,7 @@ pub mod agent;
 pub mod clients;
 pub mod cluster;
 pub mod consumer;
+pub mod coturn;
 pub mod delay;
 pub mod jwt;
 pub mod k8s;
@@ -182,7 +183,7 @@ pub struct Log(Arc<std::sync::Mutex<Vec<String>>>);
 
 impl Log {
     /// Collects `pipe` line by line on a thread of its own.
-    fn collect(pipe: impl std::io::Read + Send + 'static) -> Log {
+    pub fn collect(pipe: impl std::io::Read + Send + 'static) -> Log {
         let log = Log::default();
         let lines = log.0.clone();
         std::thread::spawn(move || {
