@@ -420,6 +420,79 @@ async fn a_node_started_with_the_rendered_auth_args_verifies_tokens_and_agents_f
 }
 
 #[tokio::test]
+async fn a_node_started_with_the_rendered_turn_args_hands_out_the_charts_servers() -> Result<()> {
+    let values = k8s::chart().join("ci/turn-values.yaml");
+    let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;
+    let (pod, container) = signalling_container(&docs)?;
+    let args: Vec<String> = serde_json::from_value(container["args"].clone())?;
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "turn"))
+        .context("no turn mount")?["mountPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "turn"))
+        .context("no turn volume")?;
+    assert_eq!(volume["secret"]["secretName"], "gwc-turn");
+    assert_eq!(
+        arg(&args, "--turn-secret-file"),
+        Some(format!("{mount}/turn-secret").as_str())
+    );
+    assert_eq!(arg(&args, "--turn-ttl"), Some("1800"));
+
+    // The node started with those args (the Secret's file in a local directory) hands them out.
+    let dir = std::env::temp_dir().join(format!("gwc-k8s-turn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("turn-secret"), "north\n")?;
+    let redis = Redis::start().await?;
+    let redis_service = find(&docs, "Service", "redis").unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_port();
+    let local = dir.to_string_lossy().to_string();
+    let _node = start_rendered_node(
+        &container,
+        "gwc-turn-pod",
+        port,
+        &redis,
+        &redis_service,
+        &[(mount.as_str(), local.as_str())],
+    )?;
+    cluster_tests::eventually(
+        Duration::from_secs(30),
+        "the node's ICE servers",
+        || async { matches!(http_get(port, "/api/v1/ice-servers").await, Ok((200, _))) },
+    )
+    .await?;
+    let (_, body) = http_get(port, "/api/v1/ice-servers").await?;
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(answer["ttl"], 1800, "{answer}");
+    assert_eq!(
+        answer["iceServers"][0]["urls"],
+        serde_json::json!(["stun:turn.example.com:3478"]),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["iceServers"][1]["urls"],
+        serde_json::json!([
+            "turn:turn.example.com:3478?transport=udp",
+            "turn:turn.example.com:3478?transport=tcp"
+        ]),
+        "{answer}"
+    );
+    assert!(
+        answer["iceServers"][1]["credential"].is_string(),
+        "{answer}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_node_started_with_the_rendered_tls_args_answers_the_https_probes() -> Result<()> {
     let values = k8s::chart().join("ci/node-tls-values.yaml");
     let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;

@@ -102,6 +102,18 @@ fn schema_rejects_external_redis_without_a_url() -> Result<()> {
 }
 
 #[test]
+fn turn_urls_need_a_secret_and_the_right_scheme() -> Result<()> {
+    let err = rejected(&["signalling.turn.urls={turn:t.example.com:3478}"])?;
+    assert!(err.contains("signalling.turn.secretName"), "{err}");
+    let err = rejected(&[
+        "signalling.turn.urls={stun:t.example.com:3478}",
+        "signalling.turn.secretName=s",
+    ])?;
+    assert!(err.contains("signalling.turn.urls.0"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn schema_rejects_an_unknown_key() -> Result<()> {
     let err = rejected(&["signalling.replicas=3"])?;
     assert!(
