@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
 use cluster_tests::consumer::stop_cleanly;
-use cluster_tests::relaying::{latest, listed, relay};
+use cluster_tests::relaying::{latest, listed, relay, shared_720p_origin};
 use cluster_tests::shaping::ShapedLink;
 use cluster_tests::watched::{frozen_between, height_of, watched};
 use cluster_tests::{bin, free_port, media, Node};
@@ -60,31 +60,7 @@ const DECODE_ERROR: &str = "_gst_video_decoder_error";
 
 /// The origin: 1280x720, 30 fps, VP8, a 3-layer ladder in one shared encoding, with audio.
 fn origin(node: &Node) -> Result<Agent> {
-    let url = node.url();
-    Agent::spawn(
-        "producer-agent",
-        &[
-            "--server",
-            &url,
-            "--name",
-            STREAM,
-            "--width",
-            "1280",
-            "--height",
-            "720",
-            "--fps",
-            "30",
-            "--video-codec",
-            "vp8",
-            "--encoding",
-            "shared",
-            "--layers",
-            "3",
-            "--audio",
-            "--stats-interval",
-            "0.5",
-        ],
-    )
+    shared_720p_origin(node, STREAM, &["--layers", "3", "--audio"])
 }
 
 /// One viewer: a decoding consumer-agent of the stream in `link`'s namespace.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
 use cluster_tests::consumer::{stop_cleanly, watched};
-use cluster_tests::relaying::{latest, listed, relay};
+use cluster_tests::relaying::{latest, listed, relay, shared_720p_origin};
 use cluster_tests::shaping::ShapedLink;
 use cluster_tests::{bin, free_port, media, Node};
 use serde_json::{json, Value};
@@ -27,31 +27,10 @@ const STREAM: &str = "before";
 /// The origin: the relays bench's (1280x720, 30 fps, 2 Mbit/s VP8, one shared encoder, no
 /// congestion control: the relay is its only consumer and would not pace it anyway).
 fn origin(node: &Node) -> Result<Agent> {
-    let url = node.url();
-    Agent::spawn(
-        "producer-agent",
-        &[
-            "--server",
-            &url,
-            "--name",
-            STREAM,
-            "--width",
-            "1280",
-            "--height",
-            "720",
-            "--fps",
-            "30",
-            "--video-codec",
-            "vp8",
-            "--encoding",
-            "shared",
-            "--bitrate",
-            "2000000",
-            "--congestion-control",
-            "disabled",
-            "--stats-interval",
-            "0.5",
-        ],
+    shared_720p_origin(
+        node,
+        STREAM,
+        &["--bitrate", "2000000", "--congestion-control", "disabled"],
     )
 }
 

@@ -348,6 +348,23 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
     Ok(())
 }
 
+/// Where the pod mounts its volume `name`, checked to be the Secret `secret`.
+fn mounted_secret(pod: &Value, container: &Value, name: &str, secret: &str) -> Result<String> {
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == name))
+        .with_context(|| format!("no {name} mount"))?["mountPath"]
+        .as_str()
+        .context("a mountPath")?
+        .to_string();
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == name))
+        .with_context(|| format!("no {name} volume"))?;
+    assert_eq!(volume["secret"]["secretName"], secret);
+    Ok(mount)
+}
+
 #[tokio::test]
 async fn a_node_started_with_the_rendered_auth_args_verifies_tokens_and_agents_find_theirs(
 ) -> Result<()> {
@@ -355,18 +372,7 @@ async fn a_node_started_with_the_rendered_auth_args_verifies_tokens_and_agents_f
     let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;
     let (pod, container) = signalling_container(&docs)?;
     let args: Vec<String> = serde_json::from_value(container["args"].clone())?;
-    let mount = container["volumeMounts"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["name"] == "jwt"))
-        .context("no jwt mount")?["mountPath"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let volume = pod["volumes"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["name"] == "jwt"))
-        .context("no jwt volume")?;
-    assert_eq!(volume["secret"]["secretName"], "gwc-jwt");
+    let mount = mounted_secret(&pod, &container, "jwt", "gwc-jwt")?;
     assert_eq!(
         arg(&args, "--auth-jwt-secret-file"),
         Some(format!("{mount}/jwt-secret").as_str())
@@ -425,18 +431,7 @@ async fn a_node_started_with_the_rendered_turn_args_hands_out_the_charts_servers
     let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;
     let (pod, container) = signalling_container(&docs)?;
     let args: Vec<String> = serde_json::from_value(container["args"].clone())?;
-    let mount = container["volumeMounts"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["name"] == "turn"))
-        .context("no turn mount")?["mountPath"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let volume = pod["volumes"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["name"] == "turn"))
-        .context("no turn volume")?;
-    assert_eq!(volume["secret"]["secretName"], "gwc-turn");
+    let mount = mounted_secret(&pod, &container, "turn", "gwc-turn")?;
     assert_eq!(
         arg(&args, "--turn-secret-file"),
         Some(format!("{mount}/turn-secret").as_str())

@@ -27,6 +27,19 @@ pub fn relay(node: &Node, source: &str, name: &str, extra: &[&str]) -> Result<Ag
     Agent::spawn("relay-agent", &args)
 }
 
+/// A producer-agent publishing `name` on `node` as the adaptive tests' origins do: the test
+/// picture at 1280x720, 30 fps, VP8, one shared encoding, stats every 0.5 s, and `extra`
+/// (a ladder, a bitrate, audio).
+pub fn shared_720p_origin(node: &Node, name: &str, extra: &[&str]) -> Result<Agent> {
+    let url = node.url();
+    let mut args = vec!["--server", &url, "--name", name];
+    args.extend_from_slice(&["--width", "1280", "--height", "720", "--fps", "30"]);
+    args.extend_from_slice(&["--video-codec", "vp8", "--encoding", "shared"]);
+    args.extend_from_slice(&["--stats-interval", "0.5"]);
+    args.extend_from_slice(extra);
+    Agent::spawn("producer-agent", &args)
+}
+
 /// A relay-agent with `--engine forward`, whatever the environment says.
 pub fn forward(node: &Node, source: &str, name: &str, extra: &[&str]) -> Result<Agent> {
     let mut args = vec!["--engine", "forward"];
