@@ -348,6 +348,35 @@ async fn agents_started_with_the_rendered_env_find_each_other_through_the_render
     Ok(())
 }
 
+/// A node started with the rendered signalling `container` (as pod `pod_name`) and a Redis of
+/// its own, the Secret mounted at `mount` read from the local directory `dir`: its port, the
+/// node, the Redis.
+async fn node_with_secret(
+    docs: &[Value],
+    container: &Value,
+    pod_name: &str,
+    mount: &str,
+    dir: &std::path::Path,
+) -> Result<(u16, Proc, Redis)> {
+    let redis = Redis::start().await?;
+    let redis_service = find(docs, "Service", "redis").context("no redis Service")?["metadata"]
+        ["name"]
+        .as_str()
+        .context("a name")?
+        .to_string();
+    let port = free_port();
+    let local = dir.to_string_lossy().to_string();
+    let node = start_rendered_node(
+        container,
+        pod_name,
+        port,
+        &redis,
+        &redis_service,
+        &[(mount, local.as_str())],
+    )?;
+    Ok((port, node, redis))
+}
+
 /// Where the pod mounts its volume `name`, checked to be the Secret `secret`.
 fn mounted_secret(pod: &Value, container: &Value, name: &str, secret: &str) -> Result<String> {
     let mount = container["volumeMounts"]
@@ -390,21 +419,8 @@ async fn a_node_started_with_the_rendered_auth_args_verifies_tokens_and_agents_f
     let dir = keys.dir.join("mounted");
     std::fs::create_dir_all(&dir)?;
     std::fs::copy(keys.dir.join("secret"), dir.join("jwt-secret"))?;
-    let redis = Redis::start().await?;
-    let redis_service = find(&docs, "Service", "redis").unwrap()["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let port = free_port();
-    let local = dir.to_string_lossy().to_string();
-    let _node = start_rendered_node(
-        &container,
-        "gwc-auth-pod",
-        port,
-        &redis,
-        &redis_service,
-        &[(mount.as_str(), local.as_str())],
-    )?;
+    let (port, _node, _redis) =
+        node_with_secret(&docs, &container, "gwc-auth-pod", &mount, &dir).await?;
     let claims = |iss: &str| serde_json::json!({"sub": "t", "iss": iss, "exp": cluster_tests::jwt::now() + 600, "gwc": {"admin": true}});
     let good = keys.sign_with("HS256", "secret", &claims("gwc"))?;
     let wrong = keys.sign_with("HS256", "secret", &claims("other"))?;
@@ -442,21 +458,8 @@ async fn a_node_started_with_the_rendered_turn_args_hands_out_the_charts_servers
     let dir = std::env::temp_dir().join(format!("gwc-k8s-turn-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("turn-secret"), "north\n")?;
-    let redis = Redis::start().await?;
-    let redis_service = find(&docs, "Service", "redis").unwrap()["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let port = free_port();
-    let local = dir.to_string_lossy().to_string();
-    let _node = start_rendered_node(
-        &container,
-        "gwc-turn-pod",
-        port,
-        &redis,
-        &redis_service,
-        &[(mount.as_str(), local.as_str())],
-    )?;
+    let (port, _node, _redis) =
+        node_with_secret(&docs, &container, "gwc-turn-pod", &mount, &dir).await?;
     cluster_tests::eventually(
         Duration::from_secs(30),
         "the node's ICE servers",
