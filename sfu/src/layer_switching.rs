@@ -238,14 +238,12 @@ pub struct LayerChoice {
     twcc_seen: bool,
     last_loss: Option<f32>,
     lossy_reports: u32,
-    /// The video's packets sent and NACKs received at the last stats, and per interval since
-    /// (the last [`NACK_INTERVALS`]).
+    /// The video's packets sent and NACKs received at the last stats; the viewer's keyframe
+    /// requests (PLI/FIR) since; and per interval since (the last [`NACK_INTERVALS`]): packets
+    /// sent, NACKs, keyframe requests.
     egress: Option<(u64, u64)>,
-    intervals: std::collections::VecDeque<(u64, u64)>,
-    /// The viewer's keyframe requests (PLI/FIR) since the last stats, and per interval since
-    /// (as `intervals`).
     asked: u32,
-    asked_in: std::collections::VecDeque<u32>,
+    intervals: std::collections::VecDeque<(u64, u64, u32)>,
     /// Since when the estimate has been below the target's need.
     below_since: Option<Instant>,
     /// Since when the next layer up has fitted with headroom.
@@ -315,11 +313,12 @@ impl LayerChoice {
         if let Some((p0, n0)) = self.egress {
             if self.intervals.len() == NACK_INTERVALS as usize {
                 self.intervals.pop_front();
-                self.asked_in.pop_front();
             }
-            self.asked_in.push_back(std::mem::take(&mut self.asked));
-            self.intervals
-                .push_back((packets.saturating_sub(p0), nacks.saturating_sub(n0)));
+            self.intervals.push_back((
+                packets.saturating_sub(p0),
+                nacks.saturating_sub(n0),
+                std::mem::take(&mut self.asked),
+            ));
         }
         self.egress = Some((packets, nacks));
     }
@@ -336,7 +335,7 @@ impl LayerChoice {
         let (sent, nacked) = self
             .intervals
             .iter()
-            .fold((0, 0), |(s, n), (ds, dn)| (s + ds, n + dn));
+            .fold((0, 0), |(s, n), (ds, dn, _)| (s + ds, n + dn));
         if self.intervals.len() < NACK_INTERVALS as usize || sent < NACK_MIN_PACKETS {
             return 0.0;
         }
@@ -471,7 +470,6 @@ impl LayerChoice {
         if settling {
             self.lossy_reports = 0;
             self.intervals.clear();
-            self.asked_in.clear();
             self.below_since = None;
         }
         if self.lossy_reports >= LOSS_REPORTS {
@@ -487,17 +485,15 @@ impl LayerChoice {
             .is_some_and(|d| now.saturating_duration_since(d) < DOWN_SETTLE);
         if switching_down {
             self.intervals.clear();
-            self.asked_in.clear();
         }
         // Loss the NACKs did not repair (see [`NACK_INTERVALS`]): asked in every interval,
         // one layer down whatever the estimate says; asked at all, down to what the estimate
         // fits if it is below the layer's need.
         let nacked = self.nacked() >= LOSS_DOWN;
-        let asked = self.asked_in.iter().filter(|n| **n > 0).count();
+        let asked = self.intervals.iter().filter(|i| i.2 > 0).count();
         if nacked && asked == NACK_INTERVALS as usize {
             if let Some(l) = lower {
                 self.intervals.clear();
-                self.asked_in.clear();
                 return l;
             }
         }
@@ -516,7 +512,6 @@ impl LayerChoice {
         };
         if nacked && asked > 0 && estimate < need(current) {
             self.intervals.clear();
-            self.asked_in.clear();
             return fitting();
         }
         let low = (estimate as f64) < need(current) as f64 * DOWN_MARGIN;
