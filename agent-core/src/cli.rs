@@ -111,19 +111,34 @@ pub struct IceArgs {
     /// STUN server (`stun://host:port`).
     #[arg(long, env = "GWC_STUN_SERVER")]
     pub stun_server: Option<String>,
-    /// TURN server (`turn(s)://user:password@host:port`), repeatable.
+    /// TURN server (`turn(s)://user:password@host:port`), repeatable. Used besides those the
+    /// node hands out (credentials minted per peer, v2).
     #[arg(long = "turn-server", env = "GWC_TURN_SERVERS", value_delimiter = ',')]
     pub turn_servers: Vec<String>,
+    /// `relay`: media only through TURN (relayed candidates), to check a TURN path or to hide
+    /// the host's addresses.
+    #[arg(
+        long,
+        value_enum,
+        env = "GWC_ICE_TRANSPORT_POLICY",
+        default_value = "all"
+    )]
+    pub ice_transport_policy: crate::ice_servers::Policy,
 }
 
 impl IceArgs {
-    /// Sets `stun-server` and `turn-servers` on webrtcsink or webrtcsrc.
+    /// Sets `stun-server` and `turn-servers` on webrtcsink or webrtcsrc, and the policy on
+    /// its signaller (ours: it applies it to each session's webrtcbin with the node's servers).
     pub fn apply(&self, element: &gst::Element) {
         use gst::prelude::*;
         element.set_property("stun-server", self.stun_server.as_deref());
         if !self.turn_servers.is_empty() {
             let turn = gst::Array::new(self.turn_servers.iter().map(String::as_str));
             element.set_property("turn-servers", turn);
+        }
+        let signaller = element.property::<gst::glib::Object>("signaller");
+        if let Some(ours) = signaller.downcast_ref::<crate::signaller::ClusterSignaller>() {
+            ours.set_ice_policy(self.ice_transport_policy);
         }
     }
 }

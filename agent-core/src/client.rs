@@ -107,6 +107,8 @@ pub enum ClientEvent {
         node_id: Option<String>,
         v2: bool,
         resumed: bool,
+        /// The node's STUN/TURN servers for us (v2 `welcome.iceServers`; none in v1).
+        ice_servers: Vec<proto::IceServer>,
     },
     /// Any other server message.
     Message(ServerMessage),
@@ -448,6 +450,7 @@ impl Task {
             node_id: v2.as_ref().map(|w| w.node_id.clone()),
             v2: v2_offered && v2.is_some(),
             resumed,
+            ice_servers: v2.map(|w| w.ice_servers).unwrap_or_default(),
         });
 
         let mut kicked = false;

@@ -7,6 +7,8 @@
 //!   check, lost connections counted, giving up ends the run) handing the rest to the
 //!   agent's [`events::EventHandler`].
 //! * [`cli`]: the options every agent has (servers, headers, TLS, logging, stats, metrics).
+//! * [`ice_servers`]: the node's STUN/TURN servers (credentials minted for us) added to each
+//!   session's webrtcbin, and `--ice-transport-policy`.
 //! * [`reporting`]: stats JSON lines and [`metrics`], a tiny Prometheus text endpoint;
 //!   [`stats`]: reading webrtcbin statistics.
 //! * [`shutdown`]: SIGINT/SIGTERM as a flag the GLib main loop polls.
@@ -22,6 +24,7 @@ pub mod client;
 pub mod dtls_certificate;
 pub mod events;
 pub mod exit;
+pub mod ice_servers;
 pub mod keyframes;
 pub mod metrics;
 pub mod msid;

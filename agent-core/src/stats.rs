@@ -86,6 +86,31 @@ pub fn codec_of(entries: &[Entry], rtp: &Entry) -> Option<String> {
         })
 }
 
+/// The selected candidate pair's types, `LOCAL/REMOTE` (`relay/host`, `host/host` …), once
+/// ICE has chosen one: how the media travels (through TURN when either side is `relay`).
+pub fn ice_pair(entries: &[Entry]) -> Option<String> {
+    let pair = entries
+        .iter()
+        .find(|e| e.kind == WebRTCStatsType::CandidatePair)?;
+    let kind = |field: &str| {
+        let id = pair.str(field)?;
+        let candidate = entries
+            .iter()
+            .find(|e| e.id == id || e.str("id").as_deref() == Some(id.as_str()))?;
+        candidate.str("candidate-type").or_else(|| {
+            // (an enum in some GStreamer versions)
+            let v = candidate.fields.value("candidate-type").ok()?;
+            let (_, value) = gst::glib::EnumValue::from_value(v)?;
+            Some(value.nick().to_string())
+        })
+    };
+    Some(format!(
+        "{}/{}",
+        kind("local-candidate-id")?,
+        kind("remote-candidate-id")?
+    ))
+}
+
 /// Bits per second between two byte counters `dt` seconds apart.
 pub fn rate_bps(bytes_now: u64, bytes_before: u64, dt: f64) -> f64 {
     if dt <= 0.0 {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use agent_core::metrics::write_metric;
-use agent_core::stats::{codec_of, entries, find_webrtcbin, rate_bps, webrtcbin_stats};
+use agent_core::stats::{codec_of, entries, find_webrtcbin, ice_pair, rate_bps, webrtcbin_stats};
 use gst::prelude::*;
 use gst_webrtc::WebRTCStatsType;
 use serde::Serialize;
@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub frozen_ms: u64,
     /// Changes of the received resolution so far.
     pub switches: u64,
+    /// The selected ICE candidate pair's types, `local/remote` (`relay/host`: through TURN).
+    pub ice_pair: Option<String>,
     pub streams: Vec<StreamStats>,
 }
 
@@ -116,8 +118,10 @@ impl Collector {
             .and_then(|bin| find_webrtcbin(&bin));
         let stats = webrtcbin.as_ref().and_then(webrtcbin_stats);
         let mut streams = Vec::new();
+        let mut pair = None;
         if let (Some(stats), Some(webrtcbin)) = (stats, webrtcbin) {
             let all = entries(&stats);
+            pair = ice_pair(&all);
             let media = media_streams(&webrtcbin);
             // webrtcbin also lists the repair SSRCs (RTX, FEC), silent until a loss, then
             // with a few packets: they are not streams being received.
@@ -167,6 +171,7 @@ impl Collector {
             video_bitrate_bps,
             frozen_ms: frozen.as_millis() as u64,
             switches: seen.switches,
+            ice_pair: pair,
             streams,
         }
     }

@@ -37,6 +37,8 @@ pub struct ConsumerStats {
     pub encoders: Vec<String>,
     /// What congestion control currently asks of the encoders, in bits per second.
     pub target_bitrate_bps: u64,
+    /// The selected ICE candidate pair's types, `local/remote` (`relay/host`: through TURN).
+    pub ice_pair: Option<String>,
 }
 
 #[derive(Serialize, Clone, Debug)]
@@ -218,6 +220,7 @@ impl Collector {
                 packets_lost,
                 encoders,
                 target_bitrate_bps: target,
+                ice_pair: agent_core::stats::ice_pair(&all),
             });
         }
         self.last

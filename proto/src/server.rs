@@ -119,6 +119,10 @@ pub enum ServerMessage {
     /// v2 only: the connection's token expires at `expires_at` (UNIX seconds), when the node
     /// closes it; resume with a fresh one (`?resume=…&token=…`) to keep the peer and sessions.
     TokenExpiring { expires_at: u64 },
+    /// v2 only: fresh ICE servers (new TURN credentials) for the sessions this peer starts
+    /// from now on, sent before the `welcome`'s expire. Sessions already running keep theirs:
+    /// a TURN server checks a credential when an allocation is made, not after.
+    IceServers { ice_servers: Vec<IceServer> },
 }
 
 impl ServerMessage {
@@ -143,6 +147,7 @@ impl ServerMessage {
             ServerMessage::Error { .. } => "error",
             ServerMessage::GoAway { .. } => "goAway",
             ServerMessage::TokenExpiring { .. } => "tokenExpiring",
+            ServerMessage::IceServers { .. } => "iceServers",
         }
     }
 
@@ -152,7 +157,11 @@ impl ServerMessage {
         let v2 = version >= ProtocolVersion::V2;
         let out = match self {
             ServerMessage::Peer(p) => return Some(p.to_json()),
-            ServerMessage::GoAway { .. } | ServerMessage::TokenExpiring { .. } if !v2 => {
+            ServerMessage::GoAway { .. }
+            | ServerMessage::TokenExpiring { .. }
+            | ServerMessage::IceServers { .. }
+                if !v2 =>
+            {
                 return None
             }
             ServerMessage::Welcome { peer_id, v2: extra } => Out::Welcome {
@@ -198,6 +207,7 @@ impl ServerMessage {
             ServerMessage::TokenExpiring { expires_at } => Out::TokenExpiring {
                 expires_at: *expires_at,
             },
+            ServerMessage::IceServers { ice_servers } => Out::IceServers { ice_servers },
         };
         Some(serde_json::to_string(&out).expect("plain data serializes"))
     }
@@ -263,6 +273,9 @@ impl ServerMessage {
             "tokenExpiring" => ServerMessage::TokenExpiring {
                 expires_at: required(f.expires_at, "expiresAt", k)?,
             },
+            "iceServers" => ServerMessage::IceServers {
+                ice_servers: required(f.ice_servers.take(), "iceServers", k)?,
+            },
             other => return Err(ParseError::UnknownType(other.to_string())),
         })
     }
@@ -319,6 +332,10 @@ enum Out<'a> {
     TokenExpiring {
         expires_at: u64,
     },
+    #[serde(rename_all = "camelCase")]
+    IceServers {
+        ice_servers: &'a [IceServer],
+    },
 }
 
 #[cfg(test)]
@@ -359,6 +376,18 @@ mod tests {
             reconnect_in_ms: None,
         };
         assert_eq!(go_away.encode(ProtocolVersion::V1), None);
+        let renewed = ServerMessage::IceServers {
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:s.example:3478".into()],
+                username: None,
+                credential: None,
+            }],
+        };
+        assert_eq!(renewed.encode(ProtocolVersion::V1), None);
+        assert_eq!(
+            renewed.encode(ProtocolVersion::V2).unwrap(),
+            r#"{"type":"iceServers","iceServers":[{"urls":["stun:s.example:3478"]}]}"#
+        );
         let end = ServerMessage::EndSession {
             session_id: "s".into(),
             reason: Some(EndReason::Operator),
@@ -409,6 +438,13 @@ mod tests {
                 }),
             },
             ServerMessage::error(ErrorCode::OfferNotAllowed, "x"),
+            ServerMessage::IceServers {
+                ice_servers: vec![IceServer {
+                    urls: vec!["turn:t.example:3478?transport=tcp".into()],
+                    username: Some("1700000000:p".into()),
+                    credential: Some("c2VjcmV0".into()),
+                }],
+            },
             ServerMessage::GoAway {
                 reason: "r".into(),
                 reconnect_in_ms: Some(5),

@@ -40,6 +40,7 @@ use std::time::Duration;
 use agent_core::cli::{whole, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit;
+use agent_core::ice_servers::Policy;
 use agent_core::keyframes::KeyframeCounts;
 use agent_core::shutdown::Shutdown;
 use agent_core::signaller::{producer_sink, AgentEvent, EndedBy, Target};
@@ -139,6 +140,12 @@ impl Args {
             Engine::Forward if self.fec => {
                 Err("--fec only applies to --engine pipeline (the forward engine sends what it receives)".into())
             }
+            Engine::Forward if self.ice.ice_transport_policy == Policy::Relay => Err(
+                "--ice-transport-policy relay only applies to --engine pipeline: the forward \
+                 engine has no TURN client (it is reached directly, at --ice-address or \
+                 --public-ip; its peers may relay through TURN)"
+                    .into(),
+            ),
             _ => Ok(()),
         }
     }

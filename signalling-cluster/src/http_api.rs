@@ -111,8 +111,8 @@ pub async fn place(
 
 /// `GET /api/v1/ice-servers`: `{"iceServers": [...], "ttl": SECONDS}` for the web app and
 /// other HTTP clients (`turn.rs`), in `RTCIceServer` shape. With auth on it needs a token, and
-/// the TURN credential names its subject (`SUB:http-RANDOM`); without, `http-RANDOM`. An
-/// empty list when the node has none to give.
+/// the TURN credential names its subject (`SUB:http-RANDOM`; a token without a subject gets
+/// none); without, `http-RANDOM`. An empty list when the node has none to give.
 pub async fn ice_servers(state: web::Data<NodeState>, req: HttpRequest) -> HttpResponse {
     let grants = match http_grants(&state, &req) {
         Ok(g) => g,
@@ -124,11 +124,11 @@ pub async fn ice_servers(state: web::Data<NodeState>, req: HttpRequest) -> HttpR
             .json(serde_json::json!({"iceServers": [], "ttl": 0}));
     };
     let client = format!("http-{}", &crate::bus::new_peer_id()[..8]);
-    let id = match (&state.verifier, &grants.sub) {
-        (Some(_), Some(sub)) => format!("{sub}:{client}"),
-        _ => client,
+    let auth = state.verifier.is_some();
+    let servers = match crate::turn::Turn::credential_id(auth, grants.sub.as_deref(), &client) {
+        Some(id) => turn.ice_servers(&id, std::time::SystemTime::now()),
+        None => Vec::new(),
     };
-    let servers = turn.ice_servers(&id, std::time::SystemTime::now());
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(serde_json::json!({"iceServers": servers, "ttl": turn.ttl().as_secs()}))

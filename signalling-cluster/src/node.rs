@@ -23,5 +23,5 @@ pub struct NodeState {
     /// Connection limits and refusal counts.
     pub guards: Arc<Guards>,
     /// The ICE servers handed to clients; `None`: no `--turn-url`/`--stun-url`.
-    pub turn: Option<crate::turn::Turn>,
+    pub turn: Option<Arc<crate::turn::Turn>>,
 }

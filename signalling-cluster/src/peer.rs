@@ -23,6 +23,7 @@ use crate::grants::Grants;
 use crate::guards::Slot;
 use crate::mailbox::{Mailbox, MailboxReceiver, Outbound};
 use crate::resume::{Handover, Parked, ResumeRegistry, Sent};
+use crate::turn::Renewal;
 use crate::websocket::{FrameStream, FrameWriter, Incoming, ReadError};
 
 /// At most this much is encoded for one write (and numbered before it is known to be written,
@@ -66,6 +67,7 @@ pub struct PeerConnection {
     span: tracing::Span,
     /// When the connection's token expires (UNIX seconds): the connection closes then.
     expires_at: Option<u64>,
+    renewal: Option<Renewal>,
     _slot: Option<Slot>,
 }
 
@@ -92,6 +94,8 @@ pub struct Attach {
     pub grants: Arc<Grants>,
     /// Its place under the connection limits, given back when it ends.
     pub slot: Option<Slot>,
+    /// v2 peers given TURN credentials: how to send them fresh ones.
+    pub renewal: Option<Renewal>,
 }
 
 impl PeerConnection {
@@ -136,6 +140,7 @@ impl PeerConnection {
             writer: None,
             span: span.clone(),
             expires_at: attach.grants.expires_at,
+            renewal: attach.renewal,
             _slot: attach.slot,
         };
         PeerConnection::create(|ctx| {
@@ -244,6 +249,17 @@ impl Actor for PeerConnection {
         }
         if let Some(at) = self.expires_at {
             self.expire_at(at, ctx);
+        }
+        if let Some(renewal) = &self.renewal {
+            // Fresh TURN credentials before those of the welcome expire (`turn.rs`).
+            ctx.run_interval(renewal.every(), |act, _| {
+                if let Some(r) = &act.renewal {
+                    let ice_servers = r.servers();
+                    let _ = act
+                        .mailbox
+                        .deliver(&ServerMessage::IceServers { ice_servers });
+                }
+            });
         }
         // A peer silent for three ping intervals (no pong either) is gone.
         let interval = self.limits.ping_interval;

@@ -83,7 +83,7 @@ pub async fn run(
             "auth on: every connection needs a token (docs/security.md)"
         );
     }
-    let turn = crate::turn::Turn::new(config.turn())?;
+    let turn = crate::turn::Turn::new(config.turn())?.map(Arc::new);
     let state = web::Data::new(NodeState {
         node_id: node_id.clone(),
         bus,

@@ -9,8 +9,13 @@
 //! credentials are minted), like the JWT keys (`auth.rs`), so a rotated Secret takes effect
 //! without a restart; a file that can no longer be read keeps the previous secret (and says
 //! so).
+//!
+//! A credential is checked when an allocation is made, so a session outlives it; a peer
+//! connected longer than the ttl needs fresh ones for its next sessions: a v2 connection is
+//! sent an `iceServers` message every half ttl ([`Renewal`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -107,6 +112,17 @@ impl Turn {
         self.settings.ttl
     }
 
+    /// What a client's TURN credential names: `client` (a peer id), as `SUB:client` with auth
+    /// on. With auth on and no subject (no verified token), nothing: only authenticated
+    /// clients get credentials.
+    pub fn credential_id(auth: bool, sub: Option<&str>, client: &str) -> Option<String> {
+        match (auth, sub) {
+            (false, _) => Some(client.to_string()),
+            (true, Some(sub)) => Some(format!("{sub}:{client}")),
+            (true, None) => None,
+        }
+    }
+
     /// The ICE servers for `id` (a peer id, or `sub:peer`), TURN credentials valid from `now`
     /// for the ttl.
     pub fn ice_servers(&self, id: &str, now: SystemTime) -> Vec<IceServer> {
@@ -153,6 +169,26 @@ impl Turn {
             }
         }
         s.bytes.clone()
+    }
+}
+
+/// What a v2 connection needs to keep its peer's credentials fresh.
+#[derive(Clone)]
+pub struct Renewal {
+    pub turn: Arc<Turn>,
+    /// What the credentials name ([`Turn::credential_id`]).
+    pub id: String,
+}
+
+impl Renewal {
+    /// Half the credentials' life (1 s at least): what a peer holds is always good for as
+    /// long again.
+    pub fn every(&self) -> Duration {
+        (self.turn.ttl() / 2).max(Duration::from_secs(1))
+    }
+
+    pub fn servers(&self) -> Vec<IceServer> {
+        self.turn.ice_servers(&self.id, SystemTime::now())
     }
 }
 

@@ -28,6 +28,7 @@ use crate::mailbox::Mailbox;
 use crate::node::NodeState;
 use crate::peer::{Attach, Limits, PeerConnection};
 use crate::resume::{new_token, token_node, Sent};
+use crate::turn::{Renewal, Turn};
 
 /// The connection broke while the handshake was answered.
 #[derive(Debug, thiserror::Error)]
@@ -183,18 +184,12 @@ pub fn grants_of(state: &NodeState, req: &Request) -> Result<Arc<Grants>, AuthEr
     verifier.verify(token).map(Arc::new)
 }
 
-/// The ICE servers for a peer (`turn.rs`): its TURN credential names it (`SUB:PEER` with a
+/// The ICE servers of a peer (`turn.rs`): its TURN credential names it (`SUB:PEER` with a
 /// token's subject). With auth on, only a peer whose token was verified gets any.
-fn ice_servers(state: &NodeState, grants: &Grants, peer_id: &str) -> Vec<proto::IceServer> {
-    let Some(turn) = &state.turn else {
-        return Vec::new();
-    };
-    let id = match (&state.verifier, &grants.sub) {
-        (None, _) => peer_id.to_string(),
-        (Some(_), Some(sub)) => format!("{sub}:{peer_id}"),
-        (Some(_), None) => return Vec::new(),
-    };
-    turn.ice_servers(&id, std::time::SystemTime::now())
+fn renewal(state: &NodeState, grants: &Grants, peer_id: &str) -> Option<Renewal> {
+    let turn = state.turn.clone()?;
+    let id = Turn::credential_id(state.verifier.is_some(), grants.sub.as_deref(), peer_id)?;
+    Some(Renewal { turn, id })
 }
 
 /// The peer this connection is for: the one its resume token names, or a new one.
@@ -221,7 +216,9 @@ async fn attach(
                 node_id: state.node_id.clone(),
                 resume_token: token.to_string(),
                 resumed,
-                ice_servers: ice_servers(state, &grants, peer_id),
+                ice_servers: renewal(state, &grants, peer_id)
+                    .map(|r| r.servers())
+                    .unwrap_or_default(),
             }),
         }
         .encode(version)
@@ -255,6 +252,7 @@ async fn attach(
         Attach {
             grants: grants.clone(),
             slot: None,
+            renewal: None,
             id: peer_id,
             mailbox,
             receiver,
@@ -268,7 +266,13 @@ async fn attach(
     if let Some(token) = &attach.resume_token {
         state.bus.resume_token(&attach.id, token);
     }
-    attach
+    Attach {
+        // (v1 has no message to carry fresh credentials)
+        renewal: (version >= ProtocolVersion::V2)
+            .then(|| renewal(state, &grants, &attach.id))
+            .flatten(),
+        ..attach
+    }
 }
 
 /// Claims the peer under `token`, here or from the node that issued it. The resumed peer gets a
@@ -317,6 +321,7 @@ async fn resume_peer(
             resume_token: Some(new),
             grants: Arc::new(Grants::everything()),
             slot: None,
+            renewal: None,
         });
     }
     let (mailbox, receiver) = Mailbox::new(state.config.peer_queue, version);
@@ -343,6 +348,7 @@ async fn resume_peer(
         resume_token: Some(new),
         grants: Arc::new(Grants::everything()),
         slot: None,
+        renewal: None,
     })
 }
 

@@ -1,17 +1,25 @@
 //! A real coturn (Debian's `turnserver`, installed by `./dev setup`) for the TURN tests:
 //! coturn's REST-API auth (`use-auth-secret`) with the test's secret, listening and relaying
-//! on 127.0.0.1 only, its log kept (`-v`: every allocation with its username), and coturn's
-//! own client (`turnutils_uclient`) to allocate with a credential.
+//! on 127.0.0.1 only, or on the address of a network namespace of the test's own; its log
+//! kept (`-v`: every allocation with its username), and coturn's own client
+//! (`turnutils_uclient`) to allocate with a credential.
+//!
+//! GStreamer's agents need the namespace: libnice pins each socket to its interface
+//! (`IP_UNICAST_IF`) and leaves loopback out, so no agent socket can reach 127.0.0.1. Through
+//! the namespace's link, the host end's candidate reaches coturn.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::netns::Namespace;
 use crate::{free_port, Log, Proc};
 
 pub struct Coturn {
+    /// Where it listens and relays.
+    pub host: String,
     pub port: u16,
     log: Log,
     dir: PathBuf,
@@ -19,15 +27,26 @@ pub struct Coturn {
 }
 
 impl Coturn {
-    /// Starts coturn with `secret` as its `static-auth-secret`; waits until it listens.
+    /// Starts coturn on 127.0.0.1 with `secret` as its `static-auth-secret`; waits until it
+    /// listens.
     pub async fn start(secret: &str) -> anyhow::Result<Coturn> {
+        Coturn::spawn(Command::new("turnserver"), "127.0.0.1", secret).await
+    }
+
+    /// The same inside `ns`, on its address (routed back to the host for relayed peers).
+    pub async fn start_in(ns: &Namespace, secret: &str) -> anyhow::Result<Coturn> {
+        ns.route_to_host()?;
+        let cmd = ns.command(Path::new("turnserver"));
+        Coturn::spawn(cmd, &ns.peers_address(), secret).await
+    }
+
+    async fn spawn(mut cmd: Command, host: &str, secret: &str) -> anyhow::Result<Coturn> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("gwc-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut cmd = Command::new("turnserver");
         cmd.args(["-n", "-v", "--use-auth-secret", "--realm", "gwc.test"])
             .arg(format!("--static-auth-secret={secret}"))
-            .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+            .args(["--listening-ip", host, "--relay-ip", host])
             .args(["--listening-port", &port.to_string()])
             .args([
                 "--no-tls",
@@ -44,6 +63,7 @@ impl Coturn {
         let mut proc = Proc::spawn(cmd, "turnserver")?;
         let log = Log::collect(proc.child.stdout.take().context("coturn's stdout")?);
         let coturn = Coturn {
+            host: host.to_string(),
             port,
             log,
             dir,
@@ -54,6 +74,11 @@ impl Coturn {
             .await
             .context("coturn did not start")?;
         Ok(coturn)
+    }
+
+    /// coturn's log so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lines()
     }
 
     /// Whether coturn's log has a line containing `needle`.
@@ -80,7 +105,7 @@ impl Coturn {
         let out = tokio::process::Command::new("turnutils_uclient")
             .args(["-y", "-n", "2", "-m", "1"])
             .args(["-u", username, "-w", credential])
-            .args(["-p", &self.port.to_string(), "127.0.0.1"])
+            .args(["-p", &self.port.to_string(), &self.host])
             .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(Duration::from_secs(30), out)
@@ -90,6 +115,17 @@ impl Coturn {
             + &String::from_utf8_lossy(&out.stderr);
         Ok((out.status.success(), text))
     }
+}
+
+/// A coturn REST credential minted here (as a node does), for `id`, expiring at
+/// `expiry_unix`: (username, credential).
+pub fn mint(secret: &str, expiry_unix: u64, id: &str) -> (String, String) {
+    use base64::Engine;
+    let user = format!("{expiry_unix}:{id}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, user.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    (user, credential)
 }
 
 impl Drop for Coturn {

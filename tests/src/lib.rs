@@ -201,6 +201,10 @@ impl Log {
         let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
         lines.iter().any(|l| l.contains(needle))
     }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Node {

@@ -101,6 +101,13 @@ impl Namespace {
         cmd
     }
 
+    /// Routes what leaves the namespace for other addresses through the host (a TURN server
+    /// inside relays to peers on the host's other addresses).
+    pub fn route_to_host(&self) -> anyhow::Result<()> {
+        let via = self.host_address();
+        self.exec(&["ip", "route", "replace", "default", "via", &via])
+    }
+
     /// Partitions the namespace from Redis: every packet on the Redis link is dropped.
     pub fn cut_redis(&self) -> anyhow::Result<()> {
         ip(&["link", "set", &self.link("r").0, "down"])

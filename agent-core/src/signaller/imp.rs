@@ -21,6 +21,8 @@ use crate::client::{Client, ClientEvent};
 pub struct ClusterSignaller {
     config: OnceLock<Config>,
     state: Mutex<State>,
+    /// The node's ICE servers and our policy, for each session's webrtcbin.
+    pub(super) ice: crate::ice_servers::Ice,
 }
 
 struct Config {
@@ -124,7 +126,11 @@ impl ClusterSignaller {
                 node_id,
                 v2,
                 resumed,
-            } => self.on_connected(url.to_string(), peer_id, node_id, v2, resumed),
+                ice_servers,
+            } => {
+                self.ice.from_node(&ice_servers);
+                self.on_connected(url.to_string(), peer_id, node_id, v2, resumed)
+            }
             ClientEvent::Message(msg) => self.on_message(msg),
             ClientEvent::Lost { url, reason } => self.event(AgentEvent::Reconnecting {
                 server: url.to_string(),
@@ -346,6 +352,7 @@ impl ClusterSignaller {
                 warn!(%details, code = %shown, "error from the signalling server");
                 self.event(AgentEvent::ServerError { details, code });
             }
+            ServerMessage::IceServers { ice_servers } => self.ice.from_node(&ice_servers),
             ServerMessage::Welcome { .. }
             | ServerMessage::ListConsumers { .. }
             | ServerMessage::GoAway { .. }

@@ -136,12 +136,19 @@ impl ClusterSignaller {
         obj.imp().configure(config);
         // webrtcsink/webrtcsrc emit it for each session's webrtcbin, before negotiating.
         obj.connect("webrtcbin-ready", false, |values| {
-            if let Ok(webrtcbin) = values[2].get::<gst::Element>() {
+            let signaller = values[0].get::<ClusterSignaller>();
+            if let (Ok(webrtcbin), Ok(signaller)) = (values[2].get::<gst::Element>(), signaller) {
                 crate::dtls_certificate::use_in(&webrtcbin);
+                signaller.imp().ice.prepare(&webrtcbin);
             }
             None
         });
         obj
+    }
+
+    /// `--ice-transport-policy`, for each session's webrtcbin (`ice_servers.rs`).
+    pub fn set_ice_policy(&self, policy: crate::ice_servers::Policy) {
+        self.imp().ice.set_policy(policy)
     }
 
     /// Consumer: ask for video no taller than `max_height` pixels (v2 `startSession.maxHeight`,

@@ -113,6 +113,9 @@ struct Relay {
 
 pub fn run(args: &Args, target: Target) -> anyhow::Result<()> {
     gst::init()?;
+    // No STUN/TURN server, ours or the node's (v2 `welcome.iceServers`): str0m has no TURN
+    // client. Viewers and origins behind NATs reach the engine's public candidates through
+    // their own TURN allocations (docs/networking.md).
     if args.ice.stun_server.is_some() || !args.ice.turn_servers.is_empty() {
         // (GWC_STUN_SERVER may be set for every agent of a deployment: not an error)
         warn!("the forward engine uses no STUN/TURN server: it announces --ice-address and --public-ip");
