@@ -159,6 +159,29 @@ async fn v2_welcome_carries_the_peers_own_credentials_v1_sees_nothing_and_a_resu
     Ok(())
 }
 
+/// A peer connected longer than the ttl gets fresh credentials for its next sessions: v2
+/// `iceServers` every half ttl, each valid; v1 is never sent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_connection_is_sent_fresh_credentials_before_its_welcomes_expire() -> Result<()> {
+    let coturn = Coturn::start(SECRET).await?;
+    let secret = secret_file("renew")?;
+    let n = node(&coturn, &secret, &["--turn-ttl", "4"]).await?;
+    let mut v2 = Peer::connect_with(&n.url(), Some(V2)).await?;
+    let mut v1 = Peer::connect(&n.url()).await?;
+    let (first, _) = turn_entry(&v2.welcome["iceServers"])?;
+    // the welcome's credential expires in 4 s; a fresh one comes after 2
+    let renewed = v2.recv_within(Duration::from_secs(4)).await?;
+    assert_eq!(renewed["type"], "iceServers", "{renewed}");
+    let (user, credential) = turn_entry(&renewed["iceServers"])?;
+    assert!(user.ends_with(&format!(":{}", v2.id)), "{user}");
+    let expiry = |u: &str| u.split(':').next().and_then(|e| e.parse::<u64>().ok());
+    assert!(expiry(&user) > expiry(&first), "{first} then {user}");
+    let (ok, out) = coturn.allocate(&user, &credential).await?;
+    assert!(ok, "{out}");
+    v1.assert_silent(Duration::from_millis(500)).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_only_a_token_gets_credentials_and_they_name_its_subject() -> Result<()> {
     let coturn = Coturn::start(SECRET).await?;
