@@ -1,8 +1,9 @@
 //! The Helm chart renders right: it lints, every rendered document is valid for the schemas of
 //! several Kubernetes versions, the CRD-backed objects render only when their API is served,
 //! NOTES.txt tells how to connect, the ingress carries the WebSocket timeouts and sticky
-//! sessions, every pod meets the restricted Pod Security Standard, and the checked-in plain
-//! manifests and values table are what the chart generates.
+//! sessions, every pod meets the restricted Pod Security Standard (but the bundled coturn's
+//! host network), the bundled coturn shares the nodes' TURN Secret and is rendered only when
+//! enabled, and the checked-in plain manifests and values table are what the chart generates.
 //!
 //! The tools (helm, kubectl, readme-generator, kubernetes-validate) are installed by
 //! `./dev setup` under /var/cache/gst-webrtc-cluster/tools; nothing is downloaded here. The
@@ -12,7 +13,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use cluster_tests::k8s::{self, find, yaml_docs, CRD_APIS};
+use cluster_tests::k8s::{self, arg, find, signalling_container, yaml_docs, CRD_APIS};
 use serde_json::Value;
 
 /// Kubernetes versions every rendered document is validated against: the chart's minimum
@@ -46,12 +47,15 @@ fn every_rendered_document_is_valid_for_four_kubernetes_versions() -> Result<()>
     let ci = k8s::ci_values()?;
     assert!(ci.len() >= 6, "too few ci/*-values.yaml: {ci:?}");
     let mut kinds = BTreeSet::new();
+    let mut components = BTreeSet::new();
     for values in &ci {
         let mut args = vec!["-f", values.to_str().unwrap()];
         args.extend(CRD_APIS);
         let yaml = k8s::template("gwc", &args)?;
         for d in yaml_docs(&yaml)? {
             kinds.insert(d["kind"].as_str().unwrap_or_default().to_string());
+            let component = &d["metadata"]["labels"]["app.kubernetes.io/component"];
+            components.insert(format!("{}/{}", d["kind"], component));
         }
         let name = values.file_name().unwrap().to_string_lossy().to_string();
         files.push(k8s::tempfile(&name, &yaml)?);
@@ -72,6 +76,10 @@ fn every_rendered_document_is_valid_for_four_kubernetes_versions() -> Result<()>
             kinds.contains(kind),
             "no ci values render a {kind}: {kinds:?}"
         );
+    }
+    // the bundled coturn (off in the defaults), on the host network and behind a Service
+    for object in [r#""Deployment"/"coturn""#, r#""Service"/"coturn""#] {
+        assert!(components.contains(object), "{object}: {components:?}");
     }
 
     let mut cmd = k8s::python();
@@ -212,6 +220,18 @@ fn notes_tell_how_to_connect() -> Result<()> {
     ])?;
     assert!(ingress.contains("wss://sig.example.org/"), "{ingress}");
     assert!(ingress.contains("sticky: cookie"), "{ingress}");
+    let coturn = notes(&[
+        "coturn.enabled=true,coturn.publicHost=turn.example.com,signalling.turn.secretName=t",
+    ])?;
+    assert!(
+        coturn.contains("Bundled coturn (host network): the nodes hand out turn:turn.example.com:3478?transport=udp turn:turn.example.com:3478?transport=tcp"),
+        "{coturn}"
+    );
+    assert!(
+        coturn.contains("rollout restart deployment/sig-gst-webrtc-cluster-coturn"),
+        "{coturn}"
+    );
+    assert!(!plain.contains("coturn"), "{plain}");
     Ok(())
 }
 
@@ -328,8 +348,11 @@ fn every_pod_meets_the_restricted_pod_security_standard_and_sets_resources() -> 
                 "{name}"
             );
             assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
+            // coturn's default is the host network (baseline, not restricted: README "Media
+            // networking"); every other pod stays off it unless asked
+            let coturn = d["metadata"]["labels"]["app.kubernetes.io/component"] == "coturn";
             assert!(
-                spec["hostNetwork"].is_null(),
+                spec["hostNetwork"].is_null() || coturn,
                 "{name}: host network by default"
             );
             for c in spec["containers"].as_array().unwrap() {
@@ -340,6 +363,12 @@ fn every_pod_meets_the_restricted_pod_security_standard_and_sets_resources() -> 
                     sc["capabilities"]["drop"],
                     serde_json::json!(["ALL"]),
                     "{name}"
+                );
+                // the one capability the restricted standard lets a pod add back
+                let add = &sc["capabilities"]["add"];
+                assert!(
+                    add.is_null() || *add == serde_json::json!(["NET_BIND_SERVICE"]),
+                    "{name}: {add}"
                 );
                 assert!(c["resources"]["requests"]["cpu"].is_string(), "{name}");
                 assert!(c["resources"]["requests"]["memory"].is_string(), "{name}");
@@ -468,5 +497,193 @@ fn a_forward_relay_renders_its_engine_its_udp_ports_their_service_and_host_netwo
         media_services, 1,
         "only a relay with udpPort has a media Service"
     );
+    Ok(())
+}
+
+/// The documents of a render with `ci/<file>` and `sets`.
+fn ci_docs(file: &str, sets: &[&str]) -> Result<Vec<Value>> {
+    let values = k8s::chart().join("ci").join(file);
+    let mut args = vec!["-f", values.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    yaml_docs(&k8s::template("gwc", &args)?)
+}
+
+/// The nodes' `--turn-url`s.
+fn node_turn_urls(docs: &[Value]) -> Result<Vec<String>> {
+    let (_, node) = signalling_container(docs)?;
+    let args: Vec<String> = serde_json::from_value(node["args"].clone())?;
+    Ok(args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--turn-url="))
+        .map(String::from)
+        .collect())
+}
+
+/// `coturn.enabled`: turnserver with coturn's REST-API auth, its secret from the Secret and key
+/// the nodes mount and read, the port range and the peer filters of the values; the nodes hand
+/// out its udp and tcp URLs on publicHost, unless `signalling.turn.urls` names others. On the
+/// host network it has no Service; behind one, the Service carries 3478 udp+tcp and every relay
+/// port, and coturn announces the load balancer's address.
+#[test]
+fn bundled_coturn_shares_the_nodes_turn_secret_and_the_nodes_hand_out_its_address() -> Result<()> {
+    let check = |docs: &[Value], key: &str, flags: &[&str]| -> Result<Value> {
+        let coturn = find(docs, "Deployment", "coturn").context("no coturn Deployment")?;
+        let pod = coturn["spec"]["template"]["spec"].clone();
+        let c = &pod["containers"][0];
+        assert_eq!(c["command"], serde_json::json!(["turnserver"]));
+        assert_eq!(coturn["spec"]["strategy"]["type"], "Recreate");
+        let args: Vec<String> = serde_json::from_value(c["args"].clone())?;
+        for flag in [
+            "--use-auth-secret",
+            "--static-auth-secret=$(TURN_SECRET)",
+            "--listening-port=3478",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--fingerprint",
+            "--no-multicast-peers",
+            "--log-file=stdout",
+        ]
+        .iter()
+        .chain(flags)
+        {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+        }
+        // TURN_SECRET: the Secret the nodes mount, the key their --turn-secret-file reads
+        let env = c["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == "TURN_SECRET"))
+            .context("no TURN_SECRET env")?;
+        let from = &env["valueFrom"]["secretKeyRef"];
+        let (npod, node) = signalling_container(docs)?;
+        let volume = npod["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "turn"))
+            .context("the nodes mount no TURN Secret")?;
+        assert_eq!(from["name"], volume["secret"]["secretName"], "{env}");
+        assert_eq!(from["name"], "gwc-turn", "{env}");
+        assert_eq!(from["key"], key, "{env}");
+        let mount = node["volumeMounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == "turn"))
+            .context("no turn mount")?["mountPath"]
+            .as_str()
+            .context("a mountPath")?
+            .to_string();
+        let nargs: Vec<String> = serde_json::from_value(node["args"].clone())?;
+        assert_eq!(
+            arg(&nargs, "--turn-secret-file"),
+            Some(format!("{mount}/{key}").as_str())
+        );
+        // probed on its TCP listener
+        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], "turn-tcp");
+        let port = |name, protocol| serde_json::json!({"name": name, "containerPort": 3478, "protocol": protocol});
+        assert_eq!(
+            c["ports"],
+            serde_json::json!([port("turn-udp", "UDP"), port("turn-tcp", "TCP")])
+        );
+        Ok(pod)
+    };
+
+    let docs = ci_docs("coturn-values.yaml", &[])?;
+    let pod = check(
+        &docs,
+        "turn-secret",
+        &[
+            "--realm=example.com",
+            "--min-port=49152",
+            "--max-port=49999",
+            "--denied-peer-ip=172.16.0.0-172.31.255.255",
+            "--allowed-peer-ip=10.244.0.0-10.244.255.255",
+        ],
+    )?;
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["nodeSelector"]["gst-webrtc-cluster/turn"], "true");
+    assert!(find(&docs, "Service", "coturn").is_none());
+    assert_eq!(
+        node_turn_urls(&docs)?,
+        [
+            "turn:turn.example.com:3478?transport=udp",
+            "turn:turn.example.com:3478?transport=tcp"
+        ]
+    );
+
+    let docs = ci_docs("coturn-service-values.yaml", &[])?;
+    let pod = check(
+        &docs,
+        "static-auth-secret",
+        &[
+            "--realm=203.0.113.20",
+            "--min-port=49160",
+            "--max-port=49199",
+            "--external-ip=203.0.113.20",
+        ],
+    )?;
+    assert!(pod["hostNetwork"].is_null());
+    let service = find(&docs, "Service", "coturn").context("no coturn Service")?;
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+    let ports: Vec<String> = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("")))
+        .collect();
+    let mut expected = vec!["3478/UDP".to_string(), "3478/TCP".into()];
+    expected.extend((49160..=49199).map(|p| format!("{p}/UDP")));
+    assert_eq!(ports, expected, "{service}");
+    assert_eq!(
+        node_turn_urls(&docs)?,
+        [
+            "turn:203.0.113.20:3478?transport=udp",
+            "turn:203.0.113.20:3478?transport=tcp"
+        ]
+    );
+
+    // URLs given win over the derived ones (e.g. a TLS terminator's turns: in front of coturn)
+    let docs = ci_docs(
+        "coturn-values.yaml",
+        &["signalling.turn.urls={turns:turn.example.com:443?transport=tcp}"],
+    )?;
+    assert!(find(&docs, "Deployment", "coturn").is_some());
+    assert_eq!(
+        node_turn_urls(&docs)?,
+        ["turns:turn.example.com:443?transport=tcp"]
+    );
+    Ok(())
+}
+
+/// Without `coturn.enabled` nothing of coturn is rendered (even with its other values set), and
+/// the nodes get exactly `signalling.turn.urls`.
+#[test]
+fn coturn_off_renders_no_coturn_objects() -> Result<()> {
+    for (file, sets, urls) in [
+        ("turn-values.yaml", vec![], 2),
+        (
+            "auth-values.yaml",
+            vec!["coturn.publicHost=turn.example.com,signalling.turn.secretName=t"],
+            0,
+        ),
+    ] {
+        let docs = ci_docs(file, &sets)?;
+        let coturn: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "coturn")
+            .collect();
+        assert!(coturn.is_empty(), "{file}: {coturn:?}");
+        assert!(
+            !serde_json::to_string(&docs)?.contains("turnserver"),
+            "{file}"
+        );
+        let turn_urls = node_turn_urls(&docs)?;
+        assert_eq!(turn_urls.len(), urls, "{file}: {turn_urls:?}");
+        assert!(turn_urls
+            .iter()
+            .all(|u| u.starts_with("turn:turn.example.com:3478?")));
+    }
+    let defaults = k8s::template("gwc", &[])?;
+    assert!(!defaults.contains("coturn"), "coturn in the default render");
     Ok(())
 }

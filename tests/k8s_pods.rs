@@ -566,3 +566,95 @@ async fn a_node_started_with_the_rendered_tls_args_answers_the_https_probes() ->
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The bundled coturn started with exactly the rendered args (Debian's turnserver, the 4.6 the
+/// image's tag names; listening and relaying on loopback here) and the TURN_SECRET the kubelet
+/// would expand from the Secret's key takes the credential a node started as rendered hands
+/// out for the rendered publicHost URLs, and refuses a forged one.
+#[tokio::test]
+async fn a_coturn_started_with_the_rendered_args_accepts_the_rendered_nodes_credentials(
+) -> Result<()> {
+    let values = k8s::chart().join("ci/coturn-values.yaml");
+    let docs = yaml_docs(&k8s::template("gwc", &["-f", values.to_str().unwrap()])?)?;
+    let (pod, container) = signalling_container(&docs)?;
+    let mount = mounted_secret(&pod, &container, "turn", "gwc-turn")?;
+    // the Secret as the kubelet mounts it, one file per key (no line end: coturn takes it verbatim)
+    let dir = std::env::temp_dir().join(format!("gwc-k8s-coturn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("turn-secret"), "south")?;
+    let (port, _node, _redis) =
+        node_with_secret(&docs, &container, "gwc-coturn-pod", &mount, &dir).await?;
+
+    let coturn = &find(&docs, "Deployment", "coturn").context("no coturn")?["spec"]["template"]
+        ["spec"]["containers"][0];
+    let env = &coturn["env"][0];
+    assert_eq!(env["name"], "TURN_SECRET");
+    assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "gwc-turn");
+    let key = env["valueFrom"]["secretKeyRef"]["key"]
+        .as_str()
+        .context("a key")?;
+    let secret = std::fs::read_to_string(dir.join(key)).context("not the nodes' key")?;
+    let turn_port = free_port();
+    let local = |file: &str| dir.join(file).to_string_lossy().to_string();
+    let mut cmd = Command::new(coturn["command"][0].as_str().context("a command")?);
+    for a in coturn["args"].as_array().context("args")? {
+        let a = a
+            .as_str()
+            .context("a string")?
+            .replace("$(TURN_SECRET)", &secret);
+        cmd.arg(match a.split('=').next().unwrap() {
+            "--listening-port" => format!("--listening-port={turn_port}"),
+            "--pidfile" => format!("--pidfile={}", local("turnserver.pid")),
+            "--userdb" => format!("--userdb={}", local("turndb")),
+            _ => a,
+        });
+    }
+    cmd.args(["--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
+        .args(["--allow-loopback-peers", "-v"])
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn(cmd, "turnserver")?;
+    let log = cluster_tests::Log::collect(proc.child.stdout.take().context("stdout")?);
+    cluster_tests::eventually(Duration::from_secs(10), "coturn listening", || async {
+        log.contains("Total General servers")
+    })
+    .await?;
+
+    cluster_tests::eventually(
+        Duration::from_secs(30),
+        "the node's ICE servers",
+        || async { matches!(http_get(port, "/api/v1/ice-servers").await, Ok((200, _))) },
+    )
+    .await?;
+    let answer: Value = serde_json::from_str(&http_get(port, "/api/v1/ice-servers").await?.1)?;
+    let turn = answer["iceServers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["username"].is_string()))
+        .with_context(|| format!("no TURN server: {answer}"))?;
+    assert_eq!(
+        turn["urls"],
+        serde_json::json!([
+            "turn:turn.example.com:3478?transport=udp",
+            "turn:turn.example.com:3478?transport=tcp"
+        ])
+    );
+    let user = turn["username"].as_str().unwrap();
+    let allocate = |credential: String| async move {
+        let out = tokio::process::Command::new("turnutils_uclient")
+            .args(["-y", "-n", "2", "-m", "1", "-u", user, "-w", &credential])
+            .args(["-p", &turn_port.to_string(), "127.0.0.1"])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), out).await??;
+        anyhow::Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        ))
+    };
+    let credential = turn["credential"].as_str().context("a credential")?;
+    let (ok, out) = allocate(credential.into()).await?;
+    assert!(ok, "the node's credential was refused:\n{out}");
+    let (ok, out) = allocate(format!("x{credential}")).await?;
+    assert!(!ok, "a forged credential allocated:\n{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

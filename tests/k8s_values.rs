@@ -1,6 +1,7 @@
 //! Bad values are refused: `values.schema.json` rejects a wrong type, an external Redis
 //! without a URL (or Sentinel master), an unknown key; the chart refuses a grace period that
-//! does not cover preStop and the drain, and a sticky cookie named like the node's.
+//! does not cover preStop and the drain, a sticky cookie named like the node's, and a bundled
+//! coturn without its address, its Secret, or with ports a Service cannot carry.
 //!
 //! The tools (helm, kubectl, readme-generator, kubernetes-validate) are installed by
 //! `./dev setup` under /var/cache/gst-webrtc-cluster/tools; nothing is downloaded here. The
@@ -110,6 +111,88 @@ fn turn_urls_need_a_secret_and_the_right_scheme() -> Result<()> {
         "signalling.turn.secretName=s",
     ])?;
     assert!(err.contains("signalling.turn.urls.0"), "{err}");
+    Ok(())
+}
+
+/// The bundled coturn needs the address clients reach it at and the Secret it shares with the
+/// nodes; with both it renders.
+#[test]
+fn coturn_needs_a_public_host_and_the_nodes_turn_secret() -> Result<()> {
+    let err = rejected(&["coturn.enabled=true", "signalling.turn.secretName=s"])?;
+    assert!(
+        err.contains("coturn.publicHost: the DNS name or IP address browsers and agents reach"),
+        "{err}"
+    );
+    let err = rejected(&["coturn.enabled=true", "coturn.publicHost=turn.example.com"])?;
+    assert!(
+        err.contains("signalling.turn.secretName: the Secret with coturn's static-auth-secret (coturn.enabled is set"),
+        "{err}"
+    );
+    k8s::template(
+        "gwc",
+        &[
+            "--set",
+            "coturn.enabled=true,coturn.publicHost=turn.example.com,signalling.turn.secretName=s",
+        ],
+    )?;
+    Ok(())
+}
+
+/// Behind a Service, coturn needs the address it announces, one replica and a port range a
+/// Service can carry (node ports for a NodePort); the schema bounds its ports and peer ranges.
+#[test]
+fn coturn_ports_and_service_values_are_checked() -> Result<()> {
+    let base = "coturn.enabled=true,coturn.publicHost=t.example.com,signalling.turn.secretName=s";
+    let service = "coturn.hostNetwork=false,coturn.externalIp=203.0.113.20";
+    let narrow = "coturn.minPort=49160,coturn.maxPort=49169";
+    for (extra, says) in [
+        (
+            format!("coturn.hostNetwork=false,{narrow}"),
+            "coturn.externalIp: the address of coturn's Service",
+        ),
+        (service.into(), "16384 relay ports, at most 1000"),
+        (
+            format!("{service},{narrow},coturn.replicas=2"),
+            "coturn.replicas must be 1 with coturn.hostNetwork=false",
+        ),
+        (
+            format!("{service},{narrow},coturn.service.type=NodePort"),
+            "node port range 30000-32767",
+        ),
+        (
+            "coturn.minPort=50000,coturn.maxPort=40000".into(),
+            "coturn.minPort (50000) must not exceed coturn.maxPort (40000)",
+        ),
+        (
+            "coturn.port=80".into(),
+            "coturn.port: Must be greater than or equal to 1024",
+        ),
+        (
+            "coturn.maxPort=70000".into(),
+            "coturn.maxPort: Must be less than or equal to 65535",
+        ),
+        (
+            "coturn.deniedPeerIps={10.0.0.0/8}".into(),
+            "coturn.deniedPeerIps.0: Does not match pattern",
+        ),
+        (
+            "coturn.service.type=ClusterIP".into(),
+            "coturn.service.type: coturn.service.type must be one of",
+        ),
+    ] {
+        let err = rejected(&[base, &extra])?;
+        assert!(err.contains(says), "{extra}: {err}");
+    }
+    k8s::template(
+        "gwc",
+        &[
+            "--set",
+            base,
+            "--set",
+            "coturn.hostNetwork=false,coturn.externalIp=203.0.113.20,coturn.service.type=NodePort,\
+             coturn.port=30478,coturn.minPort=31000,coturn.maxPort=31099",
+        ],
+    )?;
     Ok(())
 }
 
