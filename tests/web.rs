@@ -5,6 +5,8 @@
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
 use cluster_tests::clients::{browser, event, web_dir, LONG};
+use cluster_tests::coturn::Coturn;
+use cluster_tests::netns::Namespace;
 use cluster_tests::{media, Node, Redis};
 use serde_json::Value;
 
@@ -309,6 +311,92 @@ async fn the_page_plays_a_producer_on_a_node_with_auth_using_the_token_in_its_ur
         "{playing}"
     );
     Ok(())
+}
+
+/// Issue 27, the page's side: it asks its node for ICE servers (`/api/v1/ice-servers`), and
+/// with `?relay=1` plays through a real coturn only, on the credential the node minted for it
+/// (the page's end of the selected candidate pair is `relay`, and coturn logged the page's
+/// `EXPIRY:http-…` username allocating); without `?relay=1` the same page plays directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_through_the_nodes_turn_server_when_relay_only_and_directly_without(
+) -> Result<()> {
+    let _one = media::exclusive().await;
+    // In a namespace of its own, not on loopback: libnice cannot reach 127.0.0.1
+    // (`tests/src/coturn.rs`).
+    let ns = Namespace::create()?;
+    let coturn = Coturn::start_in(&ns, TURN_SECRET).await?;
+    let dir = std::env::temp_dir().join(format!("gwc-web-turn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let secret = dir.join("turn-secret");
+    std::fs::write(&secret, format!("{TURN_SECRET}\n"))?;
+    let turn = format!("turn:{}:{}?transport=udp", coturn.host, coturn.port);
+    let node = Node::start(&[
+        "--turn-url",
+        &turn,
+        "--turn-secret-file",
+        secret.to_str().context("a path")?,
+    ])
+    .await?;
+    let _far = Agent::producer(&["--server", &node.url(), "--name", "far"])?;
+    // Its own producer for the direct check, not one whose last session just went.
+    let _near = Agent::producer(&["--server", &node.url(), "--name", "near"])?;
+
+    let url = format!("http://127.0.0.1:{}/?relay=1", node.port);
+    let page = browser(&["watch", &url, "far", "", "0"])?;
+    let playing = event(&page, "playing").await?;
+    assert!(playing["width"].as_u64() > Some(0), "{playing}");
+    assert!(
+        playing["frames"].as_u64() > playing["framesBefore"].as_u64(),
+        "{playing}"
+    );
+    assert!(playing["distinctColours"].as_u64() > Some(4), "{playing}");
+    // The overlay names the page's end of the selected candidate pair (getStats()).
+    let overlay = playing["overlay"].as_str().unwrap_or_default();
+    assert!(overlay.contains("via relay (udp)"), "{playing}");
+    eprintln!("relay only: {overlay:?}");
+    // The page logs the TURN username it was given; coturn logged that one allocating.
+    let users = turn_users(&page.stderr());
+    assert!(
+        !users.is_empty() && users.iter().all(|u| u.contains(":http-")),
+        "the node's credential for the page: {users:?}\n{}",
+        page.stderr()
+    );
+    let allocated = |u: &String| {
+        coturn.logged(&format!(
+            "user <{u}>: incoming packet ALLOCATE processed, success"
+        ))
+    };
+    assert!(
+        users.iter().any(allocated),
+        "coturn allocated for none of {users:?}"
+    );
+    drop(page);
+
+    // Without ?relay=1: host candidates, no TURN needed.
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    let page = browser(&["watch", &url, "near", "", "0"])?;
+    let playing = event(&page, "playing").await?;
+    assert!(
+        playing["frames"].as_u64() > playing["framesBefore"].as_u64(),
+        "{playing}"
+    );
+    let overlay = playing["overlay"].as_str().unwrap_or_default();
+    assert!(overlay.contains("via host"), "{playing}");
+    eprintln!("direct: {overlay:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+const TURN_SECRET: &str = "web-turn";
+
+/// The TURN usernames the page logged (`TURN user <EXPIRY:ID>`, forwarded to the driver's
+/// stderr).
+fn turn_users(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once("TURN user <")?.1.split_once('>'))
+        .map(|(user, _)| user.to_string())
+        .collect()
 }
 
 #[tokio::test]

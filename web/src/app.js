@@ -11,6 +11,10 @@
 // in or out of fullscreen changes the cap, and a cap is fixed for a session: the tile starts
 // a new session with the new one (placed again), a moment of black against minutes of a
 // layer too high or too low.
+//
+// ICE servers come from the node (`/api/v1/ice-servers`, a TURN credential minted for the
+// page), asked before connecting and again before a session once half their ttl has passed;
+// `?relay=1` forces media through TURN, and each tile's overlay says which path it took.
 import { capFor, caps, layerOf } from "./cap.js";
 import GstWebRTCAPI from "./gstwebrtc-api.js";
 
@@ -19,9 +23,63 @@ import GstWebRTCAPI from "./gstwebrtc-api.js";
 const token = new URLSearchParams(location.search).get("token");
 const withToken = (url) => (token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url);
 const wsUrl = withToken(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`);
-// Host candidates only unless the page is told otherwise (?ice=stun:host:port).
-const ice = new URLSearchParams(location.search).getAll("ice").map((urls) => ({ urls }));
+const params = new URLSearchParams(location.search);
+// ICE servers: the node's (`GET /api/v1/ice-servers`: its STUN, and a TURN credential minted
+// for this page, good for `ttl` seconds; none when it has no TURN), then the URL's
+// (?ice=stun:host:port, repeatable). One object, shared by both API connections: the library
+// hands it to every RTCPeerConnection it builds (one per session), so a refresh reaches the
+// next session. `?relay=1` allows relayed candidates only: does this viewer's network get
+// media through TURN?
+const urlIce = params.getAll("ice").map((urls) => ({ urls }));
+const relayOnly = params.has("relay") && !["0", "false", "no"].includes(params.get("relay"));
+// Set whole: the library's defaults (max-bundle, Google's STUN) are replaced, not merged.
+const webrtcConfig = {
+  iceServers: [...urlIce],
+  bundlePolicy: "max-bundle",
+  iceTransportPolicy: relayOnly ? "relay" : "all",
+};
+const nodeIce = { fetchedAt: 0, ttl: 0, failed: false, pending: null };
 const $ = (selector) => document.querySelector(selector);
+
+/** Asks the node for its ICE servers; on failure the page goes on with what it has. */
+async function fetchNodeIce() {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), 3000);
+  try {
+    const r = await fetch("/api/v1/ice-servers", {
+      cache: "no-store",
+      signal: abort.signal,
+      headers: token ? { Authorization: `Bearer ${token}` } : {},
+    });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const { iceServers, ttl } = await r.json();
+    webrtcConfig.iceServers = [...(Array.isArray(iceServers) ? iceServers : []), ...urlIce];
+    Object.assign(nodeIce, { fetchedAt: Date.now(), ttl: Number(ttl) || 0, failed: false });
+    // The TURN username (EXPIRY:ID, what coturn's log names), never the credential.
+    const turn = webrtcConfig.iceServers.find((s) => s.username);
+    console.info(`ICE servers from the node: ${webrtcConfig.iceServers.length - urlIce.length}`
+      + `${turn ? `, TURN user <${turn.username}>` : ""}, ttl ${nodeIce.ttl} s`);
+  } catch (e) {
+    nodeIce.failed = true;
+    console.warn(`no ICE servers from the node (${e.message || e}), going on with ${webrtcConfig.iceServers.length}`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Before a new session: the node's servers again once half their ttl has passed (or the last
+ * ask failed), so a page open for hours never starts a session on an expired credential.
+ */
+function freshIce() {
+  const stale = nodeIce.failed || (nodeIce.ttl > 0 && Date.now() - nodeIce.fetchedAt > nodeIce.ttl * 500);
+  if (stale && !nodeIce.pending) {
+    nodeIce.pending = fetchNodeIce().finally(() => { nodeIce.pending = null; });
+  }
+  return nodeIce.pending ?? Promise.resolve();
+}
+
+const hasTurn = () => webrtcConfig.iceServers.some((s) => [s.urls].flat().some((u) => /^turns?:/.test(u)));
 
 const producers = new Map(); // id -> {id, meta, item}
 const tiles = new Map(); // tile id -> Tile
@@ -69,6 +127,8 @@ function showRelays(stream) {
  * reason (`why`: an unknown stream is 404, no member with room 503; an older node has no /place).
  */
 async function place(stream) {
+  // The session that follows builds its peer connection with fresh ICE servers.
+  const ice = freshIce();
   try {
     const r = await fetch(withToken(`/place?stream=${encodeURIComponent(stream)}`), { cache: "no-store" });
     if (!r.ok) return { member: null, why: (await r.text()).trim() || `HTTP ${r.status}` };
@@ -76,6 +136,8 @@ async function place(stream) {
     return { member: producers.get(peerId) || { id: peerId, meta: {} } };
   } catch (e) {
     return { member: null, why: String(e) };
+  } finally {
+    await ice;
   }
 }
 
@@ -84,15 +146,22 @@ fetch("/healthz")
   .then((h) => { $("#node").textContent = h.nodeId; })
   .catch(() => { $("#node").textContent = location.host; });
 
+// The node's ICE servers first (a round trip, 3 s at most), then the connection.
+await fetchNodeIce();
 const api = new GstWebRTCAPI({
   meta: { name: `viewer-${Math.random().toString(36).slice(2, 8)}` },
   signalingServerUrl: wsUrl,
   reconnectionTimeout: 2000,
-  webrtcConfig: { iceServers: ice },
+  webrtcConfig,
 });
 
+function relayNote() {
+  if (!relayOnly) return "";
+  return hasTurn() ? " · relay only" : " · relay only, but no TURN server: nothing can play";
+}
+
 api.registerConnectionListener({
-  connected(clientId) { setStatus(`connected as ${clientId.slice(0, 8)}`, "connected"); },
+  connected(clientId) { setStatus(`connected as ${clientId.slice(0, 8)}${relayNote()}`, "connected"); },
   disconnected() { setStatus("connection lost, retrying…", "lost"); },
 });
 
@@ -297,14 +366,23 @@ class Tile {
     const pc = this.session?.rtcPeerConnection;
     if (!pc) return;
     const report = await pc.getStats();
+    const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
     let video = null;
-    let rtt = null;
+    let pair = null;
     report.forEach((s) => {
       if (s.type === "inbound-rtp" && s.kind === "video") video = s;
-      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
-        rtt = s.currentRoundTripTime;
-      }
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) ?? pair;
     });
+    // Without selectedCandidatePairId (Firefox): the nominated pair that succeeded.
+    report.forEach((s) => {
+      if (!pair && s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
+    });
+    const rtt = pair?.currentRoundTripTime ?? null;
+    // The path media takes, by the page's end of the pair: host, srflx, prflx or relay (TURN).
+    const local = pair ? byId.get(pair.localCandidateId) : null;
+    const path = local?.candidateType ?? "";
+    this.el.dataset.path = path;
     if (!video) return;
     const now = performance.now();
     let kbps = 0;
@@ -317,7 +395,8 @@ class Tile {
     const lines = [
       `${video.frameWidth ?? "?"}×${video.frameHeight ?? "?"} @ ${Math.round(video.framesPerSecond ?? 0)} fps`
         + `${layer === null ? "" : ` · layer ${layer}`} · cap ${this.cap}p`,
-      `${Math.round(kbps)} kbit/s · rtt ${rtt === null ? "?" : Math.round(rtt * 1000)} ms`,
+      `${Math.round(kbps)} kbit/s · rtt ${rtt === null ? "?" : Math.round(rtt * 1000)} ms`
+        + `${path ? ` · via ${path}` : ""}${path === "relay" && local.relayProtocol ? ` (${local.relayProtocol})` : ""}`,
       `lost ${video.packetsLost ?? 0} · frames ${this.frames}`,
     ];
     this.el.querySelector(".stats").textContent = lines.join("\n");
@@ -350,7 +429,8 @@ $("#publish").addEventListener("submit", async (event) => {
       ? await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false })
       : await navigator.mediaDevices.getUserMedia(what === "camera" ? { video: true, audio: false } : { audio: true });
     publisher?.close();
-    const papi = new GstWebRTCAPI({ meta: { name }, signalingServerUrl: wsUrl, reconnectionTimeout: 2000, webrtcConfig: { iceServers: ice } });
+    await freshIce();
+    const papi = new GstWebRTCAPI({ meta: { name }, signalingServerUrl: wsUrl, reconnectionTimeout: 2000, webrtcConfig });
     const session = await new Promise((resolve) => {
       papi.registerConnectionListener({
         connected() { resolve(papi.createProducerSession(stream)); },
@@ -372,4 +452,4 @@ $("#publish").addEventListener("submit", async (event) => {
 $("#publish-stop").addEventListener("click", () => { publisher?.close(); publisher = null; });
 
 // For tests and the curious: the app's state.
-window.gwc = { api, producers, tiles, watch };
+window.gwc = { api, producers, tiles, watch, webrtcConfig, nodeIce };
