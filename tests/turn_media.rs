@@ -12,7 +12,7 @@ use cluster_tests::agent::Agent;
 use cluster_tests::consumer::frames_now;
 use cluster_tests::coturn::Coturn;
 use cluster_tests::netns::Namespace;
-use cluster_tests::relaying::{forward, latest, listed, origin, viewer};
+use cluster_tests::relaying::{forward, latest, listed, origin, relay, viewer};
 use cluster_tests::{media, Node};
 use serde_json::Value;
 
@@ -191,6 +191,38 @@ async fn a_relay_only_viewer_plays_through_a_forward_relay() -> Result<()> {
         stats["viewers"].as_array().is_some_and(|v| v.len() == 1),
         "{stats}"
     );
+    Ok(())
+}
+
+/// A pipeline relay (webrtcsrc up, webrtcsink down) relay-only on both sides: its viewer
+/// (all candidates) sees only the relay's relayed candidates, and the origin serves it through
+/// coturn too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_pipeline_relay_gets_from_its_origin_and_serves_through_coturn() -> Result<()>
+{
+    let _one = media::exclusive().await;
+    let (coturn, _ns) = coturn().await?;
+    let node = node(&coturn, "udp", SECRET).await?;
+    let origin = origin(&node, "src", &["--video-codec", "vp8"])?;
+    let mut args = vec!["--engine", "pipeline"];
+    args.extend_from_slice(&RELAY);
+    let relay = relay(&node, "src", "src-relay", &args)?;
+    let down = relay.wait_word_after("serving as ", LONG).await?;
+    let viewer = viewer(&node, &["--producer-name", "src-relay"], "null")?;
+    viewer
+        .wait(LONG, "30 frames through the relay", |c| frames_now(c) >= 30)
+        .await?;
+    viewer
+        .wait(LONG, "the relay's relayed candidate", |c| {
+            consumer_pair(c).is_some_and(|p| p.ends_with("/relay"))
+        })
+        .await?;
+    origin
+        .wait(LONG, "the relay on a relayed candidate", |p| {
+            producer_pairs(p).iter().any(|p| p.ends_with("/relay"))
+        })
+        .await?;
+    allocated_for(&coturn, &down).await?;
     Ok(())
 }
 
