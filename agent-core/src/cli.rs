@@ -198,7 +198,7 @@ impl OutputArgs {
     }
 }
 
-fn parse_server(s: &str) -> Result<Url, String> {
+pub fn parse_server(s: &str) -> Result<Url, String> {
     let url = Url::parse(s.trim()).map_err(|e| format!("'{s}' is not a URL: {e}"))?;
     match url.scheme() {
         "ws" | "wss" => Ok(url),
@@ -249,7 +249,7 @@ where
 }
 
 /// `--token-file`: readable and not empty at start, or exit 2 naming it.
-fn parse_token_file(s: &str) -> Result<PathBuf, String> {
+pub fn parse_token_file(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
     crate::client::read_token_file(&path)?;
     Ok(path)

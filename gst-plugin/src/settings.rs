@@ -1,0 +1,192 @@
+//! The `signaller` child of `gwcwebrtcsink`/`gwcwebrtcsrc`: the cluster signaller's settings as
+//! GObject properties (`signaller::servers=…` in gst-launch), as upstream's elements keep theirs
+//! on their `signaller` child. The element builds agent-core's `ClusterSignaller` from them when
+//! it starts (`wiring.rs`); `node-id` and `peer-id` report where it registered.
+
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+glib::wrapper! {
+    pub struct SignallerSettings(ObjectSubclass<imp::SignallerSettings>);
+}
+
+impl SignallerSettings {
+    pub fn new(consumer: bool) -> Self {
+        let obj: Self = glib::Object::new();
+        obj.imp().values.lock().unwrap().consumer = consumer;
+        obj
+    }
+
+    pub fn values(&self) -> Values {
+        self.imp().values.lock().unwrap().clone()
+    }
+
+    /// Where the signaller registered (read-only properties), notified.
+    pub fn set_registered(&self, node_id: Option<String>, peer_id: String) {
+        {
+            let mut v = self.imp().values.lock().unwrap();
+            v.node_id = node_id;
+            v.peer_id = Some(peer_id);
+        }
+        self.notify("node-id");
+        self.notify("peer-id");
+    }
+}
+
+pub const DEFAULT_SERVERS: &str = "ws://127.0.0.1:8443";
+pub const DEFAULT_RETRY_FOR: u32 = 60;
+
+#[derive(Clone, Debug)]
+pub struct Values {
+    /// webrtcsrc's side (the consumer properties apply).
+    pub consumer: bool,
+    pub servers: String,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub stream: Option<String>,
+    pub producer_name: Option<String>,
+    pub producer_peer_id: Option<String>,
+    pub resume: bool,
+    pub retry_for: u32,
+    pub node_id: Option<String>,
+    pub peer_id: Option<String>,
+}
+
+impl Default for Values {
+    fn default() -> Self {
+        Values {
+            consumer: false,
+            servers: DEFAULT_SERVERS.into(),
+            token: None,
+            token_file: None,
+            stream: None,
+            producer_name: None,
+            producer_peer_id: None,
+            resume: true,
+            retry_for: DEFAULT_RETRY_FOR,
+            node_id: None,
+            peer_id: None,
+        }
+    }
+}
+
+mod imp {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct SignallerSettings {
+        pub(super) values: Mutex<Values>,
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for SignallerSettings {
+        const NAME: &'static str = "GwcSignallerSettings";
+        type Type = super::SignallerSettings;
+        type ParentType = glib::Object;
+    }
+
+    fn string(name: &str, blurb: &str) -> glib::ParamSpec {
+        glib::ParamSpecString::builder(name)
+            .blurb(blurb)
+            .mutable_ready()
+            .build()
+    }
+
+    impl ObjectImpl for SignallerSettings {
+        fn properties() -> &'static [glib::ParamSpec] {
+            static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+                vec![
+                    glib::ParamSpecString::builder("servers")
+                        .blurb(
+                            "The cluster's nodes, comma-separated ws:// or wss:// URLs, tried in \
+                             this order and again after a node is lost (failover)",
+                        )
+                        .default_value(Some(DEFAULT_SERVERS))
+                        .mutable_ready()
+                        .build(),
+                    string(
+                        "token",
+                        "JWT sent as Authorization: Bearer (nodes with auth on); token-file wins",
+                    ),
+                    string(
+                        "token-file",
+                        "File holding the JWT, read again at every connection (a rotated \
+                         Kubernetes Secret is picked up)",
+                    ),
+                    string(
+                        "stream",
+                        "gwcwebrtcsrc: watch this stream by name; the cluster places the \
+                         session on its origin or a relay with room",
+                    ),
+                    string(
+                        "producer-name",
+                        "gwcwebrtcsrc: watch the first producer whose meta name is this",
+                    ),
+                    string(
+                        "producer-peer-id",
+                        "gwcwebrtcsrc: watch the producer with this peer id",
+                    ),
+                    glib::ParamSpecBoolean::builder("resume")
+                        .blurb(
+                            "Speak protocol v2 when the node offers it: keep the peer and its \
+                             sessions across a lost connection or a dead node (off: v1, as the \
+                             stock signaller)",
+                        )
+                        .default_value(true)
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecUInt::builder("retry-for")
+                        .blurb("Give up (element error) after this many seconds without any node")
+                        .default_value(DEFAULT_RETRY_FOR)
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecString::builder("node-id")
+                        .blurb("The node the signaller is registered on (v2)")
+                        .read_only()
+                        .build(),
+                    glib::ParamSpecString::builder("peer-id")
+                        .blurb("Our peer id in the cluster")
+                        .read_only()
+                        .build(),
+                ]
+            });
+            PROPS.as_ref()
+        }
+
+        fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+            let mut v = self.values.lock().unwrap();
+            let text = || value.get::<Option<String>>().ok().flatten();
+            match pspec.name() {
+                "servers" => v.servers = text().unwrap_or_else(|| DEFAULT_SERVERS.into()),
+                "token" => v.token = text(),
+                "token-file" => v.token_file = text(),
+                "stream" => v.stream = text(),
+                "producer-name" => v.producer_name = text(),
+                "producer-peer-id" => v.producer_peer_id = text(),
+                "resume" => v.resume = value.get().unwrap_or(true),
+                "retry-for" => v.retry_for = value.get().unwrap_or(DEFAULT_RETRY_FOR),
+                _ => {}
+            }
+        }
+
+        fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+            let v = self.values.lock().unwrap();
+            match pspec.name() {
+                "servers" => v.servers.to_value(),
+                "token" => v.token.to_value(),
+                "token-file" => v.token_file.to_value(),
+                "stream" => v.stream.to_value(),
+                "producer-name" => v.producer_name.to_value(),
+                "producer-peer-id" => v.producer_peer_id.to_value(),
+                "resume" => v.resume.to_value(),
+                "retry-for" => v.retry_for.to_value(),
+                "node-id" => v.node_id.to_value(),
+                "peer-id" => v.peer_id.to_value(),
+                _ => None::<String>.to_value(),
+            }
+        }
+    }
+}

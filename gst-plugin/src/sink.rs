@@ -1,0 +1,175 @@
+//! `gwcwebrtcsink`: the stock `webrtcsink` with the cluster signaller inside.
+//!
+//! gst-plugin-webrtc 0.15 keeps its base class's subclassing trait crate-private, so this is a
+//! bin around a `webrtcsink` child (named `webrtcsink`) rather than a subclass: request pads
+//! are the child's, ghosted; `meta` is forwarded; every other webrtcsink property is reached
+//! as `webrtcsink::NAME`, and the signaller's as `signaller::NAME` (`ChildProxy`).
+
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use crate::settings::SignallerSettings;
+use crate::wiring;
+
+glib::wrapper! {
+    pub struct GwcWebRTCSink(ObjectSubclass<imp::GwcWebRTCSink>)
+        @extends gst::Bin, gst::Element, gst::Object, @implements gst::ChildProxy;
+}
+
+mod imp {
+    use super::*;
+
+    pub struct GwcWebRTCSink {
+        inner: gst::Element,
+        settings: SignallerSettings,
+        /// Ghost pad → the child's request pad it stands for.
+        pads: Mutex<Vec<(gst::Pad, gst::Pad)>>,
+    }
+
+    impl Default for GwcWebRTCSink {
+        fn default() -> Self {
+            GwcWebRTCSink {
+                inner: gst::ElementFactory::make("webrtcsink")
+                    .name("webrtcsink")
+                    .build()
+                    .expect("webrtcsink is registered by this plugin"),
+                settings: SignallerSettings::new(false),
+                pads: Mutex::default(),
+            }
+        }
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for GwcWebRTCSink {
+        const NAME: &'static str = "GwcWebRTCSink";
+        type Type = super::GwcWebRTCSink;
+        type ParentType = gst::Bin;
+        type Interfaces = (gst::ChildProxy,);
+    }
+
+    impl ObjectImpl for GwcWebRTCSink {
+        fn properties() -> &'static [glib::ParamSpec] {
+            static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+                vec![glib::ParamSpecBoxed::builder::<gst::Structure>("meta")
+                    .blurb(
+                        "Meta of this producer in the cluster's lists (meta,name=cam: the \
+                         stream name viewers ask for)",
+                    )
+                    .mutable_ready()
+                    .build()]
+            });
+            PROPS.as_ref()
+        }
+
+        fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+            if pspec.name() == "meta" {
+                self.inner.set_property_from_value("meta", value);
+            }
+        }
+
+        fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+            self.inner.property_value(pspec.name())
+        }
+
+        fn constructed(&self) {
+            self.parent_constructed();
+            let obj = self.obj();
+            // No public STUN server (the stock default): the node hands out its own.
+            self.inner.set_property("stun-server", None::<String>);
+            obj.add(&self.inner).expect("a fresh bin takes its child");
+        }
+    }
+
+    impl GstObjectImpl for GwcWebRTCSink {}
+
+    impl ElementImpl for GwcWebRTCSink {
+        fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+            static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+                gst::subclass::ElementMetadata::new(
+                    "WebRTC sink (gst-webrtc-cluster)",
+                    "Sink/Network/WebRTC",
+                    "webrtcsink publishing into a gst-webrtc-cluster: node failover, session \
+                     resume, tokens (signaller::servers, signaller::token-file, meta)",
+                    "gst-webrtc-cluster",
+                )
+            });
+            Some(&*META)
+        }
+
+        fn pad_templates() -> &'static [gst::PadTemplate] {
+            static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+                LazyLock::new(|| crate::stock_templates("webrtcsink", gst::PadDirection::Sink));
+            TEMPLATES.as_ref()
+        }
+
+        fn request_new_pad(
+            &self,
+            templ: &gst::PadTemplate,
+            name: Option<&str>,
+            caps: Option<&gst::Caps>,
+        ) -> Option<gst::Pad> {
+            let inner_templ = self.inner.pad_template(templ.name_template())?;
+            let target = self.inner.request_pad(&inner_templ, name, caps)?;
+            let ghost = gst::GhostPad::builder_from_template_with_target(templ, &target)
+                .ok()?
+                .name(target.name())
+                .build();
+            self.obj().add_pad(&ghost).ok()?;
+            let ghost = ghost.upcast::<gst::Pad>();
+            self.pads.lock().unwrap().push((ghost.clone(), target));
+            Some(ghost)
+        }
+
+        fn release_pad(&self, pad: &gst::Pad) {
+            let target = {
+                let mut pads = self.pads.lock().unwrap();
+                let at = pads.iter().position(|(ghost, _)| ghost == pad);
+                at.map(|i| pads.remove(i).1)
+            };
+            let _ = self.obj().remove_pad(pad);
+            if let Some(target) = target {
+                self.inner.release_request_pad(&target);
+            }
+        }
+
+        fn change_state(
+            &self,
+            transition: gst::StateChange,
+        ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+            if transition == gst::StateChange::NullToReady {
+                let element = self.obj().upcast_ref::<gst::Element>().clone();
+                match wiring::signaller(&element, &self.settings, |_, _| {}) {
+                    Ok(signaller) => self.inner.set_property("signaller", &signaller),
+                    Err(e) => {
+                        wiring::post(&element, &e);
+                        return Err(gst::StateChangeError);
+                    }
+                }
+            }
+            self.parent_change_state(transition)
+        }
+    }
+
+    impl BinImpl for GwcWebRTCSink {}
+
+    impl ChildProxyImpl for GwcWebRTCSink {
+        fn child_by_index(&self, index: u32) -> Option<glib::Object> {
+            match index {
+                0 => Some(self.settings.clone().upcast()),
+                1 => Some(self.inner.clone().upcast()),
+                _ => None,
+            }
+        }
+
+        fn children_count(&self) -> u32 {
+            2
+        }
+
+        fn child_by_name(&self, name: &str) -> Option<glib::Object> {
+            wiring::child(name, &self.settings, &self.inner)
+        }
+    }
+}

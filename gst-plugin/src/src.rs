@@ -1,0 +1,228 @@
+//! `gwcwebrtcsrc`: the stock `webrtcsrc` with the cluster signaller inside, watching a stream
+//! by name (`signaller::stream`, placed by the cluster), a producer by name or id, or the first
+//! one listed.
+//!
+//! A bin, as `gwcwebrtcsink` is (`sink.rs` says why). webrtcsrc takes its signaller at
+//! construction only, so the child (named `webrtcsrc`, reached as `webrtcsrc::NAME`) is made
+//! when the element starts; its pads are ghosted as they come, and a ghost pad stays (and is
+//! retargeted) when a later session brings a pad of the same name, so downstream stays linked.
+
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use agent_core::signaller::{AgentEvent, EndedBy};
+
+use crate::settings::SignallerSettings;
+use crate::wiring;
+
+/// How long a watching source waits before asking again.
+const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+glib::wrapper! {
+    pub struct GwcWebRTCSrc(ObjectSubclass<imp::GwcWebRTCSrc>)
+        @extends gst::Bin, gst::Element, gst::Object, @implements gst::ChildProxy;
+}
+
+mod imp {
+    use super::*;
+
+    pub struct GwcWebRTCSrc {
+        settings: SignallerSettings,
+        inner: Mutex<Option<gst::Element>>,
+    }
+
+    impl Default for GwcWebRTCSrc {
+        fn default() -> Self {
+            GwcWebRTCSrc {
+                settings: SignallerSettings::new(true),
+                inner: Mutex::default(),
+            }
+        }
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for GwcWebRTCSrc {
+        const NAME: &'static str = "GwcWebRTCSrc";
+        type Type = super::GwcWebRTCSrc;
+        type ParentType = gst::Bin;
+        type Interfaces = (gst::ChildProxy,);
+    }
+
+    impl ObjectImpl for GwcWebRTCSrc {}
+
+    impl GstObjectImpl for GwcWebRTCSrc {}
+
+    impl GwcWebRTCSrc {
+        /// A webrtcsrc with a signaller made from the settings, its pads ghosted on ours.
+        fn make_inner(&self) -> Result<gst::Element, wiring::SettingsError> {
+            let obj = self.obj();
+            let element = obj.upcast_ref::<gst::Element>();
+            let signaller = wiring::signaller(element, &self.settings, watch_again)?;
+            let inner = gst::ElementFactory::make("webrtcsrc")
+                .name("webrtcsrc")
+                .property("signaller", &signaller)
+                // No public STUN server (the stock default): the node hands out its own.
+                .property("stun-server", None::<String>)
+                .build()
+                .expect("webrtcsrc is registered by this plugin");
+            let weak = obj.downgrade();
+            inner.connect_pad_added(move |_, pad| {
+                let Some(obj) = weak.upgrade() else { return };
+                // A session after the first: the same ghost pad, so downstream stays linked.
+                let same = obj.static_pad(&pad.name());
+                if let Some(ghost) = same.and_then(|p| p.downcast::<gst::GhostPad>().ok()) {
+                    let _ = ghost.set_target(Some(pad));
+                    return;
+                }
+                let templ = obj.pad_template(
+                    &pad.pad_template()
+                        .map_or_else(|| pad.name().to_string(), |t| t.name_template().to_string()),
+                );
+                let ghost = match templ {
+                    Some(templ) => gst::GhostPad::builder_from_template_with_target(&templ, pad),
+                    None => gst::GhostPad::builder_with_target(pad),
+                };
+                if let Ok(ghost) = ghost.map(|g| g.name(pad.name()).build()) {
+                    let _ = ghost.set_active(true);
+                    let _ = obj.add_pad(&ghost);
+                }
+            });
+            let weak = obj.downgrade();
+            inner.connect_pad_removed(move |_, pad| {
+                let Some(obj) = weak.upgrade() else { return };
+                // Kept, untargeted, for the next session's pad of the same name.
+                let ghost = obj.static_pad(&pad.name());
+                if let Some(ghost) = ghost.and_then(|p| p.downcast::<gst::GhostPad>().ok()) {
+                    let _ = ghost.set_target(None::<&gst::Pad>);
+                }
+            });
+            let weak = obj.downgrade();
+            inner.connect_no_more_pads(move |_| {
+                if let Some(obj) = weak.upgrade() {
+                    obj.no_more_pads();
+                }
+            });
+            Ok(inner)
+        }
+    }
+
+    /// What consumer-agent does, for a pipeline that keeps watching: a stream not there yet
+    /// (or no member with room), or a session the other side ended, is asked for again a
+    /// second later with a fresh webrtcsrc (a new placement: the relay that died is not
+    /// asked again).
+    fn watch_again(element: &gst::Element, event: &AgentEvent) {
+        let again = match event {
+            AgentEvent::ServerError { .. } => true,
+            AgentEvent::SessionEnded { by, .. } => *by == EndedBy::Other,
+            _ => false,
+        };
+        if !again {
+            return;
+        }
+        let weak = element.downgrade();
+        std::thread::spawn(move || {
+            std::thread::sleep(AGAIN_AFTER);
+            if let Some(element) = weak.upgrade() {
+                element.call_async(|element| {
+                    if let Some(src) = element.downcast_ref::<super::GwcWebRTCSrc>() {
+                        src.imp().rebuild();
+                    }
+                });
+            }
+        });
+    }
+
+    impl GwcWebRTCSrc {
+        /// A fresh webrtcsrc (and signaller) in place of the current one, while playing.
+        fn rebuild(&self) {
+            let obj = self.obj();
+            if obj.current_state() == gst::State::Null {
+                return;
+            }
+            if let Some(old) = self.inner.lock().unwrap().take() {
+                let _ = old.set_state(gst::State::Null);
+                let _ = obj.remove(&old);
+            }
+            match self.make_inner() {
+                Ok(inner) => {
+                    let _ = obj.add(&inner);
+                    let _ = inner.sync_state_with_parent();
+                    *self.inner.lock().unwrap() = Some(inner);
+                }
+                Err(e) => wiring::post(obj.upcast_ref(), &e),
+            }
+        }
+    }
+
+    impl ElementImpl for GwcWebRTCSrc {
+        fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+            static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+                gst::subclass::ElementMetadata::new(
+                    "WebRTC source (gst-webrtc-cluster)",
+                    "Source/Network/WebRTC",
+                    "webrtcsrc watching a stream of a gst-webrtc-cluster: placement by stream \
+                     name, node failover, session resume, tokens (signaller::stream, \
+                     signaller::servers, signaller::token-file)",
+                    "gst-webrtc-cluster",
+                )
+            });
+            Some(&*META)
+        }
+
+        fn pad_templates() -> &'static [gst::PadTemplate] {
+            static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> =
+                LazyLock::new(|| crate::stock_templates("webrtcsrc", gst::PadDirection::Src));
+            TEMPLATES.as_ref()
+        }
+
+        fn change_state(
+            &self,
+            transition: gst::StateChange,
+        ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+            if transition == gst::StateChange::NullToReady {
+                let obj = self.obj();
+                if let Some(old) = self.inner.lock().unwrap().take() {
+                    let _ = obj.remove(&old);
+                }
+                match self.make_inner() {
+                    Ok(inner) => {
+                        obj.add(&inner).map_err(|_| gst::StateChangeError)?;
+                        *self.inner.lock().unwrap() = Some(inner);
+                    }
+                    Err(e) => {
+                        wiring::post(obj.upcast_ref(), &e);
+                        return Err(gst::StateChangeError);
+                    }
+                }
+            }
+            self.parent_change_state(transition)
+        }
+    }
+
+    impl BinImpl for GwcWebRTCSrc {}
+
+    impl ChildProxyImpl for GwcWebRTCSrc {
+        fn child_by_index(&self, index: u32) -> Option<glib::Object> {
+            match index {
+                0 => Some(self.settings.clone().upcast()),
+                1 => self.inner.lock().unwrap().clone().map(|e| e.upcast()),
+                _ => None,
+            }
+        }
+
+        fn children_count(&self) -> u32 {
+            1 + u32::from(self.inner.lock().unwrap().is_some())
+        }
+
+        fn child_by_name(&self, name: &str) -> Option<glib::Object> {
+            let inner = self.inner.lock().unwrap().clone();
+            match inner {
+                Some(inner) => wiring::child(name, &self.settings, &inner),
+                None => (name == "signaller").then(|| self.settings.clone().upcast()),
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Issue 28: the cluster's signaller as GStreamer elements (`gst-plugin/`, `libgstgwc.so`),
+//! used as a GStreamer user would: `gst-inspect-1.0` and `gst-launch-1.0` from Debian's
+//! gstreamer1.0-tools with `GST_PLUGIN_PATH` pointing at the build, against real nodes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use cluster_tests::agent::Agent;
+use cluster_tests::consumer::frames_now;
+use cluster_tests::{media, Node, Redis};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The directory of `libgstgwc.so` (the test binaries' profile directory).
+fn plugin_dir() -> std::path::PathBuf {
+    let lib = cluster_tests::bin("libgstgwc.so");
+    lib.parent().expect("a directory").to_path_buf()
+}
+
+/// A GStreamer tool with the plugin on its path and a registry of the test's own (so a
+/// stale system registry cannot hide the plugin).
+fn tool(name: &str) -> Command {
+    let mut cmd = Command::new(name);
+    let registry = std::env::temp_dir().join(format!("gwc-registry-{}.bin", std::process::id()));
+    cmd.env("GST_PLUGIN_PATH", plugin_dir())
+        .env("GST_REGISTRY", registry);
+    cmd
+}
+
+/// `gst-launch-1.0 ARGS` (a pipeline as words), its output collected.
+fn launch(words: &[&str]) -> Result<Agent> {
+    let mut cmd = tool("gst-launch-1.0");
+    cmd.args(words);
+    Agent::spawn_command(cmd, "gst-launch-1.0")
+}
+
+/// Buffers a `fakesink silent=false` printed (gst-launch `-v`: one `chain` line each).
+fn buffers(p: &Agent) -> usize {
+    p.stdout().iter().filter(|l| l.contains("chain")).count()
+}
+
+/// A watching pipeline: `src` (a gwcwebrtcsrc with its properties) into a counting sink.
+fn watcher(src: &[&str]) -> Result<Agent> {
+    let mut words = vec!["-v"];
+    words.extend_from_slice(src);
+    words.extend_from_slice(&["!", "videoconvert", "!", "fakesink", "silent=false"]);
+    launch(&words)
+}
+
+#[test]
+fn gst_inspect_lists_the_elements_and_documents_their_properties() -> Result<()> {
+    let out = tool("gst-inspect-1.0").arg("gwc").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for element in ["gwcwebrtcsink", "gwcwebrtcsrc", "webrtcsink", "webrtcsrc"] {
+        assert!(
+            text.contains(&format!("{element}:")),
+            "{element} missing:\n{text}"
+        );
+    }
+    let sink = tool("gst-inspect-1.0").arg("gwcwebrtcsink").output()?;
+    let sink = String::from_utf8_lossy(&sink.stdout);
+    for needle in ["meta", "video_%u", "audio_%u", "signaller::servers"] {
+        assert!(sink.contains(needle), "{needle} missing:\n{sink}");
+    }
+    let src = tool("gst-inspect-1.0").arg("gwcwebrtcsrc").output()?;
+    let src = String::from_utf8_lossy(&src.stdout);
+    assert!(src.contains("signaller::stream"), "{src}");
+    Ok(())
+}
+
+/// Publish with gst-launch on a 2-node cluster, watch by stream name from the other node;
+/// SIGKILL the publisher's node: both pipelines keep running and frames flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gst_launch_publishes_and_watches_through_a_cluster_and_survives_a_node_kill() -> Result<()>
+{
+    let _one = media::exclusive().await;
+    let redis = Redis::start().await?;
+    let opts = ["--node-ttl", "1", "--resume-grace", "20"];
+    let a = Node::join(&redis, "node-a", &opts).await?;
+    let b = Node::join(&redis, "node-b", &opts).await?;
+    let to_a = format!("signaller::servers={},{}", a.url(), b.url());
+    let to_b = format!("signaller::servers={},{}", b.url(), a.url());
+    let mut publisher = launch(&[
+        "videotestsrc",
+        "is-live=true",
+        "!",
+        "video/x-raw,width=320,height=240,framerate=30/1",
+        "!",
+        "gwcwebrtcsink",
+        &to_a,
+        "meta=meta,name=cam",
+    ])?;
+    let mut viewer = watcher(&["gwcwebrtcsrc", "signaller::stream=cam", &to_b])?;
+    let seen = viewer.wait(LONG, "60 buffers", |v| buffers(v) >= 60).await;
+    if seen.is_err() {
+        eprintln!(
+            "VIEWER {}\nPUBLISHER {}",
+            viewer.stdout().join("\n"),
+            publisher.stdout().join("\n")
+        );
+    }
+    seen?;
+    a.proc.signal(libc::SIGKILL);
+    let after = buffers(&viewer);
+    viewer
+        .wait(LONG, "60 more buffers after the kill", |v| {
+            buffers(v) >= after + 60
+        })
+        .await?;
+    // Both still running (gst-launch exits on an error).
+    for p in [&mut publisher, &mut viewer] {
+        assert!(p.proc.child.try_wait()?.is_none(), "{}", p.stderr());
+    }
+    Ok(())
+}
+
+/// The seed README's pipeline, the stock webrtcsink of this plugin, against a node: a
+/// consumer-agent decodes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_readme_pipeline_with_the_stock_webrtcsink_plays_against_a_node() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let uri = format!("signaller::uri={}", node.url());
+    // gst-launch-1.0 webrtcsink name=ws meta="meta,name=gst-stream" videotestsrc ! ws. audiotestsrc ! ws.
+    // (stun-server: the stock default is a public server, unreachable here)
+    let _producer = launch(&[
+        "webrtcsink",
+        "name=ws",
+        "meta=meta,name=gst-stream",
+        &uri,
+        "stun-server=\"\"",
+        "videotestsrc",
+        "!",
+        "ws.",
+        "audiotestsrc",
+        "!",
+        "ws.",
+    ])?;
+    let consumer = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--producer-name",
+        "gst-stream",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    consumer
+        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+        .await?;
+    Ok(())
+}
+
+/// Bad values fail the state change with an element error naming the property.
+#[test]
+fn bad_property_values_are_clear_errors_at_state_change() -> Result<()> {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["gwcwebrtcsink", "signaller::servers=not a url"],
+            "signaller::servers",
+        ),
+        (
+            &["gwcwebrtcsink", "signaller::token-file=/nonexistent/token"],
+            "signaller::token-file",
+        ),
+        (
+            &[
+                "gwcwebrtcsrc",
+                "signaller::stream=cam",
+                "signaller::producer-name=cam",
+                "!",
+                "fakesink",
+            ],
+            "give one of signaller::stream",
+        ),
+    ];
+    for (words, needle) in cases {
+        let mut args = vec![];
+        if words[0] == "gwcwebrtcsink" {
+            args.extend_from_slice(&["videotestsrc", "!"]);
+        }
+        args.extend_from_slice(words);
+        let out = tool("gst-launch-1.0").args(&args).output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran:\n{text}");
+        assert!(text.contains(needle), "{args:?}: no '{needle}' in:\n{text}");
+    }
+    Ok(())
+}
+
+/// With auth on: a token file is accepted (frames flow); no token is an element error that
+/// ends gst-launch, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_a_token_file_works_and_no_token_is_a_clear_element_error() -> Result<()> {
+    let _one = media::exclusive().await;
+    let keys = cluster_tests::jwt::Keys::new("plugin")?;
+    let secret = keys.path("secret");
+    let node = Node::start(&["--auth-jwt-secret-file", &secret]).await?;
+    let token = keys.token("cam", serde_json::json!({"produce": ["cam"]}))?;
+    let file = std::env::temp_dir().join(format!("gwc-plugin-token-{}", std::process::id()));
+    std::fs::write(&file, &token)?;
+    let servers = format!("signaller::servers={}", node.url());
+    let token_file = format!("signaller::token-file={}", file.display());
+    let publisher = launch(&[
+        "videotestsrc",
+        "is-live=true",
+        "!",
+        "gwcwebrtcsink",
+        &servers,
+        &token_file,
+        "meta=meta,name=cam",
+    ])?;
+    // accepted: a viewer with a consume grant decodes it
+    let viewer_token = keys.token(
+        "viewer",
+        serde_json::json!({"consume": ["cam"], "listen": true}),
+    )?;
+    let viewer = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--token",
+        &viewer_token,
+        "--producer-name",
+        "cam",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    viewer
+        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+        .await?;
+    let mut refused = launch(&[
+        "videotestsrc",
+        "is-live=true",
+        "!",
+        "gwcwebrtcsink",
+        &servers,
+    ])?;
+    let code = refused.exit_within(LONG).await?;
+    assert_ne!(code, Some(0));
+    let err = refused.stderr() + &refused.stdout().join("\n");
+    assert!(err.contains("refused by the signalling cluster"), "{err}");
+    assert!(publisher.proc.child.id() > 0);
+    Ok(())
+}
