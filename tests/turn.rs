@@ -15,14 +15,8 @@ use serde_json::{json, Value};
 const V2: &str = "gstwebrtc-cluster.v2";
 const SECRET: &str = "north";
 
-/// A directory holding the TURN secret (with the line end a `kubectl create secret
-/// --from-file` keeps), as `--turn-secret-file`.
 fn secret_file(name: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gwc-turn-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("turn-secret");
-    std::fs::write(&file, format!("{SECRET}\n"))?;
-    Ok(file)
+    cluster_tests::coturn::secret_file(name, SECRET)
 }
 
 /// A node handing out `coturn` (UDP and TCP) and its STUN, with `extra` flags.

@@ -19,15 +19,6 @@ use serde_json::Value;
 const LONG: Duration = Duration::from_secs(60);
 const SECRET: &str = "north";
 
-/// `--turn-secret-file` holding `secret`.
-fn secret_file(secret: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gwc-turnm-{}-{secret}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("turn-secret");
-    std::fs::write(&file, format!("{secret}\n"))?;
-    Ok(file)
-}
-
 /// coturn in a namespace of its own (`tests/src/coturn.rs` says why), with `SECRET`.
 async fn coturn() -> Result<(Coturn, Namespace)> {
     let ns = Namespace::create()?;
@@ -38,7 +29,7 @@ async fn coturn() -> Result<(Coturn, Namespace)> {
 /// `secret`.
 async fn node(coturn: &Coturn, transport: &str, secret: &str) -> Result<Node> {
     let url = format!("turn:{}:{}?transport={transport}", coturn.host, coturn.port);
-    let file = secret_file(secret)?;
+    let file = cluster_tests::coturn::secret_file(&format!("media-{secret}"), secret)?;
     let file = file.to_str().context("a path")?;
     Node::start(&["--turn-url", &url, "--turn-secret-file", file]).await
 }

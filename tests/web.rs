@@ -325,10 +325,7 @@ async fn the_page_plays_through_the_nodes_turn_server_when_relay_only_and_direct
     // (`tests/src/coturn.rs`).
     let ns = Namespace::create()?;
     let coturn = Coturn::start_in(&ns, TURN_SECRET).await?;
-    let dir = std::env::temp_dir().join(format!("gwc-web-turn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let secret = dir.join("turn-secret");
-    std::fs::write(&secret, format!("{TURN_SECRET}\n"))?;
+    let secret = cluster_tests::coturn::secret_file("web", TURN_SECRET)?;
     let turn = format!("turn:{}:{}?transport=udp", coturn.host, coturn.port);
     let node = Node::start(&[
         "--turn-url",
@@ -383,7 +380,9 @@ async fn the_page_plays_through_the_nodes_turn_server_when_relay_only_and_direct
     let overlay = playing["overlay"].as_str().unwrap_or_default();
     assert!(overlay.contains("via host"), "{playing}");
     eprintln!("direct: {overlay:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(dir) = secret.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
 }
 

@@ -117,6 +117,16 @@ impl Coturn {
     }
 }
 
+/// A file holding `secret` (with the line end a `kubectl create secret --from-file` keeps),
+/// for `--turn-secret-file`, in a directory named after `tag`.
+pub fn secret_file(tag: &str, secret: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("gwc-turn-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("turn-secret");
+    std::fs::write(&file, format!("{secret}\n"))?;
+    Ok(file)
+}
+
 /// A coturn REST credential minted here (as a node does), for `id`, expiring at
 /// `expiry_unix`: (username, credential).
 pub fn mint(secret: &str, expiry_unix: u64, id: &str) -> (String, String) {
