@@ -9,6 +9,7 @@ use anyhow::Result;
 use cluster_tests::agent::Agent;
 use cluster_tests::consumer::frames_now;
 use cluster_tests::{media, Node, Redis};
+use gst::prelude::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -242,5 +243,59 @@ async fn with_auth_a_token_file_works_and_no_token_is_a_clear_element_error() ->
     let err = refused.stderr() + &refused.stdout().join("\n");
     assert!(err.contains("refused by the signalling cluster"), "{err}");
     assert!(publisher.proc.child.id() > 0);
+    Ok(())
+}
+
+/// Pre-encoded video (one encoder for every consumer): three consumers joining at once ask
+/// for keyframes on every frame until they get one; `gwcwebrtcsink` passes at most one per
+/// `min-keyframe-interval` to the encoder, and all three decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_encoded_video_gets_its_consumers_keyframe_requests_coalesced() -> Result<()> {
+    let _one = media::exclusive().await;
+    media::init();
+    gstgwc::register(None)?;
+    let node = Node::start(&[]).await?;
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! vp8enc deadline=1 keyframe-max-dist=600 \
+         ! gwcwebrtcsink name=s meta=meta,name=kf signaller::servers={} min-keyframe-interval=1000",
+        node.url()
+    ))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
+    let sink = pipeline
+        .by_name("s")
+        .and_then(|s| s.downcast::<gstgwc::sink::GwcWebRTCSink>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no gwcwebrtcsink"))?;
+    let running = media::Running::start(pipeline)?;
+    let started = std::time::Instant::now();
+    let consumers = (0..3)
+        .map(|_| {
+            Agent::consumer(&[
+                "--server",
+                &node.url(),
+                "--producer-name",
+                "kf",
+                "--stats-interval",
+                "0.2",
+            ])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for c in &consumers {
+        c.wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+            .await?;
+    }
+    let (asked, passed) = sink.keyframe_requests();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(running.error().is_none(), "{:?}", running.error());
+    assert!(asked > passed, "asked {asked}, passed on {passed}");
+    assert!(
+        (passed as f64) <= elapsed + 2.0,
+        "{passed} keyframes forced in {elapsed:.1} s (one a second at most)"
+    );
+    println!(
+        "{}",
+        serde_json::json!({"keyframes": {"asked": asked, "passed_on": passed, "s": elapsed}})
+    );
     Ok(())
 }

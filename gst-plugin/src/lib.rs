@@ -45,6 +45,8 @@ pub fn register(plugin: Option<&gst::Plugin>) -> Result<(), glib::BoolError> {
             gstrswebrtc::webrtcsink::register(p)?;
             gstrswebrtc::webrtcsrc::register(Some(p))?;
         }
+        // (a program may have registered them already)
+        None if gst::ElementFactory::find("webrtcsink").is_some() => {}
         None => gstrswebrtc::plugin_register_static()?,
     }
     // webrtcsink's congestion control needs rtpgccbwe (Debian 12 has no gst-plugins-rs)

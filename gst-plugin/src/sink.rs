@@ -4,8 +4,17 @@
 //! bin around a `webrtcsink` child (named `webrtcsink`) rather than a subclass: request pads
 //! are the child's, ghosted; `meta` is forwarded; every other webrtcsink property is reached
 //! as `webrtcsink::NAME`, and the signaller's as `signaller::NAME` (`ChildProxy`).
+//!
+//! Pre-encoded video (shared encoding: one encoder upstream for every consumer) gets what
+//! producer-agent's shared encoder has: the consumers' keyframe requests coalesced to at most
+//! one per `min-keyframe-interval` (agent-core's `keyframes.rs`), instead of one forced
+//! keyframe per joining or lossy consumer.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use agent_core::keyframes::KeyframeCounts;
 
 use gst::glib;
 use gst::prelude::*;
@@ -13,6 +22,9 @@ use gst::subclass::prelude::*;
 
 use crate::settings::SignallerSettings;
 use crate::wiring;
+
+/// As producer-agent's `--min-keyframe-interval`.
+const DEFAULT_MIN_KEYFRAME_INTERVAL_MS: u32 = 250;
 
 glib::wrapper! {
     pub struct GwcWebRTCSink(ObjectSubclass<imp::GwcWebRTCSink>)
@@ -25,6 +37,9 @@ mod imp {
     pub struct GwcWebRTCSink {
         inner: gst::Element,
         settings: SignallerSettings,
+        min_keyframe_interval_ms: AtomicU32,
+        /// Keyframe requests of the consumers of pre-encoded video, and what was passed on.
+        pub(super) keyframes: Arc<KeyframeCounts>,
         /// Ghost pad → the child's request pad it stands for.
         pads: Mutex<Vec<(gst::Pad, gst::Pad)>>,
     }
@@ -37,6 +52,8 @@ mod imp {
                     .build()
                     .expect("webrtcsink is registered by this plugin"),
                 settings: SignallerSettings::new(false),
+                min_keyframe_interval_ms: AtomicU32::new(DEFAULT_MIN_KEYFRAME_INTERVAL_MS),
+                keyframes: Arc::default(),
                 pads: Mutex::default(),
             }
         }
@@ -53,25 +70,57 @@ mod imp {
     impl ObjectImpl for GwcWebRTCSink {
         fn properties() -> &'static [glib::ParamSpec] {
             static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-                vec![glib::ParamSpecBoxed::builder::<gst::Structure>("meta")
-                    .blurb(
-                        "Meta of this producer in the cluster's lists (meta,name=cam: the \
-                         stream name viewers ask for)",
-                    )
-                    .mutable_ready()
-                    .build()]
+                vec![
+                    glib::ParamSpecBoxed::builder::<gst::Structure>("meta")
+                        .blurb(
+                            "Meta of this producer in the cluster's lists (meta,name=cam: the \
+                             stream name viewers ask for)",
+                        )
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecUInt::builder("min-keyframe-interval")
+                        .blurb(
+                            "Pre-encoded video: at most one keyframe is asked of the encoder \
+                             upstream per this many milliseconds, however many consumers ask \
+                             (joining, or on loss); one asked in between is passed on at the \
+                             end of the interval",
+                        )
+                        .maximum(60_000)
+                        .default_value(DEFAULT_MIN_KEYFRAME_INTERVAL_MS)
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecObject::builder::<SignallerSettings>("signaller")
+                        .blurb(
+                            "The cluster signaller's settings: signaller::servers, \
+                             signaller::token-file, signaller::resume, … (docs/gstreamer.md)",
+                        )
+                        .read_only()
+                        .build(),
+                ]
             });
             PROPS.as_ref()
         }
 
         fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-            if pspec.name() == "meta" {
-                self.inner.set_property_from_value("meta", value);
+            match pspec.name() {
+                "meta" => self.inner.set_property_from_value("meta", value),
+                "min-keyframe-interval" => self.min_keyframe_interval_ms.store(
+                    value.get().unwrap_or(DEFAULT_MIN_KEYFRAME_INTERVAL_MS),
+                    Ordering::Relaxed,
+                ),
+                _ => {}
             }
         }
 
         fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-            self.inner.property_value(pspec.name())
+            match pspec.name() {
+                "min-keyframe-interval" => self
+                    .min_keyframe_interval_ms
+                    .load(Ordering::Relaxed)
+                    .to_value(),
+                "signaller" => self.settings.to_value(),
+                name => self.inner.property_value(name),
+            }
         }
 
         fn constructed(&self) {
@@ -118,6 +167,9 @@ mod imp {
                 .name(target.name())
                 .build();
             self.obj().add_pad(&ghost).ok()?;
+            if target.name().starts_with("video_") {
+                self.coalesce_keyframes(&ghost);
+            }
             let ghost = ghost.upcast::<gst::Pad>();
             self.pads.lock().unwrap().push((ghost.clone(), target));
             Some(ghost)
@@ -153,6 +205,30 @@ mod imp {
         }
     }
 
+    impl GwcWebRTCSink {
+        /// The consumers' keyframe requests, as they leave webrtcsink for upstream through
+        /// `ghost`, coalesced (they reach upstream only for pre-encoded input: webrtcsink's
+        /// own encoders take raw input's).
+        fn coalesce_keyframes(&self, ghost: &gst::GhostPad) {
+            let Some(inside) = ghost.internal() else {
+                return;
+            };
+            let interval = self.min_keyframe_interval_ms.load(Ordering::Relaxed);
+            let outside = ghost.downgrade();
+            agent_core::keyframes::coalesce(
+                inside.upcast_ref(),
+                Duration::from_millis(u64::from(interval)),
+                self.keyframes.clone(),
+                // (a deferred one goes on from the ghost pad, past the probe)
+                move |event| {
+                    if let Some(ghost) = outside.upgrade() {
+                        ghost.push_event(event);
+                    }
+                },
+            );
+        }
+    }
+
     impl BinImpl for GwcWebRTCSink {}
 
     impl ChildProxyImpl for GwcWebRTCSink {
@@ -171,5 +247,16 @@ mod imp {
         fn child_by_name(&self, name: &str) -> Option<glib::Object> {
             wiring::child(name, &self.settings, &self.inner)
         }
+    }
+}
+
+impl GwcWebRTCSink {
+    /// Keyframe requests of pre-encoded video's consumers: (asked, passed on upstream).
+    pub fn keyframe_requests(&self) -> (u64, u64) {
+        let k = &self.imp().keyframes;
+        (
+            k.requests.load(std::sync::atomic::Ordering::Relaxed),
+            k.forced.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }

@@ -51,7 +51,26 @@ mod imp {
         type Interfaces = (gst::ChildProxy,);
     }
 
-    impl ObjectImpl for GwcWebRTCSrc {}
+    impl ObjectImpl for GwcWebRTCSrc {
+        fn properties() -> &'static [glib::ParamSpec] {
+            static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+                vec![
+                    glib::ParamSpecObject::builder::<SignallerSettings>("signaller")
+                        .blurb(
+                            "The cluster signaller's settings: signaller::stream, \
+                         signaller::servers, signaller::token-file, … (docs/gstreamer.md)",
+                        )
+                        .read_only()
+                        .build(),
+                ]
+            });
+            PROPS.as_ref()
+        }
+
+        fn property(&self, _id: usize, _pspec: &glib::ParamSpec) -> glib::Value {
+            self.settings.to_value()
+        }
+    }
 
     impl GstObjectImpl for GwcWebRTCSrc {}
 
