@@ -199,7 +199,7 @@ async fn with_auth_a_token_file_works_and_no_token_is_a_clear_element_error() ->
     let keys = cluster_tests::jwt::Keys::new("plugin")?;
     let secret = keys.path("secret");
     let node = Node::start(&["--auth-jwt-secret-file", &secret]).await?;
-    let token = keys.token("cam", serde_json::json!({"produce": ["cam"]}))?;
+    let token = keys.token("cam", serde_json::json!({"produce": ["cam", "cam2"]}))?;
     let file = std::env::temp_dir().join(format!("gwc-plugin-token-{}", std::process::id()));
     std::fs::write(&file, &token)?;
     let servers = format!("signaller::servers={}", node.url());
@@ -216,7 +216,7 @@ async fn with_auth_a_token_file_works_and_no_token_is_a_clear_element_error() ->
     // accepted: a viewer with a consume grant decodes it
     let viewer_token = keys.token(
         "viewer",
-        serde_json::json!({"consume": ["cam"], "listen": true}),
+        serde_json::json!({"consume": ["cam", "cam2"], "listen": true}),
     )?;
     let viewer = Agent::consumer(&[
         "--server",
@@ -230,6 +230,30 @@ async fn with_auth_a_token_file_works_and_no_token_is_a_clear_element_error() ->
     ])?;
     viewer
         .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+        .await?;
+    // the same token in upstream's way: signaller::headers (what a stock webrtcsink sends)
+    let headers = format!(r#"signaller::headers="headers,authorization=\"Bearer {token}\"""#);
+    let _by_header = launch(&[
+        "videotestsrc",
+        "is-live=true",
+        "!",
+        "gwcwebrtcsink",
+        &servers,
+        &headers,
+        "meta=meta,name=cam2",
+    ])?;
+    let second = Agent::consumer(&[
+        "--server",
+        &node.url(),
+        "--token",
+        &viewer_token,
+        "--producer-name",
+        "cam2",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    second
+        .wait(LONG, "30 decoded frames of cam2", |c| frames_now(c) >= 30)
         .await?;
     let mut refused = launch(&[
         "videotestsrc",
@@ -297,5 +321,51 @@ async fn pre_encoded_video_gets_its_consumers_keyframe_requests_coalesced() -> R
         "{}",
         serde_json::json!({"keyframes": {"asked": asked, "passed_on": passed, "s": elapsed}})
     );
+    Ok(())
+}
+
+/// wss: a node with a self-signed certificate is trusted through `signaller::cafile` (a
+/// consumer decodes what the pipeline publishes); without it the certificate is refused, an
+/// element error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_nodes_are_trusted_through_signaller_cafile() -> Result<()> {
+    let _one = media::exclusive().await;
+    let dir = std::env::temp_dir().join(format!("gwc-plugin-tls-{}", std::process::id()));
+    let (cert, key, _) = cluster_tests::self_signed(&dir)?;
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let node = Node::start_tls(&["-c", &cert, "-k", &key]).await?;
+    let url = format!("wss://localhost:{}", node.port);
+    let servers = format!("signaller::servers={url}");
+    let cafile = format!("signaller::cafile={cert}");
+    let pipeline = [
+        "videotestsrc",
+        "is-live=true",
+        "!",
+        "gwcwebrtcsink",
+        &servers,
+    ];
+    let mut trusted = pipeline.to_vec();
+    trusted.extend_from_slice(&[&cafile, "meta=meta,name=tls"]);
+    let _publisher = launch(&trusted)?;
+    let viewer = Agent::consumer(&[
+        "--server",
+        &url,
+        "--cafile",
+        &cert,
+        "--producer-name",
+        "tls",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    viewer
+        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+        .await?;
+    let mut untrusted = launch(&pipeline)?;
+    let code = untrusted.exit_within(LONG).await?;
+    assert_ne!(code, Some(0));
+    let err = untrusted.stderr() + &untrusted.stdout().join("\n");
+    assert!(err.contains("refused by the signalling cluster"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

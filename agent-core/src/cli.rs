@@ -256,7 +256,7 @@ pub fn parse_token_file(s: &str) -> Result<PathBuf, String> {
 }
 
 /// `--cafile`: a readable PEM file with at least one certificate, or exit 2 naming it.
-fn parse_cafile(s: &str) -> Result<PathBuf, String> {
+pub fn parse_cafile(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
     crate::tls::read_ca(&path).map_err(|e| e.to_string())?;
     Ok(path)

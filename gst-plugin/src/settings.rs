@@ -51,6 +51,10 @@ pub struct Values {
     pub producer_peer_id: Option<String>,
     pub resume: bool,
     pub retry_for: u32,
+    /// Extra headers of the WebSocket upgrade (`headers,cookie="gwc-route=…"`), as upstream's.
+    pub headers: Option<gst::Structure>,
+    pub cafile: Option<String>,
+    pub insecure_tls: bool,
     pub node_id: Option<String>,
     pub peer_id: Option<String>,
 }
@@ -67,6 +71,9 @@ impl Default for Values {
             producer_peer_id: None,
             resume: true,
             retry_for: DEFAULT_RETRY_FOR,
+            headers: None,
+            cafile: None,
+            insecure_tls: false,
             node_id: None,
             peer_id: None,
         }
@@ -143,6 +150,23 @@ mod imp {
                         .default_value(DEFAULT_RETRY_FOR)
                         .mutable_ready()
                         .build(),
+                    glib::ParamSpecBoxed::builder::<gst::Structure>("headers")
+                        .blurb(
+                            "Extra HTTP headers of the WebSocket upgrade, as upstream's \
+                             signaller (headers,cookie=\"gwc-route=…\": a load balancer's \
+                             sticky cookie)",
+                        )
+                        .mutable_ready()
+                        .build(),
+                    string(
+                        "cafile",
+                        "PEM file of the CA that signed the nodes' certificate (wss://)",
+                    ),
+                    glib::ParamSpecBoolean::builder("insecure-tls")
+                        .blurb("Accept any certificate (self-signed test setups only)")
+                        .default_value(false)
+                        .mutable_ready()
+                        .build(),
                     glib::ParamSpecString::builder("node-id")
                         .blurb("The node the signaller is registered on (v2)")
                         .read_only()
@@ -168,6 +192,9 @@ mod imp {
                 "producer-peer-id" => v.producer_peer_id = text(),
                 "resume" => v.resume = value.get().unwrap_or(true),
                 "retry-for" => v.retry_for = value.get().unwrap_or(DEFAULT_RETRY_FOR),
+                "headers" => v.headers = value.get().ok().flatten(),
+                "cafile" => v.cafile = text(),
+                "insecure-tls" => v.insecure_tls = value.get().unwrap_or(false),
                 _ => {}
             }
         }
@@ -183,6 +210,9 @@ mod imp {
                 "producer-peer-id" => v.producer_peer_id.to_value(),
                 "resume" => v.resume.to_value(),
                 "retry-for" => v.retry_for.to_value(),
+                "headers" => v.headers.to_value(),
+                "cafile" => v.cafile.to_value(),
+                "insecure-tls" => v.insecure_tls.to_value(),
                 "node-id" => v.node_id.to_value(),
                 "peer-id" => v.peer_id.to_value(),
                 _ => None::<String>.to_value(),

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use agent_core::cli::{parse_server, parse_token_file};
+use agent_core::cli::{parse_cafile, parse_server, parse_token_file};
 use agent_core::client::{ClientConfig, ProtocolChoice, Token};
 use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig, Target};
 use gst::glib;
@@ -26,6 +26,10 @@ pub enum SettingsError {
         "give one of signaller::stream, signaller::producer-name, signaller::producer-peer-id"
     )]
     Targets,
+    #[error("signaller::cafile: {0}")]
+    Cafile(String),
+    #[error("signaller::headers: {0} is not a string")]
+    Header(String),
 }
 
 /// The client configuration the properties describe.
@@ -47,12 +51,26 @@ pub fn client_config(v: &Values) -> Result<ClientConfig, SettingsError> {
         (None, Some(token)) => Some(Token::Value(token.clone())),
         (None, None) => None,
     };
+    let cafile = match &v.cafile {
+        Some(path) => Some(parse_cafile(path).map_err(SettingsError::Cafile)?),
+        None => None,
+    };
+    let headers = match &v.headers {
+        Some(s) => s
+            .iter()
+            .map(|(name, value)| match value.get::<String>() {
+                Ok(value) => Ok((name.to_string(), value)),
+                Err(_) => Err(SettingsError::Header(name.to_string())),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     Ok(ClientConfig {
         servers,
-        headers: Vec::new(),
+        headers,
         token,
-        cafile: None,
-        insecure_tls: false,
+        cafile,
+        insecure_tls: v.insecure_tls,
         protocol: match v.resume {
             true => ProtocolChoice::Auto,
             false => ProtocolChoice::V1,
