@@ -7,7 +7,9 @@
 //! when the element starts; its pads are ghosted as they come, and a ghost pad stays (and is
 //! retargeted) when a later session brings a pad of the same name, so downstream stays linked.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
 
 use gst::glib;
 use gst::prelude::*;
@@ -17,6 +19,9 @@ use agent_core::signaller::{AgentEvent, EndedBy};
 
 use crate::settings::SignallerSettings;
 use crate::wiring;
+
+/// As consumer-agent's `--stall-timeout`.
+const DEFAULT_STALL_TIMEOUT_MS: u32 = 3000;
 
 /// How long a watching source waits before asking again.
 const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -32,6 +37,9 @@ mod imp {
     pub struct GwcWebRTCSrc {
         settings: SignallerSettings,
         inner: Mutex<Option<gst::Element>>,
+        /// When the last buffer left through one of our pads (none since the last rebuild).
+        last_buffer: Arc<Mutex<Option<Instant>>>,
+        stall_timeout_ms: AtomicU32,
     }
 
     impl Default for GwcWebRTCSrc {
@@ -39,6 +47,8 @@ mod imp {
             GwcWebRTCSrc {
                 settings: SignallerSettings::new(true),
                 inner: Mutex::default(),
+                last_buffer: Arc::default(),
+                stall_timeout_ms: AtomicU32::new(DEFAULT_STALL_TIMEOUT_MS),
             }
         }
     }
@@ -58,17 +68,36 @@ mod imp {
                     glib::ParamSpecObject::builder::<SignallerSettings>("signaller")
                         .blurb(
                             "The cluster signaller's settings: signaller::stream, \
-                         signaller::servers, signaller::token-file, … (docs/gstreamer.md)",
+                             signaller::servers, signaller::token-file, … (docs/gstreamer.md)",
                         )
                         .read_only()
+                        .build(),
+                    glib::ParamSpecUInt::builder("stall-timeout")
+                        .blurb(
+                            "Media stopped this many milliseconds after it flowed (a relay \
+                             died; its session waits for a resume that will not come): be \
+                             placed again, as consumer-agent's --stall-timeout (0: never)",
+                        )
+                        .default_value(DEFAULT_STALL_TIMEOUT_MS)
+                        .mutable_ready()
                         .build(),
                 ]
             });
             PROPS.as_ref()
         }
 
-        fn property(&self, _id: usize, _pspec: &glib::ParamSpec) -> glib::Value {
-            self.settings.to_value()
+        fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+            if pspec.name() == "stall-timeout" {
+                let ms = value.get().unwrap_or(DEFAULT_STALL_TIMEOUT_MS);
+                self.stall_timeout_ms.store(ms, Ordering::Relaxed);
+            }
+        }
+
+        fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+            match pspec.name() {
+                "stall-timeout" => self.stall_timeout_ms.load(Ordering::Relaxed).to_value(),
+                _ => self.settings.to_value(),
+            }
         }
     }
 
@@ -105,6 +134,11 @@ mod imp {
                     None => gst::GhostPad::builder_with_target(pad),
                 };
                 if let Ok(ghost) = ghost.map(|g| g.name(pad.name()).build()) {
+                    let seen = obj.imp().last_buffer.clone();
+                    ghost.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                        *seen.lock().unwrap() = Some(Instant::now());
+                        gst::PadProbeReturn::Ok
+                    });
                     let _ = ghost.set_active(true);
                     let _ = obj.add_pad(&ghost);
                 }
@@ -154,6 +188,38 @@ mod imp {
         });
     }
 
+    /// Media that flowed and stopped for `timeout_ms` (a dead relay's session is parked for
+    /// its resume, so no `endSession` comes soon): a fresh webrtcsrc, placed again. Checked
+    /// every quarter of a second while the element lives and is not stopped.
+    fn watch_stalls(obj: &super::GwcWebRTCSrc, timeout_ms: u32) {
+        if timeout_ms == 0 {
+            return;
+        }
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        let weak = obj.downgrade();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            let Some(obj) = weak.upgrade() else { return };
+            if obj.current_state() == gst::State::Null {
+                return;
+            }
+            let imp = obj.imp();
+            let stalled = imp
+                .last_buffer
+                .lock()
+                .unwrap()
+                .is_some_and(|at| at.elapsed() > timeout);
+            if stalled {
+                *imp.last_buffer.lock().unwrap() = None;
+                obj.call_async(|element| {
+                    if let Some(src) = element.downcast_ref::<super::GwcWebRTCSrc>() {
+                        src.imp().rebuild();
+                    }
+                });
+            }
+        });
+    }
+
     impl GwcWebRTCSrc {
         /// A fresh webrtcsrc (and signaller) in place of the current one, while playing.
         fn rebuild(&self) {
@@ -161,6 +227,7 @@ mod imp {
             if obj.current_state() == gst::State::Null {
                 return;
             }
+            *self.last_buffer.lock().unwrap() = None;
             if let Some(old) = self.inner.lock().unwrap().take() {
                 let _ = old.set_state(gst::State::Null);
                 let _ = obj.remove(&old);
@@ -210,6 +277,8 @@ mod imp {
                     Ok(inner) => {
                         obj.add(&inner).map_err(|_| gst::StateChangeError)?;
                         *self.inner.lock().unwrap() = Some(inner);
+                        *self.last_buffer.lock().unwrap() = None;
+                        watch_stalls(&obj, self.stall_timeout_ms.load(Ordering::Relaxed));
                     }
                     Err(e) => {
                         wiring::post(obj.upcast_ref(), &e);
