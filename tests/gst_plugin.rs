@@ -49,6 +49,19 @@ fn watcher(src: &[&str]) -> Result<Agent> {
     launch(&words)
 }
 
+/// A consumer-agent on `server` decoding the producer named `name` (`extra`: a token, a CA),
+/// with stats every 0.2 s; waits for its 30th frame.
+async fn decodes(server: &str, name: &str, extra: &[&str]) -> Result<Agent> {
+    let mut args = vec!["--server", server, "--producer-name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--stats-interval", "0.2"]);
+    let consumer = Agent::consumer(&args)?;
+    consumer
+        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+        .await?;
+    Ok(consumer)
+}
+
 #[test]
 fn gst_inspect_lists_the_elements_and_documents_their_properties() -> Result<()> {
     let out = tool("gst-inspect-1.0").arg("gwc").output()?;
@@ -133,17 +146,7 @@ async fn the_seed_readme_pipeline_with_the_stock_webrtcsink_plays_against_a_node
         "!",
         "ws.",
     ])?;
-    let consumer = Agent::consumer(&[
-        "--server",
-        &node.url(),
-        "--producer-name",
-        "gst-stream",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    consumer
-        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
-        .await?;
+    decodes(&node.url(), "gst-stream", &[]).await?;
     Ok(())
 }
 
@@ -212,19 +215,7 @@ async fn with_auth_a_token_file_works_and_no_token_is_a_clear_element_error() ->
         "viewer",
         serde_json::json!({"consume": ["cam", "cam2"], "listen": true}),
     )?;
-    let viewer = Agent::consumer(&[
-        "--server",
-        &node.url(),
-        "--token",
-        &viewer_token,
-        "--producer-name",
-        "cam",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    viewer
-        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
-        .await?;
+    decodes(&node.url(), "cam", &["--token", &viewer_token]).await?;
     // the same token in upstream's way: signaller::headers (what a stock webrtcsink sends)
     let headers = format!(r#"signaller::headers="headers,authorization=\"Bearer {token}\"""#);
     let _by_header = launch(&[
@@ -236,19 +227,7 @@ async fn with_auth_a_token_file_works_and_no_token_is_a_clear_element_error() ->
         &headers,
         "meta=meta,name=cam2",
     ])?;
-    let second = Agent::consumer(&[
-        "--server",
-        &node.url(),
-        "--token",
-        &viewer_token,
-        "--producer-name",
-        "cam2",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    second
-        .wait(LONG, "30 decoded frames of cam2", |c| frames_now(c) >= 30)
-        .await?;
+    decodes(&node.url(), "cam2", &["--token", &viewer_token]).await?;
     let mut refused = launch(&[
         "videotestsrc",
         "is-live=true",
@@ -341,19 +320,7 @@ async fn wss_nodes_are_trusted_through_signaller_cafile() -> Result<()> {
     let mut trusted = pipeline.to_vec();
     trusted.extend_from_slice(&[&cafile, "meta=meta,name=tls"]);
     let _publisher = launch(&trusted)?;
-    let viewer = Agent::consumer(&[
-        "--server",
-        &url,
-        "--cafile",
-        &cert,
-        "--producer-name",
-        "tls",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    viewer
-        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
-        .await?;
+    decodes(&url, "tls", &["--cafile", &cert]).await?;
     let mut untrusted = launch(&pipeline)?;
     let code = untrusted.exit_within(LONG).await?;
     assert_ne!(code, Some(0));
@@ -374,32 +341,7 @@ async fn a_watching_source_is_placed_again_when_its_relay_dies() -> Result<()> {
     let redis = Redis::start().await?;
     let a = Node::join(&redis, "node-a", &[]).await?;
     let b = Node::join(&redis, "node-b", &[]).await?;
-    let origin = Agent::producer(&[
-        "--server",
-        &a.url(),
-        "--name",
-        "hall",
-        "--encoding",
-        "shared",
-        "--stats-interval",
-        "0.5",
-    ])?;
-    let relay = Agent::spawn(
-        "relay-agent",
-        &[
-            "--server",
-            &b.url(),
-            "--source-name",
-            "hall",
-            "--name",
-            "hall relay",
-            "--max-consumers",
-            "4",
-            "--stats-interval",
-            "0.5",
-        ],
-    )?;
-    relay.wait_stderr("serving as", LONG).await?;
+    let (origin, relay) = cluster_tests::relaying::hall(&a, &b).await?;
     let servers = format!("signaller::servers={}", b.url());
     let mut viewer = watcher(&["gwcwebrtcsrc", "signaller::stream=hall", &servers])?;
     viewer

@@ -213,32 +213,7 @@ async fn the_page_plays_a_stream_through_a_relay_and_is_placed_again_when_the_re
     let redis = Redis::start().await?;
     let a = Node::join(&redis, "node-a", &[]).await?;
     let b = Node::join(&redis, "node-b", &[]).await?;
-    let origin = Agent::producer(&[
-        "--server",
-        &a.url(),
-        "--name",
-        "hall",
-        "--encoding",
-        "shared",
-        "--stats-interval",
-        "0.5",
-    ])?;
-    let relay = Agent::spawn(
-        "relay-agent",
-        &[
-            "--server",
-            &b.url(),
-            "--source-name",
-            "hall",
-            "--name",
-            "hall relay",
-            "--max-consumers",
-            "4",
-            "--stats-interval",
-            "0.5",
-        ],
-    )?;
-    relay.wait_stderr("serving as", LONG).await?;
+    let (origin, relay) = cluster_tests::relaying::hall(&a, &b).await?;
     let url = format!("http://127.0.0.1:{}/", b.port);
     let page = browser(&["stream", &url, "hall"])?;
     let playing = event(&page, "playing").await?;

@@ -40,6 +40,41 @@ pub fn shared_720p_origin(node: &Node, name: &str, extra: &[&str]) -> Result<Age
     Agent::spawn("producer-agent", &args)
 }
 
+/// The "hall" of the re-placement tests (`web.rs`, `gst_plugin.rs`): a shared-encoding origin
+/// on `a` and a relay of it on `b` (room for 4), stats every 0.5 s; returns once the relay
+/// serves.
+pub async fn hall(a: &Node, b: &Node) -> Result<(Agent, Agent)> {
+    let origin = Agent::producer(&[
+        "--server",
+        &a.url(),
+        "--name",
+        "hall",
+        "--encoding",
+        "shared",
+        "--stats-interval",
+        "0.5",
+    ])?;
+    let relay = Agent::spawn(
+        "relay-agent",
+        &[
+            "--server",
+            &b.url(),
+            "--source-name",
+            "hall",
+            "--name",
+            "hall relay",
+            "--max-consumers",
+            "4",
+            "--stats-interval",
+            "0.5",
+        ],
+    )?;
+    relay
+        .wait_stderr("serving as", std::time::Duration::from_secs(60))
+        .await?;
+    Ok((origin, relay))
+}
+
 /// A relay-agent with `--engine forward`, whatever the environment says.
 pub fn forward(node: &Node, source: &str, name: &str, extra: &[&str]) -> Result<Agent> {
     let mut args = vec!["--engine", "forward"];
