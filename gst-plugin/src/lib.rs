@@ -39,7 +39,9 @@ pub(crate) fn stock_templates(
 /// Registers everything on `plugin` (`None`: statically, for a program linking this crate).
 pub fn register(plugin: Option<&gst::Plugin>) -> Result<(), glib::BoolError> {
     use gst::prelude::*;
-    let _ = gst_plugin_rustls_provider();
+    // rustls needs a process-wide crypto provider (the stock plugin installs ring's in its
+    // init; a second install is refused, harmlessly)
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match plugin {
         Some(p) => {
             gstrswebrtc::webrtcsink::register(p)?;
@@ -67,13 +69,6 @@ pub fn register(plugin: Option<&gst::Plugin>) -> Result<(), glib::BoolError> {
         src::GwcWebRTCSrc::static_type(),
     )?;
     Ok(())
-}
-
-/// rustls needs a process-wide crypto provider (the stock plugin installs ring's in its init).
-fn gst_plugin_rustls_provider() -> bool {
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_ok()
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

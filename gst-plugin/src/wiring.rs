@@ -30,6 +30,8 @@ pub enum SettingsError {
     Cafile(String),
     #[error("signaller::headers: {0} is not a string")]
     Header(String),
+    #[error("cannot start the signaller's event thread: {0}")]
+    Thread(String),
 }
 
 /// The client configuration the properties describe.
@@ -126,7 +128,7 @@ pub fn signaller(
                 on_event(&element, settings.upgrade().as_ref(), event);
             }
         })
-        .map_err(|e| SettingsError::Servers(format!("cannot start: {e}")))?;
+        .map_err(|e| SettingsError::Thread(e.to_string()))?;
     Ok(signaller)
 }
 
@@ -165,10 +167,10 @@ pub fn post(element: &gst::Element, e: &SettingsError) {
 
 /// The `signaller` child and `inner` as children of `ChildProxy` (gst-launch's
 /// `signaller::servers=…`, `webrtcsink::video-caps=…`).
-pub fn child<'a>(
+pub fn child(
     name: &str,
-    settings: &'a SignallerSettings,
-    inner: &'a gst::Element,
+    settings: &SignallerSettings,
+    inner: &gst::Element,
 ) -> Option<glib::Object> {
     if name == "signaller" {
         Some(settings.clone().upcast())
