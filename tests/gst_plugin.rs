@@ -68,10 +68,11 @@ fn gst_inspect_lists_the_elements_and_documents_their_properties() -> Result<()>
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for element in ["gwcwebrtcsink", "gwcwebrtcsrc", "webrtcsink", "webrtcsrc"] {
-        assert!(
-            text.contains(&format!("{element}:")),
-            "{element} missing:\n{text}"
-        );
+        // (a whole name: "webrtcsrc:" is also the end of "gwcwebrtcsrc:")
+        let listed = text
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{element}:")));
+        assert!(listed, "{element} missing:\n{text}");
     }
     let sink = tool("gst-inspect-1.0").arg("gwcwebrtcsink").output()?;
     let sink = String::from_utf8_lossy(&sink.stdout);
