@@ -127,18 +127,14 @@ pub struct IceArgs {
 }
 
 impl IceArgs {
-    /// Sets `stun-server` and `turn-servers` on webrtcsink or webrtcsrc, and the policy on
-    /// its signaller (ours: it applies it to each session's webrtcbin with the node's servers).
+    /// Sets `stun-server` and `turn-servers` on webrtcsink or webrtcsrc (the policy is the
+    /// element's `signaller::ice-transport-policy`: gst-plugin's `agent.rs`).
     pub fn apply(&self, element: &gst::Element) {
         use gst::prelude::*;
         element.set_property("stun-server", self.stun_server.as_deref());
         if !self.turn_servers.is_empty() {
             let turn = gst::Array::new(self.turn_servers.iter().map(String::as_str));
             element.set_property("turn-servers", turn);
-        }
-        let signaller = element.property::<gst::glib::Object>("signaller");
-        if let Some(ours) = signaller.downcast_ref::<crate::signaller::ClusterSignaller>() {
-            ours.set_ice_policy(self.ice_transport_policy);
         }
     }
 }

@@ -19,7 +19,7 @@ use agent_core::cli::{seconds, whole, IceArgs, OutputArgs, SignallingArgs};
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit::{self, Ending};
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{ClusterSignaller, EndedBy, Role, SignallerConfig, Target};
+use agent_core::signaller::{EndedBy, Target};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -174,7 +174,7 @@ struct Run {
 }
 
 fn run(args: &Args, target: Target) -> anyhow::Result<()> {
-    agent_core::init_gstreamer()?;
+    gstgwc::agent::init()?;
     let mut run = Run {
         started: Instant::now(),
         frames: Arc::new(AtomicU64::new(0)),
@@ -267,34 +267,26 @@ fn describe(target: &Target) -> String {
 /// Builds a pipeline with a new signaller, runs it until it ends, tears it down.
 fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow::Result<Outcome> {
     let (events_tx, events) = std::sync::mpsc::channel();
-    let signaller = ClusterSignaller::new(SignallerConfig {
-        client: args.signalling.client_config(),
-        role: Role::Consumer {
-            target: target.clone(),
-        },
-        events: events_tx,
-    });
-    signaller.set_max_height(args.max_height);
     let pipeline = gst::Pipeline::new();
     quality::watch(&pipeline, run.quality.clone());
     depay::like_a_browser(&pipeline);
     let decoders = run.decoders.clone();
     agent_core::stats::record_working(pipeline.upcast_ref(), "Codec/Decoder", decoders);
-    let src = make_src(args, &signaller)?;
+    let src = make_src(args, target, events_tx);
     pipeline.add(&src)?;
-    *run.shared.src.lock().unwrap() = Some(src.downgrade());
-    let remote = signaller.clone();
+    *run.shared.src.lock().unwrap() = Some(src.upcast_ref::<gst::Element>().downgrade());
+    let remote = src.downgrade();
     let (linker, recording) = Linker::new(
         &pipeline,
         &args.sink,
         segment,
         run.frames.clone(),
-        Arc::new(move || remote.remote_streams()),
+        Arc::new(move || remote.upgrade()?.cluster_signaller()?.remote_streams()),
         run.frame_log.clone(),
     )?;
     run.recordings.extend(recording);
     let entries = linker.entries.clone();
-    link_streams(&pipeline, &src, linker);
+    link_streams(&pipeline, src.upcast_ref(), linker);
 
     let main_loop = glib::MainLoop::new(None, false);
     let end = End::new(&main_loop);
@@ -325,17 +317,21 @@ fn attempt(args: &Args, target: &Target, run: &mut Run, segment: u32) -> anyhow:
     Ok(outcome)
 }
 
-/// The webrtcsrc, configured from the arguments, with our signaller.
-fn make_src(args: &Args, signaller: &ClusterSignaller) -> anyhow::Result<gst::Element> {
-    let mut src = gst::ElementFactory::make("webrtcsrc").property("signaller", signaller);
+/// The gwcwebrtcsrc (the element gst-launch users have: `gst-plugin/`) watching `target`
+/// once, configured from the arguments; this agent decides what comes after its session.
+fn make_src(
+    args: &Args,
+    target: &Target,
+    events: std::sync::mpsc::Sender<agent_core::signaller::AgentEvent>,
+) -> gstgwc::src::GwcWebRTCSrc {
+    let src = gstgwc::agent::src(&args.signalling, &args.ice, target, args.max_height, events);
     if let Sink::File(path) = &args.sink {
         if let Some(codecs) = Container::of(path).ok().and_then(Container::video_codecs) {
-            src = src.property("video-codecs", gst::Array::new(codecs));
+            src.webrtcsrc()
+                .set_property("video-codecs", gst::Array::new(codecs));
         }
     }
-    let src = src.build().context("webrtcsrc is not available")?;
-    args.ice.apply(&src);
-    Ok(src)
+    src
 }
 
 /// Every stream webrtcsrc adds goes to the `--sink` through `linker`.

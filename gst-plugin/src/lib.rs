@@ -7,12 +7,16 @@
 //! | the `signaller` child's properties (`servers`, `token-file`, `stream`, …, read-only `node-id`, `peer-id`) | `settings.rs` |
 //! | properties → agent-core's `ClusterSignaller`; its refusals and giving up → element errors | `wiring.rs` |
 //! | `gwcwebrtcsink`: webrtcsink with the cluster signaller (request pads ghosted, `meta`) | `sink.rs` |
-//! | `gwcwebrtcsrc`: webrtcsrc with the cluster signaller (its pads ghosted as they come) | `src.rs` |
+//! | `gwcwebrtcsrc`: webrtcsrc with the cluster signaller (its pads ghosted as they come; re-placement when watching) | `src.rs` |
+//! | the elements' pads: ghost pads with the stock pads' `msid` | `pad.rs` |
+//! | the agents' flags as these elements' properties (the agents publish and watch through them) | `agent.rs` |
 //!
 //! `./dev plugin` builds it and prints the `GST_PLUGIN_PATH` line; docs/gstreamer.md.
 
 use gst::glib;
 
+pub mod agent;
+pub mod pad;
 pub mod settings;
 pub mod sink;
 pub mod src;
@@ -56,6 +60,7 @@ pub fn register(plugin: Option<&gst::Plugin>) -> Result<(), glib::BoolError> {
         gstrsrtp::plugin_register_static()?;
     }
     settings::SignallerSettings::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    pad::GwcPad::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         plugin,
         "gwcwebrtcsink",

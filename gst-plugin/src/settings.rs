@@ -36,8 +36,39 @@ impl SignallerSettings {
     }
 }
 
+/// Every property of the `signaller` child, its blurb and default, one per line: the
+/// elements' `signaller` blurb, so that `gst-inspect-1.0 gwcwebrtcsink` documents them
+/// (gst-inspect lists an element's own properties, not its children's).
+pub fn describe() -> String {
+    let mut text = String::from("The cluster signaller's settings, set as signaller::NAME=VALUE:");
+    for pspec in imp::SignallerSettings::properties() {
+        let default = pspec.default_value();
+        let default = match default.get::<Option<String>>() {
+            Ok(Some(s)) => format!("\"{s}\""),
+            Ok(None) => "none".into(),
+            // (a boxed default is NULL; transforming it would hand NULL to its serializer)
+            Err(_) if default.type_().is_a(glib::Type::BOXED) => "none".into(),
+            Err(_) => default
+                .transform::<String>()
+                .ok()
+                .and_then(|v| v.get::<String>().ok())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "none".into()),
+        };
+        let access = match pspec.flags().contains(glib::ParamFlags::WRITABLE) {
+            true => format!("default {default}"),
+            false => "read-only".into(),
+        };
+        let blurb = pspec.blurb().unwrap_or_default();
+        text.push_str(&format!("\n    {}: {blurb} ({access})", pspec.name()));
+    }
+    text
+}
+
 pub const DEFAULT_SERVERS: &str = "ws://127.0.0.1:8443";
 pub const DEFAULT_RETRY_FOR: u32 = 60;
+pub const DEFAULT_BACKOFF_MAX: u32 = 10;
+pub const DEFAULT_POLICY: &str = "all";
 
 #[derive(Clone, Debug)]
 pub struct Values {
@@ -55,6 +86,15 @@ pub struct Values {
     pub headers: Option<gst::Structure>,
     pub cafile: Option<String>,
     pub insecure_tls: bool,
+    /// Longest wait between two connection attempts, seconds.
+    pub backoff_max: u32,
+    pub reconnect_after_kick: bool,
+    /// Sink: consumers served at once (0: no limit).
+    pub max_sessions: u32,
+    /// Source: the tallest video asked for (0: any).
+    pub max_height: u32,
+    /// `all` or `relay` (only TURN-relayed candidates).
+    pub ice_transport_policy: String,
     pub node_id: Option<String>,
     pub peer_id: Option<String>,
 }
@@ -74,6 +114,11 @@ impl Default for Values {
             headers: None,
             cafile: None,
             insecure_tls: false,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            reconnect_after_kick: false,
+            max_sessions: 0,
+            max_height: 0,
+            ice_transport_policy: DEFAULT_POLICY.into(),
             node_id: None,
             peer_id: None,
         }
@@ -167,6 +212,48 @@ mod imp {
                         .default_value(false)
                         .mutable_ready()
                         .build(),
+                    glib::ParamSpecUInt::builder("backoff-max")
+                        .blurb(
+                            "Longest wait between two connection attempts, in seconds (the wait \
+                             doubles from 250 ms, with jitter)",
+                        )
+                        .minimum(1)
+                        .maximum(3600)
+                        .default_value(DEFAULT_BACKOFF_MAX)
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecBoolean::builder("reconnect-after-kick")
+                        .blurb(
+                            "Disconnected by an operator, register again as a new peer (off: \
+                             an element error)",
+                        )
+                        .default_value(false)
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecUInt::builder("max-sessions")
+                        .blurb(
+                            "gwcwebrtcsink: consumers served at once; one more is turned away \
+                             and placed elsewhere by the cluster (0: no limit)",
+                        )
+                        .default_value(0)
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecUInt::builder("max-height")
+                        .blurb(
+                            "gwcwebrtcsrc: ask for video no taller than this many pixels (a \
+                             producer with an encoding ladder sends the layer that fits; 0: any)",
+                        )
+                        .default_value(0)
+                        .mutable_ready()
+                        .build(),
+                    glib::ParamSpecString::builder("ice-transport-policy")
+                        .blurb(
+                            "all, or relay: media only through TURN (the node's minted \
+                             credentials, or webrtcsink::turn-servers)",
+                        )
+                        .default_value(Some(DEFAULT_POLICY))
+                        .mutable_ready()
+                        .build(),
                     glib::ParamSpecString::builder("node-id")
                         .blurb("The node the signaller is registered on (v2)")
                         .read_only()
@@ -195,6 +282,13 @@ mod imp {
                 "headers" => v.headers = value.get().ok().flatten(),
                 "cafile" => v.cafile = text(),
                 "insecure-tls" => v.insecure_tls = value.get().unwrap_or(false),
+                "backoff-max" => v.backoff_max = value.get().unwrap_or(DEFAULT_BACKOFF_MAX),
+                "reconnect-after-kick" => v.reconnect_after_kick = value.get().unwrap_or(false),
+                "max-sessions" => v.max_sessions = value.get().unwrap_or(0),
+                "max-height" => v.max_height = value.get().unwrap_or(0),
+                "ice-transport-policy" => {
+                    v.ice_transport_policy = text().unwrap_or_else(|| DEFAULT_POLICY.into())
+                }
                 _ => {}
             }
         }
@@ -213,6 +307,11 @@ mod imp {
                 "headers" => v.headers.to_value(),
                 "cafile" => v.cafile.to_value(),
                 "insecure-tls" => v.insecure_tls.to_value(),
+                "backoff-max" => v.backoff_max.to_value(),
+                "reconnect-after-kick" => v.reconnect_after_kick.to_value(),
+                "max-sessions" => v.max_sessions.to_value(),
+                "max-height" => v.max_height.to_value(),
+                "ice-transport-policy" => v.ice_transport_policy.to_value(),
                 "node-id" => v.node_id.to_value(),
                 "peer-id" => v.peer_id.to_value(),
                 _ => None::<String>.to_value(),

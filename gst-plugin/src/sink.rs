@@ -35,13 +35,15 @@ mod imp {
     use super::*;
 
     pub struct GwcWebRTCSink {
-        inner: gst::Element,
+        pub(super) inner: gst::Element,
         settings: SignallerSettings,
         min_keyframe_interval_ms: AtomicU32,
         /// Keyframe requests of the consumers of pre-encoded video, and what was passed on.
         pub(super) keyframes: Arc<KeyframeCounts>,
         /// Ghost pad → the child's request pad it stands for.
         pads: Mutex<Vec<(gst::Pad, gst::Pad)>>,
+        /// An application's receiver of the signaller's events (`set_events`).
+        pub(super) tap: wiring::Tap,
     }
 
     impl Default for GwcWebRTCSink {
@@ -55,6 +57,7 @@ mod imp {
                 min_keyframe_interval_ms: AtomicU32::new(DEFAULT_MIN_KEYFRAME_INTERVAL_MS),
                 keyframes: Arc::default(),
                 pads: Mutex::default(),
+                tap: wiring::Tap::default(),
             }
         }
     }
@@ -83,17 +86,14 @@ mod imp {
                             "Pre-encoded video: at most one keyframe is asked of the encoder \
                              upstream per this many milliseconds, however many consumers ask \
                              (joining, or on loss); one asked in between is passed on at the \
-                             end of the interval",
+                             end of the interval (0: every request passed on)",
                         )
                         .maximum(60_000)
                         .default_value(DEFAULT_MIN_KEYFRAME_INTERVAL_MS)
                         .mutable_ready()
                         .build(),
                     glib::ParamSpecObject::builder::<SignallerSettings>("signaller")
-                        .blurb(
-                            "The cluster signaller's settings: signaller::servers, \
-                             signaller::token-file, signaller::resume, … (docs/gstreamer.md)",
-                        )
+                        .blurb(&crate::settings::describe())
                         .read_only()
                         .build(),
                 ]
@@ -162,10 +162,7 @@ mod imp {
         ) -> Option<gst::Pad> {
             let inner_templ = self.inner.pad_template(templ.name_template())?;
             let target = self.inner.request_pad(&inner_templ, name, caps)?;
-            let ghost = gst::GhostPad::builder_from_template_with_target(templ, &target)
-                .ok()?
-                .name(target.name())
-                .build();
+            let ghost = crate::pad::ghost(Some(templ), &target).ok()?;
             self.obj().add_pad(&ghost).ok()?;
             if target.name().starts_with("video_") {
                 self.coalesce_keyframes(&ghost);
@@ -193,7 +190,7 @@ mod imp {
         ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
             if transition == gst::StateChange::NullToReady {
                 let element = self.obj().upcast_ref::<gst::Element>().clone();
-                match wiring::signaller(&element, &self.settings, |_, _| {}) {
+                match wiring::signaller(&element, &self.settings, &self.tap, |_, _| {}) {
                     Ok(signaller) => self.inner.set_property("signaller", &signaller),
                     Err(e) => {
                         wiring::post(&element, &e);
@@ -209,11 +206,14 @@ mod imp {
         /// The consumers' keyframe requests, as they leave webrtcsink for upstream through
         /// `ghost`, coalesced (they reach upstream only for pre-encoded input: webrtcsink's
         /// own encoders take raw input's).
-        fn coalesce_keyframes(&self, ghost: &gst::GhostPad) {
+        fn coalesce_keyframes(&self, ghost: &crate::pad::GwcPad) {
             let Some(inside) = ghost.internal() else {
                 return;
             };
             let interval = self.min_keyframe_interval_ms.load(Ordering::Relaxed);
+            if interval == 0 {
+                return;
+            }
             let outside = ghost.downgrade();
             agent_core::keyframes::coalesce(
                 inside.upcast_ref(),
@@ -251,6 +251,18 @@ mod imp {
 }
 
 impl GwcWebRTCSink {
+    /// The stock webrtcsink inside (`webrtcsink::NAME`): its other properties, signals and
+    /// `stats`.
+    pub fn webrtcsink(&self) -> gst::Element {
+        self.imp().inner.clone()
+    }
+
+    /// The signaller's events go to `events` from the next start on, and the final ones (a
+    /// refusal, giving up, a kick) are left to the receiver instead of being element errors.
+    pub fn set_events(&self, events: std::sync::mpsc::Sender<agent_core::signaller::AgentEvent>) {
+        *self.imp().tap.lock().unwrap() = Some(events);
+    }
+
     /// Keyframe requests of pre-encoded video's consumers: (asked, passed on upstream).
     pub fn keyframe_requests(&self) -> (u64, u64) {
         let k = &self.imp().keyframes;

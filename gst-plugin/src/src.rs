@@ -6,8 +6,10 @@
 //! construction only, so the child (named `webrtcsrc`, reached as `webrtcsrc::NAME`) is made
 //! when the element starts; its pads are ghosted as they come, and a ghost pad stays (and is
 //! retargeted) when a later session brings a pad of the same name, so downstream stays linked.
+//! Until then `webrtcsrc::NAME` reaches a template webrtcsrc (never started) whose properties
+//! set are copied to each webrtcsrc made (`webrtcsrc::video-codecs=…` in gst-launch).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
@@ -15,7 +17,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
-use agent_core::signaller::{AgentEvent, EndedBy};
+use agent_core::signaller::{AgentEvent, ClusterSignaller, EndedBy};
 
 use crate::settings::SignallerSettings;
 use crate::wiring;
@@ -40,15 +42,37 @@ mod imp {
         /// When the last buffer left through one of our pads (none since the last rebuild).
         last_buffer: Arc<Mutex<Option<Instant>>>,
         stall_timeout_ms: AtomicU32,
+        watch: AtomicBool,
+        /// Stands for the webrtcsrc before it exists: what is set on it is copied.
+        template: gst::Element,
+        /// The template's properties that were set.
+        changed: Arc<Mutex<Vec<String>>>,
+        pub(super) tap: wiring::Tap,
     }
 
     impl Default for GwcWebRTCSrc {
         fn default() -> Self {
+            let template = gst::ElementFactory::make("webrtcsrc")
+                .name("webrtcsrc")
+                .build()
+                .expect("webrtcsrc is registered by this plugin");
+            let changed: Arc<Mutex<Vec<String>>> = Arc::default();
+            let seen = changed.clone();
+            template.connect_notify(None, move |_, pspec| {
+                let mut seen = seen.lock().unwrap();
+                if !seen.iter().any(|name| name == pspec.name()) {
+                    seen.push(pspec.name().to_string());
+                }
+            });
             GwcWebRTCSrc {
                 settings: SignallerSettings::new(true),
                 inner: Mutex::default(),
                 last_buffer: Arc::default(),
                 stall_timeout_ms: AtomicU32::new(DEFAULT_STALL_TIMEOUT_MS),
+                watch: AtomicBool::new(true),
+                template,
+                changed,
+                tap: wiring::Tap::default(),
             }
         }
     }
@@ -66,11 +90,18 @@ mod imp {
             static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
                 vec![
                     glib::ParamSpecObject::builder::<SignallerSettings>("signaller")
-                        .blurb(
-                            "The cluster signaller's settings: signaller::stream, \
-                             signaller::servers, signaller::token-file, … (docs/gstreamer.md)",
-                        )
+                        .blurb(&crate::settings::describe())
                         .read_only()
+                        .build(),
+                    glib::ParamSpecBoolean::builder("watch")
+                        .blurb(
+                            "Keep watching: a stream not there yet (or no member with room), a \
+                             session the other side ended, or media stalled is asked for again \
+                             a second later with a fresh webrtcsrc (off: the source just ends, \
+                             for an application that decides itself, as the agents do)",
+                        )
+                        .default_value(true)
+                        .mutable_ready()
                         .build(),
                     glib::ParamSpecUInt::builder("stall-timeout")
                         .blurb(
@@ -87,15 +118,22 @@ mod imp {
         }
 
         fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-            if pspec.name() == "stall-timeout" {
-                let ms = value.get().unwrap_or(DEFAULT_STALL_TIMEOUT_MS);
-                self.stall_timeout_ms.store(ms, Ordering::Relaxed);
+            match pspec.name() {
+                "stall-timeout" => {
+                    let ms = value.get().unwrap_or(DEFAULT_STALL_TIMEOUT_MS);
+                    self.stall_timeout_ms.store(ms, Ordering::Relaxed);
+                }
+                "watch" => self
+                    .watch
+                    .store(value.get().unwrap_or(true), Ordering::Relaxed),
+                _ => {}
             }
         }
 
         fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
             match pspec.name() {
                 "stall-timeout" => self.stall_timeout_ms.load(Ordering::Relaxed).to_value(),
+                "watch" => self.watch.load(Ordering::Relaxed).to_value(),
                 _ => self.settings.to_value(),
             }
         }
@@ -108,7 +146,7 @@ mod imp {
         fn make_inner(&self) -> Result<gst::Element, wiring::SettingsError> {
             let obj = self.obj();
             let element = obj.upcast_ref::<gst::Element>();
-            let signaller = wiring::signaller(element, &self.settings, watch_again)?;
+            let signaller = wiring::signaller(element, &self.settings, &self.tap, watch_again)?;
             let inner = gst::ElementFactory::make("webrtcsrc")
                 .name("webrtcsrc")
                 .property("signaller", &signaller)
@@ -116,6 +154,9 @@ mod imp {
                 .property("stun-server", None::<String>)
                 .build()
                 .expect("webrtcsrc is registered by this plugin");
+            for name in self.changed.lock().unwrap().iter() {
+                inner.set_property_from_value(name, &self.template.property_value(name));
+            }
             let weak = obj.downgrade();
             inner.connect_pad_added(move |_, pad| {
                 let Some(obj) = weak.upgrade() else { return };
@@ -129,11 +170,7 @@ mod imp {
                     &pad.pad_template()
                         .map_or_else(|| pad.name().to_string(), |t| t.name_template().to_string()),
                 );
-                let ghost = match templ {
-                    Some(templ) => gst::GhostPad::builder_from_template_with_target(&templ, pad),
-                    None => gst::GhostPad::builder_with_target(pad),
-                };
-                if let Ok(ghost) = ghost.map(|g| g.name(pad.name()).build()) {
+                if let Ok(ghost) = crate::pad::ghost(templ.as_ref(), pad) {
                     let seen = obj.imp().last_buffer.clone();
                     ghost.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
                         *seen.lock().unwrap() = Some(Instant::now());
@@ -167,11 +204,15 @@ mod imp {
     /// second later with a fresh webrtcsrc (a new placement: the relay that died is not
     /// asked again).
     fn watch_again(element: &gst::Element, event: &AgentEvent) {
-        let again = match event {
-            AgentEvent::ServerError { .. } => true,
-            AgentEvent::SessionEnded { by, .. } => *by == EndedBy::Other,
-            _ => false,
-        };
+        let watching = element
+            .downcast_ref::<super::GwcWebRTCSrc>()
+            .is_some_and(|src| src.imp().watch.load(Ordering::Relaxed));
+        let again = watching
+            && match event {
+                AgentEvent::ServerError { .. } => true,
+                AgentEvent::SessionEnded { by, .. } => *by == EndedBy::Other,
+                _ => false,
+            };
         if !again {
             return;
         }
@@ -278,7 +319,9 @@ mod imp {
                         obj.add(&inner).map_err(|_| gst::StateChangeError)?;
                         *self.inner.lock().unwrap() = Some(inner);
                         *self.last_buffer.lock().unwrap() = None;
-                        watch_stalls(&obj, self.stall_timeout_ms.load(Ordering::Relaxed));
+                        if self.watch.load(Ordering::Relaxed) {
+                            watch_stalls(&obj, self.stall_timeout_ms.load(Ordering::Relaxed));
+                        }
                     }
                     Err(e) => {
                         wiring::post(obj.upcast_ref(), &e);
@@ -296,21 +339,72 @@ mod imp {
         fn child_by_index(&self, index: u32) -> Option<glib::Object> {
             match index {
                 0 => Some(self.settings.clone().upcast()),
-                1 => self.inner.lock().unwrap().clone().map(|e| e.upcast()),
+                1 => Some(self.webrtcsrc().upcast()),
                 _ => None,
             }
         }
 
         fn children_count(&self) -> u32 {
-            1 + u32::from(self.inner.lock().unwrap().is_some())
+            2
         }
 
         fn child_by_name(&self, name: &str) -> Option<glib::Object> {
-            let inner = self.inner.lock().unwrap().clone();
-            match inner {
-                Some(inner) => wiring::child(name, &self.settings, &inner),
-                None => (name == "signaller").then(|| self.settings.clone().upcast()),
-            }
+            wiring::child(name, &self.settings, &self.webrtcsrc())
         }
+    }
+
+    impl GwcWebRTCSrc {
+        /// The running webrtcsrc, or the template before the element starts.
+        pub(super) fn webrtcsrc(&self) -> gst::Element {
+            let inner = self.inner.lock().unwrap().clone();
+            inner.unwrap_or_else(|| self.template.clone())
+        }
+    }
+}
+
+impl GwcWebRTCSrc {
+    /// The webrtcsrc inside: the running one, or before the start the template whose
+    /// properties set are copied to each one made (`stun-server`, `video-codecs`, …).
+    pub fn webrtcsrc(&self) -> gst::Element {
+        self.imp().webrtcsrc()
+    }
+
+    /// The cluster signaller of the running webrtcsrc.
+    pub fn cluster_signaller(&self) -> Option<ClusterSignaller> {
+        let inner = self.imp().webrtcsrc();
+        inner
+            .property::<glib::Object>("signaller")
+            .downcast::<ClusterSignaller>()
+            .ok()
+    }
+
+    /// The signaller's events go to `events` from the next start on, and the final ones (a
+    /// refusal, giving up, a kick) are left to the receiver instead of being element errors.
+    pub fn set_events(&self, events: std::sync::mpsc::Sender<AgentEvent>) {
+        *self.imp().tap.lock().unwrap() = Some(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `webrtcsrc::NAME` set before the start (gst-launch sets it then) reaches the webrtcsrc
+    /// made at the start, and the running one is the child from then on.
+    #[test]
+    fn what_is_set_on_the_webrtcsrc_before_the_start_reaches_the_one_made() {
+        gst::init().unwrap();
+        crate::register(None).unwrap();
+        let src: GwcWebRTCSrc = glib::Object::new();
+        src.set_child_property("webrtcsrc::video-codecs", gst::Array::new(["H264"]));
+        let template = src.webrtcsrc();
+        src.set_state(gst::State::Ready).unwrap();
+        let running = src.webrtcsrc();
+        assert_ne!(running, template);
+        let codecs = running.property::<gst::Array>("video-codecs");
+        let codecs: Vec<String> = codecs.iter().filter_map(|v| v.get().ok()).collect();
+        assert_eq!(codecs, ["H264"]);
+        assert!(src.cluster_signaller().is_some());
+        src.set_state(gst::State::Null).unwrap();
     }
 }

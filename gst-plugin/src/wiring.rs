@@ -5,11 +5,14 @@
 //! with an element error naming the property; a node refusing the token, or no node reachable
 //! for `retry-for`, is an element error too (the pipeline stops instead of hanging).
 
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use agent_core::cli::{parse_cafile, parse_server, parse_token_file};
 use agent_core::client::{ClientConfig, ProtocolChoice, Token};
+use agent_core::ice_servers::Policy;
 use agent_core::signaller::{AgentEvent, ClusterSignaller, Role, SignallerConfig, Target};
+use clap::ValueEnum;
 use gst::glib;
 use gst::prelude::*;
 
@@ -32,6 +35,8 @@ pub enum SettingsError {
     Header(String),
     #[error("cannot start the signaller's event thread: {0}")]
     Thread(String),
+    #[error("signaller::ice-transport-policy: {0:?} is neither all nor relay")]
+    Policy(String),
 }
 
 /// The client configuration the properties describe.
@@ -78,8 +83,8 @@ pub fn client_config(v: &Values) -> Result<ClientConfig, SettingsError> {
             false => ProtocolChoice::V1,
         },
         retry_for: Duration::from_secs(u64::from(v.retry_for)),
-        backoff_max: Duration::from_secs(10),
-        reconnect_after_kick: false,
+        backoff_max: Duration::from_secs(u64::from(v.backoff_max.max(1))),
+        reconnect_after_kick: v.reconnect_after_kick,
     })
 }
 
@@ -87,7 +92,8 @@ pub fn client_config(v: &Values) -> Result<ClientConfig, SettingsError> {
 /// properties name (the first producer listed when none is given).
 pub fn role(v: &Values) -> Result<Role, SettingsError> {
     if !v.consumer {
-        return Ok(Role::Producer { max_sessions: None });
+        let max_sessions = (v.max_sessions > 0).then_some(v.max_sessions);
+        return Ok(Role::Producer { max_sessions });
     }
     let given = [&v.stream, &v.producer_name, &v.producer_peer_id];
     let target = match given.map(Option::clone) {
@@ -100,22 +106,41 @@ pub fn role(v: &Values) -> Result<Role, SettingsError> {
     Ok(Role::Consumer { target })
 }
 
+/// `signaller::ice-transport-policy`.
+pub fn policy(v: &Values) -> Result<Policy, SettingsError> {
+    Policy::from_str(&v.ice_transport_policy, true)
+        .map_err(|_| SettingsError::Policy(v.ice_transport_policy.clone()))
+}
+
+/// Where the signaller's events go besides the element: an application that takes them
+/// (`set_events`, as the agents do) handles the final ones (a refusal, giving up, a kick)
+/// itself; otherwise they are element errors.
+pub type Tap = std::sync::Arc<std::sync::Mutex<Option<Sender<AgentEvent>>>>;
+
 /// A signaller for `element` from its settings; its events update the read-only properties
-/// and turn a refusal or giving up into an element error; `also` sees every event too.
+/// and turn a refusal or giving up into an element error (unless `tap` takes them); `also`
+/// sees every event too.
 pub fn signaller(
     element: &gst::Element,
     settings: &SignallerSettings,
+    tap: &Tap,
     also: impl Fn(&gst::Element, &AgentEvent) + Send + 'static,
 ) -> Result<ClusterSignaller, SettingsError> {
     let values = settings.values();
     let client = client_config(&values)?;
     let role = role(&values)?;
+    let policy = policy(&values)?;
     let (events, receive) = std::sync::mpsc::channel();
     let signaller = ClusterSignaller::new(SignallerConfig {
         client,
         role,
         events,
     });
+    signaller.set_ice_policy(policy);
+    if values.consumer {
+        signaller.set_max_height((values.max_height > 0).then_some(values.max_height));
+    }
+    let tap = tap.lock().unwrap().clone();
     let (element, settings) = (element.downgrade(), settings.downgrade());
     std::thread::Builder::new()
         .name("gwc-signaller-events".into())
@@ -125,14 +150,22 @@ pub fn signaller(
                     return;
                 };
                 also(&element, &event);
-                on_event(&element, settings.upgrade().as_ref(), event);
+                let taken = tap
+                    .as_ref()
+                    .is_some_and(|tap| tap.send(event.clone()).is_ok());
+                on_event(&element, settings.upgrade().as_ref(), event, taken);
             }
         })
         .map_err(|e| SettingsError::Thread(e.to_string()))?;
     Ok(signaller)
 }
 
-fn on_event(element: &gst::Element, settings: Option<&SignallerSettings>, event: AgentEvent) {
+fn on_event(
+    element: &gst::Element,
+    settings: Option<&SignallerSettings>,
+    event: AgentEvent,
+    taken: bool,
+) {
     match event {
         AgentEvent::Registered {
             peer_id, node_id, ..
@@ -141,6 +174,7 @@ fn on_event(element: &gst::Element, settings: Option<&SignallerSettings>, event:
                 settings.set_registered(node_id, peer_id);
             }
         }
+        _ if taken => {}
         AgentEvent::Refused { reason } => gst::element_error!(
             element,
             gst::ResourceError::NotAuthorized,
@@ -151,7 +185,10 @@ fn on_event(element: &gst::Element, settings: Option<&SignallerSettings>, event:
             gst::ResourceError::OpenReadWrite,
             ("no signalling node reachable: {}", error)
         ),
-        AgentEvent::Kicked { reason, .. } => gst::element_error!(
+        AgentEvent::Kicked {
+            reason,
+            reconnecting: false,
+        } => gst::element_error!(
             element,
             gst::ResourceError::NotAuthorized,
             ("disconnected by an operator: {}", reason)

@@ -20,7 +20,7 @@ use agent_core::cli::{parse_key_value, whole, IceArgs, OutputArgs, SignallingArg
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit::Ending;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{producer_sink, AgentEvent, EndedBy};
+use agent_core::signaller::{AgentEvent, EndedBy};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -186,13 +186,15 @@ fn main() -> ExitCode {
     args.output.exit_code("producer-agent", result)
 }
 
-/// The webrtcsink, configured from the arguments, with our signaller.
+/// The gwcwebrtcsink (the element gst-launch users have: `gst-plugin/`), configured from the
+/// arguments, and the stock webrtcsink inside it.
 fn make_sink(
     args: &Args,
     ladder: Option<&proto::layers::Ladder>,
     events: std::sync::mpsc::Sender<AgentEvent>,
-) -> anyhow::Result<gst::Element> {
-    let sink = producer_sink(args.signalling.client_config(), args.max_consumers, events)?;
+) -> anyhow::Result<(gst::Element, gst::Element)> {
+    let element = gstgwc::agent::sink(&args.signalling, &args.ice, args.max_consumers, events);
+    let sink = element.webrtcsink();
     let mut meta = gst::Structure::builder("meta").field("name", &args.name);
     if let Some(ladder) = ladder {
         meta = meta.field(proto::layers::META_KEY, ladder.to_string());
@@ -201,7 +203,6 @@ fn make_sink(
         meta = meta.field(k.as_str(), v);
     }
     sink.set_property("meta", meta.build());
-    args.ice.apply(&sink);
     if !args.video_codec.is_empty() {
         sink.set_property(
             "video-caps",
@@ -236,19 +237,19 @@ fn make_sink(
     // channel; older clients use the "input" navigation channel.
     sink.set_property("enable-data-channel-navigation", args.navigation);
     sink.set_property("enable-control-data-channel", args.navigation);
-    Ok(sink)
+    Ok((element.upcast(), sink))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
     check_bitrates(args)?;
     let ladder = ladder_of(args)?;
-    agent_core::init_gstreamer()?;
+    gstgwc::agent::init()?;
     halve::register().context("cannot register gwchalve")?;
     let shutdown = Shutdown::install()?;
     let (events_tx, events) = std::sync::mpsc::channel();
     let pipeline = gst::Pipeline::new();
-    let sink = make_sink(args, ladder.as_ref(), events_tx)?;
-    pipeline.add(&sink)?;
+    let (element, sink) = make_sink(args, ladder.as_ref(), events_tx)?;
+    pipeline.add(&element)?;
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(encoding::Stats::default());
     let settings = encoding::Settings {
@@ -284,7 +285,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     source::add(
         &pipeline,
-        &sink,
+        &element,
         &args.source,
         &test,
         &chain,

@@ -206,7 +206,13 @@ fn link_pad(
             .request_pad_simple(&format!("{kind}_%u"))
             .ok_or_else(|| anyhow!("webrtcsink gave no {kind} pad"))?;
         if let Some(msid) = chain.msid(kind, index) {
-            sink_pad.set_property("msid", msid);
+            // (gwcwebrtcsink's pads stand for webrtcsink's, which have the msid)
+            let target = sink_pad
+                .downcast_ref::<gst::GhostPad>()
+                .and_then(|g| g.target());
+            target
+                .unwrap_or_else(|| sink_pad.clone())
+                .set_property("msid", msid);
         }
         chain_src
             .link(&sink_pad)

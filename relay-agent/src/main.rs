@@ -43,7 +43,7 @@ use agent_core::exit;
 use agent_core::ice_servers::Policy;
 use agent_core::keyframes::KeyframeCounts;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{producer_sink, AgentEvent, EndedBy, Target};
+use agent_core::signaller::{AgentEvent, EndedBy, Target};
 use anyhow::{anyhow, Context};
 use clap::Parser;
 use gst::glib;
@@ -202,7 +202,7 @@ pub struct Shared {
 }
 
 fn run(args: &Args, target: Target) -> anyhow::Result<()> {
-    agent_core::init_gstreamer()?;
+    gstgwc::agent::init()?;
     let shutdown = Shutdown::install()?;
     let shared = Arc::new(Shared::default());
     let pipeline = gst::Pipeline::new();
@@ -210,7 +210,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
     let failure = Arc::new(Mutex::new(None::<anyhow::Error>));
 
     let (down_tx, down_events) = std::sync::mpsc::channel();
-    let sink = make_sink(args, down_tx)?;
+    let (sink, webrtcsink) = make_sink(args, down_tx);
     let codec_changed: republish::CodecChanged = {
         let (failure, main_loop) = (failure.clone(), main_loop.clone());
         Arc::new(move |change| {
@@ -241,7 +241,7 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
         current: Default::default(),
     });
 
-    let mut collector = report::Collector::new(shared.clone(), &sink);
+    let mut collector = report::Collector::new(shared.clone(), &webrtcsink);
     agent_core::reporting::start(
         &args.output,
         move || Some(collector.collect()),
@@ -288,16 +288,17 @@ fn run(args: &Args, target: Target) -> anyhow::Result<()> {
 fn make_sink(
     args: &Args,
     events: std::sync::mpsc::Sender<AgentEvent>,
-) -> anyhow::Result<gst::Element> {
-    let sink = producer_sink(args.signalling.client_config(), args.max_consumers, events)?;
-    sink.set_property("meta", meta::initial(args));
+) -> (gst::Element, gst::Element) {
+    // the element gst-launch users have (`gst-plugin/`); the stock webrtcsink inside
+    let element = gstgwc::agent::sink(&args.signalling, &args.ice, args.max_consumers, events);
+    let sink = element.webrtcsink();
+    element.set_property("meta", meta::initial(args));
     // The relay cannot change the bitrate of what it forwards: congestion control would only
     // add probing padding (measured: 4 Mbit/s out per viewer of a 2 Mbit/s stream with gcc,
     // 2 without), and FEC a constant overhead.
     sink.set_property_from_str("congestion-control", "disabled");
     sink.set_property("do-fec", args.fec);
-    args.ice.apply(&sink);
-    Ok(sink)
+    (element.upcast(), sink)
 }
 
 /// The relay's side as a producer for its consumers.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use agent_core::events::{self, EventHandler, Registration, Stop};
 use agent_core::exit::Ending;
 use agent_core::shutdown::Shutdown;
-use agent_core::signaller::{ClusterSignaller, EndedBy, Role, SignallerConfig, Target};
+use agent_core::signaller::{EndedBy, Target};
 use anyhow::{anyhow, Context};
 use gst::glib;
 use gst::prelude::*;
@@ -62,24 +62,20 @@ impl Source {
     pub fn attach(self: &Rc<Self>) -> anyhow::Result<()> {
         let pipeline = self.pipeline.upgrade().context("no pipeline")?;
         let (events_tx, events) = std::sync::mpsc::channel();
-        let signaller = ClusterSignaller::new(SignallerConfig {
-            client: self.args.signalling.client_config(),
-            role: Role::Consumer {
-                target: self.target.clone(),
-            },
-            events: events_tx,
-        });
-        let src = gst::ElementFactory::make("webrtcsrc")
-            .property("signaller", &signaller)
-            .build()
-            .context("webrtcsrc is not available")?;
-        self.args.ice.apply(&src);
+        // the element gst-launch users have (`gst-plugin/`), watching once: the relay decides
+        // what comes after (reattach)
+        let args = &self.args;
+        let src = gstgwc::agent::src(&args.signalling, &args.ice, &self.target, None, events_tx);
         let republish = self.republish.clone();
+        let remote = src.downgrade();
         src.connect_pad_added(move |_, pad| {
-            if let Err(e) = republish.add(pad, signaller.remote_streams()) {
+            let signaller = remote.upgrade().and_then(|src| src.cluster_signaller());
+            let streams = signaller.and_then(|s| s.remote_streams());
+            if let Err(e) = republish.add(pad, streams) {
                 warn!("cannot relay {}: {e:#}", pad.name());
             }
         });
+        let src = src.upcast::<gst::Element>();
         pipeline.add(&src)?;
         src.sync_state_with_parent()?;
         *self.current.borrow_mut() = Some(src);

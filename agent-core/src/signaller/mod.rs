@@ -169,23 +169,3 @@ impl ClusterSignaller {
         self.imp().remote_streams()
     }
 }
-
-/// A webrtcsink (named `ws`) whose signaller is ours, as a producer serving at most
-/// `max_sessions` consumers: what producer-agent and relay-agent publish through.
-pub fn producer_sink(
-    client: ClientConfig,
-    max_sessions: Option<u32>,
-    events: std::sync::mpsc::Sender<AgentEvent>,
-) -> anyhow::Result<gst::Element> {
-    use anyhow::Context;
-    let signaller = ClusterSignaller::new(SignallerConfig {
-        client,
-        role: Role::Producer { max_sessions },
-        events,
-    });
-    gst::ElementFactory::make("webrtcsink")
-        .name("ws")
-        .property("signaller", &signaller)
-        .build()
-        .context("webrtcsink is not available")
-}
