@@ -2,44 +2,16 @@
 //! used as a GStreamer user would: `gst-inspect-1.0` and `gst-launch-1.0` from Debian's
 //! gstreamer1.0-tools with `GST_PLUGIN_PATH` pointing at the build, against real nodes.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
 use cluster_tests::agent::Agent;
 use cluster_tests::consumer::frames_now;
+use cluster_tests::gst_tools::{buffers, launch, tool};
 use cluster_tests::{media, Node, Redis};
 use gst::prelude::*;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// The directory of `libgstgwc.so` (the test binaries' profile directory).
-fn plugin_dir() -> std::path::PathBuf {
-    let lib = cluster_tests::bin("libgstgwc.so");
-    lib.parent().expect("a directory").to_path_buf()
-}
-
-/// A GStreamer tool with the plugin on its path and a registry of the test's own (so a
-/// stale system registry cannot hide the plugin).
-fn tool(name: &str) -> Command {
-    let mut cmd = Command::new(name);
-    let registry = std::env::temp_dir().join(format!("gwc-registry-{}.bin", std::process::id()));
-    cmd.env("GST_PLUGIN_PATH", plugin_dir())
-        .env("GST_REGISTRY", registry);
-    cmd
-}
-
-/// `gst-launch-1.0 ARGS` (a pipeline as words), its output collected.
-fn launch(words: &[&str]) -> Result<Agent> {
-    let mut cmd = tool("gst-launch-1.0");
-    cmd.args(words);
-    Agent::spawn_command(cmd, "gst-launch-1.0")
-}
-
-/// Buffers a `fakesink silent=false` printed (gst-launch `-v`: one `chain` line each).
-fn buffers(p: &Agent) -> usize {
-    p.stdout().iter().filter(|l| l.contains("chain")).count()
-}
 
 /// A watching pipeline: `src` (a gwcwebrtcsrc with its properties) into a counting sink.
 fn watcher(src: &[&str]) -> Result<Agent> {
@@ -67,7 +39,16 @@ fn gst_inspect_lists_the_elements_and_documents_their_properties() -> Result<()>
     let out = tool("gst-inspect-1.0").arg("gwc").output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for element in ["gwcwebrtcsink", "gwcwebrtcsrc", "webrtcsink", "webrtcsrc"] {
+    // (and the stock WHIP/WHEP elements of the same gst-plugin-webrtc: docs/whip-whep.md)
+    let elements = [
+        "gwcwebrtcsink",
+        "gwcwebrtcsrc",
+        "webrtcsink",
+        "webrtcsrc",
+        "whipclientsink",
+        "whepclientsrc",
+    ];
+    for element in elements {
         // (a whole name: "webrtcsrc:" is also the end of "gwcwebrtcsrc:")
         let listed = text
             .lines()

@@ -25,9 +25,10 @@ const FACTORIES_IN_SOURCE: [(&str, &str); 6] = [
     ("autoaudiosink", "consumer-agent/src/sink.rs"),
 ];
 
-/// Plugins compiled into the agents (gst-plugins-rs crates registered statically), and the
-/// core's static elements: no plugin file, nothing to install.
-const BUILT_IN_PLUGINS: [&str; 3] = ["staticelements", "rswebrtc", "rsrtp"];
+/// Plugins compiled into the agents (gst-plugins-rs crates registered statically), the core's
+/// static elements, and our own elements the agents register in-process (`gwcwebrtcsink`,
+/// `gwcwebrtcsrc`: the tracer names no plugin for them): no plugin file, nothing to install.
+const BUILT_IN_PLUGINS: [&str; 4] = ["staticelements", "rswebrtc", "rsrtp", ""];
 
 #[test]
 fn dockerfile_runtime_stage_is_minimal_non_root_with_tini() -> Result<()> {

@@ -62,6 +62,15 @@ pub fn webrtcbin_stats(webrtcbin: &gst::Element) -> Option<gst::Structure> {
     }
 }
 
+/// The topmost bin `element` is in (its pipeline; webrtcsink sits in a gwcwebrtcsink in it).
+pub fn pipeline_of(element: &gst::Element) -> Option<gst::Bin> {
+    let mut top = element.parent()?;
+    while let Some(up) = top.parent() {
+        top = up;
+    }
+    top.downcast::<gst::Bin>().ok()
+}
+
 /// The first webrtcbin inside `bin`, at any depth.
 pub fn find_webrtcbin(bin: &gst::Bin) -> Option<gst::Element> {
     bin.iterate_recurse().into_iter().flatten().find(|e| {

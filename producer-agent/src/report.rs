@@ -240,9 +240,7 @@ impl Collector {
                 Some(_) => "shared",
                 None => "per-consumer",
             },
-            pipeline_encoders: sink
-                .parent()
-                .and_then(|p| p.downcast::<gst::Bin>().ok())
+            pipeline_encoders: agent_core::stats::pipeline_of(sink)
                 .map(|p| agent_core::stats::elements_of_class(&p, "Codec/Encoder"))
                 .unwrap_or_default(),
             shared_encoder: self.shared.as_ref().map(|e| SharedEncoder {

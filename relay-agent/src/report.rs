@@ -114,7 +114,10 @@ impl Collector {
             .map(|s| s.property::<gst::Structure>("stats"));
         let mut bitrate_out_bps = 0.0;
         let mut bytes_out = HashMap::new();
-        let pipeline = self.sink.upgrade().and_then(|s| top_bin(&s));
+        let pipeline = self
+            .sink
+            .upgrade()
+            .and_then(|s| agent_core::stats::pipeline_of(&s));
         let class = |c: &str| {
             let of = |p: &gst::Bin| agent_core::stats::elements_of_class(p, c);
             pipeline.as_ref().map(of).unwrap_or_default()
@@ -156,15 +159,6 @@ impl Collector {
             viewers: None,
         }
     }
-}
-
-/// The outermost bin holding `element` (the relay's pipeline).
-fn top_bin(element: &gst::Element) -> Option<gst::Bin> {
-    let mut top = element.parent()?;
-    while let Some(up) = top.parent() {
-        top = up;
-    }
-    top.downcast::<gst::Bin>().ok()
 }
 
 /// The encoders webrtcsink runs for one consumer, in pipelines of its own (its stats'

@@ -54,6 +54,8 @@ pub mod cluster;
 pub mod consumer;
 pub mod coturn;
 pub mod delay;
+pub mod gst_tools;
+pub mod http;
 pub mod jwt;
 pub mod k8s;
 pub mod media;
