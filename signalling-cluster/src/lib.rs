@@ -43,6 +43,7 @@
 //! | metrics (`GET /metrics`): counters where things happen, state read at scrape | `metrics.rs` |
 //! | the operations API that acts: end a session, kick a peer, drain a node, from any node | `admin.rs`; HTTP in `http_api.rs`; across nodes `bus/cluster/subscriber.rs` (`admin`) |
 //! | the browser app every node serves | `web.rs` (built from `web/`) |
+//! | **WHEP** playback (`POST /whep/{stream}`: the player's offer through placement, one complete answer; `DELETE` from any node) | `whep.rs`; its SDP checks and candidates `sdp.rs` |
 //! | the router's unit tests | `routing/tests.rs` (and each `routing/` file's own) |
 
 pub mod admin;
@@ -61,6 +62,7 @@ pub mod node;
 pub mod peer;
 pub mod resume;
 pub mod routing;
+pub mod sdp;
 pub mod server;
 mod tls;
 pub mod token;
@@ -68,5 +70,6 @@ pub mod turn;
 pub mod upgrade;
 pub mod web;
 pub mod websocket;
+pub mod whep;
 
 pub use config::Config;
