@@ -63,7 +63,7 @@ async fn bad_arguments_unreachable_servers_and_missing_producers_give_documented
             "relay-agent",
             vec!["--server", &url],
             2,
-            "--source-name or --source-id",
+            "--source-name, --source-id or --whip",
         ),
         (
             "relay-agent",

@@ -254,3 +254,39 @@ fn forward_only_relay_values_need_the_forward_engine() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// A WHIP ingest member is a relay entry with `whip: true` instead of a source: it renders
+/// `RELAY_WHIP` and no source; an entry with neither is refused.
+#[test]
+fn a_relay_entry_is_a_whip_ingest_member_with_whip_true_instead_of_a_source() -> Result<()> {
+    let err = rejected(&["relays[0].name=r"])?;
+    assert!(err.contains("relays.0"), "{err}");
+    let rendered = k8s::template(
+        "gwc",
+        &["--set", "relays[0].name=ingest,relays[0].whip=true"],
+    )?;
+    let docs = yaml_docs(&rendered)?;
+    let deployment = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("ingest"))
+        })
+        .with_context(|| "no ingest Deployment rendered".to_string())?;
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let named = |name: &str| {
+        env.as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+    };
+    assert_eq!(
+        named("RELAY_WHIP").map(|e| e["value"].clone()),
+        Some(Value::from("true")),
+        "{env}"
+    );
+    assert!(named("RELAY_SOURCE_NAME").is_none(), "{env}");
+    Ok(())
+}

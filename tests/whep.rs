@@ -11,7 +11,7 @@ use cluster_tests::consumer::frames_now;
 use cluster_tests::gst_tools::{buffers, launch};
 use cluster_tests::http::{request, Reply};
 use cluster_tests::jwt::Keys;
-use cluster_tests::{eventually, media, Node, Redis};
+use cluster_tests::{eventually, media, relaying, Node, Redis};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -356,5 +356,56 @@ async fn a_whep_answer_carries_the_members_candidates_and_the_nodes_ice_servers(
         sessions_of(&node, &peer).await.is_ok_and(|n| n == 0)
     })
     .await?;
+    Ok(())
+}
+
+/// A stream with a relay: placement puts the WHEP viewer on the relay (relays first), and the
+/// forward engine (str0m, relay-agent's default) answers the player's offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_whepclientsrc_plays_through_a_forward_relay() -> Result<()> {
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let _origin = relaying::origin(&node, "stage", &["--audio"])?;
+    let relay = relaying::forward(&node, "stage", "stage relay", &[])?;
+    let relay_id = relay.wait_word_after("serving as", LONG).await?;
+
+    let endpoint = format!(
+        "signaller::whep-endpoint=http://{}:{}/whep/stage",
+        node.host, node.port
+    );
+    let player = launch(&[
+        "-v",
+        "whepclientsrc",
+        "name=w",
+        &endpoint,
+        "w.video_0",
+        "!",
+        "videoconvert",
+        "!",
+        "fakesink",
+        "silent=false",
+        "w.audio_0",
+        "!",
+        "fakesink",
+    ])?;
+    player
+        .wait(LONG, "30 buffers from whepclientsrc", |p| buffers(p) >= 30)
+        .await?;
+    let peers = whep_peers(&node).await?;
+    let [peer] = peers.as_slice() else {
+        anyhow::bail!("one WHEP peer expected, got {peers:?}");
+    };
+    let (_, body) = node.get("/api/v1/sessions").await?;
+    let sessions: Value = serde_json::from_str(&body)?;
+    let session = sessions["sessions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["consumer"] == peer.as_str())
+        .with_context(|| format!("no session of {peer}: {sessions}"))?;
+    assert!(
+        session["producer"].as_str() == Some(relay_id.as_str()),
+        "the WHEP viewer is the relay's ({relay_id}): {session}"
+    );
     Ok(())
 }

@@ -259,7 +259,7 @@ fn describe(target: &Target) -> String {
     match target {
         Target::Id(id) => format!("producer {id}"),
         Target::Name(name) => format!("producer named '{name}'"),
-        Target::First => "producer".to_string(),
+        Target::First | Target::Ingest => "producer".to_string(),
         Target::Stream(stream) => format!("stream '{stream}'"),
     }
 }

@@ -59,7 +59,8 @@ pub fn src(
         Target::Stream(stream) => ("stream", stream),
         Target::Name(name) => ("producer-name", name),
         Target::Id(id) => ("producer-peer-id", id),
-        Target::First => ("stream", &String::new()),
+        // (an ingest member answers a publisher itself: relay-agent's forward engine only)
+        Target::First | Target::Ingest => ("stream", &String::new()),
     };
     if !value.is_empty() {
         settings.set_property(property, value);

@@ -28,6 +28,7 @@
 mod client;
 pub mod envelope;
 mod error;
+pub mod ingest;
 pub mod layers;
 mod server;
 mod version;

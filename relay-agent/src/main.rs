@@ -74,6 +74,11 @@ pub struct Args {
     /// The stream to relay: the producer with this peer id.
     #[arg(long, env = "RELAY_SOURCE_ID", group = "source")]
     pub source_id: Option<String>,
+    /// Be an ingest member: wait for the WHIP publication a node hands over (`POST
+    /// /whip/{stream}`), answer the publisher's offer and serve its stream as its relay; one
+    /// publication, then exit 0 (a Deployment starts it again). Forward engine only.
+    #[arg(long, env = "RELAY_WHIP", group = "source")]
+    pub whip: bool,
     /// The relay's own `meta.name` (default: `SOURCE relay`).
     #[arg(long, env = "RELAY_NAME")]
     pub name: Option<String>,
@@ -133,6 +138,9 @@ impl Args {
     fn check_engine(&self) -> Result<(), String> {
         let given = self.forward.given();
         match self.engine {
+            Engine::Pipeline if self.whip => {
+                Err("--whip needs --engine forward (it answers the publisher's offer)".into())
+            }
             Engine::Pipeline if !given.is_empty() => Err(format!(
                 "{} only apply to --engine forward",
                 given.join(", ")
@@ -151,9 +159,10 @@ impl Args {
     }
 
     fn target(&self) -> Option<Target> {
-        match (&self.source_id, &self.source_name) {
-            (Some(id), _) => Some(Target::Id(id.clone())),
-            (_, Some(name)) => Some(Target::Name(name.clone())),
+        match (&self.source_id, &self.source_name, self.whip) {
+            (Some(id), _, _) => Some(Target::Id(id.clone())),
+            (_, Some(name), _) => Some(Target::Name(name.clone())),
+            (_, _, true) => Some(Target::Ingest),
             _ => None,
         }
     }
@@ -170,7 +179,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     args.output.init_logging("relay_agent", "RELAY_LOG");
     let Some(target) = args.target() else {
-        eprintln!("relay-agent: one of --source-name or --source-id is required");
+        eprintln!("relay-agent: one of --source-name, --source-id or --whip is required");
         return ExitCode::from(exit::USAGE);
     };
     if let Err(e) = args.check_engine() {

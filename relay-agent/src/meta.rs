@@ -35,10 +35,11 @@ pub fn ladder(source_meta: Option<&serde_json::Value>) -> Option<Ladder> {
 
 /// The meta a relay registers with before its source is known.
 pub fn initial(args: &Args) -> gst::Structure {
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{} relay", args.stream()));
+    let name = match (&args.name, args.whip) {
+        (Some(name), _) => name.clone(),
+        (None, true) => "whip ingest".into(),
+        (None, false) => format!("{} relay", args.stream()),
+    };
     let mut meta = gst::Structure::builder("meta")
         .field("name", name)
         .field("stream", args.stream())
@@ -67,7 +68,12 @@ pub fn follow_source(
         + 1;
     meta.set("relay-of", producer_id);
     meta.set("depth", depth.to_string());
-    if let Some(stream) = source_meta.and_then(|m| m.get("stream")?.as_str()) {
+    // (a relay's source names its stream; a WHIP publisher's stand-in is named after it)
+    let stream = source_meta.and_then(|m| match proto::ingest::is_whip(Some(m)) {
+        true => m.get("name")?.as_str(),
+        false => m.get("stream")?.as_str(),
+    });
+    if let Some(stream) = stream {
         meta.set("stream", stream);
     }
     depth

@@ -244,6 +244,26 @@ impl Forwarder {
         session: &str,
         max_height: Option<u32>,
     ) -> Result<String, ForwardError> {
+        self.viewer(session, max_height, None)
+    }
+
+    /// A new viewer that offered (a WHEP player): the engine's answer, candidates in it
+    /// (`viewer_offered.rs`).
+    pub fn viewer_offered(
+        &self,
+        session: &str,
+        offer_sdp: &str,
+        max_height: Option<u32>,
+    ) -> Result<String, ForwardError> {
+        self.viewer(session, max_height, Some(offer_sdp.to_owned()))
+    }
+
+    fn viewer(
+        &self,
+        session: &str,
+        max_height: Option<u32>,
+        offered: Option<String>,
+    ) -> Result<String, ForwardError> {
         let tracks = self
             .state()
             .origin
@@ -256,6 +276,7 @@ impl Forwarder {
             session: owned,
             tracks,
             max_height,
+            offered,
             reply,
         });
         if r.is_err() {

@@ -15,6 +15,7 @@
 //! | **per source**: keyframe requests (viewers' PLI/FIR, joiners and switches waiting) coalesced: at most one upstream per interval, a deferred one sent at its end unless a keyframe came, an unanswered one sent again; an origin's requests 50 ms apart whatever the track | [`keyframe_requests`] |
 //! | **fanout**: a source packet (shared `Arc` payload) → per viewer track its header fields, VP8 ids and payload type (a [`rewrite::Munger`] each); joiners from the keyframe cache; a new source SSRC switched to at its keyframe; a layered viewer switched to its target layer at that layer's keyframe (the old layer paused once it asks for a keyframe during a switch down) | [`fanout`] (tests in `fanout_tests.rs`, `fanout_layers_tests.rs`) |
 //! | a session's WebRTC peer (str0m `Rtc`): origin answer, viewer offer/answer, candidates, writes with VP8 patch, events; the process's one ECDSA P-256 DTLS certificate | [`peer`] |
+//! | a viewer that offers (a WHEP player): our answer, each track on the first offered section of its kind, webrtcbin's offer read as str0m reads it (bundle-only, Opus channels); every viewer's tracks started once negotiated | [`viewer_offered`] |
 //! | worker threads: sockets, demux, str0m timeouts, source packets to the other workers, keyframe asks to the origin's worker, sessions lost; its messages and sessions in `worker_sessions.rs`, its viewers' layer choice in `worker_layers.rs` | [`worker`] |
 //! | a layered origin (issue 26): its video layers (msid `gwc-layer-k`, under its ladder) collapsed into one viewer track, the other tracks mirrored | [`layout`] |
 //! | **per viewer**: which layer of a layered source (estimate, loss, layer bitrates, cap, time → target, probe), a pure state machine; docs/sfu.md "Layers" | [`layer_switching`] (tests in `layer_switching_tests.rs`) |
@@ -61,6 +62,7 @@ pub mod peer;
 pub mod rewrite;
 pub mod rtp;
 pub mod send_batch;
+pub mod viewer_offered;
 pub mod vp8;
 pub mod vp9;
 pub mod worker;

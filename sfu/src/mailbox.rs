@@ -30,6 +30,9 @@ pub enum Msg {
         /// The viewer's tracks ([`Layout::viewer`]).
         tracks: Vec<TrackInfo>,
         max_height: Option<u32>,
+        /// The viewer's own offer (a WHEP player): answered instead of offering.
+        offered: Option<String>,
+        /// Our offer, or our answer to `offered`.
         reply: Reply<String>,
     },
     ViewerAnswer {

@@ -30,11 +30,11 @@ use crate::forward_api::ForwardError;
 use crate::layer_switching::LayerChoice;
 
 /// The per-viewer retransmission buffer: at most this many packets, this old.
-const RTX_PACKETS: usize = 512;
-const RTX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const RTX_PACKETS: usize = 512;
+pub(crate) const RTX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often str0m reports a session's media stats (NACK counts, receiver reports' loss).
-const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// The same for a viewer of a layered source only (stats cost work): its video's packets sent
 /// and NACKs received per interval are its layer choice's fastest loss signal
 /// (`layer_switching::NACK_INTERVALS`).
@@ -76,7 +76,7 @@ const ORIGIN_CODECS: [Codec; 6] = [
     Codec::Opus,
 ];
 
-fn stack_codec(c: StackCodec) -> Option<Codec> {
+pub(crate) fn stack_codec(c: StackCodec) -> Option<Codec> {
     match c {
         StackCodec::Vp8 => Some(Codec::Vp8),
         StackCodec::Vp9 => Some(Codec::Vp9),
@@ -91,7 +91,7 @@ fn stack_codec(c: StackCodec) -> Option<Codec> {
 /// An `Rtc` for one session: rtp mode, the shared certificate, its own ICE credentials (the
 /// ufrag is how the demultiplexer finds it), the codecs the core can switch on, and a
 /// bandwidth estimate from TWCC feedback (viewers).
-fn build(
+pub(crate) fn build(
     codecs: &[Codec],
     candidates: &[Candidate],
     bwe: bool,
@@ -147,7 +147,7 @@ pub struct Origin {
 pub struct Viewer {
     /// Per source track (same index): its mid here, and once answered its fanout state.
     pub tracks: Vec<(Mid, TrackInfo, Option<ViewerTrack>)>,
-    pending: Option<SdpPendingOffer>,
+    pub(crate) pending: Option<SdpPendingOffer>,
     /// Started from the keyframe cache (live packets are fed only from then on: one fed
     /// between the stack's connection and the join would look like a viewer waiting for a
     /// keyframe, and ask upstream for nothing).
@@ -215,7 +215,7 @@ impl std::fmt::Debug for Peer {
     }
 }
 
-fn sdp_error(session: &str, reason: impl std::fmt::Display) -> ForwardError {
+pub(crate) fn sdp_error(session: &str, reason: impl std::fmt::Display) -> ForwardError {
     ForwardError::Sdp {
         session: session.to_owned(),
         reason: reason.to_string(),
@@ -249,7 +249,7 @@ fn msid_layers(sdp: &str) -> Vec<(String, usize)> {
 }
 
 /// The `a=mid:` of every media section of `sdp` that is not rejected (port 0).
-fn mids(sdp: &str) -> Vec<String> {
+pub(crate) fn mids(sdp: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rejected = false;
     for line in sdp.lines() {
@@ -266,7 +266,7 @@ fn mids(sdp: &str) -> Vec<String> {
 }
 
 impl Peer {
-    fn new(session: &str, rtc: Rtc, ufrag: String, role: Role, now: Instant) -> Peer {
+    pub(crate) fn new(session: &str, rtc: Rtc, ufrag: String, role: Role, now: Instant) -> Peer {
         Peer {
             session: session.to_owned(),
             rtc,
@@ -394,30 +394,7 @@ impl Peer {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| sdp_error(&session, e))?;
-        for (mid, info, track) in &mut viewer.tracks {
-            let remote = self
-                .rtc
-                .media(*mid)
-                .map(|m| m.remote_pts().to_vec())
-                .unwrap_or_default();
-            let pt = self.rtc.codec_config().params().iter().find_map(|p| {
-                (stack_codec(p.spec().codec) == Some(info.codec)
-                    && (remote.is_empty() || remote.contains(&p.pt())))
-                .then_some(*p.pt())
-            });
-            let Some(pt) = pt else { continue };
-            *track = Some(ViewerTrack::new(info.codec, pt));
-            // One layer, one encoding: holding packets back to a paced rate would only add
-            // delay. The estimate is still computed and reported.
-            if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(*mid, None) {
-                tx.set_unpaced(true);
-                // The send buffer NACKs are answered from: an entry is ~430 bytes of header
-                // per viewer (the payload is the shared one), so str0m's default 3 s (~600
-                // entries at 2 Mbit/s, ~280 KB per viewer) is cut to 1 s, longer than any
-                // viewer's jitter buffer waits for a retransmission.
-                tx.set_rtx_cache(RTX_PACKETS, RTX_AGE, Some(0.15));
-            }
-        }
+        self.start_viewer_tracks();
         Ok(())
     }
 

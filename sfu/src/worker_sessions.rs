@@ -38,9 +38,11 @@ impl Worker {
                     session,
                     tracks,
                     max_height,
+                    offered,
                     reply,
                 } => {
-                    let r = self.viewer_offer(&session, &tracks, max_height, now);
+                    let offered = offered.as_deref();
+                    let r = self.viewer_offer(&session, &tracks, max_height, offered, now);
                     let _ = reply.send(r);
                 }
                 Msg::ViewerAnswer {
@@ -152,13 +154,18 @@ impl Worker {
         session: &str,
         tracks: &[TrackInfo],
         max_height: Option<u32>,
+        offered: Option<&str>,
         now: Instant,
     ) -> Result<String, ForwardError> {
         if let Some(id) = self.sessions.get(session).copied() {
             self.remove(id);
         }
         let layered = self.layout.layered.is_some();
-        let (mut peer, offer) = Peer::viewer(session, tracks, layered, &self.candidates, now)?;
+        let candidates = &self.candidates;
+        let (mut peer, sdp) = match offered {
+            Some(offer) => Peer::viewer_offered(session, tracks, layered, candidates, offer, now)?,
+            None => Peer::viewer(session, tracks, layered, candidates, now)?,
+        };
         if let Role::Viewer(v) = &mut peer.role {
             v.max_height = max_height;
         }
@@ -171,7 +178,7 @@ impl Worker {
             },
         );
         self.process();
-        Ok(offer)
+        Ok(sdp)
     }
 
     /// A (new) origin's tracks: a track in another codec starts a new cache; the same codec

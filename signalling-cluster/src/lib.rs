@@ -43,7 +43,9 @@
 //! | metrics (`GET /metrics`): counters where things happen, state read at scrape | `metrics.rs` |
 //! | the operations API that acts: end a session, kick a peer, drain a node, from any node | `admin.rs`; HTTP in `http_api.rs`; across nodes `bus/cluster/subscriber.rs` (`admin`) |
 //! | the browser app every node serves | `web.rs` (built from `web/`) |
-//! | **WHEP** playback (`POST /whep/{stream}`: the player's offer through placement, one complete answer; `DELETE` from any node) | `whep.rs`; its SDP checks and candidates `sdp.rs` |
+//! | **WHEP** playback (`POST /whep/{stream}`: the player's offer through placement, one complete answer; `DELETE` from any node) | `whep.rs` |
+//! | **WHIP** ingest (`POST /whip/{stream}`: a stand-in producer for the publisher, handed to a free ingest member, `relay-agent --whip`; 409, 503) | `whip.rs`; placement passes over the stand-in in `routing/placement.rs` |
+//! | what WHIP and WHEP share: the request as an in-process peer of the bus, errors as HTTP, CORS, `Link: rel="ice-server"`; the SDP checks and candidates | `http_peer.rs`, `sdp.rs` |
 //! | the router's unit tests | `routing/tests.rs` (and each `routing/` file's own) |
 
 pub mod admin;
@@ -56,6 +58,7 @@ mod fuzzing;
 pub mod grants;
 pub mod guards;
 pub mod http_api;
+pub mod http_peer;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;
@@ -71,5 +74,6 @@ pub mod upgrade;
 pub mod web;
 pub mod websocket;
 pub mod whep;
+pub mod whip;
 
 pub use config::Config;

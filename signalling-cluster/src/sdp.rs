@@ -1,6 +1,7 @@
-//! The little SDP the node reads and writes for WHEP (`whep.rs`): whether a body is an offer
-//! with media it can carry, and the answer with the candidates that trickled in beside it (a
-//! WHEP client gets one complete answer: we do not take trickle ICE, RFC 9725 section 4.3).
+//! The little SDP the node reads and writes for WHIP and WHEP (`whip.rs`, `whep.rs`): whether
+//! a body is an offer with media it can carry, and the answer with the candidates that
+//! trickled in beside it (a client gets one complete answer: we do not take trickle ICE,
+//! RFC 9725 section 4.3).
 
 /// Largest offer taken (a browser's is 5-10 KB): above, 413.
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
@@ -16,33 +17,45 @@ pub enum BadOffer {
     NoMedia,
     #[error("the offer's media is all inactive or sendonly: nothing to receive")]
     NothingToReceive,
+    #[error("the offer's media is all inactive or recvonly: nothing to publish")]
+    NothingToSend,
 }
 
-/// Checks `body` is an SDP offer with an audio or video section that can receive.
-pub fn check_offer(body: &[u8]) -> Result<&str, BadOffer> {
+/// What the offerer does with its media: a WHEP player receives, a WHIP publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wants {
+    Receive,
+    Send,
+}
+
+/// Checks `body` is an SDP offer with an audio or video section that can do what `wants`.
+pub fn check_offer(body: &[u8], wants: Wants) -> Result<&str, BadOffer> {
     let text = std::str::from_utf8(body).map_err(|_| BadOffer::NotText)?;
     let mut lines = text.lines().map(str::trim_end);
     if lines.next() != Some("v=0") {
         return Err(BadOffer::NotSdp);
     }
     let mut media = 0;
-    let mut receiving = 0;
+    let mut usable = 0;
     for section in sections(text).iter().skip(1) {
         let first = section.first().copied().unwrap_or_default();
         if !(first.starts_with("m=audio ") || first.starts_with("m=video ")) {
             continue;
         }
         media += 1;
-        let blocked = section
-            .iter()
-            .any(|l| *l == "a=inactive" || *l == "a=sendonly");
+        let against = match wants {
+            Wants::Receive => "a=sendonly",
+            Wants::Send => "a=recvonly",
+        };
+        let blocked = section.iter().any(|l| *l == "a=inactive" || *l == against);
         if !blocked && !first.contains(" 0 ") {
-            receiving += 1;
+            usable += 1;
         }
     }
-    match (media, receiving) {
-        (0, _) => Err(BadOffer::NoMedia),
-        (_, 0) => Err(BadOffer::NothingToReceive),
+    match (media, usable, wants) {
+        (0, _, _) => Err(BadOffer::NoMedia),
+        (_, 0, Wants::Receive) => Err(BadOffer::NothingToReceive),
+        (_, 0, Wants::Send) => Err(BadOffer::NothingToSend),
         _ => Ok(text),
     }
 }
@@ -98,18 +111,24 @@ mod tests {
 
     #[test]
     fn an_offer_needs_sdp_and_a_media_section_that_can_receive() {
-        assert_eq!(check_offer(OFFER.as_bytes()), Ok(OFFER));
-        assert_eq!(check_offer(b"hello"), Err(BadOffer::NotSdp));
-        assert_eq!(check_offer(&[0xff, 0xfe]), Err(BadOffer::NotText));
+        fn check(body: &[u8]) -> Result<&str, BadOffer> {
+            check_offer(body, Wants::Receive)
+        }
+        assert_eq!(check(OFFER.as_bytes()), Ok(OFFER));
+        assert_eq!(check(b"hello"), Err(BadOffer::NotSdp));
+        assert_eq!(check(&[0xff, 0xfe]), Err(BadOffer::NotText));
         let no_media = "v=0\r\no=- 1 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n";
-        assert_eq!(check_offer(no_media.as_bytes()), Err(BadOffer::NoMedia));
+        assert_eq!(check(no_media.as_bytes()), Err(BadOffer::NoMedia));
         let data_only = format!("{no_media}m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n");
-        assert_eq!(check_offer(data_only.as_bytes()), Err(BadOffer::NoMedia));
+        assert_eq!(check(data_only.as_bytes()), Err(BadOffer::NoMedia));
         let sending = OFFER.replace("a=recvonly", "a=sendonly");
-        assert_eq!(
-            check_offer(sending.as_bytes()),
-            Err(BadOffer::NothingToReceive)
-        );
+        assert_eq!(check(sending.as_bytes()), Err(BadOffer::NothingToReceive));
+        // a publisher's offer is the other way round
+        fn publish(body: &[u8]) -> Result<&str, BadOffer> {
+            check_offer(body, Wants::Send)
+        }
+        assert_eq!(publish(sending.as_bytes()), Ok(sending.as_str()));
+        assert_eq!(publish(OFFER.as_bytes()), Err(BadOffer::NothingToSend));
     }
 
     #[test]

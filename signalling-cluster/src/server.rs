@@ -45,16 +45,28 @@ macro_rules! http_service {
             .route("/place", web::get().to(crate::http_api::place))
             .route("/api/v1/ice-servers", web::get().to(crate::http_api::ice_servers))
             .service(
+                web::resource("/whip/{stream}")
+                    .app_data(web::PayloadConfig::new(crate::sdp::MAX_OFFER_BYTES))
+                    .route(web::post().to(crate::whip::post))
+                    .route(web::method(actix_web::http::Method::OPTIONS).to(crate::http_peer::options)),
+            )
+            .service(
+                web::resource("/whip/{stream}/{id}")
+                    .route(web::delete().to(crate::whip::delete))
+                    .route(web::patch().to(crate::http_peer::patch))
+                    .route(web::method(actix_web::http::Method::OPTIONS).to(crate::http_peer::options)),
+            )
+            .service(
                 web::resource("/whep/{stream}")
                     .app_data(web::PayloadConfig::new(crate::sdp::MAX_OFFER_BYTES))
                     .route(web::post().to(crate::whep::post))
-                    .route(web::method(actix_web::http::Method::OPTIONS).to(crate::whep::options)),
+                    .route(web::method(actix_web::http::Method::OPTIONS).to(crate::http_peer::options)),
             )
             .service(
                 web::resource("/whep/{stream}/{id}")
                     .route(web::delete().to(crate::whep::delete))
-                    .route(web::patch().to(crate::whep::patch))
-                    .route(web::method(actix_web::http::Method::OPTIONS).to(crate::whep::options)),
+                    .route(web::patch().to(crate::http_peer::patch))
+                    .route(web::method(actix_web::http::Method::OPTIONS).to(crate::http_peer::options)),
             )
             .route("/metrics", web::get().to(metrics_here))
             .default_service(web::to(web_app))

@@ -216,7 +216,14 @@ impl ClusterSignaller {
                             max_height: self.wanted_max_height(),
                         });
                     }
-                    Target::Name(_) | Target::First => {
+                    Target::Name(_) | Target::First | Target::Ingest => {
+                        // An ingest member is found by its name (`proto::ingest`).
+                        let meta = match target {
+                            Target::Ingest => {
+                                Some(serde_json::json!({ "name": proto::ingest::MEMBER_NAME }))
+                            }
+                            _ => meta,
+                        };
                         // Listen, then list: a producer registering in between is seen either
                         // way.
                         self.send(ClientMessage::SetPeerStatus(PeerStatus {
@@ -251,7 +258,8 @@ impl ClusterSignaller {
         let Role::Consumer { target } = &self.config().role else {
             return;
         };
-        if matches!(target, Target::Id(_)) || !target.matches(id, meta) {
+        let me = self.state.lock().unwrap().peer_id.clone();
+        if matches!(target, Target::Id(_)) || !target.matches(id, meta, me.as_deref()) {
             return;
         }
         {
@@ -365,7 +373,7 @@ impl ClusterSignaller {
         let hint = match &self.config().role {
             Role::Producer { .. } => "the token's `produce` must cover the name",
             Role::Consumer {
-                target: Target::Name(_) | Target::First,
+                target: Target::Name(_) | Target::First | Target::Ingest,
             } if details.contains("listen") => {
                 "finding a producer by name or the first one follows presence: the token needs `listen` (or use --producer-id)"
             }

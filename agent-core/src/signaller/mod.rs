@@ -39,17 +39,24 @@ pub enum Target {
     /// Whichever member of this stream (its origin or a relay) the node places us on (a v2
     /// `startSession` naming the stream; see docs/relays.md).
     Stream(String),
+    /// An ingest member (`relay-agent --whip`): waits as a listener named
+    /// `proto::ingest::MEMBER_NAME` for the WHIP publication a node hands it (a producer whose
+    /// `meta.ingest-by` is our peer id; docs/whip-whep.md).
+    Ingest,
 }
 
 impl Target {
-    fn matches(&self, id: &str, meta: Option<&serde_json::Value>) -> bool {
+    /// Whether producer `id` with `meta` is the one to watch; `me`: our own peer id. A WHIP
+    /// publisher's stand-in serves no one but its ingest member.
+    fn matches(&self, id: &str, meta: Option<&serde_json::Value>, me: Option<&str>) -> bool {
+        let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(|n| n.as_str());
+        let whip = proto::ingest::is_whip(meta);
         match self {
             Target::Id(want) => want == id,
-            Target::Name(name) => {
-                meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()) == Some(name.as_str())
-            }
-            Target::First => true,
+            Target::Name(name) => !whip && text("name") == Some(name.as_str()),
+            Target::First => !whip,
             Target::Stream(_) => false,
+            Target::Ingest => whip && me.is_some() && text(proto::ingest::BY) == me,
         }
     }
 }

@@ -329,6 +329,13 @@ impl EventHandler for Upstream {
     }
 
     fn session_ended(&mut self, session_id: String, by: EndedBy) -> glib::ControlFlow {
+        if self.relay.target == Target::Ingest && by != EndedBy::Operator {
+            // One publication per ingest member: its stream's viewers end with it.
+            info!(session = %session_id, "the WHIP publication ended");
+            self.done = true;
+            self.relay.main_loop.quit();
+            return glib::ControlFlow::Break;
+        }
         if let Some(e) = crate::upstream::after_source_ended(&self.relay.target, &session_id, by) {
             return self.fail(e);
         }

@@ -131,18 +131,23 @@ pub fn serve_viewers(signaller: &ClusterSignaller, forwarder: Forwarder, meta: M
             .get(3)
             .and_then(|v| v.get::<Option<WebRTCSessionDescription>>().ok())
             .flatten();
-        if offered.is_some() {
-            // As webrtcsink: the producer offers.
-            warn!(session = %session, "a viewer sent an offer: the relay offers itself; ending the session");
-            me.end_session(&session);
-            return None;
-        }
         // The viewer's cap (v2 `startSession.maxHeight`): never a taller layer.
         let max_height = me
             .dynamic_cast_ref::<ClusterSignaller>()
             .and_then(|s| s.max_height(&session));
-        match fwd.viewer_offer(&session, max_height) {
-            Ok(offer) => send(&me, &session, WebRTCSDPType::Offer, &offer),
+        // A viewer that offers (a WHEP player) is answered; otherwise the relay offers, as
+        // webrtcsink does.
+        let offered = offered.and_then(|o| o.sdp().as_text().ok());
+        let ours = match &offered {
+            Some(offer) => fwd
+                .viewer_offered(&session, offer, max_height)
+                .map(|sdp| (WebRTCSDPType::Answer, sdp)),
+            None => fwd
+                .viewer_offer(&session, max_height)
+                .map(|sdp| (WebRTCSDPType::Offer, sdp)),
+        };
+        match ours {
+            Ok((kind, sdp)) => send(&me, &session, kind, &sdp),
             Err(e @ ForwardError::Stopped) => {
                 // A worker thread is gone: a relay that stayed registered would refuse every
                 // viewer placed on it. Ending it (exit 1) lets the cluster place them elsewhere.

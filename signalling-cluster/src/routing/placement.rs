@@ -94,7 +94,8 @@ impl Router {
                 continue;
             }
             known = true;
-            if p.suspended.is_some() || p.away {
+            // A WHIP publisher's stand-in has no media to give: its ingest member serves.
+            if p.suspended.is_some() || p.away || proto::ingest::is_whip(meta) {
                 continue;
             }
             let here = held.get(id.as_str()).copied().unwrap_or(0);
