@@ -4,10 +4,11 @@
 //! `libgstgwc.so`) run by Debian's gst-launch-1.0; viewers are consumer-agents asking by
 //! stream; tokens are PyJWT's.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cluster_tests::agent::Agent;
+use cluster_tests::clients::{event, whip_whep_page};
 use cluster_tests::consumer::frames_now;
 use cluster_tests::gst_tools::launch;
 use cluster_tests::http::request;
@@ -65,6 +66,7 @@ async fn the_stock_whipclientsink_publishes_and_a_viewer_on_another_node_decodes
         "signaller::whip-endpoint=http://{}:{}/whip/cam",
         a.host, a.port
     );
+    let started = Instant::now();
     let _publisher = launch(&[
         "videotestsrc",
         "is-live=true",
@@ -81,6 +83,7 @@ async fn the_stock_whipclientsink_publishes_and_a_viewer_on_another_node_decodes
             .is_ok_and(|(s, _)| s == 200)
     })
     .await?;
+    let viewer_after = started.elapsed();
     let viewer = Agent::consumer(&[
         "--server",
         &b.url(),
@@ -92,6 +95,7 @@ async fn the_stock_whipclientsink_publishes_and_a_viewer_on_another_node_decodes
     viewer
         .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
         .await?;
+    let whip_ms = viewer_after.as_millis() as u64 + first_frame_ms(&viewer)?;
 
     let members = members_of(&b, "cam", "").await?;
     let stand_in = members
@@ -134,10 +138,81 @@ async fn the_stock_whipclientsink_publishes_and_a_viewer_on_another_node_decodes
         members_of(&b, "cam", "").await.is_ok_and(|m| m.is_empty())
     })
     .await?;
+
+    // Our own publisher, same run, same path (a forward relay on node a, the viewer on b).
+    let started = Instant::now();
+    let _origin = Agent::producer(&["--server", &a.url(), "--name", "ours"])?;
+    let _relay = cluster_tests::relaying::forward(&a, "ours", "ours relay", &[])?;
+    eventually(LONG, "ours placeable on b", || async {
+        b.get("/place?stream=ours")
+            .await
+            .is_ok_and(|(s, _)| s == 200)
+    })
+    .await?;
+    let viewer_after = started.elapsed();
+    let url = b.url();
+    let viewer = Agent::consumer(&[
+        "--server",
+        &url,
+        "--stream",
+        "ours",
+        "--stats-interval",
+        "0.2",
+    ])?;
+    viewer
+        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+        .await?;
+    let ours_ms = viewer_after.as_millis() as u64 + first_frame_ms(&viewer)?;
+    // (the publisher's start to the first decoded frame: the viewer starts once the stream
+    // is placeable, plus its own first_frame_ms)
+    let figures = json!({"whip_publish_to_first_frame_ms": whip_ms,
+        "producer_agent_publish_to_first_frame_ms": ours_ms});
+    println!("{figures}");
     Ok(())
 }
 
-/// Refusals, each with its status and text, and nothing left registered.
+/// A consumer-agent's first frame, from its own start.
+fn first_frame_ms(viewer: &Agent) -> Result<u64> {
+    let stats = viewer.json_lines("consumer-stats");
+    let first = stats.iter().find_map(|s| s["first_frame_ms"].as_u64());
+    first.context("no first_frame_ms in the consumer's stats")
+}
+
+/// Chromium publishes its fake camera with the npm whip-whep WHIPClient (through the node's
+/// whip-whep.html), and another Chromium page plays it with WHEPClient: the picture's size,
+/// frames rising.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_with_the_npm_whip_client_and_plays_with_its_whep_client() -> Result<()>
+{
+    let _one = media::exclusive().await;
+    let node = Node::start(&[]).await?;
+    let member = ingest(&node, &[])?;
+    member.wait_stderr("upstream: registered", LONG).await?;
+    let url = format!("http://127.0.0.1:{}", node.port);
+    let publisher = whip_whep_page(&["publish", &url, "cam"])?;
+    event(&publisher, "published").await?;
+    eventually(LONG, "cam placeable", || async {
+        node.get("/place?stream=cam")
+            .await
+            .is_ok_and(|(s, _)| s == 200)
+    })
+    .await?;
+    let player = whip_whep_page(&["play", &url, "cam"])?;
+    let playing = event(&player, "playing").await?;
+    assert_eq!(playing["width"], 640, "{playing}");
+    assert_eq!(playing["height"], 480, "{playing}");
+    event(&player, "frames").await?;
+    // Our own web app on the same stream, same run: a click on it to its first frame.
+    let app = cluster_tests::clients::browser(&["first-frame", &url, "cam", "ours"])?;
+    let app = event(&app, "first-frame").await?;
+    let figures = json!({"whep_page_to_first_frame_ms": playing["firstFrameMs"],
+        "web_app_click_to_first_frame_ms": app["ms"]});
+    println!("{figures}");
+    Ok(())
+}
+
+/// Refusals, each with its status and text (and `DELETE` of an unknown resource 404), and
+/// nothing left registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_whip_requests_get_their_errors() -> Result<()> {
     let keys = Keys::new("whip-refusals")?;
@@ -149,7 +224,8 @@ async fn bad_whip_requests_get_their_errors() -> Result<()> {
     );
     let receive = OFFER.replace("a=sendonly", "a=recvonly");
     let sdp = "application/sdp";
-    let cases: [Case; 5] = [
+    let big = vec![b'v'; 2 * 1024 * 1024];
+    let cases: [Case; 6] = [
         ("no token", None, OFFER.as_bytes(), 401, "token"),
         (
             "a consume grant",
@@ -173,6 +249,7 @@ async fn bad_whip_requests_get_their_errors() -> Result<()> {
             503,
             "no ingest member",
         ),
+        ("2 MiB", Some(&publish), &big, 413, ""),
     ];
     for (what, auth, body, status, text) in cases {
         let mut headers = vec![("Content-Type", sdp)];
@@ -184,6 +261,10 @@ async fn bad_whip_requests_get_their_errors() -> Result<()> {
             "{what}: no '{text}' in {reply:?}"
         );
     }
+    let auth = [("Authorization", publish.as_str())];
+    let unknown = "/whip/cam/whip-00000000-0000-0000-0000-000000000000";
+    let gone = request(&node.host, node.port, "DELETE", unknown, &auth, b"").await?;
+    assert_eq!(gone.status, 404, "{gone:?}");
     let admin = keys.token("ops", json!({"admin": true}))?;
     let (_, peers) = node.get(&format!("/api/v1/peers?token={admin}")).await?;
     assert!(

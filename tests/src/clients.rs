@@ -36,6 +36,17 @@ pub fn browser_with(args: &[&str], mdns: bool) -> Result<Agent> {
     Agent::spawn_command(cmd, "browser")
 }
 
+/// `node web/tests/whip-whep.mjs ARGS`: headless Chromium on the node's whip-whep.html (the
+/// npm whip-whep clients), reporting JSON lines.
+pub fn whip_whep_page(args: &[&str]) -> Result<Agent> {
+    let mut cmd = Command::new("node");
+    cmd.arg("tests/whip-whep.mjs")
+        .args(args)
+        .current_dir(web_dir())
+        .env("BROWSER_MDNS", "0");
+    Agent::spawn_command(cmd, "browser (whip-whep)")
+}
+
 /// Waits for the browser's `{"event": kind}` line (failing fast on `failed`).
 pub async fn event(b: &Agent, kind: &str) -> Result<Value> {
     b.wait(LONG, kind, |b| {

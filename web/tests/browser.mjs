@@ -31,26 +31,12 @@
 //   node browser.mjs first-frame URL NAME ours|demo
 //     clicks producer NAME in our app, or in upstream's gstwebrtc-api demo page, and reports
 //     the time from the click to the first video frame presented.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [mode, url, name, arg4, arg5] = process.argv.slice(2);
 const say = (obj) => console.log(JSON.stringify(obj));
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--use-fake-device-for-media-stream",
-    // The fake UI grants media permission, and with it Chromium shows its real addresses.
-    ...(process.env.BROWSER_MDNS === "1" ? [] : ["--use-fake-ui-for-media-stream"]),
-    "--autoplay-policy=no-user-gesture-required",
-    // Real host candidates (not mDNS names): GStreamer's side cannot resolve .local names.
-    // BROWSER_MDNS=1 keeps Chromium's default (mDNS names), as a user's browser has.
-    `--${process.env.BROWSER_MDNS === "1" ? "enable" : "disable"}-features=WebRtcHideLocalIpsWithMdns`,
-  ],
-});
+const browser = await launchChromium();
 const page = await browser.newPage(mode === "cap" || mode === "layers"
   ? { viewport: { width: 480, height: 360 }, screen: { width: 1280, height: 720 }, deviceScaleFactor: mode === "layers" ? 0.25 : 1 }
   : { viewport: { width: 1024, height: 768 } });
