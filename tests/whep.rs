@@ -75,6 +75,44 @@ async fn whep_peers(node: &Node) -> Result<Vec<String>> {
     Ok(ids.filter(|id| id.starts_with("whep-")).collect())
 }
 
+/// The stock whepclientsrc (gst-launch) playing `stream` through `node`'s WHEP endpoint;
+/// returns once 30 video buffers came. Each stream goes to its own sink: gst-launch would
+/// link whichever pad comes first to videoconvert, and the unlinked one stops the source.
+async fn whepclientsrc_plays(node: &Node, stream: &str) -> Result<Agent> {
+    let endpoint = format!(
+        "signaller::whep-endpoint=http://{}:{}/whep/{stream}",
+        node.host, node.port
+    );
+    let player = launch(&[
+        "-v",
+        "whepclientsrc",
+        "name=w",
+        &endpoint,
+        "w.video_0",
+        "!",
+        "videoconvert",
+        "!",
+        "fakesink",
+        "silent=false",
+        "w.audio_0",
+        "!",
+        "fakesink",
+    ])?;
+    player
+        .wait(LONG, "30 buffers from whepclientsrc", |p| buffers(p) >= 30)
+        .await?;
+    Ok(player)
+}
+
+/// The one WHEP peer `node` lists.
+async fn the_whep_peer(node: &Node) -> Result<String> {
+    let peers = whep_peers(node).await?;
+    match peers.as_slice() {
+        [peer] => Ok(peer.clone()),
+        _ => anyhow::bail!("one WHEP peer expected, got {peers:?}"),
+    }
+}
+
 /// The sessions the cluster lists whose consumer is `peer`.
 async fn sessions_of(node: &Node, peer: &str) -> Result<usize> {
     let (_, body) = node.get("/api/v1/sessions").await?;
@@ -100,35 +138,8 @@ async fn the_stock_whepclientsrc_plays_a_stream_and_delete_ends_its_session() ->
     })
     .await?;
 
-    let endpoint = format!(
-        "signaller::whep-endpoint=http://{}:{}/whep/cam",
-        b.host, b.port
-    );
-    // (each stream to its own sink: gst-launch would link whichever pad comes first to
-    // videoconvert, and the other one left unlinked stops the source: not-linked)
-    let player = launch(&[
-        "-v",
-        "whepclientsrc",
-        "name=w",
-        &endpoint,
-        "w.video_0",
-        "!",
-        "videoconvert",
-        "!",
-        "fakesink",
-        "silent=false",
-        "w.audio_0",
-        "!",
-        "fakesink",
-    ])?;
-    player
-        .wait(LONG, "30 buffers from whepclientsrc", |p| buffers(p) >= 30)
-        .await?;
-
-    let peers = whep_peers(&a).await?;
-    let [peer] = peers.as_slice() else {
-        anyhow::bail!("one WHEP peer expected, got {peers:?}");
-    };
+    let _player = whepclientsrc_plays(&b, "cam").await?;
+    let peer = &the_whep_peer(&a).await?;
     assert_eq!(sessions_of(&a, peer).await?, 1, "the viewer is a session");
 
     let delete = request(
@@ -369,32 +380,8 @@ async fn the_stock_whepclientsrc_plays_through_a_forward_relay() -> Result<()> {
     let relay = relaying::forward(&node, "stage", "stage relay", &[])?;
     let relay_id = relay.wait_word_after("serving as", LONG).await?;
 
-    let endpoint = format!(
-        "signaller::whep-endpoint=http://{}:{}/whep/stage",
-        node.host, node.port
-    );
-    let player = launch(&[
-        "-v",
-        "whepclientsrc",
-        "name=w",
-        &endpoint,
-        "w.video_0",
-        "!",
-        "videoconvert",
-        "!",
-        "fakesink",
-        "silent=false",
-        "w.audio_0",
-        "!",
-        "fakesink",
-    ])?;
-    player
-        .wait(LONG, "30 buffers from whepclientsrc", |p| buffers(p) >= 30)
-        .await?;
-    let peers = whep_peers(&node).await?;
-    let [peer] = peers.as_slice() else {
-        anyhow::bail!("one WHEP peer expected, got {peers:?}");
-    };
+    let _player = whepclientsrc_plays(&node, "stage").await?;
+    let peer = &the_whep_peer(&node).await?;
     let (_, body) = node.get("/api/v1/sessions").await?;
     let sessions: Value = serde_json::from_str(&body)?;
     let session = sessions["sessions"]

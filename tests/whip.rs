@@ -77,25 +77,7 @@ async fn the_stock_whipclientsink_publishes_and_a_viewer_on_another_node_decodes
         &endpoint,
         "stun-server=\"\"",
     ])?;
-    eventually(LONG, "cam placeable on b", || async {
-        b.get("/place?stream=cam")
-            .await
-            .is_ok_and(|(s, _)| s == 200)
-    })
-    .await?;
-    let viewer_after = started.elapsed();
-    let viewer = Agent::consumer(&[
-        "--server",
-        &b.url(),
-        "--stream",
-        "cam",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    viewer
-        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
-        .await?;
-    let whip_ms = viewer_after.as_millis() as u64 + first_frame_ms(&viewer)?;
+    let (_viewer, whip_ms) = decoded_on(&b, "cam", started).await?;
 
     let members = members_of(&b, "cam", "").await?;
     let stand_in = members
@@ -143,26 +125,7 @@ async fn the_stock_whipclientsink_publishes_and_a_viewer_on_another_node_decodes
     let started = Instant::now();
     let _origin = Agent::producer(&["--server", &a.url(), "--name", "ours"])?;
     let _relay = cluster_tests::relaying::forward(&a, "ours", "ours relay", &[])?;
-    eventually(LONG, "ours placeable on b", || async {
-        b.get("/place?stream=ours")
-            .await
-            .is_ok_and(|(s, _)| s == 200)
-    })
-    .await?;
-    let viewer_after = started.elapsed();
-    let url = b.url();
-    let viewer = Agent::consumer(&[
-        "--server",
-        &url,
-        "--stream",
-        "ours",
-        "--stats-interval",
-        "0.2",
-    ])?;
-    viewer
-        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
-        .await?;
-    let ours_ms = viewer_after.as_millis() as u64 + first_frame_ms(&viewer)?;
+    let (_viewer, ours_ms) = decoded_on(&b, "ours", started).await?;
     // (the publisher's start to the first decoded frame: the viewer starts once the stream
     // is placeable, plus its own first_frame_ms)
     let figures = json!({"whip_publish_to_first_frame_ms": whip_ms,
@@ -171,11 +134,33 @@ async fn the_stock_whipclientsink_publishes_and_a_viewer_on_another_node_decodes
     Ok(())
 }
 
-/// A consumer-agent's first frame, from its own start.
-fn first_frame_ms(viewer: &Agent) -> Result<u64> {
+/// A consumer-agent asking `node` for `stream` once it is placeable, decoding 30 frames; and
+/// the time from `published` (the publisher's start) to its first frame: when the viewer
+/// started, plus its own `first_frame_ms`.
+async fn decoded_on(node: &Node, stream: &str, published: Instant) -> Result<(Agent, u64)> {
+    let place = format!("/place?stream={stream}");
+    eventually(LONG, "the stream placeable", || async {
+        node.get(&place).await.is_ok_and(|(s, _)| s == 200)
+    })
+    .await?;
+    let viewer_after = published.elapsed();
+    let url = node.url();
+    let args = [
+        "--server",
+        &url,
+        "--stream",
+        stream,
+        "--stats-interval",
+        "0.2",
+    ];
+    let viewer = Agent::consumer(&args)?;
+    viewer
+        .wait(LONG, "30 decoded frames", |c| frames_now(c) >= 30)
+        .await?;
     let stats = viewer.json_lines("consumer-stats");
     let first = stats.iter().find_map(|s| s["first_frame_ms"].as_u64());
-    first.context("no first_frame_ms in the consumer's stats")
+    let first = first.context("no first_frame_ms in the consumer's stats")?;
+    Ok((viewer, viewer_after.as_millis() as u64 + first))
 }
 
 /// Chromium publishes its fake camera with the npm whip-whep WHIPClient (through the node's

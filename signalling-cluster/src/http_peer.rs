@@ -143,6 +143,39 @@ pub fn ice_server_links(state: &NodeState, sub: Option<&str>, peer_id: &str) -> 
     links
 }
 
+/// `201 Created` for `peer` with `sdp` (the other side's complete answer): its resource at
+/// `{kind}/{stream}/{peer id}`, the ICE servers as `Link` headers; the peer stays joined until
+/// its session ends or it is kicked (`DELETE`), then leaves.
+pub fn created(
+    state: &NodeState,
+    peer: HttpPeer,
+    sub: Option<&str>,
+    resource: &str,
+    sdp: String,
+) -> HttpResponse {
+    let mut reply = HttpResponse::Created();
+    cors(&mut reply);
+    reply
+        .insert_header((header::LOCATION, format!("{resource}/{}", peer.peer_id)))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    for link in ice_server_links(state, sub, &peer.peer_id) {
+        reply.append_header((header::LINK, link));
+    }
+    let bus = state.bus.clone();
+    let mut peer = peer;
+    actix_web::rt::spawn(async move {
+        peer.wait_for_the_end().await;
+        bus.leave(&peer.peer_id);
+    });
+    reply.content_type("application/sdp").body(sdp)
+}
+
+/// What `POST` does with a refusal: logged, answered.
+pub fn refused(what: &str, stream: &str, e: HttpError) -> HttpResponse {
+    tracing::info!(stream, "{what} refused: {e}");
+    e.response()
+}
+
 /// `Content-Type: application/sdp`, or 415.
 pub fn sdp_content(req: &HttpRequest) -> Result<(), HttpError> {
     let sdp_type = req

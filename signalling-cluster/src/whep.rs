@@ -15,11 +15,11 @@
 
 use std::sync::Arc;
 
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use proto::{ClientMessage, ProtocolVersion};
 use tracing::info;
 
-use crate::http_peer::{cors, grants, ice_server_links, HttpError, HttpPeer};
+use crate::http_peer::{created, grants, refused, HttpError, HttpPeer};
 use crate::mailbox::Mailbox;
 use crate::node::NodeState;
 use crate::sdp::check_offer;
@@ -36,10 +36,7 @@ pub async fn post(
 ) -> HttpResponse {
     match play(&state, &req, &stream, &body).await {
         Ok(answer) => answer,
-        Err(e) => {
-            info!(stream = %stream, "WHEP refused: {e}");
-            e.response()
-        }
+        Err(e) => refused("WHEP", &stream, e),
     }
 }
 
@@ -78,21 +75,14 @@ async fn play(
         }
     };
     info!(stream, peer = %viewer.peer_id, session = %answer.session_id, "WHEP viewer playing");
-    let location = format!("/whep/{stream}/{}", viewer.peer_id);
-    let mut reply = HttpResponse::Created();
-    cors(&mut reply);
-    reply
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"));
-    for link in ice_server_links(state, sub.as_deref(), &viewer.peer_id) {
-        reply.append_header((header::LINK, link));
-    }
-    let bus = state.bus.clone();
-    actix_web::rt::spawn(async move {
-        viewer.wait_for_the_end().await;
-        bus.leave(&viewer.peer_id);
-    });
-    Ok(reply.content_type("application/sdp").body(answer.sdp))
+    let resource = format!("/whep/{stream}");
+    Ok(created(
+        state,
+        viewer,
+        sub.as_deref(),
+        &resource,
+        answer.sdp,
+    ))
 }
 
 /// `DELETE /whep/{stream}/{id}`, on any node: the viewer's peer is kicked where it is, which

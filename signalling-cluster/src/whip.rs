@@ -17,13 +17,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use proto::{ingest, ClientMessage, PeerRole, PeerStatus, ProtocolVersion};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::http_peer::{cors, grants, ice_server_links, HttpError, HttpPeer};
+use crate::http_peer::{created, grants, refused, HttpError, HttpPeer};
 use crate::mailbox::Mailbox;
 use crate::node::NodeState;
 use crate::sdp::{check_offer, Wants};
@@ -42,10 +42,7 @@ pub async fn post(
 ) -> HttpResponse {
     match publish(&state, &req, &stream, &body).await {
         Ok(answer) => answer,
-        Err(e) => {
-            info!(stream = %stream, "WHIP refused: {e}");
-            e.response()
-        }
+        Err(e) => refused("WHIP", &stream, e),
     }
 }
 
@@ -85,21 +82,14 @@ async fn publish(
         }
     };
     info!(stream, peer = %publisher.peer_id, member, session = %answer.session_id, "WHIP publishing");
-    let location = format!("/whip/{stream}/{}", publisher.peer_id);
-    let mut reply = HttpResponse::Created();
-    cors(&mut reply);
-    reply
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"));
-    for link in ice_server_links(state, sub.as_deref(), &publisher.peer_id) {
-        reply.append_header((header::LINK, link));
-    }
-    let bus = state.bus.clone();
-    actix_web::rt::spawn(async move {
-        publisher.wait_for_the_end().await;
-        bus.leave(&publisher.peer_id);
-    });
-    Ok(reply.content_type("application/sdp").body(answer.sdp))
+    let resource = format!("/whip/{stream}");
+    Ok(created(
+        state,
+        publisher,
+        sub.as_deref(),
+        &resource,
+        answer.sdp,
+    ))
 }
 
 /// A free ingest member, unless the stream has a publisher already (409): a listener named
