@@ -329,13 +329,17 @@ async fn each_viewer_gets_the_layer_its_link_carries_and_follows_a_cut_and_a_lif
     for v in &mut viewers[..2] {
         let (received, lost) = v.packets("video");
         let dropped = v.link.dropped()?;
+        // (a loaded machine may also drop at the viewer's socket: seen once in CI, 2 lost
+        // against 1 link drop)
+        let socket = v.link.socket_drops()?;
         let f = json!({"viewer": v.name, "received": received, "lost": lost,
-                       "link_dropped": dropped, "decode_errors": v.decode_errors()});
+                       "link_dropped": dropped, "socket_dropped": socket,
+                       "decode_errors": v.decode_errors()});
         eprintln!("{f}");
         assert_eq!(v.decode_errors(), 0, "{} decoder errors: {f}", v.name);
         assert!(
-            (0..=dropped as i64).contains(&lost),
-            "{}: sequence numbers jumped (lost {lost}, the link dropped {dropped}): {f}",
+            (0..=(dropped + socket) as i64).contains(&lost),
+            "{}: sequence numbers jumped (lost {lost}, the link dropped {dropped}, the socket {socket}): {f}",
             v.name
         );
         stop_cleanly(&mut v.agent).await?;

@@ -143,6 +143,26 @@ impl ShapedLink {
         Ok(self.dropped_before.load(Ordering::Relaxed) + self.current_drops()?.unwrap_or(0))
     }
 
+    /// UDP datagrams the namespace's own sockets dropped so far (`/proc/net/snmp` `Udp:
+    /// InErrors`, receive buffers full): on a loaded machine the viewer may not read in time,
+    /// a loss neither the link nor the sender made.
+    pub fn socket_drops(&self) -> anyhow::Result<u64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "cat", "/proc/net/snmp"])
+            .output()
+            .context("cannot read the namespace's /proc/net/snmp")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            anyhow::bail!("no Udp: lines in /proc/net/snmp:\n{text}");
+        };
+        let at = names.split_whitespace().position(|n| n == "InErrors");
+        let value = at.and_then(|i| values.split_whitespace().nth(i));
+        value
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no Udp InErrors in /proc/net/snmp:\n{text}"))
+    }
+
     /// The current token bucket's drops; None when the link has none.
     fn current_drops(&self) -> anyhow::Result<Option<u64>> {
         let dev = self.devices().0;
