@@ -256,6 +256,8 @@ async fn one(agents: &Path, setup: &str) -> Result<Value> {
             "height": lines.last().and_then(height_of),
             "layer": layer(relay.as_ref(), v),
             "link_dropped_packets": link.dropped()?,
+            // (a loaded machine's other loss: the viewer's socket not read in time)
+            "socket_dropped_packets": link.socket_drops()?,
         }));
     }
 
