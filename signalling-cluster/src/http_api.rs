@@ -43,6 +43,12 @@ impl Refused {
 /// With auth on, what the HTTP request's token grants (`Authorization: Bearer` or
 /// `?token=`); without, everything.
 fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, Refused> {
+    request_grants(state, req).map_err(Refused::Auth)
+}
+
+/// [`http_grants`]' token check, for every HTTP endpoint (WHIP and WHEP too): a refusal is
+/// counted by the guards.
+pub(crate) fn request_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, AuthError> {
     let Some(verifier) = &state.verifier else {
         return Ok(Grants::everything());
     };
@@ -53,11 +59,10 @@ fn http_grants(state: &NodeState, req: &HttpRequest) -> Result<Grants, Refused> 
     let verified = token_of(authorization, req.uri().query())
         .ok_or(AuthError::Missing)
         .and_then(|t| verifier.verify(t));
-    verified.map_err(|e| {
+    verified.inspect_err(|e| {
         state
             .guards
-            .refused(req.peer_addr().map(|a| a.ip()), true, &e);
-        Refused::Auth(e)
+            .refused(req.peer_addr().map(|a| a.ip()), true, e);
     })
 }
 

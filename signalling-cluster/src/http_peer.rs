@@ -12,7 +12,6 @@ use serde_json::Value;
 use tokio::time::{timeout_at, Instant};
 use tracing::warn;
 
-use crate::auth::token_of;
 use crate::mailbox::{MailboxReceiver, Outbound};
 use crate::node::NodeState;
 use crate::sdp::with_candidates;
@@ -97,22 +96,10 @@ pub async fn patch() -> HttpResponse {
         .body("trickle ICE is not taken: the answer carries every candidate\n")
 }
 
-/// The grants of the request's bearer token (everything with auth off).
+/// The grants of the request's token (everything with auth off), as every HTTP endpoint
+/// checks it (`http_api.rs`).
 pub fn grants(state: &NodeState, req: &HttpRequest) -> Result<crate::grants::Grants, HttpError> {
-    let Some(verifier) = &state.verifier else {
-        return Ok(crate::grants::Grants::everything());
-    };
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = token_of(authorization, None)
-        .ok_or_else(|| HttpError::Unauthorized("a bearer token is required".into()))?;
-    verifier.verify(token).map_err(|e| {
-        let ip = req.peer_addr().map(|a| a.ip());
-        state.guards.refused(ip, true, &e);
-        HttpError::Unauthorized(e.to_string())
-    })
+    crate::http_api::request_grants(state, req).map_err(|e| HttpError::Unauthorized(e.to_string()))
 }
 
 /// RFC 9725 section 4.6: the node's STUN/TURN servers, TURN credentials minted for this
@@ -253,6 +240,7 @@ impl HttpPeer {
         let mut sdp = None::<String>;
         let mut candidates = Vec::new();
         let mut until = deadline;
+        let mut answered: Option<Instant> = None;
         loop {
             let Some(msg) = self.next(until).await else {
                 break; // the deadline, or the candidates went quiet
@@ -289,8 +277,9 @@ impl HttpPeer {
                 _ => {}
             }
             if sdp.is_some() {
-                // Each candidate restarts the quiet period, up to the cap.
-                let cap = deadline.min(Instant::now() + CANDIDATES_AT_MOST);
+                // Each candidate restarts the quiet period, up to the cap from the answer.
+                let answered = *answered.get_or_insert_with(Instant::now);
+                let cap = deadline.min(answered + CANDIDATES_AT_MOST);
                 until = cap.min(Instant::now() + CANDIDATES_QUIET);
             }
         }
